@@ -1,0 +1,204 @@
+//! Configuration files and the errors that point into them.
+//!
+//! Every configuration error a sysadmin sees names the file and the
+//! `line:column` of the offending value, whether the problem is TOML syntax,
+//! an unknown key (both reported by `toml` itself) or a check made after
+//! parsing (a bad duration, an unknown socket). Parsers keep [`toml::Spanned`]
+//! values for the latter and turn spans into positions here.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The text of one configuration file, kept so that byte spans can be turned
+/// into `line:column` positions after parsing.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path as the user gave it; used verbatim in messages.
+    pub path: PathBuf,
+    /// The whole file.
+    pub text: String,
+}
+
+impl SourceFile {
+    /// Reads a file, naming it in the error when that fails.
+    pub fn read(path: &Path) -> Result<SourceFile, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(SourceFile { path: path.to_path_buf(), text }),
+            Err(err) => Err(ConfigError::unreadable(path, &err)),
+        }
+    }
+
+    /// Wraps text that did not come from disk (tests, embedded defaults).
+    pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> SourceFile {
+        SourceFile { path: path.into(), text: text.into() }
+    }
+
+    /// One-based line and column (in characters) of a byte offset.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    /// An error at a span of this file.
+    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError {
+            path: self.path.clone(),
+            location: Some((line, column)),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the file as a whole (a missing section, say).
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError { path: self.path.clone(), location: None, message: message.into() }
+    }
+
+    /// Deserializes the file, turning `toml`'s error into a positioned one.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|err| self.toml_error(&err))
+    }
+
+    /// Converts a `toml` error (syntax, unknown field, wrong type) into a
+    /// positioned one with `toml`'s own message, without its source excerpt.
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let message = err.message().trim_end().to_string();
+        match err.span() {
+            Some(span) => self.error_at(span, message),
+            None => self.error(message),
+        }
+    }
+}
+
+/// A problem in a configuration file, with where it is.
+///
+/// Displays as `path:line:column: message`, the shape compilers use, so
+/// editors and terminals can jump to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// One-based line and column, when the problem has a place.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// The file could not be read at all.
+    pub fn unreadable(path: &Path, err: &std::io::Error) -> ConfigError {
+        ConfigError {
+            path: path.to_path_buf(),
+            location: None,
+            message: format!("cannot read file: {err}"),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, column)) => {
+                write!(f, "{}:{line}:{column}: {}", self.path.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Several configuration errors found in one pass, shown one per line, so a
+/// sysadmin fixes them all at once rather than one per run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, err) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(err: ConfigError) -> Self {
+        ConfigErrors(vec![err])
+    }
+}
+
+/// Serde helper: a humantime duration (`"30s"`, `"10m"`, `"7d"`) kept with
+/// its span, for fields checked after parsing.
+pub mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Deserializes `"90s"`-style text into a [`Duration`], with humantime's
+    /// own message on error (which `toml` then places at the value).
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {err} (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")"
+            ))
+        })
+    }
+
+    /// The same for an optional field.
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        deserialize(de).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_count_characters() {
+        let file = SourceFile::from_text("x.toml", "a = 1\nимя = \"x\"\n");
+        assert_eq!(file.position(0), (1, 1));
+        assert_eq!(file.position(6), (2, 1));
+        let quote = file.text.find('"').unwrap();
+        assert_eq!(file.position(quote), (2, 7));
+    }
+
+    #[test]
+    fn toml_errors_keep_their_position() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Raw {
+            a: u32,
+        }
+        let file = SourceFile::from_text("x.toml", "a = 1\nb = 2\n");
+        let err = file.parse::<Raw>().unwrap_err();
+        assert_eq!(err.to_string(), "x.toml:2:1: unknown field `b`, expected `a`");
+    }
+
+    #[test]
+    fn bad_durations_are_placed_at_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Raw {
+            #[serde(deserialize_with = "duration::deserialize")]
+            every: std::time::Duration,
+        }
+        let file = SourceFile::from_text("x.toml", "every = \"10 parsecs\"\n");
+        let err = file.parse::<Raw>().unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:1:9: invalid duration \"10 parsecs\""), "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Secrets (API tokens, SMS gateway keys, Prometheus credentials).
+//!
+//! Secrets never live in a configuration file: a file names where to find
+//! one (`token_file` or `token_env`), and this module reads it. A [`Secret`]
+//! cannot be printed by accident: its `Debug` and `Display` show `***`, so it
+//! never reaches a log line, an error or a metric.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A secret value. Only [`Secret::expose`] gives the text, at the point of use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value (tests and simulators).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret text, for the one header or argument that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a secret comes from, as written in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file whose whole content (trimmed of surrounding white space) is the secret.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// Why a secret could not be loaded. Never contains the secret itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The variable is not set (or not valid Unicode).
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// The file or variable holds nothing but white space.
+    #[error("{0} is empty")]
+    Empty(SecretSource),
+}
+
+/// A loaded secret and whether its file is readable by more than its owner.
+#[derive(Debug)]
+pub struct LoadedSecret {
+    /// The secret.
+    pub secret: Secret,
+    /// Set when a secret file is readable by group or others; callers log it
+    /// as a warning, as ssh does for private keys.
+    pub loose_permissions: Option<String>,
+}
+
+impl SecretSource {
+    /// Reads the secret. Relative file paths are taken relative to `base`
+    /// (the directory of the configuration file that named them).
+    pub fn load(&self, base: &Path) -> Result<LoadedSecret, SecretError> {
+        match self {
+            SecretSource::File(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| SecretError::Unreadable { path: path.clone(), source })?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(SecretError::Empty(SecretSource::File(path)));
+                }
+                Ok(LoadedSecret {
+                    secret: Secret::new(value),
+                    loose_permissions: loose_permissions(&path),
+                })
+            }
+            SecretSource::Env(name) => {
+                let value =
+                    std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))?;
+                let value = value.trim();
+                if value.is_empty() {
+                    return Err(SecretError::Empty(self.clone()));
+                }
+                Ok(LoadedSecret { secret: Secret::new(value), loose_permissions: None })
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn loose_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "secret file {} is readable by group or others (mode {mode:03o}); run chmod 600 on it",
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn loose_permissions(_path: &Path) -> Option<String> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret} {secret:?}"), "*** Secret(***)");
+    }
+
+    #[test]
+    fn file_secrets_are_trimmed_and_loose_modes_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc123\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loaded = SecretSource::File("token".into()).load(dir.path()).unwrap();
+        assert_eq!(loaded.secret.expose(), "abc123");
+        let warning = loaded.loose_permissions.unwrap();
+        assert!(warning.contains("mode 644"), "{warning}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = SecretSource::File(path.clone()).load(dir.path()).unwrap();
+        assert!(loaded.loose_permissions.is_none());
+
+        std::fs::write(&path, "  \n").unwrap();
+        let err = SecretSource::File(path).load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("token is empty"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let err =
+            SecretSource::Env("SW_TEST_SURELY_UNSET".into()).load(Path::new(".")).unwrap_err();
+        assert_eq!(err.to_string(), "environment variable SW_TEST_SURELY_UNSET is not set");
+    }
+}
