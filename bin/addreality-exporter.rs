@@ -1,1 +1,20 @@
-fn main() {}
+//! `addreality-exporter`: see the README and `signage_watchdog::exporter`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use signage_watchdog::exporter::cli::{run, Args};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    signage_watchdog::telemetry::init(&args.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("addreality-exporter: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args, signage_watchdog::shutdown::signal())).into()
+}

@@ -1,0 +1,160 @@
+//! What the exporter currently knows, shared by the pollers and the HTTP
+//! server.
+//!
+//! Pollers write here after each poll and then re-render the exposition
+//! once; scrapes only clone an `Arc` of the rendered bytes. The locks are
+//! std ones: they are held for map updates and the render (no `.await`
+//! inside), never across I/O.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use super::cache::{CachedDevice, CachedPlatform};
+use super::metrics::Metrics;
+use super::render::{render_devices, PlatformDevices};
+use crate::http::{Exposition, Health, Pages};
+
+/// One platform as last polled or loaded from the cache.
+#[derive(Debug, Default, Clone)]
+pub struct PlatformView {
+    /// Devices exported, sorted by id.
+    pub devices: Arc<Vec<CachedDevice>>,
+    /// Unix time of the last successful poll (possibly from before a restart).
+    pub last_success: Option<f64>,
+    /// Whether a poll has finished since start-up.
+    pub polled: bool,
+    /// Why the last poll failed, when it did (no secrets: errors never hold tokens).
+    pub last_error: Option<String>,
+}
+
+/// The exporter's shared state.
+pub struct ExporterState {
+    platforms: Mutex<BTreeMap<String, PlatformView>>,
+    exposition: RwLock<Arc<Exposition>>,
+    /// The exporter's own metrics.
+    pub metrics: Metrics,
+    poll_interval: Duration,
+}
+
+impl ExporterState {
+    /// State for these platform ids, seeded from the cache so the first
+    /// scrape after a restart already serves the last known devices.
+    pub fn new(
+        platforms: &[(String, Option<String>)],
+        cached: Vec<CachedPlatform>,
+        poll_interval: Duration,
+    ) -> ExporterState {
+        let metrics = Metrics::new(poll_interval);
+        let mut views = BTreeMap::new();
+        for (id, name) in platforms {
+            metrics.register_platform(id, name.as_deref());
+            views.insert(id.clone(), PlatformView::default());
+        }
+        for platform in cached {
+            // Platforms no longer configured stay in the cache file but are
+            // not exported.
+            if let Some(view) = views.get_mut(&platform.platform_id) {
+                metrics
+                    .platform_devices_missing
+                    .with_label_values(&[platform.platform_id.as_str()])
+                    .set(platform.missing as f64);
+                if let Some(at) = platform.last_success {
+                    metrics
+                        .platform_last_success
+                        .with_label_values(&[platform.platform_id.as_str()])
+                        .set(at);
+                }
+                view.devices = Arc::new(platform.devices);
+                view.last_success = platform.last_success;
+            }
+        }
+        let state = ExporterState {
+            platforms: Mutex::new(views),
+            exposition: RwLock::new(Arc::new(Exposition::default())),
+            metrics,
+            poll_interval,
+        };
+        state.render();
+        state
+    }
+
+    /// Applies `change` to one platform's view.
+    pub fn update(&self, platform_id: &str, change: impl FnOnce(&mut PlatformView)) {
+        let mut platforms = self.platforms.lock().expect("state lock poisoned");
+        change(platforms.entry(platform_id.to_string()).or_default());
+    }
+
+    /// A copy of one platform's view.
+    pub fn platform(&self, platform_id: &str) -> Option<PlatformView> {
+        self.platforms.lock().expect("state lock poisoned").get(platform_id).cloned()
+    }
+
+    /// Renders the whole exposition from the current views and metrics and
+    /// makes it the one every scrape serves.
+    pub fn render(&self) {
+        let views: Vec<(String, Arc<Vec<CachedDevice>>)> = {
+            let platforms = self.platforms.lock().expect("state lock poisoned");
+            for (id, view) in platforms.iter() {
+                self.metrics.platform_devices.with_label_values(&[id.as_str()]).set(view.devices.len() as f64);
+            }
+            platforms.iter().map(|(id, view)| (id.clone(), view.devices.clone())).collect()
+        };
+        let slices: Vec<PlatformDevices<'_>> = views
+            .iter()
+            .map(|(id, devices)| PlatformDevices { platform_id: id, devices })
+            .collect();
+        let previous = self.exposition.read().expect("exposition lock poisoned").plain().len();
+        let mut out = Vec::with_capacity(previous + 4096);
+        render_devices(&mut out, &slices, self.poll_interval);
+        self.metrics.encode(&mut out);
+        *self.exposition.write().expect("exposition lock poisoned") = Arc::new(Exposition::new(out));
+    }
+
+    /// Health as `/healthz` reports it: healthy while every platform has
+    /// succeeded within three poll intervals or has cached devices to serve.
+    pub fn health_at(&self, now: f64) -> Health {
+        let platforms = self.platforms.lock().expect("state lock poisoned");
+        let fresh_within = 3.0 * self.poll_interval.as_secs_f64();
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        for (id, view) in platforms.iter() {
+            let fresh = view.last_success.is_some_and(|at| now - at <= fresh_within);
+            if fresh && view.last_error.is_none() {
+                continue;
+            }
+            let why = view.last_error.as_deref().unwrap_or("no successful poll yet");
+            if !view.polled {
+                notes.push(format!("platform {id}: first poll in progress"));
+            } else if !view.devices.is_empty() {
+                notes.push(format!(
+                    "platform {id}: serving {} cached devices; last poll failed: {why}",
+                    view.devices.len()
+                ));
+            } else {
+                problems.push(format!("platform {id}: no data to serve; last poll failed: {why}"));
+            }
+        }
+        if !problems.is_empty() {
+            Health::Unhealthy(problems.join("; "))
+        } else if notes.is_empty() {
+            Health::Healthy(format!("{} platform(s) polled successfully", platforms.len()))
+        } else {
+            Health::Healthy(notes.join("; "))
+        }
+    }
+}
+
+impl Pages for ExporterState {
+    fn title(&self) -> &str {
+        "AddReality exporter"
+    }
+
+    fn exposition(&self) -> Arc<Exposition> {
+        self.exposition.read().expect("exposition lock poisoned").clone()
+    }
+
+    fn health(&self) -> Health {
+        self.health_at(super::unix_now())
+    }
+}

@@ -1,0 +1,22 @@
+//! Stopping on the signals systemd and terminals send.
+//!
+//! Only the binaries call [`signal`]; library code takes a shutdown future,
+//! so tests stop servers with a channel instead of a signal.
+
+/// Completes on SIGTERM (what systemd sends) or SIGINT (Ctrl-C), logging
+/// which. Only the binaries call this; libraries take a shutdown future.
+pub async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!("cannot listen for SIGTERM: {err}; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
