@@ -3,7 +3,7 @@
 //! Nothing about the API's answers is documented, so parsing is lenient where
 //! it can be and strict only where it must: a page must be JSON with a
 //! `data` array, but one odd device in it is skipped (and counted) rather than
-//! failing the whole page. Unknown fields are kept in [`Device::raw`].
+//! failing the whole page. Unknown fields are kept in [`Listed::raw`].
 
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -34,6 +34,13 @@ pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Retries stay well inside one poll interval, so a struggling API delays
+/// the next poll rather than piling polls up.
+fn retry_policy(poll_interval: Duration) -> RetryPolicy {
+    let default = RetryPolicy::default();
+    RetryPolicy { max_delay: default.max_delay.min(poll_interval / 4).max(default.base_delay), ..default }
+}
+
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -64,7 +71,7 @@ impl Exporter {
             url: config.api_url.clone(),
             page_size: config.page_size,
             request_timeout: config.request_timeout,
-            retry: RetryPolicy::for_interval(config.poll_interval),
+            retry: retry_policy(config.poll_interval),
         })
         .map_err(|err| StartError::Client(err.to_string()))?;
         let (cache, cached) = tokio::task::spawn_blocking(move || {
