@@ -6,7 +6,8 @@
 //!   ([`addreality`]) for every configured account, caches device state in
 //!   SQLite, and serves it as Prometheus metrics.
 //! - `jobctl` evaluates job rules ([`rules`]) against Prometheus and sends SMS
-//!   commands to the GSM sockets that power the players.
+//!   commands to the GSM sockets that power the players, journalling every
+//!   message and each job's state ([`journal`]).
 //!
 //! The pieces both daemons need live here once: the small HTTP server
 //! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]), the time
@@ -18,6 +19,7 @@ pub mod addreality;
 pub mod clock;
 pub mod config_file;
 pub mod http;
+pub mod journal;
 pub mod rules;
 pub mod secret;
 pub mod telemetry;
