@@ -5,18 +5,23 @@
 //! - `addreality-exporter` ([`exporter`]) polls the AddReality cloud API
 //!   ([`addreality`]) for every configured account, caches device state in
 //!   SQLite, and serves it as Prometheus metrics.
-//! - `jobctl` evaluates job rules against Prometheus and sends SMS commands to
-//!   the GSM sockets that power the players.
+//! - `jobctl` evaluates job rules ([`rules`]) against Prometheus and sends SMS
+//!   commands to the GSM sockets that power the players, journalling every
+//!   message and each job's state ([`journal`]).
 //!
 //! The pieces both daemons need live here once: the small HTTP server
-//! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]) and the way
-//! configuration errors point at `file:line:column` ([`config_file`]).
+//! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]), the time
+//! source tests can drive ([`clock`]) and the way configuration errors point
+//! at `file:line:column` ([`config_file`]).
 #![forbid(unsafe_code)]
 
 pub mod addreality;
+pub mod clock;
 pub mod config_file;
 pub mod exporter;
 pub mod http;
+pub mod journal;
+pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

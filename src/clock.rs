@@ -1,0 +1,174 @@
+//! Where "now" comes from, so that time is a parameter.
+//!
+//! `for` timers, cooldowns, repeats, schedule windows and budget windows all
+//! depend on the current time. Code that needs it takes a [`Clock`] instead of
+//! calling [`Timestamp::now`], so tests drive a [`ManualClock`] through hours
+//! of simulated time without waiting, and the daemon uses [`SystemClock`].
+//!
+//! Instants are [`jiff::Timestamp`] (UTC, nanosecond precision); durations
+//! are [`std::time::Duration`], the type `humantime-serde` produces from
+//! `for = "10m"` in the rules file. [`elapsed`] and [`after`] bridge the two
+//! without panicking when the wall clock steps backwards or a duration is
+//! absurdly large.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// A source of the current time.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock, for the daemons.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that only moves when told to, for tests.
+///
+/// Shared behind an `Arc` between the test and the code under test; a std
+/// `Mutex` is enough because reading or moving the time never waits on
+/// anything else.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: Mutex<Timestamp>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> ManualClock {
+        ManualClock { now: Mutex::new(start) }
+    }
+
+    /// A clock stopped at `seconds` after the Unix epoch, the shortest way to
+    /// write a fixed instant in a test.
+    ///
+    /// # Panics
+    ///
+    /// When `seconds` is outside the range [`Timestamp`] supports.
+    pub fn at_unix_seconds(seconds: i64) -> ManualClock {
+        ManualClock::new(Timestamp::from_second(seconds).expect("unix seconds within jiff's range"))
+    }
+
+    /// Moves the clock to `instant` (backwards too, to test clock steps).
+    pub fn set(&self, instant: Timestamp) {
+        *self.lock() = instant;
+    }
+
+    /// Moves the clock forward by `duration` and returns the new time.
+    pub fn advance(&self, duration: Duration) -> Timestamp {
+        let mut now = self.lock();
+        *now = after(*now, duration);
+        *now
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Timestamp> {
+        // A panic elsewhere while holding the lock cannot leave a Timestamp
+        // half-written, so a poisoned lock still holds a valid time.
+        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.lock()
+    }
+}
+
+/// How long it has been from `earlier` to `later`; zero when `later` is not
+/// after `earlier` (the wall clock was stepped back), so a clock step never
+/// makes a timer elapse early.
+pub fn elapsed(earlier: Timestamp, later: Timestamp) -> Duration {
+    Duration::try_from(later.duration_since(earlier)).unwrap_or(Duration::ZERO)
+}
+
+/// The instant `duration` after `instant`, saturating at [`Timestamp::MAX`].
+pub fn after(instant: Timestamp, duration: Duration) -> Timestamp {
+    instant.checked_add(duration).unwrap_or(Timestamp::MAX)
+}
+
+/// Serde adapter storing a [`Timestamp`] as integer Unix milliseconds, the
+/// representation the journal uses everywhere (`#[serde(with = ...)]`).
+pub(crate) mod unix_millis {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        instant: &Timestamp,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(instant.as_millisecond())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Timestamp, D::Error> {
+        let millis = i64::deserialize(deserializer)?;
+        Timestamp::from_millisecond(millis).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`unix_millis`] for optional instants (`null` when absent).
+pub(crate) mod unix_millis_option {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        instant: &Option<Timestamp>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match instant {
+            Some(instant) => serializer.serialize_some(&instant.as_millisecond()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
+        match Option::<i64>::deserialize(deserializer)? {
+            Some(millis) => {
+                Timestamp::from_millisecond(millis).map(Some).map_err(serde::de::Error::custom)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        assert_eq!(clock.now().as_second(), 1_000);
+        assert_eq!(clock.advance(Duration::from_secs(90)).as_second(), 1_090);
+        assert_eq!(clock.now().as_second(), 1_090);
+        clock.set(Timestamp::from_second(10).unwrap());
+        assert_eq!(clock.now().as_second(), 10);
+    }
+
+    #[test]
+    fn elapsed_is_zero_when_the_clock_went_backwards() {
+        let early = Timestamp::from_second(100).unwrap();
+        let late = Timestamp::from_second(160).unwrap();
+        assert_eq!(elapsed(early, late), Duration::from_secs(60));
+        assert_eq!(elapsed(late, early), Duration::ZERO);
+    }
+
+    #[test]
+    fn after_saturates_instead_of_panicking() {
+        let now = Timestamp::from_second(100).unwrap();
+        assert_eq!(after(now, Duration::from_secs(5)).as_second(), 105);
+        assert_eq!(after(now, Duration::MAX), Timestamp::MAX);
+    }
+}

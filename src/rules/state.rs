@@ -1,0 +1,801 @@
+//! The life of one job on one device: inactive → pending → firing → resolved.
+//!
+//! This is the part of jobctl that decides *whether an SMS is due*, so it is
+//! kept pure: it never reads a clock, never talks to Prometheus and never
+//! sends anything. Each evaluation cycle the engine hands every (job, device)
+//! its [`JobState`], the job's [`Timing`] and one [`Evaluation`] (the time,
+//! the condition's [`Verdict`], whether the schedule allows actions now), and
+//! gets back a [`Step`]: the new state, the [`Transition`]s worth a log line,
+//! and at most one [`ActionDue`]. Tests drive it with made-up instants.
+//!
+//! # The rules
+//!
+//! The phases follow Prometheus alerting:
+//!
+//! - **Inactive** — nothing wrong seen. `True` → pending.
+//! - **Pending** — the condition has been seen true; it must keep holding for
+//!   the job's `for` before anything happens. `False` → inactive, nothing
+//!   sent. Once it has held for `for` (see *Unknown* below), the evaluation
+//!   that observes this moves to firing and a new *episode* begins. With
+//!   `for = 0` the first `True` goes straight to firing.
+//! - **Firing** — an episode is under way. The first action of the episode
+//!   is due at once, unless the `cooldown` since the last action on this
+//!   (job, device) — in any earlier episode — has not elapsed, or the
+//!   schedule window is closed. Then the action *waits*: it becomes due at the
+//!   first evaluation that finds the condition still true and the cooldown
+//!   over and the window open. It is never lost while the episode lasts, and
+//!   it is dropped if the episode resolves first (the device recovered).
+//!   After the first action, `repeat` allows up to `max` further actions in
+//!   the same episode, each at least `every` after the previous one; a repeat
+//!   waiting for the window to open is sent once when it opens, never as a
+//!   burst of missed repeats. The cooldown gates an episode's first action
+//!   only; repeats are spaced by `every`. `False` → resolved.
+//! - **Resolved** — the episode ended with the condition false. It behaves as
+//!   inactive (a later `True` starts a new pending) and remembers when and
+//!   which episode ended, for `jobctl status`.
+//!
+//! # Unknown is not true, and not false either
+//!
+//! [`Verdict::Unknown`] (Prometheus unreachable, a query error, the device's
+//! series missing, a guard failing or itself unknown) never moves a state
+//! towards an action and never ends an episode:
+//!
+//! - In **pending**, Unknown *pauses* the `for` timer. Only time between two
+//!   consecutive evaluations that both found the condition true counts
+//!   towards `for`; an interval that begins or ends with Unknown does not
+//!   count, and neither does the time the daemon was not running (the
+//!   pairing with the previous evaluation is not persisted, see
+//!   [`Phase::Pending`]). Time already held is kept across the gap, so a
+//!   Prometheus blip does not restart a 10-minute timer, but a device is
+//!   never acted upon on the strength of minutes nobody observed. Moving to
+//!   firing always happens on an evaluation that found the condition true.
+//! - In **firing**, Unknown holds the episode: no action (first or repeat)
+//!   becomes due, and the episode does not resolve. When data comes back,
+//!   `True` makes any waiting action due, `False` resolves.
+//! - In **inactive** and **resolved**, Unknown changes nothing.
+//!
+//! Because Unknown never resolves an episode, a device whose series vanishes
+//! for good stays firing, but is not acted upon again; the engine reports
+//! unknowns separately.
+//!
+//! If the wall clock steps backwards, elapsed times count as zero rather than
+//! negative, so a clock step can delay an action but never hasten one.
+
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{after, elapsed};
+
+/// What one evaluation concluded about a job's condition on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The condition holds (the device is in the bad state the job watches).
+    True,
+    /// The condition does not hold.
+    False,
+    /// Nothing can be said: Prometheus unreachable, a query error, the
+    /// device's series missing, or a guard failing or unknown.
+    Unknown,
+}
+
+/// The timing limits of one job, as the rules file states them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long the condition must hold before the job fires (`for`).
+    pub for_: Duration,
+    /// Minimum time between the last action on a (job, device) and the first
+    /// action of a later episode.
+    pub cooldown: Duration,
+    /// Further actions while the same episode keeps firing; `None` = one
+    /// action per episode.
+    pub repeat: Option<Repeat>,
+}
+
+/// Repeated actions within one firing episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    /// Minimum time between two actions of the episode.
+    pub every: Duration,
+    /// How many actions may follow the episode's first one.
+    pub max: u32,
+}
+
+/// The inputs of one evaluation of one job on one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// When the evaluation happened.
+    pub now: Timestamp,
+    /// What the condition (and its guards) concluded.
+    pub verdict: Verdict,
+    /// The value that decided the verdict, if there is one; carried into
+    /// [`ActionDue::trigger_value`] for the journal.
+    pub value: Option<f64>,
+    /// Whether the job's schedule window allows actions at `now`.
+    pub in_window: bool,
+}
+
+/// Everything jobctl remembers about one job on one device between
+/// evaluations, and across restarts (the journal stores it as JSON).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct JobState {
+    /// Where the device is in the job's life cycle.
+    pub phase: Phase,
+    /// Number of the latest episode (firing period) started on this
+    /// (job, device); 0 before the first. Episodes are numbered from 1.
+    pub episodes_started: u64,
+    /// When the latest action on this (job, device) became due, in any
+    /// episode; the cooldown counts from here.
+    #[serde(with = "crate::clock::unix_millis_option")]
+    pub last_action_at: Option<Timestamp>,
+}
+
+/// The phase of a job on one device.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// The condition has not been seen true (or stopped being true before
+    /// `for` elapsed).
+    #[default]
+    Inactive,
+    /// The condition is true and must keep holding for `for`.
+    Pending {
+        /// When the condition was first seen true.
+        #[serde(with = "crate::clock::unix_millis")]
+        since: Timestamp,
+        /// Time observed true so far: the sum of the intervals between
+        /// consecutive evaluations that both found the condition true.
+        #[serde(with = "millis")]
+        held: Duration,
+        /// When the previous evaluation found the condition true, if the
+        /// previous evaluation did; `None` after an Unknown. Not persisted:
+        /// after a restart the downtime is not counted as observed.
+        #[serde(skip)]
+        counting_from: Option<Timestamp>,
+    },
+    /// The condition held for `for`: an episode is under way.
+    Firing {
+        /// When the episode began.
+        #[serde(with = "crate::clock::unix_millis")]
+        since: Timestamp,
+        /// The episode's number on this (job, device).
+        episode: u64,
+        /// How many actions became due in this episode so far.
+        actions_taken: u32,
+    },
+    /// The latest episode ended with the condition false.
+    Resolved {
+        /// When the condition was found false.
+        #[serde(with = "crate::clock::unix_millis")]
+        at: Timestamp,
+        /// The episode that ended.
+        episode: u64,
+    },
+}
+
+/// The name of a [`Phase`], for log lines and the journal's `phase` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseName {
+    /// See [`Phase::Inactive`].
+    Inactive,
+    /// See [`Phase::Pending`].
+    Pending,
+    /// See [`Phase::Firing`].
+    Firing,
+    /// See [`Phase::Resolved`].
+    Resolved,
+}
+
+impl PhaseName {
+    /// The lower-case word used in logs and in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Inactive => "inactive",
+            PhaseName::Pending => "pending",
+            PhaseName::Firing => "firing",
+            PhaseName::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Phase {
+    /// This phase's name.
+    pub fn name(&self) -> PhaseName {
+        match self {
+            Phase::Inactive => PhaseName::Inactive,
+            Phase::Pending { .. } => PhaseName::Pending,
+            Phase::Firing { .. } => PhaseName::Firing,
+            Phase::Resolved { .. } => PhaseName::Resolved,
+        }
+    }
+}
+
+/// A change of phase, for the log line "job X device Y: pending → firing
+/// after 10m". The engine adds the job and the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The phase left.
+    pub from: PhaseName,
+    /// The phase entered.
+    pub to: PhaseName,
+    /// When it happened.
+    pub at: Timestamp,
+    /// How long the left phase lasted (zero when leaving inactive or
+    /// resolved, whose start is of no interest).
+    pub after: Duration,
+    /// The episode started (entering firing) or ended (entering resolved).
+    pub episode: Option<u64>,
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} → {}", self.from, self.to)?;
+        if matches!(self.from, PhaseName::Pending | PhaseName::Firing) {
+            let whole_seconds = Duration::from_secs(self.after.as_secs());
+            write!(f, " after {}", humantime::format_duration(whole_seconds))?;
+        }
+        if let Some(episode) = self.episode {
+            write!(f, " (episode {episode})")?;
+        }
+        Ok(())
+    }
+}
+
+/// An action (an SMS) that the engine must now journal and send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActionDue {
+    /// The episode it belongs to.
+    pub episode: u64,
+    /// 1 for the episode's first action, 2 for its first repeat, and so on.
+    pub attempt_in_episode: u32,
+    /// The value that made the condition true at this evaluation, if known.
+    pub trigger_value: Option<f64>,
+}
+
+/// Why a firing episode's action is waiting although it would be due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionHeld {
+    /// The cooldown since the previous action has not elapsed.
+    Cooldown {
+        /// When the cooldown ends.
+        until: Timestamp,
+    },
+    /// The job's schedule window is closed now.
+    OutsideWindow,
+}
+
+impl fmt::Display for ActionHeld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionHeld::Cooldown { until } => {
+                write!(f, "action waits for the cooldown until {until}")
+            }
+            ActionHeld::OutsideWindow => f.write_str("action waits for the schedule window"),
+        }
+    }
+}
+
+/// The outcome of one evaluation of one job on one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The state to keep (and persist) until the next evaluation.
+    pub state: JobState,
+    /// Phase changes, in order, for the log.
+    pub transitions: Vec<Transition>,
+    /// The action to journal and send now, if one is due.
+    pub action: Option<ActionDue>,
+    /// Why an action that would be due is waiting, if it is.
+    pub held: Option<ActionHeld>,
+}
+
+impl JobState {
+    /// Applies one evaluation, following the rules in the module docs.
+    pub fn advance(&self, timing: &Timing, evaluation: &Evaluation) -> Step {
+        let mut step =
+            Step { state: self.clone(), transitions: Vec::new(), action: None, held: None };
+        let now = evaluation.now;
+        match (self.phase.clone(), evaluation.verdict) {
+            (Phase::Inactive | Phase::Resolved { .. }, Verdict::True) => {
+                step.enter(
+                    Phase::Pending { since: now, held: Duration::ZERO, counting_from: Some(now) },
+                    now,
+                    Duration::ZERO,
+                    None,
+                );
+                step.fire_if_held_long_enough(timing, evaluation);
+            }
+            (Phase::Inactive | Phase::Resolved { .. }, Verdict::False | Verdict::Unknown) => {}
+            (Phase::Pending { since, held, counting_from }, Verdict::True) => {
+                let held = held + counting_from.map_or(Duration::ZERO, |from| elapsed(from, now));
+                step.state.phase = Phase::Pending { since, held, counting_from: Some(now) };
+                step.fire_if_held_long_enough(timing, evaluation);
+            }
+            (Phase::Pending { since, .. }, Verdict::False) => {
+                step.enter(Phase::Inactive, now, elapsed(since, now), None);
+            }
+            (Phase::Pending { since, held, .. }, Verdict::Unknown) => {
+                step.state.phase = Phase::Pending { since, held, counting_from: None };
+            }
+            (Phase::Firing { .. }, Verdict::True) => step.act_if_allowed(timing, evaluation),
+            (Phase::Firing { since, episode, .. }, Verdict::False) => {
+                step.enter(
+                    Phase::Resolved { at: now, episode },
+                    now,
+                    elapsed(since, now),
+                    Some(episode),
+                );
+            }
+            (Phase::Firing { .. }, Verdict::Unknown) => {}
+        }
+        step
+    }
+}
+
+impl Step {
+    fn enter(&mut self, phase: Phase, at: Timestamp, after: Duration, episode: Option<u64>) {
+        let from = self.state.phase.name();
+        let to = phase.name();
+        self.state.phase = phase;
+        self.transitions.push(Transition { from, to, at, after, episode });
+    }
+
+    /// Pending, just observed true: fire once `for` has been held.
+    fn fire_if_held_long_enough(&mut self, timing: &Timing, evaluation: &Evaluation) {
+        let Phase::Pending { since, held, .. } = self.state.phase else { return };
+        if held < timing.for_ {
+            return;
+        }
+        let now = evaluation.now;
+        let episode = self.state.episodes_started + 1;
+        self.state.episodes_started = episode;
+        self.enter(
+            Phase::Firing { since: now, episode, actions_taken: 0 },
+            now,
+            elapsed(since, now),
+            Some(episode),
+        );
+        self.act_if_allowed(timing, evaluation);
+    }
+
+    /// Firing, observed true: decide whether the next action is due.
+    fn act_if_allowed(&mut self, timing: &Timing, evaluation: &Evaluation) {
+        let Phase::Firing { since, episode, actions_taken } = self.state.phase else { return };
+        let now = evaluation.now;
+        if actions_taken == 0 {
+            if let Some(last) = self.state.last_action_at {
+                if elapsed(last, now) < timing.cooldown {
+                    self.held = Some(ActionHeld::Cooldown { until: after(last, timing.cooldown) });
+                    return;
+                }
+            }
+        } else {
+            let Some(repeat) = timing.repeat else { return };
+            if actions_taken > repeat.max {
+                return;
+            }
+            // A repeat is scheduled, not held, until `every` has passed.
+            let previous = self.state.last_action_at.unwrap_or(since);
+            if elapsed(previous, now) < repeat.every {
+                return;
+            }
+        }
+        if !evaluation.in_window {
+            self.held = Some(ActionHeld::OutsideWindow);
+            return;
+        }
+        let attempt_in_episode = actions_taken + 1;
+        self.state.phase = Phase::Firing { since, episode, actions_taken: attempt_in_episode };
+        self.state.last_action_at = Some(now);
+        self.action =
+            Some(ActionDue { episode, attempt_in_episode, trigger_value: evaluation.value });
+    }
+}
+
+/// Serde adapter storing a [`Duration`] as integer milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        duration: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60;
+
+    fn minutes(n: u64) -> Duration {
+        Duration::from_secs(n * MINUTE)
+    }
+
+    /// Drives one (job, device) through evaluations at minute offsets from a
+    /// fixed origin, collecting every action and transition.
+    struct Device {
+        timing: Timing,
+        state: JobState,
+        actions: Vec<(u64, ActionDue)>,
+        transitions: Vec<Transition>,
+        last_held: Option<ActionHeld>,
+    }
+
+    const ORIGIN: i64 = 1_700_000_000;
+
+    fn at_minute(minute: u64) -> Timestamp {
+        Timestamp::from_second(ORIGIN + i64::try_from(minute * MINUTE).unwrap()).unwrap()
+    }
+
+    impl Device {
+        fn new(timing: Timing) -> Device {
+            Device {
+                timing,
+                state: JobState::default(),
+                actions: Vec::new(),
+                transitions: Vec::new(),
+                last_held: None,
+            }
+        }
+
+        fn eval_with(&mut self, minute: u64, verdict: Verdict, in_window: bool) -> Step {
+            let evaluation = Evaluation {
+                now: at_minute(minute),
+                verdict,
+                value: Some(minute as f64),
+                in_window,
+            };
+            let step = self.state.advance(&self.timing, &evaluation);
+            self.state = step.state.clone();
+            if let Some(action) = step.action {
+                self.actions.push((minute, action));
+            }
+            self.transitions.extend(step.transitions.iter().copied());
+            self.last_held = step.held;
+            step
+        }
+
+        fn eval(&mut self, minute: u64, verdict: Verdict) -> Step {
+            self.eval_with(minute, verdict, true)
+        }
+
+        /// Evaluates every minute of `minutes` with the same verdict.
+        fn run(&mut self, minutes: std::ops::RangeInclusive<u64>, verdict: Verdict) {
+            for minute in minutes {
+                self.eval(minute, verdict);
+            }
+        }
+
+        fn action_minutes(&self) -> Vec<u64> {
+            self.actions.iter().map(|(minute, _)| *minute).collect()
+        }
+
+        fn phase(&self) -> PhaseName {
+            self.state.phase.name()
+        }
+    }
+
+    fn timing(for_minutes: u64, cooldown_minutes: u64) -> Timing {
+        Timing { for_: minutes(for_minutes), cooldown: minutes(cooldown_minutes), repeat: None }
+    }
+
+    #[test]
+    fn exactly_one_action_after_for_and_none_during_it() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=9, Verdict::True);
+        assert!(device.actions.is_empty(), "nothing may be sent while `for` runs");
+        assert_eq!(device.phase(), PhaseName::Pending);
+
+        device.run(10..=180, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![10]);
+        let (_, action) = device.actions[0];
+        assert_eq!(
+            action,
+            ActionDue { episode: 1, attempt_in_episode: 1, trigger_value: Some(10.0) }
+        );
+        assert_eq!(device.phase(), PhaseName::Firing);
+    }
+
+    #[test]
+    fn early_recovery_sends_nothing_and_returns_to_inactive() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=9, Verdict::True);
+        device.eval(10, Verdict::False);
+        device.run(11..=60, Verdict::False);
+        assert!(device.actions.is_empty());
+        assert_eq!(device.phase(), PhaseName::Inactive);
+        assert_eq!(device.state.episodes_started, 0);
+        let names: Vec<_> = device.transitions.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (PhaseName::Inactive, PhaseName::Pending),
+                (PhaseName::Pending, PhaseName::Inactive)
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_for_fires_on_the_first_true_evaluation() {
+        let mut device = Device::new(timing(0, 0));
+        let step = device.eval(0, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0]);
+        let names: Vec<_> = step.transitions.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (PhaseName::Inactive, PhaseName::Pending),
+                (PhaseName::Pending, PhaseName::Firing)
+            ]
+        );
+    }
+
+    #[test]
+    fn transitions_read_as_log_lines() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=10, Verdict::True);
+        device.eval(35, Verdict::False);
+        let lines: Vec<String> = device.transitions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "inactive → pending",
+                "pending → firing after 10m (episode 1)",
+                "firing → resolved after 25m (episode 1)",
+            ]
+        );
+    }
+
+    #[test]
+    fn cooldown_holds_a_new_episodes_action_until_it_elapses() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=10, Verdict::True); // episode 1, action at 10
+        device.eval(20, Verdict::False);
+        device.run(30..=40, Verdict::True); // episode 2 fires at 40
+        assert_eq!(device.phase(), PhaseName::Firing);
+        assert_eq!(device.state.episodes_started, 2);
+        assert_eq!(device.last_held, Some(ActionHeld::Cooldown { until: at_minute(70) }));
+
+        device.run(41..=69, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![10], "cooldown must hold until minute 70");
+        device.run(70..=120, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![10, 70]);
+        let (_, action) = device.actions[1];
+        assert_eq!((action.episode, action.attempt_in_episode), (2, 1));
+        assert_eq!(device.last_held, None);
+    }
+
+    #[test]
+    fn an_action_held_by_cooldown_is_dropped_when_the_episode_resolves() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=10, Verdict::True);
+        device.eval(20, Verdict::False);
+        device.run(30..=45, Verdict::True); // firing at 40, held
+        device.eval(46, Verdict::False);
+        device.run(47..=200, Verdict::False);
+        assert_eq!(device.action_minutes(), vec![10]);
+        assert_eq!(device.state.phase, Phase::Resolved { at: at_minute(46), episode: 2 });
+    }
+
+    #[test]
+    fn repeat_sends_every_interval_up_to_max_per_episode() {
+        let mut device = Device::new(Timing {
+            for_: minutes(10),
+            cooldown: minutes(60),
+            repeat: Some(Repeat { every: minutes(15), max: 2 }),
+        });
+        device.run(0..=300, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![10, 25, 40]);
+        let attempts: Vec<_> =
+            device.actions.iter().map(|(_, a)| (a.episode, a.attempt_in_episode)).collect();
+        assert_eq!(attempts, vec![(1, 1), (1, 2), (1, 3)]);
+    }
+
+    #[test]
+    fn repeats_start_over_in_each_episode() {
+        let mut device = Device::new(Timing {
+            for_: minutes(0),
+            cooldown: minutes(0),
+            repeat: Some(Repeat { every: minutes(5), max: 1 }),
+        });
+        device.run(0..=20, Verdict::True);
+        device.eval(21, Verdict::False);
+        device.run(22..=40, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 5, 22, 27]);
+        let attempts: Vec<_> =
+            device.actions.iter().map(|(_, a)| (a.episode, a.attempt_in_episode)).collect();
+        assert_eq!(attempts, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn closed_window_defers_the_first_action_until_it_opens() {
+        let mut device = Device::new(timing(10, 60));
+        for minute in 0..=29 {
+            device.eval_with(minute, Verdict::True, false);
+        }
+        assert!(device.actions.is_empty());
+        assert_eq!(device.phase(), PhaseName::Firing);
+        assert_eq!(device.last_held, Some(ActionHeld::OutsideWindow));
+
+        device.eval_with(30, Verdict::True, true);
+        device.run(31..=100, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![30]);
+    }
+
+    #[test]
+    fn closed_window_defers_a_repeat_without_a_burst_afterwards() {
+        let mut device = Device::new(Timing {
+            for_: minutes(0),
+            cooldown: minutes(0),
+            repeat: Some(Repeat { every: minutes(10), max: 5 }),
+        });
+        device.eval(0, Verdict::True);
+        for minute in 1..=60 {
+            device.eval_with(minute, Verdict::True, false);
+        }
+        device.run(61..=75, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 61, 71], "one repeat at opening, then spaced");
+    }
+
+    #[test]
+    fn unknown_pauses_the_for_timer_and_unobserved_time_does_not_count() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=5, Verdict::True); // 5 minutes held
+        device.run(6..=20, Verdict::Unknown);
+        assert_eq!(device.phase(), PhaseName::Pending, "unknown neither advances nor resets");
+        device.run(21..=25, Verdict::True); // 21 restarts counting: 4 more minutes
+        assert!(device.actions.is_empty());
+        device.eval(26, Verdict::True); // 5 + 5 = 10 minutes observed
+        assert_eq!(device.action_minutes(), vec![26]);
+        let firing = device.transitions.iter().find(|t| t.to == PhaseName::Firing).unwrap();
+        assert_eq!(firing.to_string(), "pending → firing after 26m (episode 1)");
+    }
+
+    #[test]
+    fn unknown_never_fires_however_long_it_lasts() {
+        let mut device = Device::new(timing(10, 60));
+        device.eval(0, Verdict::True);
+        device.run(1..=600, Verdict::Unknown);
+        assert!(device.actions.is_empty());
+        assert!(matches!(device.state.phase, Phase::Pending { held: Duration::ZERO, .. }));
+    }
+
+    #[test]
+    fn false_after_an_unknown_gap_still_cancels_pending() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=8, Verdict::True);
+        device.run(9..=30, Verdict::Unknown);
+        device.eval(31, Verdict::False);
+        device.run(32..=40, Verdict::True);
+        assert!(device.actions.is_empty(), "pending restarted at 32, needs until 42");
+        device.eval(42, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![42]);
+    }
+
+    #[test]
+    fn unknown_during_firing_holds_the_episode_and_sends_nothing() {
+        let mut device = Device::new(timing(10, 60));
+        for minute in 0..=15 {
+            device.eval_with(minute, Verdict::True, false); // firing at 10, window closed
+        }
+        for minute in 16..=90 {
+            let step = device.eval_with(minute, Verdict::Unknown, true);
+            assert_eq!(step.action, None);
+            assert!(step.transitions.is_empty());
+        }
+        assert_eq!(device.phase(), PhaseName::Firing, "unknown must not resolve");
+        device.eval(91, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![91]);
+        device.run(92..=99, Verdict::Unknown);
+        device.eval(100, Verdict::False);
+        assert_eq!(device.state.phase, Phase::Resolved { at: at_minute(100), episode: 1 });
+    }
+
+    #[test]
+    fn unknown_holds_a_due_repeat() {
+        let mut device = Device::new(Timing {
+            for_: minutes(0),
+            cooldown: minutes(0),
+            repeat: Some(Repeat { every: minutes(10), max: 3 }),
+        });
+        device.eval(0, Verdict::True);
+        device.run(1..=40, Verdict::Unknown);
+        device.eval(41, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 41]);
+    }
+
+    #[test]
+    fn a_flapping_device_never_fires_when_it_never_holds_for_long_enough() {
+        let mut device = Device::new(timing(5, 60));
+        for minute in 0..=240 {
+            let verdict = if minute % 4 == 3 { Verdict::False } else { Verdict::True };
+            device.eval(minute, verdict);
+        }
+        assert!(device.actions.is_empty());
+        assert_eq!(device.state.episodes_started, 0);
+    }
+
+    #[test]
+    fn a_flapping_device_gets_at_most_one_action_per_cooldown() {
+        let mut device = Device::new(timing(2, 60));
+        // Bad for 5 minutes, fine for 1, over and over: an episode every 6 minutes.
+        for minute in 0..=180 {
+            let verdict = if minute % 6 == 5 { Verdict::False } else { Verdict::True };
+            device.eval(minute, verdict);
+        }
+        assert_eq!(device.action_minutes(), vec![2, 62, 122]);
+        assert!(device.state.episodes_started >= 30);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_counts_the_step_as_no_time() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(100..=105, Verdict::True); // 5 minutes held
+        device.run(0..=4, Verdict::True); // the wall clock jumped back: 0 + 4 minutes
+        assert!(device.actions.is_empty());
+        device.eval(5, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![5]);
+    }
+
+    #[test]
+    fn state_survives_serialisation_but_downtime_is_not_observed_time() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=6, Verdict::True);
+        let json = serde_json::to_string(&device.state).unwrap();
+        let restored: JobState = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            restored.phase,
+            Phase::Pending { since: at_minute(0), held: minutes(6), counting_from: None }
+        );
+
+        // The daemon was down from 6 to 20: counting resumes at 20.
+        device.state = restored;
+        device.run(20..=23, Verdict::True);
+        assert!(device.actions.is_empty());
+        device.eval(24, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![24]);
+
+        let json = serde_json::to_string(&device.state).unwrap();
+        let restored: JobState = serde_json::from_str(&json).unwrap();
+        assert_eq!(restored, device.state);
+        assert_eq!(restored.last_action_at, Some(at_minute(24)));
+        assert_eq!(
+            restored.phase,
+            Phase::Firing { since: at_minute(24), episode: 1, actions_taken: 1 }
+        );
+    }
+
+    #[test]
+    fn a_restored_firing_state_keeps_its_cooldown_and_sends_nothing_twice() {
+        let mut device = Device::new(timing(0, 60));
+        device.eval(0, Verdict::True);
+        let json = serde_json::to_string(&device.state).unwrap();
+        device.state = serde_json::from_str(&json).unwrap();
+        device.run(1..=30, Verdict::True);
+        device.eval(31, Verdict::False);
+        device.run(32..=59, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0]);
+        device.state =
+            serde_json::from_str(&serde_json::to_string(&device.state).unwrap()).unwrap();
+        device.eval(60, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 60]);
+    }
+}

@@ -1,0 +1,687 @@
+//! The journal's promises, checked against real files: a message journalled
+//! before it leaves is never lost or blindly resent, even when the process is
+//! killed with SIGKILL; states survive restarts; readers and the daemon share
+//! the file; foreign or newer files are refused and left untouched.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use signage_watchdog::clock::{Clock, ManualClock};
+use signage_watchdog::journal::{
+    Execution, ExecutionStatus, HistoryFilter, Journal, JournalError, Origin, PlannedSend,
+    SendResult, Suppression, SCHEMA_VERSION,
+};
+use signage_watchdog::rules::state::{JobState, Phase};
+
+const DEVICE: &str = "platform_id=12,device_id=30785";
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(seconds).unwrap()
+}
+
+fn firing(episode: u64, actions_taken: u32, since: i64) -> JobState {
+    JobState {
+        phase: Phase::Firing { since: at(since), episode, actions_taken },
+        episodes_started: episode,
+        last_action_at: Some(at(since)),
+    }
+}
+
+fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> PlannedSend {
+    PlannedSend {
+        origin: Origin::Rule {
+            job: job.to_string(),
+            device_key: device_key.to_string(),
+            episode,
+            attempt: 1,
+            trigger_value: Some(0.0),
+            state_after: firing(episode, 1, 1_700_000_000),
+        },
+        socket: socket.to_string(),
+        phone: "+79991234567".to_string(),
+        text: "#12#0#1#1#".to_string(),
+    }
+}
+
+fn manual_send(socket: &str) -> PlannedSend {
+    PlannedSend {
+        origin: Origin::Manual,
+        socket: socket.to_string(),
+        phone: "+79990000000".to_string(),
+        text: "#01#0#".to_string(),
+    }
+}
+
+fn sent(backend: &str) -> SendResult {
+    SendResult::Sent { backend: backend.to_string(), reference: Some("42".to_string()) }
+}
+
+fn journal_at(path: &Path, clock: &Arc<ManualClock>) -> Journal {
+    Journal::open(path).unwrap().with_clock(clock.clone())
+}
+
+fn statuses(executions: &[Execution]) -> Vec<ExecutionStatus> {
+    executions.iter().map(|execution| execution.status).collect()
+}
+
+#[test]
+fn a_rule_send_round_trips_with_its_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    let mut journal = journal_at(&dir.path().join("journal.db"), &clock);
+
+    let id = journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 3)).unwrap();
+    let sending = journal.execution(id).unwrap();
+    assert_eq!(sending.status, ExecutionStatus::Sending);
+    assert!(sending.attempts.is_empty());
+
+    clock.advance(Duration::from_secs(2));
+    journal.finish_send(id, &sent("modem")).unwrap();
+    let execution = journal.execution(id).unwrap();
+    assert_eq!(execution.job.as_deref(), Some("Lobby offline"));
+    assert_eq!(execution.device_key.as_deref(), Some(DEVICE));
+    assert_eq!(execution.socket, "lobby");
+    assert_eq!(execution.phone, "+79991234567");
+    assert_eq!(execution.text, "#12#0#1#1#");
+    assert_eq!((execution.episode, execution.attempt), (Some(3), Some(1)));
+    assert_eq!(execution.trigger_value, Some(0.0));
+    assert_eq!(execution.status, ExecutionStatus::Sent);
+    assert_eq!(execution.backend.as_deref(), Some("modem"));
+    assert_eq!(execution.detail.as_deref(), Some("42"));
+    assert!(!execution.manual);
+    assert_eq!(execution.created_at, at(1_700_000_000));
+    assert_eq!(execution.updated_at, at(1_700_000_002));
+    assert_eq!(execution.attempts.len(), 1);
+    assert_eq!(execution.attempts[0].outcome, ExecutionStatus::Sent);
+
+    let history = journal.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(history, vec![execution]);
+}
+
+#[test]
+fn failover_keeps_every_attempt_and_the_delivering_backend() {
+    let mut journal = Journal::open_in_memory().unwrap();
+    let id = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal
+        .finish_send(
+            id,
+            &SendResult::Failed { backend: "modem".into(), reason: "+CMS ERROR: 331".into() },
+        )
+        .unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Failed);
+    journal.mark_sending(id).unwrap();
+    journal.finish_send(id, &sent("http")).unwrap();
+
+    let execution = journal.execution(id).unwrap();
+    assert!(execution.manual);
+    assert_eq!(execution.job, None);
+    assert_eq!(execution.status, ExecutionStatus::Sent);
+    assert_eq!(execution.backend.as_deref(), Some("http"));
+    let attempts: Vec<_> = execution
+        .attempts
+        .iter()
+        .map(|attempt| (attempt.backend.as_str(), attempt.outcome, attempt.detail.as_deref()))
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![
+            ("modem", ExecutionStatus::Failed, Some("+CMS ERROR: 331")),
+            ("http", ExecutionStatus::Sent, Some("42")),
+        ]
+    );
+}
+
+#[test]
+fn a_sent_message_cannot_be_sent_or_finished_again() {
+    let mut journal = Journal::open_in_memory().unwrap();
+    let id = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal.finish_send(id, &sent("http")).unwrap();
+
+    let again = journal.mark_sending(id).unwrap_err();
+    assert!(matches!(again, JournalError::WrongStatus { status: ExecutionStatus::Sent, .. }));
+    assert_eq!(
+        again.to_string(),
+        format!(":memory:: execution {id} is sent, so it cannot be sent again")
+    );
+    let twice = journal.finish_send(id, &sent("http")).unwrap_err();
+    assert!(matches!(twice, JournalError::WrongStatus { .. }));
+    assert_eq!(journal.execution(id).unwrap().attempts.len(), 1);
+}
+
+#[test]
+fn a_journal_moves_to_the_thread_that_runs_it() {
+    let mut journal = Journal::open_in_memory().unwrap();
+    let id = journal.begin_send(&manual_send("lobby")).unwrap();
+    let journal = std::thread::spawn(move || {
+        journal.finish_send(id, &sent("http")).unwrap();
+        journal
+    })
+    .join()
+    .unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sent);
+}
+
+#[test]
+fn an_unknown_execution_is_named() {
+    let mut journal = Journal::open_in_memory().unwrap();
+    let missing = signage_watchdog::journal::ExecutionId(99);
+    let err = journal.finish_send(missing, &sent("http")).unwrap_err();
+    assert_eq!(err.to_string(), ":memory:: no execution #99 in the journal");
+}
+
+#[test]
+fn a_planned_send_is_marked_sending_before_it_leaves() {
+    let mut journal = Journal::open_in_memory().unwrap();
+    let id = journal.plan_send(&manual_send("lobby")).unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Planned);
+    assert!(journal.finish_send(id, &sent("http")).is_err(), "an outcome needs sending first");
+    journal.mark_sending(id).unwrap();
+    journal.finish_send(id, &sent("http")).unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sent);
+}
+
+#[test]
+fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    let (in_flight, queued, done) = {
+        let mut journal = journal_at(&path, &clock);
+        let in_flight =
+            journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 1)).unwrap();
+        let queued = journal.plan_send(&manual_send("lobby")).unwrap();
+        let done = journal.begin_send(&manual_send("lobby")).unwrap();
+        journal.finish_send(done, &sent("http")).unwrap();
+        (in_flight, queued, done)
+        // Dropped without finish_send: as far as the file knows, the process died.
+    };
+
+    clock.advance(Duration::from_secs(60));
+    let mut journal = journal_at(&path, &clock);
+    let recovered = journal.recover_in_flight().unwrap();
+    let recovered: Vec<_> = recovered.iter().map(|e| (e.id, e.status)).collect();
+    assert_eq!(
+        recovered,
+        vec![(in_flight, ExecutionStatus::Uncertain), (queued, ExecutionStatus::Failed)]
+    );
+    let uncertain = journal.execution(in_flight).unwrap();
+    assert!(uncertain.detail.unwrap().contains("may have left, so it is not sent again"));
+    assert_eq!(uncertain.updated_at, at(1_700_000_060));
+    assert_eq!(journal.execution(done).unwrap().status, ExecutionStatus::Sent);
+
+    // The uncertain one and the sent one may have left; the queued one did not.
+    assert_eq!(journal.count_sent_since(Some("lobby"), at(1_699_999_000)).unwrap(), 2);
+    // The state that decided the uncertain send came back with it.
+    let states = journal.load_states().unwrap();
+    assert_eq!(
+        states[&("Lobby offline".to_string(), DEVICE.to_string())],
+        firing(1, 1, 1_700_000_000)
+    );
+    assert!(journal.recover_in_flight().unwrap().is_empty(), "recovery happens once");
+}
+
+#[test]
+fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let pending = JobState {
+        phase: Phase::Pending {
+            since: at(100),
+            held: Duration::from_secs(90),
+            counting_from: None,
+        },
+        episodes_started: 4,
+        last_action_at: Some(at(50)),
+    };
+    let resolved = JobState {
+        phase: Phase::Resolved { at: at(200), episode: 2 },
+        episodes_started: 2,
+        last_action_at: None,
+    };
+    {
+        let mut journal = Journal::open(&path).unwrap();
+        journal
+            .save_states([
+                ("Offline", "platform_id=12,device_id=1", &pending),
+                ("Offline", "platform_id=12,device_id=2", &resolved),
+                ("Paused", "platform_id=12,device_id=1", &JobState::default()),
+            ])
+            .unwrap();
+    }
+    let mut journal = Journal::open(&path).unwrap();
+    let states = journal.load_states().unwrap();
+    assert_eq!(states.len(), 3);
+    assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=1".into())], pending);
+    assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=2".into())], resolved);
+    assert_eq!(
+        states[&("Paused".into(), "platform_id=12,device_id=1".into())],
+        JobState::default()
+    );
+
+    let later = firing(5, 1, 300);
+    journal.save_states([("Offline", "platform_id=12,device_id=1", &later)]).unwrap();
+    let states = journal.load_states().unwrap();
+    assert_eq!(states.len(), 3);
+    assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=1".into())], later);
+    assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=2".into())], resolved);
+}
+
+#[test]
+fn an_unreadable_state_names_its_job_and_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    Journal::open(&path).unwrap().save_states([("Offline", DEVICE, &JobState::default())]).unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE job_state SET state = '{\"phase\": \"sleeping\"}'", []).unwrap();
+    drop(raw);
+
+    let err = Journal::open(&path).unwrap().load_states().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the stored state of job \"Offline\" on device \"{DEVICE}\" is unreadable",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let reason = "socket lobby: 10 messages in the last hour".to_string();
+    let over = journal
+        .record_suppressed(
+            &rule_send("Lobby offline", DEVICE, "lobby", 7),
+            &Suppression::OverBudget { reason: reason.clone() },
+        )
+        .unwrap();
+    let dry = journal.record_suppressed(&manual_send("lobby"), &Suppression::DryRun).unwrap();
+
+    let over = journal.execution(over).unwrap();
+    assert_eq!(over.status, ExecutionStatus::Suppressed);
+    assert_eq!(over.detail, Some(reason));
+    assert_eq!(journal.execution(dry).unwrap().status, ExecutionStatus::DryRun);
+    assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 0);
+    assert!(journal.mark_sending(dry).is_err(), "a dry run never leaves");
+    // Suppressing a rule's action still records the state that decided it.
+    assert_eq!(journal.load_states().unwrap().len(), 1);
+}
+
+#[test]
+fn budgets_count_what_may_have_left_per_socket_and_globally_within_the_window() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let start = clock.now();
+
+    // Two hours ago-ish: one sent to lobby.
+    let old = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal.finish_send(old, &sent("http")).unwrap();
+
+    clock.advance(HOUR + Duration::from_secs(1));
+    let window_start = clock.now();
+    // Within the last hour: lobby sent, lobby uncertain, lobby failed, hall sending, hall planned.
+    let a = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal.finish_send(a, &sent("http")).unwrap();
+    let b = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal
+        .finish_send(
+            b,
+            &SendResult::Uncertain { backend: "modem".into(), reason: "timeout".into() },
+        )
+        .unwrap();
+    let c = journal.begin_send(&manual_send("lobby")).unwrap();
+    journal
+        .finish_send(
+            c,
+            &SendResult::Failed { backend: "modem".into(), reason: "no network".into() },
+        )
+        .unwrap();
+    journal.begin_send(&manual_send("hall")).unwrap();
+    journal.plan_send(&manual_send("hall")).unwrap();
+    journal.record_suppressed(&manual_send("hall"), &Suppression::DryRun).unwrap();
+
+    clock.advance(Duration::from_secs(60));
+    let now = clock.now();
+    let hour_ago = now - HOUR;
+    assert!(hour_ago > start && hour_ago <= window_start);
+    assert_eq!(journal.count_sent_since(Some("lobby"), hour_ago).unwrap(), 2);
+    assert_eq!(journal.count_sent_since(Some("hall"), hour_ago).unwrap(), 2);
+    assert_eq!(journal.count_sent_since(Some("cellar"), hour_ago).unwrap(), 0);
+    assert_eq!(journal.count_sent_since(None, hour_ago).unwrap(), 4);
+    let day_ago = now - 24 * HOUR;
+    assert_eq!(journal.count_sent_since(Some("lobby"), day_ago).unwrap(), 3);
+    assert_eq!(journal.count_sent_since(None, day_ago).unwrap(), 5);
+    // The window's start is inclusive.
+    assert_eq!(journal.count_sent_since(None, window_start).unwrap(), 4);
+}
+
+#[test]
+fn history_filters_by_job_device_time_outcome_and_limit_newest_first() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let mut ids = Vec::new();
+    for (job, device) in
+        [("Offline", "d=1"), ("Offline", "d=2"), ("Paused", "d=1"), ("Offline", "d=1")]
+    {
+        clock.advance(Duration::from_secs(60));
+        let id = journal.begin_send(&rule_send(job, device, "lobby", 1)).unwrap();
+        journal.finish_send(id, &sent("http")).unwrap();
+        ids.push(id);
+    }
+    clock.advance(Duration::from_secs(60));
+    let failed = journal.begin_send(&rule_send("Offline", "d=1", "lobby", 2)).unwrap();
+    journal
+        .finish_send(failed, &SendResult::Failed { backend: "http".into(), reason: "500".into() })
+        .unwrap();
+
+    let ids_of = |filter: HistoryFilter| -> Vec<_> {
+        journal.history(&filter).unwrap().into_iter().map(|execution| execution.id).collect()
+    };
+    assert_eq!(ids_of(HistoryFilter::default()), vec![failed, ids[3], ids[2], ids[1], ids[0]]);
+    assert_eq!(
+        ids_of(HistoryFilter { job: Some("Offline".into()), ..HistoryFilter::default() }),
+        vec![failed, ids[3], ids[1], ids[0]]
+    );
+    assert_eq!(
+        ids_of(HistoryFilter {
+            job: Some("Offline".into()),
+            device_key: Some("d=1".into()),
+            ..HistoryFilter::default()
+        }),
+        vec![failed, ids[3], ids[0]]
+    );
+    assert_eq!(
+        ids_of(HistoryFilter { since: Some(at(1_700_000_180)), ..HistoryFilter::default() }),
+        vec![failed, ids[3], ids[2]]
+    );
+    assert_eq!(
+        ids_of(HistoryFilter { status: Some(ExecutionStatus::Failed), ..HistoryFilter::default() }),
+        vec![failed]
+    );
+    assert_eq!(
+        ids_of(HistoryFilter { limit: Some(2), ..HistoryFilter::default() }),
+        vec![failed, ids[3]]
+    );
+    assert_eq!("dry_run".parse::<ExecutionStatus>().unwrap(), ExecutionStatus::DryRun);
+    assert_eq!(
+        "lost".parse::<ExecutionStatus>().unwrap_err().to_string(),
+        "unknown outcome \"lost\"; expected one of planned, sending, sent, failed, uncertain, suppressed, dry_run"
+    );
+}
+
+#[test]
+fn readers_neither_block_nor_disturb_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut daemon = Journal::open(&path).unwrap();
+    let first = daemon.begin_send(&rule_send("Offline", DEVICE, "lobby", 1)).unwrap();
+
+    // Another writer holds the write lock with an uncommitted row.
+    let mut other_writer = rusqlite::Connection::open(&path).unwrap();
+    let uncommitted =
+        other_writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    uncommitted
+        .execute(
+            "INSERT INTO executions (socket, phone, text, status, manual, created_at, updated_at) \
+             VALUES ('hall', '+7', 'x', 'sent', 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+
+    // `jobctl status`/`history` read at once, and see only committed rows.
+    let status = Journal::open_read_only(&path).unwrap();
+    let seen = status.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first]);
+    assert_eq!(status.count_sent_since(None, at(0)).unwrap(), 1);
+    assert_eq!(status.load_states().unwrap().len(), 1);
+    uncommitted.rollback().unwrap();
+
+    // A reader in the middle of a read transaction does not hold the daemon up.
+    let mut history = rusqlite::Connection::open(&path).unwrap();
+    let snapshot = history.transaction().unwrap();
+    let before: i64 =
+        snapshot.query_row("SELECT count(*) FROM executions", [], |r| r.get(0)).unwrap();
+    daemon.finish_send(first, &sent("http")).unwrap();
+    let second = daemon.begin_send(&manual_send("hall")).unwrap();
+    daemon.save_states([("Offline", DEVICE, &JobState::default())]).unwrap();
+    let during: i64 =
+        snapshot.query_row("SELECT count(*) FROM executions", [], |r| r.get(0)).unwrap();
+    assert_eq!((before, during), (1, 1), "the reader keeps its consistent snapshot");
+    snapshot.commit().unwrap();
+
+    let seen = status.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(statuses(&seen), vec![ExecutionStatus::Sending, ExecutionStatus::Sent]);
+    assert_eq!(seen[0].id, second);
+    assert_eq!(
+        status.load_states().unwrap()[&("Offline".into(), DEVICE.into())],
+        JobState::default()
+    );
+}
+
+#[test]
+fn a_fresh_file_gets_the_current_schema_in_wal_mode_and_reopens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let id = Journal::open(&path).unwrap().begin_send(&manual_send("lobby")).unwrap();
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    let mode: String = raw.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!((version, mode.as_str()), (SCHEMA_VERSION, "wal"));
+    drop(raw);
+
+    let journal = Journal::open(&path).unwrap();
+    assert_eq!(journal.execution(id).unwrap().text, "#01#0#");
+}
+
+#[test]
+fn an_empty_sqlite_database_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    // What `sqlite3 journal.db 'PRAGMA user_version'` leaves behind: version 0, no tables.
+    rusqlite::Connection::open(&path).unwrap().execute_batch("VACUUM").unwrap();
+    let mut journal = Journal::open(&path).unwrap();
+    journal.begin_send(&manual_send("lobby")).unwrap();
+}
+
+#[test]
+fn a_journal_from_a_newer_jobctl_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    drop(Journal::open(&path).unwrap());
+    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    for err in [Journal::open(&path).unwrap_err(), Journal::open_read_only(&path).unwrap_err()] {
+        assert!(matches!(err, JournalError::NewerSchema { found: 99, .. }));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: journal schema version 99 is newer than this jobctl understands (up to {SCHEMA_VERSION}); \
+                 upgrade jobctl or restore a journal from before the downgrade",
+                path.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let text = b"[prometheus]\nurl = \"http://127.0.0.1:9090\"\n".repeat(200);
+    std::fs::write(&path, &text).unwrap();
+
+    for err in [Journal::open(&path).unwrap_err(), Journal::open_read_only(&path).unwrap_err()] {
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: not an SQLite database, so not a jobctl journal; it was left untouched \
+                 (move it away or set [journal] path to another file)",
+                path.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), text);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, vec!["rules.toml"], "no -wal or -shm files either");
+}
+
+#[test]
+fn a_corrupt_sqlite_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend((0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = Journal::open(&path).unwrap_err();
+    assert!(matches!(err, JournalError::NotADatabase { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn another_programs_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter-cache.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE devices (id INTEGER PRIMARY KEY, raw TEXT)")
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let err = Journal::open(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: an SQLite database but not a jobctl journal (it has a table \"devices\"); \
+             it was left untouched (set [journal] path to another file)",
+            path.display()
+        )
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn read_only_opening_needs_an_existing_current_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let err = Journal::open_read_only(&missing).unwrap_err();
+    assert!(matches!(err, JournalError::Unreadable { .. }));
+    assert_eq!(err.to_string(), format!("{}: cannot read the journal", missing.display()));
+    assert!(!missing.exists(), "a reader never creates the journal");
+
+    let empty = dir.path().join("empty.db");
+    rusqlite::Connection::open(&empty).unwrap().execute_batch("VACUUM").unwrap();
+    let err = Journal::open_read_only(&empty).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: journal schema version 0 is older than this jobctl's {SCHEMA_VERSION}; \
+             start the jobctl daemon once to upgrade it",
+            empty.display()
+        )
+    );
+}
+
+// --- A real kill -9 -------------------------------------------------------
+//
+// The test binary re-runs itself as a child that runs only
+// `crash_child_process`: it journals, prints a line saying so, and waits on
+// stdin for a kill that the parent sends (SIGKILL) as soon as it reads the
+// line. Nothing sleeps.
+
+const CRASH_CHILD_ENV: &str = "SIGNAGE_WATCHDOG_JOURNAL_CRASH_CHILD";
+const READY: &str = "JOURNALLED execution ";
+
+/// Runs only as the child of the kill -9 tests; a no-op otherwise.
+#[test]
+fn crash_child_process() {
+    let Ok(spec) = std::env::var(CRASH_CHILD_ENV) else { return };
+    let (stage, path) = spec.split_once(':').expect("stage:path");
+    let mut journal = Journal::open(Path::new(path)).unwrap();
+    let id = journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 1)).unwrap();
+    if stage == "after-sent" {
+        journal.finish_send(id, &sent("http")).unwrap();
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{READY}{}", id.0).unwrap();
+    stdout.flush().unwrap();
+    drop(stdout);
+    // Wait to be killed; the parent never closes our stdin first.
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    panic!("the parent should have killed this process");
+}
+
+/// Runs the child at `stage`, kills it with SIGKILL once it has journalled,
+/// and returns the id it reported.
+#[cfg(unix)]
+fn journal_then_get_killed(stage: &str, path: &Path) -> i64 {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ENV, format!("{stage}:{}", path.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut id = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(at) = line.find(READY) {
+            id = Some(line[at + READY.len()..].trim().parse::<i64>().unwrap());
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the child must die by SIGKILL, not exit");
+    id.expect("the child reported what it journalled")
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_while_sending_the_restart_marks_it_uncertain_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let id = journal_then_get_killed("while-sending", &path);
+
+    let mut journal = Journal::open(&path).unwrap();
+    let recovered = journal.recover_in_flight().unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].id.0, id);
+    assert_eq!(recovered[0].status, ExecutionStatus::Uncertain);
+    assert_eq!(journal.count_sent_since(Some("lobby"), at(0)).unwrap(), 1);
+    let states = journal.load_states().unwrap();
+    let state = &states[&("Lobby offline".to_string(), DEVICE.to_string())];
+    assert!(
+        matches!(state.phase, Phase::Firing { episode: 1, actions_taken: 1, .. }),
+        "the action is already taken, so it will not be due again: {state:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_after_the_outcome_nothing_is_left_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let id = journal_then_get_killed("after-sent", &path);
+
+    let mut journal = Journal::open(&path).unwrap();
+    assert!(journal.recover_in_flight().unwrap().is_empty());
+    let history = journal.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].id.0, history[0].status), (id, ExecutionStatus::Sent));
+    assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 1);
+}
