@@ -12,15 +12,26 @@
 //! - [`SendError::Uncertain`]: it may have left (a timeout after the request
 //!   was written). Never retried blindly.
 //!
-//! Backends here: [`log`] (records only, to try jobctl without a gateway).
-//! [`text`] makes texts safe for every backend and counts their segments.
+//! Backends here: [`http`] (any HTTP SMS API, with a preset for the gateway
+//! the older system used) and [`log`] (records only, to try jobctl without a
+//! gateway). [`text`] makes texts safe for every backend and counts their
+//! segments. The `[sms]` table of the rules file is [`SmsConfig`];
+//! [`SmsConfig::build`] turns it into a ready sender.
 
+pub mod http;
 pub mod log;
 pub mod text;
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
+use std::path::Path;
 use std::pin::Pin;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config_file::{ConfigError, SourceFile};
 
 /// One SMS to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +121,113 @@ pub trait Sender: fmt::Debug + Send + Sync {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a>;
 }
 
+/// Which backend `[sms]` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// An HTTP SMS API, configured in `[sms.http]`.
+    Http,
+    /// Nothing leaves; each message is written to the log.
+    Log,
+}
+
+/// The `[sms]` table of the rules file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// Which backend sends: `"http"` or `"log"`. Required: a daemon that
+    /// silently sends nothing because a line was missing would be worse than
+    /// one that refuses to start.
+    pub backend: Spanned<BackendKind>,
+    /// Settings of the `http` backend; required when `backend = "http"`,
+    /// kept but unused otherwise (so switching to `log` for a test is one
+    /// line).
+    pub http: Option<http::HttpConfig>,
+}
+
+/// A problem in the `[sms]` table found after parsing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SmsConfigError {
+    /// Dotted key at fault, as written in the file (`"sms.http.url"`).
+    pub key: String,
+    /// What is wrong and what to do. Never contains a secret.
+    pub message: String,
+    /// Byte span of the offending value in the file, when known.
+    pub span: Option<Range<usize>>,
+}
+
+impl SmsConfigError {
+    pub(crate) fn new(key: &str, message: impl Into<String>, span: Option<Range<usize>>) -> Self {
+        SmsConfigError { key: key.to_string(), message: message.into(), span }
+    }
+
+    /// The same error placed at its `line:column` in `file`.
+    pub fn in_file(&self, file: &SourceFile) -> ConfigError {
+        let message = format!("{}: {}", self.key, self.message);
+        match &self.span {
+            Some(span) => file.error_at(span.clone(), message),
+            None => file.error(message),
+        }
+    }
+}
+
+impl SmsConfig {
+    /// Builds the configured sender, loading its secret. Relative paths
+    /// (`key_file`) are taken relative to `base_dir`, the directory of the
+    /// rules file.
+    pub fn build(&self, base_dir: &Path) -> Result<Box<dyn Sender>, SmsConfigError> {
+        match self.backend.get_ref() {
+            BackendKind::Log => Ok(Box::new(log::LogSender::new())),
+            BackendKind::Http => match &self.http {
+                Some(http) => Ok(Box::new(http::HttpSender::from_config(http, base_dir)?)),
+                None => Err(SmsConfigError::new(
+                    "sms.backend",
+                    "backend \"http\" needs an [sms.http] table (at least `url`, or `preset` with `url` and `key_file`)",
+                    Some(self.backend.span()),
+                )),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct File {
+        sms: SmsConfig,
+    }
+
+    #[test]
+    fn log_backend_needs_nothing_else() {
+        let file: File = toml::from_str("[sms]\nbackend = \"log\"\n").unwrap();
+        let sender = file.sms.build(Path::new(".")).unwrap();
+        assert_eq!(sender.name(), "log");
+    }
+
+    #[test]
+    fn http_backend_without_its_table_is_placed() {
+        let text = "[sms]\nbackend = \"http\"\n";
+        let file: File = toml::from_str(text).unwrap();
+        let err = file.sms.build(Path::new(".")).unwrap_err();
+        let placed = err.in_file(&SourceFile::from_text("rules.toml", text)).to_string();
+        assert!(
+            placed.starts_with(
+                "rules.toml:2:11: sms.backend: backend \"http\" needs an [sms.http] table"
+            ),
+            "{placed}"
+        );
+    }
+
+    #[test]
+    fn unknown_backends_and_keys_are_rejected_by_the_parser() {
+        let err = toml::from_str::<File>("[sms]\nbackend = \"pigeon\"\n").unwrap_err();
+        assert!(err.message().contains("unknown variant `pigeon`"), "{err}");
+        let err = toml::from_str::<File>("[sms]\nbackend = \"log\"\nspeed = 1\n").unwrap_err();
+        assert!(err.message().contains("unknown field `speed`"), "{err}");
+    }
 
     #[test]
     fn errors_say_whether_the_message_may_have_left() {
