@@ -24,4 +24,5 @@ pub mod journal;
 pub mod rules;
 pub mod secret;
 pub mod shutdown;
+pub mod sms;
 pub mod telemetry;

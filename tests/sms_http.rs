@@ -1,0 +1,350 @@
+//! The HTTP SMS backend against a fake gateway on loopback: what goes over
+//! the wire, and how each kind of failure is judged (definite or uncertain).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig};
+use support::fake_gateway::{FakeGateway, Fault, SentSms};
+
+const PHONE: &str = "+79991234567";
+
+/// A sender built from `[sms.http]` lines the way jobctl builds it, with
+/// `key` in a mode-600 file next to the configuration.
+fn sender(http_lines: &str, key: &str) -> (Box<dyn Sender>, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("sms.key");
+    std::fs::write(&key_path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text =
+        format!("[sms]\nbackend = \"http\"\n[sms.http]\n{http_lines}\nkey_file = \"sms.key\"\n");
+    #[derive(serde::Deserialize)]
+    struct File {
+        sms: SmsConfig,
+    }
+    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let sender = file.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    (sender, dir)
+}
+
+fn gateway_sender(gateway: &FakeGateway) -> (Box<dyn Sender>, tempfile::TempDir) {
+    sender(&format!("preset = \"gateway\"\nurl = \"{}\"", gateway.url()), gateway.key())
+}
+
+fn message(text: &str) -> Message {
+    Message { phone: PHONE.to_string(), text: text.to_string() }
+}
+
+fn definite(outcome: Result<Delivered, SendError>) -> String {
+    match outcome {
+        Err(SendError::Definite { reason }) => reason,
+        other => panic!("expected a definite failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn gateway_preset_sends_exactly_the_old_request() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = gateway_sender(&gateway);
+
+    let outcome = sender.send(&message("#12#0#1#1#")).await;
+
+    assert_eq!(outcome, Ok(Delivered { backend: "http".into(), reference: None }));
+    let received = gateway.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].method, "POST");
+    assert_eq!(received[0].path, "/send");
+    assert_eq!(
+        received[0].query.as_deref(),
+        Some("number=%2B79991234567&text=%2312%230%231%231%23")
+    );
+    assert_eq!(received[0].header("Authorization"), Some(gateway.key()));
+    assert!(received[0].body.is_empty());
+    assert_eq!(gateway.sent(), [SentSms { number: PHONE.into(), text: "#12#0#1#1#".into() }]);
+}
+
+#[tokio::test]
+async fn cyrillic_and_reserved_characters_arrive_intact() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = gateway_sender(&gateway);
+    let text = "Перезагрузка «Лесная 1» & reset + 50% #2 a=b;c/d?";
+
+    sender.send(&message(text)).await.unwrap();
+
+    let query = gateway.received()[0].query.clone().unwrap();
+    assert!(query.starts_with("number=%2B79991234567&text=%D0%9F%D0%B5"), "{query}");
+    assert!(query.contains("+%2B+50%25+%232+"), "{query}");
+    for raw in ["#", "&reset", "a=b", ";", "/", "?", "«"] {
+        assert!(!query.contains(raw), "{raw:?} left unencoded in {query}");
+    }
+    assert_eq!(gateway.sent(), [SentSms { number: PHONE.into(), text: text.into() }]);
+}
+
+#[tokio::test]
+async fn server_error_is_definite_and_only_that_request_fails() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = gateway_sender(&gateway);
+    gateway.fail_next(1, Fault::ServerError);
+
+    let reason = definite(sender.send(&message("#01#0#")).await);
+    assert_eq!(
+        reason,
+        format!(
+            "{}/send answered HTTP 500 Internal Server Error: internal error: modem busy",
+            gateway.url()
+        )
+    );
+    assert!(gateway.sent().is_empty());
+
+    sender.send(&message("#01#0#")).await.unwrap();
+    assert_eq!(gateway.sent().len(), 1);
+    assert_eq!(gateway.received().len(), 2);
+}
+
+#[tokio::test]
+async fn an_error_inside_http_200_is_definite_with_the_gateways_words() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = gateway_sender(&gateway);
+    gateway.set_fault(Some(Fault::ErrorBody("insufficient funds".into())));
+
+    let reason = definite(sender.send(&message("#02#0#")).await);
+
+    assert_eq!(
+        reason,
+        format!(
+            "{}/send answered HTTP 200 OK but reported a failure (/status = \"error\"): insufficient funds",
+            gateway.url()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_uncertain_because_the_message_left() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = sender(
+        &format!(
+            "preset = \"gateway\"\nurl = \"{}\"\ntimeout = \"300ms\"\nconnect_timeout = \"100ms\"",
+            gateway.url()
+        ),
+        gateway.key(),
+    );
+    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(30))));
+
+    let outcome = sender.send(&message("#12#0#1#1#")).await;
+
+    let Err(SendError::Uncertain { reason }) = outcome else {
+        panic!("expected uncertain, got {outcome:?}")
+    };
+    assert_eq!(
+        reason,
+        format!(
+            "no answer from {}/send within 300ms; the gateway may have sent the message",
+            gateway.url()
+        )
+    );
+    assert_eq!(gateway.sent().len(), 1, "the fake did send it: that is why it must not be retried");
+}
+
+#[tokio::test]
+async fn connection_refused_is_definite() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let (sender, _dir) = sender(&format!("preset = \"gateway\"\nurl = \"{url}\""), "any-key-123");
+
+    let reason = definite(sender.send(&message("#01#0#")).await);
+
+    assert!(reason.starts_with(&format!("cannot connect to {url}/send: ")), "{reason}");
+    assert!(reason.to_lowercase().contains("connection refused"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_definite_and_says_to_check_the_key() {
+    let gateway = FakeGateway::start().await;
+    let (sender, dir) =
+        sender(&format!("preset = \"gateway\"\nurl = \"{}\"", gateway.url()), "wrong-key-0000");
+
+    let reason = definite(sender.send(&message("#01#0#")).await);
+
+    let key_file = dir.path().join("sms.key");
+    assert_eq!(
+        reason,
+        format!(
+            "{}/send answered HTTP 401 Unauthorized: invalid key; check the key (file {})",
+            gateway.url(),
+            key_file.display()
+        )
+    );
+    assert!(gateway.sent().is_empty());
+}
+
+#[tokio::test]
+async fn json_template_sends_a_typed_json_body() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = sender(
+        &format!(
+            r#"url = "{}"
+path = "/send"
+headers = {{ Authorization = "{{key}}", X-Client = "watchdog {{{{v1}}}}" }}
+json = {{ number = "{{phone}}", text = "{{text}}", flash = false, parts = 1, tags = ["watchdog", "{{phone_digits}}"] }}
+reference_pointer = "/id""#,
+            gateway.url()
+        ),
+        gateway.key(),
+    );
+    let text = "Reboot \"Lobby\" \\ {now}";
+
+    let outcome = sender.send(&message(text)).await;
+
+    assert_eq!(outcome, Ok(Delivered { backend: "http".into(), reference: Some("msg-1".into()) }));
+    let received = &gateway.received()[0];
+    assert_eq!(received.method, "POST");
+    assert_eq!(received.query, None);
+    assert_eq!(received.header("content-type"), Some("application/json"));
+    assert_eq!(received.header("x-client"), Some("watchdog {v1}"));
+    let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "number": PHONE, "text": text, "flash": false, "parts": 1, "tags": ["watchdog", "79991234567"]
+        })
+    );
+}
+
+#[tokio::test]
+async fn form_template_sends_an_urlencoded_body() {
+    let gateway = FakeGateway::start().await;
+    let (sender, _dir) = sender(
+        &format!(
+            r#"url = "{}/send"
+headers = {{ Authorization = "{{key}}" }}
+form = {{ number = "{{phone}}", text = "{{text}}" }}"#,
+            gateway.url()
+        ),
+        gateway.key(),
+    );
+
+    sender.send(&message("Перезагрузка & #12#0#1#1#")).await.unwrap();
+
+    let received = &gateway.received()[0];
+    assert_eq!(received.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        received.body_text(),
+        "number=%2B79991234567&text=%D0%9F%D0%B5%D1%80%D0%B5%D0%B7%D0%B0%D0%B3%D1%80%D1%83%D0%B7%D0%BA%D0%B0+%26+%2312%230%231%231%23"
+    );
+    assert_eq!(
+        gateway.sent(),
+        [SentSms { number: PHONE.into(), text: "Перезагрузка & #12#0#1#1#".into() }]
+    );
+}
+
+#[tokio::test]
+async fn configured_status_and_body_rules_decide() {
+    let gateway = FakeGateway::start().await;
+    let base = format!("preset = \"gateway\"\nurl = \"{}\"", gateway.url());
+
+    // The fake answers 200; a provider documented to answer 201 would not.
+    let (strict, _d1) = sender(&format!("{base}\nsuccess_status = [201]"), gateway.key());
+    let reason = definite(strict.send(&message("x")).await);
+    assert!(
+        reason.starts_with(&format!("{}/send answered HTTP 200 OK: ", gateway.url())),
+        "{reason}"
+    );
+
+    let (marker, _d2) =
+        sender(&format!("{base}\nsuccess_body_contains = \"queued\""), gateway.key());
+    let reason = definite(marker.send(&message("x")).await);
+    assert!(reason.contains("answered HTTP 200 OK but the answer lacks \"queued\": {"), "{reason}");
+
+    let (json, _d3) = sender(
+        &format!("{base}\nsuccess_json = {{ pointer = \"/status\", equals = \"OK\" }}"),
+        gateway.key(),
+    );
+    assert!(json.send(&message("x")).await.is_ok(), "\"ok\" matches \"OK\" ignoring case");
+
+    gateway.fail_next(1, Fault::ErrorBody("number blocked".into()));
+    let (words, _d4) =
+        sender(&format!("{base}\nfailure_body_contains = \"blocked\""), gateway.key());
+    let reason = definite(words.send(&message("x")).await);
+    assert!(reason.ends_with("but the answer contains \"blocked\": number blocked"), "{reason}");
+}
+
+#[tokio::test]
+async fn the_key_never_appears_in_errors() {
+    let key = "k3y-S3CRET+/=value";
+    let gateway = FakeGateway::start_with_key(key).await;
+    // The key also travels in the query, where it is URL-encoded.
+    let (sender, _dir) = sender(
+        &format!("preset = \"gateway\"\nurl = \"{}\"\nquery = {{ number = \"{{phone}}\", text = \"{{text}}\", api_key = \"{{key}}\" }}\ntimeout = \"300ms\"\nconnect_timeout = \"100ms\"", gateway.url()),
+        key,
+    );
+    let encoded = "k3y-S3CRET%2B%2F%3Dvalue";
+    let mut errors = Vec::new();
+    for fault in [
+        Fault::ServerError,
+        Fault::Unauthorized,
+        // A gateway that quotes the key back, as some do on errors.
+        Fault::ErrorBody(format!("key {key} has no funds")),
+        Fault::ErrorBody(format!("key {encoded} has no funds")),
+        Fault::Slow(Duration::from_secs(30)),
+    ] {
+        gateway.fail_next(1, fault);
+        errors.push(sender.send(&message("x")).await.unwrap_err());
+    }
+    assert_eq!(gateway.received()[0].query_param("api_key").as_deref(), Some(key));
+    assert!(errors[2].reason().contains("key *** has no funds"), "{}", errors[2]);
+    let debug_sender = format!("{sender:?}");
+    for shown in errors.iter().flat_map(|e| [e.to_string(), format!("{e:?}")]).chain([debug_sender])
+    {
+        assert!(
+            !shown.contains(key) && !shown.contains(encoded) && !shown.contains("S3CRET"),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fake_gateway_lists_replies_and_checks_the_key() {
+    let gateway = FakeGateway::start().await;
+    gateway.add_reply(PHONE, "Power off 1 min", "2025-05-26T13:29:08Z");
+    let client = reqwest::Client::new();
+
+    let answer: serde_json::Value = client
+        .get(format!("{}/sms", gateway.url()))
+        .header("Authorization", gateway.key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"sms_messages": [{"from": PHONE, "message": "Power off 1 min", "timestamp": "2025-05-26T13:29:08Z"}]})
+    );
+    let status = client.get(format!("{}/sms", gateway.url())).send().await.unwrap().status();
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn key_files_are_read_relative_to_the_rules_file() {
+    let (sender, _dir) = sender("preset = \"gateway\"\nurl = \"http://127.0.0.1:9\"", "abc");
+    assert_eq!(sender.name(), "http");
+    let err = SmsConfig::build(
+        &toml::from_str::<SmsConfig>(
+            "backend = \"http\"\n[http]\npreset = \"gateway\"\nurl = \"http://127.0.0.1:9\"\nkey_file = \"nope.key\"\n",
+        )
+        .unwrap(),
+        Path::new("/etc/jobctl"),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sms.http.key_file");
+    assert!(
+        err.message.starts_with("cannot read secret file /etc/jobctl/nope.key"),
+        "{}",
+        err.message
+    );
+}

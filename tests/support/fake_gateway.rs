@@ -1,0 +1,294 @@
+//! A fake of the SMS gateway the older system used, as a real HTTP server on
+//! loopback, so senders and the jobctl engine are tested over real sockets.
+//!
+//! It speaks the gateway's API: `POST /send?number=+7…&text=…` with header
+//! `Authorization: <key>` (number and text may also come as a form or JSON
+//! body), and `GET /sms` → `{"sms_messages":[{"from","message","timestamp"}]}`.
+//! It records every request it receives, keeps apart the messages it accepted
+//! ([`FakeGateway::sent`]), and has faults to switch on: HTTP 500, a 200 that
+//! carries an error, a slow answer, 401. Faults apply to every request,
+//! whatever its path.
+//!
+//! ```ignore
+//! let gateway = FakeGateway::start().await;
+//! gateway.fail_next(1, Fault::ServerError);
+//! // … send through a sender configured with gateway.url() and gateway.key() …
+//! assert_eq!(gateway.sent().len(), 0);
+//! ```
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The key [`FakeGateway::start`] expects.
+pub const DEFAULT_KEY: &str = "fake-gateway-key-5d1c7e20";
+
+/// Something going wrong at the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 500 with a plain-text body; nothing is sent.
+    ServerError,
+    /// HTTP 200 with `{"status":"error","message":<this>}`; nothing is sent.
+    ErrorBody(String),
+    /// The request is handled normally (the SMS counts as sent) but the
+    /// answer comes only after this delay: the client cannot know it left.
+    Slow(Duration),
+    /// HTTP 401 whatever the key; nothing is sent.
+    Unauthorized,
+}
+
+/// One request as the gateway received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    /// `"POST"`, `"GET"`, …
+    pub method: String,
+    /// The path, without query.
+    pub path: String,
+    /// The raw (still encoded) query string, if any.
+    pub query: Option<String>,
+    /// Headers in arrival order, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl ReceivedRequest {
+    /// The first value of a header (name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded query parameters, in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        decode_pairs(self.query.as_deref().unwrap_or(""))
+    }
+
+    /// The decoded value of one query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The body as text (lossy).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A message the gateway accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentSms {
+    /// The number as received (`"+79991234567"`).
+    pub number: String,
+    /// The text as received.
+    pub text: String,
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<ReceivedRequest>,
+    sent: Vec<SentSms>,
+    fault: Option<Fault>,
+    next_faults: VecDeque<Fault>,
+    replies: Vec<serde_json::Value>,
+}
+
+/// The running fake; stops accepting connections when dropped.
+pub struct FakeGateway {
+    addr: SocketAddr,
+    key: String,
+    state: Arc<Mutex<State>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl FakeGateway {
+    /// Starts on `127.0.0.1:0`, expecting [`DEFAULT_KEY`].
+    pub async fn start() -> FakeGateway {
+        FakeGateway::start_with_key(DEFAULT_KEY).await
+    }
+
+    /// Starts on `127.0.0.1:0`, expecting `key` in the Authorization header.
+    pub async fn start_with_key(key: &str) -> FakeGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (task_state, task_key) = (state.clone(), Arc::<str>::from(key));
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => break,
+                };
+                let (state, key) = (task_state.clone(), task_key.clone());
+                let service = hyper::service::service_fn(move |req| {
+                    let (state, key) = (state.clone(), key.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &state, &key).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeGateway { addr, key: key.to_string(), state, _stop: stop }
+    }
+
+    /// Base URL, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The key the gateway accepts.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Every request received so far, in order (including failed ones).
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// The messages the gateway accepted (and, being a gateway, sent).
+    pub fn sent(&self) -> Vec<SentSms> {
+        self.state.lock().unwrap().sent.clone()
+    }
+
+    /// Applies `fault` to every following request until set to `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.state.lock().unwrap().fault = fault;
+    }
+
+    /// Applies `fault` to the next `n` requests only, before any fault set
+    /// with [`FakeGateway::set_fault`].
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        self.state.lock().unwrap().next_faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// Adds an incoming SMS (a socket's answer) to what `GET /sms` lists.
+    pub fn add_reply(&self, from: &str, message: &str, timestamp: &str) {
+        self.state.lock().unwrap().replies.push(serde_json::json!({
+            "from": from, "message": message, "timestamp": timestamp,
+        }));
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: &Mutex<State>, key: &str) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let received = ReceivedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })
+            .collect(),
+        body,
+    };
+    let fault = {
+        let mut state = state.lock().unwrap();
+        state.received.push(received.clone());
+        state.next_faults.pop_front().or_else(|| state.fault.clone())
+    };
+    let delay = match fault {
+        Some(Fault::ServerError) => {
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error: modem busy\n".into())
+        }
+        Some(Fault::ErrorBody(message)) => return error(StatusCode::OK, &message),
+        Some(Fault::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "invalid key"),
+        Some(Fault::Slow(delay)) => Some(delay),
+        None => None,
+    };
+    let response = route(&parts.method, &received, state, key);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn route(
+    method: &Method,
+    req: &ReceivedRequest,
+    state: &Mutex<State>,
+    key: &str,
+) -> Response<Full<Bytes>> {
+    if req.header("authorization") != Some(key) {
+        return error(StatusCode::UNAUTHORIZED, "invalid key");
+    }
+    match (method, req.path.as_str()) {
+        (&Method::POST, "/send") => match number_and_text(req) {
+            Some((number, text)) => {
+                let mut state = state.lock().unwrap();
+                state.sent.push(SentSms { number, text });
+                let id = format!("msg-{}", state.sent.len());
+                reply(StatusCode::OK, serde_json::json!({"status": "ok", "id": id}).to_string())
+            }
+            None => error(StatusCode::BAD_REQUEST, "number and text are required"),
+        },
+        (&Method::GET, "/sms") => {
+            let replies = state.lock().unwrap().replies.clone();
+            reply(StatusCode::OK, serde_json::json!({ "sms_messages": replies }).to_string())
+        }
+        (_, "/send" | "/sms") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Number and text from the query, else from a form or JSON body.
+fn number_and_text(req: &ReceivedRequest) -> Option<(String, String)> {
+    let content_type = req.header("content-type").unwrap_or("");
+    let pairs = if req.query.is_some() {
+        req.query_pairs()
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        decode_pairs(&req.body_text())
+    } else if content_type.starts_with("application/json") {
+        let json: serde_json::Value = serde_json::from_slice(&req.body).ok()?;
+        ["number", "text"]
+            .iter()
+            .filter_map(|k| Some((k.to_string(), json.get(*k)?.as_str()?.to_string())))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let get = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    Some((get("number")?, get("text")?))
+}
+
+fn decode_pairs(encoded: &str) -> Vec<(String, String)> {
+    let url =
+        reqwest::Url::parse(&format!("http://fake.invalid/?{encoded}")).expect("query parses");
+    url.query_pairs().map(|(n, v)| (n.into_owned(), v.into_owned())).collect()
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(status, serde_json::json!({"status": "error", "message": message}).to_string())
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let json = body.starts_with('{');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let content_type = if json { "application/json" } else { "text/plain; charset=utf-8" };
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
+}
