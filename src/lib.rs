@@ -16,5 +16,6 @@
 pub mod addreality;
 pub mod config_file;
 pub mod http;
+pub mod prometheus_api;
 pub mod secret;
 pub mod telemetry;
