@@ -417,11 +417,25 @@ impl PromClient {
         form: &[(&str, String)],
         expr: &str,
     ) -> Result<T, PromError> {
-        let mut request = self.http.post(url.clone()).form(form);
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
-        }
-        let mut response = request.send().await.map_err(|err| self.transport_error(url, &err))?;
+        let send = || {
+            let mut request = self.http.post(url.clone()).form(form);
+            if let Some(authorization) = &self.authorization {
+                request = request.header(header::AUTHORIZATION, authorization.clone());
+            }
+            request.send()
+        };
+        let mut response = match send().await {
+            Ok(response) => response,
+            // A kept-alive connection that Prometheus closed (it restarted,
+            // or its idle timeout struck as the request left) fails with
+            // "connection closed before message completed". Queries only
+            // read, so the request goes once more, on a new connection.
+            Err(err) if !err.is_timeout() && !err.is_connect() => {
+                tracing::debug!("retrying a request to {url}: {}", innermost_cause(&err));
+                send().await.map_err(|err| self.transport_error(url, &err))?
+            }
+            Err(err) => return Err(self.transport_error(url, &err)),
+        };
         let status = response.status();
         let content_type = response
             .headers()
