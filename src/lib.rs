@@ -21,6 +21,7 @@ pub mod config_file;
 pub mod exporter;
 pub mod http;
 pub mod journal;
+pub mod prometheus_api;
 pub mod rules;
 pub mod secret;
 pub mod shutdown;

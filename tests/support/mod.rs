@@ -1,7 +1,7 @@
 //! Test peers shared by the integration tests: real servers on loopback
 //! standing in for the services signage-watchdog talks to.
-//!
-//! Each test crate uses only part of them, hence `dead_code` is allowed.
+// Each integration test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
-#[allow(dead_code)]
 pub mod fake_gateway;
+pub mod prometheus;

@@ -1,0 +1,568 @@
+//! A real Prometheus for integration tests, and targets whose metrics the
+//! test controls.
+//!
+//! jobctl acts on what Prometheus answers, with its staleness, lookback and
+//! error behaviour, so its tests run Debian's `prometheus` rather than a mock:
+//! [`TestPrometheus`] starts one on a loopback port with a short scrape
+//! interval, scraping [`TestTarget`]s that serve whatever text the test sets.
+//! Tests never sleep for Prometheus: [`TestTarget::wait_scrapes`] waits on a
+//! notification, and [`TestPrometheus::wait_until_query`] polls the query API
+//! until Prometheus has ingested what the test expects.
+//!
+//! Targets serve from a thread of their own, so a test that blocks its
+//! runtime (waiting on a child process, say) does not make scrapes fail.
+//! Prometheus is killed when its [`TestPrometheus`] is dropped, including
+//! when the test panics.
+//!
+//! Without the binary (`/usr/bin/prometheus`, or `SIGNAGE_TEST_PROMETHEUS`)
+//! tests skip with a message; when the `CI` environment variable is set they
+//! fail instead, so a broken CI install cannot pass unnoticed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use signage_watchdog::prometheus_api::{PromClient, Sample};
+use tokio::sync::{oneshot, watch};
+
+/// The Prometheus binary used unless `SIGNAGE_TEST_PROMETHEUS` names another.
+pub const DEFAULT_PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// How long start-up, a restart or a scrape may take before the test fails.
+/// Generous: a loaded CI machine is slow, and a passing test never waits it.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Pause between two polls of a condition (readiness, a query).
+const POLL: Duration = Duration::from_millis(10);
+
+/// An HTTP server on `127.0.0.1` serving `/metrics` with text the test sets.
+pub struct TestTarget {
+    addr: SocketAddr,
+    job: String,
+    shared: Arc<TargetShared>,
+    scrapes: watch::Receiver<u64>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct TargetShared {
+    body: Mutex<Bytes>,
+    failing: AtomicBool,
+    scrapes: watch::Sender<u64>,
+}
+
+impl TestTarget {
+    /// Starts a target in scrape job `test`, serving an empty page.
+    pub fn start() -> TestTarget {
+        TestTarget::with_job("test")
+    }
+
+    /// Starts a target that Prometheus scrapes under job name `job`, so that
+    /// `up{job="…"}` distinguishes several targets.
+    pub fn with_job(job: &str) -> TestTarget {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.set_nonblocking(true).expect("make the listener non-blocking");
+        let addr = listener.local_addr().expect("local address of the listener");
+        let (scrapes_tx, scrapes) = watch::channel(0);
+        let shared = Arc::new(TargetShared {
+            body: Mutex::new(Bytes::new()),
+            failing: AtomicBool::new(false),
+            scrapes: scrapes_tx,
+        });
+        let (shutdown, stopped) = oneshot::channel();
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("test-target-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build the target's runtime");
+                runtime.block_on(serve_target(listener, serving, stopped));
+            })
+            .expect("spawn the target's thread");
+        TestTarget {
+            addr,
+            job: job.to_string(),
+            shared,
+            scrapes,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// Replaces the exposition text served from the next scrape on.
+    pub fn set(&self, text: impl Into<String>) {
+        *self.shared.body.lock().unwrap() = Bytes::from(text.into());
+    }
+
+    /// Makes scrapes fail with HTTP 503 (Prometheus then reports `up == 0`
+    /// and marks the target's series stale), or succeed again.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many times `/metrics` has been requested so far.
+    pub fn scrapes(&self) -> u64 {
+        *self.scrapes.borrow()
+    }
+
+    /// Waits until `n` more scrapes have read the page after this call, so
+    /// that they served whatever was [`set`](TestTarget::set) before it.
+    /// Prometheus ingests a scrape a moment after reading it: to wait for
+    /// data to be queryable, use [`TestPrometheus::wait_until_query`].
+    pub async fn wait_scrapes(&self, n: u64) {
+        let mut scrapes = self.scrapes.clone();
+        let start = *scrapes.borrow_and_update();
+        let wanted = start + n;
+        let waited = tokio::time::timeout(DEADLINE, scrapes.wait_for(|count| *count >= wanted));
+        if waited.await.is_err() {
+            panic!(
+                "target {} was scraped {} times in {DEADLINE:?}, expected {n}; is a Prometheus scraping it?",
+                self.instance(),
+                self.scrapes() - start
+            );
+        }
+    }
+
+    /// The `instance` label Prometheus gives this target's series.
+    pub fn instance(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The `job` label Prometheus gives this target's series.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+}
+
+impl Drop for TestTarget {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_target(
+    listener: StdTcpListener,
+    shared: Arc<TargetShared>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("register the listener");
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: let it pass.
+                Err(_) => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let shared = shared.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(target_response(&shared, &request)) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn target_response<B>(shared: &TargetShared, request: &hyper::Request<B>) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, Bytes::from_static(b"only /metrics here\n"));
+    }
+    // Read the page before counting, so that a waiter woken by the count
+    // knows this scrape saw everything set before it started waiting.
+    let failing = shared.failing.load(Ordering::SeqCst);
+    let body = shared.body.lock().unwrap().clone();
+    shared.scrapes.send_modify(|count| *count += 1);
+    if failing {
+        plain(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"failing on purpose\n"))
+    } else {
+        plain(StatusCode::OK, body)
+    }
+}
+
+fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Settings of a [`TestPrometheus`]; [`TestPrometheus::start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct PrometheusOptions {
+    /// Scrape and rule-evaluation interval. Default 100 ms: a change on a
+    /// target is queryable a fraction of a second later.
+    pub scrape_interval: Duration,
+    /// `--query.lookback-delta`: how long a series stays visible after its
+    /// last sample when no staleness marker ends it (Prometheus was stopped,
+    /// say). Default 5 s, against Prometheus's 5 minutes.
+    pub lookback_delta: Duration,
+}
+
+impl Default for PrometheusOptions {
+    fn default() -> Self {
+        PrometheusOptions {
+            scrape_interval: Duration::from_millis(100),
+            lookback_delta: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PrometheusOptions {
+    /// Starts Prometheus with these settings, scraping `targets`.
+    pub async fn start(self, targets: &[&TestTarget]) -> TestPrometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("test-prometheus-")
+            .tempdir()
+            .expect("create a temporary directory for Prometheus");
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, self.config(targets)).expect("write prometheus.yml");
+        let instances: Vec<String> = targets.iter().map(|t| t.instance()).collect();
+        let mut prometheus = TestPrometheus {
+            options: self,
+            binary: prometheus_binary(),
+            data: dir.path().join("data"),
+            log: dir.path().join("prometheus.log"),
+            config: config_path,
+            dir,
+            port: 0,
+            url: String::new(),
+            child: None,
+            client: None,
+            startup: Duration::ZERO,
+            first_scrapes: Duration::ZERO,
+        };
+        prometheus.launch(true).await;
+        let began = Instant::now();
+        for instance in instances {
+            let expr = format!("up{{instance='{instance}'}}");
+            prometheus.wait_until_query(&expr, |samples| !samples.is_empty(), DEADLINE).await;
+        }
+        prometheus.first_scrapes = began.elapsed();
+        prometheus
+    }
+
+    fn config(&self, targets: &[&TestTarget]) -> String {
+        let interval = format!("{}ms", self.scrape_interval.as_millis());
+        let mut jobs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for target in targets {
+            jobs.entry(target.job()).or_default().push(target.instance());
+        }
+        let mut config = format!(
+            "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n\
+             scrape_configs:\n"
+        );
+        if jobs.is_empty() {
+            config.push_str("  []\n");
+        }
+        for (job, instances) in jobs {
+            let instances: Vec<String> = instances.iter().map(|i| format!("'{i}'")).collect();
+            // honor_labels: a test's own `job` or `instance` labels are kept
+            // as written, as they are for a federating exporter.
+            writeln!(
+                config,
+                "  - job_name: '{job}'\n    honor_labels: true\n    static_configs:\n      - targets: [{}]",
+                instances.join(", ")
+            )
+            .unwrap();
+        }
+        config
+    }
+}
+
+/// A Prometheus server on a loopback port, killed when dropped.
+pub struct TestPrometheus {
+    options: PrometheusOptions,
+    binary: PathBuf,
+    config: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    /// Holds the configuration, data and log; removed on drop, after the
+    /// process is killed.
+    dir: tempfile::TempDir,
+    port: u16,
+    url: String,
+    child: Option<Child>,
+    client: Option<PromClient>,
+    startup: Duration,
+    first_scrapes: Duration,
+}
+
+impl TestPrometheus {
+    /// Whether the Prometheus binary is installed. When it is not, prints why
+    /// the calling test is skipped and returns false; under CI (the `CI`
+    /// environment variable is set) panics instead.
+    pub fn available() -> bool {
+        let binary = prometheus_binary();
+        if binary.is_file() {
+            return true;
+        }
+        let reason = format!(
+            "{} not found; install Debian's prometheus package or set SIGNAGE_TEST_PROMETHEUS to its path",
+            binary.display()
+        );
+        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+            panic!("{reason} (CI is set, so tests that need Prometheus must not be skipped)");
+        }
+        eprintln!("skipping: {reason}");
+        false
+    }
+
+    /// Starts Prometheus with default [`PrometheusOptions`], scraping
+    /// `targets`, and returns once it answers queries and has scraped every
+    /// target once (each has an `up` series, 1 or 0).
+    ///
+    /// Prometheus 2.42 hands new targets to its scrapers on a fixed 5 s tick,
+    /// so a start with targets takes about 5 s; without targets it takes a
+    /// tenth of that. Several scenarios can share one Prometheus by giving
+    /// each its own target (or job).
+    pub async fn start(targets: &[&TestTarget]) -> TestPrometheus {
+        PrometheusOptions::default().start(targets).await
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:40123`. It stays the same across
+    /// [`restart`](TestPrometheus::restart).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A client of this Prometheus (5 s timeout, no authentication).
+    pub fn client(&self) -> &PromClient {
+        self.client.as_ref().expect("the client exists once Prometheus started")
+    }
+
+    /// How long the last start or restart took until `/-/ready` answered 200.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// How long [`start`](TestPrometheus::start) then waited for the first
+    /// scrape of every target.
+    pub fn first_scrapes_time(&self) -> Duration {
+        self.first_scrapes
+    }
+
+    /// Kills Prometheus (SIGKILL, as a crash or an OOM kill would). Its
+    /// data stays for [`restart`](TestPrometheus::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Prometheus again on the same port with the same data, and
+    /// returns once it answers queries (what it stored before is there).
+    /// Scraping resumes about 5 s later, as after any start; use
+    /// [`wait_up`](TestPrometheus::wait_up) to wait for it. Stops it first
+    /// if it is running.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch(false).await;
+    }
+
+    /// Polls `expr` until `predicate` holds for its answer and returns that
+    /// answer; panics after `deadline` with the last answer or error and
+    /// what Prometheus says about its targets.
+    pub async fn wait_until_query(
+        &self,
+        expr: &str,
+        predicate: impl Fn(&[Sample]) -> bool,
+        deadline: Duration,
+    ) -> Vec<Sample> {
+        let until = Instant::now() + deadline;
+        loop {
+            let last = match self.client().query(expr).await {
+                Ok(samples) if predicate(&samples) => return samples,
+                Ok(samples) => format!("{samples:?}"),
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() >= until {
+                panic!(
+                    "`{expr}` did not reach the expected answer within {deadline:?}; last answer: {last}\n\
+                     targets: {}\nPrometheus log (last lines):\n{}",
+                    self.target_health().await,
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until Prometheus's last scrape of `target` succeeded
+    /// (`up == 1`): after [`TestTarget::set_failing`]`(false)` or a restart.
+    pub async fn wait_up(&self, target: &TestTarget) {
+        let expr = format!("up{{instance='{}'}} == 1", target.instance());
+        self.wait_until_query(&expr, |samples| !samples.is_empty(), DEADLINE).await;
+    }
+
+    /// The last `lines` lines of Prometheus's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Each target's health and last scrape error, from `/api/v1/targets`.
+    async fn target_health(&self) -> String {
+        let answer = async {
+            let body: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/targets", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok::<_, reqwest::Error>(body)
+        };
+        match answer.await {
+            Ok(body) => body["data"]["activeTargets"]
+                .as_array()
+                .map(|targets| {
+                    targets
+                        .iter()
+                        .map(|t| format!("{} {} {}", t["scrapeUrl"], t["health"], t["lastError"]))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_else(|| body.to_string()),
+            Err(err) => format!("unknown ({err})"),
+        }
+    }
+
+    /// Starts the process and waits for `/-/ready`. On the first start a
+    /// fresh port is picked, and picked again if another process took it
+    /// between the probe and Prometheus's bind; a restart keeps its port.
+    async fn launch(&mut self, first: bool) {
+        let attempts = if first { 3 } else { 1 };
+        for attempt in 1..=attempts {
+            if first {
+                self.port = free_port();
+                self.url = format!("http://127.0.0.1:{}", self.port);
+                self.client = Some(
+                    PromClient::new(&self.url, Duration::from_secs(5), None)
+                        .expect("a loopback URL is valid"),
+                );
+            }
+            let began = Instant::now();
+            let child = self.spawn();
+            self.child = Some(child);
+            match self.wait_ready().await {
+                Ok(()) => {
+                    self.startup = began.elapsed();
+                    return;
+                }
+                Err(exited) => {
+                    self.stop();
+                    let log = self.log_tail(20);
+                    let port_taken = log.contains("address already in use");
+                    if !(port_taken && attempt < attempts) {
+                        panic!(
+                            "Prometheus ({}) {exited} on 127.0.0.1:{}; its log ends:\n{log}",
+                            self.binary.display(),
+                            self.port
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(&self) -> Child {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the Prometheus log file");
+        let arg = |name: &str, value: &dyn std::fmt::Display| format!("--{name}={value}");
+        Command::new(&self.binary)
+            .arg(arg("config.file", &self.config.display()))
+            .arg(arg("storage.tsdb.path", &self.data.display()))
+            .arg(arg("web.listen-address", &format!("127.0.0.1:{}", self.port)))
+            .arg(arg(
+                "query.lookback-delta",
+                &format!("{}ms", self.options.lookback_delta.as_millis()),
+            ))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicate the log file handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", self.binary.display()))
+    }
+
+    /// Polls `/-/ready` until it answers 200; fails early if the process exits.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("build a readiness client");
+        let ready = format!("{}/-/ready", self.url);
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let child = self.child.as_mut().expect("Prometheus was just spawned");
+            if let Some(status) = child.try_wait().expect("poll the Prometheus process") {
+                return Err(format!("exited ({status}) while starting"));
+            }
+            if let Ok(response) = http.get(&ready).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= until {
+                return Err(format!("was not ready after {DEADLINE:?}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for TestPrometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn prometheus_binary() -> PathBuf {
+    std::env::var_os("SIGNAGE_TEST_PROMETHEUS")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_PROMETHEUS), PathBuf::from)
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
