@@ -15,6 +15,7 @@
 
 pub mod addreality;
 pub mod config_file;
+pub mod exporter;
 pub mod http;
 pub mod secret;
 pub mod telemetry;
