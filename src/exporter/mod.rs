@@ -6,3 +6,4 @@
 //! the cache holds, once per poll; scrapes only ever serve those bytes.
 
 pub mod cache;
+pub mod render;
