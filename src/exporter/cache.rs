@@ -23,9 +23,10 @@
 //! list.
 //!
 //! The schema is versioned with `PRAGMA user_version` and the ordered
-//! `MIGRATIONS` below, each applied in its own transaction. A cache written
-//! by a newer version, or a file that is not a cache at all, is refused
-//! before anything is written to it.
+//! `MIGRATIONS` below, each applied in its own transaction, and the file is
+//! marked as a device cache with `PRAGMA application_id`. A cache written by
+//! a newer version, another program's database, or a file that is not a
+//! healthy SQLite database at all is refused before anything is written to it.
 //!
 //! [`Cache`] is blocking: the exporter runs it on a thread of its own, never
 //! on the async runtime.
@@ -69,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
 
 /// The schema version this build writes: the number of migrations.
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// `PRAGMA application_id` of a device cache ("SWDC"), set by the first
+/// migration: it tells our file from another program's SQLite database (or
+/// another signage-watchdog file) given as the cache path by mistake.
+const APPLICATION_ID: i32 = 0x5357_4443;
 
 /// How long to wait for a lock held by another connection (a sysadmin's
 /// `sqlite3` shell, say) before giving up.
@@ -157,6 +163,16 @@ pub enum CacheError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A SQLite database, but not a device cache.
+    #[error(
+        "{} is a SQLite database but not a device cache (another program's, or another \
+         signage-watchdog file); it was left untouched: give the exporter a cache file of its own",
+        path.display()
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file exists but is not a SQLite database, or a damaged one.
     #[error(
         "{} is not a usable device cache ({detail}); it was left untouched: move it away \
@@ -244,12 +260,25 @@ impl Cache {
         cache.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| cache.open_error(e))?;
         // Read before writing anything, so that a file that is not a cache
         // (or is a newer one) stays exactly as it is.
-        let found: i32 = cache
+        let (application_id, found, objects) = cache
             .conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .query_row(
+                "SELECT application_id, user_version, (SELECT count(*) FROM sqlite_schema)
+                 FROM pragma_application_id(), pragma_user_version()",
+                [],
+                |row| Ok((row.get::<_, i32>(0)?, row.get::<_, i32>(1)?, row.get::<_, i64>(2)?)),
+            )
             .map_err(|e| cache.open_error(e))?;
+        let empty = (application_id, found, objects) == (0, 0, 0);
+        if application_id != APPLICATION_ID && !empty {
+            return Err(CacheError::Foreign { path: cache.path });
+        }
         if found > SCHEMA_VERSION {
             return Err(CacheError::NewerSchema { path: cache.path, found, known: SCHEMA_VERSION });
+        }
+        if found < 0 {
+            let detail = format!("schema version {found}");
+            return Err(CacheError::Damaged { path: cache.path, detail });
         }
         let check: String = cache
             .conn
@@ -284,6 +313,7 @@ impl Cache {
             let step = || -> rusqlite::Result<()> {
                 let tx = self.conn.unchecked_transaction()?;
                 tx.execute_batch(sql)?;
+                tx.pragma_update(None, "application_id", APPLICATION_ID)?;
                 tx.pragma_update(None, "user_version", version)?;
                 tx.commit()
             };
@@ -484,6 +514,38 @@ mod tests {
         drop(cache);
         assert_eq!(user_version(&path), SCHEMA_VERSION);
         assert_eq!(SCHEMA_VERSION, 1);
+        let conn = Connection::open(&path).unwrap();
+        let id: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).unwrap();
+        assert_eq!(id, APPLICATION_ID);
+    }
+
+    #[test]
+    fn another_programs_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.sqlite");
+        let conn = Connection::open(&journal).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE execution (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let other = dir.path().join("other.sqlite");
+        Connection::open(&other).unwrap().pragma_update(None, "application_id", 7).unwrap();
+
+        for path in [journal, other] {
+            let before = std::fs::read(&path).unwrap();
+            let err = Cache::open(&path).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is a SQLite database but not a device cache (another program's, or \
+                     another signage-watchdog file); it was left untouched: give the exporter a \
+                     cache file of its own",
+                    path.display()
+                )
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), before);
+        }
     }
 
     #[test]
