@@ -9,7 +9,8 @@
 //! - `--ingest N DIR` is a poll: the API's answer (every device with its raw
 //!   JSON) in memory, stored in an on-disk cache in `DIR`, twice (the first
 //!   poll inserts, the next one updates).
-//! - `--serve N DIR` is an exporter restarted on that cache: load it, render
+//! - `--serve N DIR` is an exporter restarted on that cache: open it (which
+//!   checks it), load it, render
 //!   the exposition (the previous one kept alive meanwhile, as a running
 //!   exporter keeps serving it), compress it once for gzip scrapes, and serve
 //!   `/metrics` through the real HTTP server over loopback, plain and gzip,
@@ -75,12 +76,12 @@ fn main() -> ExitCode {
     }
 
     println!(
-        "{:>7} | {:>16} | {:>8} | {:>8} | {:>7} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
+        "{:>7} | {:>16} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
         "devices",
         "store 1st/next",
         "cache",
         "poll RSS",
-        "load",
+        "open/load",
         "render",
         "text",
         "gzip once",
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
         "serve RSS"
     );
     println!(
-        "{:>7} | {:>16} | {:>8} | {:>8} | {:>7} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
+        "{:>7} | {:>16} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
         "",
         "ms",
         "MB",
@@ -104,11 +105,12 @@ fn main() -> ExitCode {
     );
     for (size, f) in &rows {
         println!(
-            "{size:>7} | {:>7.1} /{:>7.1} | {:>8.1} | {:>8.1} | {:>7.1} | {:>6.1} | {:>6.2} | {:>5.1} ({:>4.2}) | {:>6.3} /{:>7.3} | {:>6.3} /{:>7.3} | {:>8.1}",
+            "{size:>7} | {:>7.1} /{:>7.1} | {:>8.1} | {:>8.1} | {:>5.1} /{:>6.1} | {:>6.1} | {:>6.2} | {:>5.1} ({:>4.2}) | {:>6.3} /{:>7.3} | {:>6.3} /{:>7.3} | {:>8.1}",
             f["store_first_ms"],
             f["store_next_ms"],
             f["cache_mb"],
             f["ingest_peak_rss_mb"],
+            f["open_ms"],
             f["load_ms"],
             f["render_ms"],
             f["text_mb"],
@@ -183,7 +185,9 @@ fn ingest(size: usize, dir: &Path) -> Figures {
 /// A restarted exporter: load the cache in `dir`, render, serve.
 fn serve_from_cache(size: usize, dir: &Path) -> Figures {
     let mut figures = Figures::new();
+    let started = Instant::now();
     let cache = Cache::open(&dir.join("cache.sqlite")).unwrap();
+    figures.insert("open_ms".into(), ms(started.elapsed()));
     let started = Instant::now();
     let platforms = cache.load().unwrap();
     figures.insert("load_ms".into(), ms(started.elapsed()));
