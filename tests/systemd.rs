@@ -13,8 +13,9 @@ fn verify(unit: &str, binary: &str) {
         return;
     }
     let name = Path::new(binary).file_name().unwrap().to_str().unwrap();
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(unit))
-        .expect("unit file readable");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(unit))
+            .expect("unit file readable");
     let installed = format!("/usr/local/bin/{name}");
     assert!(text.contains(&installed), "{unit} should start {installed}");
     let dir = tempfile::tempdir().unwrap();
@@ -22,7 +23,10 @@ fn verify(unit: &str, binary: &str) {
     std::fs::write(&copy, text.replace(&installed, binary)).unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify {unit}:\n{stderr}");
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {unit}:\n{stderr}"
+    );
 }
 
 #[test]

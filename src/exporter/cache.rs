@@ -123,7 +123,7 @@ pub struct CachedDevice {
 }
 
 /// One platform (AddReality account) as the cache remembers it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CachedPlatform {
     /// The platform's id from the configuration.
     pub platform_id: String,

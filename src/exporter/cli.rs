@@ -21,7 +21,12 @@ use crate::secret::Secret;
 #[command(name = "addreality-exporter", version, about, long_about = None)]
 pub struct Args {
     /// Configuration file.
-    #[arg(long, short = 'c', value_name = "FILE", default_value = "/etc/addreality-exporter/config.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/addreality-exporter/config.toml"
+    )]
     pub config: PathBuf,
     /// Check the configuration and the tokens, print a summary and exit.
     #[arg(long, conflicts_with_all = ["once", "demo"])]
@@ -92,7 +97,12 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
 
     if args.check_config {
         println!("{}: OK", args.config.display());
-        println!("  listen {}, poll every {}, cache {}", config.listen, humantime::format_duration(config.poll_interval), config.cache.display());
+        println!(
+            "  listen {}, poll every {}, cache {}",
+            config.listen,
+            humantime::format_duration(config.poll_interval),
+            config.cache.display()
+        );
         for (platform, _) in &platforms {
             let name = platform.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
             println!("  platform {}{name}: token from {}", platform.id, platform.token);
@@ -122,13 +132,18 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         return if failed.is_empty() {
             Exit::Ok
         } else {
-            fail(Exit::PollFailed, format!("poll failed for platform(s) {}; see the log above", failed.join(", ")))
+            fail(
+                Exit::PollFailed,
+                format!("poll failed for platform(s) {}; see the log above", failed.join(", ")),
+            )
         };
     }
 
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
-        Err(err) => return fail(Exit::Listen, format!("cannot listen on {}: {err}", config.listen)),
+        Err(err) => {
+            return fail(Exit::Listen, format!("cannot listen on {}: {err}", config.listen))
+        }
     };
     tracing::info!(
         "listening on http://{}/metrics; polling {} platform(s) every {}",
@@ -145,7 +160,9 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
     }
 }
 
-fn load_tokens(config: &ExporterConfig) -> Result<Vec<(super::config::PlatformConfig, Secret)>, String> {
+fn load_tokens(
+    config: &ExporterConfig,
+) -> Result<Vec<(super::config::PlatformConfig, Secret)>, String> {
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for platform in &config.platforms {

@@ -34,7 +34,9 @@ pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>)
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("addreality-exporter: cannot listen on {listen}: {err} (try --listen 127.0.0.1:0)");
+            eprintln!(
+                "addreality-exporter: cannot listen on {listen}: {err} (try --listen 127.0.0.1:0)"
+            );
             return Exit::Listen;
         }
     };
@@ -107,17 +109,20 @@ async fn serve(
             return Exit::Cache;
         }
     };
-    let exporter = match Exporter::start(&config, vec![(platform, Secret::new(DEMO_TOKEN))], cache).await {
-        Ok(exporter) => exporter,
-        Err(err) => {
-            eprintln!("addreality-exporter: {err}");
-            return Exit::Runtime;
-        }
-    };
+    let exporter =
+        match Exporter::start(&config, vec![(platform, Secret::new(DEMO_TOKEN))], cache).await {
+            Ok(exporter) => exporter,
+            Err(err) => {
+                eprintln!("addreality-exporter: {err}");
+                return Exit::Runtime;
+            }
+        };
     tracing::info!(
         "demo: simulated AddReality account with {DEMO_DEVICES} players at {api_url}; polled every 10s"
     );
-    tracing::info!("demo: metrics at http://{listen}/metrics, health at http://{listen}/healthz; Ctrl-C stops");
+    tracing::info!(
+        "demo: metrics at http://{listen}/metrics, health at http://{listen}/healthz; Ctrl-C stops"
+    );
     match exporter.run(listener, shutdown).await {
         Ok(()) => Exit::Ok,
         Err(err) => {

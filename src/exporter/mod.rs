@@ -1,6 +1,7 @@
 //! The addreality-exporter daemon: AddReality devices as Prometheus metrics.
 //!
-//! A task per platform polls the API on its own timer ([`poller`]), writes
+//! The AddReality API is slow, rate-limited and sometimes down, and a restart
+//! must not turn a whole fleet into "no data". A task per platform polls the API on its own timer ([`poller`]), writes
 //! each complete answer to the SQLite [`cache`] in one transaction, and
 //! re-renders the exposition once ([`render`], [`state`]). Scrapes serve
 //! those bytes and never touch the API or SQLite, so a slow or broken API
@@ -38,7 +39,10 @@ pub fn unix_now() -> f64 {
 /// the next poll rather than piling polls up.
 fn retry_policy(poll_interval: Duration) -> RetryPolicy {
     let default = RetryPolicy::default();
-    RetryPolicy { max_delay: default.max_delay.min(poll_interval / 4).max(default.base_delay), ..default }
+    RetryPolicy {
+        max_delay: default.max_delay.min(poll_interval / 4).max(default.base_delay),
+        ..default
+    }
 }
 
 /// Why the exporter could not start.
@@ -125,7 +129,11 @@ impl Exporter {
 
     /// Serves HTTP on `listener` and polls every platform on its own timer
     /// until `shutdown` completes.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let mut pollers = tokio::task::JoinSet::new();
         for (platform, token) in self.platforms.clone() {
             let poller = self.poller.clone();

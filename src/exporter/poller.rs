@@ -35,7 +35,11 @@ impl Poller {
         let started = Instant::now();
         let report = self.client.fetch_all(id, token).await;
         let ok = self.publish(id, report).await;
-        self.state.metrics.poll_duration.with_label_values(&[id]).set(started.elapsed().as_secs_f64());
+        self.state
+            .metrics
+            .poll_duration
+            .with_label_values(&[id])
+            .set(started.elapsed().as_secs_f64());
         let state = self.state.clone();
         // Rendering 100k devices takes tens of milliseconds: off the runtime.
         let _ = tokio::task::spawn_blocking(move || state.render()).await;
@@ -88,6 +92,18 @@ impl Poller {
             }
         };
 
+        // An empty answer for a platform that had devices is more likely an
+        // API glitch than a fleet deleted overnight: keep everything.
+        let cached = self.state.platform(id).map_or(0, |view| view.devices.len());
+        let complete = if fleet.devices.is_empty() && cached > 0 {
+            tracing::warn!(
+                "platform {id}: the API listed no devices although {cached} are cached; keeping them and forgetting none this time"
+            );
+            false
+        } else {
+            complete
+        };
+
         let now = super::unix_now();
         let devices = self.store(id, fleet.devices, now, complete).await;
         let recovered = self.state.platform(id).is_some_and(|view| view.last_error.is_some());
@@ -111,7 +127,13 @@ impl Poller {
     /// Writes the poll to the cache and returns what the platform now
     /// exports. When the cache cannot be written (disk full, say), the poll
     /// is still served from memory and the failure is logged and counted.
-    async fn store(&self, id: &str, listed: Vec<Listed>, now: f64, complete: bool) -> Vec<CachedDevice> {
+    async fn store(
+        &self,
+        id: &str,
+        listed: Vec<Listed>,
+        now: f64,
+        complete: bool,
+    ) -> Vec<CachedDevice> {
         let cache = self.cache.clone();
         let platform = id.to_string();
         let forget_after = self.forget_after;
@@ -120,7 +142,7 @@ impl Poller {
         let stored = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().expect("cache lock poisoned");
             let stored = cache.store_poll(&platform, &to_store, now, complete, forget_after)?;
-            let current = cache.load_platform(&platform)?;
+            let current = cache.load_platform(&platform)?.unwrap_or_default();
             Ok::<_, super::cache::CacheError>((stored, current))
         })
         .await
@@ -129,13 +151,19 @@ impl Poller {
         match stored {
             Ok((stored, current)) => {
                 if stored.forgotten > 0 {
-                    metrics.devices_forgotten.with_label_values(&[id]).inc_by(stored.forgotten as u64);
+                    metrics
+                        .devices_forgotten
+                        .with_label_values(&[id])
+                        .inc_by(stored.forgotten as u64);
                     tracing::info!(
                         "platform {id}: forgot {} devices absent from the API for longer than forget_after",
                         stored.forgotten
                     );
                 }
-                metrics.platform_devices_missing.with_label_values(&[id]).set(current.missing as f64);
+                metrics
+                    .platform_devices_missing
+                    .with_label_values(&[id])
+                    .set(current.missing as f64);
                 current.devices
             }
             Err(err) => {

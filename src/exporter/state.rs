@@ -96,7 +96,10 @@ impl ExporterState {
         let views: Vec<(String, Arc<Vec<CachedDevice>>)> = {
             let platforms = self.platforms.lock().expect("state lock poisoned");
             for (id, view) in platforms.iter() {
-                self.metrics.platform_devices.with_label_values(&[id.as_str()]).set(view.devices.len() as f64);
+                self.metrics
+                    .platform_devices
+                    .with_label_values(&[id.as_str()])
+                    .set(view.devices.len() as f64);
             }
             platforms.iter().map(|(id, view)| (id.clone(), view.devices.clone())).collect()
         };
@@ -108,7 +111,11 @@ impl ExporterState {
         let mut out = Vec::with_capacity(previous + 4096);
         render_devices(&mut out, &slices, self.poll_interval);
         self.metrics.encode(&mut out);
-        *self.exposition.write().expect("exposition lock poisoned") = Arc::new(Exposition::new(out));
+        let exposition = Exposition::new(out);
+        // Prometheus always asks for gzip: compress here, on the blocking
+        // pool, rather than in the first scrape after the poll.
+        exposition.gzip();
+        *self.exposition.write().expect("exposition lock poisoned") = Arc::new(exposition);
     }
 
     /// Health as `/healthz` reports it: healthy while every platform has
