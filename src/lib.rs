@@ -17,4 +17,5 @@ pub mod addreality;
 pub mod config_file;
 pub mod http;
 pub mod secret;
+pub mod sms;
 pub mod telemetry;
