@@ -16,6 +16,8 @@
 pub mod addreality;
 pub mod config_file;
 pub mod http;
+pub mod rules;
 pub mod secret;
 pub mod sms;
+pub mod socket;
 pub mod telemetry;
