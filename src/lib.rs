@@ -5,8 +5,8 @@
 //! - `addreality-exporter` ([`exporter`]) polls the AddReality cloud API
 //!   ([`addreality`]) for every configured account, caches device state in
 //!   SQLite, and serves it as Prometheus metrics.
-//! - `jobctl` evaluates job rules against Prometheus and sends SMS commands to
-//!   the GSM sockets that power the players.
+//! - `jobctl` evaluates job rules ([`rules`]) against Prometheus and sends SMS
+//!   commands ([`socket`], [`sms`]) to the GSM sockets that power the players.
 //!
 //! The pieces both daemons need live here once: the small HTTP server
 //! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]) and the way
