@@ -6,8 +6,8 @@
 //!   ([`addreality`]) for every configured account, caches device state in
 //!   SQLite, and serves it as Prometheus metrics.
 //! - `jobctl` evaluates job rules ([`rules`]) against Prometheus and sends SMS
-//!   commands to the GSM sockets that power the players, journalling every
-//!   message and each job's state ([`journal`]).
+//!   commands ([`socket`], [`sms`]) to the GSM sockets that power the
+//!   players, journalling every message and each job's state ([`journal`]).
 //!
 //! The pieces both daemons need live here once: the small HTTP server
 //! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]), the time
@@ -26,4 +26,5 @@ pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub mod sms;
+pub mod socket;
 pub mod telemetry;

@@ -1,3 +1,260 @@
-//! Job rules: what to watch, when it counts as bad, and what to do about it.
+//! jobctl's rules: the TOML file(s) that say what to watch in Prometheus and
+//! which SMS to send when it goes wrong.
+//!
+//! The file is read in two layers, as everywhere in this crate: `config`
+//! mirrors the TOML (`#[serde(deny_unknown_fields)]`, spans kept), and
+//! `validate` turns it into the domain types ([`RuleSet`], [`Job`],
+//! [`Socket`]) or into the complete list of problems, each at
+//! `file:line:column`. A rule set is either entirely valid or not loaded.
+//!
+//! Rules may be split: every `*.toml` in a `rules.d/` directory next to the
+//! main file is read too, in file-name order. Those files hold `[[sockets]]`
+//! and `[[jobs]]` only (the daemon settings live in the main file); socket
+//! and job names are unique across all of them.
+//!
+//! What a condition queries and how answers become per-device verdicts is in
+//! [`condition`]; generated job names in [`naming`]; schedule windows in
+//! [`schedule`].
 
+pub mod condition;
+pub(crate) mod config;
+pub mod device;
+pub mod job;
+pub mod naming;
+pub mod schedule;
+pub mod settings;
 pub mod state;
+pub mod template;
+pub(crate) mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Term, Verdict};
+pub use device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
+pub use job::{Action, Job, Origin, Repeat};
+pub use schedule::Schedule;
+pub use settings::{JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection};
+pub use validate::DEFAULT_COOLDOWN;
+
+use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
+use crate::sms::phone::PhoneNumber;
+use crate::socket::{single_sms_overflow, CommandError, Socket};
+
+/// A complete, valid set of rules.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// The files read: the main file, then `rules.d/*.toml` in order.
+    pub files: Vec<PathBuf>,
+    /// The main file's directory; relative secret files are taken from it.
+    pub base_dir: PathBuf,
+    /// The labels that identify a device. Default `platform_id`, `device_id`.
+    pub device_key: DeviceKeyLabels,
+    /// `[prometheus]`.
+    pub prometheus: PrometheusConfig,
+    /// `[journal]`.
+    pub journal: JournalConfig,
+    /// `[sms]`, for the SMS module to validate.
+    pub sms: Option<SmsSection>,
+    /// Every socket, main file first.
+    pub sockets: Vec<Socket>,
+    /// Every job, main file first, in file order.
+    pub jobs: Vec<Job>,
+    socket_by_device: HashMap<DeviceKey, usize>,
+}
+
+/// An SMS ready to go: who receives it and the exact text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingSms {
+    /// The socket it goes to, when it goes to one.
+    pub socket: Option<String>,
+    /// The recipient.
+    pub phone: PhoneNumber,
+    /// The text, exactly as it will be sent.
+    pub text: String,
+}
+
+/// Why a job's action cannot be turned into an SMS for a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// No socket powers the device (known only at run time).
+    #[error("no socket powers device {device}; add a [[sockets]] entry whose powers names it")]
+    NoSocket {
+        /// The device.
+        device: DeviceKey,
+    },
+    /// The device's socket cannot render the command (a socket that was not
+    /// among the candidates at check time, e.g. matched through labels
+    /// outside the device key).
+    #[error("socket {socket:?}: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Command {
+        /// The socket.
+        socket: String,
+        /// What is wrong.
+        errors: Vec<CommandError>,
+    },
+    /// An SMS to a socket grew beyond one message once label values were
+    /// filled in.
+    #[error("the SMS for socket {socket:?} does not fit in one message ({length}): {text:?}")]
+    TooLong {
+        /// The socket.
+        socket: String,
+        /// The rendered text.
+        text: String,
+        /// Its length and the limit.
+        length: String,
+    },
+}
+
+impl RuleSet {
+    /// A job by name.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// A socket by name.
+    pub fn socket(&self, name: &str) -> Option<&Socket> {
+        self.sockets.iter().find(|s| s.name == name)
+    }
+
+    /// The socket that powers a device.
+    pub fn socket_for(&self, device: &DeviceKey) -> Option<&Socket> {
+        self.socket_by_device.get(device).map(|&i| &self.sockets[i])
+    }
+
+    /// Every distinct query of the enabled jobs, in first-use order: what one
+    /// cycle sends to Prometheus.
+    pub fn queries(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for job in self.jobs.iter().filter(|j| j.enabled) {
+            for query in job.queries() {
+                if seen.insert(query.clone()) {
+                    out.push(query);
+                }
+            }
+        }
+        out
+    }
+
+    /// The SMS a job sends for a device. `labels` are the device's labels
+    /// from the evaluation ([`DeviceVerdict::labels`]), used by SMS
+    /// templates; control characters in them are replaced by spaces, and a
+    /// label the device lacks renders as `?`.
+    pub fn outgoing(
+        &self,
+        job: &Job,
+        device: &DeviceKey,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<OutgoingSms, ActionError> {
+        let socket = || {
+            self.socket_for(device).ok_or_else(|| ActionError::NoSocket { device: device.clone() })
+        };
+        match &job.action {
+            Action::Command { command, args } => {
+                let socket = socket()?;
+                let text = socket.render(command, args).map_err(|errors| ActionError::Command {
+                    socket: socket.name.clone(),
+                    errors,
+                })?;
+                Ok(OutgoingSms {
+                    socket: Some(socket.name.clone()),
+                    phone: socket.phone.clone(),
+                    text,
+                })
+            }
+            Action::Sms { text, to } => {
+                let text = text.render(|label| {
+                    labels
+                        .get(label)
+                        .map(|v| v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+                });
+                match to {
+                    Some(phone) => Ok(OutgoingSms { socket: None, phone: phone.clone(), text }),
+                    None => {
+                        let socket = socket()?;
+                        if let Some(length) = single_sms_overflow(&text) {
+                            return Err(ActionError::TooLong {
+                                socket: socket.name.clone(),
+                                text,
+                                length,
+                            });
+                        }
+                        Ok(OutgoingSms {
+                            socket: Some(socket.name.clone()),
+                            phone: socket.phone.clone(),
+                            text,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The directory of split rule files for a main file: `rules.d` next to it.
+pub fn fragment_dir(main: &Path) -> PathBuf {
+    validate::base_dir(main).join("rules.d")
+}
+
+/// Reads and validates the main file and `rules.d/*.toml` next to it.
+pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
+    let main = SourceFile::read(path)?;
+    let dir = fragment_dir(path);
+    let mut errors = Vec::new();
+    let mut fragments = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => errors.push(ConfigError::unreadable(&dir, &err)),
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && !p.is_dir())
+                .collect();
+            paths.sort();
+            for path in paths {
+                match SourceFile::read(&path) {
+                    Ok(file) => fragments.push(file),
+                    Err(err) => errors.push(err),
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    parse_files(main, fragments)
+}
+
+/// Validates rules given as text (no `rules.d`); `path` is used in messages
+/// and as the base for relative paths.
+pub fn parse(text: &str, path: impl Into<PathBuf>) -> Result<RuleSet, ConfigErrors> {
+    parse_files(SourceFile::from_text(path, text), Vec::new())
+}
+
+/// Validates a main file and split files already read. When a file does not
+/// parse as TOML, only those syntax errors are reported (the rest could not
+/// be checked without guessing).
+pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleSet, ConfigErrors> {
+    let mut errors = Vec::new();
+    let raw_main = main.parse::<config::RawRulesFile>().map_err(|e| errors.push(e)).ok();
+    let mut parsed = Vec::new();
+    for file in fragments {
+        match file.parse::<config::RawFragment>() {
+            Ok(raw) => parsed.push((file, raw)),
+            Err(err) => errors.push(err),
+        }
+    }
+    let Some(raw_main) = raw_main.filter(|_| errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
+    validate::build(&main, raw_main, &parsed).map_err(|mut errors| {
+        let order: Vec<&Path> = std::iter::once(main.path.as_path())
+            .chain(parsed.iter().map(|(f, _)| f.path.as_path()))
+            .collect();
+        errors.sort_by_key(|e| {
+            (order.iter().position(|p| *p == e.path).unwrap_or(usize::MAX), e.location)
+        });
+        ConfigErrors(errors)
+    })
+}

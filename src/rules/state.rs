@@ -69,17 +69,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{after, elapsed};
 
-/// What one evaluation concluded about a job's condition on one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The condition holds (the device is in the bad state the job watches).
-    True,
-    /// The condition does not hold.
-    False,
-    /// Nothing can be said: Prometheus unreachable, a query error, the
-    /// device's series missing, or a guard failing or unknown.
-    Unknown,
-}
+pub use super::condition::Verdict;
 
 /// The timing limits of one job, as the rules file states them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

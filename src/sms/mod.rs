@@ -20,6 +20,7 @@
 
 pub mod http;
 pub mod log;
+pub mod phone;
 pub mod text;
 
 use std::fmt;

@@ -1,0 +1,176 @@
+//! A validated job: what it watches, when it acts, and what it sends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::condition::{self, Condition, Evaluation, Guard, Sample};
+use super::device::{DeviceKeyLabels, LabelMatchers};
+use super::schedule::Schedule;
+use super::template::Template;
+use crate::sms::phone::PhoneNumber;
+use crate::socket::ArgValue;
+
+/// Where something was defined, for messages at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file.
+    pub path: PathBuf,
+    /// One-based line.
+    pub line: usize,
+    /// One-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
+    }
+}
+
+/// What a job does when it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A named command of the socket that powers the device.
+    Command {
+        /// The command name (`power_cycle`).
+        command: String,
+        /// Its arguments (`minutes = 1`).
+        args: BTreeMap<String, ArgValue>,
+    },
+    /// Literal SMS text; `{label}` placeholders take the device's label
+    /// values.
+    Sms {
+        /// The text.
+        text: Template,
+        /// The recipient; `None` = the socket that powers the device.
+        to: Option<PhoneNumber>,
+    },
+}
+
+impl Action {
+    /// Whether the action goes to the device's socket (and so needs one).
+    pub fn needs_socket(&self) -> bool {
+        matches!(self, Action::Command { .. } | Action::Sms { to: None, .. })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Command { command, args } => {
+                f.write_str(command)?;
+                for (name, value) in args {
+                    write!(f, " {name}={value}")?;
+                }
+                f.write_str(" to the socket powering the device")
+            }
+            Action::Sms { text, to: Some(to) } => write!(f, "SMS {:?} to {to}", text.as_str()),
+            Action::Sms { text, to: None } => {
+                write!(f, "SMS {:?} to the socket powering the device", text.as_str())
+            }
+        }
+    }
+}
+
+pub use super::state::Repeat;
+
+/// A validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Unique name, given or generated (see [`super::naming`]).
+    pub name: String,
+    /// Whether the name was generated.
+    pub auto_named: bool,
+    /// Where the job is defined.
+    pub origin: Origin,
+    /// Which devices it watches; empty = every device the condition returns.
+    pub devices: LabelMatchers,
+    /// The condition.
+    pub condition: Condition,
+    /// How long the condition must hold before the job fires (`for`).
+    pub hold_for: Duration,
+    /// What to do when it fires.
+    pub action: Action,
+    /// After an action, how long before the job may act on the same device
+    /// in a new episode.
+    pub cooldown: Duration,
+    /// Repeats within one episode; `None` = act once per episode.
+    pub repeat: Option<Repeat>,
+    /// When the job may act; `None` = any time.
+    pub schedule: Option<Schedule>,
+    /// Expressions that must hold for a device before its data is believed.
+    pub guards: Vec<Guard>,
+    /// Disabled jobs are checked but not run.
+    pub enabled: bool,
+}
+
+impl Job {
+    /// The distinct queries the job needs each cycle: its condition's, then
+    /// its guards'. The engine merges these across jobs so that one cycle
+    /// sends each distinct query once.
+    pub fn queries(&self) -> Vec<String> {
+        let mut queries: Vec<String> = Vec::new();
+        let terms = self.condition.terms().iter().map(|t| t.query(&self.devices));
+        let guards = self.guards.iter().map(|g| g.expr.trim().to_string());
+        for query in terms.chain(guards) {
+            if !queries.contains(&query) {
+                queries.push(query);
+            }
+        }
+        queries
+    }
+
+    /// The verdict per device from one cycle's answers (`results` maps a
+    /// query to its series; a query missing from it failed). See
+    /// [`super::condition`] for the semantics.
+    pub fn evaluate(
+        &self,
+        results: &HashMap<String, Vec<Sample>>,
+        device_key: &DeviceKeyLabels,
+    ) -> Evaluation {
+        condition::evaluate(&self.condition, &self.devices, &self.guards, results, device_key)
+    }
+}
+
+impl fmt::Display for Job {
+    /// The summary `jobctl check` prints: name, then one line per aspect.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if self.auto_named {
+            f.write_str(" (generated name)")?;
+        }
+        if !self.enabled {
+            f.write_str(" [disabled]")?;
+        }
+        writeln!(f)?;
+        writeln!(f, "  defined:  {}", self.origin)?;
+        writeln!(f, "  devices:  {}", self.devices)?;
+        write!(f, "  when:     {}", self.condition)?;
+        if !self.hold_for.is_zero() {
+            write!(f, " for {}", humantime::format_duration(self.hold_for))?;
+        }
+        writeln!(f)?;
+        writeln!(f, "  queries:  {}", self.queries().join("  |  "))?;
+        if !self.guards.is_empty() {
+            let guards: Vec<String> = self.guards.iter().map(Guard::to_string).collect();
+            writeln!(f, "  guards:   {}", guards.join(", "))?;
+        }
+        writeln!(f, "  action:   {}", self.action)?;
+        write!(f, "  limits:   cooldown {}", humantime::format_duration(self.cooldown))?;
+        match self.repeat {
+            Some(r) => write!(
+                f,
+                ", repeat every {} up to {} times",
+                humantime::format_duration(r.every),
+                r.max
+            )?,
+            None => f.write_str(", once per episode")?,
+        }
+        if let Some(schedule) = &self.schedule {
+            write!(f, ", only {schedule}")?;
+        }
+        Ok(())
+    }
+}

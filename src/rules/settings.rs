@@ -1,0 +1,71 @@
+//! The daemon-wide parts of the rules file: where Prometheus is, where the
+//! journal lives, and the `[sms]` table handed on to the SMS module.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config_file::SourceFile;
+use crate::secret::SecretSource;
+
+/// Default evaluation interval: often enough to notice a frozen player
+/// within a minute, rarely enough to be invisible to Prometheus.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default query timeout: a third of the interval, so a slow Prometheus
+/// cannot make cycles overlap.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default journal path: inside systemd's `StateDirectory=jobctl`.
+pub const DEFAULT_JOURNAL_PATH: &str = "/var/lib/jobctl/journal.db";
+
+/// `[prometheus]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusConfig {
+    /// Base URL of the HTTP API (`http://127.0.0.1:9090`), without credentials.
+    pub url: reqwest::Url,
+    /// Time between evaluation cycles. Default [`DEFAULT_INTERVAL`].
+    pub interval: Duration,
+    /// Timeout of one query, at most `interval`. Default [`DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+    /// Credentials, when Prometheus sits behind authentication. Default none.
+    pub auth: Option<PrometheusAuth>,
+}
+
+/// How jobctl authenticates to Prometheus. Secrets are read from files or the
+/// environment (relative files from the main rules file's directory), never
+/// from the rules file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrometheusAuth {
+    /// HTTP basic auth (`username` + `password_file` or `password_env`).
+    Basic {
+        /// User name.
+        username: String,
+        /// Where the password is.
+        password: SecretSource,
+    },
+    /// `Authorization: Bearer` (`token_file` or `token_env`).
+    Bearer {
+        /// Where the token is.
+        token: SecretSource,
+    },
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// The SQLite file; a relative path is taken from the main rules file's
+    /// directory. Default [`DEFAULT_JOURNAL_PATH`].
+    pub path: PathBuf,
+}
+
+/// The `[sms]` table, untouched: the SMS module validates it. The file is
+/// kept so that module can re-read the section with its own spanned structs
+/// and report `file:line:column` like every other check.
+#[derive(Debug, Clone)]
+pub struct SmsSection {
+    /// The table as parsed.
+    pub table: toml::Table,
+    /// The main rules file.
+    pub file: SourceFile,
+    /// Byte span of the `[sms]` table in that file.
+    pub span: Range<usize>,
+}
