@@ -406,36 +406,17 @@ fn example(kind: &ParamKind) -> String {
     }
 }
 
-/// GSM 03.38 basic character set (one septet each), without ESC.
-const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-/// GSM 03.38 extension table (two septets each: ESC + character).
-const GSM7_EXTENSION: &str = "\u{c}^{}\\[~]|€";
-
 /// `None` when `text` fits in one SMS; otherwise its length and the limit.
-///
-/// A simple count: 160 septets when every character is in the GSM-7
-/// alphabet (extension characters count twice), else 70 UTF-16 units. The
-/// full segment counter belongs to `sms::text`; this is only the check-time
-/// guard for socket commands.
+/// A GSM socket does not reassemble concatenated messages, so a command
+/// must be one segment.
 pub(crate) fn single_sms_overflow(text: &str) -> Option<String> {
-    let mut septets = 0usize;
-    let mut gsm7 = true;
-    for c in text.chars() {
-        if GSM7_BASIC.contains(c) {
-            septets += 1;
-        } else if GSM7_EXTENSION.contains(c) {
-            septets += 2;
-        } else {
-            gsm7 = false;
-            break;
+    let count = crate::sms::text::segments(text);
+    (!count.is_single()).then(|| match count.encoding {
+        crate::sms::text::Encoding::Gsm7 => {
+            format!("{} GSM-7 characters, at most 160", count.units)
         }
-    }
-    if gsm7 {
-        (septets > 160).then(|| format!("{septets} GSM-7 characters, at most 160"))
-    } else {
-        let units = text.encode_utf16().count();
-        (units > 70).then(|| format!("{units} UCS-2 characters, at most 70"))
-    }
+        crate::sms::text::Encoding::Ucs2 => format!("{} UCS-2 characters, at most 70", count.units),
+    })
 }
 
 #[cfg(test)]
