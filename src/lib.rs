@@ -18,8 +18,10 @@
 pub mod addreality;
 pub mod clock;
 pub mod config_file;
+pub mod engine;
 pub mod exporter;
 pub mod http;
+pub mod jobctl;
 pub mod journal;
 pub mod prometheus_api;
 pub mod rules;

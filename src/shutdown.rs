@@ -20,3 +20,22 @@ pub async fn signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
 }
+
+/// Yields once per SIGHUP (`systemctl reload`). Only binaries call this.
+pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received, reloading the rules");
+                    // A reload already queued covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(err) => tracing::error!("cannot listen for SIGHUP: {err}; reloads are disabled"),
+    }
+    rx
+}

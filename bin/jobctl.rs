@@ -1,0 +1,23 @@
+//! `jobctl`: see the README and `signage_watchdog::jobctl`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use signage_watchdog::jobctl::{run, Args};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    signage_watchdog::telemetry::init(&args.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("jobctl: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let reloads = signage_watchdog::shutdown::reload_requests();
+        run(args, signage_watchdog::shutdown::signal(), reloads).await.into()
+    })
+}

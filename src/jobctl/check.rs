@@ -1,0 +1,88 @@
+//! `jobctl check`: everything that can be known before running, in one pass.
+//!
+//! Syntax, schema, durations, phone numbers, sockets and commands come from
+//! [`crate::rules::load`]; the `[sms]` settings and every secret are loaded
+//! as `run` would; and when Prometheus answers, each distinct query is
+//! checked by Prometheus's own parser. An unreachable Prometheus is not an
+//! error (the rules may be written before it exists) but is said plainly.
+
+use std::path::Path;
+
+use super::{build_sender, fail, load_rules, prometheus_client, Exit};
+use crate::config_file::ConfigErrors;
+use crate::prometheus_api::PromError;
+
+/// `jobctl check` flags.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Do not ask Prometheus to check the queries.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
+    let rules = match load_rules(config) {
+        Ok(rules) => rules,
+        Err(exit) => return exit,
+    };
+    let sender = match build_sender(&rules) {
+        Ok(sender) => sender,
+        Err(err) => return fail(Exit::Config, err),
+    };
+    let prometheus = match prometheus_client(&rules) {
+        Ok(client) => client,
+        Err(err) => return fail(Exit::Config, err),
+    };
+
+    let mut promql_note = "PromQL not checked (--offline)".to_string();
+    if !args.offline {
+        let mut errors = Vec::new();
+        let mut unreachable = None;
+        'jobs: for job in &rules.jobs {
+            for query in job.queries() {
+                match prometheus.check_expr(&query).await {
+                    Ok(()) => {}
+                    Err(PromError::Api { error, .. }) => {
+                        let error = error.trim_start_matches("invalid parameter \"query\": ");
+                        errors.push(crate::config_file::ConfigError {
+                            path: job.origin.path.clone(),
+                            location: Some((job.origin.line, job.origin.column)),
+                            message: format!(
+                                "job {:?}: Prometheus rejects {query:?}: {error}",
+                                job.name
+                            ),
+                        });
+                    }
+                    Err(err) => {
+                        unreachable = Some(err);
+                        break 'jobs;
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return fail(Exit::Config, ConfigErrors(errors));
+        }
+        promql_note = match unreachable {
+            None => format!("PromQL checked by {}", rules.prometheus.url),
+            Some(err) => {
+                eprintln!("jobctl: warning: PromQL not checked: {err}");
+                "PromQL NOT checked (Prometheus did not answer)".to_string()
+            }
+        };
+    }
+
+    let enabled = rules.jobs.iter().filter(|j| j.enabled).count();
+    println!(
+        "{}: OK: {} jobs ({enabled} enabled), {} sockets, {} files; SMS via {}; {promql_note}",
+        config.display(),
+        rules.jobs.len(),
+        rules.sockets.len(),
+        rules.files.len(),
+        sender.name()
+    );
+    for job in &rules.jobs {
+        println!("\n{job}");
+    }
+    Exit::Ok
+}

@@ -1,0 +1,139 @@
+//! `jobctl history`: the journal of executions, newest first.
+//!
+//! Reads the journal read-only, so it never disturbs a running daemon.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{fail, load_rules, parse_since, read_journal, Exit};
+use crate::journal::{Execution, ExecutionStatus, HistoryFilter};
+
+/// `jobctl history` flags.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Only this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only this device, as jobctl prints it: `{platform_id="12", device_id="30785"}`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Only executions since this long ago (`2h`, `7d`) or this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this outcome: planned, sending, sent, failed, uncertain, suppressed, dry_run.
+    #[arg(long)]
+    pub outcome: Option<ExecutionStatus>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Output formats of the read-only commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    id: i64,
+    time: String,
+    job: Option<&'a str>,
+    device: Option<&'a str>,
+    socket: &'a str,
+    phone: &'a str,
+    text: &'a str,
+    episode: Option<u64>,
+    action: Option<u32>,
+    trigger_value: Option<f64>,
+    outcome: &'a str,
+    backend: Option<&'a str>,
+    detail: Option<&'a str>,
+    manual: bool,
+    attempts: usize,
+}
+
+impl<'a> Row<'a> {
+    fn of(e: &'a Execution) -> Row<'a> {
+        Row {
+            id: e.id.0,
+            time: e.created_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            job: e.job.as_deref(),
+            device: e.device_key.as_deref(),
+            socket: &e.socket,
+            phone: &e.phone,
+            text: &e.text,
+            episode: e.episode,
+            action: e.attempt,
+            trigger_value: e.trigger_value,
+            outcome: e.status.as_str(),
+            backend: e.backend.as_deref(),
+            detail: e.detail.as_deref(),
+            manual: e.manual,
+            attempts: e.attempts.len(),
+        }
+    }
+}
+
+pub(super) fn run(config: &Path, args: HistoryArgs) -> Exit {
+    let rules = match load_rules(config) {
+        Ok(rules) => rules,
+        Err(exit) => return exit,
+    };
+    let since = match args.since.as_deref().map(parse_since).transpose() {
+        Ok(since) => since,
+        Err(err) => return fail(Exit::Usage, format!("--since: {err}")),
+    };
+    let journal = match read_journal(&rules) {
+        Ok(journal) => journal,
+        Err(exit) => return exit,
+    };
+    let filter = HistoryFilter {
+        job: args.job,
+        device_key: args.device,
+        since,
+        status: args.outcome,
+        limit: Some(args.limit),
+    };
+    let executions = match journal.history(&filter) {
+        Ok(executions) => executions,
+        Err(err) => return fail(Exit::Journal, err),
+    };
+    let rows: Vec<Row<'_>> = executions.iter().map(Row::of).collect();
+    match args.format {
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"))
+        }
+        Format::Table => print!("{}", table(&rows)),
+    }
+    Exit::Ok
+}
+
+fn table(rows: &[Row<'_>]) -> String {
+    let header =
+        ["ID", "TIME (UTC)", "JOB", "DEVICE", "SOCKET", "TEXT", "OUTCOME", "BACKEND", "DETAIL"];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.time.clone(),
+                r.job.unwrap_or("(manual)").to_string(),
+                r.device.unwrap_or("-").to_string(),
+                r.socket.to_string(),
+                format!("{:?}", r.text),
+                r.outcome.to_string(),
+                r.backend.unwrap_or("-").to_string(),
+                r.detail.unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    super::status::render_table(&header, &cells)
+}

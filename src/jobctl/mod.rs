@@ -1,0 +1,210 @@
+//! The `jobctl` command line: one module per subcommand, the set-up they
+//! share, and the exit codes (see [`Exit`]).
+//!
+//! The binary only installs logging and signal handlers and calls [`run`].
+//! Every problem a sysadmin can cause is reported once, on stderr, with a
+//! distinct exit code.
+
+mod check;
+mod history;
+mod send;
+mod serve;
+mod status;
+mod test_rule;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::journal::Journal;
+use crate::prometheus_api::{Auth, PromClient};
+use crate::rules::{PrometheusAuth, RuleSet};
+use crate::sms::{Sender, SmsConfig};
+
+/// Default rules file.
+pub const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
+
+/// Watches Prometheus and power-cycles frozen signage players by SMS.
+#[derive(Debug, Parser)]
+#[command(name = "jobctl", version, about, long_about = None)]
+pub struct Args {
+    /// The rules file; `rules.d/*.toml` next to it is read too.
+    #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Log level (error, warn, info, debug); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// jobctl's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: evaluate the rules every interval and send what is due.
+    Run(serve::RunArgs),
+    /// Validate the rules (and their PromQL, when Prometheus answers) and
+    /// print every job with what it watches.
+    Check(check::CheckArgs),
+    /// Evaluate one job now against the live Prometheus and show, per
+    /// device, what it sees and what it would send.
+    TestRule(test_rule::TestRuleArgs),
+    /// Show the journal of executions.
+    History(history::HistoryArgs),
+    /// Show each job's devices by state, and the budgets, from the journal.
+    Status(status::StatusArgs),
+    /// Send a socket command by hand, through the journal and budgets.
+    Send(send::SendArgs),
+}
+
+/// Exit codes, documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// An unexpected runtime failure.
+    Runtime = 1,
+    /// Bad command line, unknown job, socket or command.
+    Usage = 2,
+    /// The rules are invalid (syntax, schema, PromQL, SMS settings, secrets).
+    Config = 3,
+    /// The journal cannot be opened or written.
+    Journal = 4,
+    /// The `--listen` address cannot be bound.
+    Listen = 5,
+    /// Prometheus could not answer every query (`run --once`, `test-rule`).
+    Prometheus = 6,
+    /// A message was not sent (failed, uncertain, over budget, refused).
+    NotSent = 7,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Prints `message` as jobctl's error and returns `exit`.
+pub(crate) fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
+    eprintln!("jobctl: {message}");
+    exit
+}
+
+/// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
+/// `reloads` yields on SIGHUP; both matter to `run` only.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Exit {
+    match args.command {
+        Command::Run(run) => serve::run(&args.config, run, shutdown, reloads).await,
+        Command::Check(check) => check::run(&args.config, check).await,
+        Command::TestRule(test) => test_rule::run(&args.config, test).await,
+        Command::History(history) => history::run(&args.config, history),
+        Command::Status(status) => status::run(&args.config, status),
+        Command::Send(send) => send::run(&args.config, send).await,
+    }
+}
+
+/// Loads the rules, or prints every error and returns [`Exit::Config`].
+pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Exit> {
+    crate::rules::load(path).map_err(|errors| fail(Exit::Config, errors))
+}
+
+/// The `[sms]` table, read again from the main file with positions.
+#[derive(Deserialize)]
+struct SmsOnly {
+    sms: Option<SmsConfig>,
+}
+
+/// Builds the configured SMS sender.
+pub(crate) fn build_sender(rules: &RuleSet) -> Result<Arc<dyn Sender>, String> {
+    let Some(section) = &rules.sms else {
+        let main = rules.files.first().map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(format!(
+            "{main}: no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent"
+        ));
+    };
+    let parsed: SmsOnly = section.file.parse().map_err(|err| err.to_string())?;
+    let config = parsed.sms.ok_or_else(|| section.file.error("no [sms] table").to_string())?;
+    config
+        .build(&rules.base_dir)
+        .map(Arc::from)
+        .map_err(|err| err.in_file(&section.file).to_string())
+}
+
+/// Builds the Prometheus client, loading its credentials.
+pub(crate) fn prometheus_client(rules: &RuleSet) -> Result<PromClient, String> {
+    let prometheus = &rules.prometheus;
+    let auth = match &prometheus.auth {
+        None => None,
+        Some(PrometheusAuth::Basic { username, password }) => {
+            let loaded = password.load(&rules.base_dir).map_err(|e| format!("[prometheus] {e}"))?;
+            warn_loose(&loaded);
+            Some(Auth::Basic { username: username.clone(), password: loaded.secret })
+        }
+        Some(PrometheusAuth::Bearer { token }) => {
+            let loaded = token.load(&rules.base_dir).map_err(|e| format!("[prometheus] {e}"))?;
+            warn_loose(&loaded);
+            Some(Auth::Bearer(loaded.secret))
+        }
+    };
+    PromClient::new(prometheus.url.as_str(), prometheus.timeout, auth).map_err(|e| e.to_string())
+}
+
+fn warn_loose(loaded: &crate::secret::LoadedSecret) {
+    if let Some(warning) = &loaded.loose_permissions {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Opens the journal for writing (creating it), or says why not.
+pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Exit> {
+    Journal::open(&rules.journal.path).map_err(|err| fail(Exit::Journal, err))
+}
+
+/// Opens the journal read-only, next to a running daemon.
+pub(crate) fn read_journal(rules: &RuleSet) -> Result<Journal, Exit> {
+    Journal::open_read_only(&rules.journal.path).map_err(|err| fail(Exit::Journal, err))
+}
+
+/// Reads `--since`: a duration back from now (`"2h"`) or an RFC 3339 time.
+pub(crate) fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        let ago = jiff::SignedDuration::try_from(ago).map_err(|e| e.to_string())?;
+        return Ok(jiff::Timestamp::now() - ago);
+    }
+    text.parse::<jiff::Timestamp>().map_err(|_| {
+        format!("invalid time {text:?}: write a duration back from now (\"2h\", \"7d\") or a time like 2026-11-28T12:00:00Z")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn since_reads_durations_and_times() {
+        let before = jiff::Timestamp::now();
+        let since = parse_since("1h").unwrap();
+        assert!(since < before && since > before - jiff::SignedDuration::from_secs(3700));
+        assert_eq!(
+            parse_since("2026-11-28T12:00:00Z").unwrap().to_string(),
+            "2026-11-28T12:00:00Z"
+        );
+        assert!(parse_since("yesterday").unwrap_err().starts_with("invalid time \"yesterday\""));
+    }
+}

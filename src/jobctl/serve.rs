@@ -1,0 +1,195 @@
+//! `jobctl run`: the daemon loop around the [`Engine`].
+//!
+//! It cycles every `[prometheus] interval`, reloads the rules on SIGHUP (a
+//! valid set replaces the old one at once and jobs that keep their name keep
+//! their state; an invalid one is logged and ignored), and on SIGTERM stops
+//! after the cycle in progress, waiting briefly for sends already under way.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{build_sender, fail, load_rules, open_journal, prometheus_client, Exit};
+use crate::clock::SystemClock;
+use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
+use crate::http::{Exposition, Health, Pages};
+
+/// `jobctl run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run one cycle, wait for its sends, and exit (6 if a query failed).
+    #[arg(long)]
+    pub once: bool,
+    /// Evaluate and journal as usual, but send nothing (journalled as dry_run).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Serve jobctl's own /metrics and /healthz on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// How long SIGTERM waits for sends already under way.
+const SEND_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(
+    config: &Path,
+    args: RunArgs,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Exit {
+    let rules = match load_rules(config) {
+        Ok(rules) => rules,
+        Err(exit) => return exit,
+    };
+    let (sender, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
+        (Ok(sender), Ok(prometheus)) => (sender, Arc::new(prometheus)),
+        (Err(err), _) | (_, Err(err)) => return fail(Exit::Config, err),
+    };
+    let journal = match open_journal(&rules) {
+        Ok(journal) => journal,
+        Err(exit) => return exit,
+    };
+    let interval = rules.prometheus.interval;
+    let options = EngineOptions {
+        mode: if args.dry_run { Mode::DryRun } else { Mode::Live },
+        ..EngineOptions::default()
+    };
+    let mut engine =
+        match Engine::start(rules, prometheus, journal, sender, Arc::new(SystemClock), options)
+            .await
+        {
+            Ok(engine) => engine,
+            Err(err) => return fail(Exit::Journal, err),
+        };
+
+    if args.once {
+        let report = engine.cycle().await;
+        engine.finish_sends().await;
+        println!(
+            "{} queries ({} failed), {} evaluations ({} unknown), {} transitions, {} actions due, {} sent, {} suppressed, {} errors",
+            report.queries,
+            report.failed_queries.len(),
+            report.evaluations,
+            report.unknown,
+            report.transitions,
+            report.actions_due,
+            report.sends_started,
+            report.suppressed,
+            report.action_errors
+        );
+        return if report.failed_queries.is_empty() { Exit::Ok } else { Exit::Prometheus };
+    }
+
+    let (stop_http, http_task) = match args.listen {
+        None => (None, None),
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(crate::http::serve(listener, pages, async {
+                    stopped.await.unwrap_or(());
+                }));
+                tracing::info!("serving jobctl metrics on http://{addr}/metrics");
+                (Some(stop), Some(task))
+            }
+            Err(err) => return fail(Exit::Listen, format!("cannot listen on {addr}: {err}")),
+        },
+    };
+
+    tracing::info!(
+        "jobctl running: {} jobs, {} sockets, evaluating every {}{}",
+        engine.rules().jobs.iter().filter(|j| j.enabled).count(),
+        engine.rules().sockets.len(),
+        humantime::format_duration(interval),
+        if args.dry_run { " (dry run: nothing is sent)" } else { "" }
+    );
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            // Shutdown is only looked at between cycles: a cycle in progress
+            // finishes, so no state is left half-advanced.
+            () = &mut shutdown => break,
+            Some(()) = reloads.recv() => reload(config, &mut engine, &mut ticker),
+            _ = ticker.tick() => {
+                engine.cycle().await;
+            }
+        }
+    }
+    if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {
+        tracing::warn!(
+            "sends still under way after {}; they will be marked uncertain at the next start",
+            humantime::format_duration(SEND_GRACE)
+        );
+    }
+    if let (Some(stop), Some(task)) = (stop_http, http_task) {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Exit::Ok
+}
+
+/// SIGHUP: all or nothing. The new rules, SMS sender and Prometheus client
+/// are all built before anything is replaced.
+fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval) {
+    let rules = match crate::rules::load(config) {
+        Ok(rules) => rules,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!("reload rejected: {error}");
+            }
+            tracing::error!("reload rejected: the previous rules keep running");
+            return;
+        }
+    };
+    if let Err(err) = build_sender(&rules).and(prometheus_client(&rules).map(|_| ())) {
+        tracing::error!("reload rejected: {err}; the previous rules keep running");
+        return;
+    }
+    let before: std::collections::BTreeSet<String> =
+        engine.rules().jobs.iter().map(|j| j.name.clone()).collect();
+    let after: std::collections::BTreeSet<String> =
+        rules.jobs.iter().map(|j| j.name.clone()).collect();
+    let kept = before.intersection(&after).count();
+    let interval = rules.prometheus.interval;
+    if interval != engine.rules().prometheus.interval {
+        *ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    engine.replace_rules(rules);
+    tracing::info!(
+        "rules reloaded: {} jobs ({} kept with their state, {} new, {} removed)",
+        after.len(),
+        kept,
+        after.len() - kept,
+        before.len() - kept
+    );
+}
+
+struct JobctlPages {
+    metrics: Arc<EngineMetrics>,
+    interval: Duration,
+}
+
+impl Pages for JobctlPages {
+    fn title(&self) -> &str {
+        "jobctl"
+    }
+
+    fn exposition(&self) -> Arc<Exposition> {
+        Arc::new(Exposition::new(self.metrics.encode()))
+    }
+
+    fn health(&self) -> Health {
+        match self.metrics.seconds_since_last_cycle() {
+            Some(age) if age <= 3.0 * self.interval.as_secs_f64() + 30.0 => {
+                Health::Healthy(format!("last cycle {age:.0}s ago"))
+            }
+            Some(age) => Health::Unhealthy(format!("no evaluation cycle for {age:.0}s")),
+            None => Health::Healthy("starting".into()),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `jobctl status`: where every job stands on every device, and how much of
+//! each message budget is used, read from the journal without disturbing a
+//! running daemon.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::history::Format;
+use super::{fail, load_rules, read_journal, Exit};
+use crate::rules::state::{JobState, Phase};
+
+/// `jobctl status` flags.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Serialize)]
+struct DeviceRow {
+    job: String,
+    device: String,
+    state: &'static str,
+    since: Option<String>,
+    episode: Option<u64>,
+    last_action: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JobRow {
+    job: String,
+    enabled: bool,
+    counts: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Serialize)]
+struct BudgetRow {
+    socket: String,
+    last_hour: u32,
+    last_day: u32,
+}
+
+#[derive(Serialize)]
+struct Status {
+    jobs: Vec<JobRow>,
+    devices: Vec<DeviceRow>,
+    budgets: Vec<BudgetRow>,
+}
+
+fn time(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn describe(device: String, job: String, state: &JobState) -> DeviceRow {
+    let (since, episode) = match &state.phase {
+        Phase::Inactive => (None, None),
+        Phase::Pending { since, .. } => (Some(time(*since)), None),
+        Phase::Firing { since, episode, .. } => (Some(time(*since)), Some(*episode)),
+        Phase::Resolved { at, episode } => (Some(time(*at)), Some(*episode)),
+    };
+    DeviceRow {
+        job,
+        device,
+        state: state.phase.name().as_str(),
+        since,
+        episode,
+        last_action: state.last_action_at.map(time),
+    }
+}
+
+pub(super) fn run(config: &Path, args: StatusArgs) -> Exit {
+    let rules = match load_rules(config) {
+        Ok(rules) => rules,
+        Err(exit) => return exit,
+    };
+    let journal = match read_journal(&rules) {
+        Ok(journal) => journal,
+        Err(exit) => return exit,
+    };
+    let states = match journal.load_states() {
+        Ok(states) => states,
+        Err(err) => return fail(Exit::Journal, err),
+    };
+    let mut devices: Vec<DeviceRow> = states
+        .iter()
+        .filter(|((job, _), _)| rules.job(job).is_some())
+        .map(|((job, device), state)| describe(device.clone(), job.clone(), state))
+        .collect();
+    devices.sort_by(|a, b| (&a.job, &a.device).cmp(&(&b.job, &b.device)));
+    let jobs: Vec<JobRow> = rules
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut counts = BTreeMap::new();
+            for row in devices.iter().filter(|d| d.job == job.name) {
+                *counts.entry(row.state).or_default() += 1;
+            }
+            JobRow { job: job.name.clone(), enabled: job.enabled, counts }
+        })
+        .collect();
+    let now = jiff::Timestamp::now();
+    let mut budgets = Vec::new();
+    for socket in rules.sockets.iter().map(|s| Some(s.name.as_str())).chain([None]) {
+        let count = |secs: i64| {
+            journal.count_sent_since(socket, now - jiff::SignedDuration::from_secs(secs))
+        };
+        match (count(3600), count(86_400)) {
+            (Ok(last_hour), Ok(last_day)) => budgets.push(BudgetRow {
+                socket: socket.unwrap_or("(all)").to_string(),
+                last_hour,
+                last_day,
+            }),
+            (Err(err), _) | (_, Err(err)) => return fail(Exit::Journal, err),
+        }
+    }
+    let status = Status { jobs, devices, budgets };
+    match args.format {
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"))
+        }
+        Format::Table => print!("{}", render(&status)),
+    }
+    Exit::Ok
+}
+
+fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let jobs: Vec<[String; 3]> = status
+        .jobs
+        .iter()
+        .map(|j| {
+            let counts: Vec<String> =
+                j.counts.iter().map(|(state, n)| format!("{n} {state}")).collect();
+            let counts =
+                if counts.is_empty() { "no devices seen yet".into() } else { counts.join(", ") };
+            [j.job.clone(), if j.enabled { "yes".into() } else { "no".into() }, counts]
+        })
+        .collect();
+    out.push_str(&render_table(&["JOB", "ENABLED", "DEVICES"], &jobs));
+    let active: Vec<[String; 6]> = status
+        .devices
+        .iter()
+        .filter(|d| d.state != "inactive")
+        .map(|d| {
+            [
+                d.job.clone(),
+                d.device.clone(),
+                d.state.to_string(),
+                d.since.clone().unwrap_or_default(),
+                d.episode.map(|e| e.to_string()).unwrap_or_default(),
+                d.last_action.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    if active.is_empty() {
+        out.push_str("No device is pending, firing or resolved.\n");
+    } else {
+        out.push_str(&render_table(
+            &["JOB", "DEVICE", "STATE", "SINCE (UTC)", "EPISODE", "LAST ACTION (UTC)"],
+            &active,
+        ));
+    }
+    out.push('\n');
+    let budgets: Vec<[String; 3]> = status
+        .budgets
+        .iter()
+        .map(|b| [b.socket.clone(), b.last_hour.to_string(), b.last_day.to_string()])
+        .collect();
+    out.push_str(&render_table(&["SOCKET", "SMS LAST HOUR", "SMS LAST DAY"], &budgets));
+    out
+}
+
+/// Left-aligned columns separated by two spaces, header first.
+pub(super) fn render_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: [usize; N] = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}

@@ -1,0 +1,209 @@
+//! `jobctl test-rule JOB`: evaluate one job now against the live Prometheus
+//! and show, device by device, what the daemon would see and do.
+//!
+//! It reads the daemon's states from the journal (read-only) to say where
+//! each device stands, and never changes them. `--send` sends the action
+//! once, by hand, to every device whose condition holds now, through the
+//! journal and budgets like `jobctl send`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{build_sender, fail, load_rules, open_journal, prometheus_client, Exit};
+use crate::clock::SystemClock;
+use crate::engine::{EngineOptions, Outbox};
+use crate::journal::Journal;
+use crate::rules::state::{JobState, Phase};
+use crate::rules::{OutgoingSms, Sample, Verdict};
+
+/// `jobctl test-rule` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TestRuleArgs {
+    /// The job's name (as `jobctl check` prints it).
+    pub job: String,
+    /// Send the action once to every device whose condition holds now.
+    #[arg(long)]
+    pub send: bool,
+    /// With --send: do not ask for confirmation.
+    #[arg(long, requires = "send")]
+    pub yes: bool,
+}
+
+pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
+    let rules = match load_rules(config) {
+        Ok(rules) => rules,
+        Err(exit) => return exit,
+    };
+    let Some(job) = rules.job(&args.job) else {
+        let known: Vec<String> = rules.jobs.iter().map(|j| format!("{:?}", j.name)).collect();
+        return fail(
+            Exit::Usage,
+            format!("no job {:?} in the rules; jobs: {}", args.job, known.join(", ")),
+        );
+    };
+    let prometheus = match prometheus_client(&rules) {
+        Ok(client) => client,
+        Err(err) => return fail(Exit::Config, err),
+    };
+
+    let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut failed = 0;
+    for query in job.queries() {
+        match prometheus.query(&query).await {
+            Ok(samples) => {
+                let samples = samples
+                    .into_iter()
+                    .map(|s| Sample { labels: s.labels, value: s.value })
+                    .collect();
+                answers.insert(query, samples);
+            }
+            Err(err) => {
+                failed += 1;
+                println!("query {query:?} failed: {err}");
+            }
+        }
+    }
+    let evaluation = job.evaluate(&answers, &rules.device_key);
+    let states: HashMap<String, JobState> = match Journal::open_read_only(&rules.journal.path) {
+        Ok(journal) => match journal.load_states() {
+            Ok(states) => states
+                .into_iter()
+                .filter(|((j, _), _)| *j == job.name)
+                .map(|((_, d), s)| (d, s))
+                .collect(),
+            Err(err) => return fail(Exit::Journal, err),
+        },
+        Err(_) => HashMap::new(),
+    };
+
+    println!("job {:?}", job.name);
+    println!("  when {} for {}", job.condition, humantime::format_duration(job.hold_for));
+    if evaluation.devices.is_empty() {
+        println!("\nno device in Prometheus's answers");
+    }
+    let mut targets: Vec<(String, OutgoingSms)> = Vec::new();
+    for (key, verdict) in &evaluation.devices {
+        let device = key.to_string();
+        match verdict.labels.get("name").filter(|n| !n.is_empty()) {
+            Some(name) => println!("\n{device} ({name})"),
+            None => println!("\n{device}"),
+        }
+        for seen in &verdict.values {
+            println!("  value:      {} = {}", seen.query, seen.value);
+        }
+        match (&verdict.verdict, &verdict.unknown_because) {
+            (Verdict::Unknown, Some(why)) => println!("  condition:  unknown ({why})"),
+            (verdict, _) => println!("  condition:  {verdict}"),
+        }
+        println!("  state:      {}", describe_state(states.get(&device), job.hold_for));
+        match rules.outgoing(job, key, &verdict.labels) {
+            Ok(out) => {
+                let socket = out.socket.as_deref().unwrap_or("-");
+                println!(
+                    "  would send: {:?} to socket {socket} ({})",
+                    out.text,
+                    out.phone.as_str()
+                );
+                if verdict.verdict == Verdict::True {
+                    targets.push((device.clone(), out));
+                }
+            }
+            Err(err) => println!("  cannot act: {err}"),
+        }
+    }
+    println!(
+        "\n{} devices, {} with the condition true now",
+        evaluation.devices.len(),
+        evaluation.devices.values().filter(|v| v.verdict == Verdict::True).count()
+    );
+
+    if args.send {
+        return send(&rules, targets, args.yes).await;
+    }
+    if failed > 0 {
+        Exit::Prometheus
+    } else {
+        Exit::Ok
+    }
+}
+
+fn describe_state(state: Option<&JobState>, hold_for: std::time::Duration) -> String {
+    let time = |ts: &jiff::Timestamp| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let Some(state) = state else { return "inactive (no saved state)".into() };
+    let last =
+        state.last_action_at.map(|t| format!("; last action {}", time(&t))).unwrap_or_default();
+    match &state.phase {
+        Phase::Inactive => format!("inactive{last}"),
+        Phase::Pending { since, held, .. } => format!(
+            "pending since {} (held {} of {}){last}",
+            time(since),
+            humantime::format_duration(std::time::Duration::from_secs(held.as_secs())),
+            humantime::format_duration(hold_for)
+        ),
+        Phase::Firing { since, episode, actions_taken } => {
+            format!(
+                "firing since {} (episode {episode}, {actions_taken} actions){last}",
+                time(since)
+            )
+        }
+        Phase::Resolved { at, episode } => {
+            format!("resolved at {} (episode {episode}){last}", time(at))
+        }
+    }
+}
+
+async fn send(
+    rules: &crate::rules::RuleSet,
+    targets: Vec<(String, OutgoingSms)>,
+    yes: bool,
+) -> Exit {
+    if targets.is_empty() {
+        println!("nothing to send: no device has the condition true now");
+        return Exit::Ok;
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return fail(
+                Exit::Usage,
+                "refusing to send without confirmation: stdin is not a terminal; add --yes",
+            );
+        }
+        print!("Send {} SMS now? [y/N] ", targets.len());
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing sent");
+            return Exit::Ok;
+        }
+    }
+    let sender = match build_sender(rules) {
+        Ok(sender) => sender,
+        Err(err) => return fail(Exit::Config, err),
+    };
+    let journal = match open_journal(rules) {
+        Ok(journal) => journal,
+        Err(exit) => return exit,
+    };
+    let mut outbox = Outbox::new(journal, sender, Arc::new(SystemClock), EngineOptions::default());
+    let mut exit = Exit::Ok;
+    let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for (_device, out) in targets {
+        let socket = out.socket.clone().unwrap_or_else(|| "-".into());
+        // One SMS per socket and text, however many of its devices are bad.
+        if seen.insert((out.phone.as_str().to_string(), out.text.clone()), ()).is_some() {
+            continue;
+        }
+        match outbox.send_manual(&socket, out.phone.as_str(), &out.text).await {
+            Ok(execution) => {
+                if super::send::report(&execution) != Exit::Ok {
+                    exit = Exit::NotSent;
+                }
+            }
+            Err(err) => return fail(Exit::Journal, err),
+        }
+    }
+    exit
+}
