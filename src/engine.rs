@@ -52,20 +52,7 @@ impl Default for SendRetry {
     }
 }
 
-/// Message budgets: at most so many messages (that may have left) per
-/// window, per socket and in all. Over budget, a message is journalled as
-/// suppressed and counted, never silently dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Budgets {
-    /// Per socket, per rolling hour.
-    pub socket_hour: Option<u32>,
-    /// Per socket, per rolling day.
-    pub socket_day: Option<u32>,
-    /// All sockets together, per rolling hour.
-    pub global_hour: Option<u32>,
-    /// All sockets together, per rolling day.
-    pub global_day: Option<u32>,
-}
+pub use crate::rules::Budgets;
 
 /// What the engine does with a due action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

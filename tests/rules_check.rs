@@ -649,3 +649,27 @@ fn unreadable_main_file_is_named() {
     let err = rules::load(Path::new("/nonexistent/rules.toml")).unwrap_err().to_string();
     assert!(err.starts_with("/nonexistent/rules.toml: cannot read file: "), "{err}");
 }
+
+#[test]
+fn budgets_are_whole_positive_numbers() {
+    assert_eq!(
+        errors("[prometheus]\nurl = \"http://prom\"\n[budgets]\nsocket_per_hour = 0\ntotal_per_day = -5\n"),
+        "rules.toml:4:19: budgets.socket_per_hour must be a whole number of messages, at least 1 (leave it out for no limit)\nrules.toml:5:17: budgets.total_per_day must be a whole number of messages, at least 1 (leave it out for no limit)"
+    );
+    let rules = rules::parse(
+        "[prometheus]\nurl = \"http://prom\"\n[budgets]\nsocket_per_hour = 3\ntotal_per_day = 300\n",
+        "rules.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        rules.budgets,
+        rules::Budgets {
+            socket_hour: Some(3),
+            socket_day: None,
+            global_hour: None,
+            global_day: Some(300)
+        }
+    );
+    let example = rules::parse(EXAMPLE, "rules.example.toml").unwrap();
+    assert_eq!(example.budgets.socket_hour, Some(3), "the example ships with budgets on");
+}

@@ -17,7 +17,7 @@ fn verify(unit: &str, binary: &str) {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(unit))
             .expect("unit file readable");
     let installed = format!("/usr/local/bin/{name}");
-    assert!(text.contains(&installed), "{unit} should start {installed}");
+    assert!(text.contains(&format!("ExecStart={installed}")), "{unit} should start {installed}");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join(unit);
     std::fs::write(&copy, text.replace(&installed, binary)).unwrap();
@@ -32,4 +32,9 @@ fn verify(unit: &str, binary: &str) {
 #[test]
 fn exporter_unit_verifies() {
     verify("addreality-exporter.service", env!("CARGO_BIN_EXE_addreality-exporter"));
+}
+
+#[test]
+fn jobctl_unit_verifies() {
+    verify("jobctl.service", env!("CARGO_BIN_EXE_jobctl"));
 }

@@ -65,7 +65,12 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
         Ok(journal) => journal,
         Err(exit) => return exit,
     };
-    let mut outbox = Outbox::new(journal, sender, Arc::new(SystemClock), EngineOptions::default());
+    let mut outbox = Outbox::new(
+        journal,
+        sender,
+        Arc::new(SystemClock),
+        EngineOptions { budgets: rules.budgets, ..EngineOptions::default() },
+    );
     match outbox.send_manual(&socket.name, socket.phone.as_str(), &text).await {
         Ok(execution) => report(&execution),
         Err(err) => fail(Exit::Journal, err),

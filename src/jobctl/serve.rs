@@ -53,6 +53,7 @@ pub(super) async fn run(
     let interval = rules.prometheus.interval;
     let options = EngineOptions {
         mode: if args.dry_run { Mode::DryRun } else { Mode::Live },
+        budgets: rules.budgets,
         ..EngineOptions::default()
     };
     let mut engine =

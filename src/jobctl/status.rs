@@ -40,7 +40,9 @@ struct JobRow {
 struct BudgetRow {
     socket: String,
     last_hour: u32,
+    hour_limit: Option<u32>,
     last_day: u32,
+    day_limit: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -108,11 +110,19 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Exit {
             journal.count_sent_since(socket, now - jiff::SignedDuration::from_secs(secs))
         };
         match (count(3600), count(86_400)) {
-            (Ok(last_hour), Ok(last_day)) => budgets.push(BudgetRow {
-                socket: socket.unwrap_or("(all)").to_string(),
-                last_hour,
-                last_day,
-            }),
+            (Ok(last_hour), Ok(last_day)) => {
+                let (hour_limit, day_limit) = match socket {
+                    Some(_) => (rules.budgets.socket_hour, rules.budgets.socket_day),
+                    None => (rules.budgets.global_hour, rules.budgets.global_day),
+                };
+                budgets.push(BudgetRow {
+                    socket: socket.unwrap_or("(all)").to_string(),
+                    last_hour,
+                    hour_limit,
+                    last_day,
+                    day_limit,
+                });
+            }
             (Err(err), _) | (_, Err(err)) => return fail(Exit::Journal, err),
         }
     }
@@ -168,10 +178,18 @@ fn render(status: &Status) -> String {
     let budgets: Vec<[String; 3]> = status
         .budgets
         .iter()
-        .map(|b| [b.socket.clone(), b.last_hour.to_string(), b.last_day.to_string()])
+        .map(|b| [b.socket.clone(), used(b.last_hour, b.hour_limit), used(b.last_day, b.day_limit)])
         .collect();
     out.push_str(&render_table(&["SOCKET", "SMS LAST HOUR", "SMS LAST DAY"], &budgets));
     out
+}
+
+/// `2/3` against a budget, `2` without one.
+fn used(count: u32, limit: Option<u32>) -> String {
+    match limit {
+        Some(limit) => format!("{count}/{limit}"),
+        None => count.to_string(),
+    }
 }
 
 /// Left-aligned columns separated by two spaces, header first.

@@ -187,7 +187,12 @@ async fn send(
         Ok(journal) => journal,
         Err(exit) => return exit,
     };
-    let mut outbox = Outbox::new(journal, sender, Arc::new(SystemClock), EngineOptions::default());
+    let mut outbox = Outbox::new(
+        journal,
+        sender,
+        Arc::new(SystemClock),
+        EngineOptions { budgets: rules.budgets, ..EngineOptions::default() },
+    );
     let mut exit = Exit::Ok;
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {

@@ -44,12 +44,28 @@ pub(crate) struct RawRulesFile {
     pub journal: Option<RawJournal>,
     /// `[sms]`, passed through untouched to `crate::sms`.
     pub sms: Option<Spanned<toml::Table>>,
+    /// `[budgets]`, optional: no limits by default.
+    pub budgets: Option<RawBudgets>,
     /// `[[sockets]]`.
     #[serde(default)]
     pub sockets: Vec<Spanned<RawSocket>>,
     /// `[[jobs]]`.
     #[serde(default)]
     pub jobs: Vec<Spanned<RawJob>>,
+}
+
+/// `[budgets]`: most messages that may leave per rolling window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudgets {
+    /// Per socket, per rolling hour. Default: no limit.
+    pub socket_per_hour: Option<Spanned<i64>>,
+    /// Per socket, per rolling day. Default: no limit.
+    pub socket_per_day: Option<Spanned<i64>>,
+    /// All sockets together, per rolling hour. Default: no limit.
+    pub total_per_hour: Option<Spanned<i64>>,
+    /// All sockets together, per rolling day. Default: no limit.
+    pub total_per_day: Option<Spanned<i64>>,
 }
 
 /// A file of `rules.d/`: sockets and jobs only.

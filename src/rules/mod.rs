@@ -34,7 +34,7 @@ pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Ter
 pub use device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
 pub use job::{Action, Job, Origin, Repeat};
 pub use schedule::Schedule;
-pub use settings::{JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection};
+pub use settings::{Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection};
 pub use validate::DEFAULT_COOLDOWN;
 
 use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
@@ -56,6 +56,8 @@ pub struct RuleSet {
     pub journal: JournalConfig,
     /// `[sms]`, for the SMS module to validate.
     pub sms: Option<SmsSection>,
+    /// `[budgets]`.
+    pub budgets: Budgets,
     /// Every socket, main file first.
     pub sockets: Vec<Socket>,
     /// Every job, main file first, in file order.

@@ -69,3 +69,18 @@ pub struct SmsSection {
     /// Byte span of the `[sms]` table in that file.
     pub span: Range<usize>,
 }
+
+/// `[budgets]`: at most so many messages (that may have left) per rolling
+/// window, per socket and in all. Over budget, a message is journalled as
+/// suppressed and counted, never silently dropped. `None` = no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Budgets {
+    /// Per socket, per rolling hour.
+    pub socket_hour: Option<u32>,
+    /// Per socket, per rolling day.
+    pub socket_day: Option<u32>,
+    /// All sockets together, per rolling hour.
+    pub global_hour: Option<u32>,
+    /// All sockets together, per rolling day.
+    pub global_day: Option<u32>,
+}

@@ -30,7 +30,7 @@ use super::job::{Action, Job, Origin, Repeat};
 use super::naming;
 use super::schedule::{self, HourWindow, Schedule};
 use super::settings::{
-    JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection, DEFAULT_INTERVAL,
+    Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection, DEFAULT_INTERVAL,
     DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
 };
 use super::template::Template;
@@ -98,6 +98,7 @@ pub(crate) fn build(
     let device_key = device_key(&mut ck, raw.device_key);
     let prometheus = prometheus(&mut ck, raw.prometheus);
     let journal = journal(&mut ck, raw.journal, &base_dir);
+    let budgets = budgets(&mut ck, raw.budgets);
     let sms = raw.sms.map(|table| SmsSection {
         span: table.span(),
         table: table.into_inner(),
@@ -201,6 +202,7 @@ pub(crate) fn build(
         prometheus,
         journal,
         sms,
+        budgets,
         sockets,
         jobs,
         socket_by_device,
@@ -407,6 +409,29 @@ fn journal(
         },
     };
     JournalConfig { path }
+}
+
+fn budgets(ck: &mut Checker<'_>, raw: Option<super::config::RawBudgets>) -> Budgets {
+    let Some(raw) = raw else { return Budgets::default() };
+    let mut limit = |value: Option<Spanned<i64>>, key: &str| {
+        let value = value?;
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                ck.at(
+                    value.span(),
+                    format!("budgets.{key} must be a whole number of messages, at least 1 (leave it out for no limit)"),
+                );
+                None
+            }
+        }
+    };
+    Budgets {
+        socket_hour: limit(raw.socket_per_hour, "socket_per_hour"),
+        socket_day: limit(raw.socket_per_day, "socket_per_day"),
+        global_hour: limit(raw.total_per_hour, "total_per_hour"),
+        global_day: limit(raw.total_per_day, "total_per_day"),
+    }
 }
 
 fn guards_of(
