@@ -145,9 +145,11 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
             return fail(Exit::Listen, format!("cannot listen on {}: {err}", config.listen))
         }
     };
+    // The bound address, not the configured one: with port 0 the kernel
+    // picks the port, and this line is the only place that says which.
+    let listening = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        "listening on http://{}/metrics; polling {} platform(s) every {}",
-        config.listen,
+        "listening on http://{listening}/metrics; polling {} platform(s) every {}",
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );

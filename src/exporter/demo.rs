@@ -121,7 +121,7 @@ async fn serve(
         "demo: simulated AddReality account with {DEMO_DEVICES} players at {api_url}; polled every 10s"
     );
     tracing::info!(
-        "demo: metrics at http://{listen}/metrics, health at http://{listen}/healthz; Ctrl-C stops"
+        "listening on http://{listen}/metrics (health at http://{listen}/healthz); Ctrl-C stops"
     );
     match exporter.run(listener, shutdown).await {
         Ok(()) => Exit::Ok,
