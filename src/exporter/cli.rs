@@ -18,7 +18,9 @@ use crate::secret::Secret;
 /// Polls the AddReality API for every configured account, caches device
 /// state in SQLite and serves it as Prometheus metrics.
 #[derive(Debug, Parser)]
-#[command(name = "addreality-exporter", version, about, long_about = None)]
+// No bare `about`: it would show the package's description (both daemons)
+// instead of the doc comment above, which is about this binary.
+#[command(name = "addreality-exporter", version, long_about = None)]
 pub struct Args {
     /// Configuration file.
     #[arg(
@@ -42,8 +44,15 @@ pub struct Args {
     /// Listen address, overriding the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    /// Log level; RUST_LOG overrides it.
+    // Checked here: the log filter would take any other word for a module
+    // name and silently log nothing at all.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        value_parser = ["error", "warn", "info", "debug", "trace"]
+    )]
     pub log_level: String,
 }
 
