@@ -87,6 +87,20 @@ fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
     exit
 }
 
+/// An error followed by its causes, joined with `: `. Library errors keep
+/// their cause in `source()` rather than in their message, so without this
+/// the reason SQLite gave ("unable to open database file") would be lost.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs the command line until done or until `shutdown` completes.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
     if args.demo {
@@ -122,12 +136,12 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
     let cache = if args.once { Cache::open_in_memory() } else { Cache::open(&config.cache) };
     let cache = match cache {
         Ok(cache) => cache,
-        Err(err) => return fail(Exit::Cache, err),
+        Err(err) => return fail(Exit::Cache, with_causes(&err)),
     };
     let exporter = match Exporter::start(&config, platforms, cache).await {
         Ok(exporter) => exporter,
-        Err(super::StartError::Cache(err)) => return fail(Exit::Cache, err),
-        Err(err) => return fail(Exit::Runtime, err),
+        Err(super::StartError::Cache(err)) => return fail(Exit::Cache, with_causes(&err)),
+        Err(err) => return fail(Exit::Runtime, with_causes(&err)),
     };
 
     if args.once {
