@@ -6,7 +6,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::Poll;
 
 use clap::Parser;
 
@@ -102,8 +104,19 @@ pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
 }
 
 /// Runs the command line until done or until `shutdown` completes.
+///
+/// The daemon and the demo poll `shutdown` once before they start, so that
+/// a future which installs signal handlers when first polled (the binary's)
+/// has them in place before "listening on" is logged; until then SIGTERM
+/// has its default action and kills the process outright. `--once` and
+/// `--check-config` never poll it: Ctrl-C stops them at once, as it does
+/// any one-shot command.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
+    let mut shutdown = std::pin::pin!(shutdown);
     if args.demo {
+        if completes_at_once(shutdown.as_mut()).await {
+            return Exit::Ok;
+        }
         return super::demo::run(args.listen, shutdown).await;
     }
     let mut config = match ExporterConfig::load(&args.config) {
@@ -133,6 +146,9 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         return Exit::Ok;
     }
 
+    if !args.once && completes_at_once(shutdown.as_mut()).await {
+        return Exit::Ok;
+    }
     let cache = if args.once { Cache::open_in_memory() } else { Cache::open(&config.cache) };
     let cache = match cache {
         Ok(cache) => cache,
@@ -183,6 +199,11 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         }
         Err(err) => fail(Exit::Runtime, format!("HTTP server failed: {err}")),
     }
+}
+
+/// Polls `shutdown` once, letting it set itself up; true if it is already done.
+async fn completes_at_once(mut shutdown: Pin<&mut impl Future<Output = ()>>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await
 }
 
 fn load_tokens(
