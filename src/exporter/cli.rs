@@ -6,7 +6,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::Poll;
 
 use clap::Parser;
 
@@ -18,7 +20,9 @@ use crate::secret::Secret;
 /// Polls the AddReality API for every configured account, caches device
 /// state in SQLite and serves it as Prometheus metrics.
 #[derive(Debug, Parser)]
-#[command(name = "addreality-exporter", version, about, long_about = None)]
+// No bare `about`: it would show the package's description (both daemons)
+// instead of the doc comment above, which is about this binary.
+#[command(name = "addreality-exporter", version, long_about = None)]
 pub struct Args {
     /// Configuration file.
     #[arg(
@@ -42,8 +46,15 @@ pub struct Args {
     /// Listen address, overriding the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    /// Log level; RUST_LOG overrides it.
+    // Checked here: the log filter would take any other word for a module
+    // name and silently log nothing at all.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        value_parser = ["error", "warn", "info", "debug", "trace"]
+    )]
     pub log_level: String,
 }
 
@@ -78,9 +89,34 @@ fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
     exit
 }
 
+/// An error followed by its causes, joined with `: `. Library errors keep
+/// their cause in `source()` rather than in their message, so without this
+/// the reason SQLite gave ("unable to open database file") would be lost.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs the command line until done or until `shutdown` completes.
+///
+/// The daemon and the demo poll `shutdown` once before they start, so that
+/// a future which installs signal handlers when first polled (the binary's)
+/// has them in place before "listening on" is logged; until then SIGTERM
+/// has its default action and kills the process outright. `--once` and
+/// `--check-config` never poll it: Ctrl-C stops them at once, as it does
+/// any one-shot command.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
+    let mut shutdown = std::pin::pin!(shutdown);
     if args.demo {
+        if completes_at_once(shutdown.as_mut()).await {
+            return Exit::Ok;
+        }
         return super::demo::run(args.listen, shutdown).await;
     }
     let mut config = match ExporterConfig::load(&args.config) {
@@ -110,15 +146,18 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         return Exit::Ok;
     }
 
+    if !args.once && completes_at_once(shutdown.as_mut()).await {
+        return Exit::Ok;
+    }
     let cache = if args.once { Cache::open_in_memory() } else { Cache::open(&config.cache) };
     let cache = match cache {
         Ok(cache) => cache,
-        Err(err) => return fail(Exit::Cache, err),
+        Err(err) => return fail(Exit::Cache, with_causes(&err)),
     };
     let exporter = match Exporter::start(&config, platforms, cache).await {
         Ok(exporter) => exporter,
-        Err(super::StartError::Cache(err)) => return fail(Exit::Cache, err),
-        Err(err) => return fail(Exit::Runtime, err),
+        Err(super::StartError::Cache(err)) => return fail(Exit::Cache, with_causes(&err)),
+        Err(err) => return fail(Exit::Runtime, with_causes(&err)),
     };
 
     if args.once {
@@ -145,9 +184,11 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
             return fail(Exit::Listen, format!("cannot listen on {}: {err}", config.listen))
         }
     };
+    // The bound address, not the configured one: with port 0 the kernel
+    // picks the port, and this line is the only place that says which.
+    let listening = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        "listening on http://{}/metrics; polling {} platform(s) every {}",
-        config.listen,
+        "listening on http://{listening}/metrics; polling {} platform(s) every {}",
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );
@@ -158,6 +199,11 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         }
         Err(err) => fail(Exit::Runtime, format!("HTTP server failed: {err}")),
     }
+}
+
+/// Polls `shutdown` once, letting it set itself up; true if it is already done.
+async fn completes_at_once(mut shutdown: Pin<&mut impl Future<Output = ()>>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await
 }
 
 fn load_tokens(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::cache::Cache;
-use super::cli::Exit;
+use super::cli::{with_causes, Exit};
 use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
 use crate::addreality::simulator::Simulator;
@@ -105,7 +105,7 @@ async fn serve(
     let cache = match Cache::open(&config.cache) {
         Ok(cache) => cache,
         Err(err) => {
-            eprintln!("addreality-exporter: {err}");
+            eprintln!("addreality-exporter: {}", with_causes(&err));
             return Exit::Cache;
         }
     };
@@ -113,7 +113,7 @@ async fn serve(
         match Exporter::start(&config, vec![(platform, Secret::new(DEMO_TOKEN))], cache).await {
             Ok(exporter) => exporter,
             Err(err) => {
-                eprintln!("addreality-exporter: {err}");
+                eprintln!("addreality-exporter: {}", with_causes(&err));
                 return Exit::Runtime;
             }
         };
@@ -121,7 +121,7 @@ async fn serve(
         "demo: simulated AddReality account with {DEMO_DEVICES} players at {api_url}; polled every 10s"
     );
     tracing::info!(
-        "demo: metrics at http://{listen}/metrics, health at http://{listen}/healthz; Ctrl-C stops"
+        "listening on http://{listen}/metrics (health at http://{listen}/healthz); Ctrl-C stops"
     );
     match exporter.run(listener, shutdown).await {
         Ok(()) => Exit::Ok,
