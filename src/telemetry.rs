@@ -21,3 +21,17 @@ pub fn init(level: &str) {
     // try_init: a second call (tests) is harmless.
     let _ = if under_systemd { builder.without_time().try_init() } else { builder.try_init() };
 }
+
+/// An error followed by its causes, joined with `: `. Library errors keep
+/// their cause in `source()` rather than in their message, so without this
+/// the reason SQLite gave ("unable to open database file") would be lost.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -424,7 +424,7 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
         (
             "token_file.toml",
             Some("[[platforms]]\nid = 31\ntoken_file = \"secrets/31.token\"\n".into()),
-            "addreality-exporter: platform 31: cannot read secret file secrets/31.token: \
+            "addreality-exporter: token_file.toml:3:14: platform 31: cannot read secret file secrets/31.token: \
              No such file or directory (os error 2)\n",
         ),
         (
@@ -450,14 +450,18 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
     assert_fails(
         &refused,
         3,
-        &format!("addreality-exporter: platform 12: environment variable {TOKEN_ENV} is empty\n"),
+        &format!(
+            "addreality-exporter: empty_env.toml:3:13: platform 12: environment variable {TOKEN_ENV} is empty\n"
+        ),
     );
     // The daemon itself refuses the same way before binding anything.
     let refused = run(exporter(dir.path()).args(["-c", "empty_env.toml"]));
     assert_fails(
         &refused,
         3,
-        &format!("addreality-exporter: platform 12: environment variable {TOKEN_ENV} is not set\n"),
+        &format!(
+            "addreality-exporter: empty_env.toml:3:13: platform 12: environment variable {TOKEN_ENV} is not set\n"
+        ),
     );
 }
 

@@ -4,6 +4,7 @@
 //! [`run`]; everything a sysadmin can get wrong is reported here, once,
 //! with a distinct exit code (see [`Exit`]).
 
+use crate::telemetry::with_causes;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -87,20 +88,6 @@ impl From<Exit> for ExitCode {
 fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
     eprintln!("addreality-exporter: {message}");
     exit
-}
-
-/// An error followed by its causes, joined with `: `. Library errors keep
-/// their cause in `source()` rather than in their message, so without this
-/// the reason SQLite gave ("unable to open database file") would be lost.
-pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs the command line until done or until `shutdown` completes.
@@ -219,7 +206,9 @@ fn load_tokens(
                 }
                 loaded.push((platform.clone(), token.secret));
             }
-            Err(err) => errors.push(format!("platform {}: {err}", platform.id)),
+            Err(err) => {
+                errors.push(format!("{}: platform {}: {err}", platform.token_at, platform.id))
+            }
         }
     }
     if errors.is_empty() {

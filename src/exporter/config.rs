@@ -68,9 +68,9 @@ pub struct RawPlatform {
     /// A human name, exported in `addreality_platform_info`.
     pub name: Option<String>,
     /// File holding the account's API token (mode 0600 please).
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<Spanned<PathBuf>>,
     /// Environment variable holding the account's API token.
-    pub token_env: Option<String>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 /// A platform id as written: `id = 12` and `id = "12"` are the same.
@@ -116,6 +116,9 @@ pub struct PlatformConfig {
     pub name: Option<String>,
     /// Where the token is.
     pub token: SecretSource,
+    /// `file:line:column` of `token_file`/`token_env`, so that a token that
+    /// cannot be loaded is reported where it is configured.
+    pub token_at: String,
 }
 
 impl ExporterConfig {
@@ -239,9 +242,15 @@ fn check_platform(
             format!("invalid platform id {id:?}: use the account's platform id, e.g. 12"),
         ));
     }
-    let token = match (&raw.token_file, &raw.token_env) {
-        (Some(path), None) => SecretSource::File(path.clone()),
-        (None, Some(name)) if !name.is_empty() => SecretSource::Env(name.clone()),
+    let at = |span: std::ops::Range<usize>| {
+        let (line, column) = file.position(span.start);
+        format!("{}:{line}:{column}", file.path.display())
+    };
+    let (token, token_at) = match (&raw.token_file, &raw.token_env) {
+        (Some(path), None) => (SecretSource::File(path.get_ref().clone()), at(path.span())),
+        (None, Some(name)) if !name.get_ref().is_empty() => {
+            (SecretSource::Env(name.get_ref().clone()), at(name.span()))
+        }
         (Some(_), Some(_)) => {
             return Err(file.error_at(
                 entry.span(),
@@ -257,7 +266,7 @@ fn check_platform(
             ))
         }
     };
-    Ok(PlatformConfig { id, name: raw.name.clone(), token })
+    Ok(PlatformConfig { id, name: raw.name.clone(), token, token_at })
 }
 
 #[cfg(test)]
@@ -280,6 +289,7 @@ mod tests {
         assert_eq!(config.cache, PathBuf::from(DEFAULT_CACHE));
         assert_eq!(config.platforms[0].id, "12");
         assert_eq!(config.platforms[0].token, SecretSource::File("12.token".into()));
+        assert_eq!(config.platforms[0].token_at, "/etc/exporter.toml:3:14");
         assert_eq!(config.base_dir, PathBuf::from("/etc"));
     }
 

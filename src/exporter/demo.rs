@@ -15,11 +15,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::cache::Cache;
-use super::cli::{with_causes, Exit};
+use super::cli::Exit;
 use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
 use crate::addreality::simulator::Simulator;
 use crate::secret::{Secret, SecretSource};
+use crate::telemetry::with_causes;
 
 /// Devices in the simulated account (the size of the fleet the earlier
 /// exporter served).
@@ -101,6 +102,7 @@ async fn serve(
         id: "1".into(),
         name: Some("Demo fleet (simulated)".into()),
         token: SecretSource::Env("unused in the demo".into()),
+        token_at: "demo".into(),
     };
     let cache = match Cache::open(&config.cache) {
         Ok(cache) => cache,
