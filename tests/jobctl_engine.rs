@@ -1,0 +1,839 @@
+//! jobctl's engine end to end: a real Prometheus scraping targets whose
+//! values the test sets, rules written as TOML, the HTTP sender talking to a
+//! fake SMS gateway on loopback, and the journal in a real SQLite file.
+//!
+//! Time in the rules (`for`, cooldown, repeat) is a [`ManualClock`] the test
+//! moves; time in Prometheus is real, so after changing a target the test
+//! waits until Prometheus answers the new values before it runs a cycle.
+//!
+//! Prometheus takes about 5 s to scrape a new target, so each test starts
+//! one Prometheus and plays several scenarios on it, each with a target,
+//! platform, gateway and journal of its own. The outage scenario stops its
+//! Prometheus and so has one to itself.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use signage_watchdog::clock::ManualClock;
+use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
+use signage_watchdog::journal::{Execution, ExecutionStatus, HistoryFilter, Journal};
+use signage_watchdog::prometheus_api::{PromClient, Sample};
+use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
+use signage_watchdog::rules::RuleSet;
+use signage_watchdog::sms::SmsConfig;
+use support::fake_gateway::{FakeGateway, Fault, SentSms};
+use support::prometheus::{TestPrometheus, TestTarget};
+
+/// The phone number of the socket that powers device 1 in every scenario.
+const LOBBY: &str = "+79991234567";
+/// The phone number of a second socket.
+const HALL: &str = "+79997654321";
+/// SimPal `power_cycle minutes = 1`.
+const POWER_CYCLE_1: &str = "#12#0#1#1#";
+/// How long Prometheus may take to show a change; a passing test never waits it.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The instant scenarios start at; `cycle_at(m)` runs a cycle `m` minutes later.
+fn t0() -> Timestamp {
+    "2026-11-28T09:00:00Z".parse().unwrap()
+}
+
+fn minutes(m: u64) -> Timestamp {
+    t0() + jiff::SignedDuration::from_secs(i64::try_from(m * 60).unwrap())
+}
+
+/// The journal's and the engine's text form of a device.
+fn device(platform: &str, id: &str) -> String {
+    format!("{{platform_id=\"{platform}\", device_id=\"{id}\"}}")
+}
+
+/// One line of a target's page.
+struct Series {
+    metric: &'static str,
+    labels: BTreeMap<&'static str, String>,
+    value: f64,
+}
+
+impl Series {
+    fn line(&self) -> String {
+        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{}{{{}}} {}\n", self.metric, labels.join(","), self.value)
+    }
+}
+
+fn device_series(metric: &'static str, platform: &str, id: &str, value: f64) -> Series {
+    let labels = BTreeMap::from([
+        ("platform_id", platform.to_string()),
+        ("device_id", id.to_string()),
+        ("name", format!("Lesnaia_{id}")),
+    ]);
+    Series { metric, labels, value }
+}
+
+/// `addreality_device_online`: 1 online, 0 offline.
+fn online(platform: &str, id: &str, value: f64) -> Series {
+    device_series("addreality_device_online", platform, id, value)
+}
+
+/// `addreality_device_playing`: 1 playing, 0 not.
+fn playing(platform: &str, id: &str, value: f64) -> Series {
+    device_series("addreality_device_playing", platform, id, value)
+}
+
+/// `addreality_platform_up`: whether the exporter reaches the platform's API.
+fn platform_up(platform: &str, value: f64) -> Series {
+    let labels = BTreeMap::from([("platform_id", platform.to_string())]);
+    Series { metric: "addreality_platform_up", labels, value }
+}
+
+/// Serves `page` on `target` and waits until Prometheus answers exactly it.
+async fn publish(prometheus: &TestPrometheus, target: &TestTarget, page: &[Series]) {
+    let mut expected: Vec<String> = page.iter().map(Series::line).collect();
+    target.set(expected.concat());
+    expected.sort();
+    let query = format!("{{instance=\"{}\",__name__=~\"addreality_.+\"}}", target.instance());
+    let answered = |samples: &[Sample]| {
+        let mut lines: Vec<String> = samples.iter().map(line_of).collect();
+        lines.sort();
+        lines == expected
+    };
+    prometheus.wait_until_query(&query, answered, DEADLINE).await;
+}
+
+/// A sample written back as a page line, without the labels Prometheus adds.
+fn line_of(sample: &Sample) -> String {
+    let mut labels = sample.labels.clone();
+    let metric = labels.remove("__name__").unwrap_or_default();
+    labels.remove("instance");
+    labels.remove("job");
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{metric}{{{}}} {}\n", labels.join(","), sample.value)
+}
+
+/// The `[sms]` table alone, read the way jobctl reads it from the rules file.
+#[derive(serde::Deserialize)]
+struct SmsOnly {
+    sms: SmsConfig,
+}
+
+/// One scenario: its rules, gateway, clock, journal and engine.
+struct Scenario {
+    dir: tempfile::TempDir,
+    prometheus_url: String,
+    gateway: FakeGateway,
+    clock: Arc<ManualClock>,
+    mode: Mode,
+    engine: Engine,
+}
+
+impl Scenario {
+    /// An engine running the sockets and jobs in `body` against
+    /// `prometheus`, sending through a new fake gateway.
+    async fn start(prometheus: &TestPrometheus, body: &str) -> Scenario {
+        Scenario::start_in(prometheus, body, Mode::Live).await
+    }
+
+    async fn start_in(prometheus: &TestPrometheus, body: &str, mode: Mode) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = FakeGateway::start().await;
+        write_key(&dir.path().join("sms.key"), gateway.key());
+        let clock = Arc::new(ManualClock::new(t0()));
+        let prometheus_url = prometheus.url().to_string();
+        let text = rules_text(&dir, &prometheus_url, &gateway, body);
+        let engine = start_engine(&dir, &text, clock.clone(), mode).await;
+        Scenario { dir, prometheus_url, gateway, clock, mode, engine }
+    }
+
+    /// The rules `body` would make, for [`Engine::replace_rules`].
+    fn rules(&self, body: &str) -> RuleSet {
+        parse_rules(&self.dir, &rules_text(&self.dir, &self.prometheus_url, &self.gateway, body))
+    }
+
+    /// Moves the clock to `m` minutes after the start, runs one cycle and
+    /// waits for the sends it started (retries included).
+    async fn cycle_at(&mut self, m: u64) -> CycleReport {
+        self.clock.set(minutes(m));
+        let report = self.engine.cycle().await;
+        self.engine.finish_sends().await;
+        report
+    }
+
+    /// The engine is dropped as a killed daemon would vanish (sends under
+    /// way are abandoned), and a new one starts on the same journal.
+    async fn restart(self, body: &str) -> Scenario {
+        let Scenario { dir, prometheus_url, gateway, clock, mode, engine } = self;
+        drop(engine);
+        let text = rules_text(&dir, &prometheus_url, &gateway, body);
+        let engine = start_engine(&dir, &text, clock.clone(), mode).await;
+        Scenario { dir, prometheus_url, gateway, clock, mode, engine }
+    }
+
+    fn state(&self, job: &str, device: &str) -> JobState {
+        self.engine.state(job, device).cloned().unwrap_or_default()
+    }
+
+    fn phase(&self, job: &str, device: &str) -> PhaseName {
+        self.state(job, device).phase.name()
+    }
+
+    /// The journal's executions, oldest first, read as `jobctl history`
+    /// reads them: through a connection of its own.
+    fn history(&self) -> Vec<Execution> {
+        let journal = Journal::open_read_only(&self.journal_path()).unwrap();
+        let mut executions = journal.history(&HistoryFilter::default()).unwrap();
+        executions.reverse();
+        executions
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.path().join("journal.db")
+    }
+
+    /// The messages the gateway accepted, as (number, text).
+    fn sent(&self) -> Vec<(String, String)> {
+        self.gateway.sent().into_iter().map(|SentSms { number, text }| (number, text)).collect()
+    }
+
+    /// Waits until the gateway has received `n` requests in all.
+    async fn wait_received(&self, n: usize) {
+        let until = std::time::Instant::now() + DEADLINE;
+        while self.gateway.received().len() < n {
+            assert!(std::time::Instant::now() < until, "the gateway never got request {n}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn write_key(path: &std::path::Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A complete rules file: Prometheus, the journal in `dir`, the gateway
+/// preset pointing at `gateway`, then `body` (sockets and jobs).
+fn rules_text(
+    dir: &tempfile::TempDir,
+    prometheus_url: &str,
+    gateway: &FakeGateway,
+    body: &str,
+) -> String {
+    format!(
+        "[prometheus]\nurl = \"{prometheus_url}\"\ninterval = \"30s\"\ntimeout = \"2s\"\n\n\
+         [journal]\npath = \"{}\"\n\n\
+         [sms]\nbackend = \"http\"\n\n\
+         [sms.http]\npreset = \"gateway\"\nurl = \"{}\"\nkey_file = \"sms.key\"\ntimeout = \"2s\"\n\n\
+         {body}",
+        dir.path().join("journal.db").display(),
+        gateway.url(),
+    )
+}
+
+fn parse_rules(dir: &tempfile::TempDir, text: &str) -> RuleSet {
+    signage_watchdog::rules::parse(text, dir.path().join("rules.toml"))
+        .unwrap_or_else(|errors| panic!("{errors}\n{text}"))
+}
+
+/// What `jobctl run` builds from a rules file, with a short send retry.
+async fn start_engine(
+    dir: &tempfile::TempDir,
+    text: &str,
+    clock: Arc<ManualClock>,
+    mode: Mode,
+) -> Engine {
+    let rules = parse_rules(dir, text);
+    let sms: SmsOnly = toml::from_str(text).unwrap();
+    let sender = sms.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let prometheus =
+        PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
+    let journal = Journal::open(&rules.journal.path).unwrap();
+    let options = EngineOptions {
+        mode,
+        retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
+        ..EngineOptions::default()
+    };
+    Engine::start(rules, Arc::new(prometheus), journal, Arc::from(sender), clock, options)
+        .await
+        .unwrap()
+}
+
+fn sms(number: &str, text: &str) -> (String, String) {
+    (number.to_string(), text.to_string())
+}
+
+fn pending(since: u64, held_minutes: u64) -> (Timestamp, Duration) {
+    (minutes(since), Duration::from_secs(held_minutes * 60))
+}
+
+/// `(since, held)` of a pending state, for comparing with [`pending`].
+fn pending_of(state: &JobState) -> (Timestamp, Duration) {
+    match state.phase {
+        Phase::Pending { since, held, .. } => (since, held),
+        ref other => panic!("expected pending, found {other:?}"),
+    }
+}
+
+/// `(episode, actions_taken)` of a firing state.
+fn firing_of(state: &JobState) -> (u64, u32) {
+    match state.phase {
+        Phase::Firing { episode, actions_taken, .. } => (episode, actions_taken),
+        ref other => panic!("expected firing, found {other:?}"),
+    }
+}
+
+/// (job, device, episode, action number, status) of each execution.
+fn rows(history: &[Execution]) -> Vec<(String, String, u64, u32, ExecutionStatus)> {
+    history
+        .iter()
+        .map(|e| {
+            (
+                e.job.clone().unwrap_or_default(),
+                e.device_key.clone().unwrap_or_default(),
+                e.episode.unwrap_or_default(),
+                e.attempt.unwrap_or_default(),
+                e.status,
+            )
+        })
+        .collect()
+}
+
+fn row(
+    job: &str,
+    device: &str,
+    episode: u64,
+    action: u32,
+    status: ExecutionStatus,
+) -> (String, String, u64, u32, ExecutionStatus) {
+    (job.to_string(), device.to_string(), episode, action, status)
+}
+
+/// The outcome of each backend attempt of an execution.
+fn attempts(execution: &Execution) -> Vec<ExecutionStatus> {
+    execution.attempts.iter().map(|a| a.outcome).collect()
+}
+
+/// Socket "lobby" powers device 1 of `platform`, socket "hall" device 2.
+fn sockets(platform: &str) -> String {
+    format!(
+        "[[sockets]]\nname = \"lobby\"\nphone = \"{LOBBY}\"\nmodel = \"simpal-d210\"\n\
+         powers = {{ platform_id = \"{platform}\", device_id = \"1\" }}\n\n\
+         [[sockets]]\nname = \"hall\"\nphone = \"{HALL}\"\nmodel = \"simpal-d410\"\n\
+         powers = {{ platform_id = \"{platform}\", device_id = \"2\" }}\n\n"
+    )
+}
+
+/// The job of issue 3's example: offline for 10 minutes → power-cycle.
+fn offline_job(platform: &str) -> String {
+    format!(
+        "[[jobs]]\nname = \"offline\"\ndevices = {{ platform_id = \"{platform}\" }}\n\
+         metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\nfor = \"10m\"\n\
+         action = {{ command = \"power_cycle\", minutes = 1 }}\ncooldown = \"1h\"\n\n"
+    )
+}
+
+#[tokio::test]
+async fn rules_fire_once_after_for_and_hold_to_cooldown_repeat_guards_and_reloads() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let targets: Vec<TestTarget> = (0..6).map(|_| TestTarget::start()).collect();
+    let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
+
+    one_sms_after_for_and_none_after_early_recovery(&prometheus, &targets[0]).await;
+    cooldown_holds_a_new_episode_and_repeat_stops_at_max(&prometheus, &targets[1]).await;
+    two_jobs_on_one_device_are_independent(&prometheus, &targets[2]).await;
+    guard_makes_a_device_of_a_down_platform_unknown(&prometheus, &targets[3]).await;
+    dry_run_journals_and_sends_nothing(&prometheus, &targets[4]).await;
+    reload_keeps_unchanged_jobs_and_drops_removed_ones(&prometheus, &targets[5]).await;
+}
+
+/// Scenario 1: bad from t; cycles at t, t+5m send nothing, t+10m sends one
+/// power-cycle to the socket; a device that recovers before `for` never
+/// fires.
+async fn one_sms_after_for_and_none_after_early_recovery(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("12", "1"), device("12", "2"));
+    publish(
+        prometheus,
+        target,
+        &[online("12", "1", 0.0), online("12", "2", 0.0), platform_up("12", 1.0)],
+    )
+    .await;
+    let mut s = Scenario::start(prometheus, &(sockets("12") + &offline_job("12"))).await;
+
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.queries, report.evaluations, report.actions_due), (1, 2, 0), "{report:?}");
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 0));
+    assert_eq!(pending_of(&s.state("offline", &d2)), pending(0, 0));
+
+    // Device 2 comes back before its 10 minutes are up.
+    publish(
+        prometheus,
+        target,
+        &[online("12", "1", 0.0), online("12", "2", 1.0), platform_up("12", 1.0)],
+    )
+    .await;
+    let report = s.cycle_at(5).await;
+    assert_eq!(report.actions_due, 0, "{report:?}");
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 5));
+    assert_eq!(s.phase("offline", &d2), PhaseName::Inactive);
+    assert!(s.gateway.received().is_empty());
+
+    let report = s.cycle_at(10).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(s.phase("offline", &d2), PhaseName::Inactive);
+
+    // Still offline: no repeat is configured, so nothing more.
+    s.cycle_at(15).await;
+    s.cycle_at(45).await;
+    assert_eq!(s.gateway.received().len(), 1);
+    let history = s.history();
+    assert_eq!(rows(&history), [row("offline", &d1, 1, 1, ExecutionStatus::Sent)]);
+    let execution = &history[0];
+    assert_eq!((execution.socket.as_str(), execution.phone.as_str()), ("lobby", LOBBY));
+    assert_eq!((execution.text.as_str(), execution.trigger_value), (POWER_CYCLE_1, Some(0.0)));
+    assert_eq!(attempts(execution), [ExecutionStatus::Sent]);
+}
+
+/// Scenario 2: one job with a 1 h cooldown, another repeating every 30
+/// minutes at most twice; every message is counted.
+async fn cooldown_holds_a_new_episode_and_repeat_stops_at_max(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("22", "1"), device("22", "2"));
+    let jobs = r#"
+[[jobs]]
+name = "cooldown"
+devices = { platform_id = "22", device_id = "1" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+action = { command = "power_cycle", minutes = 1 }
+cooldown = "1h"
+
+[[jobs]]
+name = "repeat"
+devices = { platform_id = "22", device_id = "2" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+action = { command = "power_cycle", minutes = 5 }
+cooldown = "1h"
+repeat = { every = "30m", max = 2 }
+"#;
+    let page = |first: f64| [online("22", "1", first), online("22", "2", 0.0)];
+    publish(prometheus, target, &page(0.0)).await;
+    let mut s = Scenario::start(prometheus, &(sockets("22") + jobs)).await;
+
+    s.cycle_at(0).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(HALL, "#12#0#5#1#")]);
+
+    // Device 1 recovers, then fails again 5 minutes later: a new episode,
+    // whose action waits for the hour since the last one.
+    publish(prometheus, target, &page(1.0)).await;
+    s.cycle_at(5).await;
+    assert_eq!(s.phase("cooldown", &d1), PhaseName::Resolved);
+    publish(prometheus, target, &page(0.0)).await;
+    for m in [10, 30, 59] {
+        s.cycle_at(m).await;
+        assert_eq!(firing_of(&s.state("cooldown", &d1)), (2, 0), "at {m} min");
+    }
+    s.cycle_at(60).await;
+    assert_eq!(firing_of(&s.state("cooldown", &d1)), (2, 1));
+    for m in [90, 120, 150] {
+        s.cycle_at(m).await;
+    }
+
+    let to = |number: &str| s.sent().iter().filter(|(n, _)| n == number).count();
+    assert_eq!((to(LOBBY), to(HALL)), (2, 3), "{:?}", s.sent());
+    assert_eq!(firing_of(&s.state("repeat", &d2)), (1, 3));
+    let sent = ExecutionStatus::Sent;
+    assert_eq!(
+        rows(&s.history()),
+        [
+            row("cooldown", &d1, 1, 1, sent),
+            row("repeat", &d2, 1, 1, sent),
+            row("repeat", &d2, 1, 2, sent),
+            row("cooldown", &d1, 2, 1, sent),
+            row("repeat", &d2, 1, 3, sent),
+        ]
+    );
+    let times: Vec<Timestamp> = s.history().iter().map(|e| e.created_at).collect();
+    assert_eq!(times, [0, 0, 30, 60, 60].map(minutes));
+}
+
+/// Scenario 3: "offline" (10 min, power-cycle) and "not playing" (at once,
+/// a text to a person) on one device advance and act apart; one job's
+/// action does not start the other's cooldown.
+async fn two_jobs_on_one_device_are_independent(prometheus: &TestPrometheus, target: &TestTarget) {
+    let d1 = device("32", "1");
+    let jobs = r#"
+[[jobs]]
+name = "not playing"
+devices = { platform_id = "32" }
+metric = "addreality_device_playing"
+op = "=="
+value = 0
+action = { sms = "{name} is not playing", to = "+79990001122" }
+cooldown = "1h"
+"#;
+    let page = |on: f64, play: f64| [online("32", "1", on), playing("32", "1", play)];
+    publish(prometheus, target, &page(1.0, 0.0)).await;
+    let mut s = Scenario::start(prometheus, &(sockets("32") + &offline_job("32") + jobs)).await;
+
+    let report = s.cycle_at(0).await;
+    assert_eq!(report.queries, 2, "one query per distinct expression: {report:?}");
+    assert_eq!(s.sent(), [sms("+79990001122", "Lesnaia_1 is not playing")]);
+    assert_eq!(s.phase("offline", &d1), PhaseName::Inactive);
+
+    publish(prometheus, target, &page(0.0, 0.0)).await;
+    s.cycle_at(1).await;
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(1, 0));
+    assert_eq!(firing_of(&s.state("not playing", &d1)), (1, 1));
+    s.cycle_at(11).await;
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(firing_of(&s.state("not playing", &d1)), (1, 1));
+    assert_eq!(s.sent()[1..], [sms(LOBBY, POWER_CYCLE_1)]);
+
+    // Playing again, still offline: only "not playing" resolves.
+    publish(prometheus, target, &page(0.0, 1.0)).await;
+    s.cycle_at(12).await;
+    assert_eq!(s.phase("not playing", &d1), PhaseName::Resolved);
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(s.gateway.received().len(), 2);
+    let jobs: Vec<String> = s.history().iter().filter_map(|e| e.job.clone()).collect();
+    assert_eq!(jobs, ["not playing", "offline"]);
+}
+
+/// Scenario 5: while the exporter cannot reach the platform's API its
+/// device values are stale: the guard makes them unknown, so an offline
+/// device is left alone until the platform is up again.
+async fn guard_makes_a_device_of_a_down_platform_unknown(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d1 = device("52", "1");
+    let jobs = r#"
+[[jobs]]
+name = "offline now"
+devices = { platform_id = "52" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+action = { command = "power_cycle", minutes = 1 }
+guards = [{ expr = "addreality_platform_up == 1", on = ["platform_id"] }]
+"#;
+    publish(prometheus, target, &[online("52", "1", 0.0), platform_up("52", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &(sockets("52") + jobs)).await;
+
+    for m in [0, 10, 30] {
+        let report = s.cycle_at(m).await;
+        assert_eq!((report.unknown, report.actions_due), (1, 0), "at {m} min: {report:?}");
+        assert!(report.failed_queries.is_empty(), "{report:?}");
+        assert_eq!(s.phase("offline now", &d1), PhaseName::Inactive);
+    }
+    assert!(s.gateway.received().is_empty());
+    assert!(s.history().is_empty());
+
+    publish(prometheus, target, &[online("52", "1", 0.0), platform_up("52", 1.0)]).await;
+    s.cycle_at(31).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+}
+
+/// Scenario 8: `--dry-run` evaluates and journals as usual, sends nothing.
+async fn dry_run_journals_and_sends_nothing(prometheus: &TestPrometheus, target: &TestTarget) {
+    let d1 = device("82", "1");
+    publish(prometheus, target, &[online("82", "1", 0.0)]).await;
+    let body = sockets("82") + &offline_job("82");
+    let mut s = Scenario::start_in(prometheus, &body, Mode::DryRun).await;
+
+    s.cycle_at(0).await;
+    let report = s.cycle_at(10).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (1, 0, 1));
+    s.cycle_at(20).await;
+
+    assert!(s.gateway.received().is_empty());
+    let history = s.history();
+    assert_eq!(rows(&history), [row("offline", &d1, 1, 1, ExecutionStatus::DryRun)]);
+    assert_eq!(history[0].text, POWER_CYCLE_1);
+    assert!(history[0].attempts.is_empty());
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+}
+
+/// Scenario 9: SIGHUP's new rules keep the state of a job that kept its
+/// name (its `for` timer runs on), start new jobs afresh and forget removed
+/// ones.
+async fn reload_keeps_unchanged_jobs_and_drops_removed_ones(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d1 = device("92", "1");
+    let job = |name: &str, command: &str| {
+        format!(
+            "[[jobs]]\nname = \"{name}\"\ndevices = {{ platform_id = \"92\" }}\n\
+             metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\nfor = \"10m\"\n\
+             action = {{ command = \"{command}\" }}\n\n"
+        )
+    };
+    publish(prometheus, target, &[online("92", "1", 0.0)]).await;
+    let before = sockets("92") + &offline_job("92") + &job("old", "power_off");
+    let mut s = Scenario::start(prometheus, &before).await;
+    s.cycle_at(0).await;
+    s.cycle_at(5).await;
+    assert_eq!(pending_of(&s.state("old", &d1)), pending(0, 5));
+
+    let after = sockets("92") + &offline_job("92") + &job("new", "power_on");
+    s.engine.replace_rules(s.rules(&after));
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 5));
+    assert!(s.engine.state("old", &d1).is_none());
+
+    s.cycle_at(10).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(pending_of(&s.state("new", &d1)), pending(10, 0));
+    assert!(s.engine.state("old", &d1).is_none());
+    s.cycle_at(20).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(LOBBY, "#01#0#")]);
+    let jobs: Vec<String> = s.history().iter().filter_map(|e| e.job.clone()).collect();
+    assert_eq!(jobs, ["offline", "new"]);
+}
+
+#[tokio::test]
+async fn gateway_faults_and_restarts_never_send_a_message_twice() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let targets = [TestTarget::start(), TestTarget::start()];
+    let prometheus = TestPrometheus::start(&[&targets[0], &targets[1]]).await;
+
+    gateway_failures_are_retried_then_journalled_once(&prometheus, &targets[0]).await;
+    restart_keeps_states_and_never_resends(&prometheus, &targets[1]).await;
+}
+
+/// Scenario 6: each device of platform 62 fires at once into a different
+/// fault of the gateway.
+async fn gateway_failures_are_retried_then_journalled_once(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d = |id: &str| device("62", id);
+    let jobs = r#"
+[[jobs]]
+name = "offline now"
+devices = { platform_id = "62" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+action = { command = "power_cycle", minutes = 1 }
+"#;
+    // Devices 1 to `bad` are offline, the others online.
+    let page = |bad: u32| -> Vec<Series> {
+        (1..=4).map(|i| online("62", &i.to_string(), if i <= bad { 0.0 } else { 1.0 })).collect()
+    };
+    let socket = |id: &str| {
+        format!(
+            "[[sockets]]\nname = \"socket {id}\"\nphone = \"+7999000000{id}\"\nmodel = \"simpal-d210\"\n\
+             powers = {{ platform_id = \"62\", device_id = \"{id}\" }}\n\n"
+        )
+    };
+    let body: String = ["1", "2", "3", "4"].map(socket).concat() + jobs;
+    publish(prometheus, target, &page(0)).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+    s.cycle_at(0).await;
+
+    // One HTTP 500, then accepted: retried and delivered once.
+    s.gateway.fail_next(1, Fault::ServerError);
+    publish(prometheus, target, &page(1)).await;
+    s.cycle_at(1).await;
+    assert_eq!(s.gateway.received().len(), 2);
+    assert_eq!(s.sent(), [sms("+79990000001", POWER_CYCLE_1)]);
+
+    // HTTP 500 every time: three attempts, then failed.
+    s.gateway.set_fault(Some(Fault::ServerError));
+    publish(prometheus, target, &page(2)).await;
+    s.cycle_at(2).await;
+    assert_eq!(s.gateway.received().len(), 5);
+
+    // HTTP 200 saying it failed: a failure too, retried like one.
+    s.gateway.set_fault(Some(Fault::ErrorBody("no credit left".into())));
+    publish(prometheus, target, &page(3)).await;
+    s.cycle_at(3).await;
+    assert_eq!(s.gateway.received().len(), 8);
+
+    // No answer within the sender's timeout: it may have left, so it is
+    // never tried again.
+    s.gateway.set_fault(Some(Fault::Slow(Duration::from_secs(10))));
+    publish(prometheus, target, &page(4)).await;
+    s.cycle_at(4).await;
+    assert_eq!(s.gateway.received().len(), 9);
+
+    // The gateway works again and the devices stay offline: nothing is sent
+    // again, whatever the outcome was.
+    s.gateway.set_fault(None);
+    s.cycle_at(5).await;
+    s.cycle_at(90).await;
+    assert_eq!(s.gateway.received().len(), 9);
+    assert_eq!(s.sent(), [sms("+79990000001", POWER_CYCLE_1), sms("+79990000004", POWER_CYCLE_1)]);
+
+    use ExecutionStatus::{Failed, Sent, Uncertain};
+    let history = s.history();
+    assert_eq!(
+        rows(&history),
+        [
+            row("offline now", &d("1"), 1, 1, Sent),
+            row("offline now", &d("2"), 1, 1, Failed),
+            row("offline now", &d("3"), 1, 1, Failed),
+            row("offline now", &d("4"), 1, 1, Uncertain),
+        ]
+    );
+    let outcomes: Vec<Vec<ExecutionStatus>> = history.iter().map(attempts).collect();
+    assert_eq!(outcomes, [vec![Failed, Sent], vec![Failed; 3], vec![Failed; 3], vec![Uncertain]]);
+    let detail = |i: usize| history[i].detail.clone().unwrap_or_default();
+    assert!(detail(1).contains("HTTP 500"), "{}", detail(1));
+    assert!(detail(2).contains("no credit left"), "{}", detail(2));
+    assert!(detail(3).contains("may have sent"), "{}", detail(3));
+}
+
+/// Scenario 7: the daemon dies with device 1 firing (its SMS sent), device
+/// 2 pending and device 3's SMS in flight (device 3 is on platform 73, out
+/// of "offline"'s reach); the next one resends nothing and carries on from
+/// the journal.
+async fn restart_keeps_states_and_never_resends(prometheus: &TestPrometheus, target: &TestTarget) {
+    let (d1, d2, d3) = (device("72", "1"), device("72", "2"), device("73", "3"));
+    let jobs = r#"
+[[sockets]]
+name = "stage"
+phone = "+79990000003"
+model = "simpal-d210"
+powers = { platform_id = "73", device_id = "3" }
+
+[[jobs]]
+name = "offline now"
+devices = { platform_id = "73" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+action = { command = "power_on" }
+"#;
+    let body = sockets("72") + &offline_job("72") + jobs;
+    let page =
+        |a: f64, b: f64, c: f64| [online("72", "1", a), online("72", "2", b), online("73", "3", c)];
+    publish(prometheus, target, &page(0.0, 1.0, 1.0)).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+    s.cycle_at(0).await;
+    s.cycle_at(10).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    publish(prometheus, target, &page(0.0, 0.0, 1.0)).await;
+    s.cycle_at(15).await;
+
+    // Device 3's message reaches the gateway, which answers slowly; the
+    // daemon is killed before the answer.
+    s.gateway.set_fault(Some(Fault::Slow(Duration::from_secs(10))));
+    publish(prometheus, target, &page(0.0, 0.0, 0.0)).await;
+    s.clock.set(minutes(20));
+    let report = s.engine.cycle().await;
+    assert_eq!(report.sends_started, 1, "{report:?}");
+    s.wait_received(2).await;
+    assert_eq!(s.history()[1].status, ExecutionStatus::Sending);
+
+    let mut s = s.restart(&body).await;
+    s.gateway.set_fault(None);
+    let in_flight = &s.history()[1];
+    assert_eq!((in_flight.status, in_flight.text.as_str()), (ExecutionStatus::Uncertain, "#01#0#"));
+    assert!(in_flight.attempts.is_empty());
+    assert!(in_flight.detail.as_deref().unwrap_or_default().contains("stopped while"));
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(pending_of(&s.state("offline", &d2)), pending(15, 5));
+    assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 1));
+
+    // The time the daemon was down does not count towards `for`: device 2
+    // needs two more cycles 5 minutes apart.
+    s.cycle_at(25).await;
+    assert_eq!(pending_of(&s.state("offline", &d2)), pending(15, 5));
+    assert_eq!(s.gateway.received().len(), 2);
+    s.cycle_at(30).await;
+    assert_eq!(s.gateway.received().len(), 3);
+    assert_eq!(s.sent()[2], sms(HALL, POWER_CYCLE_1));
+
+    // Device 1 recovers and fails again: the cooldown of its action at 10
+    // min, before the restart, still holds the new episode until 70 min.
+    publish(prometheus, target, &page(1.0, 0.0, 0.0)).await;
+    s.cycle_at(31).await;
+    publish(prometheus, target, &page(0.0, 0.0, 0.0)).await;
+    s.cycle_at(32).await;
+    s.cycle_at(42).await;
+    assert_eq!(firing_of(&s.state("offline", &d1)), (2, 0));
+    let mut s = s.restart(&body).await;
+    s.cycle_at(50).await;
+    s.cycle_at(69).await;
+    assert_eq!(s.gateway.received().len(), 3);
+    s.cycle_at(70).await;
+
+    assert_eq!(s.gateway.received().len(), 4);
+    let texts: Vec<String> = s.gateway.sent().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, [POWER_CYCLE_1, "#01#0#", POWER_CYCLE_1, POWER_CYCLE_1]);
+    use ExecutionStatus::{Sent, Uncertain};
+    assert_eq!(
+        rows(&s.history()),
+        [
+            row("offline", &d1, 1, 1, Sent),
+            row("offline now", &d3, 1, 1, Uncertain),
+            row("offline", &d2, 1, 1, Sent),
+            row("offline", &d1, 2, 1, Sent),
+        ]
+    );
+}
+
+/// Scenario 4: Prometheus dies mid-run. Every query fails, so nothing
+/// advances and nothing is sent; after its restart the engine carries on
+/// where it was.
+#[tokio::test]
+async fn prometheus_outage_holds_every_state_and_sends_nothing() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let mut prometheus = TestPrometheus::start(&[&target]).await;
+    let (d1, d2) = (device("42", "1"), device("42", "2"));
+    let page = |a: f64, b: f64| [online("42", "1", a), online("42", "2", b)];
+    publish(&prometheus, &target, &page(1.0, 0.0)).await;
+    let mut s = Scenario::start(&prometheus, &(sockets("42") + &offline_job("42"))).await;
+    s.cycle_at(0).await;
+    s.cycle_at(10).await;
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1)]);
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    s.cycle_at(15).await;
+    s.cycle_at(20).await;
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5));
+
+    prometheus.stop();
+    for m in [25, 30, 40, 60] {
+        let report = s.cycle_at(m).await;
+        let failed: Vec<&str> = report.failed_queries.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(failed, ["addreality_device_online{platform_id=\"42\"}"], "{report:?}");
+        assert_eq!((report.unknown, report.transitions, report.actions_due), (2, 0, 0));
+        assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5), "at {m} min");
+        assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1), "at {m} min");
+    }
+    assert_eq!(s.gateway.received().len(), 1);
+
+    prometheus.restart().await;
+    // Wait for scrapes by the new process, not for samples the old one left.
+    target.wait_scrapes(2).await;
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    let report = s.cycle_at(65).await;
+    assert!(report.failed_queries.is_empty(), "{report:?}");
+    assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5));
+    s.cycle_at(70).await;
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1));
+}
