@@ -93,6 +93,7 @@ fn config(url: &str, cache: &Path, platforms: &[&str]) -> ExporterConfig {
                 id: id.to_string(),
                 name: None,
                 token: SecretSource::Env("unused".into()),
+                token_at: "test".into(),
             })
             .collect(),
         base_dir: ".".into(),
