@@ -197,9 +197,24 @@ impl Engine {
         self.forget_removed_jobs();
     }
 
+    /// Drops the states of jobs no longer in the rules, in memory and in the
+    /// journal (in the background), so a job added back later under the
+    /// same name starts afresh.
     fn forget_removed_jobs(&mut self) {
-        let names: BTreeSet<&str> = self.rules.jobs.iter().map(|j| j.name.as_str()).collect();
-        self.states.retain(|(job, _), _| names.contains(job.as_str()));
+        let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
+        self.states.retain(|(job, _), _| names.contains(job));
+        let journal = self.outbox.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut journal = journal.lock().expect("journal lock poisoned");
+            match journal.forget_states_except(&names) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "forgot the saved states of {n} (job, device) pairs whose job was removed"
+                ),
+                Err(err) => tracing::warn!("cannot forget the states of removed jobs: {err}"),
+            }
+        });
     }
 
     /// Waits for every send in progress to finish (retries included).
@@ -219,13 +234,7 @@ impl Engine {
         report.queries = queries.len();
         let answers = self.query_all(&queries, &mut report).await;
 
-        let mut dispatch: Vec<(
-            Arc<Job>,
-            DeviceKeyText,
-            DeviceVerdict,
-            state::ActionDue,
-            JobState,
-        )> = Vec::new();
+        let mut dispatch: Vec<DueAction> = Vec::new();
         let mut changed: Vec<(String, String)> = Vec::new();
         let rules = self.rules.clone();
         for job in rules.jobs.iter().filter(|j| j.enabled) {
@@ -286,13 +295,14 @@ impl Engine {
                 }
                 if let Some(due) = step.action {
                     report.actions_due += 1;
-                    dispatch.push((
-                        job_arc.clone(),
-                        DeviceKeyText(device.clone()),
-                        verdict.clone(),
+                    dispatch.push(DueAction {
+                        job: job_arc.clone(),
+                        device: device.clone(),
+                        verdict: verdict.clone(),
                         due,
-                        step.state.clone(),
-                    ));
+                        state_after: step.state.clone(),
+                        previous: previous.clone(),
+                    });
                 }
                 if step.state != previous {
                     changed.push(state_key.clone());
@@ -310,8 +320,15 @@ impl Engine {
             }
         }
 
-        for (job, device, verdict, due, state_after) in dispatch {
-            self.act(&job, &device.0, &verdict, due, state_after, &mut report).await;
+        for action in dispatch {
+            let key = (action.job.name.clone(), action.device.clone());
+            let previous = action.previous.clone();
+            if !self.act(action, &mut report).await {
+                // The journal could not record the message, so it was not
+                // sent: step back so that the action is due again next
+                // cycle rather than lost for the whole episode.
+                self.states.insert(key, previous);
+            }
         }
 
         let to_save: Vec<(String, String, JobState)> = changed
@@ -380,15 +397,11 @@ impl Engine {
         answers
     }
 
-    async fn act(
-        &mut self,
-        job: &Job,
-        device: &str,
-        verdict: &DeviceVerdict,
-        due: state::ActionDue,
-        state_after: JobState,
-        report: &mut CycleReport,
-    ) {
+    /// Journals and dispatches one due action. Returns false only when the
+    /// journal failed (nothing was sent and the action should be retried).
+    async fn act(&mut self, action: DueAction, report: &mut CycleReport) -> bool {
+        let DueAction { job, device, verdict, due, state_after, .. } = action;
+        let (job, device, verdict) = (&*job, device.as_str(), &verdict);
         let who = describe(device, verdict);
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
             report.action_errors += 1;
@@ -396,7 +409,7 @@ impl Engine {
                 "job {:?}: device {who}: cannot act: its labels lack the device key",
                 job.name
             );
-            return;
+            return true;
         };
         let outgoing = match self.rules.outgoing(job, &key, &verdict.labels) {
             Ok(outgoing) => outgoing,
@@ -404,7 +417,7 @@ impl Engine {
                 report.action_errors += 1;
                 self.outbox.metrics.action_errors.with_label_values(&[job.name.as_str()]).inc();
                 tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
-                return;
+                return true;
             }
         };
         let text = text::sanitize(&outgoing.text, false, MAX_TEXT_CHARS);
@@ -438,11 +451,16 @@ impl Engine {
                     due.attempt_in_episode
                 );
                 self.outbox.spawn_send(dispatch);
+                true
             }
-            Ok(Err(_suppressed)) => report.suppressed += 1,
+            Ok(Err(_suppressed)) => {
+                report.suppressed += 1;
+                true
+            }
             Err(err) => {
                 report.action_errors += 1;
-                tracing::error!("{err}; nothing was sent");
+                tracing::error!("{err}; nothing was sent; the action stays due for the next cycle");
+                false
             }
         }
     }
@@ -560,7 +578,16 @@ impl Outbox {
 /// labels came from metrics.
 pub const MAX_TEXT_CHARS: usize = 1530;
 
-struct DeviceKeyText(String);
+/// An action that became due this cycle, with what is needed to journal it
+/// and to step back if the journal cannot take it.
+struct DueAction {
+    job: Arc<Job>,
+    device: String,
+    verdict: DeviceVerdict,
+    due: state::ActionDue,
+    state_after: JobState,
+    previous: JobState,
+}
 
 /// `{platform_id="12", device_id="30785"} (Arzamas_Lesnaia_1)`: the key and,
 /// when the series has one, the device's name.

@@ -795,6 +795,33 @@ impl Journal {
         tx.commit().map_err(sqlite_error(path, "committing job states"))
     }
 
+    /// Deletes the saved states of jobs not in `jobs` (removed from the
+    /// rules), so that a job added back later under the same name starts
+    /// afresh instead of inheriting a half-run `for` timer. Returns how many
+    /// rows went. Executions are history and are kept.
+    pub fn forget_states_except(&mut self, jobs: &[&str]) -> Result<usize, JournalError> {
+        let path = &self.path;
+        let tx = begin(&mut self.connection, path, "forgetting states of removed jobs")?;
+        let saved: Vec<String> = {
+            let mut statement = tx
+                .prepare("SELECT DISTINCT job FROM job_state")
+                .map_err(sqlite_error(path, "listing saved job states"))?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(sqlite_error(path, "listing saved job states"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sqlite_error(path, "listing saved job states"))?
+        };
+        let mut removed = 0;
+        for job in saved.iter().filter(|job| !jobs.contains(&job.as_str())) {
+            removed += tx
+                .execute("DELETE FROM job_state WHERE job = ?1", params![job])
+                .map_err(sqlite_error(path, "forgetting states of removed jobs"))?;
+        }
+        tx.commit().map_err(sqlite_error(path, "committing forgotten states"))?;
+        Ok(removed)
+    }
+
     /// Every saved job state, by (job, device key).
     pub fn load_states(&self) -> Result<HashMap<(String, String), JobState>, JournalError> {
         let doing = "reading job states";

@@ -685,3 +685,23 @@ fn killed_after_the_outcome_nothing_is_left_in_flight() {
     assert_eq!((history[0].id.0, history[0].status), (id, ExecutionStatus::Sent));
     assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 1);
 }
+
+#[test]
+fn states_of_removed_jobs_are_forgotten_and_history_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut journal = Journal::open(&path).unwrap();
+    let state = JobState::default();
+    journal
+        .save_states([
+            ("kept", "{d=\"1\"}", &state),
+            ("gone", "{d=\"1\"}", &state),
+            ("gone", "{d=\"2\"}", &state),
+        ])
+        .unwrap();
+    assert_eq!(journal.forget_states_except(&["kept", "never saved"]).unwrap(), 2);
+    let states = journal.load_states().unwrap();
+    let jobs: Vec<&str> = states.keys().map(|(job, _)| job.as_str()).collect();
+    assert_eq!(jobs, ["kept"]);
+    assert_eq!(journal.forget_states_except(&["kept"]).unwrap(), 0);
+}
