@@ -5,23 +5,41 @@
 //! backend answers the one question the journal needs: did the message leave?
 //!
 //! - `Ok(`[`Delivered`]`)`: the backend accepted it (a gateway's 2xx with no
-//!   error in the body, a modem's `+CMGS`).
+//!   error in the body, a modem's `+CMGS`, a file renamed into smsd's spool).
 //! - [`SendError::Definite`]: it certainly did not leave (connection refused,
-//!   an HTTP error status, the gateway's own error). Safe to retry later or to
-//!   hand to the next backend.
+//!   an HTTP error status, the gateway's own error, a modem's error before
+//!   the text was handed over). Safe to retry later or to hand to the next
+//!   backend.
 //! - [`SendError::Uncertain`]: it may have left (a timeout after the request
-//!   was written). Never retried blindly.
+//!   was written, a modem silent after Ctrl-Z). Never retried blindly.
 //!
-//! Backends here: [`http`] (any HTTP SMS API, with a preset for the gateway
-//! the older system used) and [`log`] (records only, to try jobctl without a
-//! gateway). [`text`] makes texts safe for every backend and counts their
-//! segments. The `[sms]` table of the rules file is [`SmsConfig`];
-//! [`SmsConfig::build`] turns it into a ready sender.
+//! Backends, each configured in its own `[sms.<name>]` table:
+//!
+//! - [`http`]: any HTTP SMS API, with a preset for the older gateway;
+//! - [`modem`]: a GSM modem on a serial line, driven with AT commands;
+//! - [`smstools`]: the outgoing spool directory of smstools3's smsd;
+//! - [`gammu`]: gammu-smsd's queue, through `gammu-smsd-inject`;
+//! - [`command`]: any program, given the phone and the text;
+//! - [`log`]: records only, to try jobctl without a way to send.
+//!
+//! `backend = "modem"` selects one; `backends = ["modem", "http"]` makes a
+//! [`failover`] chain that hands a message which certainly did not leave to
+//! the next backend, and reports every attempt ([`AttemptChain`]) so the
+//! journal keeps one row per attempt. [`text`] makes texts safe for every
+//! backend and counts their segments. The `[sms]` table of the rules file is
+//! [`SmsConfig`]; [`SmsConfig::build`] turns it into a ready sender.
 
+pub mod command;
+pub mod failover;
+pub mod gammu;
 pub mod http;
 pub mod log;
+pub mod modem;
 pub mod phone;
+pub mod smstools;
 pub mod text;
+
+pub use failover::{AttemptChain, AttemptOutcome, FailoverSender};
 
 use std::fmt;
 use std::future::Future;
@@ -120,30 +138,76 @@ pub trait Sender: fmt::Debug + Send + Sync {
     /// Sends one message. Cancel-safe only in the sense that dropping the
     /// future leaves the outcome unknown; callers journal before calling.
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a>;
+
+    /// The chain behind this sender when it is a failover of several
+    /// backends; [`AttemptChain::new`] uses it to report each attempt.
+    /// Backends keep the default, `None`.
+    fn as_failover(&self) -> Option<&FailoverSender> {
+        None
+    }
 }
 
-/// Which backend `[sms]` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// A backend `[sms]` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// An HTTP SMS API, configured in `[sms.http]`.
     Http,
     /// Nothing leaves; each message is written to the log.
     Log,
+    /// A GSM modem driven with AT commands, configured in `[sms.modem]`.
+    Modem,
+    /// smstools3's spool directories, configured in `[sms.smstools]`.
+    Smstools,
+    /// gammu-smsd's queue via `gammu-smsd-inject`, in `[sms.gammu]`.
+    Gammu,
+    /// A program of your own, configured in `[sms.command]`.
+    Command,
+}
+
+impl BackendKind {
+    /// The name as written in the file and in the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Http => "http",
+            BackendKind::Log => "log",
+            BackendKind::Modem => "modem",
+            BackendKind::Smstools => "smstools",
+            BackendKind::Gammu => "gammu",
+            BackendKind::Command => "command",
+        }
+    }
 }
 
 /// The `[sms]` table of the rules file, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
-    /// Which backend sends: `"http"` or `"log"`. Required: a daemon that
-    /// silently sends nothing because a line was missing would be worse than
-    /// one that refuses to start.
-    pub backend: Spanned<BackendKind>,
-    /// Settings of the `http` backend; required when `backend = "http"`,
-    /// kept but unused otherwise (so switching to `log` for a test is one
-    /// line).
+    /// The one backend that sends: `"http"`, `"modem"`, `"smstools"`,
+    /// `"gammu"`, `"command"` or `"log"`. Write this or `backends`; one of
+    /// them is required, because a daemon that silently sends nothing
+    /// because a line was missing would be worse than one that refuses to
+    /// start.
+    pub backend: Option<Spanned<BackendKind>>,
+    /// Several backends, tried in this order: a message that certainly did
+    /// not leave through one goes to the next (`["modem", "http"]`).
+    pub backends: Option<Spanned<Vec<Spanned<BackendKind>>>>,
+    /// Hand a message whose outcome is uncertain (it may have left) to the
+    /// next backend too, accepting that it may arrive twice. Default
+    /// [`failover::DEFAULT_RETRY_UNCERTAIN`] (`false`): never for power
+    /// commands.
+    pub retry_uncertain: Option<bool>,
+    /// Settings of the `http` backend; required when it is selected, kept
+    /// but unused otherwise (so switching to `log` for a test is one line).
     pub http: Option<http::HttpConfig>,
+    /// Settings of the `modem` backend; required when it is selected.
+    pub modem: Option<modem::ModemConfig>,
+    /// Settings of the `smstools` backend; required when it is selected.
+    pub smstools: Option<smstools::SmstoolsConfig>,
+    /// Settings of the `gammu` backend; optional (every field has a default).
+    pub gammu: Option<gammu::GammuConfig>,
+    /// Settings of the `command` backend; required when it is selected.
+    pub command: Option<command::CommandConfig>,
 }
 
 /// A problem in the `[sms]` table found after parsing.
@@ -173,22 +237,110 @@ impl SmsConfigError {
     }
 }
 
+/// A backend named in `[sms]`, with the span of its name.
+type Selected = (BackendKind, Range<usize>);
+
 impl SmsConfig {
-    /// Builds the configured sender, loading its secret. Relative paths
-    /// (`key_file`) are taken relative to `base_dir`, the directory of the
-    /// rules file.
+    /// Builds the configured sender, loading its secrets: the backend
+    /// itself for `backend = "…"` or a one-element `backends`, a
+    /// [`FailoverSender`] for several. Relative paths (`key_file`,
+    /// `pin_file`, `program`) are taken relative to `base_dir`, the
+    /// directory of the rules file.
     pub fn build(&self, base_dir: &Path) -> Result<Box<dyn Sender>, SmsConfigError> {
-        match self.backend.get_ref() {
-            BackendKind::Log => Ok(Box::new(log::LogSender::new())),
-            BackendKind::Http => match &self.http {
-                Some(http) => Ok(Box::new(http::HttpSender::from_config(http, base_dir)?)),
-                None => Err(SmsConfigError::new(
-                    "sms.backend",
-                    "backend \"http\" needs an [sms.http] table (at least `url`, or `preset` with `url` and `key_file`)",
-                    Some(self.backend.span()),
-                )),
-            },
+        let (key, kinds) = self.selected()?;
+        let mut senders = kinds
+            .iter()
+            .map(|(kind, span)| self.build_one(*kind, key, span.clone(), base_dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let retry_uncertain = self.retry_uncertain.unwrap_or(failover::DEFAULT_RETRY_UNCERTAIN);
+        if senders.len() == 1 {
+            return Ok(senders.remove(0));
         }
+        Ok(Box::new(FailoverSender::new(senders, retry_uncertain)))
+    }
+
+    /// The selected backends in order, with the key that named them.
+    fn selected(&self) -> Result<(&'static str, Vec<Selected>), SmsConfigError> {
+        match (&self.backend, &self.backends) {
+            (Some(one), None) => Ok(("sms.backend", vec![(*one.get_ref(), one.span())])),
+            (None, Some(list)) => {
+                if list.get_ref().is_empty() {
+                    return Err(SmsConfigError::new(
+                        "sms.backends",
+                        "the list is empty; name at least one backend, like [\"modem\", \"http\"]",
+                        Some(list.span()),
+                    ));
+                }
+                let mut kinds: Vec<Selected> = Vec::new();
+                for kind in list.get_ref() {
+                    if kinds.iter().any(|(seen, _)| seen == kind.get_ref()) {
+                        return Err(SmsConfigError::new(
+                            "sms.backends",
+                            format!("\"{}\" is listed twice; each backend is tried once", kind.get_ref().name()),
+                            Some(kind.span()),
+                        ));
+                    }
+                    kinds.push((*kind.get_ref(), kind.span()));
+                }
+                Ok(("sms.backends", kinds))
+            }
+            (Some(_), Some(list)) => Err(SmsConfigError::new(
+                "sms.backends",
+                "write either backend = \"…\" or backends = [\"…\", …], not both",
+                Some(list.span()),
+            )),
+            (None, None) => Err(SmsConfigError::new(
+                "sms.backend",
+                "no backend: write backend = \"modem\" (or \"http\", \"smstools\", \"gammu\", \"command\", \"log\"), or backends = [\"modem\", \"http\"] for failover",
+                None,
+            )),
+        }
+    }
+
+    fn build_one(
+        &self,
+        kind: BackendKind,
+        key: &str,
+        span: Range<usize>,
+        base_dir: &Path,
+    ) -> Result<Box<dyn Sender>, SmsConfigError> {
+        let missing = |what: &str| {
+            SmsConfigError::new(
+                key,
+                format!(
+                    "backend \"{}\" needs an [sms.{}] table ({what})",
+                    kind.name(),
+                    kind.name()
+                ),
+                Some(span.clone()),
+            )
+        };
+        Ok(match kind {
+            BackendKind::Log => Box::new(log::LogSender::new()),
+            BackendKind::Http => {
+                let config = self.http.as_ref().ok_or_else(|| {
+                    missing("at least `url`, or `preset` with `url` and `key_file`")
+                })?;
+                Box::new(http::HttpSender::from_config(config, base_dir)?)
+            }
+            BackendKind::Modem => {
+                let config = self.modem.as_ref().ok_or_else(|| missing("at least `device`"))?;
+                Box::new(modem::ModemSender::from_config(config, base_dir)?)
+            }
+            BackendKind::Smstools => {
+                let config =
+                    self.smstools.as_ref().ok_or_else(|| missing("at least `outgoing`"))?;
+                Box::new(smstools::SmstoolsSender::from_config(config, base_dir)?)
+            }
+            BackendKind::Gammu => {
+                let config = self.gammu.clone().unwrap_or_default();
+                Box::new(gammu::GammuSender::from_config(&config, base_dir)?)
+            }
+            BackendKind::Command => {
+                let config = self.command.as_ref().ok_or_else(|| missing("at least `program`"))?;
+                Box::new(command::CommandSender::from_config(config, base_dir)?)
+            }
+        })
     }
 }
 
@@ -228,6 +380,49 @@ mod tests {
         assert!(err.message().contains("unknown variant `pigeon`"), "{err}");
         let err = toml::from_str::<File>("[sms]\nbackend = \"log\"\nspeed = 1\n").unwrap_err();
         assert!(err.message().contains("unknown field `speed`"), "{err}");
+    }
+
+    #[test]
+    fn a_list_of_backends_builds_a_failover_chain() {
+        let text = "[sms]\nbackends = [\"log\", \"gammu\"]\nretry_uncertain = true\n";
+        let file: File = toml::from_str(text).unwrap();
+        let sender = file.sms.build(Path::new(".")).unwrap();
+        assert_eq!(sender.name(), "log,gammu");
+        let chain = sender.as_failover().unwrap();
+        assert!(chain.retry_uncertain());
+        assert_eq!(chain.backends().map(|b| b.name()).collect::<Vec<_>>(), ["log", "gammu"]);
+
+        let file: File = toml::from_str("[sms]\nbackends = [\"log\"]\n").unwrap();
+        let sender = file.sms.build(Path::new(".")).unwrap();
+        assert_eq!(sender.name(), "log");
+        assert!(sender.as_failover().is_none());
+    }
+
+    #[test]
+    fn backend_lists_that_cannot_work_are_placed() {
+        let placed = |text: &str| {
+            let file: File = toml::from_str(text).unwrap();
+            let err = file.sms.build(Path::new(".")).unwrap_err();
+            err.in_file(&SourceFile::from_text("rules.toml", text)).to_string()
+        };
+        assert_eq!(
+            placed("[sms]\nbackends = []\n"),
+            "rules.toml:2:12: sms.backends: the list is empty; name at least one backend, like [\"modem\", \"http\"]"
+        );
+        assert_eq!(
+            placed("[sms]\nbackends = [\"log\", \"log\"]\n"),
+            "rules.toml:2:20: sms.backends: \"log\" is listed twice; each backend is tried once"
+        );
+        assert_eq!(
+            placed("[sms]\nbackend = \"log\"\nbackends = [\"log\"]\n"),
+            "rules.toml:3:12: sms.backends: write either backend = \"…\" or backends = [\"…\", …], not both"
+        );
+        assert!(placed("[sms]\n")
+            .starts_with("rules.toml: sms.backend: no backend: write backend = \"modem\""));
+        assert_eq!(
+            placed("[sms]\nbackends = [\"log\", \"modem\"]\n"),
+            "rules.toml:2:20: sms.backends: backend \"modem\" needs an [sms.modem] table (at least `device`)"
+        );
     }
 
     #[test]

@@ -4,4 +4,5 @@
 #![allow(dead_code)]
 
 pub mod fake_gateway;
+pub mod fake_modem;
 pub mod prometheus;

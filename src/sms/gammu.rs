@@ -1,0 +1,204 @@
+//! The `gammu` backend: hand messages to gammu-smsd with `gammu-smsd-inject`.
+//!
+//! Where gammu-smsd already owns the modem (and also receives the sockets'
+//! answers), jobctl must not open the modem itself: it queues each message
+//! with gammu's own tool and lets the daemon send it.
+//!
+//! ```text
+//! gammu-smsd-inject [-c <config>] TEXT +79991234567 -text '#12#0#1#1#'
+//! ```
+//!
+//! The program is run directly, never through a shell, with `LC_ALL=C` so
+//! that its messages are the English ones this backend reads. Texts outside
+//! ASCII are passed with `-textutf8` (gammu reads `-text` in the locale's
+//! character set), texts that need UCS-2 add `-unicode`, and a notification
+//! longer than one SMS adds `-autolen <characters>` so gammu splits it
+//! instead of cutting it at 160.
+//!
+//! - It prints `Written message with ID <id>` (and exits 0): delivered to
+//!   gammu-smsd's queue, `<id>` is the journal's reference. gammu-smsd sends
+//!   it on its next pass; failures after that are in gammu-smsd's own log
+//!   and tables, not in jobctl's journal.
+//! - It exits 0 without that line: delivered, without a reference.
+//! - It exits with another status: definitely not queued; its own words are
+//!   quoted (e.g. "Failed to open database").
+//! - It does not finish within `timeout`: killed, uncertain (it may have
+//!   written the message).
+//!
+//! ```toml
+//! [sms]
+//! backend = "gammu"
+//!
+//! [sms.gammu]
+//! program = "/usr/bin/gammu-smsd-inject"
+//! config = "/etc/gammu-smsdrc"
+//! timeout = "30s"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::command::{resolve_program, Run};
+use super::text::{self, Encoding};
+use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+
+/// The program when `program` is not set, looked up in `PATH`.
+pub const DEFAULT_PROGRAM: &str = "gammu-smsd-inject";
+/// How long `gammu-smsd-inject` may run, by default. It only writes to
+/// gammu-smsd's queue (files or a database), so seconds are plenty.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// What `gammu-smsd-inject` prints once the message is in the queue.
+const WRITTEN: &str = "Written message with ID ";
+
+/// The `[sms.gammu]` table, as written. It may be left out: every field has
+/// a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GammuConfig {
+    /// Path of `gammu-smsd-inject` (relative paths from the rules file).
+    /// Default [`DEFAULT_PROGRAM`], looked up in `PATH`.
+    pub program: Option<Spanned<PathBuf>>,
+    /// gammu-smsd's configuration file, passed as `-c`. Default: gammu's
+    /// own default (`/etc/gammu-smsdrc`).
+    pub config: Option<Spanned<PathBuf>>,
+    /// Time `gammu-smsd-inject` may run before it is killed and the send
+    /// counted as uncertain. Default [`DEFAULT_TIMEOUT`].
+    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
+    pub timeout: Option<Duration>,
+}
+
+/// Queues messages with `gammu-smsd-inject`; see the module documentation.
+#[derive(Debug)]
+pub struct GammuSender {
+    program: PathBuf,
+    config: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl GammuSender {
+    /// The backend name in the journal.
+    pub const NAME: &'static str = "gammu";
+
+    /// Validates `[sms.gammu]`.
+    pub fn from_config(
+        config: &GammuConfig,
+        base_dir: &Path,
+    ) -> Result<GammuSender, SmsConfigError> {
+        let program = match &config.program {
+            Some(program) => resolve_program("sms.gammu.program", program, base_dir)?,
+            None => PathBuf::from(DEFAULT_PROGRAM),
+        };
+        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(SmsConfigError::new("sms.gammu.timeout", "must be longer than zero", None));
+        }
+        Ok(GammuSender {
+            program,
+            config: config.config.as_ref().map(|c| base_dir.join(c.get_ref())),
+            timeout,
+        })
+    }
+
+    /// The arguments for one message.
+    fn args(&self, message: &Message) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(config) = &self.config {
+            args.push("-c".to_string());
+            args.push(config.display().to_string());
+        }
+        args.push("TEXT".to_string());
+        args.push(message.phone.clone());
+        let count = text::segments(&message.text);
+        if count.encoding == Encoding::Ucs2 {
+            args.push("-unicode".to_string());
+        }
+        args.push(if message.text.is_ascii() { "-text" } else { "-textutf8" }.to_string());
+        args.push(message.text.clone());
+        if !count.is_single() {
+            args.push("-autolen".to_string());
+            args.push(message.text.chars().count().to_string());
+        }
+        args
+    }
+
+    async fn deliver(&self, message: &Message) -> SendOutcome {
+        let what = format!("{}", self.program.display());
+        let run = Run {
+            program: self.program.clone(),
+            args: self.args(message),
+            env: vec![("LC_ALL".to_string(), "C".to_string())],
+            timeout: self.timeout,
+        };
+        tracing::debug!(program = %what, phone = %message.phone, "queueing SMS with gammu-smsd-inject");
+        let finished = run.run().await.map_err(|e| e.into_send_error(&what))?;
+        let reference = [&finished.stdout, &finished.stderr].into_iter().find_map(|output| {
+            output.lines().find_map(|line| {
+                let id = line.split_once(WRITTEN)?.1.trim();
+                (!id.is_empty()).then(|| id.to_string())
+            })
+        });
+        match finished.status.code() {
+            Some(0) => Ok(Delivered { backend: Self::NAME.to_string(), reference }),
+            // It said it wrote the message: the queue has it, whatever came after.
+            Some(_) if reference.is_some() => {
+                Ok(Delivered { backend: Self::NAME.to_string(), reference })
+            }
+            Some(code) => Err(SendError::Definite {
+                reason: format!("{what} exited with status {code}{}", finished.quoted()),
+            }),
+            None => Err(finished.killed_by_signal(&what)),
+        }
+    }
+}
+
+impl Sender for GammuSender {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(self.deliver(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(config: &str) -> GammuSender {
+        let config: GammuConfig = toml::from_str(config).unwrap();
+        GammuSender::from_config(&config, Path::new("/etc/jobctl")).unwrap()
+    }
+
+    fn message(text: &str) -> Message {
+        Message { phone: "+79991234567".into(), text: text.into() }
+    }
+
+    #[test]
+    fn arguments_follow_the_text() {
+        let plain = sender("");
+        assert_eq!(plain.program, PathBuf::from("gammu-smsd-inject"));
+        assert_eq!(
+            plain.args(&message("#12#0#1#1#")),
+            ["TEXT", "+79991234567", "-text", "#12#0#1#1#"]
+        );
+        assert_eq!(plain.args(&message("Ärger")), ["TEXT", "+79991234567", "-textutf8", "Ärger"]);
+        assert_eq!(
+            plain.args(&message("Перезагрузка")),
+            ["TEXT", "+79991234567", "-unicode", "-textutf8", "Перезагрузка"]
+        );
+        let long = "a".repeat(200);
+        assert_eq!(
+            plain.args(&message(&long)),
+            ["TEXT", "+79991234567", "-text", long.as_str(), "-autolen", "200"]
+        );
+        let configured = sender("config = \"gammu-smsdrc\"\n");
+        assert_eq!(
+            configured.args(&message("x")),
+            ["-c", "/etc/jobctl/gammu-smsdrc", "TEXT", "+79991234567", "-text", "x"]
+        );
+    }
+}
