@@ -29,12 +29,12 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::clock::Clock;
 use crate::journal::{
-    Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult, Suppression,
+    Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, Suppression,
 };
 use crate::prometheus_api::PromClient;
 use crate::rules::state::{self, JobState, PhaseName, Timing};
 use crate::rules::{DeviceKey, DeviceVerdict, Job, RuleSet, Sample, Verdict};
-use crate::sms::{text, Message, SendError, Sender};
+use crate::sms::{text, AttemptChain, Message, SendError, Sender};
 
 /// How failed sends are retried. Only definite failures are retried; a send
 /// that may have left is never repeated automatically.
@@ -643,36 +643,31 @@ async fn send_with_retries(
                 return;
             }
         }
-        let outcome = sender.send(&message).await;
-        let backend = sender.name().to_string();
-        let (result, done) = match &outcome {
-            Ok(delivered) => (
-                SendResult::Sent {
-                    backend: delivered.backend.clone(),
-                    reference: delivered.reference.clone(),
-                },
-                true,
-            ),
-            Err(SendError::Definite { reason }) => {
-                (SendResult::Failed { backend, reason: reason.clone() }, attempt == attempts)
+        // Each backend tried (one, or several with failover) is one attempt
+        // row in the journal, under the backend's own name.
+        let mut chain = AttemptChain::new(sender.as_ref(), &message);
+        while let Some(tried) = chain.next_attempt().await {
+            let label = match &tried.outcome {
+                Ok(_) => "sent",
+                Err(err) => err.label(),
+            };
+            metrics.sms.with_label_values(&[label]).inc();
+            let result = tried.to_send_result();
+            if let Err(err) = blocking(&journal, move |j| j.finish_send(id, &result)).await {
+                tracing::error!("{what}: cannot journal the outcome of execution {id}: {err}");
             }
-            Err(SendError::Uncertain { reason }) => {
-                (SendResult::Uncertain { backend, reason: reason.clone() }, true)
+            if let (Err(err), Some(next)) = (&tried.outcome, chain.next_backend()) {
+                tracing::warn!("{what}: {}: {err}; handing it to {next}", tried.backend);
+                if let Err(err) = blocking(&journal, move |j| j.mark_sending(id)).await {
+                    tracing::error!(
+                        "{what}: cannot journal the hand-over: {err}; not sent further"
+                    );
+                    return;
+                }
             }
-        };
-        let label = match &outcome {
-            Ok(_) => "sent",
-            Err(err) => err.label(),
-        };
-        metrics.sms.with_label_values(&[label]).inc();
-        let journalled = blocking(&journal, {
-            let result = result.clone();
-            move |j| j.finish_send(id, &result)
-        })
-        .await;
-        if let Err(err) = journalled {
-            tracing::error!("{what}: cannot journal the outcome of execution {id}: {err}");
         }
+        let outcome = chain.outcome().expect("a chain makes at least one attempt");
+        let done = !matches!(outcome, Err(SendError::Definite { .. })) || attempt == attempts;
         match &outcome {
             Ok(delivered) => {
                 let reference = delivered
