@@ -90,9 +90,13 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// Prints `message` as jobctl's error and returns `exit`.
+/// Prints `message` as jobctl's error and returns `exit`. Each line gets the
+/// `jobctl: ` prefix, so that every error of a rules file (one per line)
+/// reads and greps the same way.
 pub(crate) fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
-    eprintln!("jobctl: {message}");
+    for line in message.to_string().lines() {
+        eprintln!("jobctl: {line}");
+    }
     exit
 }
 
