@@ -74,15 +74,24 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
 
     let enabled = rules.jobs.iter().filter(|j| j.enabled).count();
     println!(
-        "{}: OK: {} jobs ({enabled} enabled), {} sockets, {} files; SMS via {}; {promql_note}",
+        "{}: OK: {} ({enabled} enabled), {}, {}; SMS via {}; {promql_note}",
         config.display(),
-        rules.jobs.len(),
-        rules.sockets.len(),
-        rules.files.len(),
+        count(rules.jobs.len(), "job"),
+        count(rules.sockets.len(), "socket"),
+        count(rules.files.len(), "file"),
         sender.name()
     );
     for job in &rules.jobs {
         println!("\n{job}");
     }
     Exit::Ok
+}
+
+/// `1 job`, `3 jobs`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
