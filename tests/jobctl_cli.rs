@@ -1,0 +1,403 @@
+//! `jobctl` end to end, through its binary: exact stdout, stderr and exit
+//! code for every subcommand, against a real Prometheus and a fake SMS
+//! gateway on loopback, and the daemon driven by signals (SIGHUP, SIGTERM,
+//! SIGKILL) as systemd and a crash would drive it.
+//!
+//! Each test runs jobctl in a directory of its own holding `rules.toml`, the
+//! gateway key and the journal, so messages name `rules.toml` as a sysadmin
+//! would type it. Log lines are read without timestamps (`JOURNAL_STREAM`
+//! set, as under systemd). Nothing sleeps to wait: the tests read the
+//! daemon's stderr until a line appears, or poll a condition until a
+//! deadline.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::fake_gateway::DEFAULT_KEY;
+use support::prometheus::TestPrometheus;
+
+const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
+
+/// How long a condition may take before the test fails. A passing test
+/// never waits it out.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A rules file: one socket powering [`DEVICE`], one job power-cycling it as
+/// soon as it is offline, evaluated every second, sent through the gateway
+/// preset. `{prometheus}` and `{gateway}` are filled in by [`rules`].
+const RULES: &str = r#"[prometheus]
+url = "{prometheus}"
+interval = "1s"
+timeout = "1s"
+
+[journal]
+path = "journal.db"
+
+[sms]
+backend = "http"
+
+[sms.http]
+preset = "gateway"
+url = "{gateway}"
+key_file = "sms.key"
+timeout = "2s"
+connect_timeout = "1s"
+
+[[sockets]]
+name = "lobby"
+phone = "+7 999 123-45-67"
+model = "simpal-d210"
+powers = { platform_id = "12", device_id = "30785" }
+
+[[jobs]]
+name = "reboot frozen"
+devices = { platform_id = "12" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+for = "0s"
+action = { command = "power_cycle", minutes = 1 }
+"#;
+
+fn rules(prometheus: &str, gateway: &str) -> String {
+    RULES.replace("{prometheus}", prometheus).replace("{gateway}", gateway)
+}
+
+/// A URL on loopback where nothing listens: connections are refused at once.
+fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// A directory where jobctl runs: `rules.toml`, `sms.key`, `journal.db`.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+/// How a jobctl command ended.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Site {
+    /// A site with the gateway key in place (mode 600, so no warning).
+    fn new() -> Site {
+        let site = Site { dir: tempfile::tempdir().unwrap() };
+        site.write("sms.key", &format!("{DEFAULT_KEY}\n"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(site.path("sms.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        site
+    }
+
+    /// A site whose `rules.toml` is `text`.
+    fn with_rules(text: &str) -> Site {
+        let site = Site::new();
+        site.write("rules.toml", text);
+        site
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file, creating its directory.
+    fn write(&self, name: &str, text: &str) {
+        let path = self.path(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `jobctl --config rules.toml ARGS…` in this site, logging without
+    /// timestamps, stdin closed.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        command_in(self.dir.path(), &["--config", "rules.toml"], args)
+    }
+
+    /// Runs jobctl to the end.
+    async fn jobctl(&self, args: &[&str]) -> Ran {
+        run(self.command(args)).await
+    }
+}
+
+fn command_in(dir: &Path, global: &[&str], args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(JOBCTL);
+    command
+        .args(global)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", "8:1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command) -> Ran {
+    let output = tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {DEADLINE:?}"))
+        .expect("run jobctl");
+    Ran {
+        code: output.status.code().unwrap_or_else(|| panic!("killed: {:?}", output.status)),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// jobctl check
+
+/// Runs `check --offline` on `site` and asserts that it fails with exit 3,
+/// nothing on stdout (no job was loaded) and exactly `stderr`.
+async fn assert_rejected(site: &Site, stderr: &str) {
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", stderr));
+}
+
+#[tokio::test]
+async fn check_accepts_the_shipped_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ran =
+        run(command_in(dir, &["--config", "rules.example.toml"], &["check", "--offline"])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    let mut lines = ran.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("rules.example.toml: OK: 3 jobs (2 enabled), 2 sockets, 1 file; SMS via log; PromQL not checked (--offline)")
+    );
+    let headings: Vec<&str> = lines.filter(|l| !l.is_empty() && !l.starts_with(' ')).collect();
+    assert_eq!(
+        headings,
+        [
+            "Reboot frozen players on platform 12",
+            "Monitoring platform_id=12 - addreality_device_online == 1 and addreality_device_playing == 0 (generated name)",
+            "Players offline for a day [disabled]",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn check_prints_every_job_and_what_it_watches() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL not checked (--offline)\n\
+             \n\
+             reboot frozen\n  \
+             defined:  rules.toml:25:1\n  \
+             devices:  platform_id=12\n  \
+             when:     addreality_device_online == 0\n  \
+             queries:  addreality_device_online{platform_id=\"12\"}\n  \
+             action:   power_cycle minutes=1 to the socket powering the device\n  \
+             limits:   cooldown 1h, once per episode\n",
+            ""
+        )
+    );
+}
+
+#[tokio::test]
+async fn check_rejects_a_syntax_error() {
+    let site =
+        Site::with_rules(&rules(&closed_url(), &closed_url()).replace("[journal]", "[journal"));
+    assert_rejected(&site, "jobctl: rules.toml:6:9: unclosed table, expected `]`\n").await;
+}
+
+#[tokio::test]
+async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `schedule`, `guards`, `enabled`\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_bad_duration() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url()).replace("for = \"0s\"", "for = \"10 parsecs\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:31:7: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_bad_phone_number() {
+    let text = format!(
+        "{}\n[[sockets]]\nname = \"hall\"\nphone = \"8 (999) 765-43-21\"\nmodel = \"simpal-d410\"\npowers = {{ platform_id = \"12\", device_id = \"30786\" }}\n",
+        rules(&closed_url(), &closed_url())
+    );
+    let site = Site::with_rules(&text);
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:36:9: socket \"hall\": invalid phone number \"8 (999) 765-43-21\": write it in international form with a leading + and the country code, like \"+79991234567\"\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_an_unknown_socket_command() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url())
+            .replace("command = \"power_cycle\"", "command = \"reboot\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:32:22: job \"reboot frozen\": socket \"lobby\": there is no command \"reboot\"; known commands: power_on, power_off, power_cycle, power_off_after, register_master, add_user\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_job_name_used_in_the_main_file_and_rules_d() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    site.write(
+        "rules.d/10-team.toml",
+        "[[jobs]]\nname = \"reboot frozen\"\nexpr = \"up == 0\"\naction = { command = \"power_on\" }\n",
+    );
+    assert_rejected(
+        &site,
+        "jobctl: ./rules.d/10-team.toml:2:8: job name \"reboot frozen\" is already used at rules.toml:26:8; job names must be unique across rules.toml and rules.d\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_reports_every_error_of_every_file_and_loads_none() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url()).replace("value = 0", "value = \"zero\""),
+    );
+    site.write(
+        "rules.d/20-hall.toml",
+        "[[jobs]]\nname = \"hall\"\nexpr = \"up == 0\"\naction = { sms = \"down\", to = \"+1\" }\ncooldown = \"soon\"\n",
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:30:9: invalid type: string \"zero\", expected f64\n\
+         jobctl: ./rules.d/20-hall.toml:5:12: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n",
+    )
+    .await;
+    // `run` refuses the same files before opening the journal or sending.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(!site.path("journal.db").exists());
+}
+
+#[tokio::test]
+async fn check_requires_an_sms_table() {
+    let text = rules(&closed_url(), &closed_url());
+    let start = text.find("[sms]").unwrap();
+    let end = text.find("[[sockets]]").unwrap();
+    let site = Site::with_rules(&format!("{}{}", &text[..start], &text[end..]));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_bad_http_gateway_settings() {
+    let text = rules(&closed_url(), &closed_url());
+    let site = Site::with_rules(
+        &text.replace("key_file = \"sms.key\"", "key_file = \"/nonexistent/sms.key\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:15:12: sms.http.key_file: cannot read secret file /nonexistent/sms.key: No such file or directory (os error 2)\n",
+    )
+    .await;
+    let site = Site::with_rules(&text.replace("timeout = \"2s\"", "timeout = \"1s\""));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: sms.http.connect_timeout: connect_timeout (1s) must be shorter than timeout (1s), or an unreachable gateway would be reported as an uncertain send\n",
+    )
+    .await;
+    let site = Site::with_rules(&text.replace("preset = \"gateway\"\n", ""));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:13:7: sms.http.url: no header, query, form or json value uses {text}: the SMS text would never be sent\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_names_an_unreadable_rules_file() {
+    let site = Site::new();
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: cannot read file: No such file or directory (os error 2)\n",
+    )
+    .await;
+}
+
+/// `key_file` is relative to the rules file's directory, wherever jobctl is
+/// started from.
+#[tokio::test]
+#[ignore = "src/sms/http.rs load_key joins base_dir to key_file, then SecretSource::load joins it again: conf/conf/sms.key"]
+async fn check_finds_the_key_next_to_a_rules_file_in_another_directory() {
+    let site = Site::new();
+    site.write("conf/rules.toml", &rules(&closed_url(), &closed_url()));
+    site.write("conf/sms.key", DEFAULT_KEY);
+    let ran =
+        run(command_in(site.dir.path(), &["--config", "conf/rules.toml"], &["check", "--offline"]))
+            .await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn check_has_prometheus_parse_every_query_and_names_the_job() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = TestPrometheus::start(&[]).await;
+    let site = Site::with_rules(&format!(
+        "{}\n[[jobs]]\nname = \"broken promql\"\nexpr = \"rate(up[5m]\"\naction = {{ command = \"power_on\" }}\n",
+        rules(prometheus.url(), &closed_url())
+    ));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (
+            3,
+            "",
+            "jobctl: rules.toml:34:1: job \"broken promql\": Prometheus rejects \"rate(up[5m]\": 1:12: parse error: unclosed left parenthesis\n"
+        )
+    );
+
+    site.write("rules.toml", &rules(prometheus.url(), &closed_url()));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    assert_eq!(
+        ran.stdout.lines().next().unwrap(),
+        format!("rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL checked by {}/", prometheus.url())
+    );
+}
+
+#[tokio::test]
+async fn check_passes_with_a_warning_when_prometheus_does_not_answer() {
+    let prometheus = closed_url();
+    let site = Site::with_rules(&rules(&prometheus, &closed_url()));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, format!("jobctl: warning: PromQL not checked: cannot reach Prometheus at {prometheus}/api/v1/format_query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n").as_str()),
+    );
+    assert_eq!(
+        ran.stdout.lines().next().unwrap(),
+        "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL NOT checked (Prometheus did not answer)"
+    );
+}
