@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{build_sender, fail, load_rules, prometheus_client, Exit};
+use super::{build_sender, count, fail, load_rules, prometheus_client, Exit};
 use crate::config_file::ConfigErrors;
 use crate::prometheus_api::PromError;
 
@@ -76,22 +76,13 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
     println!(
         "{}: OK: {} ({enabled} enabled), {}, {}; SMS via {}; {promql_note}",
         config.display(),
-        count(rules.jobs.len(), "job"),
-        count(rules.sockets.len(), "socket"),
-        count(rules.files.len(), "file"),
+        count(rules.jobs.len(), "job", "jobs"),
+        count(rules.sockets.len(), "socket", "sockets"),
+        count(rules.files.len(), "file", "files"),
         sender.name()
     );
     for job in &rules.jobs {
         println!("\n{job}");
     }
     Exit::Ok
-}
-
-/// `1 job`, `3 jobs`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }

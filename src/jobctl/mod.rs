@@ -117,6 +117,11 @@ pub async fn run(
     }
 }
 
+/// `1 job`, `3 jobs`: a count for a sentence a sysadmin reads.
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Loads the rules, or prints every error and returns [`Exit::Config`].
 pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Exit> {
     crate::rules::load(path).map_err(|errors| fail(Exit::Config, errors))
