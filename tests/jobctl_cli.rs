@@ -16,14 +16,20 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::fake_gateway::DEFAULT_KEY;
-use support::prometheus::TestPrometheus;
+use support::fake_gateway::{FakeGateway, DEFAULT_KEY};
+use support::prometheus::{TestPrometheus, TestTarget};
 
 const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
 
 /// How long a condition may take before the test fails. A passing test
 /// never waits it out.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The device every scenario watches, as jobctl prints its key.
+const DEVICE: &str = r#"{platform_id="12", device_id="30785"}"#;
+
+/// What the gateway receives for `power_cycle minutes=1` on a SimPal D210.
+const POWER_CYCLE_1: &str = "#12#0#1#1#";
 
 /// A rules file: one socket powering [`DEVICE`], one job power-cycling it as
 /// soon as it is offline, evaluated every second, sent through the gateway
@@ -70,6 +76,13 @@ fn rules(prometheus: &str, gateway: &str) -> String {
 fn closed_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// What the test target serves: [`DEVICE`]'s `addreality_device_online`.
+fn device_page(online: u8) -> String {
+    format!(
+        "# TYPE addreality_device_online gauge\naddreality_device_online{{platform_id=\"12\",device_id=\"30785\",name=\"Lobby\"}} {online}\n"
+    )
 }
 
 /// A directory where jobctl runs: `rules.toml`, `sms.key`, `journal.db`.
@@ -124,6 +137,16 @@ impl Site {
     async fn jobctl(&self, args: &[&str]) -> Ran {
         run(self.command(args)).await
     }
+
+    /// The journal as `jobctl history --format json FILTERS…` shows it.
+    async fn history(&self, filters: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["history", "--format", "json"];
+        args.extend_from_slice(filters);
+        let ran = self.jobctl(&args).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+        serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|err| panic!("history is not JSON ({err}): {}", ran.stdout))
+    }
 }
 
 fn command_in(dir: &Path, global: &[&str], args: &[&str]) -> tokio::process::Command {
@@ -151,6 +174,22 @@ async fn run(mut command: tokio::process::Command) -> Ran {
         stdout: String::from_utf8(output.stdout).unwrap(),
         stderr: String::from_utf8(output.stderr).unwrap(),
     }
+}
+
+/// A Prometheus scraping one target that serves [`device_page`]`(online)`,
+/// returned once Prometheus answers with that value.
+async fn prometheus_seeing(online: u8) -> (TestPrometheus, TestTarget) {
+    let target = TestTarget::start();
+    target.set(device_page(online));
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    wait_for_value(&prometheus, online).await;
+    (prometheus, target)
+}
+
+/// Waits until Prometheus answers `online` for [`DEVICE`].
+async fn wait_for_value(prometheus: &TestPrometheus, online: u8) {
+    let expr = format!("addreality_device_online{{device_id=\"30785\"}} == {online}");
+    prometheus.wait_until_query(&expr, |samples| samples.len() == 1, DEADLINE).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -400,4 +439,91 @@ async fn check_passes_with_a_warning_when_prometheus_does_not_answer() {
         ran.stdout.lines().next().unwrap(),
         "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL NOT checked (Prometheus did not answer)"
     );
+}
+
+// ---------------------------------------------------------------------------
+// jobctl run --once
+
+/// The log lines of one cycle that takes [`DEVICE`] from inactive to firing.
+fn firing_lines(level_and_outcome: &str) -> String {
+    let who = format!("job \"reboot frozen\": device {DEVICE} (Lobby)");
+    format!(
+        " INFO {who}: inactive → pending (value 0)\n INFO {who}: pending → firing after 0s (episode 1) (value 0)\n{}\n",
+        level_and_outcome.replace("{who}", &who)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (mut prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+
+    let live = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = live.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            0,
+            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
+            firing_lines(
+                " INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sending (episode 1, action 1)\n \
+                 INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)"
+            )
+        )
+    );
+    let sent = gateway.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].path.as_str(), sent[0].query_pairs(), sent[0].header("authorization")),
+        (
+            "/send",
+            vec![("number".into(), "+79991234567".into()), ("text".into(), POWER_CYCLE_1.into())],
+            Some(DEFAULT_KEY)
+        )
+    );
+    let history = live.history(&[]).await;
+    assert_eq!((history.len(), history[0]["outcome"].as_str()), (1, Some("sent")));
+
+    let dry = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = dry.jobctl(&["run", "--once", "--dry-run"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            0,
+            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n",
+            firing_lines(
+                " WARN {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): dry run: not sent (execution #1)"
+            )
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "a dry run sent something");
+    let history = dry.history(&[]).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            &history[0]["outcome"],
+            &history[0]["text"],
+            &history[0]["detail"],
+            &history[0]["attempts"]
+        ),
+        (&"dry_run".into(), &POWER_CYCLE_1.into(), &"dry run: not sent".into(), &0.into())
+    );
+
+    // The device is still offline, but Prometheus is gone: unknown, not true.
+    prometheus.stop();
+    let dead = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = dead.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            6,
+            "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
+            format!(" WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent\n", prometheus.url())
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "sent without Prometheus");
+    assert_eq!(dead.history(&[]).await, Vec::<serde_json::Value>::new());
 }
