@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::fake_gateway::{FakeGateway, DEFAULT_KEY};
+use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
 use support::prometheus::{TestPrometheus, TestTarget};
 
 const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
@@ -526,4 +526,204 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
     );
     assert_eq!(gateway.received().len(), 1, "sent without Prometheus");
     assert_eq!(dead.history(&[]).await, Vec::<serde_json::Value>::new());
+}
+
+// ---------------------------------------------------------------------------
+// jobctl send
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_delivers_a_socket_command_through_the_journal() {
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let ran = site.jobctl(&["send", "lobby", "power_cycle", "minutes=1"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            "execution #1: \"#12#0#1#1#\" to lobby (+79991234567): sent\n",
+            " INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sending\n \
+             INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)\n"
+        )
+    );
+    assert_eq!(gateway.received().len(), 1);
+    assert_eq!(gateway.received()[0].query_param("text").as_deref(), Some(POWER_CYCLE_1));
+    let history = site.history(&[]).await;
+    assert_eq!(
+        (&history[0]["manual"], &history[0]["job"], &history[0]["outcome"]),
+        (&true.into(), &serde_json::Value::Null, &"sent".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_unknown_sockets_commands_and_parameters_with_exit_2() {
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let cases: [(&[&str], &str); 7] = [
+        (&["hall", "power_on"], "no socket \"hall\" in the rules; sockets: lobby"),
+        (
+            &["lobby", "reboot"],
+            "socket lobby: there is no command \"reboot\"; known commands: power_on, power_off, power_cycle, power_off_after, register_master, add_user",
+        ),
+        (
+            &["lobby", "power_cycle"],
+            "socket lobby: command power_cycle needs minutes (a whole number from 1 to 999), like minutes = 1",
+        ),
+        (
+            &["lobby", "power_cycle", "minutes=0"],
+            "socket lobby: minutes = 0 for command power_cycle: it is out of range; use a whole number from 1 to 999",
+        ),
+        (
+            &["lobby", "power_cycle", "minutes=a"],
+            "socket lobby: minutes = \"a\" for command power_cycle: it must be a whole number from 1 to 999",
+        ),
+        (&["lobby", "power_cycle", "minutes"], "parameter \"minutes\" must be NAME=VALUE, e.g. minutes=1"),
+        (
+            &["lobby", "power_cycle", "minutes=1", "seconds=2"],
+            "socket lobby: command power_cycle has no parameter \"seconds\"; it takes minutes",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut command = vec!["send"];
+        command.extend_from_slice(args);
+        let ran = site.jobctl(&command).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (2, "", format!("jobctl: {message}\n").as_str()),
+            "jobctl {command:?}"
+        );
+    }
+    assert_eq!(gateway.received().len(), 0);
+    assert!(!site.path("journal.db").exists(), "a refused command opened the journal");
+}
+
+/// A gateway that takes the message but never answers in time: the send
+/// may have left, so it is journalled uncertain, not retried, and exit 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_exits_7_when_the_gateway_does_not_confirm() {
+    let gateway = FakeGateway::start().await;
+    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(10))));
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    let why = format!(
+        "no answer from {}/send within 2s; the gateway may have sent the message",
+        gateway.url()
+    );
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            7,
+            "",
+            format!(
+                " INFO manual: \"#01#0#\" to socket lobby (+79991234567): sending\n\
+                 ERROR manual: \"#01#0#\" to socket lobby (+79991234567): may have been sent: {why}; journalled as uncertain and not retried (execution #1)\n\
+                 jobctl: execution #1: \"#01#0#\" to lobby (+79991234567): uncertain: {why}\n"
+            )
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "an uncertain send was retried");
+    let history = site.history(&["--outcome", "uncertain"]).await;
+    assert_eq!((history.len(), &history[0]["detail"]), (1, &why.into()));
+}
+
+// ---------------------------------------------------------------------------
+// jobctl test-rule
+
+/// What `test-rule "reboot frozen"` prints while [`DEVICE`] is offline and
+/// in `state`.
+fn test_rule_report(state: &str) -> String {
+    format!(
+        "job \"reboot frozen\"\n  \
+         when addreality_device_online == 0 for 0s\n\
+         \n\
+         {DEVICE} (Lobby)\n  \
+         value:      addreality_device_online{{platform_id=\"12\"}} = 0\n  \
+         condition:  true\n  \
+         state:      {state}\n  \
+         would send: \"#12#0#1#1#\" to socket lobby (+79991234567)\n\
+         \n\
+         1 device, 1 with the condition true now\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_rule_shows_what_it_would_send_and_sends_only_when_told() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (mut prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    let report = test_rule_report("inactive (no saved state)");
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (0, report.as_str(), ""));
+
+    let ran = site.jobctl(&["test-rule", "reboot"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (2, "", "jobctl: no job \"reboot\" in the rules; jobs: \"reboot frozen\"\n")
+    );
+
+    // stdin is not a terminal: nobody can confirm.
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--send"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            2,
+            report.as_str(),
+            "jobctl: refusing to send without confirmation: stdin is not a terminal; add --yes\n"
+        )
+    );
+    assert_eq!(gateway.received().len(), 0);
+
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--send", "--yes"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!("{report}execution #1: \"#12#0#1#1#\" to lobby (+79991234567): sent\n"),
+            " INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sending\n \
+             INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)\n"
+        )
+    );
+    assert_eq!(gateway.sent().len(), 1);
+    assert_eq!(gateway.sent()[0].text, POWER_CYCLE_1);
+
+    // A manual send leaves the job's state alone; a daemon cycle moves it,
+    // and test-rule reads it from the journal.
+    assert_eq!(site.jobctl(&["run", "--once", "--dry-run"]).await.code, 0);
+    let status = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let since = status["devices"][0]["since"].as_str().unwrap();
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            test_rule_report(&format!(
+                "firing since {since} (episode 1, 1 action); last action {since}"
+            )),
+            ""
+        )
+    );
+
+    prometheus.stop();
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            6,
+            format!(
+                "query \"addreality_device_online{{platform_id=\\\"12\\\"}}\" failed: cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n\
+                 job \"reboot frozen\"\n  \
+                 when addreality_device_online == 0 for 0s\n\
+                 \n\
+                 no device in Prometheus's answers\n\
+                 \n\
+                 0 devices, 0 with the condition true now\n",
+                prometheus.url()
+            ),
+            ""
+        )
+    );
 }
