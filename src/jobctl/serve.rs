@@ -85,6 +85,9 @@ pub(super) async fn run(
         None => (None, None),
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
+                // The bound address, not the one asked for: with port 0 the
+                // log is the only place that says where /metrics is.
+                let addr = listener.local_addr().unwrap_or(addr);
                 let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let task = tokio::spawn(crate::http::serve(listener, pages, async {
