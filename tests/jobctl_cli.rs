@@ -14,16 +14,20 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
 use support::prometheus::{TestPrometheus, TestTarget};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
 
 /// How long a condition may take before the test fails. A passing test
 /// never waits it out.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Pause between two polls of a condition.
+const POLL: Duration = Duration::from_millis(20);
 
 /// The device every scenario watches, as jobctl prints its key.
 const DEVICE: &str = r#"{platform_id="12", device_id="30785"}"#;
@@ -192,6 +196,126 @@ async fn wait_for_value(prometheus: &TestPrometheus, online: u8) {
     prometheus.wait_until_query(&expr, |samples| samples.len() == 1, DEADLINE).await;
 }
 
+/// `jobctl run --listen 127.0.0.1:0` in the background, its stderr read
+/// line by line. Killed if the test ends without stopping it.
+struct Daemon {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+    /// `http://127.0.0.1:<port>`, from the daemon's own log.
+    base: String,
+}
+
+impl Daemon {
+    /// Starts the daemon in `site` and returns once it evaluates.
+    async fn start(site: &Site) -> Daemon {
+        let mut command = site.command(&["run", "--listen", "127.0.0.1:0"]);
+        command.stdout(Stdio::null());
+        let mut child = command.spawn().expect("start jobctl run");
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut daemon = Daemon { child, stderr, seen: Vec::new(), base: String::new() };
+        let serving = daemon.wait_for("serving jobctl metrics on ").await;
+        daemon.base = serving
+            .split("serving jobctl metrics on ")
+            .nth(1)
+            .and_then(|url| url.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no URL in {serving:?}"))
+            .to_string();
+        daemon.wait_for("jobctl running: ").await;
+        daemon
+    }
+
+    /// Reads log lines until one contains `needle`, and returns it.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = self.stderr.next_line().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("jobctl ended without logging {needle:?}; its log:\n{}", self.log()),
+            Err(_) => panic!(
+                "jobctl did not log {needle:?} within {DEADLINE:?}; its log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// The lines read so far, one per line.
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`), as systemd would.
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("jobctl is running").to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        assert!(status.success(), "kill -s {name} {pid}: {status}");
+    }
+
+    /// One page of the daemon's HTTP server: status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// `jobctl_cycles_total`, from /metrics.
+    async fn cycles(&self) -> u64 {
+        let (_, metrics) = self.get("/metrics").await;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("jobctl_cycles_total "))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no jobctl_cycles_total in:\n{metrics}"))
+    }
+
+    /// Waits until `n` more evaluation cycles have ended.
+    async fn wait_cycles(&self, n: u64) {
+        let wanted = self.cycles().await + n;
+        let until = Instant::now() + DEADLINE;
+        while self.cycles().await < wanted {
+            assert!(Instant::now() < until, "fewer than {n} cycles in {DEADLINE:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGTERM; returns the exit code and the log lines not read before.
+    async fn stop(mut self) -> (i32, Vec<String>) {
+        let from = self.seen.len();
+        self.signal("TERM");
+        self.wait_for(" INFO stopped").await;
+        let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.unwrap().unwrap();
+        (status.code().expect("exited, not killed"), self.seen.split_off(from))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// jobctl --help
+
+#[tokio::test]
+async fn help_lists_every_subcommand() {
+    let ran = run(command_in(Path::new("."), &[], &["--help"])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let commands: Vec<&str> = ran
+        .stdout
+        .split("Commands:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no Commands section in:\n{}", ran.stdout))
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(commands, ["run", "check", "test-rule", "history", "status", "send", "help"]);
+}
+
 // ---------------------------------------------------------------------------
 // jobctl check
 
@@ -325,15 +449,12 @@ async fn check_reports_every_error_of_every_file_and_loads_none() {
         "rules.d/20-hall.toml",
         "[[jobs]]\nname = \"hall\"\nexpr = \"up == 0\"\naction = { sms = \"down\", to = \"+1\" }\ncooldown = \"soon\"\n",
     );
-    assert_rejected(
-        &site,
-        "jobctl: rules.toml:30:9: invalid type: string \"zero\", expected f64\n\
-         jobctl: ./rules.d/20-hall.toml:5:12: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n",
-    )
-    .await;
+    let errors = "jobctl: rules.toml:30:9: invalid type: string \"zero\", expected f64\n\
+         jobctl: ./rules.d/20-hall.toml:5:12: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n";
+    assert_rejected(&site, errors).await;
     // `run` refuses the same files before opening the journal or sending.
     let ran = site.jobctl(&["run", "--once"]).await;
-    assert_eq!(ran.code, 3, "{ran:?}");
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", errors));
     assert!(!site.path("journal.db").exists());
 }
 
@@ -726,4 +847,150 @@ async fn test_rule_shows_what_it_would_send_and_sends_only_when_told() {
             ""
         )
     );
+}
+
+// ---------------------------------------------------------------------------
+// jobctl run: the daemon
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_listen_serves_metrics_and_health_and_stops_on_sigterm() {
+    // Without Prometheus: cycles still run (and count their failures).
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    let daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+    let (status, metrics) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "jobctl_query_failures_total{reason=\"unreachable\"} ",
+        "jobctl_sms_total{outcome=\"sent\"} 0",
+        "jobctl_sms_total{outcome=\"uncertain\"} 0",
+        "jobctl_last_cycle_timestamp_seconds ",
+        "jobctl_cycle_duration_seconds ",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(series)), "no {series} in:\n{metrics}");
+    }
+    let (status, health) = daemon.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(health.starts_with("ok: last cycle ") && health.ends_with("s ago\n"), "{health}");
+    let (code, log) = daemon.stop().await;
+    assert_eq!(code, 0);
+    assert_eq!(log[log.len() - 2..], [" INFO SIGTERM received, shutting down", " INFO stopped"]);
+
+    // The address is taken: exit 5, nothing run.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let ran = site.jobctl(&["run", "--listen", &addr]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (5, "", format!("jobctl: cannot listen on {addr}: Address already in use (os error 98)\n"))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// jobctl history and status
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_status_read_the_journal_while_the_daemon_runs() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #1)").await;
+    // A person sends by hand while the daemon writes to the same journal.
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "execution #2: \"#01#0#\" to lobby (+79991234567): sent\n")
+    );
+
+    let history = site.history(&[]).await;
+    let ids: Vec<&serde_json::Value> = history.iter().map(|row| &row["id"]).collect();
+    assert_eq!(ids, [2, 1], "newest first");
+    let (manual, rule) = (&history[0], &history[1]);
+    assert_eq!(
+        (&rule["job"], &rule["device"], &rule["episode"], &rule["action"], &rule["trigger_value"]),
+        (&"reboot frozen".into(), &DEVICE.into(), &1.into(), &1.into(), &0.0.into())
+    );
+    assert_eq!((&manual["manual"], &manual["text"]), (&true.into(), &"#01#0#".into()));
+    let (t1, t2) = (rule["time"].as_str().unwrap(), manual["time"].as_str().unwrap());
+    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  BACKEND  DETAIL\n";
+    let row1 =
+        format!("1   {t1}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
+    let row2 = format!("2   {t2}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
+    let both = format!("{header}{row2}{row1}");
+    let only_rule = format!("{header}{row1}");
+    let empty = "ID  TIME (UTC)  JOB  DEVICE  SOCKET  TEXT  OUTCOME  BACKEND  DETAIL\n";
+    let cases: [(&[&str], &str); 7] = [
+        (&[], &both),
+        (&["--job", "reboot frozen"], &only_rule),
+        (&["--device", DEVICE], &only_rule),
+        (&["--outcome", "sent"], &both),
+        (&["--outcome", "failed"], empty),
+        (&["--since", "1h"], &both),
+        (&["--since", "2099-01-01T00:00:00Z"], empty),
+    ];
+    for (filters, table) in cases {
+        let mut args = vec!["history"];
+        args.extend_from_slice(filters);
+        let ran = site.jobctl(&args).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (0, table, ""),
+            "{args:?}"
+        );
+    }
+    let ran = site.jobctl(&["history", "--since", "yesterday"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (2, "", "jobctl: --since: invalid time \"yesterday\": write a duration back from now (\"2h\", \"7d\") or a time like 2026-11-28T12:00:00Z\n")
+    );
+    let ran = site.jobctl(&["history", "--outcome", "lost"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (2, "error: invalid value 'lost' for '--outcome <OUTCOME>': unknown outcome \"lost\"; expected one of planned, sending, sent, failed, uncertain, suppressed, dry_run\n\nFor more information, try '--help'.\n")
+    );
+
+    let ran = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    // The state's times come from the cycle's clock, the journal row's from
+    // the moment it was written: read them, do not assume they are equal.
+    let since = status["devices"][0]["since"].as_str().unwrap().to_string();
+    assert_eq!(
+        status,
+        serde_json::json!({
+            "jobs": [{ "job": "reboot frozen", "enabled": true, "counts": { "firing": 1 } }],
+            "devices": [{
+                "job": "reboot frozen", "device": DEVICE, "state": "firing",
+                "since": since, "episode": 1, "last_action": since,
+            }],
+            "budgets": [
+                { "socket": "lobby", "last_hour": 2, "last_day": 2 },
+                { "socket": "(all)", "last_hour": 2, "last_day": 2 },
+            ],
+        })
+    );
+    let ran = site.jobctl(&["status"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "JOB            ENABLED  DEVICES\n\
+                 reboot frozen  yes      1 firing\n\
+                 \n\
+                 JOB            DEVICE                                 STATE   SINCE (UTC)           EPISODE  LAST ACTION (UTC)\n\
+                 reboot frozen  {DEVICE}  firing  {since}  1        {since}\n\
+                 \n\
+                 SOCKET  SMS LAST HOUR  SMS LAST DAY\n\
+                 lobby   2              2\n\
+                 (all)   2              2\n"
+            ),
+            ""
+        )
+    );
+    assert_eq!(gateway.received().len(), 2);
+    assert_eq!(daemon.stop().await.0, 0);
 }
