@@ -180,6 +180,15 @@ async fn run(mut command: tokio::process::Command) -> Ran {
     }
 }
 
+/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < until, "{what} did not happen within {DEADLINE:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A Prometheus scraping one target that serves [`device_page`]`(online)`,
 /// returned once Prometheus answers with that value.
 async fn prometheus_seeing(online: u8) -> (TestPrometheus, TestTarget) {
@@ -294,6 +303,13 @@ impl Daemon {
         self.wait_for(" INFO stopped").await;
         let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.unwrap().unwrap();
         (status.code().expect("exited, not killed"), self.seen.split_off(from))
+    }
+
+    /// SIGKILL, as the OOM killer or a power cut would end it.
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let status = self.child.wait().await.unwrap();
+        assert_eq!(status.code(), None, "jobctl exited by itself: {status}");
     }
 }
 
@@ -884,6 +900,120 @@ async fn run_listen_serves_metrics_and_health_and_stops_on_sigterm() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (5, "", format!("jobctl: cannot listen on {addr}: Address already in use (os error 98)\n"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let good = rules(prometheus.url(), &gateway.url());
+    let site = Site::with_rules(&good);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+
+    site.write("rules.toml", &good.replace("for = \"0s\"", "for = \"soon\""));
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    assert_eq!(
+        daemon.wait_for("reload rejected").await,
+        "ERROR reload rejected: rules.toml:31:7: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")"
+    );
+    assert_eq!(
+        daemon.wait_for("reload rejected").await,
+        "ERROR reload rejected: the previous rules keep running"
+    );
+
+    // The old rules still evaluate: the device going offline is acted on.
+    target.set(device_page(0));
+    daemon.wait_for("sent via http (execution #1)").await;
+    assert_eq!(gateway.sent().len(), 1);
+
+    // A valid change: the job keeps its state (no second SMS), a new one starts.
+    site.write(
+        "rules.toml",
+        &format!(
+            "{good}\n[[jobs]]\nname = \"playing\"\nexpr = \"addreality_device_online == 1\"\naction = {{ command = \"power_off\" }}\n"
+        ),
+    );
+    daemon.signal("HUP");
+    assert_eq!(
+        daemon.wait_for("rules reloaded").await,
+        " INFO rules reloaded: 2 jobs (1 kept with their state, 1 new, 0 removed)"
+    );
+    daemon.wait_cycles(2).await;
+    assert_eq!(gateway.received().len(), 1, "the kept job acted again:\n{}", daemon.log());
+
+    let (code, log) = daemon.stop().await;
+    assert_eq!(
+        (code, &log[log.len() - 2..]),
+        (
+            0,
+            &[" INFO SIGTERM received, shutting down".to_string(), " INFO stopped".to_string()][..]
+        )
+    );
+}
+
+/// The daemon is killed while the gateway holds its request: the message
+/// may have left. On restart it is marked uncertain and never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_sending_never_sends_twice() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(60))));
+    // The daemon waits for the gateway far longer than the test lets it.
+    let site = Site::with_rules(
+        &rules(prometheus.url(), &gateway.url()).replace("timeout = \"2s\"", "timeout = \"50s\""),
+    );
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sending (episode 1, action 1)").await;
+    wait_until("the gateway receiving the message", || gateway.received().len() == 1).await;
+    daemon.kill().await;
+    let history = site.history(&[]).await;
+    assert_eq!((history.len(), &history[0]["outcome"]), (1, &"sending".into()));
+
+    gateway.set_fault(None);
+    let daemon = Daemon::start(&site).await;
+    assert!(
+        daemon.seen.contains(&format!(
+            " WARN execution #1 (\"{POWER_CYCLE_1}\" to lobby +79991234567) was in flight when jobctl stopped; marked uncertain: it is not sent again"
+        )),
+        "{}",
+        daemon.log()
+    );
+    daemon.wait_cycles(2).await;
+    assert_eq!(gateway.received().len(), 1, "sent twice:\n{}", daemon.log());
+
+    // The journal says so, read while the daemon holds it open.
+    let history = site.history(&[]).await;
+    assert_eq!(
+        (history.len(), &history[0]["outcome"], &history[0]["detail"]),
+        (
+            1,
+            &"uncertain".into(),
+            &"jobctl stopped while this message was being sent; it may have left, so it is not sent again".into()
+        )
+    );
+    let time = history[0]["time"].as_str().unwrap();
+    let ran = site.jobctl(&["history", "--outcome", "uncertain"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    BACKEND  DETAIL\n\
+                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain  -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
+            ),
+            ""
+        )
+    );
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
 }
 
 // ---------------------------------------------------------------------------
