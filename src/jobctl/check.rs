@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{build_sender, fail, load_rules, prometheus_client, Exit};
+use super::{build_sender, count, fail, load_rules, prometheus_client, Exit};
 use crate::config_file::ConfigErrors;
 use crate::prometheus_api::PromError;
 
@@ -74,11 +74,11 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
 
     let enabled = rules.jobs.iter().filter(|j| j.enabled).count();
     println!(
-        "{}: OK: {} jobs ({enabled} enabled), {} sockets, {} files; SMS via {}; {promql_note}",
+        "{}: OK: {} ({enabled} enabled), {}, {}; SMS via {}; {promql_note}",
         config.display(),
-        rules.jobs.len(),
-        rules.sockets.len(),
-        rules.files.len(),
+        count(rules.jobs.len(), "job", "jobs"),
+        count(rules.sockets.len(), "socket", "sockets"),
+        count(rules.files.len(), "file", "files"),
         sender.name()
     );
     for job in &rules.jobs {

@@ -90,9 +90,13 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// Prints `message` as jobctl's error and returns `exit`.
+/// Prints `message` as jobctl's error and returns `exit`. Each line gets the
+/// `jobctl: ` prefix, so that every error of a rules file (one per line)
+/// reads and greps the same way.
 pub(crate) fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
-    eprintln!("jobctl: {message}");
+    for line in message.to_string().lines() {
+        eprintln!("jobctl: {line}");
+    }
     exit
 }
 
@@ -111,6 +115,11 @@ pub async fn run(
         Command::Status(status) => status::run(&args.config, status),
         Command::Send(send) => send::run(&args.config, send).await,
     }
+}
+
+/// `1 job`, `3 jobs`: a count for a sentence a sysadmin reads.
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Loads the rules, or prints every error and returns [`Exit::Config`].

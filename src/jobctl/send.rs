@@ -34,7 +34,7 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
         let known: Vec<&str> = rules.sockets.iter().map(|s| s.name.as_str()).collect();
         return fail(
             Exit::Usage,
-            format!("no socket {:?} in the rules; known: {}", args.socket, known.join(", ")),
+            format!("no socket {:?} in the rules; sockets: {}", args.socket, known.join(", ")),
         );
     };
     let mut values = BTreeMap::new();

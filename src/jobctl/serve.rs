@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{build_sender, fail, load_rules, open_journal, prometheus_client, Exit};
+use super::{build_sender, count, fail, load_rules, open_journal, prometheus_client, Exit};
 use crate::clock::SystemClock;
 use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
 use crate::http::{Exposition, Health, Pages};
@@ -68,16 +68,16 @@ pub(super) async fn run(
         let report = engine.cycle().await;
         engine.finish_sends().await;
         println!(
-            "{} queries ({} failed), {} evaluations ({} unknown), {} transitions, {} actions due, {} sent, {} suppressed, {} errors",
-            report.queries,
+            "{} ({} failed), {} ({} unknown), {}, {} due, {} sent, {} suppressed, {}",
+            count(report.queries, "query", "queries"),
             report.failed_queries.len(),
-            report.evaluations,
+            count(report.evaluations, "evaluation", "evaluations"),
             report.unknown,
-            report.transitions,
-            report.actions_due,
+            count(report.transitions, "transition", "transitions"),
+            count(report.actions_due, "action", "actions"),
             report.sends_started,
             report.suppressed,
-            report.action_errors
+            count(report.action_errors, "error", "errors")
         );
         return if report.failed_queries.is_empty() { Exit::Ok } else { Exit::Prometheus };
     }
@@ -86,6 +86,9 @@ pub(super) async fn run(
         None => (None, None),
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
+                // The bound address, not the one asked for: with port 0 the
+                // log is the only place that says where /metrics is.
+                let addr = listener.local_addr().unwrap_or(addr);
                 let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let task = tokio::spawn(crate::http::serve(listener, pages, async {

@@ -11,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{build_sender, fail, load_rules, open_journal, prometheus_client, Exit};
+use super::{build_sender, count, fail, load_rules, open_journal, prometheus_client, Exit};
 use crate::clock::SystemClock;
 use crate::engine::{EngineOptions, Outbox};
 use crate::journal::Journal;
@@ -114,8 +114,8 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
         }
     }
     println!(
-        "\n{} devices, {} with the condition true now",
-        evaluation.devices.len(),
+        "\n{}, {} with the condition true now",
+        count(evaluation.devices.len(), "device", "devices"),
         evaluation.devices.values().filter(|v| v.verdict == Verdict::True).count()
     );
 
@@ -144,8 +144,9 @@ fn describe_state(state: Option<&JobState>, hold_for: std::time::Duration) -> St
         ),
         Phase::Firing { since, episode, actions_taken } => {
             format!(
-                "firing since {} (episode {episode}, {actions_taken} actions){last}",
-                time(since)
+                "firing since {} (episode {episode}, {}){last}",
+                time(since),
+                count(*actions_taken as usize, "action", "actions")
             )
         }
         Phase::Resolved { at, episode } => {

@@ -1,0 +1,1126 @@
+//! `jobctl` end to end, through its binary: exact stdout, stderr and exit
+//! code for every subcommand, against a real Prometheus and a fake SMS
+//! gateway on loopback, and the daemon driven by signals (SIGHUP, SIGTERM,
+//! SIGKILL) as systemd and a crash would drive it.
+//!
+//! Each test runs jobctl in a directory of its own holding `rules.toml`, the
+//! gateway key and the journal, so messages name `rules.toml` as a sysadmin
+//! would type it. Log lines are read without timestamps (`JOURNAL_STREAM`
+//! set, as under systemd). Nothing sleeps to wait: the tests read the
+//! daemon's stderr until a line appears, or poll a condition until a
+//! deadline.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
+use support::prometheus::{TestPrometheus, TestTarget};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
+
+/// How long a condition may take before the test fails. A passing test
+/// never waits it out.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Pause between two polls of a condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The device every scenario watches, as jobctl prints its key.
+const DEVICE: &str = r#"{platform_id="12", device_id="30785"}"#;
+
+/// What the gateway receives for `power_cycle minutes=1` on a SimPal D210.
+const POWER_CYCLE_1: &str = "#12#0#1#1#";
+
+/// A rules file: one socket powering [`DEVICE`], one job power-cycling it as
+/// soon as it is offline, evaluated every second, sent through the gateway
+/// preset. `{prometheus}` and `{gateway}` are filled in by [`rules`].
+const RULES: &str = r#"[prometheus]
+url = "{prometheus}"
+interval = "1s"
+timeout = "1s"
+
+[journal]
+path = "journal.db"
+
+[sms]
+backend = "http"
+
+[sms.http]
+preset = "gateway"
+url = "{gateway}"
+key_file = "sms.key"
+timeout = "2s"
+connect_timeout = "1s"
+
+[[sockets]]
+name = "lobby"
+phone = "+7 999 123-45-67"
+model = "simpal-d210"
+powers = { platform_id = "12", device_id = "30785" }
+
+[[jobs]]
+name = "reboot frozen"
+devices = { platform_id = "12" }
+metric = "addreality_device_online"
+op = "=="
+value = 0
+for = "0s"
+action = { command = "power_cycle", minutes = 1 }
+"#;
+
+fn rules(prometheus: &str, gateway: &str) -> String {
+    RULES.replace("{prometheus}", prometheus).replace("{gateway}", gateway)
+}
+
+/// A URL on loopback where nothing listens: connections are refused at once.
+fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// What the test target serves: [`DEVICE`]'s `addreality_device_online`.
+fn device_page(online: u8) -> String {
+    format!(
+        "# TYPE addreality_device_online gauge\naddreality_device_online{{platform_id=\"12\",device_id=\"30785\",name=\"Lobby\"}} {online}\n"
+    )
+}
+
+/// A directory where jobctl runs: `rules.toml`, `sms.key`, `journal.db`.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+/// How a jobctl command ended.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Site {
+    /// A site with the gateway key in place (mode 600, so no warning).
+    fn new() -> Site {
+        let site = Site { dir: tempfile::tempdir().unwrap() };
+        site.write("sms.key", &format!("{DEFAULT_KEY}\n"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(site.path("sms.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        site
+    }
+
+    /// A site whose `rules.toml` is `text`.
+    fn with_rules(text: &str) -> Site {
+        let site = Site::new();
+        site.write("rules.toml", text);
+        site
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file, creating its directory.
+    fn write(&self, name: &str, text: &str) {
+        let path = self.path(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `jobctl --config rules.toml ARGS…` in this site, logging without
+    /// timestamps, stdin closed.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        command_in(self.dir.path(), &["--config", "rules.toml"], args)
+    }
+
+    /// Runs jobctl to the end.
+    async fn jobctl(&self, args: &[&str]) -> Ran {
+        run(self.command(args)).await
+    }
+
+    /// The journal as `jobctl history --format json FILTERS…` shows it.
+    async fn history(&self, filters: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["history", "--format", "json"];
+        args.extend_from_slice(filters);
+        let ran = self.jobctl(&args).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+        serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|err| panic!("history is not JSON ({err}): {}", ran.stdout))
+    }
+}
+
+fn command_in(dir: &Path, global: &[&str], args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(JOBCTL);
+    command
+        .args(global)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", "8:1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command) -> Ran {
+    let output = tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {DEADLINE:?}"))
+        .expect("run jobctl");
+    Ran {
+        code: output.status.code().unwrap_or_else(|| panic!("killed: {:?}", output.status)),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < until, "{what} did not happen within {DEADLINE:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A Prometheus scraping one target that serves [`device_page`]`(online)`,
+/// returned once Prometheus answers with that value.
+async fn prometheus_seeing(online: u8) -> (TestPrometheus, TestTarget) {
+    let target = TestTarget::start();
+    target.set(device_page(online));
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    wait_for_value(&prometheus, online).await;
+    (prometheus, target)
+}
+
+/// Waits until Prometheus answers `online` for [`DEVICE`].
+async fn wait_for_value(prometheus: &TestPrometheus, online: u8) {
+    let expr = format!("addreality_device_online{{device_id=\"30785\"}} == {online}");
+    prometheus.wait_until_query(&expr, |samples| samples.len() == 1, DEADLINE).await;
+}
+
+/// `jobctl run --listen 127.0.0.1:0` in the background, its stderr read
+/// line by line. Killed if the test ends without stopping it.
+struct Daemon {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+    /// `http://127.0.0.1:<port>`, from the daemon's own log.
+    base: String,
+}
+
+impl Daemon {
+    /// Starts the daemon in `site` and returns once it evaluates.
+    async fn start(site: &Site) -> Daemon {
+        let mut command = site.command(&["run", "--listen", "127.0.0.1:0"]);
+        command.stdout(Stdio::null());
+        let mut child = command.spawn().expect("start jobctl run");
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut daemon = Daemon { child, stderr, seen: Vec::new(), base: String::new() };
+        let serving = daemon.wait_for("serving jobctl metrics on ").await;
+        daemon.base = serving
+            .split("serving jobctl metrics on ")
+            .nth(1)
+            .and_then(|url| url.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no URL in {serving:?}"))
+            .to_string();
+        daemon.wait_for("jobctl running: ").await;
+        daemon
+    }
+
+    /// Reads log lines until one contains `needle`, and returns it.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = self.stderr.next_line().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("jobctl ended without logging {needle:?}; its log:\n{}", self.log()),
+            Err(_) => panic!(
+                "jobctl did not log {needle:?} within {DEADLINE:?}; its log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// The lines read so far, one per line.
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`), as systemd would.
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("jobctl is running").to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        assert!(status.success(), "kill -s {name} {pid}: {status}");
+    }
+
+    /// One page of the daemon's HTTP server: status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// `jobctl_cycles_total`, from /metrics.
+    async fn cycles(&self) -> u64 {
+        let (_, metrics) = self.get("/metrics").await;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("jobctl_cycles_total "))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no jobctl_cycles_total in:\n{metrics}"))
+    }
+
+    /// Waits until `n` more evaluation cycles have ended.
+    async fn wait_cycles(&self, n: u64) {
+        let wanted = self.cycles().await + n;
+        let until = Instant::now() + DEADLINE;
+        while self.cycles().await < wanted {
+            assert!(Instant::now() < until, "fewer than {n} cycles in {DEADLINE:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGTERM; returns the exit code and the log lines not read before.
+    async fn stop(mut self) -> (i32, Vec<String>) {
+        let from = self.seen.len();
+        self.signal("TERM");
+        self.wait_for(" INFO stopped").await;
+        let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.unwrap().unwrap();
+        (status.code().expect("exited, not killed"), self.seen.split_off(from))
+    }
+
+    /// SIGKILL, as the OOM killer or a power cut would end it.
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let status = self.child.wait().await.unwrap();
+        assert_eq!(status.code(), None, "jobctl exited by itself: {status}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// jobctl --help
+
+#[tokio::test]
+async fn help_lists_every_subcommand() {
+    let ran = run(command_in(Path::new("."), &[], &["--help"])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let commands: Vec<&str> = ran
+        .stdout
+        .split("Commands:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no Commands section in:\n{}", ran.stdout))
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(commands, ["run", "check", "test-rule", "history", "status", "send", "help"]);
+}
+
+// ---------------------------------------------------------------------------
+// jobctl check
+
+/// Runs `check --offline` on `site` and asserts that it fails with exit 3,
+/// nothing on stdout (no job was loaded) and exactly `stderr`.
+async fn assert_rejected(site: &Site, stderr: &str) {
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", stderr));
+}
+
+#[tokio::test]
+async fn check_accepts_the_shipped_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ran =
+        run(command_in(dir, &["--config", "rules.example.toml"], &["check", "--offline"])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    let mut lines = ran.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("rules.example.toml: OK: 3 jobs (2 enabled), 2 sockets, 1 file; SMS via log; PromQL not checked (--offline)")
+    );
+    let headings: Vec<&str> = lines.filter(|l| !l.is_empty() && !l.starts_with(' ')).collect();
+    assert_eq!(
+        headings,
+        [
+            "Reboot frozen players on platform 12",
+            "Monitoring platform_id=12 - addreality_device_online == 1 and addreality_device_playing == 0 (generated name)",
+            "Players offline for a day [disabled]",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn check_prints_every_job_and_what_it_watches() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL not checked (--offline)\n\
+             \n\
+             reboot frozen\n  \
+             defined:  rules.toml:25:1\n  \
+             devices:  platform_id=12\n  \
+             when:     addreality_device_online == 0\n  \
+             queries:  addreality_device_online{platform_id=\"12\"}\n  \
+             action:   power_cycle minutes=1 to the socket powering the device\n  \
+             limits:   cooldown 1h, once per episode\n",
+            ""
+        )
+    );
+}
+
+#[tokio::test]
+async fn check_rejects_a_syntax_error() {
+    let site =
+        Site::with_rules(&rules(&closed_url(), &closed_url()).replace("[journal]", "[journal"));
+    assert_rejected(&site, "jobctl: rules.toml:6:9: unclosed table, expected `]`\n").await;
+}
+
+#[tokio::test]
+async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `schedule`, `guards`, `enabled`\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_bad_duration() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url()).replace("for = \"0s\"", "for = \"10 parsecs\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:31:7: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_bad_phone_number() {
+    let text = format!(
+        "{}\n[[sockets]]\nname = \"hall\"\nphone = \"8 (999) 765-43-21\"\nmodel = \"simpal-d410\"\npowers = {{ platform_id = \"12\", device_id = \"30786\" }}\n",
+        rules(&closed_url(), &closed_url())
+    );
+    let site = Site::with_rules(&text);
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:36:9: socket \"hall\": invalid phone number \"8 (999) 765-43-21\": write it in international form with a leading + and the country code, like \"+79991234567\"\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_an_unknown_socket_command() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url())
+            .replace("command = \"power_cycle\"", "command = \"reboot\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:32:22: job \"reboot frozen\": socket \"lobby\": there is no command \"reboot\"; known commands: power_on, power_off, power_cycle, power_off_after, register_master, add_user\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_job_name_used_in_the_main_file_and_rules_d() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    site.write(
+        "rules.d/10-team.toml",
+        "[[jobs]]\nname = \"reboot frozen\"\nexpr = \"up == 0\"\naction = { command = \"power_on\" }\n",
+    );
+    assert_rejected(
+        &site,
+        "jobctl: ./rules.d/10-team.toml:2:8: job name \"reboot frozen\" is already used at rules.toml:26:8; job names must be unique across rules.toml and rules.d\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_reports_every_error_of_every_file_and_loads_none() {
+    let site = Site::with_rules(
+        &rules(&closed_url(), &closed_url()).replace("value = 0", "value = \"zero\""),
+    );
+    site.write(
+        "rules.d/20-hall.toml",
+        "[[jobs]]\nname = \"hall\"\nexpr = \"up == 0\"\naction = { sms = \"down\", to = \"+1\" }\ncooldown = \"soon\"\n",
+    );
+    let errors = "jobctl: rules.toml:30:9: invalid type: string \"zero\", expected f64\n\
+         jobctl: ./rules.d/20-hall.toml:5:12: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")\n";
+    assert_rejected(&site, errors).await;
+    // `run` refuses the same files before opening the journal or sending.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", errors));
+    assert!(!site.path("journal.db").exists());
+}
+
+#[tokio::test]
+async fn check_requires_an_sms_table() {
+    let text = rules(&closed_url(), &closed_url());
+    let start = text.find("[sms]").unwrap();
+    let end = text.find("[[sockets]]").unwrap();
+    let site = Site::with_rules(&format!("{}{}", &text[..start], &text[end..]));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_bad_http_gateway_settings() {
+    let text = rules(&closed_url(), &closed_url());
+    let site = Site::with_rules(
+        &text.replace("key_file = \"sms.key\"", "key_file = \"/nonexistent/sms.key\""),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:15:12: sms.http.key_file: cannot read secret file /nonexistent/sms.key: No such file or directory (os error 2)\n",
+    )
+    .await;
+    let site = Site::with_rules(&text.replace("timeout = \"2s\"", "timeout = \"1s\""));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: sms.http.connect_timeout: connect_timeout (1s) must be shorter than timeout (1s), or an unreachable gateway would be reported as an uncertain send\n",
+    )
+    .await;
+    let site = Site::with_rules(&text.replace("preset = \"gateway\"\n", ""));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:13:7: sms.http.url: no header, query, form or json value uses {text}: the SMS text would never be sent\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_names_an_unreadable_rules_file() {
+    let site = Site::new();
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml: cannot read file: No such file or directory (os error 2)\n",
+    )
+    .await;
+}
+
+/// `key_file` is relative to the rules file's directory, wherever jobctl is
+/// started from.
+#[tokio::test]
+#[ignore = "src/sms/http.rs load_key joins base_dir to key_file, then SecretSource::load joins it again: conf/conf/sms.key"]
+async fn check_finds_the_key_next_to_a_rules_file_in_another_directory() {
+    let site = Site::new();
+    site.write("conf/rules.toml", &rules(&closed_url(), &closed_url()));
+    site.write("conf/sms.key", DEFAULT_KEY);
+    let ran =
+        run(command_in(site.dir.path(), &["--config", "conf/rules.toml"], &["check", "--offline"]))
+            .await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn check_has_prometheus_parse_every_query_and_names_the_job() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = TestPrometheus::start(&[]).await;
+    let site = Site::with_rules(&format!(
+        "{}\n[[jobs]]\nname = \"broken promql\"\nexpr = \"rate(up[5m]\"\naction = {{ command = \"power_on\" }}\n",
+        rules(prometheus.url(), &closed_url())
+    ));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (
+            3,
+            "",
+            "jobctl: rules.toml:34:1: job \"broken promql\": Prometheus rejects \"rate(up[5m]\": 1:12: parse error: unclosed left parenthesis\n"
+        )
+    );
+
+    site.write("rules.toml", &rules(prometheus.url(), &closed_url()));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    assert_eq!(
+        ran.stdout.lines().next().unwrap(),
+        format!("rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL checked by {}/", prometheus.url())
+    );
+}
+
+#[tokio::test]
+async fn check_passes_with_a_warning_when_prometheus_does_not_answer() {
+    let prometheus = closed_url();
+    let site = Site::with_rules(&rules(&prometheus, &closed_url()));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, format!("jobctl: warning: PromQL not checked: cannot reach Prometheus at {prometheus}/api/v1/format_query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n").as_str()),
+    );
+    assert_eq!(
+        ran.stdout.lines().next().unwrap(),
+        "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL NOT checked (Prometheus did not answer)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// jobctl run --once
+
+/// The log lines of one cycle that takes [`DEVICE`] from inactive to firing.
+fn firing_lines(level_and_outcome: &str) -> String {
+    let who = format!("job \"reboot frozen\": device {DEVICE} (Lobby)");
+    format!(
+        " INFO {who}: inactive → pending (value 0)\n INFO {who}: pending → firing after 0s (episode 1) (value 0)\n{}\n",
+        level_and_outcome.replace("{who}", &who)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (mut prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+
+    let live = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = live.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            0,
+            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
+            firing_lines(
+                " INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sending (episode 1, action 1)\n \
+                 INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)"
+            )
+        )
+    );
+    let sent = gateway.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].path.as_str(), sent[0].query_pairs(), sent[0].header("authorization")),
+        (
+            "/send",
+            vec![("number".into(), "+79991234567".into()), ("text".into(), POWER_CYCLE_1.into())],
+            Some(DEFAULT_KEY)
+        )
+    );
+    let history = live.history(&[]).await;
+    assert_eq!((history.len(), history[0]["outcome"].as_str()), (1, Some("sent")));
+
+    let dry = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = dry.jobctl(&["run", "--once", "--dry-run"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            0,
+            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n",
+            firing_lines(
+                " WARN {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): dry run: not sent (execution #1)"
+            )
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "a dry run sent something");
+    let history = dry.history(&[]).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            &history[0]["outcome"],
+            &history[0]["text"],
+            &history[0]["detail"],
+            &history[0]["attempts"]
+        ),
+        (&"dry_run".into(), &POWER_CYCLE_1.into(), &"dry run: not sent".into(), &0.into())
+    );
+
+    // The device is still offline, but Prometheus is gone: unknown, not true.
+    prometheus.stop();
+    let dead = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ran = dead.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            6,
+            "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
+            format!(" WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent\n", prometheus.url())
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "sent without Prometheus");
+    assert_eq!(dead.history(&[]).await, Vec::<serde_json::Value>::new());
+}
+
+// ---------------------------------------------------------------------------
+// jobctl send
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_delivers_a_socket_command_through_the_journal() {
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let ran = site.jobctl(&["send", "lobby", "power_cycle", "minutes=1"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            "execution #1: \"#12#0#1#1#\" to lobby (+79991234567): sent\n",
+            " INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sending\n \
+             INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)\n"
+        )
+    );
+    assert_eq!(gateway.received().len(), 1);
+    assert_eq!(gateway.received()[0].query_param("text").as_deref(), Some(POWER_CYCLE_1));
+    let history = site.history(&[]).await;
+    assert_eq!(
+        (&history[0]["manual"], &history[0]["job"], &history[0]["outcome"]),
+        (&true.into(), &serde_json::Value::Null, &"sent".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_unknown_sockets_commands_and_parameters_with_exit_2() {
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let cases: [(&[&str], &str); 7] = [
+        (&["hall", "power_on"], "no socket \"hall\" in the rules; sockets: lobby"),
+        (
+            &["lobby", "reboot"],
+            "socket lobby: there is no command \"reboot\"; known commands: power_on, power_off, power_cycle, power_off_after, register_master, add_user",
+        ),
+        (
+            &["lobby", "power_cycle"],
+            "socket lobby: command power_cycle needs minutes (a whole number from 1 to 999), like minutes = 1",
+        ),
+        (
+            &["lobby", "power_cycle", "minutes=0"],
+            "socket lobby: minutes = 0 for command power_cycle: it is out of range; use a whole number from 1 to 999",
+        ),
+        (
+            &["lobby", "power_cycle", "minutes=a"],
+            "socket lobby: minutes = \"a\" for command power_cycle: it must be a whole number from 1 to 999",
+        ),
+        (&["lobby", "power_cycle", "minutes"], "parameter \"minutes\" must be NAME=VALUE, e.g. minutes=1"),
+        (
+            &["lobby", "power_cycle", "minutes=1", "seconds=2"],
+            "socket lobby: command power_cycle has no parameter \"seconds\"; it takes minutes",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut command = vec!["send"];
+        command.extend_from_slice(args);
+        let ran = site.jobctl(&command).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (2, "", format!("jobctl: {message}\n").as_str()),
+            "jobctl {command:?}"
+        );
+    }
+    assert_eq!(gateway.received().len(), 0);
+    assert!(!site.path("journal.db").exists(), "a refused command opened the journal");
+}
+
+/// A gateway that takes the message but never answers in time: the send
+/// may have left, so it is journalled uncertain, not retried, and exit 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_exits_7_when_the_gateway_does_not_confirm() {
+    let gateway = FakeGateway::start().await;
+    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(10))));
+    let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    let why = format!(
+        "no answer from {}/send within 2s; the gateway may have sent the message",
+        gateway.url()
+    );
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            7,
+            "",
+            format!(
+                " INFO manual: \"#01#0#\" to socket lobby (+79991234567): sending\n\
+                 ERROR manual: \"#01#0#\" to socket lobby (+79991234567): may have been sent: {why}; journalled as uncertain and not retried (execution #1)\n\
+                 jobctl: execution #1: \"#01#0#\" to lobby (+79991234567): uncertain: {why}\n"
+            )
+        )
+    );
+    assert_eq!(gateway.received().len(), 1, "an uncertain send was retried");
+    let history = site.history(&["--outcome", "uncertain"]).await;
+    assert_eq!((history.len(), &history[0]["detail"]), (1, &why.into()));
+}
+
+// ---------------------------------------------------------------------------
+// jobctl test-rule
+
+/// What `test-rule "reboot frozen"` prints while [`DEVICE`] is offline and
+/// in `state`.
+fn test_rule_report(state: &str) -> String {
+    format!(
+        "job \"reboot frozen\"\n  \
+         when addreality_device_online == 0 for 0s\n\
+         \n\
+         {DEVICE} (Lobby)\n  \
+         value:      addreality_device_online{{platform_id=\"12\"}} = 0\n  \
+         condition:  true\n  \
+         state:      {state}\n  \
+         would send: \"#12#0#1#1#\" to socket lobby (+79991234567)\n\
+         \n\
+         1 device, 1 with the condition true now\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_rule_shows_what_it_would_send_and_sends_only_when_told() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (mut prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    let report = test_rule_report("inactive (no saved state)");
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (0, report.as_str(), ""));
+
+    let ran = site.jobctl(&["test-rule", "reboot"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (2, "", "jobctl: no job \"reboot\" in the rules; jobs: \"reboot frozen\"\n")
+    );
+
+    // stdin is not a terminal: nobody can confirm.
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--send"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            2,
+            report.as_str(),
+            "jobctl: refusing to send without confirmation: stdin is not a terminal; add --yes\n"
+        )
+    );
+    assert_eq!(gateway.received().len(), 0);
+
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--send", "--yes"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!("{report}execution #1: \"#12#0#1#1#\" to lobby (+79991234567): sent\n"),
+            " INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sending\n \
+             INFO manual: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)\n"
+        )
+    );
+    assert_eq!(gateway.sent().len(), 1);
+    assert_eq!(gateway.sent()[0].text, POWER_CYCLE_1);
+
+    // A manual send leaves the job's state alone; a daemon cycle moves it,
+    // and test-rule reads it from the journal.
+    assert_eq!(site.jobctl(&["run", "--once", "--dry-run"]).await.code, 0);
+    let status = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let since = status["devices"][0]["since"].as_str().unwrap();
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            test_rule_report(&format!(
+                "firing since {since} (episode 1, 1 action); last action {since}"
+            )),
+            ""
+        )
+    );
+
+    prometheus.stop();
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            6,
+            format!(
+                "query \"addreality_device_online{{platform_id=\\\"12\\\"}}\" failed: cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n\
+                 job \"reboot frozen\"\n  \
+                 when addreality_device_online == 0 for 0s\n\
+                 \n\
+                 no device in Prometheus's answers\n\
+                 \n\
+                 0 devices, 0 with the condition true now\n",
+                prometheus.url()
+            ),
+            ""
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------
+// jobctl run: the daemon
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_listen_serves_metrics_and_health_and_stops_on_sigterm() {
+    // Without Prometheus: cycles still run (and count their failures).
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    let daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+    let (status, metrics) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "jobctl_query_failures_total{reason=\"unreachable\"} ",
+        "jobctl_sms_total{outcome=\"sent\"} 0",
+        "jobctl_sms_total{outcome=\"uncertain\"} 0",
+        "jobctl_last_cycle_timestamp_seconds ",
+        "jobctl_cycle_duration_seconds ",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(series)), "no {series} in:\n{metrics}");
+    }
+    let (status, health) = daemon.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(health.starts_with("ok: last cycle ") && health.ends_with("s ago\n"), "{health}");
+    let (code, log) = daemon.stop().await;
+    assert_eq!(code, 0);
+    assert_eq!(log[log.len() - 2..], [" INFO SIGTERM received, shutting down", " INFO stopped"]);
+
+    // The address is taken: exit 5, nothing run.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let ran = site.jobctl(&["run", "--listen", &addr]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (5, "", format!("jobctl: cannot listen on {addr}: Address already in use (os error 98)\n"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let good = rules(prometheus.url(), &gateway.url());
+    let site = Site::with_rules(&good);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+
+    site.write("rules.toml", &good.replace("for = \"0s\"", "for = \"soon\""));
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    assert_eq!(
+        daemon.wait_for("reload rejected").await,
+        "ERROR reload rejected: rules.toml:31:7: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")"
+    );
+    assert_eq!(
+        daemon.wait_for("reload rejected").await,
+        "ERROR reload rejected: the previous rules keep running"
+    );
+
+    // The old rules still evaluate: the device going offline is acted on.
+    target.set(device_page(0));
+    daemon.wait_for("sent via http (execution #1)").await;
+    assert_eq!(gateway.sent().len(), 1);
+
+    // A valid change: the job keeps its state (no second SMS), a new one starts.
+    site.write(
+        "rules.toml",
+        &format!(
+            "{good}\n[[jobs]]\nname = \"playing\"\nexpr = \"addreality_device_online == 1\"\naction = {{ command = \"power_off\" }}\n"
+        ),
+    );
+    daemon.signal("HUP");
+    assert_eq!(
+        daemon.wait_for("rules reloaded").await,
+        " INFO rules reloaded: 2 jobs (1 kept with their state, 1 new, 0 removed)"
+    );
+    daemon.wait_cycles(2).await;
+    assert_eq!(gateway.received().len(), 1, "the kept job acted again:\n{}", daemon.log());
+
+    let (code, log) = daemon.stop().await;
+    assert_eq!(
+        (code, &log[log.len() - 2..]),
+        (
+            0,
+            &[" INFO SIGTERM received, shutting down".to_string(), " INFO stopped".to_string()][..]
+        )
+    );
+}
+
+/// The daemon is killed while the gateway holds its request: the message
+/// may have left. On restart it is marked uncertain and never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_sending_never_sends_twice() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(60))));
+    // The daemon waits for the gateway far longer than the test lets it.
+    let site = Site::with_rules(
+        &rules(prometheus.url(), &gateway.url()).replace("timeout = \"2s\"", "timeout = \"50s\""),
+    );
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sending (episode 1, action 1)").await;
+    wait_until("the gateway receiving the message", || gateway.received().len() == 1).await;
+    daemon.kill().await;
+    let history = site.history(&[]).await;
+    assert_eq!((history.len(), &history[0]["outcome"]), (1, &"sending".into()));
+
+    gateway.set_fault(None);
+    let daemon = Daemon::start(&site).await;
+    assert!(
+        daemon.seen.contains(&format!(
+            " WARN execution #1 (\"{POWER_CYCLE_1}\" to lobby +79991234567) was in flight when jobctl stopped; marked uncertain: it is not sent again"
+        )),
+        "{}",
+        daemon.log()
+    );
+    daemon.wait_cycles(2).await;
+    assert_eq!(gateway.received().len(), 1, "sent twice:\n{}", daemon.log());
+
+    // The journal says so, read while the daemon holds it open.
+    let history = site.history(&[]).await;
+    assert_eq!(
+        (history.len(), &history[0]["outcome"], &history[0]["detail"]),
+        (
+            1,
+            &"uncertain".into(),
+            &"jobctl stopped while this message was being sent; it may have left, so it is not sent again".into()
+        )
+    );
+    let time = history[0]["time"].as_str().unwrap();
+    let ran = site.jobctl(&["history", "--outcome", "uncertain"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    BACKEND  DETAIL\n\
+                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain  -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
+            ),
+            ""
+        )
+    );
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
+// ---------------------------------------------------------------------------
+// jobctl history and status
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_status_read_the_journal_while_the_daemon_runs() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #1)").await;
+    // A person sends by hand while the daemon writes to the same journal.
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "execution #2: \"#01#0#\" to lobby (+79991234567): sent\n")
+    );
+
+    let history = site.history(&[]).await;
+    let ids: Vec<&serde_json::Value> = history.iter().map(|row| &row["id"]).collect();
+    assert_eq!(ids, [2, 1], "newest first");
+    let (manual, rule) = (&history[0], &history[1]);
+    assert_eq!(
+        (&rule["job"], &rule["device"], &rule["episode"], &rule["action"], &rule["trigger_value"]),
+        (&"reboot frozen".into(), &DEVICE.into(), &1.into(), &1.into(), &0.0.into())
+    );
+    assert_eq!((&manual["manual"], &manual["text"]), (&true.into(), &"#01#0#".into()));
+    let (t1, t2) = (rule["time"].as_str().unwrap(), manual["time"].as_str().unwrap());
+    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  BACKEND  DETAIL\n";
+    let row1 =
+        format!("1   {t1}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
+    let row2 = format!("2   {t2}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
+    let both = format!("{header}{row2}{row1}");
+    let only_rule = format!("{header}{row1}");
+    let empty = "ID  TIME (UTC)  JOB  DEVICE  SOCKET  TEXT  OUTCOME  BACKEND  DETAIL\n";
+    let cases: [(&[&str], &str); 7] = [
+        (&[], &both),
+        (&["--job", "reboot frozen"], &only_rule),
+        (&["--device", DEVICE], &only_rule),
+        (&["--outcome", "sent"], &both),
+        (&["--outcome", "failed"], empty),
+        (&["--since", "1h"], &both),
+        (&["--since", "2099-01-01T00:00:00Z"], empty),
+    ];
+    for (filters, table) in cases {
+        let mut args = vec!["history"];
+        args.extend_from_slice(filters);
+        let ran = site.jobctl(&args).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (0, table, ""),
+            "{args:?}"
+        );
+    }
+    let ran = site.jobctl(&["history", "--since", "yesterday"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (2, "", "jobctl: --since: invalid time \"yesterday\": write a duration back from now (\"2h\", \"7d\") or a time like 2026-11-28T12:00:00Z\n")
+    );
+    let ran = site.jobctl(&["history", "--outcome", "lost"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (2, "error: invalid value 'lost' for '--outcome <OUTCOME>': unknown outcome \"lost\"; expected one of planned, sending, sent, failed, uncertain, suppressed, dry_run\n\nFor more information, try '--help'.\n")
+    );
+
+    let ran = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    // The state's times come from the cycle's clock, the journal row's from
+    // the moment it was written: read them, do not assume they are equal.
+    let since = status["devices"][0]["since"].as_str().unwrap().to_string();
+    assert_eq!(
+        status,
+        serde_json::json!({
+            "jobs": [{ "job": "reboot frozen", "enabled": true, "counts": { "firing": 1 } }],
+            "devices": [{
+                "job": "reboot frozen", "device": DEVICE, "state": "firing",
+                "since": since, "episode": 1, "last_action": since,
+            }],
+            "budgets": [
+                { "socket": "lobby", "last_hour": 2, "last_day": 2 },
+                { "socket": "(all)", "last_hour": 2, "last_day": 2 },
+            ],
+        })
+    );
+    let ran = site.jobctl(&["status"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "JOB            ENABLED  DEVICES\n\
+                 reboot frozen  yes      1 firing\n\
+                 \n\
+                 JOB            DEVICE                                 STATE   SINCE (UTC)           EPISODE  LAST ACTION (UTC)\n\
+                 reboot frozen  {DEVICE}  firing  {since}  1        {since}\n\
+                 \n\
+                 SOCKET  SMS LAST HOUR  SMS LAST DAY\n\
+                 lobby   2              2\n\
+                 (all)   2              2\n"
+            ),
+            ""
+        )
+    );
+    assert_eq!(gateway.received().len(), 2);
+    assert_eq!(daemon.stop().await.0, 0);
+}
