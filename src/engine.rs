@@ -52,6 +52,13 @@ impl Default for SendRetry {
     }
 }
 
+impl SendRetry {
+    /// For commands a person waits on (`jobctl send`, `test-rule --send`):
+    /// the same three attempts, seconds rather than minutes apart.
+    pub const INTERACTIVE: SendRetry =
+        SendRetry { attempts: 3, first_delay: Duration::from_secs(2) };
+}
+
 pub use crate::rules::Budgets;
 
 /// What the engine does with a due action.
@@ -126,6 +133,9 @@ pub struct Engine {
     /// (job name, device key text) → state.
     states: HashMap<(String, String), JobState>,
     outbox: Outbox,
+    /// Queries that failed last cycle, so that an outage is logged when it
+    /// starts and ends rather than every cycle.
+    failing_queries: usize,
 }
 
 /// Where messages go: journalled (or suppressed by budget or dry run), then
@@ -169,7 +179,14 @@ impl Engine {
                 execution.status
             );
         }
-        let mut engine = Engine { rules: Arc::new(rules), prometheus, clock, states, outbox };
+        let mut engine = Engine {
+            rules: Arc::new(rules),
+            prometheus,
+            clock,
+            states,
+            outbox,
+            failing_queries: 0,
+        };
         engine.forget_removed_jobs();
         Ok(engine)
     }
@@ -233,6 +250,7 @@ impl Engine {
         let queries = self.rules.queries();
         report.queries = queries.len();
         let answers = self.query_all(&queries, &mut report).await;
+        self.log_query_failures(&report);
 
         let mut dispatch: Vec<DueAction> = Vec::new();
         let mut changed: Vec<(String, String)> = Vec::new();
@@ -354,7 +372,7 @@ impl Engine {
     }
 
     async fn query_all(
-        &self,
+        &mut self,
         queries: &[String],
         report: &mut CycleReport,
     ) -> HashMap<String, Vec<Sample>> {
@@ -385,16 +403,30 @@ impl Engine {
                 }
             }
         }
-        if !report.failed_queries.is_empty() {
-            report.failed_queries.sort();
-            let (query, why) = &report.failed_queries[0];
-            tracing::warn!(
-                "{} of {} Prometheus queries failed (first: {query:?}: {why}); devices that depend on them are unknown: nothing advances and nothing is sent",
-                report.failed_queries.len(),
-                queries.len()
-            );
-        }
+        report.failed_queries.sort();
         answers
+    }
+
+    /// Logs a query outage when it starts or changes, and when it ends;
+    /// cycles in between say it at debug level only.
+    fn log_query_failures(&mut self, report: &CycleReport) {
+        let failed = report.failed_queries.len();
+        let up = (failed == 0) as i64;
+        self.outbox.metrics.prometheus_up.set(up);
+        if failed == self.failing_queries {
+            if let Some((query, why)) = report.failed_queries.first() {
+                tracing::debug!("still failing: {failed} queries (first: {query:?}: {why})");
+            }
+            return;
+        }
+        match report.failed_queries.first() {
+            Some((query, why)) => tracing::warn!(
+                "{failed} of {} Prometheus queries failed (first: {query:?}: {why}); devices that depend on them are unknown: nothing advances and nothing is sent until they answer",
+                report.queries
+            ),
+            None => tracing::info!("every Prometheus query answers again"),
+        }
+        self.failing_queries = failed;
     }
 
     /// Journals and dispatches one due action. Returns false only when the
@@ -724,6 +756,7 @@ pub struct EngineMetrics {
     devices: GaugeVec,
     cycle_duration: prometheus::Gauge,
     last_cycle: prometheus::Gauge,
+    prometheus_up: prometheus::IntGauge,
 }
 
 impl EngineMetrics {
@@ -785,6 +818,12 @@ impl EngineMetrics {
         )
         .expect("valid");
         register(Box::new(cycle_duration.clone()));
+        let prometheus_up = prometheus::IntGauge::new(
+            "jobctl_prometheus_up",
+            "Whether every Prometheus query of the last cycle answered (1) or not (0).",
+        )
+        .expect("valid");
+        register(Box::new(prometheus_up.clone()));
         let last_cycle = prometheus::Gauge::new(
             "jobctl_last_cycle_timestamp_seconds",
             "Unix time the last evaluation cycle ended.",
@@ -804,6 +843,7 @@ impl EngineMetrics {
             devices,
             cycle_duration,
             last_cycle,
+            prometheus_up,
         }
     }
 
@@ -824,6 +864,11 @@ impl EngineMetrics {
         for ((job, phase), count) in counts {
             self.devices.with_label_values(&[job, phase]).set(count as f64);
         }
+    }
+
+    /// Whether every query of the last cycle answered.
+    pub fn prometheus_up(&self) -> bool {
+        self.prometheus_up.get() == 1
     }
 
     /// Seconds since the last cycle ended, `None` before the first.

@@ -525,11 +525,13 @@ async fn check_names_an_unreadable_rules_file() {
 /// `key_file` is relative to the rules file's directory, wherever jobctl is
 /// started from.
 #[tokio::test]
-#[ignore = "src/sms/http.rs load_key joins base_dir to key_file, then SecretSource::load joins it again: conf/conf/sms.key"]
 async fn check_finds_the_key_next_to_a_rules_file_in_another_directory() {
     let site = Site::new();
     site.write("conf/rules.toml", &rules(&closed_url(), &closed_url()));
     site.write("conf/sms.key", DEFAULT_KEY);
+    use std::os::unix::fs::PermissionsExt;
+    let key = site.dir.path().join("conf/sms.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let ran =
         run(command_in(site.dir.path(), &["--config", "conf/rules.toml"], &["check", "--offline"]))
             .await;
@@ -658,7 +660,7 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
         (
             6,
             "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
-            format!(" WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent\n", prometheus.url())
+            format!(" WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent until they answer\n", prometheus.url())
         )
     );
     assert_eq!(gateway.received().len(), 1, "sent without Prometheus");
@@ -885,9 +887,10 @@ async fn run_listen_serves_metrics_and_health_and_stops_on_sigterm() {
     ] {
         assert!(metrics.lines().any(|l| l.starts_with(series)), "no {series} in:\n{metrics}");
     }
+    // Cycles run, but no job can act while its queries fail: unhealthy.
     let (status, health) = daemon.get("/healthz").await;
-    assert_eq!(status, 200);
-    assert!(health.starts_with("ok: last cycle ") && health.ends_with("s ago\n"), "{health}");
+    assert_eq!((status, health.as_str()), (503, "unhealthy: Prometheus queries are failing: no job can act until they answer (see the log)\n"));
+    assert!(metrics.lines().any(|l| l == "jobctl_prometheus_up 0"), "{metrics}");
     let (code, log) = daemon.stop().await;
     assert_eq!(code, 0);
     assert_eq!(log[log.len() - 2..], [" INFO SIGTERM received, shutting down", " INFO stopped"]);
@@ -913,6 +916,9 @@ async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
     let site = Site::with_rules(&good);
     let mut daemon = Daemon::start(&site).await;
     daemon.wait_cycles(1).await;
+    let (status, health) = daemon.get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health.starts_with("ok: last cycle ") && health.ends_with("s ago\n"), "{health}");
 
     site.write("rules.toml", &good.replace("for = \"0s\"", "for = \"soon\""));
     daemon.signal("HUP");
@@ -1097,8 +1103,8 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
                 "since": since, "episode": 1, "last_action": since,
             }],
             "budgets": [
-                { "socket": "lobby", "last_hour": 2, "last_day": 2 },
-                { "socket": "(all)", "last_hour": 2, "last_day": 2 },
+                { "socket": "lobby", "last_hour": 2, "hour_limit": null, "last_day": 2, "day_limit": null },
+                { "socket": "(all)", "last_hour": 2, "hour_limit": null, "last_day": 2, "day_limit": null },
             ],
         })
     );

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{build_sender, fail, load_rules, open_journal, Exit};
 use crate::clock::SystemClock;
-use crate::engine::{EngineOptions, Outbox};
+use crate::engine::{EngineOptions, Outbox, SendRetry};
 use crate::journal::{Execution, ExecutionStatus};
 use crate::socket::ArgValue;
 
@@ -69,7 +69,11 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
         journal,
         sender,
         Arc::new(SystemClock),
-        EngineOptions { budgets: rules.budgets, ..EngineOptions::default() },
+        EngineOptions {
+            budgets: rules.budgets,
+            retry: SendRetry::INTERACTIVE,
+            ..EngineOptions::default()
+        },
     );
     match outbox.send_manual(&socket.name, socket.phone.as_str(), &text).await {
         Ok(execution) => report(&execution),

@@ -189,10 +189,14 @@ impl Pages for JobctlPages {
 
     fn health(&self) -> Health {
         match self.metrics.seconds_since_last_cycle() {
-            Some(age) if age <= 3.0 * self.interval.as_secs_f64() + 30.0 => {
-                Health::Healthy(format!("last cycle {age:.0}s ago"))
+            Some(age) if age > 3.0 * self.interval.as_secs_f64() + 30.0 => {
+                Health::Unhealthy(format!("no evaluation cycle for {age:.0}s"))
             }
-            Some(age) => Health::Unhealthy(format!("no evaluation cycle for {age:.0}s")),
+            Some(_) if !self.metrics.prometheus_up() => Health::Unhealthy(
+                "Prometheus queries are failing: no job can act until they answer (see the log)"
+                    .into(),
+            ),
+            Some(age) => Health::Healthy(format!("last cycle {age:.0}s ago")),
             None => Health::Healthy("starting".into()),
         }
     }

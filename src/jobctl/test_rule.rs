@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{build_sender, count, fail, load_rules, open_journal, prometheus_client, Exit};
 use crate::clock::SystemClock;
-use crate::engine::{EngineOptions, Outbox};
+use crate::engine::{EngineOptions, Outbox, SendRetry};
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase};
 use crate::rules::{OutgoingSms, Sample, Verdict};
@@ -192,7 +192,11 @@ async fn send(
         journal,
         sender,
         Arc::new(SystemClock),
-        EngineOptions { budgets: rules.budgets, ..EngineOptions::default() },
+        EngineOptions {
+            budgets: rules.budgets,
+            retry: SendRetry::INTERACTIVE,
+            ..EngineOptions::default()
+        },
     );
     let mut exit = Exit::Ok;
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();

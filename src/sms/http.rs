@@ -811,7 +811,8 @@ fn load_key(
             span,
         ));
     }
-    let loaded = source.load(base_dir).map_err(|e| err(key, e.to_string(), span))?;
+    // The path is already joined with base_dir, so messages name the real file.
+    let loaded = source.load(Path::new("")).map_err(|e| err(key, e.to_string(), span))?;
     if let Some(warning) = loaded.loose_permissions {
         tracing::warn!("{warning}");
     }

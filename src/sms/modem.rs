@@ -277,7 +277,9 @@ fn load_pin(config: &ModemConfig, base_dir: &Path) -> Result<Option<Secret>, Sms
         (None, Some(env)) => (SecretSource::Env(env.get_ref().clone()), "pin_env", env.span()),
         (None, None) => return Ok(None),
     };
-    let loaded = source.load(base_dir).map_err(|e| err(key, e.to_string(), Some(span.clone())))?;
+    // The path is already joined with base_dir, so messages name the real file.
+    let loaded =
+        source.load(Path::new("")).map_err(|e| err(key, e.to_string(), Some(span.clone())))?;
     if let Some(warning) = loaded.loose_permissions {
         tracing::warn!("{warning}");
     }
