@@ -79,11 +79,18 @@ pub struct EngineOptions {
     pub retry: SendRetry,
     /// Message budgets.
     pub budgets: Budgets,
+    /// The most segments a notification may take (`[sms] max_segments`).
+    pub max_segments: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
-        EngineOptions { mode: Mode::Live, retry: SendRetry::default(), budgets: Budgets::default() }
+        EngineOptions {
+            mode: Mode::Live,
+            retry: SendRetry::default(),
+            budgets: Budgets::default(),
+            max_segments: crate::sms::DEFAULT_MAX_SEGMENTS,
+        }
     }
 }
 
@@ -210,8 +217,23 @@ impl Engine {
     /// states, even when their condition changed; states of jobs that are
     /// gone are dropped.
     pub fn replace_rules(&mut self, rules: RuleSet) {
+        self.outbox.options.budgets = rules.budgets;
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
+    }
+
+    /// Replaces the Prometheus client and the SMS sender after a reload
+    /// changed `[prometheus]` or `[sms]`. Sends under way finish with the
+    /// sender they started with.
+    pub fn replace_connections(
+        &mut self,
+        prometheus: Arc<PromClient>,
+        sender: Arc<dyn Sender>,
+        max_segments: usize,
+    ) {
+        self.prometheus = prometheus;
+        self.outbox.sender = sender;
+        self.outbox.options.max_segments = max_segments;
     }
 
     /// Drops the states of jobs no longer in the rules, in memory and in the
@@ -452,7 +474,11 @@ impl Engine {
                 return true;
             }
         };
-        let text = text::sanitize(&outgoing.text, false, MAX_TEXT_CHARS);
+        let mut text = text::sanitize(&outgoing.text, false, MAX_TEXT_CHARS);
+        if outgoing.socket.is_none() {
+            // A notification to a person: cut to the configured segments.
+            text = text::fit_segments(&text, self.outbox.options.max_segments);
+        }
         let socket = outgoing.socket.clone().unwrap_or_else(|| "-".to_string());
         let planned = PlannedSend {
             origin: Origin::Rule {

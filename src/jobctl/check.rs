@@ -79,7 +79,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
         count(rules.jobs.len(), "job", "jobs"),
         count(rules.sockets.len(), "socket", "sockets"),
         count(rules.files.len(), "file", "files"),
-        sender.name()
+        sender.sender.name()
     );
     for job in &rules.jobs {
         println!("\n{job}");

@@ -133,8 +133,16 @@ struct SmsOnly {
     sms: Option<SmsConfig>,
 }
 
+/// The configured SMS sender and how long a notification may be.
+pub(crate) struct Sms {
+    /// The sender (one backend, or a failover chain).
+    pub sender: Arc<dyn Sender>,
+    /// `[sms] max_segments`.
+    pub max_segments: usize,
+}
+
 /// Builds the configured SMS sender.
-pub(crate) fn build_sender(rules: &RuleSet) -> Result<Arc<dyn Sender>, String> {
+pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, String> {
     let Some(section) = &rules.sms else {
         let main = rules.files.first().map(|p| p.display().to_string()).unwrap_or_default();
         return Err(format!(
@@ -143,10 +151,10 @@ pub(crate) fn build_sender(rules: &RuleSet) -> Result<Arc<dyn Sender>, String> {
     };
     let parsed: SmsOnly = section.file.parse().map_err(|err| err.to_string())?;
     let config = parsed.sms.ok_or_else(|| section.file.error("no [sms] table").to_string())?;
-    config
-        .build(&rules.base_dir)
-        .map(Arc::from)
-        .map_err(|err| err.in_file(&section.file).to_string())
+    let in_file = |err: crate::sms::SmsConfigError| err.in_file(&section.file).to_string();
+    let max_segments = config.max_segments().map_err(in_file)?;
+    let sender = config.build(&rules.base_dir).map(Arc::from).map_err(in_file)?;
+    Ok(Sms { sender, max_segments })
 }
 
 /// Builds the Prometheus client, loading its credentials.

@@ -57,8 +57,8 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
             return fail(Exit::Usage, format!("socket {}: {}", socket.name, errors.join("; ")));
         }
     };
-    let sender = match build_sender(&rules) {
-        Ok(sender) => sender,
+    let sms = match build_sender(&rules) {
+        Ok(sms) => sms,
         Err(err) => return fail(Exit::Config, err),
     };
     let journal = match open_journal(&rules) {
@@ -67,11 +67,12 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
     };
     let mut outbox = Outbox::new(
         journal,
-        sender,
+        sms.sender,
         Arc::new(SystemClock),
         EngineOptions {
             budgets: rules.budgets,
             retry: SendRetry::INTERACTIVE,
+            max_segments: sms.max_segments,
             ..EngineOptions::default()
         },
     );

@@ -42,8 +42,8 @@ pub(super) async fn run(
         Ok(rules) => rules,
         Err(exit) => return exit,
     };
-    let (sender, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
-        (Ok(sender), Ok(prometheus)) => (sender, Arc::new(prometheus)),
+    let (sms, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
+        (Ok(sms), Ok(prometheus)) => (sms, Arc::new(prometheus)),
         (Err(err), _) | (_, Err(err)) => return fail(Exit::Config, err),
     };
     let journal = match open_journal(&rules) {
@@ -54,10 +54,11 @@ pub(super) async fn run(
     let options = EngineOptions {
         mode: if args.dry_run { Mode::DryRun } else { Mode::Live },
         budgets: rules.budgets,
+        max_segments: sms.max_segments,
         ..EngineOptions::default()
     };
     let mut engine =
-        match Engine::start(rules, prometheus, journal, sender, Arc::new(SystemClock), options)
+        match Engine::start(rules, prometheus, journal, sms.sender, Arc::new(SystemClock), options)
             .await
         {
             Ok(engine) => engine,
@@ -149,10 +150,13 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
             return;
         }
     };
-    if let Err(err) = build_sender(&rules).and(prometheus_client(&rules).map(|_| ())) {
-        tracing::error!("reload rejected: {err}; the previous rules keep running");
-        return;
-    }
+    let (sms, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
+        (Ok(sms), Ok(prometheus)) => (sms, Arc::new(prometheus)),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!("reload rejected: {err}; the previous rules keep running");
+            return;
+        }
+    };
     let before: std::collections::BTreeSet<String> =
         engine.rules().jobs.iter().map(|j| j.name.clone()).collect();
     let after: std::collections::BTreeSet<String> =
@@ -163,6 +167,7 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
         *ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    engine.replace_connections(prometheus, sms.sender, sms.max_segments);
     engine.replace_rules(rules);
     tracing::info!(
         "rules reloaded: {} jobs ({} kept with their state, {} new, {} removed)",

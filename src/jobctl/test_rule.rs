@@ -180,8 +180,8 @@ async fn send(
             return Exit::Ok;
         }
     }
-    let sender = match build_sender(rules) {
-        Ok(sender) => sender,
+    let sms = match build_sender(rules) {
+        Ok(sms) => sms,
         Err(err) => return fail(Exit::Config, err),
     };
     let journal = match open_journal(rules) {
@@ -190,11 +190,12 @@ async fn send(
     };
     let mut outbox = Outbox::new(
         journal,
-        sender,
+        sms.sender,
         Arc::new(SystemClock),
         EngineOptions {
             budgets: rules.budgets,
             retry: SendRetry::INTERACTIVE,
+            max_segments: sms.max_segments,
             ..EngineOptions::default()
         },
     );

@@ -208,7 +208,15 @@ pub struct SmsConfig {
     pub gammu: Option<gammu::GammuConfig>,
     /// Settings of the `command` backend; required when it is selected.
     pub command: Option<command::CommandConfig>,
+    /// The most SMS segments a notification (`action = { sms, to }`) may
+    /// take; a longer text is cut to fit. Default
+    /// [`DEFAULT_MAX_SEGMENTS`]: one, which every backend can send (the
+    /// modem sends single segments only). Socket commands are always one.
+    pub max_segments: Option<Spanned<u32>>,
 }
+
+/// Default of `[sms] max_segments`.
+pub const DEFAULT_MAX_SEGMENTS: usize = 1;
 
 /// A problem in the `[sms]` table found after parsing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +249,19 @@ impl SmsConfigError {
 type Selected = (BackendKind, Range<usize>);
 
 impl SmsConfig {
+    /// `max_segments`, checked: 1 to 10.
+    pub fn max_segments(&self) -> Result<usize, SmsConfigError> {
+        match &self.max_segments {
+            None => Ok(DEFAULT_MAX_SEGMENTS),
+            Some(n) if (1..=10).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+            Some(n) => Err(SmsConfigError::new(
+                "sms.max_segments",
+                "must be between 1 and 10 segments",
+                Some(n.span()),
+            )),
+        }
+    }
+
     /// Builds the configured sender, loading its secrets: the backend
     /// itself for `backend = "…"` or a one-element `backends`, a
     /// [`FailoverSender`] for several. Relative paths (`key_file`,
@@ -358,6 +379,19 @@ mod tests {
         let file: File = toml::from_str("[sms]\nbackend = \"log\"\n").unwrap();
         let sender = file.sms.build(Path::new(".")).unwrap();
         assert_eq!(sender.name(), "log");
+    }
+
+    #[test]
+    fn max_segments_defaults_to_one_and_is_bounded() {
+        let file: File = toml::from_str("[sms]\nbackend = \"log\"\n").unwrap();
+        assert_eq!(file.sms.max_segments().unwrap(), 1);
+        let file: File = toml::from_str("[sms]\nbackend = \"log\"\nmax_segments = 3\n").unwrap();
+        assert_eq!(file.sms.max_segments().unwrap(), 3);
+        let text = "[sms]\nbackend = \"log\"\nmax_segments = 0\n";
+        let file: File = toml::from_str(text).unwrap();
+        let err = file.sms.max_segments().unwrap_err();
+        let placed = err.in_file(&SourceFile::from_text("rules.toml", text)).to_string();
+        assert_eq!(placed, "rules.toml:3:16: sms.max_segments: must be between 1 and 10 segments");
     }
 
     #[test]

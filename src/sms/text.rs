@@ -152,6 +152,33 @@ pub fn gsm7_septets(c: char) -> Option<usize> {
     }
 }
 
+/// `text` cut (with [`TRUNCATION_MARK`]) to the longest prefix that fits in
+/// `max_segments` segments; unchanged when it already fits.
+pub fn fit_segments(text: &str, max_segments: usize) -> String {
+    let max_segments = max_segments.max(1);
+    if segments(text).segments <= max_segments {
+        return text.to_string();
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let with_mark = |n: usize| {
+        let mut cut: String = chars[..n].iter().collect();
+        cut.push_str(TRUNCATION_MARK);
+        cut
+    };
+    // The longest prefix that fits, found by bisection: segment counts only
+    // grow with length.
+    let (mut fits, mut too_long) = (0, chars.len());
+    while too_long - fits > 1 {
+        let mid = (fits + too_long) / 2;
+        if segments(&with_mark(mid)).segments <= max_segments {
+            fits = mid;
+        } else {
+            too_long = mid;
+        }
+    }
+    with_mark(fits)
+}
+
 /// Classifies a text and counts what it costs, never splitting a GSM-7
 /// extension character (escape + character) or a UTF-16 surrogate pair
 /// across two parts.
@@ -182,6 +209,20 @@ pub fn segments(text: &str) -> SegmentCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_notifications_are_cut_to_their_segments() {
+        let latin = "x".repeat(400);
+        let one = fit_segments(&latin, 1);
+        assert_eq!(one.len(), 160);
+        assert!(one.ends_with(TRUNCATION_MARK));
+        assert_eq!(segments(&fit_segments(&latin, 2)).units, 306);
+        assert_eq!(fit_segments("short", 1), "short");
+        let cyrillic = "Плеер не отвечает ".repeat(10);
+        let cut = fit_segments(&cyrillic, 1);
+        assert_eq!(segments(&cut).segments, 1);
+        assert_eq!(cut.chars().count(), 70);
+    }
 
     #[test]
     fn control_characters_never_survive() {
