@@ -388,6 +388,18 @@ fn bad_phone_numbers_show_the_expected_form() {
 }
 
 #[test]
+fn a_rejected_socket_does_not_make_its_jobs_complain_too() {
+    let text = with_job("metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\naction = { command = \"power_on\" }\n")
+        .replace("+79991234567", "12345");
+    let errors = errors(&text);
+    assert!(
+        errors.starts_with("rules.toml:6:9: socket \"lobby\": invalid phone number \"12345\""),
+        "{errors}"
+    );
+    assert_eq!(errors.lines().count(), 1, "only the socket's own error: {errors}");
+}
+
+#[test]
 fn unknown_socket_model() {
     assert_eq!(
         errors(&HEAD.replace("simpal-d210", "simpal-d999")),

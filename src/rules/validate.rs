@@ -156,8 +156,13 @@ pub(crate) fn build(
         }
     }
 
-    let env =
-        JobEnv { device_key: &device_key, sockets: &sockets, default_guards: &default_guards };
+    let written: usize = files.iter().map(|(_, raw_sockets, _)| raw_sockets.len()).sum();
+    let env = JobEnv {
+        device_key: &device_key,
+        sockets: &sockets,
+        default_guards: &default_guards,
+        sockets_rejected: sockets.len() < written,
+    };
     let mut jobs: Vec<Job> = Vec::new();
     let mut job_names: HashMap<String, String> = HashMap::new();
     let file_names = describe_files(main, fragments);
@@ -714,6 +719,10 @@ struct JobEnv<'a> {
     device_key: &'a DeviceKeyLabels,
     sockets: &'a [Socket],
     default_guards: &'a [Guard],
+    /// Some `[[sockets]]` entry had errors of its own: a job that finds no
+    /// socket may be missing that one, so it does not add a second,
+    /// misleading error.
+    sockets_rejected: bool,
 }
 
 fn job(
@@ -1106,6 +1115,9 @@ fn candidate_sockets<'a>(
         env.sockets.iter().filter(|s| s.powers.iter().any(|key| devices.may_select(key))).collect();
     if !candidates.is_empty() {
         return Some(candidates);
+    }
+    if env.sockets_rejected {
+        return None;
     }
     let elsewhere = "or send an SMS elsewhere with action = { sms = \"…\", to = \"+79991234567\" }";
     let message = if env.sockets.is_empty() {
