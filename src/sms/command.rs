@@ -49,6 +49,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use toml::Spanned;
 
+use super::template::{Template, Values, Var};
 use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
 
 /// How long the program may run, by default.
@@ -81,102 +82,6 @@ pub struct CommandConfig {
     /// Exit statuses that mean "it may have been sent" rather than "it was
     /// not". Default: none, every status other than 0 is a definite failure.
     pub uncertain_exit_codes: Option<Spanned<Vec<i32>>>,
-}
-
-/// A placeholder in an argument or environment value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Var {
-    Phone,
-    PhoneDigits,
-    Text,
-}
-
-impl Var {
-    const ALL: [Var; 3] = [Var::Phone, Var::PhoneDigits, Var::Text];
-
-    fn name(self) -> &'static str {
-        match self {
-            Var::Phone => "phone",
-            Var::PhoneDigits => "phone_digits",
-            Var::Text => "text",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    Var(Var),
-}
-
-/// A string with placeholders, checked when the configuration is loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Template(Vec<Piece>);
-
-impl Template {
-    fn parse(text: &str) -> Result<Template, String> {
-        let mut pieces = Vec::new();
-        let mut literal = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '{' => {
-                    let mut name = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) => name.push(c),
-                            None => {
-                                return Err(format!(
-                                    "unclosed {{ in {text:?} (write {{{{ for a literal brace)"
-                                ))
-                            }
-                        }
-                    }
-                    let var = Var::ALL.into_iter().find(|v| v.name() == name).ok_or_else(|| {
-                        format!(
-                            "unknown placeholder {{{name}}} in {text:?}; use {{phone}}, {{phone_digits}} or {{text}}"
-                        )
-                    })?;
-                    if !literal.is_empty() {
-                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                    }
-                    pieces.push(Piece::Var(var));
-                }
-                '}' => return Err(format!("lone }} in {text:?} (write }}}} for a literal brace)")),
-                c => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            pieces.push(Piece::Literal(literal));
-        }
-        Ok(Template(pieces))
-    }
-
-    fn uses(&self, wanted: &[Var]) -> bool {
-        self.0.iter().any(|piece| matches!(piece, Piece::Var(v) if wanted.contains(v)))
-    }
-
-    fn render(&self, message: &Message) -> String {
-        let mut out = String::new();
-        for piece in &self.0 {
-            out.push_str(match piece {
-                Piece::Literal(text) => text,
-                Piece::Var(Var::Phone) => &message.phone,
-                Piece::Var(Var::PhoneDigits) => message.phone.trim_start_matches('+'),
-                Piece::Var(Var::Text) => &message.text,
-            });
-        }
-        out
-    }
 }
 
 /// Runs the configured program for each message; see the module documentation.
@@ -251,7 +156,7 @@ impl CommandSender {
                 .iter()
                 .enumerate()
                 .map(|(i, arg)| {
-                    Template::parse(arg)
+                    Template::parse(arg, &Var::MESSAGE)
                         .map_err(|m| err(&format!("args[{i}]"), m, Some(args.span())))
                 })
                 .collect::<Result<_, _>>()?,
@@ -269,7 +174,7 @@ impl CommandSender {
                             Some(env.span()),
                         ));
                     }
-                    let template = Template::parse(value)
+                    let template = Template::parse(value, &Var::MESSAGE)
                         .map_err(|m| err(&format!("env.{name}"), m, Some(env.span())))?;
                     Ok((name.clone(), template))
                 })
@@ -278,14 +183,14 @@ impl CommandSender {
         let all = || args.iter().chain(env.iter().map(|(_, t)| t));
         let span =
             config.args.as_ref().map(Spanned::span).or(config.env.as_ref().map(Spanned::span));
-        if !all().any(|t| t.uses(&[Var::Phone, Var::PhoneDigits])) {
+        if !all().any(|t| t.uses(Var::Phone) || t.uses(Var::PhoneDigits)) {
             return Err(err(
                 "args",
                 "no argument or env value uses {phone} or {phone_digits}: the program would not learn the number",
                 span,
             ));
         }
-        if !all().any(|t| t.uses(&[Var::Text])) {
+        if !all().any(|t| t.uses(Var::Text)) {
             return Err(err(
                 "args",
                 "no argument or env value uses {text}: the program would not learn the text",
@@ -314,8 +219,12 @@ impl CommandSender {
         let shown = self.program.display().to_string();
         let run = Run {
             program: self.program.clone(),
-            args: self.args.iter().map(|t| t.render(message)).collect(),
-            env: self.env.iter().map(|(n, t)| (n.clone(), t.render(message))).collect(),
+            args: self.args.iter().map(|t| t.render(&Values::of(message, ""))).collect(),
+            env: self
+                .env
+                .iter()
+                .map(|(n, t)| (n.clone(), t.render(&Values::of(message, ""))))
+                .collect(),
             timeout: self.timeout,
         };
         tracing::debug!(program = %shown, phone = %message.phone, "sending SMS through a program");
@@ -538,10 +447,14 @@ mod tests {
 
     #[test]
     fn templates_render_each_value_whole() {
-        let t = Template::parse("to={phone_digits} {{raw}} {text}").unwrap();
-        assert_eq!(t.render(&message()), "to=79991234567 {raw} Reboot \"lobby\"; $(rm -rf /)");
-        assert!(Template::parse("{number}").unwrap_err().contains("unknown placeholder {number}"));
-        assert!(Template::parse("{text").unwrap_err().contains("unclosed {"));
+        let t = Template::parse("to={phone_digits} {{raw}} {text}", &Var::MESSAGE).unwrap();
+        assert_eq!(
+            t.render(&Values::of(&message(), "")),
+            "to=79991234567 {raw} Reboot \"lobby\"; $(rm -rf /)"
+        );
+        let unknown = Template::parse("{number}", &Var::MESSAGE).unwrap_err();
+        assert!(unknown.contains("unknown placeholder {number}"));
+        assert!(Template::parse("{text", &Var::MESSAGE).unwrap_err().contains("unclosed {"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod log;
 pub mod modem;
 pub mod phone;
 pub mod smstools;
+mod template;
 pub mod text;
 
 pub use failover::{AttemptChain, AttemptOutcome, FailoverSender};
