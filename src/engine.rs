@@ -413,10 +413,6 @@ impl Engine {
             self.outbox.metrics.queries.inc();
             match result {
                 Ok(samples) => {
-                    let samples = samples
-                        .into_iter()
-                        .map(|s| Sample { labels: s.labels, value: s.value })
-                        .collect();
                     answers.insert(query, samples);
                 }
                 Err(err) => {

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::clock::SystemClock;
+use crate::engine::{EngineOptions, Outbox, SendRetry};
 use crate::journal::Journal;
 use crate::prometheus_api::{Auth, PromClient};
 use crate::rules::{PrometheusAuth, RuleSet};
@@ -185,6 +187,20 @@ fn warn_loose(loaded: &crate::secret::LoadedSecret) {
 /// Opens the journal for writing (creating it), or says why not.
 pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Exit> {
     Journal::open(&rules.journal.path).map_err(|err| fail(Exit::Journal, err))
+}
+
+/// The outbox of a command a person runs (`send`, `test-rule --send`):
+/// the daemon's journal, sender and budgets, retries seconds apart.
+pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Exit> {
+    let sms = build_sender(rules).map_err(|err| fail(Exit::Config, err))?;
+    let journal = open_journal(rules)?;
+    let options = EngineOptions {
+        budgets: rules.budgets,
+        retry: SendRetry::INTERACTIVE,
+        max_segments: sms.max_segments,
+        ..EngineOptions::default()
+    };
+    Ok(Outbox::new(journal, sms.sender, Arc::new(SystemClock), options))
 }
 
 /// Opens the journal read-only, next to a running daemon.

@@ -6,11 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use super::{build_sender, fail, load_rules, open_journal, Exit};
-use crate::clock::SystemClock;
-use crate::engine::{EngineOptions, Outbox, SendRetry};
+use super::{fail, load_rules, manual_outbox, Exit};
 use crate::journal::{Execution, ExecutionStatus};
 use crate::socket::ArgValue;
 
@@ -57,25 +54,10 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
             return fail(Exit::Usage, format!("socket {}: {}", socket.name, errors.join("; ")));
         }
     };
-    let sms = match build_sender(&rules) {
-        Ok(sms) => sms,
-        Err(err) => return fail(Exit::Config, err),
-    };
-    let journal = match open_journal(&rules) {
-        Ok(journal) => journal,
+    let mut outbox = match manual_outbox(&rules) {
+        Ok(outbox) => outbox,
         Err(exit) => return exit,
     };
-    let mut outbox = Outbox::new(
-        journal,
-        sms.sender,
-        Arc::new(SystemClock),
-        EngineOptions {
-            budgets: rules.budgets,
-            retry: SendRetry::INTERACTIVE,
-            max_segments: sms.max_segments,
-            ..EngineOptions::default()
-        },
-    );
     match outbox.send_manual(&socket.name, socket.phone.as_str(), &text).await {
         Ok(execution) => report(&execution),
         Err(err) => fail(Exit::Journal, err),

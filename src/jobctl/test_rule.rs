@@ -9,11 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::sync::Arc;
 
-use super::{build_sender, count, fail, load_rules, open_journal, prometheus_client, Exit};
-use crate::clock::SystemClock;
-use crate::engine::{EngineOptions, Outbox, SendRetry};
+use super::{count, fail, load_rules, manual_outbox, prometheus_client, Exit};
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase};
 use crate::rules::{OutgoingSms, Sample, Verdict};
@@ -53,10 +50,6 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
     for query in job.queries() {
         match prometheus.query(&query).await {
             Ok(samples) => {
-                let samples = samples
-                    .into_iter()
-                    .map(|s| Sample { labels: s.labels, value: s.value })
-                    .collect();
                 answers.insert(query, samples);
             }
             Err(err) => {
@@ -180,25 +173,10 @@ async fn send(
             return Exit::Ok;
         }
     }
-    let sms = match build_sender(rules) {
-        Ok(sms) => sms,
-        Err(err) => return fail(Exit::Config, err),
-    };
-    let journal = match open_journal(rules) {
-        Ok(journal) => journal,
+    let mut outbox = match manual_outbox(rules) {
+        Ok(outbox) => outbox,
         Err(exit) => return exit,
     };
-    let mut outbox = Outbox::new(
-        journal,
-        sms.sender,
-        Arc::new(SystemClock),
-        EngineOptions {
-            budgets: rules.budgets,
-            retry: SendRetry::INTERACTIVE,
-            max_segments: sms.max_segments,
-            ..EngineOptions::default()
-        },
-    );
     let mut exit = Exit::Ok;
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {

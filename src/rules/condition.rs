@@ -36,14 +36,8 @@ use std::fmt;
 
 use super::device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
 
-/// One series of an instant-query answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// The series' labels (including `__name__` when Prometheus returns it).
-    pub labels: BTreeMap<String, String>,
-    /// Its value.
-    pub value: f64,
-}
+/// One series of an instant-query answer, as the Prometheus client returns it.
+pub use crate::prometheus_api::Sample;
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
