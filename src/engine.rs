@@ -106,6 +106,10 @@ pub enum EngineError {
 pub struct CycleReport {
     /// Distinct queries sent.
     pub queries: usize,
+    /// How long the queries took, from sending the first to having every
+    /// answer decoded; the rest of the cycle is evaluation, journal and
+    /// dispatch.
+    pub query_time: Duration,
     /// Queries that failed, with why.
     pub failed_queries: Vec<(String, String)>,
     /// (job, device) pairs evaluated.
@@ -230,7 +234,9 @@ impl Engine {
 
         let queries = self.rules.queries();
         report.queries = queries.len();
+        let querying = Instant::now();
         let answers = self.query_all(&queries, &mut report).await;
+        report.query_time = querying.elapsed();
 
         let mut dispatch: Vec<(
             Arc<Job>,
