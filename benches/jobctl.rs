@@ -744,9 +744,14 @@ impl Workload {
         self.answer(expr.to_string(), series);
     }
 
+    /// Stores an answer as Prometheus writes it: `resultType` before
+    /// `result`. (`json!` would sort the keys the other way round, which
+    /// makes a client buffer the whole result before it can decode it.)
     fn answer(&mut self, query: String, series: Vec<serde_json::Value>) {
-        let body = json!({"status": "success", "data": {"resultType": "vector", "result": series}});
-        self.answers.insert(query, Bytes::from(serde_json::to_vec(&body).unwrap()));
+        let result = serde_json::to_string(&series).unwrap();
+        let body =
+            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#);
+        self.answers.insert(query, Bytes::from(body));
     }
 }
 
