@@ -17,9 +17,11 @@
 //! their SMS during the measured cycles. No log subscriber is installed.
 //!
 //! A cycle's time is split into *query* (from sending the first query to
-//! having every answer decoded: HTTP on loopback and JSON decoding) and
-//! *evaluation* (everything else: verdicts, state machines, journal writes,
-//! dispatch).
+//! having every answer decoded: HTTP on loopback and JSON decoding),
+//! *journal* (waiting on SQLite: due actions journalled before they leave,
+//! changed states saved) and *evaluation* (the rest: verdicts, state
+//! machines, logs). The target "evaluation under 50 ms" is checked on all
+//! but the queries, journal included.
 //!
 //! The workload, per cycle:
 //! - 40 platforms × 21 jobs: comparisons on `addreality_device_online`,
@@ -136,39 +138,46 @@ fn main() -> ExitCode {
         f["sends"],
         f["action_errors"],
     );
-    println!(
-        "{:>9} | {:>9} | {:>15} | {:>15} | {:>21} | {:>11} | {:>7} | {:>8}",
-        "queries", "requests", "cycle", "query", "evaluation", "1st cycle", "load", "RSS"
-    );
-    println!(
-        "{:>9} | {:>9} | {:>15} | {:>15} | {:>21} | {:>11} | {:>7} | {:>8}",
-        "per cycle",
-        "per cycle",
-        "ms median/p90",
-        "ms median/p90",
-        "ms median/p90/max",
-        "ms (eval)",
-        "ms",
-        "peak MB"
-    );
+    let header = [
+        ["queries", "requests", "cycle", "query", "evaluation", "journal", "all but query"],
+        [
+            "per cycle",
+            "per cycle",
+            "ms med/p90",
+            "ms med/p90",
+            "ms med/p90",
+            "ms med/p90",
+            "ms med/p90/max",
+        ],
+    ];
+    for [queries, requests, cycle, query, evaluation, journal, but_query] in header {
+        println!(
+            "{queries:>9} | {requests:>9} | {cycle:>13} | {query:>13} | {evaluation:>11} | {journal:>11} | {but_query:>19}"
+        );
+    }
     let requests_per_cycle = if f["requests_min"] == f["requests_max"] {
         format!("{:.0}", f["requests_min"])
     } else {
         format!("{:.0}-{:.0}", f["requests_min"], f["requests_max"])
     };
+    let pair = |name: &str| {
+        format!("{:.1} / {:.1}", f[&format!("{name}_median_ms")], f[&format!("{name}_p90_ms")])
+    };
     println!(
-        "{:>9.0} | {:>9} | {:>6.1} /{:>7.1} | {:>6.1} /{:>7.1} | {:>6.1} /{:>6.1} /{:>6.1} | {:>4.0} ({:>4.0}) | {:>7.0} | {:>8.1}",
+        "{:>9.0} | {:>9} | {:>13} | {:>13} | {:>11} | {:>11} | {:>11} / {:>5.1}",
         f["queries"],
         requests_per_cycle,
-        f["cycle_median_ms"],
-        f["cycle_p90_ms"],
-        f["query_median_ms"],
-        f["query_p90_ms"],
-        f["evaluation_median_ms"],
-        f["evaluation_p90_ms"],
-        f["evaluation_max_ms"],
+        pair("cycle"),
+        pair("query"),
+        pair("evaluation"),
+        pair("journal"),
+        pair("but_query"),
+        f["but_query_max_ms"],
+    );
+    println!(
+        "first cycle (every state new): {:.1} ms, {:.1} ms of it but the queries; rules loaded and engine started in {:.0} ms; peak RSS {:.1} MB",
         f["first_cycle_ms"],
-        f["first_evaluation_ms"],
+        f["first_but_query_ms"],
         f["load_ms"],
         f["peak_rss_mb"],
     );
@@ -180,7 +189,10 @@ fn main() -> ExitCode {
         && f["failed_queries"] == 0.0;
     let targets = [
         ("one Prometheus query per distinct expression", one_query_each),
-        ("evaluation under 50 ms per cycle (p90)", f["evaluation_p90_ms"] < 50.0),
+        (
+            "evaluation under 50 ms per cycle (p90 of all but the queries, journal included)",
+            f["but_query_p90_ms"] < 50.0,
+        ),
         ("peak RSS under 50 MB", f["peak_rss_mb"] < 50.0),
     ];
     let mut all_met = true;
@@ -243,7 +255,8 @@ fn run_engine(url: &str, rules_path: &Path) -> Figures {
             let text = counter.get(&count_url).send().await.unwrap().text().await.unwrap();
             text.parse::<u64>().unwrap()
         };
-        let (mut cycle, mut query, mut evaluation) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cycle, mut query, mut journal) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut evaluation, mut but_query) = (Vec::new(), Vec::new());
         let mut requests_per_cycle = Vec::new();
         let mut totals = Figures::new();
         for round in 0..=CYCLES {
@@ -256,13 +269,16 @@ fn run_engine(url: &str, rules_path: &Path) -> Figures {
             let took = started.elapsed();
             requests_per_cycle.push((requests().await - before) as f64);
             let (took, queried) = (ms(took), ms(report.query_time));
+            let journalled = ms(report.journal_time);
             if round == 0 {
                 figures.insert("first_cycle_ms".into(), took);
-                figures.insert("first_evaluation_ms".into(), took - queried);
+                figures.insert("first_but_query_ms".into(), took - queried);
             } else {
                 cycle.push(took);
                 query.push(queried);
-                evaluation.push(took - queried);
+                journal.push(journalled);
+                evaluation.push(took - queried - journalled);
+                but_query.push(took - queried);
             }
             figures.insert("queries".into(), report.queries as f64);
             figures.insert("evaluations".into(), report.evaluations as f64);
@@ -278,13 +294,17 @@ fn run_engine(url: &str, rules_path: &Path) -> Figures {
         }
         engine.finish_sends().await;
         figures.extend(totals);
-        for (name, samples) in [("cycle", &mut cycle), ("query", &mut query)] {
+        for (name, samples) in [
+            ("cycle", &mut cycle),
+            ("query", &mut query),
+            ("journal", &mut journal),
+            ("evaluation", &mut evaluation),
+            ("but_query", &mut but_query),
+        ] {
             figures.insert(format!("{name}_median_ms"), percentile(samples, 0.5));
             figures.insert(format!("{name}_p90_ms"), percentile(samples, 0.9));
+            figures.insert(format!("{name}_max_ms"), percentile(samples, 1.0));
         }
-        figures.insert("evaluation_median_ms".into(), percentile(&mut evaluation, 0.5));
-        figures.insert("evaluation_p90_ms".into(), percentile(&mut evaluation, 0.9));
-        figures.insert("evaluation_max_ms".into(), percentile(&mut evaluation, 1.0));
         figures.insert("requests_min".into(), percentile(&mut requests_per_cycle, 0.0));
         figures.insert("requests_max".into(), percentile(&mut requests_per_cycle, 1.0));
         figures.insert("peak_rss_mb".into(), peak_rss_mb());
