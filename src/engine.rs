@@ -4,7 +4,7 @@
 //! One cycle:
 //!
 //! 1. sends each distinct query of the enabled jobs once (not once per job
-//!    or device), concurrently, and compacts each answer as it arrives
+//!    or device), a few at a time, and compacts each answer as it arrives
 //!    (`rules::condition::Answers`); a query that fails is simply absent
 //!    from the answers, which makes every verdict depending on it unknown;
 //! 2. evaluates each job per device (as [`crate::rules::Job::evaluate`]
@@ -30,7 +30,11 @@
 //! start rather than re-sent.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -39,7 +43,7 @@ use crate::clock::Clock;
 use crate::journal::{
     Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult, Suppression,
 };
-use crate::prometheus_api::PromClient;
+use crate::prometheus_api::{PromClient, PromError, Sample as PromSample};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState, PhaseName, Timing, Transition};
@@ -158,6 +162,12 @@ struct Due {
     due: state::ActionDue,
     state_after: JobState,
 }
+
+/// Queries sent at once. Prometheus evaluates 20 queries at a time by
+/// default (`--query.max-concurrency`) and queues the others; more in flight
+/// would only hold more connections, answers and decoded series in memory at
+/// once (with all of a thousand jobs' queries in flight, over 100 MB).
+const QUERIES_IN_FLIGHT: usize = 8;
 
 /// The evaluation engine of `jobctl run`.
 pub struct Engine {
@@ -486,25 +496,55 @@ impl Engine {
         }
     }
 
-    /// Sends every query, and compacts each answer as it arrives (see
-    /// [`Answers`]) so that the label maps of every answer never coexist.
+    /// Sends every query, [`QUERIES_IN_FLIGHT`] at a time, and compacts each
+    /// answer as it arrives (see [`Answers`]), so that the label maps of only
+    /// a few answers ever exist at once.
     async fn query_all(
         &mut self,
         queries: &[String],
         answers: &mut Answers,
         report: &mut CycleReport,
     ) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for query in queries {
-            let client = self.prometheus.clone();
+        // Polled here rather than spawned: each answer is decoded by the
+        // thread that compacts it, so its label maps are freed where they
+        // were made (spread over worker threads' allocator arenas, they left
+        // tens of megabytes of fragments behind).
+        type Pending<'q> = Pin<
+            Box<dyn Future<Output = (&'q String, Result<Vec<PromSample>, PromError>)> + Send + 'q>,
+        >;
+        let client: &PromClient = &self.prometheus;
+        let mut waiting = queries.iter();
+        let mut in_flight: Vec<Pending<'_>> = Vec::with_capacity(QUERIES_IN_FLIGHT);
+        loop {
+            while in_flight.len() < QUERIES_IN_FLIGHT {
+                let Some(query) = waiting.next() else { break };
+                in_flight.push(Box::pin(async move { (query, client.query(query).await) }));
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            let finished = std::future::poll_fn(|cx| {
+                for at in 0..in_flight.len() {
+                    // A query that panics is left out, as a panicking task
+                    // would be: its answer is missing, nothing else is lost.
+                    let polled = catch_unwind(AssertUnwindSafe(|| in_flight[at].as_mut().poll(cx)));
+                    match polled {
+                        Ok(Poll::Pending) => continue,
+                        Ok(Poll::Ready(done)) => {
+                            drop(in_flight.swap_remove(at));
+                            return Poll::Ready(Some(done));
+                        }
+                        Err(_) => {
+                            drop(in_flight.swap_remove(at));
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some((query, result)) = finished else { continue };
             let query = query.clone();
-            tasks.spawn(async move {
-                let result = client.query(&query).await;
-                (query, result)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((query, result)) = joined else { continue };
             self.outbox.metrics.queries.inc();
             match result {
                 Ok(samples) => {
