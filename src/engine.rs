@@ -4,16 +4,24 @@
 //! One cycle:
 //!
 //! 1. sends each distinct query of the enabled jobs once (not once per job
-//!    or device), concurrently; a query that fails is simply absent from the
-//!    answers, which makes every verdict depending on it unknown;
-//! 2. evaluates each job per device ([`crate::rules::Job::evaluate`]) and
-//!    advances its state machine ([`crate::rules::state`]): unknown never
-//!    moves anything towards an action;
+//!    or device), a few at a time, and compacts each answer as it arrives
+//!    (`rules::condition::Answers`); a query that fails is simply absent
+//!    from the answers, which makes every verdict depending on it unknown;
+//! 2. evaluates each job per device (as [`crate::rules::Job::evaluate`]
+//!    does, on answers indexed once for every job) and advances its state
+//!    machine ([`crate::rules::state`]): unknown never moves anything
+//!    towards an action;
 //! 3. for each action due, journals the message *before* it leaves, then
 //!    hands it to the SMS sender in a task of its own (a slow gateway or a
 //!    retry never holds up other jobs or the next cycle), and records each
 //!    attempt's outcome;
 //! 4. saves every changed state in one transaction.
+//!
+//! A thousand jobs over ten thousand devices are a third of a million
+//! (job, device) pairs per cycle, nearly all inactive: the engine keeps a
+//! state only for pairs something happened to (`JobStates`) and skips the
+//! state machine for the others while their verdict is not true.
+//! `cargo bench --bench jobctl` measures a cycle at that size.
 //!
 //! The journal (SQLite) is only touched on the blocking pool. Because the
 //! state after an action is written in the same transaction as the message,
@@ -21,8 +29,12 @@
 //! twice, and a message caught in flight is marked uncertain at the next
 //! start rather than re-sent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -31,9 +43,11 @@ use crate::clock::Clock;
 use crate::journal::{
     Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, Suppression,
 };
-use crate::prometheus_api::PromClient;
-use crate::rules::state::{self, JobState, PhaseName, Timing};
-use crate::rules::{DeviceKey, DeviceVerdict, Job, RuleSet, Sample, Verdict};
+use crate::prometheus_api::{PromClient, PromError, Sample as PromSample};
+use crate::rules::condition::{Answers, Index, JobEvaluation};
+use crate::rules::device::{DeviceId, DeviceTable};
+use crate::rules::state::{self, JobState, PhaseName, Timing, Transition};
+use crate::rules::{DeviceVerdict, Job, RuleSet, Verdict};
 use crate::sms::{text, AttemptChain, Message, SendError, Sender};
 
 /// How failed sends are retried. Only definite failures are retried; a send
@@ -107,6 +121,13 @@ pub enum EngineError {
 pub struct CycleReport {
     /// Distinct queries sent.
     pub queries: usize,
+    /// How long the queries took, from sending the first to having every
+    /// answer decoded.
+    pub query_time: Duration,
+    /// How long the cycle then waited on the journal: due actions journalled
+    /// before they leave, and changed states saved. The rest of the cycle is
+    /// evaluation.
+    pub journal_time: Duration,
     /// Queries that failed, with why.
     pub failed_queries: Vec<(String, String)>,
     /// (job, device) pairs evaluated.
@@ -132,17 +153,135 @@ struct Dispatch {
     what: String,
 }
 
+/// An action that became due in a cycle, sent once every job is evaluated.
+struct Due {
+    /// Index of the job in the rules.
+    job: usize,
+    /// The device's text form.
+    device: String,
+    verdict: DeviceVerdict,
+    due: state::ActionDue,
+    state_after: JobState,
+    /// The state before this cycle, put back if the journal cannot take the
+    /// message (nothing was sent, so the action must stay due).
+    previous: JobState,
+}
+
+/// Queries sent at once. Prometheus evaluates 20 queries at a time by
+/// default (`--query.max-concurrency`) and queues the others; more in flight
+/// would only hold more connections, answers and decoded series in memory at
+/// once (with all of a thousand jobs' queries in flight, over 100 MB).
+const QUERIES_IN_FLIGHT: usize = 8;
+
 /// The evaluation engine of `jobctl run`.
 pub struct Engine {
     rules: Arc<RuleSet>,
     prometheus: Arc<PromClient>,
     clock: Arc<dyn Clock>,
-    /// (job name, device key text) → state.
-    states: HashMap<(String, String), JobState>,
+    /// The last cycle's answers, kept for their buffers.
+    answers: Answers,
+    /// Every device the states refer to.
+    devices: DeviceTable,
+    /// How many of them states referred to when last counted.
+    devices_in_use: usize,
+    /// Job name → its devices' states.
+    states: HashMap<String, JobStates>,
+    /// The state of a (job, device) nothing has happened to.
+    default_state: JobState,
     outbox: Outbox,
     /// Queries that failed last cycle, so that an outage is logged when it
     /// starts and ends rather than every cycle.
     failing_queries: usize,
+}
+
+/// What the engine remembers of one job's devices between cycles.
+///
+/// Almost every device of almost every job sits in the default state
+/// (inactive, nothing ever done) cycle after cycle. Storing a state for each
+/// would cost over a hundred bytes per (job, device): tens of megabytes for
+/// a thousand jobs over a large fleet. A device in the job's answers last
+/// cycle is therefore only listed in `present`, and its state is stored only
+/// when it is not the default. Together they hold exactly the (job, device)
+/// pairs the engine knows.
+#[derive(Debug, Default)]
+struct JobStates {
+    /// Devices in the job's answers in the last cycle, in id order.
+    present: Vec<DeviceId>,
+    /// In id order, the states that `present` does not imply: every state
+    /// other than the default, and the states loaded from the journal.
+    stored: Vec<(DeviceId, JobState)>,
+    /// How many known devices are in each phase (by [`phase_slot`]), for
+    /// the `jobctl_job_devices` gauge.
+    phases: [u64; 4],
+}
+
+/// The phases in the order of [`JobStates::phases`].
+const PHASES: [PhaseName; 4] =
+    [PhaseName::Inactive, PhaseName::Pending, PhaseName::Firing, PhaseName::Resolved];
+
+fn phase_slot(phase: PhaseName) -> usize {
+    PHASES.iter().position(|&p| p == phase).expect("every phase has a slot")
+}
+
+impl JobStates {
+    /// A device's state, if the engine knows the (job, device).
+    fn get<'s>(&'s self, device: DeviceId, default: &'s JobState) -> Option<&'s JobState> {
+        match self.stored.binary_search_by_key(&device, |(d, _)| *d) {
+            Ok(at) => Some(&self.stored[at].1),
+            Err(_) => self.present.binary_search(&device).is_ok().then_some(default),
+        }
+    }
+
+    /// Puts back a device's state (stepping back a cycle's decision).
+    fn restore(&mut self, device: DeviceId, state: JobState) {
+        let slot = phase_slot(state.phase.name());
+        match self.stored.binary_search_by_key(&device, |(d, _)| *d) {
+            Ok(at) => {
+                let old = std::mem::replace(&mut self.stored[at].1, state);
+                let old = &mut self.phases[phase_slot(old.phase.name())];
+                *old = old.saturating_sub(1);
+            }
+            Err(at) => {
+                if self.present.binary_search(&device).is_ok() {
+                    // It counted as the default (inactive) state.
+                    let inactive = &mut self.phases[phase_slot(PhaseName::Inactive)];
+                    *inactive = inactive.saturating_sub(1);
+                }
+                self.stored.insert(at, (device, state));
+            }
+        }
+        self.phases[slot] += 1;
+    }
+
+    /// Counts the known devices in each phase (after loading from the
+    /// journal; cycles keep the counts as they go).
+    fn count_phases(&mut self) {
+        let mut implied = self.present.len() as u64;
+        let mut stored = self.stored.iter().peekable();
+        for device in &self.present {
+            while stored.next_if(|(d, _)| d < device).is_some() {}
+            if stored.peek().is_some_and(|(d, _)| d == device) {
+                implied -= 1;
+            }
+        }
+        self.phases = [implied, 0, 0, 0];
+        for (_, state) in &self.stored {
+            self.phases[phase_slot(state.phase.name())] += 1;
+        }
+    }
+}
+
+/// What a cycle has to log or do about one device of a job, kept until the
+/// job's devices are all evaluated and then handled in device order.
+struct DeviceEvent {
+    device: DeviceId,
+    /// Whether the device is in this cycle's answers.
+    present: bool,
+    /// The phase held because the verdict is unknown, unless inactive.
+    unknown_in: Option<PhaseName>,
+    transitions: Vec<Transition>,
+    /// The action due, the state after it and the state before.
+    action: Option<(state::ActionDue, JobState, JobState)>,
 }
 
 /// Where messages go: journalled (or suppressed by budget or dry run), then
@@ -186,11 +325,25 @@ impl Engine {
                 execution.status
             );
         }
+        let mut devices = DeviceTable::default();
+        let mut by_job: HashMap<String, JobStates> = HashMap::new();
+        for ((job, device), state) in states {
+            let device = devices.intern_text(&device);
+            by_job.entry(job).or_default().stored.push((device, state));
+        }
+        for states in by_job.values_mut() {
+            states.stored.sort_by_key(|(device, _)| *device);
+            states.count_phases();
+        }
         let mut engine = Engine {
             rules: Arc::new(rules),
             prometheus,
             clock,
-            states,
+            answers: Answers::default(),
+            devices,
+            devices_in_use: 0,
+            states: by_job,
+            default_state: JobState::default(),
             outbox,
             failing_queries: 0,
         };
@@ -210,7 +363,8 @@ impl Engine {
 
     /// A job's state on a device, as the engine holds it.
     pub fn state(&self, job: &str, device: &str) -> Option<&JobState> {
-        self.states.get(&(job.to_string(), device.to_string()))
+        let device = self.devices.find(device)?;
+        self.states.get(job)?.get(device, &self.default_state)
     }
 
     /// Replaces the rules (SIGHUP). Jobs that keep their name keep their
@@ -241,7 +395,7 @@ impl Engine {
     /// same name starts afresh.
     fn forget_removed_jobs(&mut self) {
         let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
-        self.states.retain(|(job, _), _| names.contains(job));
+        self.states.retain(|job, _| names.contains(job));
         let journal = self.outbox.journal.clone();
         tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -271,110 +425,103 @@ impl Engine {
 
         let queries = self.rules.queries();
         report.queries = queries.len();
-        let answers = self.query_all(&queries, &mut report).await;
+        let querying = Instant::now();
+        let mut answers = std::mem::take(&mut self.answers);
+        answers.reset(&self.rules.device_key);
+        self.query_all(&queries, &mut answers, &mut report).await;
+        report.query_time = querying.elapsed();
         self.log_query_failures(&report);
 
-        let mut dispatch: Vec<DueAction> = Vec::new();
-        let mut changed: Vec<(String, String)> = Vec::new();
         let rules = self.rules.clone();
-        for job in rules.jobs.iter().filter(|j| j.enabled) {
-            let evaluation = job.evaluate(&answers, &rules.device_key);
-            let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
-            let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
-            // Devices in this cycle's answers, then those known from earlier
-            // cycles (their verdict is the evaluation's `absent` one).
-            let mut devices: BTreeMap<String, (Option<DeviceKey>, &DeviceVerdict)> = evaluation
-                .devices
-                .iter()
-                .map(|(key, verdict)| (key.to_string(), (Some(key.clone()), verdict)))
-                .collect();
-            for (name, device) in self.states.keys() {
-                if name == &job.name && !devices.contains_key(device) {
-                    devices.insert(device.clone(), (None, &evaluation.absent));
-                }
+        let mut dispatch: Vec<Due> = Vec::new();
+        let mut changed: Vec<(usize, DeviceId)> = Vec::new();
+        let mut index = Index::new(&answers);
+        for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
+            let evaluation =
+                JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+            let states = match self.states.get_mut(&job.name) {
+                Some(states) => states,
+                None => self.states.entry(job.name.clone()).or_default(),
+            };
+            let mut events = Vec::new();
+            let (evaluated, unknown) = advance_job(
+                job,
+                &evaluation,
+                now,
+                states,
+                &self.default_state,
+                &mut events,
+                |device| changed.push((job_index, device)),
+            );
+            report.evaluations += evaluated;
+            report.unknown += unknown as usize;
+            if unknown > 0 {
+                self.outbox.metrics.unknown.with_label_values(&[job.name.as_str()]).inc_by(unknown);
             }
-            let job_arc = Arc::new(job.clone());
-            for (device, (key, verdict)) in devices {
-                report.evaluations += 1;
-                let state_key = (job.name.clone(), device.clone());
-                let previous = self.states.get(&state_key).cloned().unwrap_or_default();
-                let step = previous.advance(
-                    &timing,
-                    &state::Evaluation {
-                        now,
-                        verdict: verdict.verdict,
-                        value: verdict.values.first().map(|v| v.value),
-                        in_window,
-                    },
-                );
-                if verdict.verdict == Verdict::Unknown {
-                    report.unknown += 1;
-                    self.outbox.metrics.unknown.with_label_values(&[job.name.as_str()]).inc();
-                    if previous.phase.name() != PhaseName::Inactive {
-                        let why = verdict
-                            .unknown_because
-                            .as_ref()
-                            .map_or_else(|| "no data".to_string(), ToString::to_string);
-                        tracing::debug!(
-                            "job {:?}: device {}: unknown ({why}); state held as {}",
-                            job.name,
-                            describe(&device, verdict),
-                            previous.phase.name()
-                        );
-                    }
+            // Logs and actions in device order, as a reader expects them.
+            events.sort_by(|a, b| self.devices.text(a.device).cmp(self.devices.text(b.device)));
+            for event in events {
+                let verdict = evaluation.device_verdict(event.present.then_some(event.device));
+                let device = self.devices.text(event.device);
+                if let Some(phase) = event.unknown_in {
+                    let why = verdict
+                        .unknown_because
+                        .as_ref()
+                        .map_or_else(|| "no data".to_string(), ToString::to_string);
+                    tracing::debug!(
+                        "job {:?}: device {}: unknown ({why}); state held as {phase}",
+                        job.name,
+                        describe(device, &verdict),
+                    );
                 }
-                for transition in &step.transitions {
+                for transition in &event.transitions {
                     report.transitions += 1;
                     let value = verdict.values.first().map(|v| format!(" (value {})", v.value));
                     tracing::info!(
                         "job {:?}: device {}: {transition}{}",
                         job.name,
-                        describe(&device, verdict),
+                        describe(device, &verdict),
                         value.unwrap_or_default()
                     );
                 }
-                if let Some(due) = step.action {
+                if let Some((due, state_after, previous)) = event.action {
                     report.actions_due += 1;
-                    dispatch.push(DueAction {
-                        job: job_arc.clone(),
-                        device: device.clone(),
-                        verdict: verdict.clone(),
+                    let device = device.to_string();
+                    dispatch.push(Due {
+                        job: job_index,
+                        device,
+                        verdict,
                         due,
-                        state_after: step.state.clone(),
-                        previous: previous.clone(),
+                        state_after,
+                        previous,
                     });
-                }
-                if step.state != previous {
-                    changed.push(state_key.clone());
-                }
-                if step.state.phase.name() == PhaseName::Inactive
-                    && step.state.last_action_at.is_none()
-                    && key.is_none()
-                {
-                    // A device that left the answers and never did anything:
-                    // nothing worth remembering.
-                    self.states.remove(&state_key);
-                } else {
-                    self.states.insert(state_key, step.state);
                 }
             }
         }
+        drop(index);
+        self.answers = answers;
 
-        for action in dispatch {
-            let key = (action.job.name.clone(), action.device.clone());
-            let previous = action.previous.clone();
-            if !self.act(action, &mut report).await {
+        let journalling = Instant::now();
+        for Due { job, device, verdict, due, state_after, previous } in dispatch {
+            let job = &rules.jobs[job];
+            if !self.act(job, &device, &verdict, due, state_after, &mut report).await {
                 // The journal could not record the message, so it was not
                 // sent: step back so that the action is due again next
                 // cycle rather than lost for the whole episode.
-                self.states.insert(key, previous);
+                if let (Some(states), Some(id)) =
+                    (self.states.get_mut(&job.name), self.devices.find(&device))
+                {
+                    states.restore(id, previous);
+                }
             }
         }
 
         let to_save: Vec<(String, String, JobState)> = changed
             .into_iter()
-            .filter_map(|key| {
-                self.states.get(&key).map(|s| (key.0.clone(), key.1.clone(), s.clone()))
+            .filter_map(|(job, device)| {
+                let name = &rules.jobs[job].name;
+                let state = self.states.get(name)?.get(device, &self.default_state)?;
+                Some((name.clone(), self.devices.text(device).to_string(), state.clone()))
             })
             .collect();
         if !to_save.is_empty() {
@@ -388,32 +535,99 @@ impl Engine {
                 );
             }
         }
+        report.journal_time = journalling.elapsed();
+        self.forget_unused_devices();
 
-        self.outbox.metrics.record_cycle(started.elapsed(), now, &self.states);
+        let counts = self.states.iter().map(|(job, states)| (job.as_str(), states.phases));
+        self.outbox.metrics.record_cycle(started.elapsed(), now, counts);
         report
     }
 
+    /// Forgets the devices no state refers to any more, once they are many
+    /// (players replaced or moved over months), so the table stays the size
+    /// of the fleet.
+    fn forget_unused_devices(&mut self) {
+        if self.devices.len() <= 2 * self.devices_in_use + 1024 {
+            return;
+        }
+        let mut used = vec![false; self.devices.len()];
+        let mut count = 0;
+        for states in self.states.values() {
+            let stored = states.stored.iter().map(|(device, _)| device);
+            for device in states.present.iter().chain(stored) {
+                if !std::mem::replace(&mut used[device.index()], true) {
+                    count += 1;
+                }
+            }
+        }
+        self.devices_in_use = count;
+        if self.devices.len() <= 2 * count + 1024 {
+            return;
+        }
+        let renumbered = self.devices.retain(&used);
+        let new = |device: &mut DeviceId| {
+            *device = renumbered[device.index()].expect("a device in use is kept");
+        };
+        for states in self.states.values_mut() {
+            states.present.iter_mut().for_each(new);
+            states.stored.iter_mut().for_each(|(device, _)| new(device));
+        }
+    }
+
+    /// Sends every query, [`QUERIES_IN_FLIGHT`] at a time, and compacts each
+    /// answer as it arrives (see [`Answers`]), so that the label maps of only
+    /// a few answers ever exist at once.
     async fn query_all(
         &mut self,
         queries: &[String],
+        answers: &mut Answers,
         report: &mut CycleReport,
-    ) -> HashMap<String, Vec<Sample>> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for query in queries {
-            let client = self.prometheus.clone();
+    ) {
+        // Polled here rather than spawned: each answer is decoded by the
+        // thread that compacts it, so its label maps are freed where they
+        // were made (spread over worker threads' allocator arenas, they left
+        // tens of megabytes of fragments behind).
+        type Pending<'q> = Pin<
+            Box<dyn Future<Output = (&'q String, Result<Vec<PromSample>, PromError>)> + Send + 'q>,
+        >;
+        let client: &PromClient = &self.prometheus;
+        let mut waiting = queries.iter();
+        let mut in_flight: Vec<Pending<'_>> = Vec::with_capacity(QUERIES_IN_FLIGHT);
+        loop {
+            while in_flight.len() < QUERIES_IN_FLIGHT {
+                let Some(query) = waiting.next() else { break };
+                in_flight.push(Box::pin(async move { (query, client.query(query).await) }));
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            let finished = std::future::poll_fn(|cx| {
+                for at in 0..in_flight.len() {
+                    // A query that panics is left out, as a panicking task
+                    // would be: its answer is missing, nothing else is lost.
+                    let polled = catch_unwind(AssertUnwindSafe(|| in_flight[at].as_mut().poll(cx)));
+                    match polled {
+                        Ok(Poll::Pending) => continue,
+                        Ok(Poll::Ready(done)) => {
+                            drop(in_flight.swap_remove(at));
+                            return Poll::Ready(Some(done));
+                        }
+                        Err(_) => {
+                            drop(in_flight.swap_remove(at));
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some((query, result)) = finished else { continue };
             let query = query.clone();
-            tasks.spawn(async move {
-                let result = client.query(&query).await;
-                (query, result)
-            });
-        }
-        let mut answers = HashMap::new();
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((query, result)) = joined else { continue };
             self.outbox.metrics.queries.inc();
             match result {
                 Ok(samples) => {
-                    answers.insert(query, samples);
+                    let samples = samples.into_iter().map(|s| (s.labels, s.value));
+                    answers.insert(query, samples, &mut self.devices);
                 }
                 Err(err) => {
                     self.outbox.metrics.query_failures.with_label_values(&[err.label()]).inc();
@@ -422,15 +636,13 @@ impl Engine {
             }
         }
         report.failed_queries.sort();
-        answers
     }
 
     /// Logs a query outage when it starts or changes, and when it ends;
     /// cycles in between say it at debug level only.
     fn log_query_failures(&mut self, report: &CycleReport) {
         let failed = report.failed_queries.len();
-        let up = (failed == 0) as i64;
-        self.outbox.metrics.prometheus_up.set(up);
+        self.outbox.metrics.prometheus_up.set(i64::from(failed == 0));
         if failed == self.failing_queries {
             if let Some((query, why)) = report.failed_queries.first() {
                 tracing::debug!("still failing: {failed} queries (first: {query:?}: {why})");
@@ -447,11 +659,15 @@ impl Engine {
         self.failing_queries = failed;
     }
 
-    /// Journals and dispatches one due action. Returns false only when the
-    /// journal failed (nothing was sent and the action should be retried).
-    async fn act(&mut self, action: DueAction, report: &mut CycleReport) -> bool {
-        let DueAction { job, device, verdict, due, state_after, .. } = action;
-        let (job, device, verdict) = (&*job, device.as_str(), &verdict);
+    async fn act(
+        &mut self,
+        job: &Job,
+        device: &str,
+        verdict: &DeviceVerdict,
+        due: state::ActionDue,
+        state_after: JobState,
+        report: &mut CycleReport,
+    ) -> bool {
         let who = describe(device, verdict);
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
             report.action_errors += 1;
@@ -632,15 +848,104 @@ impl Outbox {
 /// labels came from metrics.
 pub const MAX_TEXT_CHARS: usize = 1530;
 
-/// An action that became due this cycle, with what is needed to journal it
-/// and to step back if the journal cannot take it.
-struct DueAction {
-    job: Arc<Job>,
-    device: String,
-    verdict: DeviceVerdict,
-    due: state::ActionDue,
-    state_after: JobState,
-    previous: JobState,
+/// Advances each (job, device) the engine knows by one evaluation: every
+/// device in this cycle's answers with its verdict, and every other device
+/// `states` holds with the verdict for absent devices. A device that left
+/// the answers and never did anything is forgotten. Returns how many devices
+/// were evaluated and how many of their verdicts were unknown; `changed` is
+/// told each device whose state changed, `events` gets what must be logged
+/// or done.
+fn advance_job(
+    job: &Job,
+    evaluation: &JobEvaluation<'_>,
+    now: jiff::Timestamp,
+    states: &mut JobStates,
+    default: &JobState,
+    events: &mut Vec<DeviceEvent>,
+    mut changed: impl FnMut(DeviceId),
+) -> (usize, u64) {
+    let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
+    let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
+    let answered = &evaluation.devices;
+    let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
+    let mut was_stored = std::mem::take(&mut states.stored);
+    let (mut a, mut p, mut s) = (0, 0, 0);
+    let (mut evaluated, mut unknown) = (0, 0);
+    states.phases = [0; 4];
+    loop {
+        // The next device of the three lists, each in id order.
+        let mut next = answered.get(a).map(|(device, _)| *device);
+        if let Some(&device) = was_present.get(p) {
+            next = Some(next.map_or(device, |n| n.min(device)));
+        }
+        if let Some(&(device, _)) = was_stored.get(s) {
+            next = Some(next.map_or(device, |n| n.min(device)));
+        }
+        let Some(device) = next else { break };
+        let current = answered.get(a).filter(|(d, _)| *d == device).map(|(_, quick)| *quick);
+        a += usize::from(current.is_some());
+        p += usize::from(was_present.get(p) == Some(&device));
+        let previous = match was_stored.get_mut(s) {
+            Some((d, state)) if *d == device => {
+                s += 1;
+                Some(std::mem::take(state))
+            }
+            _ => None,
+        };
+        let verdict = current.unwrap_or(evaluation.absent);
+        evaluated += 1;
+        if previous.is_none() && verdict.verdict != Verdict::True {
+            // Most devices, most cycles: nothing ever happened to this one,
+            // and only a true verdict changes that (an inactive state holds
+            // on false and on unknown), so the state machine has nothing to
+            // say. A device that left the answers is forgotten.
+            unknown += u64::from(verdict.verdict == Verdict::Unknown);
+            if current.is_some() {
+                states.present.push(device);
+                states.phases[phase_slot(PhaseName::Inactive)] += 1;
+            }
+            continue;
+        }
+        let previous = previous.as_ref().unwrap_or(default);
+        let step = previous.advance(
+            &timing,
+            &state::Evaluation {
+                now,
+                verdict: verdict.verdict,
+                value: verdict.first_value,
+                in_window,
+            },
+        );
+        let mut unknown_in = None;
+        if verdict.verdict == Verdict::Unknown {
+            unknown += 1;
+            unknown_in = Some(previous.phase.name()).filter(|&p| p != PhaseName::Inactive);
+        }
+        if step.state != *previous {
+            changed(device);
+        }
+        if unknown_in.is_some() || !step.transitions.is_empty() || step.action.is_some() {
+            events.push(DeviceEvent {
+                device,
+                present: current.is_some(),
+                unknown_in,
+                transitions: step.transitions,
+                action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
+            });
+        }
+        let phase = step.state.phase.name();
+        if current.is_some() {
+            states.present.push(device);
+            states.phases[phase_slot(phase)] += 1;
+            if step.state != *default {
+                states.stored.push((device, step.state));
+            }
+        } else if phase != PhaseName::Inactive || step.state.last_action_at.is_some() {
+            states.phases[phase_slot(phase)] += 1;
+            states.stored.push((device, step.state));
+        }
+    }
+    (evaluated, unknown)
 }
 
 /// `{platform_id="12", device_id="30785"} (Arzamas_Lesnaia_1)`: the key and,
@@ -776,6 +1081,8 @@ pub struct EngineMetrics {
     /// Actions that could not become an SMS, by job.
     action_errors: IntCounterVec,
     devices: GaugeVec,
+    /// Per job, which phases `devices` has a series for.
+    devices_shown: Mutex<HashMap<String, [bool; 4]>>,
     cycle_duration: prometheus::Gauge,
     last_cycle: prometheus::Gauge,
     prometheus_up: prometheus::IntGauge,
@@ -863,29 +1170,55 @@ impl EngineMetrics {
             sms,
             action_errors,
             devices,
+            devices_shown: Mutex::new(HashMap::new()),
             cycle_duration,
             last_cycle,
             prometheus_up,
         }
     }
 
-    fn record_cycle(
+    /// Records a cycle; `counts` are each job's (job, device) pairs per
+    /// phase (in the order of [`PHASES`]). A (job, phase) with none has no
+    /// series.
+    fn record_cycle<'j>(
         &self,
         took: Duration,
         now: jiff::Timestamp,
-        states: &HashMap<(String, String), JobState>,
+        counts: impl Iterator<Item = (&'j str, [u64; 4])>,
     ) {
         self.cycles.inc();
         self.cycle_duration.set(took.as_secs_f64());
         self.last_cycle.set(now.as_millisecond() as f64 / 1000.0);
-        self.devices.reset();
-        let mut counts: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
-        for ((job, _), state) in states {
-            *counts.entry((job.as_str(), state.phase.name().as_str())).or_default() += 1;
+        // Set and removed child by child rather than reset and made anew:
+        // a thousand jobs would re-create thousands of series every cycle.
+        let mut shown = self.devices_shown.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = HashSet::with_capacity(shown.len());
+        for (job, counts) in counts {
+            seen.insert(job);
+            let before = match shown.get_mut(job) {
+                Some(before) => before,
+                None => shown.entry(job.to_string()).or_default(),
+            };
+            for ((phase, count), shown) in PHASES.iter().zip(counts).zip(before) {
+                if count > 0 {
+                    self.devices.with_label_values(&[job, phase.as_str()]).set(count as f64);
+                } else if *shown {
+                    let _ = self.devices.remove_label_values(&[job, phase.as_str()]);
+                }
+                *shown = count > 0;
+            }
         }
-        for ((job, phase), count) in counts {
-            self.devices.with_label_values(&[job, phase]).set(count as f64);
-        }
+        shown.retain(|job, before| {
+            if seen.contains(job.as_str()) {
+                return true;
+            }
+            for (phase, shown) in PHASES.iter().zip(before) {
+                if *shown {
+                    let _ = self.devices.remove_label_values(&[job, phase.as_str()]);
+                }
+            }
+            false
+        });
     }
 
     /// Whether every query of the last cycle answered.

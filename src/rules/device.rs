@@ -10,8 +10,9 @@
 //! against sockets at check time, and anything fancier belongs in a PromQL
 //! `expr`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// The labels that identify one device, in the order the file gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,9 +93,103 @@ impl fmt::Display for DeviceKey {
     }
 }
 
+/// A small number standing for a device in a [`DeviceTable`], so that the
+/// engine's per-cycle work compares integers rather than label maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct DeviceId(u32);
+
+impl DeviceId {
+    /// The id at a position in the table.
+    pub(crate) fn from_index(index: usize) -> DeviceId {
+        DeviceId(u32::try_from(index).expect("fewer than 4 billion devices"))
+    }
+
+    /// Its position in the table.
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Every device the engine knows, each under a [`DeviceId`] that stays the
+/// same from one cycle to the next (until [`DeviceTable::retain`]).
+///
+/// A device is known by its text form (the journal's), and by its
+/// [`DeviceKey`] once it has been seen in an answer; a device known only
+/// from the journal has no key yet.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceTable {
+    texts: Vec<Arc<str>>,
+    keys: Vec<Option<DeviceKey>>,
+    by_text: HashMap<Arc<str>, DeviceId>,
+}
+
+impl DeviceTable {
+    /// The id of a device seen in an answer.
+    pub(crate) fn intern_key(&mut self, key: DeviceKey) -> DeviceId {
+        let id = self.intern_text(&key.to_string());
+        let slot = &mut self.keys[id.index()];
+        if slot.is_none() {
+            *slot = Some(key);
+        }
+        id
+    }
+
+    /// The id of a device known by its text form.
+    pub(crate) fn intern_text(&mut self, text: &str) -> DeviceId {
+        if let Some(&id) = self.by_text.get(text) {
+            return id;
+        }
+        let id = DeviceId(u32::try_from(self.texts.len()).expect("fewer than 4 billion devices"));
+        let text: Arc<str> = Arc::from(text);
+        self.texts.push(text.clone());
+        self.keys.push(None);
+        self.by_text.insert(text, id);
+        id
+    }
+
+    /// The id of a device known by its text form, if it is known.
+    pub(crate) fn find(&self, text: &str) -> Option<DeviceId> {
+        self.by_text.get(text).copied()
+    }
+
+    /// The device's text form: `{platform_id="12", device_id="30785"}`.
+    pub(crate) fn text(&self, id: DeviceId) -> &str {
+        &self.texts[id.index()]
+    }
+
+    /// The device's key, when it has been seen in an answer.
+    pub(crate) fn key(&self, id: DeviceId) -> Option<&DeviceKey> {
+        self.keys[id.index()].as_ref()
+    }
+
+    /// How many devices the table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Forgets every device for which `keep` is false and renumbers the
+    /// others, keeping their order; returns each old id's new id.
+    pub(crate) fn retain(&mut self, keep: &[bool]) -> Vec<Option<DeviceId>> {
+        let mut renumbered = Vec::with_capacity(self.texts.len());
+        let (texts, keys) = (std::mem::take(&mut self.texts), std::mem::take(&mut self.keys));
+        self.by_text.clear();
+        for ((text, key), keep) in texts.into_iter().zip(keys).zip(keep) {
+            renumbered.push(keep.then(|| {
+                let id = DeviceId(self.texts.len() as u32);
+                self.by_text.insert(text.clone(), id);
+                self.texts.push(text);
+                self.keys.push(key);
+                id
+            }));
+        }
+        self.by_text.shrink_to_fit();
+        renumbered
+    }
+}
+
 /// Label equality matchers: `{ platform_id = "12" }` selects every series
 /// whose `platform_id` is `12`. Empty matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LabelMatchers(BTreeMap<String, String>);
 
 impl LabelMatchers {
