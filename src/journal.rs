@@ -1012,13 +1012,16 @@ fn save_state(
     // A JobState holds only numbers, timestamps and enum tags: encoding it
     // cannot fail, and a failure here would be a bug worth a loud panic.
     let json = serde_json::to_string(state).expect("a JobState always encodes as JSON");
-    tx.execute(
+    // Thousands of states change in a busy cycle: prepare the statement once.
+    tx.prepare_cached(
         "INSERT INTO job_state (job, device_key, phase, state, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (job, device_key) DO UPDATE SET \
          phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at",
-        params![job, device_key, state.phase.name().as_str(), json, now_millis],
     )
+    .and_then(|mut statement| {
+        statement.execute(params![job, device_key, state.phase.name().as_str(), json, now_millis])
+    })
     .map_err(sqlite_error(path, "saving a job state"))?;
     Ok(())
 }
