@@ -81,6 +81,30 @@ pub async fn serve(
     pages: Arc<dyn Pages>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        move |req| {
+            let pages = pages.clone();
+            async move { respond(&*pages, &req) }
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop under [`serve`], for any request handler: HTTP/1.1 on
+/// `listener` until `shutdown` completes, then in-flight requests get up to
+/// five seconds and idle keep-alive connections are closed at once. The
+/// AddReality simulator serves its API through it too.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
@@ -97,13 +121,12 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let pages = pages.clone();
+                let handler = handler.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let pages = pages.clone();
-                    async move { Ok::<_, Infallible>(respond(&*pages, &req)) }
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
                         tracing::debug!("HTTP connection ended with an error: {err}");
@@ -114,8 +137,6 @@ pub async fn serve(
         }
     }
     drop(listener);
-    // In-flight scrapes get a moment to finish; idle keep-alive connections
-    // are closed at once.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }

@@ -18,7 +18,6 @@
 //! cap is lowered to the cap, an offset past the end gives an empty page.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,7 +28,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -350,38 +348,15 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let http = hyper::server::conn::http1::Builder::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(err) => {
-                            tracing::warn!("simulator: accepting a connection failed: {err}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let simulator = self.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let simulator = simulator.clone();
-                        async move { Ok::<_, Infallible>(simulator.handle(req).await) }
-                    });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            tracing::debug!("simulator: connection ended with an error: {err}");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-        Ok(())
+        crate::http::serve_with(
+            listener,
+            move |req| {
+                let simulator = self.clone();
+                async move { simulator.handle(req).await }
+            },
+            shutdown,
+        )
+        .await
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

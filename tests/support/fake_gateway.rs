@@ -17,7 +17,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +25,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -122,29 +120,15 @@ impl FakeGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State::default()));
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<()>();
         let (task_state, task_key) = (state.clone(), Arc::<str>::from(key));
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                let (state, key) = (task_state.clone(), task_key.clone());
-                let service = hyper::service::service_fn(move |req| {
-                    let (state, key) = (state.clone(), key.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &state, &key).await) }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let handler = move |req| {
+            let (state, key) = (task_state.clone(), task_key.clone());
+            async move { handle(req, &state, &key).await }
+        };
+        tokio::spawn(signage_watchdog::http::serve_with(listener, handler, async move {
+            let _ = stopped.await;
+        }));
         FakeGateway { addr, key: key.to_string(), state, _stop: stop }
     }
 

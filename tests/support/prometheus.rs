@@ -19,7 +19,6 @@
 //! fail instead, so a broken CI install cannot pass unnoticed.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -33,7 +32,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use tokio::sync::{oneshot, watch};
 
@@ -162,32 +160,17 @@ impl Drop for TestTarget {
 async fn serve_target(
     listener: StdTcpListener,
     shared: Arc<TargetShared>,
-    mut stopped: oneshot::Receiver<()>,
+    stopped: oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("register the listener");
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                // Out of file descriptors and the like: let it pass.
-                Err(_) => {
-                    tokio::time::sleep(POLL).await;
-                    continue;
-                }
-            },
-            _ = &mut stopped => return,
-        };
+    let handler = move |request| {
         let shared = shared.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(target_response(&shared, &request)) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { target_response(&shared, &request) }
+    };
+    let _ = signage_watchdog::http::serve_with(listener, handler, async move {
+        let _ = stopped.await;
+    })
+    .await;
 }
 
 fn target_response<B>(shared: &TargetShared, request: &hyper::Request<B>) -> Response<Full<Bytes>> {
