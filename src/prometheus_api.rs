@@ -13,6 +13,7 @@
 //! This is not the `prometheus` crate, which the exporter uses to *expose*
 //! metrics; this module *reads* them back.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::{StatusCode, Url};
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -308,6 +309,14 @@ impl PromClient {
     /// sample with no labels. A range vector or a string is a
     /// [`PromError::WrongResultType`].
     pub async fn query(&self, expr: &str) -> Result<Vec<Sample>, PromError> {
+        self.instant_query(expr, None).await?.samples()
+    }
+
+    /// Instant query at the current time, its answer kept as Prometheus
+    /// sent it: [`InstantAnswer::for_each_sample`] then walks the series
+    /// without building a label map for each. This is what the engine uses,
+    /// where a cycle's answers describe every device of the fleet.
+    pub async fn query_answer(&self, expr: &str) -> Result<InstantAnswer, PromError> {
         self.instant_query(expr, None).await
     }
 
@@ -317,35 +326,20 @@ impl PromClient {
         expr: &str,
         time: jiff::Timestamp,
     ) -> Result<Vec<Sample>, PromError> {
-        self.instant_query(expr, Some(time)).await
+        self.instant_query(expr, Some(time)).await?.samples()
     }
 
     async fn instant_query(
         &self,
         expr: &str,
         time: Option<jiff::Timestamp>,
-    ) -> Result<Vec<Sample>, PromError> {
+    ) -> Result<InstantAnswer, PromError> {
         let mut form = vec![("query", expr.to_string()), ("timeout", self.timeout_param())];
         if let Some(time) = time {
             form.push(("time", time.to_string()));
         }
-        let data: QueryData = self.post(&self.query_url, &form, expr).await?;
-        match data {
-            QueryData::Vector(items) => {
-                items.into_iter().map(|item| item.into_sample(&self.query_url)).collect()
-            }
-            QueryData::Scalar((_, value)) => Ok(vec![Sample {
-                labels: BTreeMap::new(),
-                value: parse_value(&value, &self.query_url)?,
-            }]),
-            QueryData::Matrix(_) => Err(PromError::WrongResultType {
-                expected: "an instant vector",
-                found: "a range vector",
-            }),
-            QueryData::String(_) => {
-                Err(PromError::WrongResultType { expected: "an instant vector", found: "a string" })
-            }
-        }
+        let answer = self.post(&self.query_url, &form, expr).await?;
+        Ok(InstantAnswer(answer))
     }
 
     /// Range query (POST `/api/v1/query_range`) from `start` to `end` every
@@ -364,12 +358,12 @@ impl PromClient {
             ("step", step.as_secs_f64().to_string()),
             ("timeout", self.timeout_param()),
         ];
-        let data: QueryData = self.post(&self.query_range_url, &form, expr).await?;
+        let data: RangeData = self.post(&self.query_range_url, &form, expr).await?.data()?;
         match data {
-            QueryData::Matrix(items) => {
+            RangeData::Matrix(items) => {
                 items.into_iter().map(|item| item.into_series(&self.query_range_url)).collect()
             }
-            QueryData::Vector(_) | QueryData::Scalar(_) | QueryData::String(_) => {
+            RangeData::Vector(_) | RangeData::Scalar(_) | RangeData::String(_) => {
                 Err(PromError::BadResponse {
                     url: self.query_range_url.to_string(),
                     reason: "a range query answered something other than a range vector".into(),
@@ -391,7 +385,7 @@ impl PromClient {
     pub async fn check_expr(&self, expr: &str) -> Result<(), PromError> {
         if !self.format_query_missing.load(Ordering::Relaxed) {
             let form = [("query", expr.to_string())];
-            match self.post::<IgnoredAny>(&self.format_query_url, &form, expr).await {
+            match self.post(&self.format_query_url, &form, expr).await {
                 Err(PromError::Http { status: 404, .. }) => {
                     self.format_query_missing.store(true, Ordering::Relaxed);
                 }
@@ -403,7 +397,7 @@ impl PromClient {
             ("time", "0".to_string()),
             ("timeout", self.timeout_param()),
         ];
-        self.post::<IgnoredAny>(&self.query_url, &form, expr).await.map(drop)
+        self.post(&self.query_url, &form, expr).await.map(drop)
     }
 
     /// The query timeout as Prometheus reads it: seconds, possibly fractional.
@@ -411,12 +405,14 @@ impl PromClient {
         self.timeout.as_secs_f64().to_string()
     }
 
-    async fn post<T: DeserializeOwned>(
+    /// Sends one API request and returns its successful answer, `data`
+    /// not yet decoded.
+    async fn post(
         &self,
         url: &Url,
         form: &[(&str, String)],
         expr: &str,
-    ) -> Result<T, PromError> {
+    ) -> Result<Success, PromError> {
         let send = || {
             let mut request = self.http.post(url.clone()).form(form);
             if let Some(authorization) = &self.authorization {
@@ -448,7 +444,10 @@ impl PromClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
 
-        let mut body = Vec::new();
+        // Sized once when Prometheus says how much is coming, rather than
+        // doubled as it arrives: a cycle holds several answers at once.
+        let expected = response.content_length().unwrap_or(0).min(MAX_ANSWER_BYTES as u64);
+        let mut body = Vec::with_capacity(expected as usize);
         while let Some(chunk) = response.chunk().await.map_err(|err| {
             if err.is_timeout() {
                 self.transport_error(url, &err)
@@ -475,11 +474,11 @@ impl PromClient {
         }
 
         let answer = Answer { status, content_type, location, body };
-        let (data, warnings) = self.decode(url, answer)?;
+        let (success, warnings) = self.decode(url, answer)?;
         for warning in warnings {
             tracing::warn!("Prometheus at {url} warned about `{expr}`: {warning}");
         }
-        Ok(data)
+        Ok(success)
     }
 
     fn transport_error(&self, url: &Url, err: &reqwest::Error) -> PromError {
@@ -490,12 +489,9 @@ impl PromClient {
         }
     }
 
-    /// Turns a complete HTTP answer into the API's `data`, or the error it stands for.
-    fn decode<T: DeserializeOwned>(
-        &self,
-        url: &Url,
-        answer: Answer,
-    ) -> Result<(T, Vec<String>), PromError> {
+    /// Turns a complete HTTP answer into a successful API answer (with its
+    /// warnings), or the error it stands for.
+    fn decode(&self, url: &Url, answer: Answer) -> Result<(Success, Vec<String>), PromError> {
         let url_text = || url.to_string();
         let envelope = match serde_json::from_slice::<Envelope>(&answer.body) {
             Ok(envelope) => envelope,
@@ -551,10 +547,12 @@ impl PromClient {
                     url: url_text(),
                     reason: "\"status\" is \"success\" but there is no \"data\"".into(),
                 })?;
-                let data = serde_json::from_str(raw.get()).map_err(|err| {
-                    PromError::BadResponse { url: url_text(), reason: format!("\"data\": {err}") }
-                })?;
-                Ok((data, envelope.warnings.unwrap_or_default()))
+                // `raw` borrows from the body: where it lies there is where
+                // `data` is, to be decoded later without a copy.
+                let start = raw.get().as_ptr() as usize - answer.body.as_ptr() as usize;
+                let data = start..start + raw.get().len();
+                let warnings = envelope.warnings.unwrap_or_default();
+                Ok((Success { url: url.clone(), body: answer.body, data }, warnings))
             }
         }
     }
@@ -598,12 +596,251 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// A successful API answer: the whole body, and where its `data` lies in it.
+struct Success {
+    url: Url,
+    body: Vec<u8>,
+    data: std::ops::Range<usize>,
+}
+
+impl Success {
+    /// `data` decoded as `T`.
+    fn data<'a, T: Deserialize<'a>>(&'a self) -> Result<T, PromError> {
+        serde_json::from_slice(&self.body[self.data.clone()]).map_err(|err| self.bad(err))
+    }
+
+    fn bad(&self, err: serde_json::Error) -> PromError {
+        PromError::BadResponse { url: self.url.to_string(), reason: format!("\"data\": {err}") }
+    }
+}
+
+/// One label of a series in an answer, as (name, value). The text is
+/// borrowed from the answer unless JSON escapes had to be undone.
+pub type Label<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The answer to an instant query, as Prometheus sent it (a successful API
+/// answer; its series not yet decoded).
+///
+/// [`InstantAnswer::for_each_sample`] decodes the series one at a time
+/// straight from the answer's bytes, so walking an answer of ten thousand
+/// series costs no more memory than the answer itself.
+pub struct InstantAnswer(Success);
+
+impl InstantAnswer {
+    /// Calls `each` with the labels and value of every series, in
+    /// Prometheus's order, and returns how many there were. A scalar is one
+    /// series without labels.
+    ///
+    /// A series that cannot be used (a native histogram, a value that is not
+    /// a number, no value at all), a range vector, a string or a malformed
+    /// `data` is an error; `each` may have been called for the series
+    /// before it, which a caller keeping them must then drop.
+    pub fn for_each_sample(
+        &self,
+        mut each: impl FnMut(&[Label<'_>], f64),
+    ) -> Result<usize, PromError> {
+        let answer = &self.0;
+        let data: InstantData<'_> = answer.data()?;
+        let not_instant =
+            |found| PromError::WrongResultType { expected: "an instant vector", found };
+        match &*data.result_type.0 {
+            "vector" => {
+                let mut walk = Walk {
+                    url: &answer.url,
+                    each: &mut each,
+                    labels: Vec::new(),
+                    count: 0,
+                    problem: None,
+                };
+                let mut json = serde_json::Deserializer::from_str(data.result.get());
+                match serde::Deserializer::deserialize_seq(&mut json, &mut walk) {
+                    Ok(()) => Ok(walk.count),
+                    Err(err) => Err(walk.problem.take().unwrap_or_else(|| answer.bad(err))),
+                }
+            }
+            "scalar" => {
+                let (_, text): (IgnoredAny, Text<'_>) =
+                    serde_json::from_str(data.result.get()).map_err(|err| answer.bad(err))?;
+                each(&[], parse_value(&text.0, &answer.url)?);
+                Ok(1)
+            }
+            "matrix" => Err(not_instant("a range vector")),
+            "string" => Err(not_instant("a string")),
+            other => Err(PromError::BadResponse {
+                url: answer.url.to_string(),
+                reason: format!("\"data\": unknown resultType {other:?}"),
+            }),
+        }
+    }
+
+    /// Every series as a [`Sample`] with its own label map.
+    pub fn samples(&self) -> Result<Vec<Sample>, PromError> {
+        let mut samples = Vec::new();
+        self.for_each_sample(|labels, value| {
+            let labels = labels.iter().map(|(name, text)| (name.to_string(), text.to_string()));
+            samples.push(Sample { labels: labels.collect(), value });
+        })?;
+        Ok(samples)
+    }
+}
+
+/// `data` of an instant query's answer, its `result` left as text until the
+/// type is known.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InstantData<'a> {
+    #[serde(borrow)]
+    result_type: Text<'a>,
+    #[serde(borrow)]
+    result: &'a RawValue,
+}
+
+/// A JSON string, borrowed from the answer when it has no escapes.
+/// (serde's own `Cow<str>` always copies.)
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Walks an instant vector's `result`, handing each series to `each` as
+/// soon as its object ends; one label list is reused for all of them.
+struct Walk<'de, 'w, F> {
+    url: &'w Url,
+    each: &'w mut F,
+    labels: Vec<Label<'de>>,
+    count: usize,
+    /// Why the walk stopped, when it is more than a JSON shape error.
+    problem: Option<PromError>,
+}
+
+impl<F> Walk<'_, '_, F> {
+    /// Stops the walk for `problem`.
+    fn stop<E: de::Error>(&mut self, problem: PromError) -> E {
+        let error = E::custom(&problem);
+        self.problem = Some(problem);
+        error
+    }
+}
+
+impl<'de, F: FnMut(&[Label<'_>], f64)> Visitor<'de> for &mut Walk<'de, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of series")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(SeriesSeed(&mut *self))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// One series object: `metric`, and `value` or `histogram`, in any order.
+struct SeriesSeed<'s, 'de, 'w, F>(&'s mut Walk<'de, 'w, F>);
+
+impl<'de, F: FnMut(&[Label<'_>], f64)> DeserializeSeed<'de> for SeriesSeed<'_, 'de, '_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(&[Label<'_>], f64)> Visitor<'de> for SeriesSeed<'_, 'de, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a series")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let walk = self.0;
+        walk.labels.clear();
+        let (mut value, mut histogram) = (None, false);
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "metric" => map.next_value_seed(LabelsSeed(&mut walk.labels))?,
+                "value" => value = Some(map.next_value::<(IgnoredAny, Text<'de>)>()?.1),
+                "histogram" => {
+                    map.next_value::<IgnoredAny>()?;
+                    histogram = true;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let value = match (value, histogram) {
+            (Some(text), _) => parse_value(&text.0, walk.url).map_err(|e| walk.stop(e))?,
+            (None, true) => {
+                return Err(walk.stop(PromError::WrongResultType {
+                    expected: "a number per series",
+                    found: "a native histogram",
+                }))
+            }
+            (None, false) => {
+                let reason = "a series has neither \"value\" nor \"histogram\"".into();
+                return Err(walk.stop(PromError::BadResponse { url: walk.url.to_string(), reason }));
+            }
+        };
+        (walk.each)(&walk.labels, value);
+        walk.count += 1;
+        Ok(())
+    }
+}
+
+/// A series' `metric` object, appended to a label list.
+struct LabelsSeed<'l, 'de>(&'l mut Vec<Label<'de>>);
+
+impl<'de> DeserializeSeed<'de> for LabelsSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LabelsSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of label names to values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((name, text)) = map.next_entry::<Text<'de>, Text<'de>>()? {
+            self.0.push((name.0, text.0));
+        }
+        Ok(())
+    }
+}
+
 /// The outer object of every Prometheus API answer.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+struct Envelope<'a> {
     status: ApiStatus,
-    data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
     error_type: Option<String>,
     error: Option<String>,
     warnings: Option<Vec<String>>,
@@ -616,40 +853,14 @@ enum ApiStatus {
     Error,
 }
 
-/// `data` of a query answer.
+/// `data` of a range query's answer.
 #[derive(Deserialize)]
 #[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
-enum QueryData {
-    Vector(Vec<VectorItem>),
+enum RangeData {
+    Vector(IgnoredAny),
     Matrix(Vec<MatrixItem>),
-    Scalar((f64, String)),
+    Scalar(IgnoredAny),
     String(IgnoredAny),
-}
-
-#[derive(Deserialize)]
-struct VectorItem {
-    #[serde(default)]
-    metric: BTreeMap<String, String>,
-    value: Option<(f64, String)>,
-    histogram: Option<IgnoredAny>,
-}
-
-impl VectorItem {
-    fn into_sample(self, url: &Url) -> Result<Sample, PromError> {
-        match (self.value, self.histogram) {
-            (Some((_, value)), _) => {
-                Ok(Sample { labels: self.metric, value: parse_value(&value, url)? })
-            }
-            (None, Some(_)) => Err(PromError::WrongResultType {
-                expected: "a number per series",
-                found: "a native histogram",
-            }),
-            (None, None) => Err(PromError::BadResponse {
-                url: url.to_string(),
-                reason: "a series has neither \"value\" nor \"histogram\"".into(),
-            }),
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -765,13 +976,8 @@ mod tests {
 
     fn decode_query(answer: Answer) -> Result<Vec<Sample>, PromError> {
         let c = client(None);
-        let (data, _): (QueryData, _) = c.decode(&c.query_url, answer)?;
-        match data {
-            QueryData::Vector(items) => {
-                items.into_iter().map(|item| item.into_sample(&c.query_url)).collect()
-            }
-            _ => panic!("expected a vector"),
-        }
+        let (success, _) = c.decode(&c.query_url, answer)?;
+        InstantAnswer(success).samples()
     }
 
     #[test]
@@ -839,6 +1045,84 @@ mod tests {
         assert_eq!(samples[1].value, f64::INFINITY);
         assert_eq!(samples[2].value, f64::NEG_INFINITY);
         assert_eq!(samples[3].value, 1000.0);
+    }
+
+    #[test]
+    fn series_are_walked_in_any_key_order_borrowing_what_has_no_escapes() {
+        let body = r#"{"data":{"result":[
+            {"value":[1700000000,"1"],"metric":{"device_id":"7","name":"Lobby \"A\""}},
+            {"extra":{"ignored":[1]},"metric":{},"value":[1700000000,"0"]}],
+            "resultType":"vector"},"status":"success"}"#;
+        let c = client(None);
+        let (success, _) = c.decode(&c.query_url, answer(200, "application/json", body)).unwrap();
+        let mut seen = Vec::new();
+        let count = InstantAnswer(success)
+            .for_each_sample(|labels, value| {
+                let shown: Vec<String> = labels
+                    .iter()
+                    .map(|(name, text)| {
+                        let borrowed = matches!(text, Cow::Borrowed(_));
+                        format!("{name}={text}{}", if borrowed { "" } else { " (copied)" })
+                    })
+                    .collect();
+                seen.push((shown, value));
+            })
+            .unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            seen,
+            [
+                (vec!["device_id=7".to_string(), "name=Lobby \"A\" (copied)".to_string()], 1.0),
+                (vec![], 0.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn unusable_answers_are_errors_whatever_came_before() {
+        let vector = |result: &str| {
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#
+            )
+        };
+        let good = r#"{"metric":{"device_id":"1"},"value":[1,"1"]}"#;
+        let cases = [
+            (
+                vector(&format!(r#"{good},{{"metric":{{}},"histogram":[1,{{"count":"2"}}]}}"#)),
+                "yields a native histogram where a number per series is needed",
+            ),
+            (
+                vector(&format!(r#"{good},{{"metric":{{}},"value":[1,"one"]}}"#)),
+                "sample value \"one\" is not a number",
+            ),
+            (
+                vector(&format!(r#"{good},{{"metric":{{}}}}"#)),
+                "a series has neither \"value\" nor \"histogram\"",
+            ),
+            (
+                vector(r#"{"metric":["device_id"],"value":[1,"1"]}"#),
+                "\"data\": invalid type: sequence, expected a map of label names to values",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#.to_string(),
+                "a range vector",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"histogram","result":[]}}"#.to_string(),
+                "\"data\": unknown resultType \"histogram\"",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector"}}"#.to_string(),
+                "\"data\": missing field `result`",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = decode_query(answer(200, "application/json", &body)).unwrap_err();
+            assert!(err.to_string().contains(expected), "{body}\n→ {err}");
+        }
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"+Inf"]}}"#;
+        let samples = decode_query(answer(200, "application/json", scalar)).unwrap();
+        assert_eq!(samples, [Sample { labels: BTreeMap::new(), value: f64::INFINITY }]);
     }
 
     #[test]

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use super::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, LabelMatchers};
 
+use crate::prometheus_api::Label;
 /// One series of an instant-query answer, as the Prometheus client returns it.
 pub use crate::prometheus_api::Sample;
 
@@ -323,7 +324,12 @@ pub(crate) struct Answers {
     same_hash: Vec<StrId>,
     hasher: RandomState,
     /// The (name, value) pairs of every series, consecutive per series.
+    /// Series with the same labels in several answers (a device's series
+    /// in a per-platform and a fleet-wide query) share one run.
     pairs: Vec<(StrId, StrId)>,
+    /// A run of `pairs` by the hash of its pairs (the first run seen with
+    /// that hash; a different run with the same hash is not shared).
+    runs: HashMap<u64, (u32, u32), BuildHasherDefault<AlreadyHashed>>,
     by_query: HashMap<String, Answer>,
     /// The device-key labels' names, in key order.
     key_names: Vec<StrId>,
@@ -387,6 +393,7 @@ impl Answers {
         self.by_hash.clear();
         self.same_hash.clear();
         self.pairs.clear();
+        self.runs.clear();
         self.by_query.clear();
         self.device_of.clear();
         self.key_values.clear();
@@ -394,23 +401,29 @@ impl Answers {
         self.key_names = key_labels.labels().iter().map(|name| self.intern(name)).collect();
     }
 
-    /// Adds the answer to `query`: each series' labels and value.
-    pub(crate) fn insert<L, S>(&mut self, query: String, samples: L, devices: &mut DeviceTable)
-    where
-        L: IntoIterator<Item = (BTreeMap<S, S>, f64)>,
-        S: AsRef<str>,
-    {
-        let samples = samples.into_iter();
-        let mut series = Vec::with_capacity(samples.size_hint().0);
-        let mut tuple = Vec::with_capacity(self.key_names.len());
+    /// Adds the answer to `query`: `fill` hands each series' labels and
+    /// value to the function it is given. When `fill` fails, nothing of the
+    /// answer is kept, and no device is taken from it.
+    pub(crate) fn insert<E>(
+        &mut self,
+        query: String,
+        devices: &mut DeviceTable,
+        fill: impl FnOnce(&mut dyn FnMut(&[Label<'_>], f64)) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let pairs_before = self.pairs.len();
+        let key_count = self.key_names.len();
+        let mut series = Vec::new();
+        // The series that have every device-key label, and those labels'
+        // values (`key_count` each): their devices are looked up once the
+        // whole answer is in.
+        let (mut keyed, mut tuples) = (Vec::new(), Vec::new());
         // Most labels repeat from one series to the next (`job`, `instance`,
         // `__name__`, `platform_id`): compare with the previous series'
         // before looking a string up.
         let mut previous: Vec<(StrId, StrId)> = Vec::new();
-        for (labels, value) in samples {
+        let filled = fill(&mut |labels, value| {
             let start = self.pairs.len();
             for (position, (name, text)) in labels.iter().enumerate() {
-                let (name, text) = (name.as_ref(), text.as_ref());
                 let before = previous.get(position).copied();
                 let name = match before {
                     Some((id, _)) if self.text(id) == name => id,
@@ -424,15 +437,41 @@ impl Answers {
             }
             previous.clear();
             previous.extend_from_slice(&self.pairs[start..]);
-            tuple.clear();
-            let keyed = self.key_names.iter().all(|name| {
+            let mut pairs = (start as u32, self.pairs.len() as u32);
+            let hash = self.hasher.hash_one(&previous);
+            match self.runs.get(&hash) {
+                Some(&(from, to)) if self.pairs[from as usize..to as usize] == previous[..] => {
+                    self.pairs.truncate(start);
+                    pairs = (from, to);
+                }
+                Some(_) => {}
+                None => {
+                    self.runs.insert(hash, pairs);
+                }
+            }
+            let tuple_start = tuples.len();
+            let has_key = self.key_names.iter().all(|name| {
                 let found = previous.iter().find(|(n, _)| n == name);
-                found.map(|&(_, text)| tuple.push(text)).is_some()
+                found.map(|&(_, text)| tuples.push(text)).is_some()
             });
-            let device = keyed.then(|| self.device(&tuple, devices));
-            series.push(Series { device, value, pairs: (start as u32, self.pairs.len() as u32) });
+            if has_key {
+                keyed.push(series.len());
+            } else {
+                tuples.truncate(tuple_start);
+            }
+            series.push(Series { device: None, value, pairs });
+        });
+        if let Err(err) = filled {
+            self.pairs.truncate(pairs_before);
+            self.runs.retain(|_, &mut (from, _)| (from as usize) < pairs_before);
+            return Err(err);
+        }
+        for (nth, &index) in keyed.iter().enumerate() {
+            let tuple = &tuples[nth * key_count..(nth + 1) * key_count];
+            series[index].device = Some(self.device(tuple, devices));
         }
         self.by_query.insert(query, Answer { series });
+        Ok(())
     }
 
     fn intern(&mut self, text: &str) -> StrId {
@@ -990,8 +1029,18 @@ pub(crate) fn evaluate(
             continue;
         }
         if let Some(samples) = results.get(&query) {
-            let samples = samples.iter().map(|s| (s.labels.clone(), s.value));
-            answers.insert(query, samples, &mut table);
+            let filled = answers.insert(query, &mut table, |add| {
+                for sample in samples {
+                    let labels: Vec<Label<'_>> = sample
+                        .labels
+                        .iter()
+                        .map(|(name, text)| (name.as_str().into(), text.as_str().into()))
+                        .collect();
+                    add(&labels, sample.value);
+                }
+                Ok::<_, std::convert::Infallible>(())
+            });
+            let Ok(()) = filled;
         }
     }
     let mut index = Index::new(&answers);
@@ -1079,6 +1128,45 @@ mod tests {
             eval.absent.unknown_because,
             Some(UnknownReason::QueryFailed { query: "online".into() })
         );
+    }
+
+    #[test]
+    fn an_answer_that_fails_half_way_leaves_nothing_behind() {
+        let labels = |device: &'static str| -> Vec<Label<'static>> {
+            vec![("platform_id".into(), "1".into()), ("device_id".into(), device.into())]
+        };
+        let mut answers = Answers::new(&DeviceKeyLabels::default());
+        let mut devices = DeviceTable::default();
+        answers
+            .insert("up".into(), &mut devices, |add| {
+                add(&labels("a"), 1.0);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        let pairs = answers.pairs.len();
+
+        let failed = answers.insert("online".into(), &mut devices, |add| {
+            add(&labels("a"), 1.0);
+            add(&labels("b"), 0.0);
+            Err("the third series has no value")
+        });
+
+        assert_eq!(failed, Err("the third series has no value"));
+        assert!(!answers.by_query.contains_key("online"));
+        assert_eq!(answers.pairs.len(), pairs);
+        assert_eq!(devices.len(), 1, "device b was never taken from the failed answer");
+        // What was kept still works, and the same labels again share a run.
+        answers
+            .insert("online".into(), &mut devices, |add| {
+                add(&labels("a"), 0.0);
+                add(&labels("b"), 0.0);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(answers.pairs.len(), pairs + 2, "a's labels are shared with \"up\"");
+        let online = &answers.by_query["online"].series;
+        assert_eq!(online[0].pairs, answers.by_query["up"].series[0].pairs);
+        assert_eq!(devices.len(), 2);
     }
 
     #[test]
