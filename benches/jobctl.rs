@@ -209,12 +209,17 @@ fn main() -> ExitCode {
 
 fn run_child(url: &str, rules: &Path) -> Result<Figures, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let output = Command::new(exe)
-        .arg("--engine")
-        .arg(url)
-        .arg(rules)
-        .output()
-        .map_err(|e| e.to_string())?;
+    // `JOBCTL_BENCH_WRAP=heaptrack cargo bench --bench jobctl` profiles
+    // the engine alone (any program that takes a command line will do).
+    let mut command = match std::env::var_os("JOBCTL_BENCH_WRAP") {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.arg(&exe);
+            command
+        }
+        None => Command::new(&exe),
+    };
+    let output = command.arg("--engine").arg(url).arg(rules).output().map_err(|e| e.to_string())?;
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
@@ -227,9 +232,10 @@ fn run_child(url: &str, rules: &Path) -> Result<Figures, String> {
         .collect()
 }
 
-/// The child: jobctl's engine on the generated rules, against the fake.
+/// The child: jobctl's engine on the generated rules, against the fake, on
+/// the single-threaded runtime `jobctl` itself uses.
 fn run_engine(url: &str, rules_path: &Path) -> Figures {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let mut figures = Figures::new();
         let started = Instant::now();
