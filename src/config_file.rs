@@ -3,8 +3,9 @@
 //! Every configuration error a sysadmin sees names the file and the
 //! `line:column` of the offending value, whether the problem is TOML syntax,
 //! an unknown key (both reported by `toml` itself) or a check made after
-//! parsing (a bad duration, an unknown socket). Parsers keep [`toml::Spanned`]
-//! values for the latter and turn spans into positions here.
+//! parsing (a zero duration, an unknown socket). Parsers keep [`toml::Spanned`]
+//! values for the latter (durations as [`HumanDuration`]) and turn spans into
+//! positions here.
 
 use std::fmt;
 use std::ops::Range;
@@ -138,8 +139,27 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
-/// Serde helper: a humantime duration (`"30s"`, `"10m"`, `"7d"`) kept with
-/// its span, for fields checked after parsing.
+/// A duration as a sysadmin writes it (`"30s"`, `"10m"`, `"1h30m"`, `"7d"`),
+/// read with [`duration::deserialize`].
+///
+/// A plain [`Duration`] read through `deserialize_with` cannot be
+/// [`toml::Spanned`], so a check made after parsing (zero, longer than
+/// another setting) could not say where the value is. Declare such a field
+/// as `Option<Spanned<HumanDuration>>` and give the value's span to the
+/// error.
+///
+/// [`Duration`]: std::time::Duration
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        duration::deserialize(de).map(HumanDuration)
+    }
+}
+
+/// Serde helper: a humantime duration (`"30s"`, `"10m"`, `"7d"`). Fields
+/// checked after parsing use [`HumanDuration`] instead, which keeps a span.
 pub mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -153,13 +173,6 @@ pub mod duration {
                 "invalid duration {text:?}: {err} (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")"
             ))
         })
-    }
-
-    /// The same for an optional field.
-    pub fn deserialize_option<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        deserialize(de).map(Some)
     }
 }
 
@@ -200,5 +213,21 @@ mod tests {
         let file = SourceFile::from_text("x.toml", "every = \"10 parsecs\"\n");
         let err = file.parse::<Raw>().unwrap_err().to_string();
         assert!(err.starts_with("x.toml:1:9: invalid duration \"10 parsecs\""), "{err}");
+    }
+
+    #[test]
+    fn a_spanned_duration_points_at_its_value() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Raw {
+            timeout: Option<toml::Spanned<HumanDuration>>,
+        }
+        let file = SourceFile::from_text("x.toml", "# wait\ntimeout = \"1m30s\"\n");
+        let timeout = file.parse::<Raw>().unwrap().timeout.unwrap();
+        assert_eq!(timeout.get_ref().0, std::time::Duration::from_secs(90));
+        let err = file.error_at(timeout.span(), "timeout: too long");
+        assert_eq!(err.to_string(), "x.toml:2:11: timeout: too long");
+        let file = SourceFile::from_text("x.toml", "timeout = \"soon\"\n");
+        let err = file.parse::<Raw>().unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:1:11: invalid duration \"soon\""), "{err}");
     }
 }

@@ -501,13 +501,37 @@ async fn check_rejects_bad_http_gateway_settings() {
     let site = Site::with_rules(&text.replace("timeout = \"2s\"", "timeout = \"1s\""));
     assert_rejected(
         &site,
-        "jobctl: rules.toml: sms.http.connect_timeout: connect_timeout (1s) must be shorter than timeout (1s), or an unreachable gateway would be reported as an uncertain send\n",
+        "jobctl: rules.toml:17:19: sms.http.connect_timeout: connect_timeout (1s) must be shorter than timeout (1s), or an unreachable gateway would be reported as an uncertain send\n",
     )
     .await;
     let site = Site::with_rules(&text.replace("preset = \"gateway\"\n", ""));
     assert_rejected(
         &site,
         "jobctl: rules.toml:13:7: sms.http.url: no header, query, form or json value uses {text}: the SMS text would never be sent\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_places_a_zero_backend_timeout() {
+    let text = rules(&closed_url(), &closed_url());
+    let with_backend = |backend: &str, table: &str| {
+        text.replace("backend = \"http\"", &format!("backend = \"{backend}\""))
+            .replace("[[sockets]]", &format!("[sms.{backend}]\n{table}\n\n[[sockets]]"))
+    };
+    let site = Site::with_rules(&with_backend("gammu", "timeout = \"0s\""));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:20:11: sms.gammu.timeout: must be longer than zero\n",
+    )
+    .await;
+    let site = Site::with_rules(&with_backend(
+        "modem",
+        "device = \"/dev/ttyUSB0\"\ncommand_timeout = \"5s\"\nsend_timeout = \"0s\"",
+    ));
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:22:16: sms.modem.send_timeout: must be longer than zero\n",
     )
     .await;
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config_file::{duration, ConfigError, ConfigErrors, SourceFile};
+use crate::config_file::{ConfigError, ConfigErrors, HumanDuration, SourceFile};
 use crate::secret::SecretSource;
 
 /// The public device-list endpoint.
@@ -40,20 +40,18 @@ pub struct RawConfig {
     pub listen: Option<Spanned<String>>,
     /// The device-list endpoint. Default [`DEFAULT_API_URL`].
     pub api_url: Option<Spanned<String>>,
-    /// Time between two polls of one platform. Default 60s.
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    pub poll_interval: Option<Duration>,
-    /// Time one API request may take before it is abandoned and retried. Default 15s.
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    pub request_timeout: Option<Duration>,
+    /// Time between two polls of one platform, longer than zero. Default 60s.
+    pub poll_interval: Option<Spanned<HumanDuration>>,
+    /// Time one API request may take before it is abandoned and retried,
+    /// longer than zero. Default 15s.
+    pub request_timeout: Option<Spanned<HumanDuration>>,
     /// Path of the SQLite cache. Default [`DEFAULT_CACHE`]; relative paths are
     /// taken from the configuration file's directory.
     pub cache: Option<PathBuf>,
     /// Devices per request. Default 300.
     pub page_size: Option<Spanned<u32>>,
     /// How long a device absent from the API is still exported. Default 7d.
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    pub forget_after: Option<Duration>,
+    pub forget_after: Option<Spanned<HumanDuration>>,
     /// The AddReality accounts to poll.
     #[serde(default)]
     pub platforms: Vec<Spanned<RawPlatform>>,
@@ -165,11 +163,20 @@ impl ExporterConfig {
             }
         };
 
-        let poll_interval = raw.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
-        let request_timeout = raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-        if poll_interval.is_zero() || request_timeout.is_zero() {
-            errors.push(file.error("poll_interval and request_timeout must be longer than zero"));
-        }
+        let mut positive =
+            |written: &Option<Spanned<HumanDuration>>, key: &str, default| match written {
+                None => default,
+                Some(value) if value.get_ref().0.is_zero() => {
+                    errors.push(
+                        file.error_at(value.span(), format!("{key} must be longer than zero")),
+                    );
+                    default
+                }
+                Some(value) => value.get_ref().0,
+            };
+        let poll_interval = positive(&raw.poll_interval, "poll_interval", DEFAULT_POLL_INTERVAL);
+        let request_timeout =
+            positive(&raw.request_timeout, "request_timeout", DEFAULT_REQUEST_TIMEOUT);
 
         let page_size = match &raw.page_size {
             None => DEFAULT_PAGE_SIZE,
@@ -220,7 +227,7 @@ impl ExporterConfig {
             request_timeout,
             cache,
             page_size,
-            forget_after: raw.forget_after.unwrap_or(DEFAULT_FORGET_AFTER),
+            forget_after: raw.forget_after.map_or(DEFAULT_FORGET_AFTER, |d| d.get_ref().0),
             platforms,
             base_dir,
         })
@@ -326,5 +333,17 @@ mod tests {
         assert!(err.starts_with("/etc/exporter.toml:1:17: invalid duration \"soon\""), "{err}");
         let err = parse("").unwrap_err();
         assert!(err.contains("no [[platforms]] configured"), "{err}");
+    }
+
+    #[test]
+    fn zero_durations_are_placed() {
+        let err = parse(
+            "poll_interval = \"0s\"\nrequest_timeout = \"0s\"\n[[platforms]]\nid = 12\ntoken_env = \"T\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "/etc/exporter.toml:1:17: poll_interval must be longer than zero\n/etc/exporter.toml:2:19: request_timeout must be longer than zero"
+        );
     }
 }

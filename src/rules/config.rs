@@ -11,21 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-/// A humantime duration (`"30s"`), so that it can be [`Spanned`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        crate::config_file::duration::deserialize(de).map(HumanDuration)
-    }
-}
+use crate::config_file::HumanDuration;
 
 /// `{ label = "value", … }`: strings or integers, checked later.
 pub(crate) type RawLabels = BTreeMap<Spanned<String>, Spanned<toml::Value>>;

@@ -22,8 +22,8 @@ use toml::Spanned;
 
 use super::condition::{Condition, Guard, Op, Term};
 use super::config::{
-    HumanDuration, RawFragment, RawGuard, RawJob, RawLabels, RawPowers, RawPrometheus,
-    RawRulesFile, RawSocket, RawTerm,
+    RawFragment, RawGuard, RawJob, RawLabels, RawPowers, RawPrometheus, RawRulesFile, RawSocket,
+    RawTerm,
 };
 use super::device::{is_label_name, is_metric_name, DeviceKey, DeviceKeyLabels, LabelMatchers};
 use super::job::{Action, Job, Origin, Repeat};
@@ -35,7 +35,7 @@ use super::settings::{
 };
 use super::template::Template;
 use super::RuleSet;
-use crate::config_file::{ConfigError, SourceFile};
+use crate::config_file::{ConfigError, HumanDuration, SourceFile};
 use crate::secret::SecretSource;
 use crate::sms::phone::PhoneNumber;
 use crate::socket::{

@@ -50,7 +50,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use toml::Spanned;
 
 use super::template::{Template, Values, Var};
-use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use super::{
+    positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
+    SmsConfigError,
+};
+use crate::config_file::HumanDuration;
 
 /// How long the program may run, by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,9 +80,8 @@ pub struct CommandConfig {
     /// (`SMS_TO = "{phone}"`). Default: none.
     pub env: Option<Spanned<BTreeMap<String, String>>>,
     /// Time the program may run before it is killed and the send counted
-    /// as uncertain. Default [`DEFAULT_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub timeout: Option<Duration>,
+    /// as uncertain; longer than zero. Default [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Spanned<HumanDuration>>,
     /// Exit statuses that mean "it may have been sent" rather than "it was
     /// not". Default: none, every status other than 0 is a definite failure.
     pub uncertain_exit_codes: Option<Spanned<Vec<i32>>>,
@@ -197,10 +200,8 @@ impl CommandSender {
                 span,
             ));
         }
-        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(err("timeout", "must be longer than zero", None));
-        }
+        let timeout =
+            positive_duration("sms.command.timeout", config.timeout.as_ref(), DEFAULT_TIMEOUT)?;
         let uncertain_exit_codes =
             config.uncertain_exit_codes.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
         if let Some(codes) = &config.uncertain_exit_codes {

@@ -43,7 +43,11 @@ use toml::Spanned;
 
 use super::command::{resolve_program, Run};
 use super::text::{self, Encoding};
-use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use super::{
+    positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
+    SmsConfigError,
+};
+use crate::config_file::HumanDuration;
 
 /// The program when `program` is not set, looked up in `PATH`.
 pub const DEFAULT_PROGRAM: &str = "gammu-smsd-inject";
@@ -65,9 +69,8 @@ pub struct GammuConfig {
     /// own default (`/etc/gammu-smsdrc`).
     pub config: Option<Spanned<PathBuf>>,
     /// Time `gammu-smsd-inject` may run before it is killed and the send
-    /// counted as uncertain. Default [`DEFAULT_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub timeout: Option<Duration>,
+    /// counted as uncertain; longer than zero. Default [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Queues messages with `gammu-smsd-inject`; see the module documentation.
@@ -91,10 +94,8 @@ impl GammuSender {
             Some(program) => resolve_program("sms.gammu.program", program, base_dir)?,
             None => PathBuf::from(DEFAULT_PROGRAM),
         };
-        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(SmsConfigError::new("sms.gammu.timeout", "must be longer than zero", None));
-        }
+        let timeout =
+            positive_duration("sms.gammu.timeout", config.timeout.as_ref(), DEFAULT_TIMEOUT)?;
         Ok(GammuSender {
             program,
             config: config.config.as_ref().map(|c| base_dir.join(c.get_ref())),

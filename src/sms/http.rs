@@ -86,7 +86,11 @@ use serde_json::Value;
 use toml::Spanned;
 
 use super::template::{Template, Values, Var};
-use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use super::{
+    positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
+    SmsConfigError,
+};
+use crate::config_file::HumanDuration;
 use crate::secret::{Secret, SecretSource};
 
 /// How long a request may take from start to the end of the answer, by default.
@@ -179,15 +183,14 @@ pub struct HttpConfig {
     pub message_pointers: Option<Spanned<Vec<String>>>,
     /// JSON pointer to the gateway's message id, journalled as the reference.
     pub reference_pointer: Option<Spanned<String>>,
-    /// Time for the whole request and answer. Default [`DEFAULT_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub timeout: Option<Duration>,
+    /// Time for the whole request and answer, longer than zero. Default
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Spanned<HumanDuration>>,
     /// Time to connect (DNS, TCP, TLS). Default [`DEFAULT_CONNECT_TIMEOUT`]
-    /// or half of `timeout`, whichever is shorter; must be shorter than
-    /// `timeout`, so that "cannot connect" is never mistaken for "sent, no
-    /// answer".
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub connect_timeout: Option<Duration>,
+    /// or half of `timeout`, whichever is shorter; must be longer than zero
+    /// and shorter than `timeout`, so that "cannot connect" is never
+    /// mistaken for "sent, no answer".
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// What a preset fills in.
@@ -712,12 +715,26 @@ fn load_key(
 
 /// The whole-request and connect timeouts, checked against each other.
 fn timeouts(config: &HttpConfig) -> Result<(Duration, Duration), SmsConfigError> {
-    let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let connect = config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT.min(timeout / 2));
-    if timeout.is_zero() || connect.is_zero() {
-        return Err(err("timeout", "timeouts must be longer than zero", None));
+    let timeout_span = config.timeout.as_ref().map(Spanned::span);
+    let timeout = positive_duration("sms.http.timeout", config.timeout.as_ref(), DEFAULT_TIMEOUT)?;
+    let connect = positive_duration(
+        "sms.http.connect_timeout",
+        config.connect_timeout.as_ref(),
+        DEFAULT_CONNECT_TIMEOUT.min(timeout / 2),
+    )?;
+    if connect.is_zero() {
+        // Only a default can be zero here: half of a timeout of 1ns.
+        return Err(err(
+            "timeout",
+            format!(
+                "{} leaves no time to connect (connect_timeout defaults to half of it); write a longer timeout",
+                humantime::format_duration(timeout)
+            ),
+            timeout_span,
+        ));
     }
     if connect >= timeout {
+        let span = config.connect_timeout.as_ref().map(Spanned::span).or(timeout_span);
         return Err(err(
             "connect_timeout",
             format!(
@@ -725,7 +742,7 @@ fn timeouts(config: &HttpConfig) -> Result<(Duration, Duration), SmsConfigError>
                 humantime::format_duration(connect),
                 humantime::format_duration(timeout)
             ),
-            None,
+            span,
         ));
     }
     Ok((timeout, connect))

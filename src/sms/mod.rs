@@ -47,11 +47,12 @@ use std::future::Future;
 use std::ops::Range;
 use std::path::Path;
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config_file::{ConfigError, SourceFile};
+use crate::config_file::{ConfigError, HumanDuration, SourceFile};
 
 /// One SMS to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +244,24 @@ impl SmsConfigError {
             Some(span) => file.error_at(span.clone(), message),
             None => file.error(message),
         }
+    }
+}
+
+/// A backend's duration setting (`key` is the dotted key, like
+/// `"sms.gammu.timeout"`): the value written, or `default` when there is
+/// none. A written zero is refused at its value: every timeout and interval
+/// of a backend must leave time for something to happen.
+pub(crate) fn positive_duration(
+    key: &str,
+    written: Option<&Spanned<HumanDuration>>,
+    default: Duration,
+) -> Result<Duration, SmsConfigError> {
+    match written {
+        None => Ok(default),
+        Some(value) if value.get_ref().0.is_zero() => {
+            Err(SmsConfigError::new(key, "must be longer than zero", Some(value.span())))
+        }
+        Some(value) => Ok(value.get_ref().0),
     }
 }
 
@@ -457,6 +476,66 @@ mod tests {
         assert_eq!(
             placed("[sms]\nbackends = [\"log\", \"modem\"]\n"),
             "rules.toml:2:20: sms.backends: backend \"modem\" needs an [sms.modem] table (at least `device`)"
+        );
+    }
+
+    #[test]
+    fn every_backend_places_its_duration_errors_at_the_value() {
+        let spool = tempfile::tempdir().unwrap();
+        for dir in ["outgoing", "sent", "failed"] {
+            std::fs::create_dir(spool.path().join(dir)).unwrap();
+        }
+        let placed = |backend: &str, table: &str| {
+            let text = format!("[sms]\nbackend = \"{backend}\"\n\n[sms.{backend}]\n{table}\n");
+            let file: File = toml::from_str(&text).unwrap();
+            let err = file.sms.build(spool.path()).unwrap_err();
+            err.in_file(&SourceFile::from_text("rules.toml", text)).to_string()
+        };
+        let http = "url = \"http://127.0.0.1:1\"\nquery = { to = \"{phone}\", m = \"{text}\" }";
+        assert_eq!(
+            placed("http", &format!("{http}\ntimeout = \"0s\"")),
+            "rules.toml:7:11: sms.http.timeout: must be longer than zero"
+        );
+        assert_eq!(
+            placed("http", &format!("{http}\nconnect_timeout = \"0s\"")),
+            "rules.toml:7:19: sms.http.connect_timeout: must be longer than zero"
+        );
+        assert_eq!(
+            placed("http", &format!("{http}\ntimeout = \"2s\"\nconnect_timeout = \"5s\"")),
+            "rules.toml:8:19: sms.http.connect_timeout: connect_timeout (5s) must be shorter than timeout (2s), or an unreachable gateway would be reported as an uncertain send"
+        );
+        assert_eq!(
+            placed("http", &format!("{http}\ntimeout = \"1ns\"")),
+            "rules.toml:7:11: sms.http.timeout: 1ns leaves no time to connect (connect_timeout defaults to half of it); write a longer timeout"
+        );
+        assert_eq!(
+            placed("gammu", "timeout = \"0s\""),
+            "rules.toml:5:11: sms.gammu.timeout: must be longer than zero"
+        );
+        assert_eq!(
+            placed(
+                "command",
+                "program = \"send-sms\"\nargs = [\"{phone}\", \"{text}\"]\ntimeout = \"0ms\""
+            ),
+            "rules.toml:7:11: sms.command.timeout: must be longer than zero"
+        );
+        let modem = "device = \"/dev/ttyUSB0\"";
+        assert_eq!(
+            placed("modem", &format!("{modem}\ncommand_timeout = \"0s\"")),
+            "rules.toml:6:19: sms.modem.command_timeout: must be longer than zero"
+        );
+        assert_eq!(
+            placed("modem", &format!("{modem}\nsend_timeout = \"0s\"")),
+            "rules.toml:6:16: sms.modem.send_timeout: must be longer than zero"
+        );
+        let smstools = "outgoing = \"outgoing\"\nsent = \"sent\"\nfailed = \"failed\"";
+        assert_eq!(
+            placed("smstools", &format!("{smstools}\noutcome_timeout = \"0s\"")),
+            "rules.toml:8:19: sms.smstools.outcome_timeout: must be longer than zero"
+        );
+        assert_eq!(
+            placed("smstools", &format!("{smstools}\npoll_interval = \"0s\"")),
+            "rules.toml:8:17: sms.smstools.poll_interval: must be longer than zero"
         );
     }
 

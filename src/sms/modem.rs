@@ -101,7 +101,11 @@ use toml::Spanned;
 
 use super::phone::PhoneNumber;
 use super::text::{self, Encoding};
-use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use super::{
+    positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
+    SmsConfigError,
+};
+use crate::config_file::HumanDuration;
 use crate::secret::{Secret, SecretSource};
 
 /// The line speed when `baud` is not set: what most USB GSM modems use.
@@ -147,14 +151,12 @@ pub struct ModemConfig {
     /// modems that mishandle UCS-2.
     pub ucs2: Option<bool>,
     /// Time the modem has to answer each command and to show the `> `
-    /// prompt. Default [`DEFAULT_COMMAND_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub command_timeout: Option<Duration>,
+    /// prompt; longer than zero. Default [`DEFAULT_COMMAND_TIMEOUT`].
+    pub command_timeout: Option<Spanned<HumanDuration>>,
     /// Time the network has to take a message after its text was handed
-    /// over; silence past it is an uncertain send. Default
-    /// [`DEFAULT_SEND_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub send_timeout: Option<Duration>,
+    /// over; silence past it is an uncertain send. Longer than zero.
+    /// Default [`DEFAULT_SEND_TIMEOUT`].
+    pub send_timeout: Option<Spanned<HumanDuration>>,
 }
 
 fn err(
@@ -244,14 +246,16 @@ impl ModemSender {
                 ));
             }
         };
-        let command_timeout = config.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
-        let send_timeout = config.send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT);
-        if command_timeout.is_zero() {
-            return Err(err("command_timeout", "must be longer than zero", None));
-        }
-        if send_timeout.is_zero() {
-            return Err(err("send_timeout", "must be longer than zero", None));
-        }
+        let command_timeout = positive_duration(
+            "sms.modem.command_timeout",
+            config.command_timeout.as_ref(),
+            DEFAULT_COMMAND_TIMEOUT,
+        )?;
+        let send_timeout = positive_duration(
+            "sms.modem.send_timeout",
+            config.send_timeout.as_ref(),
+            DEFAULT_SEND_TIMEOUT,
+        )?;
         Ok(ModemSender {
             settings: Arc::new(Settings {
                 device,

@@ -57,7 +57,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::phone::PhoneNumber;
-use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use super::{
+    positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
+    SmsConfigError,
+};
+use crate::config_file::HumanDuration;
 
 /// How long to wait for smsd's verdict when `sent`/`failed` are set, by
 /// default: a queue of a few messages through one modem.
@@ -82,13 +86,12 @@ pub struct SmstoolsConfig {
     /// smsd's `failed` directory; set with `sent`.
     pub failed: Option<Spanned<PathBuf>>,
     /// How long to wait for the file to reach `sent/` or `failed/` before
-    /// the send counts as uncertain. Default [`DEFAULT_OUTCOME_TIMEOUT`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub outcome_timeout: Option<Duration>,
-    /// How often to look for the file meanwhile. Default
+    /// the send counts as uncertain; longer than zero. Used only with
+    /// `sent` and `failed`. Default [`DEFAULT_OUTCOME_TIMEOUT`].
+    pub outcome_timeout: Option<Spanned<HumanDuration>>,
+    /// How often to look for the file meanwhile; longer than zero. Default
     /// [`DEFAULT_POLL_INTERVAL`].
-    #[serde(default, deserialize_with = "crate::config_file::duration::deserialize_option")]
-    pub poll_interval: Option<Duration>,
+    pub poll_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// Where to look for smsd's verdict.
@@ -153,15 +156,16 @@ impl SmstoolsSender {
         let watch = match (&config.sent, &config.failed) {
             (None, None) => None,
             (Some(sent), Some(failed)) => {
-                let timeout = config.outcome_timeout.unwrap_or(DEFAULT_OUTCOME_TIMEOUT);
-                let interval = config.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
-                if timeout.is_zero() || interval.is_zero() {
-                    return Err(err(
-                        "outcome_timeout",
-                        "outcome_timeout and poll_interval must be longer than zero",
-                        None,
-                    ));
-                }
+                let timeout = positive_duration(
+                    "sms.smstools.outcome_timeout",
+                    config.outcome_timeout.as_ref(),
+                    DEFAULT_OUTCOME_TIMEOUT,
+                )?;
+                let interval = positive_duration(
+                    "sms.smstools.poll_interval",
+                    config.poll_interval.as_ref(),
+                    DEFAULT_POLL_INTERVAL,
+                )?;
                 Some(Watch {
                     sent: directory("sent", sent, base_dir)?,
                     failed: directory("failed", failed, base_dir)?,
