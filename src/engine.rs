@@ -11,10 +11,12 @@
 //!    does, on answers indexed once for every job) and advances its state
 //!    machine ([`crate::rules::state`]): unknown never moves anything
 //!    towards an action;
-//! 3. for each action due, journals the message *before* it leaves, then
-//!    hands it to the SMS sender in a task of its own (a slow gateway or a
-//!    retry never holds up other jobs or the next cycle), and records each
-//!    attempt's outcome;
+//! 3. journals the message of every action due *before* any of them leaves,
+//!    all in one transaction (one commit to disk, not one per message: a
+//!    busy cycle has dozens), then hands each to the SMS sender in a task of
+//!    its own (a slow gateway or a retry never holds up other jobs or the
+//!    next cycle), and records each attempt's outcome (outcomes that arrive
+//!    together share a commit, see `SendWrites`);
 //! 4. saves every changed state in one transaction.
 //!
 //! A thousand jobs over ten thousand devices are a third of a million
@@ -41,7 +43,7 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::clock::Clock;
 use crate::journal::{
-    Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, Suppression,
+    Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult, Suppression,
 };
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
@@ -152,6 +154,11 @@ struct Dispatch {
     message: Message,
     what: String,
 }
+
+/// What became of one message given to the journal: its dispatch when it may
+/// leave, its execution id when it was journalled but may not (budget, dry
+/// run), or why the journal did not take it (then it did not leave).
+type Journalled = Result<Result<Dispatch, ExecutionId>, JournalError>;
 
 /// An action that became due in a cycle, sent once every job is evaluated.
 struct Due {
@@ -292,6 +299,8 @@ struct DeviceEvent {
 /// same journal and budgets.
 pub struct Outbox {
     journal: Arc<Mutex<Journal>>,
+    /// The send tasks' writes, committed in groups.
+    send_writes: Arc<SendWrites>,
     sender: Arc<dyn Sender>,
     clock: Arc<dyn Clock>,
     options: EngineOptions,
@@ -503,31 +512,28 @@ impl Engine {
         self.answers = answers;
 
         let journalling = Instant::now();
-        for Due { job, device, verdict, due, state_after, previous } in dispatch {
-            let job = &rules.jobs[job];
-            if !self.act(job, &device, &verdict, due, state_after, &mut report).await {
-                // The journal could not record the message, so it was not
-                // sent: step back so that the action is due again next
-                // cycle rather than lost for the whole episode.
-                if let (Some(states), Some(id)) =
-                    (self.states.get_mut(&job.name), self.devices.find(&device))
-                {
-                    states.restore(id, previous);
+        if !dispatch.is_empty() {
+            self.act(&rules, dispatch, &mut report).await;
+        }
+
+        // `changed` is in job order: look each job's states up once. Thousands
+        // of pending states change every cycle (their time held grows).
+        let mut to_save: Vec<(usize, String, JobState)> = Vec::with_capacity(changed.len());
+        for devices in changed.chunk_by(|(a, _), (b, _)| a == b) {
+            let job = devices[0].0;
+            let Some(states) = self.states.get(&rules.jobs[job].name) else { continue };
+            for &(_, device) in devices {
+                if let Some(state) = states.get(device, &self.default_state) {
+                    to_save.push((job, self.devices.text(device).to_string(), state.clone()));
                 }
             }
         }
-
-        let to_save: Vec<(String, String, JobState)> = changed
-            .into_iter()
-            .filter_map(|(job, device)| {
-                let name = &rules.jobs[job].name;
-                let state = self.states.get(name)?.get(device, &self.default_state)?;
-                Some((name.clone(), self.devices.text(device).to_string(), state.clone()))
-            })
-            .collect();
         if !to_save.is_empty() {
             let result = blocking(&self.outbox.journal, move |journal| {
-                journal.save_states(to_save.iter().map(|(j, d, s)| (j.as_str(), d.as_str(), s)))
+                let named = to_save.iter().map(|(job, device, state)| {
+                    (rules.jobs[*job].name.as_str(), device.as_str(), state)
+                });
+                journal.save_states(named)
             })
             .await;
             if let Err(err) = result {
@@ -660,15 +666,81 @@ impl Engine {
         self.failing_queries = failed;
     }
 
-    async fn act(
+    /// Journals the messages of every action due this cycle in one batch
+    /// (one commit, however many), then hands those that may leave to the
+    /// sender: none leaves before all are committed.
+    async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
+        let mut messages = Vec::with_capacity(dispatch.len());
+        let mut actions = Vec::with_capacity(dispatch.len());
+        for Due { job, device, verdict, due, state_after, previous } in dispatch {
+            if let Some(message) =
+                self.message(&rules.jobs[job], &device, &verdict, &due, state_after, report)
+            {
+                messages.push(message);
+                actions.push((job, device, due, previous));
+            }
+        }
+        if messages.is_empty() {
+            return;
+        }
+        let outcomes: Vec<Option<Journalled>> = match self.outbox.journal_messages(messages).await {
+            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+            Err(err) => {
+                tracing::error!(
+                    "cannot journal {} messages: {err}; nothing was sent; the actions stay due for the next cycle",
+                    actions.len()
+                );
+                actions.iter().map(|_| None).collect()
+            }
+        };
+        for ((job, device, due, previous), outcome) in actions.into_iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(Ok(dispatch))) => {
+                    report.sends_started += 1;
+                    tracing::info!(
+                        "{}: sending (episode {}, action {})",
+                        dispatch.what,
+                        due.episode,
+                        due.attempt_in_episode
+                    );
+                    self.outbox.spawn_send(dispatch);
+                    continue;
+                }
+                Some(Ok(Err(_suppressed))) => {
+                    report.suppressed += 1;
+                    continue;
+                }
+                Some(Err(err)) => {
+                    tracing::error!(
+                        "{err}; nothing was sent; the action stays due for the next cycle"
+                    );
+                }
+                None => {}
+            }
+            // The journal could not record the message, so it was not sent:
+            // step back so that the action is due again next cycle rather
+            // than lost for the whole episode.
+            report.action_errors += 1;
+            let name = &rules.jobs[job].name;
+            if let (Some(states), Some(id)) =
+                (self.states.get_mut(name), self.devices.find(&device))
+            {
+                states.restore(id, previous);
+            }
+        }
+    }
+
+    /// The message an action due on `device` sends, with words for logs; or
+    /// `None`, an action error logged, when it cannot become one.
+    fn message(
         &mut self,
         job: &Job,
         device: &str,
         verdict: &DeviceVerdict,
-        due: state::ActionDue,
+        due: &state::ActionDue,
         state_after: JobState,
         report: &mut CycleReport,
-    ) -> bool {
+    ) -> Option<(PlannedSend, String)> {
         let who = describe(device, verdict);
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
             report.action_errors += 1;
@@ -676,7 +748,7 @@ impl Engine {
                 "job {:?}: device {who}: cannot act: its labels lack the device key",
                 job.name
             );
-            return true;
+            return None;
         };
         let outgoing = match self.rules.outgoing(job, &key, &verdict.labels) {
             Ok(outgoing) => outgoing,
@@ -684,7 +756,7 @@ impl Engine {
                 report.action_errors += 1;
                 self.outbox.metrics.action_errors.with_label_values(&[job.name.as_str()]).inc();
                 tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
-                return true;
+                return None;
             }
         };
         let mut text = text::sanitize(&outgoing.text, false, MAX_TEXT_CHARS);
@@ -693,6 +765,12 @@ impl Engine {
             text = text::fit_segments(&text, self.outbox.options.max_segments);
         }
         let socket = outgoing.socket.clone().unwrap_or_else(|| "-".to_string());
+        let what = format!(
+            "job {:?}: device {who}: {:?} to socket {socket} ({})",
+            job.name,
+            text,
+            outgoing.phone.as_str()
+        );
         let planned = PlannedSend {
             origin: Origin::Rule {
                 job: job.name.clone(),
@@ -702,38 +780,11 @@ impl Engine {
                 trigger_value: due.trigger_value,
                 state_after,
             },
-            socket: socket.clone(),
+            socket,
             phone: outgoing.phone.as_str().to_string(),
-            text: text.clone(),
-        };
-        let what = format!(
-            "job {:?}: device {who}: {:?} to socket {socket} ({})",
-            job.name,
             text,
-            outgoing.phone.as_str()
-        );
-        match self.outbox.journal_and_dispatch(planned, what).await {
-            Ok(Ok(dispatch)) => {
-                report.sends_started += 1;
-                tracing::info!(
-                    "{}: sending (episode {}, action {})",
-                    dispatch.what,
-                    due.episode,
-                    due.attempt_in_episode
-                );
-                self.outbox.spawn_send(dispatch);
-                true
-            }
-            Ok(Err(_suppressed)) => {
-                report.suppressed += 1;
-                true
-            }
-            Err(err) => {
-                report.action_errors += 1;
-                tracing::error!("{err}; nothing was sent; the action stays due for the next cycle");
-                false
-            }
-        }
+        };
+        Some((planned, what))
     }
 }
 
@@ -745,8 +796,10 @@ impl Outbox {
         clock: Arc<dyn Clock>,
         options: EngineOptions,
     ) -> Outbox {
+        let journal = Arc::new(Mutex::new(journal.with_clock(clock.clone())));
         Outbox {
-            journal: Arc::new(Mutex::new(journal.with_clock(clock.clone()))),
+            send_writes: Arc::new(SendWrites { journal: journal.clone(), queue: Mutex::default() }),
+            journal,
             sender,
             clock,
             options,
@@ -755,52 +808,66 @@ impl Outbox {
         }
     }
 
-    /// Journals a planned message — suppressed (budget, dry run) or about to
-    /// leave — and returns it for sending when it may leave.
-    async fn journal_and_dispatch(
+    /// Journals planned messages — each suppressed (budget, dry run) or about
+    /// to leave — in one batch, so that they cost one commit, and returns
+    /// for each its dispatch when it may leave, or the id it was journalled
+    /// under when it may not, or why the journal did not take it. Budgets
+    /// count the batch's earlier messages. The error is the batch's own: its
+    /// commit failed and none of the messages was kept.
+    async fn journal_messages(
         &self,
-        planned: PlannedSend,
-        what: String,
-    ) -> Result<Result<Dispatch, ExecutionId>, JournalError> {
+        messages: Vec<(PlannedSend, String)>,
+    ) -> Result<Vec<Journalled>, JournalError> {
         let budgets = self.options.budgets;
         let mode = self.options.mode;
         let now = self.clock.now();
-        let message = Message { phone: planned.phone.clone(), text: planned.text.clone() };
-        let (id, suppressed) = blocking(&self.journal, move |journal| {
-            let over = over_budget(journal, &budgets, &planned.socket, now)?;
-            match (over, mode) {
-                (Some(reason), _) => {
-                    let id = journal.record_suppressed(
-                        &planned,
-                        &Suppression::OverBudget { reason: reason.clone() },
-                    )?;
-                    Ok::<_, JournalError>((id, Some(format!("suppressed: {reason}"))))
-                }
-                (None, Mode::DryRun) => {
-                    let id = journal.record_suppressed(&planned, &Suppression::DryRun)?;
-                    Ok((id, Some("dry run: not sent".to_string())))
-                }
-                (None, Mode::Live) => Ok((journal.begin_send(&planned)?, None)),
-            }
+        let (planned, whats): (Vec<PlannedSend>, Vec<String>) = messages.into_iter().unzip();
+        let outgoing: Vec<Message> = planned
+            .iter()
+            .map(|planned| Message { phone: planned.phone.clone(), text: planned.text.clone() })
+            .collect();
+        let recorded = blocking(&self.journal, move |journal| {
+            journal.batch("journalling messages", |journal| {
+                let record = |planned: &PlannedSend| {
+                    let over = over_budget(journal, &budgets, &planned.socket, now)?;
+                    match (over, mode) {
+                        (Some(reason), _) => {
+                            let why = Suppression::OverBudget { reason: reason.clone() };
+                            let id = journal.record_suppressed(planned, &why)?;
+                            Ok::<_, JournalError>((id, Some(format!("suppressed: {reason}"))))
+                        }
+                        (None, Mode::DryRun) => {
+                            let id = journal.record_suppressed(planned, &Suppression::DryRun)?;
+                            Ok((id, Some("dry run: not sent".to_string())))
+                        }
+                        (None, Mode::Live) => Ok((journal.begin_send(planned)?, None)),
+                    }
+                };
+                planned.iter().map(record).collect::<Vec<_>>()
+            })
         })
         .await?;
-        if let Some(why) = suppressed {
-            self.metrics
-                .sms
-                .with_label_values(&[if why.starts_with("dry") { "dry_run" } else { "suppressed" }])
-                .inc();
-            tracing::warn!("{what}: {why} (execution {id})");
-            return Ok(Err(id));
-        }
-        Ok(Ok(Dispatch { id, message, what }))
+        let outcomes = recorded.into_iter().zip(whats).zip(outgoing);
+        Ok(outcomes
+            .map(|((recorded, what), message)| {
+                let (id, suppressed) = recorded?;
+                if let Some(why) = suppressed {
+                    let label = if why.starts_with("dry") { "dry_run" } else { "suppressed" };
+                    self.metrics.sms.with_label_values(&[label]).inc();
+                    tracing::warn!("{what}: {why} (execution {id})");
+                    return Ok(Err(id));
+                }
+                Ok(Ok(Dispatch { id, message, what }))
+            })
+            .collect())
     }
 
     fn spawn_send(&mut self, dispatch: Dispatch) {
         let sender = self.sender.clone();
-        let journal = self.journal.clone();
+        let writes = self.send_writes.clone();
         let retry = self.options.retry;
         let metrics = self.metrics.clone();
-        self.sends.spawn(send_with_retries(sender, journal, retry, metrics, dispatch));
+        self.sends.spawn(send_with_retries(sender, writes, retry, metrics, dispatch));
     }
 
     /// Sends a message typed by a person (`jobctl send`, `test-rule --send`)
@@ -820,7 +887,9 @@ impl Outbox {
             text: text.clone(),
         };
         let what = format!("manual: {text:?} to socket {socket} ({phone})");
-        let id = match self.journal_and_dispatch(planned, what).await? {
+        let journalled = self.journal_messages(vec![(planned, what)]).await?;
+        let journalled = journalled.into_iter().next().expect("one outcome per message");
+        let id = match journalled? {
             Ok(dispatch) => {
                 let id = dispatch.id;
                 tracing::info!("{}: sending", dispatch.what);
@@ -985,9 +1054,80 @@ fn over_budget(
     Ok(None)
 }
 
+/// What a send task journals as it goes.
+enum SendWrite {
+    /// The message leaves again (a retry, or the next backend):
+    /// [`Journal::mark_sending`].
+    Sending(ExecutionId),
+    /// One backend's attempt ended: [`Journal::finish_send`].
+    Outcome(ExecutionId, SendResult),
+}
+
+/// A queued [`SendWrite`] and where to say how it went.
+type QueuedWrite = (SendWrite, tokio::sync::oneshot::Sender<Result<(), Arc<JournalError>>>);
+
+/// The send tasks' journal writes, committed in groups.
+///
+/// Each commit waits for the disk, and the messages of a busy cycle are
+/// sent at about the same time, so their outcomes arrive together: written
+/// one by one, dozens of commits would queue on the journal's lock, and the
+/// next cycle's state save behind them. A task therefore queues its write
+/// and waits until it is committed; whichever task gets the journal first
+/// commits every write queued by then in one batch. A task still goes on
+/// only once its write is durable.
+struct SendWrites {
+    journal: Arc<Mutex<Journal>>,
+    queue: Mutex<Vec<QueuedWrite>>,
+}
+
+impl SendWrites {
+    /// Journals `write`, returning once it is committed.
+    async fn write(self: &Arc<Self>, write: SendWrite) -> Result<(), Arc<JournalError>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queue.lock().expect("send write queue poisoned").push((write, answer));
+        let writes = self.clone();
+        blocking(&self.journal, move |journal| writes.commit_queued(journal)).await;
+        // Our write was queued before this task took the journal, so it was
+        // committed either just now or by a task that held the journal
+        // before, and answered before letting it go.
+        answered.await.expect("a queued write is always answered")
+    }
+
+    /// Commits every queued write in one batch, each answered with how it
+    /// went. Called holding the journal.
+    fn commit_queued(&self, journal: &mut Journal) {
+        let queued = std::mem::take(&mut *self.queue.lock().expect("send write queue poisoned"));
+        if queued.is_empty() {
+            return;
+        }
+        let (writes, answers): (Vec<SendWrite>, Vec<_>) = queued.into_iter().unzip();
+        let results = journal.batch("recording send outcomes", |journal| {
+            let write = |write: &SendWrite| match write {
+                SendWrite::Sending(id) => journal.mark_sending(*id),
+                SendWrite::Outcome(id, result) => journal.finish_send(*id, result),
+            };
+            writes.iter().map(write).collect::<Vec<_>>()
+        });
+        // A task that is gone no longer needs its answer.
+        match results {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result.map_err(Arc::new));
+                }
+            }
+            Err(err) => {
+                let err = Arc::new(err);
+                for answer in answers {
+                    let _ = answer.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
 async fn send_with_retries(
     sender: Arc<dyn Sender>,
-    journal: Arc<Mutex<Journal>>,
+    writes: Arc<SendWrites>,
     retry: SendRetry,
     metrics: Arc<EngineMetrics>,
     dispatch: Dispatch,
@@ -998,7 +1138,7 @@ async fn send_with_retries(
         if attempt > 1 {
             let delay = retry.first_delay.saturating_mul(1 << (attempt - 2).min(16));
             tokio::time::sleep(delay).await;
-            if let Err(err) = blocking(&journal, move |j| j.mark_sending(id)).await {
+            if let Err(err) = writes.write(SendWrite::Sending(id)).await {
                 tracing::error!("{what}: cannot journal retry {attempt}: {err}; not retried");
                 return;
             }
@@ -1013,12 +1153,12 @@ async fn send_with_retries(
             };
             metrics.sms.with_label_values(&[label]).inc();
             let result = tried.to_send_result();
-            if let Err(err) = blocking(&journal, move |j| j.finish_send(id, &result)).await {
+            if let Err(err) = writes.write(SendWrite::Outcome(id, result)).await {
                 tracing::error!("{what}: cannot journal the outcome of execution {id}: {err}");
             }
             if let (Err(err), Some(next)) = (&tried.outcome, chain.next_backend()) {
                 tracing::warn!("{what}: {}: {err}; handing it to {next}", tried.backend);
-                if let Err(err) = blocking(&journal, move |j| j.mark_sending(id)).await {
+                if let Err(err) = writes.write(SendWrite::Sending(id)).await {
                     tracing::error!(
                         "{what}: cannot journal the hand-over: {err}; not sent further"
                     );
@@ -1241,5 +1381,74 @@ impl EngineMetrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::journal::{ExecutionStatus, HistoryFilter};
+    use crate::rules::Budgets;
+    use crate::sms::log::LogSender;
+
+    fn outbox(budgets: Budgets) -> Outbox {
+        Outbox::new(
+            Journal::open_in_memory().unwrap(),
+            Arc::new(LogSender::new()),
+            Arc::new(ManualClock::at_unix_seconds(1_750_057_200)),
+            EngineOptions { budgets, ..EngineOptions::default() },
+        )
+    }
+
+    fn message(socket: &str) -> (PlannedSend, String) {
+        let planned = PlannedSend {
+            origin: Origin::Manual,
+            socket: socket.to_string(),
+            phone: "+79991234567".to_string(),
+            text: "#01#0#".to_string(),
+        };
+        (planned, format!("to {socket}"))
+    }
+
+    fn statuses(journal: &Mutex<Journal>) -> Vec<ExecutionStatus> {
+        let journal = journal.lock().unwrap();
+        let mut history = journal.history(&HistoryFilter::default()).unwrap();
+        history.reverse();
+        history.iter().map(|execution| execution.status).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_messages_counts_its_own_against_the_budgets() {
+        let outbox = outbox(Budgets { global_day: Some(2), ..Budgets::default() });
+        let messages = ["lobby", "hall", "stage"].map(message).to_vec();
+        let outcomes = outbox.journal_messages(messages).await.unwrap();
+        let leaving: Vec<bool> = outcomes.iter().map(|o| matches!(o, Ok(Ok(_)))).collect();
+        assert_eq!(leaving, [true, true, false]);
+        use ExecutionStatus::{Sending, Suppressed};
+        assert_eq!(statuses(&outbox.journal), [Sending, Sending, Suppressed]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn send_writes_arriving_together_are_each_committed_and_answered() {
+        let outbox = outbox(Budgets::default());
+        let messages = (0..40).map(|i| message(&format!("socket {i}"))).collect();
+        let outcomes = outbox.journal_messages(messages).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for outcome in outcomes {
+            let Ok(Ok(dispatch)) = outcome else { panic!("not journalled to leave") };
+            let writes = outbox.send_writes.clone();
+            let result = SendResult::Sent { backend: "log".to_string(), reference: None };
+            tasks.spawn(async move { writes.write(SendWrite::Outcome(dispatch.id, result)).await });
+        }
+        let results = tasks.join_all().await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(statuses(&outbox.journal), vec![ExecutionStatus::Sent; 40]);
+
+        // A write the journal refuses is answered with the reason.
+        let again = SendResult::Sent { backend: "log".to_string(), reference: None };
+        let refused = outbox.send_writes.write(SendWrite::Outcome(ExecutionId(1), again));
+        let refused = refused.await.unwrap_err();
+        assert!(matches!(*refused, JournalError::WrongStatus { .. }), "{refused:?}");
     }
 }

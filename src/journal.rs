@@ -17,6 +17,13 @@
 //! - Nothing is silently dropped: a message held back by a budget or by
 //!   `--dry-run` is journalled too ([`Journal::record_suppressed`]).
 //!
+//! Each write is its own transaction, and with `synchronous = FULL` each
+//! commit waits for the disk (an fsync of the WAL). A cycle in which dozens
+//! of actions fall due therefore journals them in one [`Journal::batch`]:
+//! one commit for all of them instead of one each, every message still
+//! committed before any of them leaves. Inside a batch each write is a
+//! savepoint, so one that fails is undone alone, as it would be outside.
+//!
 //! The API is synchronous and owns its [`rusqlite::Connection`]; the engine
 //! calls it from a dedicated thread or `spawn_blocking`, never on the async
 //! runtime. The file is in WAL mode so that `jobctl status` and
@@ -36,6 +43,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,7 +51,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, Statement, Transaction,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::rules::state::JobState;
@@ -112,6 +122,9 @@ pub struct Journal {
     /// The file, named in every error; `:memory:` for an in-memory journal.
     path: PathBuf,
     clock: Arc<dyn Clock>,
+    /// Whether a [`Journal::batch`] is open: writes are then savepoints in
+    /// its transaction, and never transactions of their own.
+    in_batch: bool,
 }
 
 impl fmt::Debug for Journal {
@@ -209,6 +222,14 @@ pub enum JournalError {
         status: ExecutionStatus,
         /// What was asked, e.g. "marked as sending".
         wanted: &'static str,
+    },
+    /// SQLite undid a batch's transaction after an error inside it (a full
+    /// disk, an I/O error), so the batch's later writes were refused rather
+    /// than committed on their own; nothing of the batch is kept.
+    #[error("{path}: a batch of writes was undone after an earlier error; none of it was kept")]
+    BatchUndone {
+        /// The file.
+        path: PathBuf,
     },
     /// A stored job state that this build cannot decode.
     #[error("{path}: the stored state of job {job:?} on device {device_key:?} is unreadable")]
@@ -496,8 +517,7 @@ impl Journal {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal =
-            Journal { connection, path: path.to_path_buf(), clock: Arc::new(SystemClock) };
+        let mut journal = Journal::new(connection, path);
         journal.prepare(true)?;
         Ok(journal)
     }
@@ -513,8 +533,7 @@ impl Journal {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal =
-            Journal { connection, path: path.to_path_buf(), clock: Arc::new(SystemClock) };
+        let mut journal = Journal::new(connection, path);
         journal.prepare(false)?;
         Ok(journal)
     }
@@ -524,10 +543,19 @@ impl Journal {
         let path = Path::new(":memory:");
         let connection =
             Connection::open_in_memory().map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal =
-            Journal { connection, path: path.to_path_buf(), clock: Arc::new(SystemClock) };
+        let mut journal = Journal::new(connection, path);
         journal.prepare(true)?;
         Ok(journal)
+    }
+
+    /// A journal over `connection`, not yet checked or prepared.
+    fn new(connection: Connection, path: &Path) -> Journal {
+        Journal {
+            connection,
+            path: path.to_path_buf(),
+            clock: Arc::new(SystemClock),
+            in_batch: false,
+        }
     }
 
     /// Uses `clock` for the instants the journal records (the engine passes
@@ -601,7 +629,7 @@ impl Journal {
             .pragma_update(None, "foreign_keys", true)
             .map_err(sqlite_error(path, "enabling foreign keys"))?;
         for version in found..SCHEMA_VERSION {
-            let tx = begin(&mut self.connection, path, "starting a schema upgrade")?;
+            let tx = begin(&mut self.connection, self.in_batch, path, "starting a schema upgrade")?;
             // `found` is known to be in 0..SCHEMA_VERSION here.
             let script = MIGRATIONS[usize::try_from(version).unwrap_or(usize::MAX)];
             tx.execute_batch(script).map_err(sqlite_error(path, "upgrading the schema"))?;
@@ -610,6 +638,52 @@ impl Journal {
             tx.commit().map_err(sqlite_error(path, "committing the schema upgrade"))?;
         }
         Ok(())
+    }
+
+    /// Runs `work` in one transaction, so that everything it writes costs one
+    /// commit (one fsync) rather than one each. Each write inside is a
+    /// savepoint: one that fails is undone alone and returns its error to
+    /// `work` as it would outside a batch, and reads inside see the batch's
+    /// own writes (budgets count the messages journalled before them).
+    ///
+    /// Nothing written inside is durable before this returns `Ok`: a message
+    /// journalled in a batch must not leave before then. If the commit
+    /// fails, every write of the batch is undone and the error returned.
+    /// Batches do not nest.
+    pub fn batch<T>(
+        &mut self,
+        doing: &'static str,
+        work: impl FnOnce(&mut Journal) -> T,
+    ) -> Result<T, JournalError> {
+        let path = &self.path;
+        self.connection.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_error(path, doing))?;
+        self.in_batch = true;
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        self.in_batch = false;
+        let result = match done {
+            Ok(result) => result,
+            Err(panic) => {
+                self.rollback();
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if self.connection.is_autocommit() {
+            return Err(JournalError::BatchUndone { path: self.path.clone() });
+        }
+        if let Err(source) = self.connection.execute_batch("COMMIT") {
+            self.rollback();
+            return Err(JournalError::Sqlite { path: self.path.clone(), doing, source });
+        }
+        Ok(result)
+    }
+
+    /// Undoes an open batch (a failed commit may leave it open).
+    fn rollback(&self) {
+        if !self.connection.is_autocommit() {
+            // Nothing more to do if this fails too: the connection is
+            // closed with the journal, which undoes what is not committed.
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
     }
 
     /// Journals a message that is about to be handed to a backend (status
@@ -632,7 +706,8 @@ impl Journal {
     pub fn mark_sending(&mut self, id: ExecutionId) -> Result<(), JournalError> {
         let now = self.clock.now();
         let path = &self.path;
-        let tx = begin(&mut self.connection, path, "marking an execution as sending")?;
+        let tx =
+            begin(&mut self.connection, self.in_batch, path, "marking an execution as sending")?;
         let status = current_status(&tx, path, id)?;
         if !matches!(
             status,
@@ -663,7 +738,7 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let (status, backend, detail) = outcome.parts();
-        let tx = begin(&mut self.connection, path, "recording a send outcome")?;
+        let tx = begin(&mut self.connection, self.in_batch, path, "recording a send outcome")?;
         let current = current_status(&tx, path, id)?;
         if current != ExecutionStatus::Sending {
             return Err(JournalError::WrongStatus {
@@ -713,10 +788,11 @@ impl Journal {
     ) -> Result<ExecutionId, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, path, "journalling a message")?;
+        let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
             Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
-                save_state(&tx, path, job, device_key, state_after, now)?;
+                let mut upsert = prepare_upsert(&tx, path)?;
+                save_state(&mut upsert, path, job, device_key, state_after, now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
             Origin::Manual => (None, None, None, None, None),
@@ -753,7 +829,7 @@ impl Journal {
     pub fn recover_in_flight(&mut self) -> Result<Vec<Execution>, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, path, "recovering unfinished sends")?;
+        let tx = begin(&mut self.connection, self.in_batch, path, "recovering unfinished sends")?;
         let ids: Vec<i64> = {
             let mut statement = tx
                 .prepare(
@@ -788,9 +864,14 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, path, "saving job states")?;
-        for (job, device_key, state) in states {
-            save_state(&tx, path, job, device_key, state, now)?;
+        let tx = begin(&mut self.connection, self.in_batch, path, "saving job states")?;
+        {
+            // Thousands of states change in a busy cycle (every pending
+            // state's time held grows): look the statement up once for all.
+            let mut upsert = prepare_upsert(&tx, path)?;
+            for (job, device_key, state) in states {
+                save_state(&mut upsert, path, job, device_key, state, now)?;
+            }
         }
         tx.commit().map_err(sqlite_error(path, "committing job states"))
     }
@@ -801,7 +882,8 @@ impl Journal {
     /// rows went. Executions are history and are kept.
     pub fn forget_states_except(&mut self, jobs: &[&str]) -> Result<usize, JournalError> {
         let path = &self.path;
-        let tx = begin(&mut self.connection, path, "forgetting states of removed jobs")?;
+        let tx =
+            begin(&mut self.connection, self.in_batch, path, "forgetting states of removed jobs")?;
         let saved: Vec<String> = {
             let mut statement = tx
                 .prepare("SELECT DISTINCT job FROM job_state")
@@ -978,20 +1060,61 @@ fn timestamp_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T
     })
 }
 
-/// Starts a write transaction. IMMEDIATE takes the write lock up front, so
-/// two writers queue on the busy timeout instead of failing halfway through.
+/// One write: a transaction of its own, or a savepoint inside a
+/// [`Journal::batch`]. Dropped without [`Write::commit`], it is undone.
+enum Write<'c> {
+    Transaction(Transaction<'c>),
+    Savepoint(Savepoint<'c>),
+}
+
+impl Write<'_> {
+    /// Commits the transaction, or releases the savepoint into the batch's
+    /// transaction (committed when the batch ends).
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Write::Transaction(tx) => tx.commit(),
+            Write::Savepoint(savepoint) => savepoint.commit(),
+        }
+    }
+}
+
+impl Deref for Write<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Write::Transaction(tx) => tx,
+            Write::Savepoint(savepoint) => savepoint,
+        }
+    }
+}
+
+/// Starts a write: a transaction, or a savepoint when a batch is open.
+/// IMMEDIATE takes the write lock up front, so two writers queue on the busy
+/// timeout instead of failing halfway through.
 fn begin<'c>(
     connection: &'c mut Connection,
+    in_batch: bool,
     path: &Path,
     doing: &'static str,
-) -> Result<Transaction<'c>, JournalError> {
-    connection
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sqlite_error(path, doing))
+) -> Result<Write<'c>, JournalError> {
+    if !in_batch {
+        return connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map(Write::Transaction)
+            .map_err(sqlite_error(path, doing));
+    }
+    if connection.is_autocommit() {
+        // SQLite rolled the batch back (e.g. the disk is full). A write
+        // now would commit on its own, outside the batch that its caller
+        // will report as failed, so refuse it.
+        return Err(JournalError::BatchUndone { path: path.to_path_buf() });
+    }
+    connection.savepoint().map(Write::Savepoint).map_err(sqlite_error(path, doing))
 }
 
 fn current_status(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     path: &Path,
     id: ExecutionId,
 ) -> Result<ExecutionStatus, JournalError> {
@@ -1001,8 +1124,23 @@ fn current_status(
         .ok_or_else(|| JournalError::UnknownExecution { path: path.to_path_buf(), id })
 }
 
+/// Inserts or overwrites one (job, device)'s state; its parameters are those
+/// of [`save_state`].
+const UPSERT_STATE: &str = "INSERT INTO job_state (job, device_key, phase, state, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (job, device_key) DO UPDATE SET \
+     phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at";
+
+/// Prepares [`UPSERT_STATE`] in `tx`, for [`save_state`].
+fn prepare_upsert<'c>(
+    tx: &'c Connection,
+    path: &Path,
+) -> Result<rusqlite::CachedStatement<'c>, JournalError> {
+    tx.prepare_cached(UPSERT_STATE).map_err(sqlite_error(path, "saving a job state"))
+}
+
 fn save_state(
-    tx: &Transaction<'_>,
+    upsert: &mut Statement<'_>,
     path: &Path,
     job: &str,
     device_key: &str,
@@ -1012,17 +1150,9 @@ fn save_state(
     // A JobState holds only numbers, timestamps and enum tags: encoding it
     // cannot fail, and a failure here would be a bug worth a loud panic.
     let json = serde_json::to_string(state).expect("a JobState always encodes as JSON");
-    // Thousands of states change in a busy cycle: prepare the statement once.
-    tx.prepare_cached(
-        "INSERT INTO job_state (job, device_key, phase, state, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (job, device_key) DO UPDATE SET \
-         phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![job, device_key, state.phase.name().as_str(), json, now_millis])
-    })
-    .map_err(sqlite_error(path, "saving a job state"))?;
+    upsert
+        .execute(params![job, device_key, state.phase.name().as_str(), json, now_millis])
+        .map_err(sqlite_error(path, "saving a job state"))?;
     Ok(())
 }
 

@@ -705,3 +705,53 @@ fn states_of_removed_jobs_are_forgotten_and_history_kept() {
     assert_eq!(jobs, ["kept"]);
     assert_eq!(journal.forget_states_except(&["kept"]).unwrap(), 0);
 }
+
+#[test]
+fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut daemon = Journal::open(&path).unwrap();
+    let status = Journal::open_read_only(&path).unwrap();
+    let earlier = daemon.begin_send(&manual_send("hall")).unwrap();
+    daemon.finish_send(earlier, &sent("http")).unwrap();
+
+    let [first, second] = daemon
+        .batch("journalling a cycle's messages", |journal| {
+            let first = journal.begin_send(&rule_send("Offline", DEVICE, "lobby", 1)).unwrap();
+            // A write that fails inside the batch is undone alone.
+            let again = journal.finish_send(earlier, &sent("http")).unwrap_err();
+            assert!(matches!(again, JournalError::WrongStatus { .. }), "{again:?}");
+            // Reads inside see the batch's own writes, so budgets count them.
+            assert_eq!(journal.count_sent_since(Some("lobby"), at(0)).unwrap(), 1);
+            let other = "platform_id=12,device_id=2";
+            let second = journal.begin_send(&rule_send("Offline", other, "lobby", 1)).unwrap();
+            // Nothing of the batch is committed before it ends.
+            assert_eq!(status.history(&HistoryFilter::default()).unwrap().len(), 1);
+            assert!(status.load_states().unwrap().is_empty());
+            [first, second]
+        })
+        .unwrap();
+
+    let seen = status.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), [second, first, earlier]);
+    assert_eq!(
+        statuses(&seen),
+        [ExecutionStatus::Sending, ExecutionStatus::Sending, ExecutionStatus::Sent]
+    );
+    assert_eq!(seen[2].attempts.len(), 1, "the refused outcome left no attempt");
+    assert_eq!(status.load_states().unwrap().len(), 2, "each message's state came with it");
+
+    // A batch that panics leaves nothing behind, and writes after it are
+    // transactions of their own again.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        daemon.batch("journalling a cycle's messages", |journal| {
+            journal.begin_send(&manual_send("stage")).unwrap();
+            panic!("a bug in the middle of a batch");
+        })
+    }));
+    assert!(panicked.is_err());
+    daemon.finish_send(first, &sent("http")).unwrap();
+    let seen = status.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(status.execution(first).unwrap().status, ExecutionStatus::Sent);
+}
