@@ -200,6 +200,9 @@ pub struct Engine {
     /// Queries that failed last cycle, so that an outage is logged when it
     /// starts and ends rather than every cycle.
     failing_queries: usize,
+    /// (job, device) whose state the last save could not write: saved with
+    /// the next cycle's changes, whether or not they change again.
+    unsaved: Vec<(String, String)>,
 }
 
 /// What the engine remembers of one job's devices between cycles.
@@ -356,6 +359,7 @@ impl Engine {
             default_state: JobState::default(),
             outbox,
             failing_queries: 0,
+            unsaved: Vec::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -528,18 +532,25 @@ impl Engine {
                 }
             }
         }
+        self.add_unsaved(&rules, &mut to_save);
         if !to_save.is_empty() {
-            let result = blocking(&self.outbox.journal, move |journal| {
+            let names = Arc::clone(&rules);
+            let (result, to_save) = blocking(&self.outbox.journal, move |journal| {
                 let named = to_save.iter().map(|(job, device, state)| {
-                    (rules.jobs[*job].name.as_str(), device.as_str(), state)
+                    (names.jobs[*job].name.as_str(), device.as_str(), state)
                 });
-                journal.save_states(named)
+                (journal.save_states(named), to_save)
             })
             .await;
             if let Err(err) = result {
                 tracing::error!(
-                    "cannot save job states: {err}; they are kept in memory and saved next cycle"
+                    "cannot save {} job states: {err}; they are kept in memory and saved with the next cycle's",
+                    to_save.len()
                 );
+                self.unsaved = to_save
+                    .into_iter()
+                    .map(|(job, device, _)| (rules.jobs[job].name.clone(), device))
+                    .collect();
             }
         }
         report.journal_time = journalling.elapsed();
@@ -664,6 +675,27 @@ impl Engine {
             None => tracing::info!("every Prometheus query answers again"),
         }
         self.failing_queries = failed;
+    }
+
+    /// Adds the states a failed save left unwritten to `to_save`, as they
+    /// are now (a job or device gone since has nothing left to save).
+    fn add_unsaved(&mut self, rules: &RuleSet, to_save: &mut Vec<(usize, String, JobState)>) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let job_index: HashMap<&str, usize> =
+            rules.jobs.iter().enumerate().map(|(index, job)| (job.name.as_str(), index)).collect();
+        for (job, device) in std::mem::take(&mut self.unsaved) {
+            let (Some(&index), Some(id)) =
+                (job_index.get(job.as_str()), self.devices.find(&device))
+            else {
+                continue;
+            };
+            let state = self.states.get(&job).and_then(|s| s.get(id, &self.default_state));
+            if let Some(state) = state {
+                to_save.push((index, device, state.clone()));
+            }
+        }
     }
 
     /// Journals the messages of every action due this cycle in one batch

@@ -341,7 +341,7 @@ async fn rules_fire_once_after_for_and_hold_to_cooldown_repeat_guards_and_reload
     if !TestPrometheus::available() {
         return;
     }
-    let targets: Vec<TestTarget> = (0..6).map(|_| TestTarget::start()).collect();
+    let targets: Vec<TestTarget> = (0..7).map(|_| TestTarget::start()).collect();
     let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
 
     one_sms_after_for_and_none_after_early_recovery(&prometheus, &targets[0]).await;
@@ -350,6 +350,7 @@ async fn rules_fire_once_after_for_and_hold_to_cooldown_repeat_guards_and_reload
     guard_makes_a_device_of_a_down_platform_unknown(&prometheus, &targets[3]).await;
     dry_run_journals_and_sends_nothing(&prometheus, &targets[4]).await;
     reload_keeps_unchanged_jobs_and_drops_removed_ones(&prometheus, &targets[5]).await;
+    a_state_save_that_failed_is_made_with_the_next_cycle(&prometheus, &targets[6]).await;
 }
 
 /// Scenario 1: bad from t; cycles at t, t+5m send nothing, t+10m sends one
@@ -701,6 +702,43 @@ action = { command = "power_cycle", minutes = 1 }
     assert!(detail(1).contains("HTTP 500"), "{}", detail(1));
     assert!(detail(2).contains("no credit left"), "{}", detail(2));
     assert!(detail(3).contains("may have sent"), "{}", detail(3));
+}
+
+/// Scenario 3e: the journal refuses state writes (a full disk, say) while
+/// the device goes bad and then out of Prometheus's answers, so that its
+/// pending state stops changing. Once the disk has room, that state is
+/// written with the next cycle's all the same, and a restart finds it.
+async fn a_state_save_that_failed_is_made_with_the_next_cycle(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d1 = device("16", "1");
+    let body = sockets("16") + &offline_job("16");
+    publish(prometheus, target, &[online("16", "1", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+    let db = rusqlite::Connection::open(s.journal_path()).unwrap();
+    let saved = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT count(*) FROM job_state", [], |row| row.get(0)).unwrap()
+    };
+    db.execute_batch(
+        "CREATE TRIGGER full_disk BEFORE INSERT ON job_state \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    s.cycle_at(0).await;
+    publish(prometheus, target, &[]).await;
+    s.cycle_at(5).await;
+    assert_eq!(saved(&db), 0);
+    db.execute_batch("DROP TRIGGER full_disk").unwrap();
+
+    s.cycle_at(10).await;
+    let held = (minutes(0), Duration::ZERO);
+    assert_eq!(pending_of(&s.state("offline", &d1)), held, "unknown holds the timer");
+    assert_eq!(saved(&db), 1);
+
+    let s = s.restart(&body).await;
+    assert_eq!(pending_of(&s.state("offline", &d1)), held);
+    assert!(s.sent().is_empty());
 }
 
 /// Scenario 7: the daemon dies with device 1 firing (its SMS sent), device
