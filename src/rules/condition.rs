@@ -37,8 +37,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
 use super::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, LabelMatchers};
-
 use crate::prometheus_api::Label;
+
 /// One series of an instant-query answer, as the Prometheus client returns it.
 pub use crate::prometheus_api::Sample;
 
