@@ -32,6 +32,11 @@ pub struct PlatformView {
 pub struct ExporterState {
     platforms: Mutex<BTreeMap<String, PlatformView>>,
     exposition: RwLock<Arc<Exposition>>,
+    /// Held for a whole render. Two pollers finishing together would
+    /// otherwise render at once, and the one that read the state first
+    /// could publish last, serving a platform's old values until the next
+    /// poll.
+    rendering: Mutex<()>,
     /// The exporter's own metrics.
     pub metrics: Metrics,
     poll_interval: Duration,
@@ -72,6 +77,7 @@ impl ExporterState {
         let state = ExporterState {
             platforms: Mutex::new(views),
             exposition: RwLock::new(Arc::new(Exposition::default())),
+            rendering: Mutex::new(()),
             metrics,
             poll_interval,
         };
@@ -93,6 +99,7 @@ impl ExporterState {
     /// Renders the whole exposition from the current views and metrics and
     /// makes it the one every scrape serves.
     pub fn render(&self) {
+        let _rendering = self.rendering.lock().expect("render lock poisoned");
         let views: Vec<(String, Arc<Vec<CachedDevice>>)> = {
             let platforms = self.platforms.lock().expect("state lock poisoned");
             for (id, view) in platforms.iter() {
@@ -163,5 +170,39 @@ impl Pages for ExporterState {
 
     fn health(&self) -> Health {
         self.health_at(super::unix_now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Platforms that finish their polls together each render; whatever
+    /// order the renders run in, the exposition served last has every
+    /// platform's latest values.
+    #[test]
+    fn concurrent_renders_never_publish_an_older_state() {
+        let ids: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+        let platforms: Vec<(String, Option<String>)> =
+            ids.iter().map(|id| (id.clone(), None)).collect();
+        for round in 0..50 {
+            let state =
+                Arc::new(ExporterState::new(&platforms, Vec::new(), Duration::from_secs(60)));
+            std::thread::scope(|scope| {
+                for id in &ids {
+                    let state = &state;
+                    scope.spawn(move || {
+                        state.metrics.platform_up.with_label_values(&[id.as_str()]).set(1.0);
+                        state.render();
+                    });
+                }
+            });
+            let exposition = state.exposition();
+            let text = String::from_utf8_lossy(exposition.plain());
+            for id in &ids {
+                let line = format!("addreality_platform_up{{platform_id=\"{id}\"}} 1\n");
+                assert!(text.contains(&line), "round {round}: platform {id} is served as down");
+            }
+        }
     }
 }
