@@ -7,9 +7,13 @@
 use std::path::Path;
 use std::process::Command;
 
+mod support;
+
 fn verify(unit: &str, binary: &str) {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+    if !support::installed(
+        support::runs("systemd-analyze"),
+        "systemd-analyze not found; install Debian's systemd package",
+    ) {
         return;
     }
     let name = Path::new(binary).file_name().unwrap().to_str().unwrap();

@@ -6,3 +6,23 @@
 pub mod fake_gateway;
 pub mod fake_modem;
 pub mod prometheus;
+
+/// Whether a program a test needs is there (`found`). When it is not,
+/// prints why the calling test is skipped and returns false; under CI (the
+/// `CI` environment variable is set, as `.ci/run` does) panics instead, so
+/// that a missing package fails the run rather than hiding tests.
+pub fn installed(found: bool, missing: &str) -> bool {
+    if found {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{missing} (CI is set, so the tests that need it must not be skipped)");
+    }
+    eprintln!("skipping: {missing}");
+    false
+}
+
+/// Whether `program --version` runs, for [`installed`].
+pub fn runs(program: &str) -> bool {
+    std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+}
