@@ -310,6 +310,9 @@ pub struct Outbox {
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     sends: tokio::task::JoinSet<()>,
+    /// Set when jobctl stops: send tasks waiting to retry give up at once
+    /// rather than hold the shutdown for their backoff.
+    stopping: tokio::sync::watch::Sender<bool>,
     metrics: Arc<EngineMetrics>,
 }
 
@@ -429,6 +432,11 @@ impl Engine {
     /// Waits for every send in progress to finish (retries included).
     pub async fn finish_sends(&mut self) {
         self.outbox.finish_sends().await;
+    }
+
+    /// See [`Outbox::stop_retries`]; for shutdown.
+    pub fn stop_retries(&self) {
+        self.outbox.stop_retries();
     }
 
     /// Runs one evaluation cycle.
@@ -838,6 +846,7 @@ impl Outbox {
             clock,
             options,
             sends: tokio::task::JoinSet::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
             metrics: Arc::new(EngineMetrics::new()),
         }
     }
@@ -901,7 +910,8 @@ impl Outbox {
         let writes = self.send_writes.clone();
         let retry = self.options.retry;
         let metrics = self.metrics.clone();
-        self.sends.spawn(send_with_retries(sender, writes, retry, metrics, dispatch));
+        let stopping = self.stopping.subscribe();
+        self.sends.spawn(send_with_retries(sender, writes, retry, metrics, stopping, dispatch));
     }
 
     /// Sends a message typed by a person (`jobctl send`, `test-rule --send`)
@@ -944,6 +954,13 @@ impl Outbox {
     /// Waits for every send in progress to finish (retries included).
     pub async fn finish_sends(&mut self) {
         while self.sends.join_next().await.is_some() {}
+    }
+
+    /// Retries not yet made are not made: a send task waiting for one ends
+    /// now, its message journalled with its last attempt's outcome. Attempts
+    /// under way go on (see [`Outbox::finish_sends`]).
+    pub fn stop_retries(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
@@ -1164,6 +1181,7 @@ async fn send_with_retries(
     writes: Arc<SendWrites>,
     retry: SendRetry,
     metrics: Arc<EngineMetrics>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
     dispatch: Dispatch,
 ) {
     let Dispatch { id, message, what } = dispatch;
@@ -1171,7 +1189,15 @@ async fn send_with_retries(
     for attempt in 1..=attempts {
         if attempt > 1 {
             let delay = retry.first_delay.saturating_mul(1 << (attempt - 2).min(16));
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopping.wait_for(|&stop| stop) => {
+                    tracing::warn!(
+                        "{what}: retry {attempt} not made: jobctl is stopping; the journal keeps the last attempt's outcome"
+                    );
+                    return;
+                }
+            }
             if let Err(err) = writes.write(SendWrite::Sending(id)).await {
                 tracing::error!("{what}: cannot journal retry {attempt}: {err}; not retried");
                 return;
@@ -1450,6 +1476,46 @@ mod tests {
         let mut history = journal.history(&HistoryFilter::default()).unwrap();
         history.reverse();
         history.iter().map(|execution| execution.status).collect()
+    }
+
+    /// A gateway that is always down.
+    #[derive(Debug)]
+    struct Down;
+
+    impl Sender for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+
+        fn send<'a>(&'a self, _message: &'a Message) -> crate::sms::SendFuture<'a> {
+            Box::pin(async { Err(SendError::Definite { reason: "connection refused".into() }) })
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_drops_the_retries_not_yet_made() {
+        let retry = SendRetry { attempts: 3, first_delay: Duration::from_secs(3600) };
+        let mut outbox = Outbox::new(
+            Journal::open_in_memory().unwrap(),
+            Arc::new(Down),
+            Arc::new(ManualClock::at_unix_seconds(1_750_057_200)),
+            EngineOptions { retry, ..EngineOptions::default() },
+        );
+        let outcomes = outbox.journal_messages(vec![message("lobby")]).await.unwrap();
+        let Some(Ok(Ok(dispatch))) = outcomes.into_iter().next() else { panic!("not dispatched") };
+        outbox.spawn_send(dispatch);
+        // The first attempt fails; the task then waits an hour to retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while statuses(&outbox.journal) != [ExecutionStatus::Failed] {
+            assert!(Instant::now() < deadline, "the first attempt was never journalled");
+            tokio::task::yield_now().await;
+        }
+
+        outbox.stop_retries();
+        let finished = tokio::time::timeout(Duration::from_secs(10), outbox.finish_sends()).await;
+
+        assert!(finished.is_ok(), "a send task still waits for its retry");
+        assert_eq!(statuses(&outbox.journal), [ExecutionStatus::Failed]);
     }
 
     #[tokio::test]

@@ -123,6 +123,8 @@ pub(super) async fn run(
             }
         }
     }
+    // A retry waiting for its backoff would only hold the shutdown up.
+    engine.stop_retries();
     if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {
         tracing::warn!(
             "sends still under way after {}; they will be marked uncertain at the next start",
