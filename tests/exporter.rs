@@ -152,7 +152,7 @@ async fn every_fault_keeps_the_last_good_data_and_says_why() {
         (Fault::ServerError, "status_5xx", "HTTP 500"),
         (Fault::HtmlErrorPage, "bad_response", "not valid JSON"),
         (Fault::TruncatedJson, "bad_response", "not valid JSON"),
-        (Fault::Slow(Duration::from_secs(2)), "timeout", "did not answer"),
+        (Fault::Hang, "timeout", "did not answer"),
     ];
     for (fault, reason, said) in cases {
         api.sim.set_fault(Some(fault.clone()));

@@ -653,7 +653,7 @@ fn the_daemon_serves_stops_on_sigterm_and_its_cache_survives_a_restart() {
 
     // The API hangs: the restarted daemon serves the cache before its first
     // poll can return, and a stop does not wait for that poll.
-    api.sim.set_fault(Some(Fault::Slow(Duration::from_secs(60))));
+    api.sim.set_fault(Some(Fault::Hang));
     let (mut daemon, addr) = start();
     assert!(daemon.stderr.contains("serving 3 cached devices until the first polls return"));
     let (status, metrics) = get(addr, "/metrics");

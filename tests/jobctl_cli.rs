@@ -764,7 +764,7 @@ async fn send_refuses_unknown_sockets_commands_and_parameters_with_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_exits_7_when_the_gateway_does_not_confirm() {
     let gateway = FakeGateway::start().await;
-    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(10))));
+    gateway.set_fault(Some(Fault::Hang));
     let site = Site::with_rules(&rules(&closed_url(), &gateway.url()));
     let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
     let why = format!(
@@ -995,7 +995,7 @@ async fn kill_9_while_sending_never_sends_twice() {
     }
     let (prometheus, _target) = prometheus_seeing(0).await;
     let gateway = FakeGateway::start().await;
-    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(60))));
+    gateway.set_fault(Some(Fault::Hang));
     // The daemon waits for the gateway far longer than the test lets it.
     let site = Site::with_rules(
         &rules(prometheus.url(), &gateway.url()).replace("timeout = \"2s\"", "timeout = \"50s\""),

@@ -276,16 +276,15 @@ struct Received {
 }
 
 /// A loopback HTTP server that answers every request with bytes the test
-/// chooses (after an optional delay) and records what it received.
+/// chooses (or, for `None`, never: it holds the connection until the client
+/// hangs up) and records what it received.
 struct Fake {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Fake {
-    async fn start(
-        respond: impl Fn(&Received) -> (Duration, Vec<u8>) + Send + Sync + 'static,
-    ) -> Fake {
+    async fn start(respond: impl Fn(&Received) -> Option<Vec<u8>> + Send + Sync + 'static) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -299,10 +298,14 @@ impl Fake {
                 tokio::spawn(async move {
                     let request = read_request(&mut stream).await;
                     log.lock().unwrap().push(request.clone());
-                    let (delay, answer) = respond(&request);
-                    tokio::time::sleep(delay).await;
-                    let _ = stream.write_all(&answer).await;
-                    let _ = stream.shutdown().await;
+                    match respond(&request) {
+                        Some(answer) => {
+                            let _ = stream.write_all(&answer).await;
+                            let _ = stream.shutdown().await;
+                        }
+                        // Until the client gives up and closes its end.
+                        None => while stream.read(&mut [0; 512]).await.is_ok_and(|n| n > 0) {},
+                    }
                 });
             }
         });
@@ -312,7 +315,7 @@ impl Fake {
     /// A fake that always sends `answer` at once.
     async fn answering(answer: &str) -> Fake {
         let answer = answer.as_bytes().to_vec();
-        Fake::start(move |_| (Duration::ZERO, answer.clone())).await
+        Fake::start(move |_| Some(answer.clone())).await
     }
 
     fn received(&self) -> Vec<Received> {
@@ -398,7 +401,7 @@ async fn truncated_json_is_a_bad_response() {
 
 #[tokio::test]
 async fn slow_answer_is_a_timeout() {
-    let fake = Fake::start(|_| (Duration::from_secs(30), Vec::new())).await;
+    let fake = Fake::start(|_| None).await;
     let started = std::time::Instant::now();
     let err = client(&fake.url, None).query("up").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -445,7 +448,7 @@ async fn check_expr_falls_back_when_format_query_is_missing() {
                 r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
             )
         };
-        (Duration::ZERO, answer.into_bytes())
+        Some(answer.into_bytes())
     })
     .await;
     let client = client(&fake.url, None);
@@ -472,7 +475,7 @@ async fn credentials_are_sent_and_never_shown() {
     // in its error page.
     let fake = Fake::start(|request| {
         let page = format!("<html><body><pre>{}</pre></body></html>", request.head);
-        (Duration::ZERO, http("401 Unauthorized", "text/html", &page).into_bytes())
+        Some(http("401 Unauthorized", "text/html", &page).into_bytes())
     })
     .await;
     let prefixed = format!("{}/prometheus", fake.url);

@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use signage_watchdog::journal::{
     Attempt, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend,
@@ -113,7 +112,7 @@ async fn a_definite_failure_goes_to_the_next_backend_and_both_attempts_are_journ
 #[tokio::test]
 async fn an_uncertain_outcome_is_not_sent_again_elsewhere() {
     let gateway = FakeGateway::start().await;
-    gateway.fail_next(1, Fault::Slow(Duration::from_secs(3)));
+    gateway.fail_next(1, Fault::Hang);
     let setup = Setup::new(&gateway, false);
     let mut journal = Journal::open_in_memory().unwrap();
 
@@ -123,7 +122,7 @@ async fn an_uncertain_outcome_is_not_sent_again_elsewhere() {
     assert!(setup.outgoing().is_empty(), "the spool must not get a second copy");
 
     // The whole chain, for callers that want only the outcome, says why.
-    gateway.fail_next(1, Fault::Slow(Duration::from_secs(3)));
+    gateway.fail_next(1, Fault::Hang);
     match setup.sender.send(&message()).await {
         Err(SendError::Uncertain { reason }) => {
             assert!(reason.starts_with("http: "), "{reason}");
@@ -140,7 +139,7 @@ async fn an_uncertain_outcome_is_not_sent_again_elsewhere() {
 #[tokio::test]
 async fn with_retry_uncertain_the_next_backend_sends_it_too() {
     let gateway = FakeGateway::start().await;
-    gateway.fail_next(1, Fault::Slow(Duration::from_secs(3)));
+    gateway.fail_next(1, Fault::Hang);
     let setup = Setup::new(&gateway, true);
     let mut journal = Journal::open_in_memory().unwrap();
 

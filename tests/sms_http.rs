@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig};
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
@@ -131,7 +130,7 @@ async fn a_slow_answer_is_uncertain_because_the_message_left() {
         ),
         gateway.key(),
     );
-    gateway.set_fault(Some(Fault::Slow(Duration::from_secs(30))));
+    gateway.set_fault(Some(Fault::Hang));
 
     let outcome = sender.send(&message("#12#0#1#1#")).await;
 
@@ -289,7 +288,7 @@ async fn the_key_never_appears_in_errors() {
         // A gateway that quotes the key back, as some do on errors.
         Fault::ErrorBody(format!("key {key} has no funds")),
         Fault::ErrorBody(format!("key {encoded} has no funds")),
-        Fault::Slow(Duration::from_secs(30)),
+        Fault::Hang,
     ] {
         gateway.fail_next(1, fault);
         errors.push(sender.send(&message("x")).await.unwrap_err());

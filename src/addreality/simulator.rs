@@ -91,8 +91,9 @@ pub enum Fault {
     },
     /// `pagination` has no `total`.
     OmitTotal,
-    /// The answer comes only after this delay.
-    Slow(Duration),
+    /// No answer until the fault is changed ([`Simulator::set_fault`]) or
+    /// the simulator stops: a client sees its request time out.
+    Hang,
 }
 
 /// One request as the simulator saw it, for tests to check what a client
@@ -129,6 +130,9 @@ pub struct Simulator {
 struct Shared {
     token: String,
     state: Mutex<State>,
+    /// Bumped when the fault changes or the simulator stops: requests held
+    /// by [`Fault::Hang`] are then answered.
+    release: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -174,7 +178,11 @@ impl Simulator {
             request_count: 0,
         };
         Simulator {
-            shared: Arc::new(Shared { token: token.to_string(), state: Mutex::new(state) }),
+            shared: Arc::new(Shared {
+                token: token.to_string(),
+                state: Mutex::new(state),
+                release: tokio::sync::watch::Sender::new(0),
+            }),
         }
     }
 
@@ -283,6 +291,7 @@ impl Simulator {
     /// those that a [`Simulator::fail_next`] fault takes.
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.state().fault = fault;
+        self.shared.release.send_modify(|n| *n += 1);
     }
 
     /// Applies `fault` to the next `n` device-list requests only, after any
@@ -341,20 +350,24 @@ impl Simulator {
     }
 
     /// Serves the API on `listener` until `shutdown` completes, then lets
-    /// in-flight requests finish (at most 5 s: a [`Fault::Slow`] answer may
-    /// be cut short).
+    /// in-flight requests finish (requests held by [`Fault::Hang`] are
+    /// answered at once).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let shared = self.shared.clone();
         crate::http::serve_with(
             listener,
             move |req| {
                 let simulator = self.clone();
                 async move { simulator.handle(req).await }
             },
-            shutdown,
+            async move {
+                shutdown.await;
+                shared.release.send_modify(|n| *n += 1);
+            },
         )
         .await
     }
@@ -366,6 +379,9 @@ impl Simulator {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Subscribed before anything else, so that a change of fault while
+        // the request is read still releases it.
+        let released = self.shared.release.subscribe();
         let mut seen = SeenRequest {
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
@@ -384,7 +400,7 @@ impl Simulator {
             fault: None,
             status: 0,
         };
-        let response = self.answer(req, &mut seen).await;
+        let response = self.answer(req, &mut seen, released).await;
         seen.status = response.status().as_u16();
         tracing::debug!(
             path = seen.path,
@@ -407,6 +423,7 @@ impl Simulator {
         &self,
         req: Request<Incoming>,
         seen: &mut SeenRequest,
+        mut released: tokio::sync::watch::Receiver<u64>,
     ) -> Response<Full<Bytes>> {
         if seen.path != DEVICE_LIST_PATH {
             return json_error(StatusCode::NOT_FOUND, "not found");
@@ -454,7 +471,9 @@ impl Simulator {
                 );
                 return resp;
             }
-            Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+            Some(Fault::Hang) => {
+                let _ = released.changed().await;
+            }
             _ => {}
         }
         if !seen.token_ok {

@@ -19,14 +19,13 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// The key [`FakeGateway::start`] expects.
 pub const DEFAULT_KEY: &str = "fake-gateway-key-5d1c7e20";
@@ -38,9 +37,10 @@ pub enum Fault {
     ServerError,
     /// HTTP 200 with `{"status":"error","message":<this>}`; nothing is sent.
     ErrorBody(String),
-    /// The request is handled normally (the SMS counts as sent) but the
-    /// answer comes only after this delay: the client cannot know it left.
-    Slow(Duration),
+    /// The request is handled normally (the SMS counts as sent) but no
+    /// answer comes until the fault is changed or the gateway stops: the
+    /// client, timing out, cannot know the message left.
+    Hang,
     /// HTTP 401 whatever the key; nothing is sent.
     Unauthorized,
 }
@@ -106,6 +106,8 @@ pub struct FakeGateway {
     addr: SocketAddr,
     key: String,
     state: Arc<Mutex<State>>,
+    /// Bumped when the fault changes or the gateway stops: held answers go.
+    release: Arc<watch::Sender<u64>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -121,15 +123,20 @@ impl FakeGateway {
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State::default()));
         let (stop, stopped) = oneshot::channel::<()>();
+        let release = Arc::new(watch::Sender::new(0));
         let (task_state, task_key) = (state.clone(), Arc::<str>::from(key));
+        let task_release = release.clone();
         let handler = move |req| {
             let (state, key) = (task_state.clone(), task_key.clone());
-            async move { handle(req, &state, &key).await }
+            let released = task_release.subscribe();
+            async move { handle(req, &state, &key, released).await }
         };
+        let stop_release = release.clone();
         tokio::spawn(signage_watchdog::http::serve_with(listener, handler, async move {
             let _ = stopped.await;
+            stop_release.send_modify(|n| *n += 1);
         }));
-        FakeGateway { addr, key: key.to_string(), state, _stop: stop }
+        FakeGateway { addr, key: key.to_string(), state, release, _stop: stop }
     }
 
     /// Base URL, `http://127.0.0.1:<port>`.
@@ -155,6 +162,7 @@ impl FakeGateway {
     /// Applies `fault` to every following request until set to `None`.
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.state.lock().unwrap().fault = fault;
+        self.release.send_modify(|n| *n += 1);
     }
 
     /// Applies `fault` to the next `n` requests only, before any fault set
@@ -171,7 +179,14 @@ impl FakeGateway {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: &Mutex<State>, key: &str) -> Response<Full<Bytes>> {
+/// `released` is subscribed before the request is read, so that a change of
+/// fault while it is read still releases it.
+async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    key: &str,
+    mut released: watch::Receiver<u64>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let received = ReceivedRequest {
@@ -192,18 +207,18 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, key: &str) -> Resp
         state.received.push(received.clone());
         state.next_faults.pop_front().or_else(|| state.fault.clone())
     };
-    let delay = match fault {
+    let hang = match fault {
         Some(Fault::ServerError) => {
             return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error: modem busy\n".into())
         }
         Some(Fault::ErrorBody(message)) => return error(StatusCode::OK, &message),
         Some(Fault::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "invalid key"),
-        Some(Fault::Slow(delay)) => Some(delay),
-        None => None,
+        Some(Fault::Hang) => true,
+        None => false,
     };
     let response = route(&parts.method, &received, state, key);
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
+    if hang {
+        let _ = released.changed().await;
     }
     response
 }
