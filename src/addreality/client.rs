@@ -506,6 +506,8 @@ impl Client {
                 "{}; {next}",
                 chain(&error),
             );
+            // The exporter aborts its poll tasks on SIGTERM, which ends this
+            // backoff too, as it ends a poll hung on the API (exporter_cli.rs).
             match delay {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => return Err(error),

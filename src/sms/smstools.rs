@@ -278,6 +278,10 @@ impl SmstoolsSender {
                     })
                 }
             }
+            // smsd says nothing when it is done, so its directories are
+            // looked at every `poll_interval`. On SIGTERM jobctl gives sends
+            // under way a grace period and then aborts them, this wait with
+            // them; the message, already with smsd, is then `uncertain`.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             tokio::time::sleep(watch.interval.min(left)).await;
         }
