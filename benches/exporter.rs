@@ -16,9 +16,9 @@
 //!   `/metrics` through the real HTTP server over loopback, plain and gzip,
 //!   many times on one keep-alive connection.
 
-use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,12 +30,12 @@ use signage_watchdog::http::{serve, Exposition, Health, Pages};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod support;
+use support::{ms, peak_rss_mb, percentile, print_figures, run_child, Figures};
+
 const SIZES: [usize; 3] = [273, 10_000, 100_000];
 const POLL_INTERVAL: Duration = Duration::from_secs(60);
 const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// A child's figures, printed as `name=value` lines.
-type Figures = BTreeMap<String, f64>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,9 +53,7 @@ fn main() -> ExitCode {
         None
     };
     if let Some(figures) = figures {
-        for (name, value) in figures {
-            println!("{name}={value}");
-        }
+        print_figures(figures);
         return ExitCode::SUCCESS;
     }
 
@@ -64,7 +62,11 @@ fn main() -> ExitCode {
         let dir = tempfile::tempdir().unwrap();
         let mut row = Figures::new();
         for job in ["--ingest", "--serve"] {
-            match run_child(job, size, dir.path()) {
+            match run_child(&[
+                OsStr::new(job),
+                OsStr::new(&size.to_string()),
+                dir.path().as_os_str(),
+            ]) {
                 Ok(figures) => row.extend(figures),
                 Err(why) => {
                     eprintln!("{size} devices, {job}: {why}");
@@ -140,26 +142,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-fn run_child(job: &str, size: usize, dir: &Path) -> Result<Figures, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let output = Command::new(exe)
-        .arg(job)
-        .arg(size.to_string())
-        .arg(dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let (name, value) = line.split_once('=').ok_or(format!("odd line {line:?}"))?;
-            Ok((name.to_owned(), value.parse().map_err(|_| format!("odd line {line:?}"))?))
-        })
-        .collect()
 }
 
 /// Two polls of `size` devices stored in a cache in `dir`.
@@ -353,24 +335,4 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) {
         assert!(n > 0, "the server closed the connection mid-body");
         remaining -= n;
     }
-}
-
-fn percentile(samples: &mut [f64], quantile: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() - 1) as f64 * quantile).round() as usize]
-}
-
-fn ms(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64() * 1000.0
-}
-
-/// `VmHWM` of this process, in MiB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("/proc/self/status has VmHWM");
-    kib as f64 / 1024.0
 }

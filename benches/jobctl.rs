@@ -39,9 +39,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +61,9 @@ use signage_watchdog::rules::{self, LabelMatchers};
 use signage_watchdog::sms::log::LogSender;
 use tokio::net::TcpListener;
 
+mod support;
+use support::{ms, peak_rss_mb, percentile, print_figures, run_child, Figures};
+
 const PLATFORMS: usize = 40;
 const DEVICES_PER_PLATFORM: usize = 250;
 const JOBS_PER_PLATFORM: usize = 21;
@@ -76,16 +80,11 @@ const LAST_ONLINE: &str = "addreality_device_last_online_timestamp_seconds";
 const PLATFORM_GUARD: &str = "addreality_platform_up == 1";
 const TARGET_GUARD: &str = "up{job=\"addreality\"} == 1";
 
-/// A child's figures, printed as `name=value` lines.
-type Figures = BTreeMap<String, f64>;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|arg| arg == "--engine") {
         let figures = run_engine(&args[at + 1], Path::new(&args[at + 2]));
-        for (name, value) in figures {
-            println!("{name}={value}");
-        }
+        print_figures(figures);
         return ExitCode::SUCCESS;
     }
 
@@ -113,7 +112,7 @@ fn main() -> ExitCode {
     let url = format!("http://{}", listener.local_addr().unwrap());
     runtime.spawn(fake.clone().serve(listener));
 
-    let f = match run_child(&url, &rules_path) {
+    let f = match run_child(&[OsStr::new("--engine"), OsStr::new(&url), rules_path.as_os_str()]) {
         Ok(figures) => figures,
         Err(why) => {
             eprintln!("engine: {why}");
@@ -205,31 +204,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-fn run_child(url: &str, rules: &Path) -> Result<Figures, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // `JOBCTL_BENCH_WRAP=heaptrack cargo bench --bench jobctl` profiles
-    // the engine alone (any program that takes a command line will do).
-    let mut command = match std::env::var_os("JOBCTL_BENCH_WRAP") {
-        Some(wrapper) => {
-            let mut command = Command::new(wrapper);
-            command.arg(&exe);
-            command
-        }
-        None => Command::new(&exe),
-    };
-    let output = command.arg("--engine").arg(url).arg(rules).output().map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let (name, value) = line.split_once('=').ok_or(format!("odd line {line:?}"))?;
-            Ok((name.to_owned(), value.parse().map_err(|_| format!("odd line {line:?}"))?))
-        })
-        .collect()
 }
 
 /// The child: jobctl's engine on the generated rules, against the fake, on
@@ -779,24 +753,4 @@ impl Workload {
             format!(r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#);
         self.answers.insert(query, Bytes::from(body));
     }
-}
-
-fn percentile(samples: &mut [f64], quantile: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() - 1) as f64 * quantile).round() as usize]
-}
-
-fn ms(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64() * 1000.0
-}
-
-/// `VmHWM` of this process, in MiB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("/proc/self/status has VmHWM");
-    kib as f64 / 1024.0
 }
