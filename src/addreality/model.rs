@@ -42,6 +42,21 @@ pub struct Listed {
 }
 
 impl Device {
+    /// An activated player, online and playing, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn online_for_tests(id: i64, name: &str) -> Device {
+        Device {
+            id,
+            name: name.to_owned(),
+            connection_state: Some("online".into()),
+            player_status: Some("playback".into()),
+            last_online: Some(1_748_266_148.166),
+            activation_state: Some(true),
+            player_version: Some("4.1.76".into()),
+            time_zone: Some("+01:00".into()),
+        }
+    }
+
     /// Whether the player is connected to the cloud.
     pub fn is_online(&self) -> bool {
         self.connection_state.as_deref() == Some("online")

@@ -260,16 +260,7 @@ mod tests {
     }
 
     fn player(id: i64, name: &str) -> Device {
-        Device {
-            id,
-            name: name.to_owned(),
-            connection_state: Some("online".into()),
-            player_status: Some("playback".into()),
-            last_online: Some(1_748_266_148.166),
-            activation_state: Some(true),
-            player_version: Some("4.1.76".into()),
-            time_zone: Some("+01:00".into()),
-        }
+        Device::online_for_tests(id, name)
     }
 
     fn render(platforms: &[PlatformDevices<'_>], poll_interval: Duration) -> String {
