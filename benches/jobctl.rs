@@ -62,7 +62,7 @@ use signage_watchdog::sms::log::LogSender;
 use tokio::net::TcpListener;
 
 mod support;
-use support::{ms, peak_rss_mb, percentile, print_figures, run_child, Figures};
+use support::{ms, peak_rss_mb, percentile, print_figures, report, run_child, Figures};
 
 const PLATFORMS: usize = 40;
 const DEVICES_PER_PLATFORM: usize = 250;
@@ -194,16 +194,7 @@ fn main() -> ExitCode {
         ),
         ("peak RSS under 50 MB", f["peak_rss_mb"] < 50.0),
     ];
-    let mut all_met = true;
-    for (target, met) in targets {
-        println!("{} {target}", if met { "met   " } else { "MISSED" });
-        all_met &= met;
-    }
-    if all_met {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report(&targets)
 }
 
 /// The child: jobctl's engine on the generated rules, against the fake, on

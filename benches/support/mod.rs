@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 /// A child's figures, printed as `name=value` lines.
@@ -64,4 +64,16 @@ pub fn peak_rss_mb() -> f64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("/proc/self/status has VmHWM");
     kib as f64 / 1024.0
+}
+
+/// Prints whether each target was met; fails the bench unless all were.
+pub fn report(targets: &[(&str, bool)]) -> ExitCode {
+    for (target, met) in targets {
+        println!("{} {target}", if *met { "met   " } else { "MISSED" });
+    }
+    if targets.iter().all(|(_, met)| *met) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

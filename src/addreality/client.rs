@@ -504,7 +504,7 @@ impl Client {
                 reason,
                 offset,
                 "{}; {next}",
-                chain(&error),
+                crate::telemetry::with_causes(&error),
             );
             // The exporter aborts its poll tasks on SIGTERM, which ends this
             // backoff too, as it ends a poll hung on the API (exporter_cli.rs).
@@ -768,18 +768,6 @@ fn scrub_page_error(err: PageError, token: &Secret) -> PageError {
         }
         other => other,
     }
-}
-
-/// An error and its sources, joined with `: `, for one log line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A delay rounded to milliseconds, for a readable log line.
