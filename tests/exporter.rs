@@ -72,12 +72,7 @@ async fn api(devices: Vec<Value>) -> Api {
 }
 
 fn device(id: i64, name: &str, online: bool) -> Value {
-    json!({
-        "id": id, "name": name,
-        "connection_state": if online { "online" } else { "offline" },
-        "player_status": "playback", "last_online": "2025-05-26T13:29:08.166738Z",
-        "activation_state": true, "player_version": "4.1.76", "time_zone": "+03:00"
-    })
+    support::addreality_device(id, name, online)
 }
 
 fn config(url: &str, cache: &Path, platforms: &[&str]) -> ExporterConfig {

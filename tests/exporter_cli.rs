@@ -15,9 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use signage_watchdog::addreality::simulator::{Fault, Simulator};
 use signage_watchdog::exporter::cache::Cache;
+
+mod support;
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_addreality-exporter");
 const EXAMPLE: &str = include_str!("../addreality-exporter.example.toml");
@@ -201,12 +203,7 @@ fn api(devices: Vec<Value>) -> Api {
 }
 
 fn device(id: i64, name: &str, online: bool) -> Value {
-    json!({
-        "id": id, "name": name,
-        "connection_state": if online { "online" } else { "offline" },
-        "player_status": "playback", "last_online": "2025-05-26T13:29:08.166738Z",
-        "activation_state": true, "player_version": "4.1.76", "time_zone": "+03:00"
-    })
+    support::addreality_device(id, name, online)
 }
 
 fn three_devices() -> Vec<Value> {

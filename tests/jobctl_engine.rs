@@ -25,7 +25,6 @@ use signage_watchdog::journal::{Execution, ExecutionStatus, HistoryFilter, Journ
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
-use signage_watchdog::sms::SmsConfig;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
 use support::prometheus::{TestPrometheus, TestTarget};
 
@@ -113,12 +112,6 @@ fn line_of(sample: &Sample) -> String {
     labels.remove("job");
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{metric}{{{}}} {}\n", labels.join(","), sample.value)
-}
-
-/// The `[sms]` table alone, read the way jobctl reads it from the rules file.
-#[derive(serde::Deserialize)]
-struct SmsOnly {
-    sms: SmsConfig,
 }
 
 /// One scenario: its rules, gateway, clock, journal and engine.
@@ -247,8 +240,7 @@ async fn start_engine(
     mode: Mode,
 ) -> Engine {
     let rules = parse_rules(dir, text);
-    let sms: SmsOnly = toml::from_str(text).unwrap();
-    let sender = sms.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let sender = support::sms_config(text).build(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let prometheus =
         PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
     let journal = Journal::open(&rules.journal.path).unwrap();

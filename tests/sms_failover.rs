@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use signage_watchdog::journal::{
     Attempt, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend,
 };
-use signage_watchdog::sms::{AttemptChain, Message, SendError, Sender, SmsConfig};
+use signage_watchdog::sms::{AttemptChain, Message, SendError, Sender};
 use support::fake_gateway::{FakeGateway, Fault};
 
 const PHONE: &str = "+79991234567";
@@ -34,12 +34,8 @@ impl Setup {
              [sms.smstools]\noutgoing = \"outgoing\"\n",
             gateway.url()
         );
-        #[derive(serde::Deserialize)]
-        struct File {
-            sms: SmsConfig,
-        }
-        let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let sender = file.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let sender =
+            support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
         Setup { dir, sender }
     }
 

@@ -20,12 +20,8 @@ fn sender(http_lines: &str, key: &str) -> (Box<dyn Sender>, tempfile::TempDir) {
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text =
         format!("[sms]\nbackend = \"http\"\n[sms.http]\n{http_lines}\nkey_file = \"sms.key\"\n");
-    #[derive(serde::Deserialize)]
-    struct File {
-        sms: SmsConfig,
-    }
-    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let sender = file.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let sender =
+        support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
     (sender, dir)
 }
 

@@ -3,7 +3,7 @@
 
 mod support;
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig};
+use signage_watchdog::sms::{Delivered, Message, SendError, Sender};
 use support::fake_modem::{FakeModem, Received, Reply};
 
 const PHONE: &str = "+79991234567";
@@ -29,12 +29,8 @@ fn build(device: &str, lines: &str, pin: Option<&str>) -> (Box<dyn Sender>, temp
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let text = format!("[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"{device}\"\n{lines}\n");
-    #[derive(serde::Deserialize)]
-    struct File {
-        sms: SmsConfig,
-    }
-    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let sender = file.sms.build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let sender =
+        support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
     (sender, dir)
 }
 

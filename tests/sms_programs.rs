@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig, SmsConfigError};
+use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfigError};
+
+mod support;
 
 const PHONE: &str = "+79991234567";
 
@@ -100,12 +102,7 @@ fn ends_soon(pid: &str) -> bool {
 
 fn build(backend: &str, lines: &str) -> Result<Box<dyn Sender>, SmsConfigError> {
     let text = format!("[sms]\nbackend = \"{backend}\"\n[sms.{backend}]\n{lines}\n");
-    #[derive(serde::Deserialize)]
-    struct File {
-        sms: SmsConfig,
-    }
-    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    file.sms.build(Path::new("/etc/jobctl"))
+    support::sms_config(&text).build(Path::new("/etc/jobctl"))
 }
 
 fn sender(backend: &str, lines: &str) -> Box<dyn Sender> {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig, SmsConfigError};
+use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfigError};
+
+mod support;
 
 const PHONE: &str = "+79991234567";
 
@@ -53,12 +55,7 @@ impl Spool {
         let text = format!(
             "[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"outgoing\"\n{lines}\n"
         );
-        #[derive(serde::Deserialize)]
-        struct File {
-            sms: SmsConfig,
-        }
-        let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        file.sms.build(self.root.path())
+        support::sms_config(&text).build(self.root.path())
     }
 }
 

@@ -22,6 +22,27 @@ pub fn installed(found: bool, missing: &str) -> bool {
     false
 }
 
+/// The `[sms]` table of a rules file's `text`, read as jobctl reads it;
+/// panics with the text when it does not parse.
+pub fn sms_config(text: &str) -> signage_watchdog::sms::SmsConfig {
+    #[derive(serde::Deserialize)]
+    struct File {
+        sms: signage_watchdog::sms::SmsConfig,
+    }
+    let file: File = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    file.sms
+}
+
+/// A player as the AddReality API lists it, activated and playing.
+pub fn addreality_device(id: i64, name: &str, online: bool) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "name": name,
+        "connection_state": if online { "online" } else { "offline" },
+        "player_status": "playback", "last_online": "2025-05-26T13:29:08.166738Z",
+        "activation_state": true, "player_version": "4.1.76", "time_zone": "+03:00"
+    })
+}
+
 /// Whether `program --version` runs, for [`installed`].
 pub fn runs(program: &str) -> bool {
     std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
