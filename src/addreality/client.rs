@@ -584,7 +584,7 @@ impl Client {
             fail(FetchError::BadResponse {
                 platform_id: platform_id.to_string(),
                 url: self.shown_url.clone(),
-                source: scrub_page_error(err, token),
+                source: scrub_page_error(err, &body, token),
             })
         })
     }
@@ -761,10 +761,14 @@ fn scrub(text: &str, token: &Secret) -> String {
     }
 }
 
-fn scrub_page_error(err: PageError, token: &Secret) -> PageError {
+/// `err` without the token in the body it quotes. The quote is taken again
+/// from the scrubbed body: cut first, a token straddling the cut would
+/// leave its first characters behind.
+fn scrub_page_error(err: PageError, body: &[u8], token: &Secret) -> PageError {
     match err {
-        PageError::NotJson { detail, start } => {
-            PageError::NotJson { detail, start: scrub(&start, token) }
+        PageError::NotJson { detail, .. } => {
+            let scrubbed = scrub(&String::from_utf8_lossy(body), token);
+            PageError::NotJson { detail, start: super::model::not_json_start(&scrubbed) }
         }
         other => other,
     }
@@ -848,6 +852,21 @@ mod tests {
         assert!(quote.starts_with("<html> <body>bad token *** xxx"), "{quote}");
         assert_eq!(quote.chars().count(), BODY_QUOTE_CHARS);
         assert_eq!(quote_body(b" \n ", &token), None);
+    }
+
+    #[test]
+    fn a_token_across_the_quoted_start_of_a_non_json_body_is_scrubbed_whole() {
+        let token = Secret::new("tok-0123456789abcdef");
+        // The token starts at character 30: a quote cut at 40 would hold
+        // its first ten characters.
+        let body = format!("<html>Unauthorised request for {} </html>", token.expose());
+        let err = parse_page(body.as_bytes()).unwrap_err();
+        let shown = scrub_page_error(err, body.as_bytes(), &token).to_string();
+        assert!(
+            shown.ends_with("it starts with \"<html>Unauthorised request for *** </htm\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("tok-0123"), "{shown}");
     }
 
     fn page(total: Option<u64>, ids: impl IntoIterator<Item = i64>) -> Page {

@@ -114,11 +114,19 @@ struct RawPage<'a> {
     data: Option<Vec<&'a RawValue>>,
 }
 
+/// How much of a body that is not JSON [`PageError::NotJson`] quotes.
+pub const NOT_JSON_START_CHARS: usize = 40;
+
+/// The first [`NOT_JSON_START_CHARS`] characters of `text`.
+pub fn not_json_start(text: &str) -> String {
+    text.chars().take(NOT_JSON_START_CHARS).collect()
+}
+
 /// Parses one `device/list` response body.
 pub fn parse_page(body: &[u8]) -> Result<Page, PageError> {
     let raw: RawPage<'_> = serde_json::from_slice(body).map_err(|err| PageError::NotJson {
         detail: err.to_string(),
-        start: String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned(),
+        start: not_json_start(&String::from_utf8_lossy(body)),
     })?;
     let data = raw.data.ok_or(PageError::NoData)?;
     let total = raw
