@@ -289,8 +289,12 @@ async fn a_refused_pin_is_never_offered_again() {
 
     let first = sender.send(&message("#01#0#")).await;
     let second = sender.send(&message("#01#0#")).await;
+    // A SIGHUP builds the sender again from the same settings: it must
+    // remember the refusal too.
+    let (reloaded, _dir2) = sender_with_pin(&modem, "0000");
+    let third = reloaded.send(&message("#01#0#")).await;
 
-    for outcome in [&first, &second] {
+    for outcome in [&first, &second, &third] {
         let reason = match outcome {
             Err(SendError::Definite { reason }) => reason,
             other => panic!("expected a definite failure, got {other:?}"),

@@ -87,10 +87,11 @@
 //! pin_file = "/etc/jobctl/sim.pin"     # only if the SIM asks for a PIN
 //! ```
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -208,6 +209,8 @@ struct ModemState {
 #[derive(Debug)]
 struct Session {
     port: Port,
+    /// The speed it was opened at: a reload may change it.
+    baud: u32,
     /// What the modem was last told; `None` after a switch that failed
     /// half-way, so that the next message sets both again.
     charset: Option<Charset>,
@@ -256,6 +259,7 @@ impl ModemSender {
             config.send_timeout.as_ref(),
             DEFAULT_SEND_TIMEOUT,
         )?;
+        let state = state_of(&device_key(&device));
         Ok(ModemSender {
             settings: Arc::new(Settings {
                 device,
@@ -265,9 +269,34 @@ impl ModemSender {
                 command_timeout,
                 send_timeout,
             }),
-            state: Arc::new(tokio::sync::Mutex::new(ModemState::default())),
+            state,
         })
     }
+}
+
+/// The state of each modem device in this process, by path. A sender built
+/// again for the same device (a SIGHUP reload) shares the lock, the open
+/// session and the memory of a refused PIN with the one before it: two
+/// exchanges never talk to one serial port at once, and a reload never
+/// offers the SIM a PIN it refused (a third wrong PIN locks it).
+type ModemStates = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<ModemState>>>>;
+
+fn state_of(device: &Path) -> Arc<tokio::sync::Mutex<ModemState>> {
+    static STATES: OnceLock<ModemStates> = OnceLock::new();
+    let mut states = STATES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    states.retain(|_, state| state.strong_count() > 0);
+    if let Some(state) = states.get(device).and_then(Weak::upgrade) {
+        return state;
+    }
+    let state = Arc::new(tokio::sync::Mutex::new(ModemState::default()));
+    states.insert(device.to_path_buf(), Arc::downgrade(&state));
+    state
+}
+
+/// The path that names a device however it is written (a `/dev/serial/by-id`
+/// link and the `/dev/ttyUSB0` it points to are one modem).
+fn device_key(device: &Path) -> PathBuf {
+    std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf())
 }
 
 fn load_pin(config: &ModemConfig, base_dir: &Path) -> Result<Option<Secret>, SmsConfigError> {
@@ -710,6 +739,11 @@ fn exchange(settings: &Settings, state: &mut ModemState, prepared: &Prepared) ->
         return Err(SendError::Definite { reason: format!("modem {device}: {why}") });
     }
     let session = match state.session.take() {
+        Some(session) if session.baud != settings.baud => {
+            tracing::info!("modem {device}: reopening it at {} baud", settings.baud);
+            close(session.port);
+            open_and_initialise(settings, state)
+        }
         Some(mut session) => match session.port.discard_input() {
             Ok(()) => Ok(session),
             Err(e) => {
@@ -775,7 +809,7 @@ fn open_and_initialise(settings: &Settings, state: &mut ModemState) -> Result<Se
     match result {
         Ok(_) => {
             tracing::info!(device = %settings.device.display(), "GSM modem initialised");
-            Ok(Session { port, charset: Some(Charset::Ira) })
+            Ok(Session { port, baud: settings.baud, charset: Some(Charset::Ira) })
         }
         Err(why) => {
             close(port);
