@@ -729,7 +729,7 @@ fn redact(url: &Url) -> String {
 }
 
 /// Best-effort [`redact`] for text that is not a valid URL.
-fn redact_unparsed(text: &str) -> String {
+pub(crate) fn redact_unparsed(text: &str) -> String {
     let text = text.split(['?', '#']).next().unwrap_or("");
     match text.split_once("://") {
         Some((scheme, rest)) => {

@@ -156,7 +156,10 @@ impl ExporterConfig {
                     )),
                     _ => errors.push(file.error_at(
                         text.span(),
-                        format!("invalid api_url {:?}: expected an http:// or https:// URL", text.get_ref()),
+                        format!(
+                            "invalid api_url {:?}: expected an http:// or https:// URL",
+                            crate::addreality::client::redact_unparsed(text.get_ref())
+                        ),
                     )),
                 }
                 text.get_ref().clone()
@@ -318,6 +321,17 @@ mod tests {
             "/etc/exporter.toml:13:1: platform 13 has no token: set token_file = \"/etc/addreality-exporter/13.token\" or token_env = \"ADDREALITY_TOKEN_13\"",
         ];
         assert_eq!(err, expected.join("\n"));
+    }
+
+    #[test]
+    fn a_bad_api_url_is_shown_without_its_query() {
+        let text = "api_url = \"ftp://api.example/list?token=hunter2\"\n\
+                    [[platforms]]\nid = 12\ntoken_env = \"T\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(
+            err,
+            "/etc/exporter.toml:1:11: invalid api_url \"ftp://api.example/list\": expected an http:// or https:// URL"
+        );
     }
 
     #[test]
