@@ -762,14 +762,21 @@ impl Engine {
             // The journal could not record the message, so it was not sent:
             // step back so that the action is due again next cycle rather
             // than lost for the whole episode.
-            report.action_errors += 1;
             let name = &rules.jobs[job].name;
+            self.action_error(name, report);
             if let (Some(states), Some(id)) =
                 (self.states.get_mut(name), self.devices.find(&device))
             {
                 states.restore(id, previous);
             }
         }
+    }
+
+    /// Counts an action that could not be carried out, in the cycle's report
+    /// and in `jobctl_action_errors_total`.
+    fn action_error(&self, job: &str, report: &mut CycleReport) {
+        report.action_errors += 1;
+        self.outbox.metrics.action_errors.with_label_values(&[job]).inc();
     }
 
     /// The message an action due on `device` sends, with words for logs; or
@@ -785,7 +792,7 @@ impl Engine {
     ) -> Option<(PlannedSend, String)> {
         let who = describe(device, verdict);
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
-            report.action_errors += 1;
+            self.action_error(&job.name, report);
             tracing::error!(
                 "job {:?}: device {who}: cannot act: its labels lack the device key",
                 job.name
@@ -795,8 +802,7 @@ impl Engine {
         let outgoing = match self.rules.outgoing(job, &key, &verdict.labels) {
             Ok(outgoing) => outgoing,
             Err(err) => {
-                report.action_errors += 1;
-                self.outbox.metrics.action_errors.with_label_values(&[job.name.as_str()]).inc();
+                self.action_error(&job.name, report);
                 tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
                 return None;
             }
