@@ -439,26 +439,9 @@ impl Client {
                 Err(error) => break Err(error),
             }
         };
+        // Anomalies and skipped entries are logged by the caller, which
+        // says what it does with them (keeps, forgets nothing).
         if let Ok(fleet) = &outcome {
-            if let Some(anomaly) = &fleet.anomaly {
-                tracing::warn!(
-                    platform = platform_id,
-                    anomaly = anomaly.label(),
-                    "device list of platform {platform_id} from {}: {anomaly}; kept {} devices",
-                    self.shown_url,
-                    fleet.devices.len(),
-                );
-            }
-            if let Some(first) = fleet.skipped.first() {
-                tracing::warn!(
-                    platform = platform_id,
-                    "device list of platform {platform_id}: skipped {} unreadable entries \
-                     (entry {}: {})",
-                    fleet.skipped.len(),
-                    first.index,
-                    first.reason,
-                );
-            }
             tracing::debug!(
                 platform = platform_id,
                 devices = fleet.devices.len(),
