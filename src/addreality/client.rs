@@ -30,15 +30,6 @@ use reqwest::{StatusCode, Url};
 use super::model::{parse_page, Listed, Page, PageError, SkippedDevice};
 use crate::secret::Secret;
 
-/// The device-list endpoint of the AddReality cloud.
-pub const DEFAULT_URL: &str = "https://api.ar.digital/public/v1/device/list";
-
-/// Devices asked for per request: the largest page the API is known to give.
-pub const DEFAULT_PAGE_SIZE: u32 = 300;
-
-/// How long one request may take, connection and body included.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// No fetch ever reads more pages than this, whatever the server says
 /// (3 million devices at 300 a page).
 pub const MAX_PAGES: u32 = 10_000;
@@ -46,30 +37,19 @@ pub const MAX_PAGES: u32 = 10_000;
 /// How many characters of an error body are quoted in an error message.
 const BODY_QUOTE_CHARS: usize = 160;
 
-/// Where and how to fetch device lists.
+/// Where and how to fetch device lists. The defaults a sysadmin gets are
+/// the exporter configuration's (`crate::exporter::config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The device-list endpoint; [`DEFAULT_URL`] unless testing or proxying.
+    /// The device-list endpoint.
     pub url: String,
-    /// Devices asked for per request ([`DEFAULT_PAGE_SIZE`]). The server may
+    /// Devices asked for per request. The server may
     /// send fewer; paging follows what it actually sends.
     pub page_size: u32,
-    /// Limit for one request, from connecting to the last byte of the body
-    /// ([`DEFAULT_REQUEST_TIMEOUT`]).
+    /// Limit for one request, from connecting to the last byte of the body.
     pub request_timeout: Duration,
     /// When to try a failed request again.
     pub retry: RetryPolicy,
-}
-
-impl Default for ClientConfig {
-    fn default() -> ClientConfig {
-        ClientConfig {
-            url: DEFAULT_URL.to_string(),
-            page_size: DEFAULT_PAGE_SIZE,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            retry: RetryPolicy::default(),
-        }
-    }
 }
 
 /// Retries of one request: exponential backoff with full jitter.
@@ -818,9 +798,13 @@ mod tests {
         let url = Url::parse("https://user:pw@api.example/v1/list?token=abc#x").unwrap();
         assert_eq!(redact(&url), "https://api.example/v1/list");
         assert_eq!(redact_unparsed("https://user:pw@exa mple/v1?token=abc"), "https://exa mple/v1");
-        let err =
-            Client::new(ClientConfig { url: "ftp://u:p@host/x?t=1".into(), ..Default::default() })
-                .unwrap_err();
+        let err = Client::new(ClientConfig {
+            url: "ftp://u:p@host/x?t=1".into(),
+            page_size: 300,
+            request_timeout: Duration::from_secs(15),
+            retry: RetryPolicy::default(),
+        })
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid AddReality API URL ftp://host/x: only http and https are supported"
