@@ -807,11 +807,7 @@ impl Engine {
                 return None;
             }
         };
-        let mut text = text::sanitize(&outgoing.text, false, MAX_TEXT_CHARS);
-        if outgoing.socket.is_none() {
-            // A notification to a person: cut to the configured segments.
-            text = text::fit_segments(&text, self.outbox.options.max_segments);
-        }
+        let text = self.outbox.text_of(&outgoing.text, outgoing.socket.is_some());
         let socket = outgoing.socket.clone().unwrap_or_else(|| "-".to_string());
         let what = format!(
             "job {:?}: device {who}: {:?} to socket {socket} ({})",
@@ -920,16 +916,30 @@ impl Outbox {
         self.sends.spawn(send_with_retries(sender, writes, retry, metrics, stopping, dispatch));
     }
 
+    /// The text a message carries: sanitised, and for a notification to a
+    /// person (not a socket command, which `check` holds to one segment)
+    /// cut to `max_segments`. Rule actions and manual sends alike.
+    fn text_of(&self, text: &str, to_socket: bool) -> String {
+        let text = text::sanitize(text, false, MAX_TEXT_CHARS);
+        if to_socket {
+            text
+        } else {
+            text::fit_segments(&text, self.options.max_segments)
+        }
+    }
+
     /// Sends a message typed by a person (`jobctl send`, `test-rule --send`)
     /// through the same journal, budgets and retries, and waits for the
     /// outcome.
+    /// `socket` is `None` for a notification to a person.
     pub async fn send_manual(
         &mut self,
-        socket: &str,
+        socket: Option<&str>,
         phone: &str,
         text: &str,
     ) -> Result<Execution, JournalError> {
-        let text = text::sanitize(text, false, MAX_TEXT_CHARS);
+        let text = self.text_of(text, socket.is_some());
+        let socket = socket.unwrap_or("-");
         let planned = PlannedSend {
             origin: Origin::Manual,
             socket: socket.to_string(),
@@ -1496,6 +1506,21 @@ mod tests {
         fn send<'a>(&'a self, _message: &'a Message) -> crate::sms::SendFuture<'a> {
             Box::pin(async { Err(SendError::Definite { reason: "connection refused".into() }) })
         }
+    }
+
+    #[tokio::test]
+    async fn a_manual_notification_is_cut_to_max_segments_as_a_rule_action_would_be() {
+        let mut outbox = outbox(Budgets::default());
+        let long = "Lobby player offline. ".repeat(20);
+
+        let to_person = outbox.send_manual(None, "+79991234567", &long).await.unwrap();
+        let to_socket = outbox.send_manual(Some("lobby"), "+79991234567", "#01#0#").await.unwrap();
+
+        use crate::sms::text::{segments, TRUNCATION_MARK};
+        assert_eq!(segments(&to_person.text).segments, 1, "{}", to_person.text);
+        let kept = to_person.text.strip_suffix(TRUNCATION_MARK).expect("cut, and marked so");
+        assert!(long.starts_with(kept), "{}", to_person.text);
+        assert_eq!(to_socket.text, "#01#0#");
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
         Ok(outbox) => outbox,
         Err(exit) => return exit,
     };
-    match outbox.send_manual(&socket.name, socket.phone.as_str(), &text).await {
+    match outbox.send_manual(Some(&socket.name), socket.phone.as_str(), &text).await {
         Ok(execution) => report(&execution),
         Err(err) => fail(Exit::Journal, err),
     }

@@ -180,12 +180,11 @@ async fn send(
     let mut exit = Exit::Ok;
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {
-        let socket = out.socket.clone().unwrap_or_else(|| "-".into());
         // One SMS per socket and text, however many of its devices are bad.
         if seen.insert((out.phone.as_str().to_string(), out.text.clone()), ()).is_some() {
             continue;
         }
-        match outbox.send_manual(&socket, out.phone.as_str(), &out.text).await {
+        match outbox.send_manual(out.socket.as_deref(), out.phone.as_str(), &out.text).await {
             Ok(execution) => {
                 if super::send::report(&execution) != Exit::Ok {
                     exit = Exit::NotSent;
