@@ -940,12 +940,19 @@ impl Journal {
         socket: Option<&str>,
         since: Timestamp,
     ) -> Result<u32, JournalError> {
+        let counted: Vec<String> = ExecutionStatus::ALL
+            .iter()
+            .filter(|status| status.may_have_left())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
         let count: i64 = self
             .connection
             .query_row(
-                "SELECT count(*) FROM executions WHERE created_at >= ?1 \
-                 AND status IN ('planned', 'sending', 'sent', 'uncertain') \
-                 AND (?2 IS NULL OR socket = ?2)",
+                &format!(
+                    "SELECT count(*) FROM executions WHERE created_at >= ?1 \
+                     AND status IN ({}) AND (?2 IS NULL OR socket = ?2)",
+                    counted.join(", ")
+                ),
                 params![since.as_millisecond(), socket],
                 |row| row.get(0),
             )

@@ -427,7 +427,10 @@ impl PromClient {
             // "connection closed before message completed". Queries only
             // read, so the request goes once more, on a new connection.
             Err(err) if !err.is_timeout() && !err.is_connect() => {
-                tracing::debug!("retrying a request to {url}: {}", innermost_cause(&err));
+                tracing::debug!(
+                    "retrying a request to {url}: {}",
+                    crate::telemetry::innermost_cause(&err)
+                );
                 send().await.map_err(|err| self.transport_error(url, &err))?
             }
             Err(err) => return Err(self.transport_error(url, &err)),
@@ -456,7 +459,7 @@ impl PromClient {
                     url: url.to_string(),
                     reason: format!(
                         "the answer was cut short ({}); a proxy or the network may have dropped the connection",
-                        innermost_cause(&err)
+                        crate::telemetry::innermost_cause(&err)
                     ),
                 }
             }
@@ -485,7 +488,10 @@ impl PromClient {
         if err.is_timeout() {
             PromError::Timeout { url: url.to_string(), timeout: self.timeout }
         } else {
-            PromError::Unreachable { url: url.to_string(), reason: innermost_cause(err) }
+            PromError::Unreachable {
+                url: url.to_string(),
+                reason: crate::telemetry::innermost_cause(err),
+            }
         }
     }
 
@@ -914,17 +920,6 @@ fn parse_time(seconds: f64, url: &Url) -> Result<jiff::Timestamp, PromError> {
             reason: format!("sample time {seconds} is out of range"),
         }
     })
-}
-
-/// The lowest-level cause of a transport error, which is the one a sysadmin
-/// can act on (`Connection refused`, a DNS or certificate failure). reqwest's
-/// own message is not used: it repeats the URL.
-fn innermost_cause(err: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// A URL fit for a message: user name, password and query removed. Text that

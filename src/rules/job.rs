@@ -49,13 +49,6 @@ pub enum Action {
     },
 }
 
-impl Action {
-    /// Whether the action goes to the device's socket (and so needs one).
-    pub fn needs_socket(&self) -> bool {
-        matches!(self, Action::Command { .. } | Action::Sms { to: None, .. })
-    }
-}
-
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -769,7 +769,14 @@ impl HttpSender {
             .user_agent(concat!("signage-watchdog/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
-                err("url", format!("cannot set up the HTTP client: {}", innermost(&e)), None)
+                err(
+                    "url",
+                    format!(
+                        "cannot set up the HTTP client: {}",
+                        crate::telemetry::innermost_cause(&e)
+                    ),
+                    None,
+                )
             })?;
         Ok(HttpSender { client, request, answer, timeout, key, key_source })
     }
@@ -830,7 +837,7 @@ impl HttpSender {
             Err(e) => {
                 return Err(self.uncertain(format!(
                 "{url} accepted the request (HTTP {status}) but its answer could not be read: {}",
-                innermost(&e)
+                crate::telemetry::innermost_cause(&e)
             )))
             }
         };
@@ -890,7 +897,7 @@ impl HttpSender {
 
     fn request_failed(&self, error: &reqwest::Error) -> SendError {
         let url = &self.request.shown_url;
-        let cause = innermost(error);
+        let cause = crate::telemetry::innermost_cause(error);
         if error.is_builder() {
             self.definite(format!("cannot build the request to {url}: {cause}"))
         } else if error.is_connect() {
@@ -959,17 +966,6 @@ async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, reqwes
         }
     }
     Ok(body)
-}
-
-/// The most specific cause of an error ("Connection refused (os error 111)"),
-/// which is what a sysadmin acts on; reqwest's own text repeats the URL with
-/// its query string, which may hold the key.
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]
