@@ -6,7 +6,7 @@
 //!   ([`addreality`]) for every configured account, caches device state in
 //!   SQLite, and serves it as Prometheus metrics.
 //! - `jobctl` evaluates job rules ([`rules`]) against Prometheus and sends SMS
-//!   commands ([`socket`], [`sms`]) to the GSM sockets that power the
+//!   commands ([`rules::socket`], [`sms`]) to the GSM sockets that power the
 //!   players, journalling every message and each job's state ([`journal`]).
 //!
 //! The pieces both daemons need live here once: the small HTTP server
@@ -19,6 +19,7 @@ pub mod addreality;
 pub mod clock;
 pub mod config_file;
 pub mod engine;
+pub mod error;
 pub mod exporter;
 pub mod http;
 pub mod jobctl;
@@ -28,5 +29,4 @@ pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub mod sms;
-pub mod socket;
 pub mod telemetry;

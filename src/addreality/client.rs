@@ -467,7 +467,7 @@ impl Client {
                 reason,
                 offset,
                 "{}; {next}",
-                crate::telemetry::with_causes(&error),
+                crate::error::with_causes(&error),
             );
             // The exporter aborts its poll tasks on SIGTERM, which ends this
             // backoff too, as it ends a poll hung on the API (exporter_cli.rs).

@@ -4,7 +4,7 @@
 //! [`run`]; everything a sysadmin can get wrong is reported here, once,
 //! with a distinct exit code (see [`Exit`]).
 
-use crate::telemetry::with_causes;
+use crate::error::with_causes;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -19,8 +19,8 @@ use super::cli::Exit;
 use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
 use crate::addreality::simulator::Simulator;
+use crate::error::with_causes;
 use crate::secret::{Secret, SecretSource};
-use crate::telemetry::with_causes;
 
 /// Devices in the simulated account (the size of the fleet the earlier
 /// exporter served).

@@ -55,7 +55,7 @@ impl Poller {
         let fleet = match report.outcome {
             Ok(fleet) => fleet,
             Err(err) => {
-                let message = crate::telemetry::with_causes(&err);
+                let message = crate::error::with_causes(&err);
                 metrics.platform_up.with_label_values(&[id]).set(0.0);
                 metrics.polls.with_label_values(&[id, "failure"]).inc();
                 let cached = self.state.platform(id).map_or(0, |view| view.devices.len());

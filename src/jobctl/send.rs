@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{fail, load_rules, manual_outbox, Exit};
 use crate::journal::{Execution, ExecutionStatus};
-use crate::socket::ArgValue;
+use crate::rules::socket::ArgValue;
 
 /// `jobctl send` arguments.
 #[derive(Debug, clap::Args)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::condition::{self, Condition, Evaluation, Guard, Sample};
 use super::device::{DeviceKeyLabels, LabelMatchers};
 use super::schedule::Schedule;
+use super::socket::ArgValue;
 use super::template::Template;
 use crate::sms::phone::PhoneNumber;
-use crate::socket::ArgValue;
 
 /// Where something was defined, for messages at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,7 @@ pub mod job;
 pub mod naming;
 pub mod schedule;
 pub mod settings;
+pub mod socket;
 pub mod state;
 pub mod template;
 pub(crate) mod validate;
@@ -39,7 +40,7 @@ pub use validate::DEFAULT_COOLDOWN;
 
 use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
 use crate::sms::phone::PhoneNumber;
-use crate::socket::{single_sms_overflow, CommandError, Socket};
+use socket::{single_sms_overflow, CommandError, Socket};
 
 /// A complete, valid set of rules.
 #[derive(Debug, Clone)]

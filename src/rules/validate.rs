@@ -33,14 +33,14 @@ use super::settings::{
     Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection, DEFAULT_INTERVAL,
     DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
 };
+use super::socket::{
+    single_sms_overflow, ArgValue, CommandError, CommandSpec, Socket, SocketModel,
+};
 use super::template::Template;
 use super::RuleSet;
 use crate::config_file::{ConfigError, HumanDuration, SourceFile};
 use crate::secret::SecretSource;
 use crate::sms::phone::PhoneNumber;
-use crate::socket::{
-    single_sms_overflow, ArgValue, CommandError, CommandSpec, Socket, SocketModel,
-};
 
 /// Default cooldown: a player that comes back and freezes again within the
 /// hour is not power-cycled again in a loop; an hour later it is.

@@ -771,10 +771,7 @@ impl HttpSender {
             .map_err(|e| {
                 err(
                     "url",
-                    format!(
-                        "cannot set up the HTTP client: {}",
-                        crate::telemetry::innermost_cause(&e)
-                    ),
+                    format!("cannot set up the HTTP client: {}", crate::error::innermost_cause(&e)),
                     None,
                 )
             })?;
@@ -837,7 +834,7 @@ impl HttpSender {
             Err(e) => {
                 return Err(self.uncertain(format!(
                 "{url} accepted the request (HTTP {status}) but its answer could not be read: {}",
-                crate::telemetry::innermost_cause(&e)
+                crate::error::innermost_cause(&e)
             )))
             }
         };
@@ -897,7 +894,7 @@ impl HttpSender {
 
     fn request_failed(&self, error: &reqwest::Error) -> SendError {
         let url = &self.request.shown_url;
-        let cause = crate::telemetry::innermost_cause(error);
+        let cause = crate::error::innermost_cause(error);
         if error.is_builder() {
             self.definite(format!("cannot build the request to {url}: {cause}"))
         } else if error.is_connect() {

@@ -429,7 +429,7 @@ impl PromClient {
             Err(err) if !err.is_timeout() && !err.is_connect() => {
                 tracing::debug!(
                     "retrying a request to {url}: {}",
-                    crate::telemetry::innermost_cause(&err)
+                    crate::error::innermost_cause(&err)
                 );
                 send().await.map_err(|err| self.transport_error(url, &err))?
             }
@@ -459,7 +459,7 @@ impl PromClient {
                     url: url.to_string(),
                     reason: format!(
                         "the answer was cut short ({}); a proxy or the network may have dropped the connection",
-                        crate::telemetry::innermost_cause(&err)
+                        crate::error::innermost_cause(&err)
                     ),
                 }
             }
@@ -490,7 +490,7 @@ impl PromClient {
         } else {
             PromError::Unreachable {
                 url: url.to_string(),
-                reason: crate::telemetry::innermost_cause(err),
+                reason: crate::error::innermost_cause(err),
             }
         }
     }

@@ -26,8 +26,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::rules::device::DeviceKey;
-use crate::rules::template::{Template, TemplateError};
+use super::device::DeviceKey;
+use super::template::{Template, TemplateError};
 use crate::sms::phone::{PhoneError, PhoneNumber};
 
 /// The socket models jobctl knows.
