@@ -11,8 +11,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use signage_watchdog::clock::{Clock, ManualClock};
 use signage_watchdog::journal::{
-    Execution, ExecutionStatus, HistoryFilter, Journal, JournalError, Origin, PlannedSend,
-    SendResult, Suppression, SCHEMA_VERSION,
+    EncodedState, Execution, ExecutionStatus, HistoryFilter, Journal, JournalError, Origin,
+    PlannedSend, SendResult, Suppression, SCHEMA_VERSION,
 };
 use signage_watchdog::rules::state::{JobState, Phase};
 
@@ -39,7 +39,7 @@ fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> Planned
             episode,
             attempt: 1,
             trigger_value: Some(0.0),
-            state_after: firing(episode, 1, 1_700_000_000),
+            state_after: EncodedState::new(&firing(episode, 1, 1_700_000_000)),
         },
         socket: socket.to_string(),
         phone: "+79991234567".to_string(),
@@ -216,7 +216,7 @@ fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() 
     // The uncertain one and the sent one may have left; the queued one did not.
     assert_eq!(journal.count_sent_since(Some("lobby"), at(1_699_999_000)).unwrap(), 2);
     // The state that decided the uncertain send came back with it.
-    let states = journal.load_states().unwrap();
+    let states = journal.load_states::<JobState>().unwrap();
     assert_eq!(
         states[&("Lobby offline".to_string(), DEVICE.to_string())],
         firing(1, 1, 1_700_000_000)
@@ -253,7 +253,7 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
             .unwrap();
     }
     let mut journal = Journal::open(&path).unwrap();
-    let states = journal.load_states().unwrap();
+    let states = journal.load_states::<JobState>().unwrap();
     assert_eq!(states.len(), 3);
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=1".into())], pending);
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=2".into())], resolved);
@@ -264,7 +264,7 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
 
     let later = firing(5, 1, 300);
     journal.save_states([("Offline", "platform_id=12,device_id=1", &later)]).unwrap();
-    let states = journal.load_states().unwrap();
+    let states = journal.load_states::<JobState>().unwrap();
     assert_eq!(states.len(), 3);
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=1".into())], later);
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=2".into())], resolved);
@@ -279,7 +279,7 @@ fn an_unreadable_state_names_its_job_and_device() {
     raw.execute("UPDATE job_state SET state = '{\"phase\": \"sleeping\"}'", []).unwrap();
     drop(raw);
 
-    let err = Journal::open(&path).unwrap().load_states().unwrap_err();
+    let err = Journal::open(&path).unwrap().load_states::<JobState>().unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -309,7 +309,7 @@ fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
     assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 0);
     assert!(journal.mark_sending(dry).is_err(), "a dry run never leaves");
     // Suppressing a rule's action still records the state that decided it.
-    assert_eq!(journal.load_states().unwrap().len(), 1);
+    assert_eq!(journal.load_states::<JobState>().unwrap().len(), 1);
 }
 
 #[test]
@@ -438,7 +438,7 @@ fn readers_neither_block_nor_disturb_the_daemon() {
     let seen = status.history(&HistoryFilter::default()).unwrap();
     assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first]);
     assert_eq!(status.count_sent_since(None, at(0)).unwrap(), 1);
-    assert_eq!(status.load_states().unwrap().len(), 1);
+    assert_eq!(status.load_states::<JobState>().unwrap().len(), 1);
     uncommitted.rollback().unwrap();
 
     // A reader in the middle of a read transaction does not hold the daemon up.
@@ -458,7 +458,7 @@ fn readers_neither_block_nor_disturb_the_daemon() {
     assert_eq!(statuses(&seen), vec![ExecutionStatus::Sending, ExecutionStatus::Sent]);
     assert_eq!(seen[0].id, second);
     assert_eq!(
-        status.load_states().unwrap()[&("Offline".into(), DEVICE.into())],
+        status.load_states::<JobState>().unwrap()[&("Offline".into(), DEVICE.into())],
         JobState::default()
     );
 }
@@ -663,7 +663,7 @@ fn killed_while_sending_the_restart_marks_it_uncertain_and_counts_it() {
     assert_eq!(recovered[0].id.0, id);
     assert_eq!(recovered[0].status, ExecutionStatus::Uncertain);
     assert_eq!(journal.count_sent_since(Some("lobby"), at(0)).unwrap(), 1);
-    let states = journal.load_states().unwrap();
+    let states = journal.load_states::<JobState>().unwrap();
     let state = &states[&("Lobby offline".to_string(), DEVICE.to_string())];
     assert!(
         matches!(state.phase, Phase::Firing { episode: 1, actions_taken: 1, .. }),
@@ -700,7 +700,7 @@ fn states_of_removed_jobs_are_forgotten_and_history_kept() {
         ])
         .unwrap();
     assert_eq!(journal.forget_states_except(&["kept", "never saved"]).unwrap(), 2);
-    let states = journal.load_states().unwrap();
+    let states = journal.load_states::<JobState>().unwrap();
     let jobs: Vec<&str> = states.keys().map(|(job, _)| job.as_str()).collect();
     assert_eq!(jobs, ["kept"]);
     assert_eq!(journal.forget_states_except(&["kept"]).unwrap(), 0);
@@ -727,7 +727,7 @@ fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone() {
             let second = journal.begin_send(&rule_send("Offline", other, "lobby", 1)).unwrap();
             // Nothing of the batch is committed before it ends.
             assert_eq!(status.history(&HistoryFilter::default()).unwrap().len(), 1);
-            assert!(status.load_states().unwrap().is_empty());
+            assert!(status.load_states::<JobState>().unwrap().is_empty());
             [first, second]
         })
         .unwrap();
@@ -739,7 +739,11 @@ fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone() {
         [ExecutionStatus::Sending, ExecutionStatus::Sending, ExecutionStatus::Sent]
     );
     assert_eq!(seen[2].attempts.len(), 1, "the refused outcome left no attempt");
-    assert_eq!(status.load_states().unwrap().len(), 2, "each message's state came with it");
+    assert_eq!(
+        status.load_states::<JobState>().unwrap().len(),
+        2,
+        "each message's state came with it"
+    );
 
     // A batch that panics leaves nothing behind, and writes after it are
     // transactions of their own again.

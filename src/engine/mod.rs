@@ -822,7 +822,7 @@ impl Engine {
                 episode: due.episode,
                 attempt: due.attempt_in_episode,
                 trigger_value: due.trigger_value,
-                state_after,
+                state_after: crate::journal::EncodedState::new(&state_after),
             },
             socket,
             phone: outgoing.phone.as_str().to_string(),

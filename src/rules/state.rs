@@ -329,6 +329,13 @@ impl JobState {
     }
 }
 
+/// The journal keeps a state as JSON next to its phase's name.
+impl crate::journal::JournalState for JobState {
+    fn phase_name(&self) -> &'static str {
+        self.phase.name().as_str()
+    }
+}
+
 impl Step {
     fn enter(&mut self, phase: Phase, at: Timestamp, after: Duration, episode: Option<u64>) {
         let from = self.state.phase.name();

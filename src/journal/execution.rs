@@ -1,0 +1,207 @@
+//! What an execution is: one row per message jobctl decided to send, its
+//! id, the statuses of its life, the backend attempts kept with it, and how
+//! such a row reads back.
+//!
+//! Writing executions is `sends`'s business and querying them `history`'s;
+//! both speak the vocabulary defined here, so it lives apart from either.
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+/// The row id of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionId(pub i64);
+
+impl fmt::Display for ExecutionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where an execution stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecutionStatus {
+    /// Decided and journalled, not yet handed to a backend.
+    Planned,
+    /// Being handed to a backend; if jobctl dies now, it becomes uncertain.
+    Sending,
+    /// A backend accepted it.
+    Sent,
+    /// Every attempt so far failed definitely: it did not leave.
+    Failed,
+    /// It may or may not have left (a timeout after handing it over, or a
+    /// crash while sending). Never re-sent automatically.
+    Uncertain,
+    /// Held back by a budget; it did not leave.
+    Suppressed,
+    /// Evaluated under `--dry-run`; it did not leave.
+    DryRun,
+}
+
+impl ExecutionStatus {
+    /// Every status, in the order of an execution's life.
+    pub const ALL: [ExecutionStatus; 7] = [
+        ExecutionStatus::Planned,
+        ExecutionStatus::Sending,
+        ExecutionStatus::Sent,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Uncertain,
+        ExecutionStatus::Suppressed,
+        ExecutionStatus::DryRun,
+    ];
+
+    /// The word stored in the journal and accepted by `--outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Planned => "planned",
+            ExecutionStatus::Sending => "sending",
+            ExecutionStatus::Sent => "sent",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Uncertain => "uncertain",
+            ExecutionStatus::Suppressed => "suppressed",
+            ExecutionStatus::DryRun => "dry_run",
+        }
+    }
+
+    /// Whether a message in this status may have left or is about to, which
+    /// is what budgets count.
+    pub fn may_have_left(self) -> bool {
+        matches!(
+            self,
+            ExecutionStatus::Planned
+                | ExecutionStatus::Sending
+                | ExecutionStatus::Sent
+                | ExecutionStatus::Uncertain
+        )
+    }
+}
+
+impl fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that is not an [`ExecutionStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outcome {0:?}; expected one of planned, sending, sent, failed, uncertain, suppressed, dry_run")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for ExecutionStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(word: &str) -> Result<ExecutionStatus, UnknownStatus> {
+        ExecutionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == word)
+            .ok_or_else(|| UnknownStatus(word.to_string()))
+    }
+}
+
+impl ToSql for ExecutionStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ExecutionStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<ExecutionStatus> {
+        value.as_str()?.parse().map_err(|err| FromSqlError::Other(Box::new(err)))
+    }
+}
+
+/// One backend's attempt at one execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The backend's name.
+    pub backend: String,
+    /// [`ExecutionStatus::Sent`], [`ExecutionStatus::Failed`] or
+    /// [`ExecutionStatus::Uncertain`].
+    pub outcome: ExecutionStatus,
+    /// The delivery reference or the reason for failure.
+    pub detail: Option<String>,
+    /// When the outcome was recorded.
+    pub at: Timestamp,
+}
+
+/// An execution as the journal holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// Its id.
+    pub id: ExecutionId,
+    /// The job, or `None` for a manual send.
+    pub job: Option<String>,
+    /// The device, or `None` for a manual send.
+    pub device_key: Option<String>,
+    /// The socket's name.
+    pub socket: String,
+    /// The number it went to.
+    pub phone: String,
+    /// The text.
+    pub text: String,
+    /// The episode, for a rule's send.
+    pub episode: Option<u64>,
+    /// The action's number within the episode, for a rule's send.
+    pub attempt: Option<u32>,
+    /// The value that made the condition true.
+    pub trigger_value: Option<f64>,
+    /// Where it stands.
+    pub status: ExecutionStatus,
+    /// The backend of the latest attempt.
+    pub backend: Option<String>,
+    /// Delivery reference, error, or why it was suppressed or recovered.
+    pub detail: Option<String>,
+    /// Whether a person asked for it.
+    pub manual: bool,
+    /// When it was journalled.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub updated_at: Timestamp,
+    /// Every backend attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The columns [`execution_from_row`] reads, in its order.
+pub(super) const EXECUTION_COLUMNS: &str =
+    "id, job, device_key, socket, phone, text, episode, attempt, \
+     trigger_value, status, backend, detail, manual, created_at, updated_at";
+
+/// An execution from a row of [`EXECUTION_COLUMNS`], its attempts not yet read.
+pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
+    Ok(Execution {
+        id: ExecutionId(row.get(0)?),
+        job: row.get(1)?,
+        device_key: row.get(2)?,
+        socket: row.get(3)?,
+        phone: row.get(4)?,
+        text: row.get(5)?,
+        episode: row.get(6)?,
+        attempt: row.get(7)?,
+        trigger_value: row.get(8)?,
+        status: row.get(9)?,
+        backend: row.get(10)?,
+        detail: row.get(11)?,
+        manual: row.get(12)?,
+        created_at: timestamp_column(row, 13)?,
+        updated_at: timestamp_column(row, 14)?,
+        attempts: Vec::new(),
+    })
+}
+
+/// The instant stored as Unix milliseconds in column `index`.
+pub(super) fn timestamp_column(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Timestamp> {
+    let millis: i64 = row.get(index)?;
+    Timestamp::from_millisecond(millis).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Integer,
+            Box::new(err),
+        )
+    })
+}

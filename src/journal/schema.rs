@@ -1,0 +1,176 @@
+//! What a journal file holds and how it gets there: the tables, the
+//! `user_version` migrations, and the checks made before anything is
+//! written.
+//!
+//! Those checks exist because `[journal] path` is typed by a person: a
+//! typo can point it at the rules file, at the exporter's cache, or at a
+//! journal that a newer jobctl already upgraded. Each of these is refused
+//! with a message that says what the file is, and none of them is written
+//! to, not even a `-wal` file beside it.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{ErrorCode, OptionalExtension};
+
+use super::{begin, sqlite_error, Journal, JournalError};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// One script per version: `MIGRATIONS[n]` upgrades version `n` to `n + 1`.
+/// A released script is never edited, down to its comments (SQLite keeps the
+/// text in `sqlite_master`): a change is a new script and a new version.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
+CREATE TABLE executions (
+    id            INTEGER PRIMARY KEY,
+    job           TEXT,              -- NULL for a manual send
+    device_key    TEXT,              -- e.g. 'platform_id=12,device_id=30785'
+    socket        TEXT NOT NULL,
+    phone         TEXT NOT NULL,
+    text          TEXT NOT NULL,
+    episode       INTEGER,
+    attempt       INTEGER,           -- action number within the episode
+    trigger_value REAL,
+    status        TEXT NOT NULL CHECK (status IN
+                    ('planned', 'sending', 'sent', 'failed', 'uncertain', 'suppressed', 'dry_run')),
+    backend       TEXT,              -- the backend of the latest attempt
+    detail        TEXT,              -- delivery reference, error or suppression reason
+    manual        INTEGER NOT NULL CHECK (manual IN (0, 1)),
+    created_at    INTEGER NOT NULL,  -- Unix milliseconds
+    updated_at    INTEGER NOT NULL
+);
+CREATE INDEX executions_by_created_at ON executions (created_at);
+CREATE INDEX executions_by_socket ON executions (socket, created_at);
+CREATE INDEX executions_by_job_device ON executions (job, device_key, created_at);
+CREATE INDEX executions_in_flight ON executions (status) WHERE status IN ('planned', 'sending');
+
+CREATE TABLE attempts (
+    id           INTEGER PRIMARY KEY,
+    execution_id INTEGER NOT NULL REFERENCES executions (id),
+    backend      TEXT NOT NULL,
+    outcome      TEXT NOT NULL CHECK (outcome IN ('sent', 'failed', 'uncertain')),
+    detail       TEXT,
+    at           INTEGER NOT NULL
+);
+CREATE INDEX attempts_by_execution ON attempts (execution_id);
+
+CREATE TABLE job_state (
+    job        TEXT NOT NULL,
+    device_key TEXT NOT NULL,
+    phase      TEXT NOT NULL,      -- inactive, pending, firing or resolved
+    state      TEXT NOT NULL,      -- the JobState as JSON
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (job, device_key)
+) WITHOUT ROWID;
+"];
+
+/// How long a writer waits for another connection's write lock before
+/// giving up (readers never wait in WAL mode).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Journal {
+    /// Checks the schema, then (read-write only) switches to WAL and
+    /// upgrades. Nothing is written before the checks pass.
+    pub(super) fn prepare(&mut self, writable: bool) -> Result<(), JournalError> {
+        let path = &self.path;
+        self.connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(sqlite_error(path, "setting the busy timeout"))?;
+        let found: i64 = self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|source| classify_open_error(path, source))?;
+        let foreign_table: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| classify_open_error(path, source))?;
+        if found > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path: path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < 0 {
+            let evidence = format!("its user_version is {found}");
+            return Err(JournalError::ForeignDatabase { path: path.clone(), evidence });
+        }
+        if let (0, Some(table)) = (found, foreign_table) {
+            let evidence = format!("it has a table {table:?}");
+            return Err(JournalError::ForeignDatabase { path: path.clone(), evidence });
+        }
+        if !writable {
+            if found < SCHEMA_VERSION {
+                return Err(JournalError::OlderSchema {
+                    path: path.clone(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            return Ok(());
+        }
+        // In-memory databases answer "memory"; files switch to WAL.
+        let _mode: String = self
+            .connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sqlite_error(path, "switching to WAL mode"))?;
+        // FULL: a committed `sending` row survives a power cut, not only a crash.
+        self.connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite_error(path, "setting synchronous mode"))?;
+        self.connection
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(sqlite_error(path, "enabling foreign keys"))?;
+        for version in found..SCHEMA_VERSION {
+            let tx = begin(&mut self.connection, self.in_batch, path, "starting a schema upgrade")?;
+            // `found` is known to be in 0..SCHEMA_VERSION here.
+            let script = MIGRATIONS[usize::try_from(version).unwrap_or(usize::MAX)];
+            tx.execute_batch(script).map_err(sqlite_error(path, "upgrading the schema"))?;
+            tx.pragma_update(None, "user_version", version + 1)
+                .map_err(sqlite_error(path, "recording the schema version"))?;
+            tx.commit().map_err(sqlite_error(path, "committing the schema upgrade"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The 16 bytes every SQLite 3 database file starts with.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses an existing, non-empty file that does not start with the SQLite
+/// header, before SQLite gets a chance to touch it.
+pub(super) fn refuse_non_sqlite(path: &Path) -> Result<(), JournalError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(JournalError::Unreadable { path: path.to_path_buf(), source }),
+    };
+    let mut header = Vec::with_capacity(SQLITE_HEADER.len());
+    file.by_ref()
+        .take(SQLITE_HEADER.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(|source| JournalError::Unreadable { path: path.to_path_buf(), source })?;
+    if header.is_empty() || header == SQLITE_HEADER {
+        Ok(())
+    } else {
+        Err(JournalError::NotADatabase { path: path.to_path_buf() })
+    }
+}
+
+/// A corrupt or foreign file shows up on the first read: say so plainly.
+fn classify_open_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            JournalError::NotADatabase { path: path.to_path_buf() }
+        }
+        _ => JournalError::Sqlite { path: path.to_path_buf(), doing: "reading the schema", source },
+    }
+}

@@ -1,0 +1,327 @@
+//! Writing sends: the life of a message from "decided" to "its outcome is
+//! journalled", and what a restart makes of one caught in between.
+//!
+//! A message is journalled `sending` before it leaves ([`Journal::begin_send`])
+//! or `planned` when it waits in a queue ([`Journal::plan_send`]); each
+//! backend attempt then records its outcome ([`Journal::finish_send`]), and a
+//! failover or retry marks it `sending` again first. At start-up,
+//! [`Journal::recover_in_flight`] settles what a killed process left: it never
+//! resends. Budgets count, from the same rows, what may have left
+//! ([`Journal::count_sent_since`]).
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::execution::{Execution, ExecutionId, ExecutionStatus};
+use super::states::{prepare_upsert, save_state, EncodedState};
+use super::{begin, sqlite_error, Journal, JournalError};
+
+/// What recovery writes on a message that may have left when jobctl died.
+const UNCERTAIN_AFTER_CRASH: &str =
+    "jobctl stopped while this message was being sent; it may have left, so it is not sent again";
+/// What recovery writes on a message that was decided but had not left.
+const NOT_SENT_AFTER_CRASH: &str = "jobctl stopped before this message was sent; it did not leave";
+
+/// Why a message was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A job fired on a device.
+    Rule {
+        /// The job's name.
+        job: String,
+        /// The device, as its key labels (`platform_id=12,device_id=30785`).
+        device_key: String,
+        /// The episode, as the rules number them on this (job, device).
+        episode: u64,
+        /// The action's number within the episode.
+        attempt: u32,
+        /// The value that made the condition true.
+        trigger_value: Option<f64>,
+        /// The job's state after the step that decided this message, saved in
+        /// the same transaction as the execution row.
+        state_after: EncodedState,
+    },
+    /// `jobctl send` or `jobctl test-rule --send`.
+    Manual,
+}
+
+/// A message about to be journalled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedSend {
+    /// Why it is sent.
+    pub origin: Origin,
+    /// The socket's name.
+    pub socket: String,
+    /// The socket's phone number (E.164).
+    pub phone: String,
+    /// The exact text that will leave.
+    pub text: String,
+}
+
+/// What one backend made of one attempt to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// The backend accepted the message.
+    Sent {
+        /// The backend's name.
+        backend: String,
+        /// Its reference for the message (`+CMGS` number, gateway id), if any.
+        reference: Option<String>,
+    },
+    /// The message definitely did not leave.
+    Failed {
+        /// The backend's name.
+        backend: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The message may or may not have left.
+    Uncertain {
+        /// The backend's name.
+        backend: String,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+impl SendResult {
+    fn parts(&self) -> (ExecutionStatus, &str, Option<&str>) {
+        match self {
+            SendResult::Sent { backend, reference } => {
+                (ExecutionStatus::Sent, backend, reference.as_deref())
+            }
+            SendResult::Failed { backend, reason } => {
+                (ExecutionStatus::Failed, backend, Some(reason))
+            }
+            SendResult::Uncertain { backend, reason } => {
+                (ExecutionStatus::Uncertain, backend, Some(reason))
+            }
+        }
+    }
+}
+
+/// Why a message was journalled without being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Suppression {
+    /// A budget is spent, e.g. "socket lobby: 10 messages in the last hour".
+    OverBudget {
+        /// Which budget, in words.
+        reason: String,
+    },
+    /// jobctl runs with `--dry-run`.
+    DryRun,
+}
+
+impl Journal {
+    /// Journals a message that is about to be handed to a backend (status
+    /// `sending`), committed before this returns. Call [`Journal::finish_send`]
+    /// with the outcome.
+    pub fn begin_send(&mut self, planned: &PlannedSend) -> Result<ExecutionId, JournalError> {
+        self.insert_execution(planned, ExecutionStatus::Sending, None)
+    }
+
+    /// Journals a message decided now but sent later (status `planned`), for
+    /// a send queue; call [`Journal::mark_sending`] just before it leaves.
+    pub fn plan_send(&mut self, planned: &PlannedSend) -> Result<ExecutionId, JournalError> {
+        self.insert_execution(planned, ExecutionStatus::Planned, None)
+    }
+
+    /// Marks an execution as leaving now: a planned one, or a failed or
+    /// uncertain one that the caller decided to try again (a retry, or the
+    /// next backend of a failover). Refuses one that was sent or never meant
+    /// to leave.
+    pub fn mark_sending(&mut self, id: ExecutionId) -> Result<(), JournalError> {
+        let now = self.clock.now();
+        let path = &self.path;
+        let tx =
+            begin(&mut self.connection, self.in_batch, path, "marking an execution as sending")?;
+        let status = current_status(&tx, path, id)?;
+        if !matches!(
+            status,
+            ExecutionStatus::Planned | ExecutionStatus::Failed | ExecutionStatus::Uncertain
+        ) {
+            return Err(JournalError::WrongStatus {
+                path: path.clone(),
+                id,
+                status,
+                wanted: "sent again",
+            });
+        }
+        tx.execute(
+            "UPDATE executions SET status = ?1, updated_at = ?2 WHERE id = ?3",
+            params![ExecutionStatus::Sending, now.as_millisecond(), id.0],
+        )
+        .map_err(sqlite_error(path, "marking an execution as sending"))?;
+        tx.commit().map_err(sqlite_error(path, "committing the sending mark"))
+    }
+
+    /// Records the outcome of one backend's attempt at an execution that is
+    /// `sending`, and sets the execution's status to that outcome.
+    pub fn finish_send(
+        &mut self,
+        id: ExecutionId,
+        outcome: &SendResult,
+    ) -> Result<(), JournalError> {
+        let now = self.clock.now().as_millisecond();
+        let path = &self.path;
+        let (status, backend, detail) = outcome.parts();
+        let tx = begin(&mut self.connection, self.in_batch, path, "recording a send outcome")?;
+        let current = current_status(&tx, path, id)?;
+        if current != ExecutionStatus::Sending {
+            return Err(JournalError::WrongStatus {
+                path: path.clone(),
+                id,
+                status: current,
+                wanted: "given an outcome (it is not being sent)",
+            });
+        }
+        tx.execute(
+            "INSERT INTO attempts (execution_id, backend, outcome, detail, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id.0, backend, status, detail, now],
+        )
+        .map_err(sqlite_error(path, "recording an attempt"))?;
+        tx.execute(
+            "UPDATE executions SET status = ?1, backend = ?2, detail = ?3, updated_at = ?4 \
+             WHERE id = ?5",
+            params![status, backend, detail, now, id.0],
+        )
+        .map_err(sqlite_error(path, "recording a send outcome"))?;
+        tx.commit().map_err(sqlite_error(path, "committing a send outcome"))
+    }
+
+    /// Journals a message that will not be sent, with the reason: over
+    /// budget (`suppressed`) or `--dry-run` (`dry_run`).
+    pub fn record_suppressed(
+        &mut self,
+        planned: &PlannedSend,
+        why: &Suppression,
+    ) -> Result<ExecutionId, JournalError> {
+        match why {
+            Suppression::OverBudget { reason } => {
+                self.insert_execution(planned, ExecutionStatus::Suppressed, Some(reason))
+            }
+            Suppression::DryRun => {
+                self.insert_execution(planned, ExecutionStatus::DryRun, Some("dry run: not sent"))
+            }
+        }
+    }
+
+    fn insert_execution(
+        &mut self,
+        planned: &PlannedSend,
+        status: ExecutionStatus,
+        detail: Option<&str>,
+    ) -> Result<ExecutionId, JournalError> {
+        let now = self.clock.now().as_millisecond();
+        let path = &self.path;
+        let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
+        let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
+            Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
+                let mut upsert = prepare_upsert(&tx, path)?;
+                save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
+            }
+            Origin::Manual => (None, None, None, None, None),
+        };
+        tx.execute(
+            "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+             trigger_value, status, detail, manual, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+            params![
+                job,
+                device_key,
+                planned.socket,
+                planned.phone,
+                planned.text,
+                episode,
+                attempt,
+                trigger_value,
+                status,
+                detail,
+                matches!(planned.origin, Origin::Manual),
+                now,
+            ],
+        )
+        .map_err(sqlite_error(path, "journalling a message"))?;
+        let id = ExecutionId(tx.last_insert_rowid());
+        tx.commit().map_err(sqlite_error(path, "committing a journalled message"))?;
+        Ok(id)
+    }
+
+    /// At start-up, settles what a previous run left unfinished: `sending`
+    /// becomes `uncertain` (it may have left; never re-sent automatically)
+    /// and `planned` becomes `failed` (it did not leave). Returns those
+    /// executions, updated, so the daemon can log each one.
+    pub fn recover_in_flight(&mut self) -> Result<Vec<Execution>, JournalError> {
+        let now = self.clock.now().as_millisecond();
+        let path = &self.path;
+        let tx = begin(&mut self.connection, self.in_batch, path, "recovering unfinished sends")?;
+        let ids: Vec<i64> = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT id FROM executions WHERE status IN ('planned', 'sending') ORDER BY id",
+                )
+                .map_err(sqlite_error(path, "finding unfinished sends"))?;
+            let rows = statement
+                .query_map([], |row| row.get(0))
+                .map_err(sqlite_error(path, "finding unfinished sends"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sqlite_error(path, "finding unfinished sends"))?
+        };
+        for (from, to, detail) in [
+            (ExecutionStatus::Sending, ExecutionStatus::Uncertain, UNCERTAIN_AFTER_CRASH),
+            (ExecutionStatus::Planned, ExecutionStatus::Failed, NOT_SENT_AFTER_CRASH),
+        ] {
+            tx.execute(
+                "UPDATE executions SET status = ?1, detail = ?2, updated_at = ?3 WHERE status = ?4",
+                params![to, detail, now, from],
+            )
+            .map_err(sqlite_error(path, "recovering unfinished sends"))?;
+        }
+        tx.commit().map_err(sqlite_error(path, "committing the recovery"))?;
+        ids.into_iter().map(|id| self.execution(ExecutionId(id))).collect()
+    }
+
+    /// How many messages journalled at or after `since` may have left or are
+    /// about to (planned, sending, sent, uncertain), for budgets: to one
+    /// socket, or to all sockets when `socket` is `None`. Failed, suppressed
+    /// and dry-run messages do not count.
+    pub fn count_sent_since(
+        &self,
+        socket: Option<&str>,
+        since: Timestamp,
+    ) -> Result<u32, JournalError> {
+        let counted: Vec<String> = ExecutionStatus::ALL
+            .iter()
+            .filter(|status| status.may_have_left())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
+        let count: i64 = self
+            .connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM executions WHERE created_at >= ?1 \
+                     AND status IN ({}) AND (?2 IS NULL OR socket = ?2)",
+                    counted.join(", ")
+                ),
+                params![since.as_millisecond(), socket],
+                |row| row.get(0),
+            )
+            .map_err(sqlite_error(&self.path, "counting sent messages"))?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+}
+
+fn current_status(
+    tx: &Connection,
+    path: &Path,
+    id: ExecutionId,
+) -> Result<ExecutionStatus, JournalError> {
+    tx.query_row("SELECT status FROM executions WHERE id = ?1", [id.0], |row| row.get(0))
+        .optional()
+        .map_err(sqlite_error(path, "reading an execution's status"))?
+        .ok_or_else(|| JournalError::UnknownExecution { path: path.to_path_buf(), id })
+}
