@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use signage_watchdog::exit::Exit;
 use signage_watchdog::exporter::cli::{run, Args};
 
 fn main() -> ExitCode {
@@ -13,7 +14,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("addreality-exporter: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return Exit::Runtime.into();
         }
     };
     runtime.block_on(run(args, signage_watchdog::shutdown::signal())).into()

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use signage_watchdog::exit::Exit;
 use signage_watchdog::jobctl::{run, Args};
 
 fn main() -> ExitCode {
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("jobctl: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return Exit::Runtime.into();
         }
     };
     runtime.block_on(async {

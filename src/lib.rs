@@ -11,8 +11,9 @@
 //!
 //! The pieces both daemons need live here once: the small HTTP server
 //! ([`http`]), logging ([`telemetry`]), secrets ([`secret`]), the time
-//! source tests can drive ([`clock`]) and the way configuration errors point
-//! at `file:line:column` ([`config_file`]).
+//! source tests can drive ([`clock`]), the way configuration errors point
+//! at `file:line:column` ([`config_file`]) and the exit codes both binaries
+//! end with ([`exit`]).
 #![forbid(unsafe_code)]
 
 pub mod addreality;
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod exit;
 pub mod exporter;
 pub mod http;
 pub mod jobctl;

@@ -55,15 +55,20 @@ impl fmt::Display for SecretSource {
 }
 
 /// Why a secret could not be loaded. Never contains the secret itself.
+///
+/// Its message says everything, cause included, and `source()` is always
+/// empty: the callers place it inside messages of their own that carry text,
+/// not a chain (`sms.http.key_file: …` at a `file:line:column`,
+/// `platform 12: …`, `[prometheus] …`).
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The file could not be read.
-    #[error("cannot read secret file {path}: {source}")]
+    #[error("cannot read secret file {path}: {error}")]
     Unreadable {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error, shown in the message.
+        error: std::io::Error,
     },
     /// The variable is not set (or not valid Unicode).
     #[error("environment variable {0} is not set")]
@@ -91,7 +96,7 @@ impl SecretSource {
             SecretSource::File(path) => {
                 let path = base.join(path);
                 let text = std::fs::read_to_string(&path)
-                    .map_err(|source| SecretError::Unreadable { path: path.clone(), source })?;
+                    .map_err(|error| SecretError::Unreadable { path: path.clone(), error })?;
                 let value = text.trim();
                 if value.is_empty() {
                     return Err(SecretError::Empty(SecretSource::File(path)));
@@ -160,6 +165,16 @@ mod tests {
         std::fs::write(&path, "  \n").unwrap();
         let err = SecretSource::File(path).load(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("token is empty"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_file_says_why_once() {
+        let err =
+            SecretSource::File("no-such-token".into()).load(Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(
+            crate::error::with_causes(&err),
+            "cannot read secret file /nonexistent/no-such-token: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -439,6 +439,20 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
         assert_fails(&refused, 3, stderr);
     }
 
+    // Every mistake at once, each on a line of its own that says whose it is.
+    std::fs::write(
+        dir.path().join("two.toml"),
+        format!("poll_interval = \"0s\"\npage_size = 0\n{platform}"),
+    )
+    .unwrap();
+    let refused = run(exporter(dir.path()).args(["-c", "two.toml", "--check-config"]));
+    assert_fails(
+        &refused,
+        3,
+        "addreality-exporter: two.toml:1:17: poll_interval must be longer than zero\n\
+         addreality-exporter: two.toml:2:13: page_size must be between 1 and 10000 (the API's own page is 300)\n",
+    );
+
     // A token variable that is set but blank is as good as none.
     std::fs::write(dir.path().join("empty_env.toml"), &platform).unwrap();
     let refused = run(exporter(dir.path())

@@ -1154,3 +1154,23 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
     assert_eq!(gateway.received().len(), 2);
     assert_eq!(daemon.stop().await.0, 0);
 }
+
+/// The read-only commands never create the journal: without one they exit
+/// 4 and say why, the operating system's reason included.
+#[tokio::test]
+async fn history_and_status_without_a_journal_exit_4_with_the_reason() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    for command in ["history", "status"] {
+        let ran = site.jobctl(&[command]).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (
+                4,
+                "",
+                "jobctl: ./journal.db: cannot read the journal: No such file or directory (os error 2)\n"
+            ),
+            "jobctl {command}"
+        );
+    }
+    assert!(!site.path("journal.db").exists());
+}

@@ -1,21 +1,26 @@
 //! The `addreality-exporter` command line: flags, start-up order, exit codes.
 //!
 //! The binary only installs logging and signal handlers and calls
-//! [`run`]; everything a sysadmin can get wrong is reported here, once,
-//! with a distinct exit code (see [`Exit`]).
+//! [`run`]; everything a sysadmin can get wrong is an error of its own
+//! (`cli_error`), reported once, with a distinct exit code
+//! ([`Exit`]).
+//!
+//! This is the command-line layer above the exporter service: it imports
+//! the service (cache, config, [`Exporter`]) and the demo, never the
+//! other way round.
 
-use crate::error::with_causes;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::ExitCode;
 use std::task::Poll;
 
 use clap::Parser;
 
 use super::cache::Cache;
-use super::config::ExporterConfig;
+use super::cli_error::{Error, TokenError, TokenErrors};
+use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
+use crate::exit::{finish, Exit};
 use crate::secret::Secret;
 
 /// Polls the AddReality API for every configured account, caches device
@@ -59,37 +64,6 @@ pub struct Args {
     pub log_level: String,
 }
 
-/// Exit codes, documented in the README.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    /// Clean shutdown, valid configuration, or every platform polled.
-    Ok = 0,
-    /// An unexpected runtime failure (the HTTP server died).
-    Runtime = 1,
-    /// Bad command line (clap's own code).
-    Usage = 2,
-    /// The configuration file or a token is unusable.
-    Config = 3,
-    /// The SQLite cache cannot be opened or read.
-    Cache = 4,
-    /// The listen address cannot be bound.
-    Listen = 5,
-    /// `--once`: at least one platform's poll failed.
-    PollFailed = 6,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> ExitCode {
-        ExitCode::from(exit as u8)
-    }
-}
-
-fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
-    eprintln!("addreality-exporter: {message}");
-    exit
-}
-
 /// Runs the command line until done or until `shutdown` completes.
 ///
 /// The daemon and the demo poll `shutdown` once before they start, so that
@@ -99,24 +73,23 @@ fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
 /// `--check-config` never poll it: Ctrl-C stops them at once, as it does
 /// any one-shot command.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
+    finish(run_until(args, shutdown).await)
+}
+
+async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
     let mut shutdown = std::pin::pin!(shutdown);
     if args.demo {
         if completes_at_once(shutdown.as_mut()).await {
-            return Exit::Ok;
+            return Ok(Exit::Ok);
         }
-        return super::demo::run(args.listen, shutdown).await;
+        super::demo::run(args.listen, shutdown).await?;
+        return Ok(Exit::Ok);
     }
-    let mut config = match ExporterConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(errors) => return fail(Exit::Config, errors),
-    };
+    let mut config = ExporterConfig::load(&args.config)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let platforms = match load_tokens(&config) {
-        Ok(platforms) => platforms,
-        Err(message) => return fail(Exit::Config, message),
-    };
+    let platforms = load_tokens(&config).map_err(Error::Tokens)?;
 
     if args.check_config {
         println!("{}: OK", args.config.display());
@@ -130,47 +103,30 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
             let name = platform.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
             println!("  platform {}{name}: token from {}", platform.id, platform.token);
         }
-        return Exit::Ok;
+        return Ok(Exit::Ok);
     }
 
     if !args.once && completes_at_once(shutdown.as_mut()).await {
-        return Exit::Ok;
+        return Ok(Exit::Ok);
     }
-    let cache = if args.once { Cache::open_in_memory() } else { Cache::open(&config.cache) };
-    let cache = match cache {
-        Ok(cache) => cache,
-        Err(err) => return fail(Exit::Cache, with_causes(&err)),
-    };
-    let exporter = match Exporter::start(&config, platforms, cache).await {
-        Ok(exporter) => exporter,
-        Err(super::StartError::Cache(err)) => return fail(Exit::Cache, with_causes(&err)),
-        Err(err) => return fail(Exit::Runtime, with_causes(&err)),
-    };
+    let cache = if args.once { Cache::open_in_memory() } else { Cache::open(&config.cache) }?;
+    let exporter = Exporter::start(&config, platforms, cache).await?;
 
     if args.once {
         let failed = exporter.poll_all_once().await;
         let exposition = crate::http::Pages::exposition(&*exporter.state());
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
-        if let Err(err) = stdout.write_all(exposition.plain()).and_then(|()| stdout.flush()) {
-            return fail(Exit::Runtime, format!("cannot write to stdout: {err}"));
-        }
-        return if failed.is_empty() {
-            Exit::Ok
-        } else {
-            fail(
-                Exit::PollFailed,
-                format!("poll failed for platform(s) {}; see the log above", failed.join(", ")),
-            )
-        };
+        stdout
+            .write_all(exposition.plain())
+            .and_then(|()| stdout.flush())
+            .map_err(Error::Stdout)?;
+        return if failed.is_empty() { Ok(Exit::Ok) } else { Err(Error::PollFailed(failed)) };
     }
 
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            return fail(Exit::Listen, format!("cannot listen on {}: {err}", config.listen))
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen { addr: config.listen, source })?;
     // The bound address, not the configured one: with port 0 the kernel
     // picks the port, and this line is the only place that says which.
     let listening = listener.local_addr().unwrap_or(config.listen);
@@ -179,13 +135,9 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );
-    match exporter.run(listener, shutdown).await {
-        Ok(()) => {
-            tracing::info!("stopped");
-            Exit::Ok
-        }
-        Err(err) => fail(Exit::Runtime, format!("HTTP server failed: {err}")),
-    }
+    exporter.run(listener, shutdown).await.map_err(Error::Http)?;
+    tracing::info!("stopped");
+    Ok(Exit::Ok)
 }
 
 /// Polls `shutdown` once, letting it set itself up; true if it is already done.
@@ -193,9 +145,8 @@ async fn completes_at_once(mut shutdown: Pin<&mut impl Future<Output = ()>>) -> 
     std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await
 }
 
-fn load_tokens(
-    config: &ExporterConfig,
-) -> Result<Vec<(super::config::PlatformConfig, Secret)>, String> {
+/// Loads every platform's token, or says which cannot be loaded, all at once.
+fn load_tokens(config: &ExporterConfig) -> Result<Vec<(PlatformConfig, Secret)>, TokenErrors> {
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for platform in &config.platforms {
@@ -206,15 +157,17 @@ fn load_tokens(
                 }
                 loaded.push((platform.clone(), token.secret));
             }
-            Err(err) => {
-                errors.push(format!("{}: platform {}: {err}", platform.token_at, platform.id))
-            }
+            Err(error) => errors.push(TokenError {
+                at: platform.token_at.clone(),
+                platform: platform.id.clone(),
+                error,
+            }),
         }
     }
     if errors.is_empty() {
         Ok(loaded)
     } else {
-        Err(errors.join("\naddreality-exporter: "))
+        Err(TokenErrors(errors))
     }
 }
 

@@ -15,11 +15,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::cache::Cache;
-use super::cli::Exit;
+use super::cli_error::Error;
 use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
 use crate::addreality::simulator::Simulator;
-use crate::error::with_causes;
 use crate::secret::{Secret, SecretSource};
 
 /// Devices in the simulated account (the size of the fleet the earlier
@@ -30,29 +29,22 @@ pub const DEMO_LISTEN: &str = "127.0.0.1:9747";
 const DEMO_TOKEN: &str = "demo-token";
 
 /// Runs the demo until `shutdown` completes.
-pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>) -> Exit {
+pub(crate) async fn run(
+    listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let listen = listen.unwrap_or_else(|| DEMO_LISTEN.parse().expect("valid address"));
-    let listener = match TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!(
-                "addreality-exporter: cannot listen on {listen}: {err} (try --listen 127.0.0.1:0)"
-            );
-            return Exit::Listen;
-        }
-    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|error| Error::DemoListen { addr: listen, error })?;
     let listen = listener.local_addr().unwrap_or(listen);
 
     let simulator = Simulator::new(DEMO_TOKEN);
     simulator.set_devices(Simulator::demo_fleet(DEMO_DEVICES, 1));
-    let api = match TcpListener::bind("127.0.0.1:0").await.and_then(|l| Ok((l.local_addr()?, l))) {
-        Ok(pair) => pair,
-        Err(err) => {
-            eprintln!("addreality-exporter: cannot start the simulated API on loopback: {err}");
-            return Exit::Runtime;
-        }
-    };
-    let (api_addr, api_listener) = api;
+    let (api_addr, api_listener) = TcpListener::bind("127.0.0.1:0")
+        .await
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(Error::DemoApi)?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = simulator.clone();
     let api_task = tokio::spawn(async move {
@@ -68,12 +60,13 @@ pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>)
     });
 
     let dir = std::env::temp_dir().join(format!("addreality-exporter-demo-{}", std::process::id()));
-    let exit = serve(listener, &dir, Simulator::device_list_url(api_addr), listen, shutdown).await;
+    let served =
+        serve(listener, &dir, Simulator::device_list_url(api_addr), listen, shutdown).await;
     churn_task.abort();
     let _ = stop_api.send(());
     let _ = api_task.await;
     let _ = std::fs::remove_dir_all(&dir);
-    exit
+    served
 }
 
 async fn serve(
@@ -82,11 +75,9 @@ async fn serve(
     api_url: String,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
-) -> Exit {
-    if let Err(err) = std::fs::create_dir_all(dir) {
-        eprintln!("addreality-exporter: cannot create {}: {err}", dir.display());
-        return Exit::Cache;
-    }
+) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| Error::DemoDir { dir: dir.to_path_buf(), source })?;
     let config = ExporterConfig {
         listen,
         api_url: api_url.clone(),
@@ -104,32 +95,14 @@ async fn serve(
         token: SecretSource::Env("unused in the demo".into()),
         token_at: "demo".into(),
     };
-    let cache = match Cache::open(&config.cache) {
-        Ok(cache) => cache,
-        Err(err) => {
-            eprintln!("addreality-exporter: {}", with_causes(&err));
-            return Exit::Cache;
-        }
-    };
+    let cache = Cache::open(&config.cache)?;
     let exporter =
-        match Exporter::start(&config, vec![(platform, Secret::new(DEMO_TOKEN))], cache).await {
-            Ok(exporter) => exporter,
-            Err(err) => {
-                eprintln!("addreality-exporter: {}", with_causes(&err));
-                return Exit::Runtime;
-            }
-        };
+        Exporter::start(&config, vec![(platform, Secret::new(DEMO_TOKEN))], cache).await?;
     tracing::info!(
         "demo: simulated AddReality account with {DEMO_DEVICES} players at {api_url}; polled every 10s"
     );
     tracing::info!(
         "listening on http://{listen}/metrics (health at http://{listen}/healthz); Ctrl-C stops"
     );
-    match exporter.run(listener, shutdown).await {
-        Ok(()) => Exit::Ok,
-        Err(err) => {
-            eprintln!("addreality-exporter: HTTP server failed: {err}");
-            Exit::Runtime
-        }
-    }
+    exporter.run(listener, shutdown).await.map_err(Error::Http)
 }

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod cli;
+mod cli_error;
 pub mod config;
 pub mod demo;
 pub mod metrics;
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 
-use crate::addreality::client::{Client, ClientConfig, RetryPolicy};
+use crate::addreality::client::{Client, ClientConfig, ClientError, RetryPolicy};
 use crate::secret::Secret;
 use cache::{Cache, CacheError};
 use config::{ExporterConfig, PlatformConfig};
@@ -51,9 +52,9 @@ pub enum StartError {
     /// The cache could not be opened or read.
     #[error(transparent)]
     Cache(#[from] CacheError),
-    /// The HTTP client could not be built (TLS set-up).
-    #[error("cannot set up the HTTP client: {0}")]
-    Client(String),
+    /// The AddReality client could not be built (TLS set-up).
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// A configured exporter with its cache loaded, ready to serve.
@@ -76,8 +77,7 @@ impl Exporter {
             page_size: config.page_size,
             request_timeout: config.request_timeout,
             retry: retry_policy(config.poll_interval),
-        })
-        .map_err(|err| StartError::Client(err.to_string()))?;
+        })?;
         let (cache, cached) = tokio::task::spawn_blocking(move || {
             let cached = cache.load()?;
             Ok::<_, CacheError>((cache, cached))

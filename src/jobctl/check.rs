@@ -8,8 +8,10 @@
 
 use std::path::Path;
 
-use super::{build_sender, count, fail, load_rules, prometheus_client, Exit};
+use super::error::Error;
+use super::{build_sender, count, load_rules, prometheus_client};
 use crate::config_file::ConfigErrors;
+use crate::exit::Exit;
 use crate::prometheus_api::PromError;
 
 /// `jobctl check` flags.
@@ -20,19 +22,10 @@ pub struct CheckArgs {
     pub offline: bool,
 }
 
-pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
-    let sender = match build_sender(&rules) {
-        Ok(sender) => sender,
-        Err(err) => return fail(Exit::Config, err),
-    };
-    let prometheus = match prometheus_client(&rules) {
-        Ok(client) => client,
-        Err(err) => return fail(Exit::Config, err),
-    };
+pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
+    let sender = build_sender(&rules).map_err(Error::Sms)?;
+    let prometheus = prometheus_client(&rules)?;
 
     let mut promql_note = "PromQL not checked (--offline)".to_string();
     if !args.offline {
@@ -61,7 +54,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
             }
         }
         if !errors.is_empty() {
-            return fail(Exit::Config, ConfigErrors(errors));
+            return Err(Error::Rules(ConfigErrors(errors)));
         }
         promql_note = match unreachable {
             None => format!("PromQL checked by {}", rules.prometheus.url),
@@ -84,5 +77,5 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Exit {
     for job in &rules.jobs {
         println!("\n{job}");
     }
-    Exit::Ok
+    Ok(Exit::Ok)
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{fail, load_rules, parse_since, read_journal, Exit};
+use super::error::Error;
+use super::table::{render_table, Format};
+use super::{load_rules, parse_since, read_journal};
+use crate::exit::Exit;
 use crate::journal::{Execution, ExecutionStatus, HistoryFilter};
 
 /// `jobctl history` flags.
@@ -30,15 +33,6 @@ pub struct HistoryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-}
-
-/// Output formats of the read-only commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned columns for a terminal.
-    Table,
-    /// One JSON document, for scripts.
-    Json,
 }
 
 #[derive(Serialize)]
@@ -82,19 +76,10 @@ impl<'a> Row<'a> {
     }
 }
 
-pub(super) fn run(config: &Path, args: HistoryArgs) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
-    let since = match args.since.as_deref().map(parse_since).transpose() {
-        Ok(since) => since,
-        Err(err) => return fail(Exit::Usage, format!("--since: {err}")),
-    };
-    let journal = match read_journal(&rules) {
-        Ok(journal) => journal,
-        Err(exit) => return exit,
-    };
+pub(super) fn run(config: &Path, args: HistoryArgs) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
+    let since = args.since.as_deref().map(parse_since).transpose().map_err(Error::Since)?;
+    let journal = read_journal(&rules)?;
     let filter = HistoryFilter {
         job: args.job,
         device_key: args.device,
@@ -102,10 +87,7 @@ pub(super) fn run(config: &Path, args: HistoryArgs) -> Exit {
         status: args.outcome,
         limit: Some(args.limit),
     };
-    let executions = match journal.history(&filter) {
-        Ok(executions) => executions,
-        Err(err) => return fail(Exit::Journal, err),
-    };
+    let executions = journal.history(&filter)?;
     let rows: Vec<Row<'_>> = executions.iter().map(Row::of).collect();
     match args.format {
         Format::Json => {
@@ -116,7 +98,7 @@ pub(super) fn run(config: &Path, args: HistoryArgs) -> Exit {
         Format::Table if rows.is_empty() => eprintln!("no execution in the journal matches"),
         Format::Table => print!("{}", table(&rows)),
     }
-    Exit::Ok
+    Ok(Exit::Ok)
 }
 
 fn table(rows: &[Row<'_>]) -> String {
@@ -138,5 +120,5 @@ fn table(rows: &[Row<'_>]) -> String {
             ]
         })
         .collect();
-    super::status::render_table(&header, &cells)
+    render_table(&header, &cells)
 }

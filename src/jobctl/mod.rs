@@ -1,20 +1,21 @@
-//! The `jobctl` command line: one module per subcommand, the set-up they
-//! share, and the exit codes (see [`Exit`]).
+//! The `jobctl` command line: one module per subcommand, and the set-up
+//! they share.
 //!
 //! The binary only installs logging and signal handlers and calls [`run`].
-//! Every problem a sysadmin can cause is reported once, on stderr, with a
-//! distinct exit code.
+//! Every problem a sysadmin can cause is an `error::Error`, reported once,
+//! on stderr, with a distinct exit code ([`Exit`]).
 
 mod check;
+mod error;
 mod history;
 mod send;
 mod serve;
 mod status;
+mod table;
 mod test_rule;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -22,10 +23,12 @@ use serde::Deserialize;
 
 use crate::clock::SystemClock;
 use crate::engine::{EngineOptions, Outbox, SendRetry};
+use crate::exit::Exit;
 use crate::journal::Journal;
 use crate::prometheus_api::{Auth, PromClient};
 use crate::rules::{PrometheusAuth, RuleSet};
 use crate::sms::{Sender, SmsConfig};
+use error::Error;
 
 /// Default rules file.
 pub const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
@@ -64,44 +67,6 @@ pub enum Command {
     Send(send::SendArgs),
 }
 
-/// Exit codes, documented in the README.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    /// Success.
-    Ok = 0,
-    /// An unexpected runtime failure.
-    Runtime = 1,
-    /// Bad command line, unknown job, socket or command.
-    Usage = 2,
-    /// The rules are invalid (syntax, schema, PromQL, SMS settings, secrets).
-    Config = 3,
-    /// The journal cannot be opened or written.
-    Journal = 4,
-    /// The `--listen` address cannot be bound.
-    Listen = 5,
-    /// Prometheus could not answer every query (`run --once`, `test-rule`).
-    Prometheus = 6,
-    /// A message was not sent (failed, uncertain, over budget, refused).
-    NotSent = 7,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> ExitCode {
-        ExitCode::from(exit as u8)
-    }
-}
-
-/// Prints `message` as jobctl's error and returns `exit`. Each line gets the
-/// `jobctl: ` prefix, so that every error of a rules file (one per line)
-/// reads and greps the same way.
-pub(crate) fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
-    for line in message.to_string().lines() {
-        eprintln!("jobctl: {line}");
-    }
-    exit
-}
-
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
 /// `reloads` yields on SIGHUP; both matter to `run` only.
 pub async fn run(
@@ -109,14 +74,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reloads: tokio::sync::mpsc::Receiver<()>,
 ) -> Exit {
-    match args.command {
+    let ran = match args.command {
         Command::Run(run) => serve::run(&args.config, run, shutdown, reloads).await,
         Command::Check(check) => check::run(&args.config, check).await,
         Command::TestRule(test) => test_rule::run(&args.config, test).await,
         Command::History(history) => history::run(&args.config, history),
         Command::Status(status) => status::run(&args.config, status),
         Command::Send(send) => send::run(&args.config, send).await,
-    }
+    };
+    crate::exit::finish(ran)
 }
 
 /// `1 job`, `3 jobs`: a count for a sentence a sysadmin reads.
@@ -124,9 +90,9 @@ pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Loads the rules, or prints every error and returns [`Exit::Config`].
-pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Exit> {
-    crate::rules::load(path).map_err(|errors| fail(Exit::Config, errors))
+/// Loads the rules, with every error they have.
+pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Error> {
+    crate::rules::load(path).map_err(Error::Rules)
 }
 
 /// The `[sms]` table, read again from the main file with positions.
@@ -160,22 +126,22 @@ pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, String> {
 }
 
 /// Builds the Prometheus client, loading its credentials.
-pub(crate) fn prometheus_client(rules: &RuleSet) -> Result<PromClient, String> {
+pub(crate) fn prometheus_client(rules: &RuleSet) -> Result<PromClient, Error> {
     let prometheus = &rules.prometheus;
     let auth = match &prometheus.auth {
         None => None,
         Some(PrometheusAuth::Basic { username, password }) => {
-            let loaded = password.load(&rules.base_dir).map_err(|e| format!("[prometheus] {e}"))?;
+            let loaded = password.load(&rules.base_dir).map_err(Error::PrometheusSecret)?;
             warn_loose(&loaded);
             Some(Auth::Basic { username: username.clone(), password: loaded.secret })
         }
         Some(PrometheusAuth::Bearer { token }) => {
-            let loaded = token.load(&rules.base_dir).map_err(|e| format!("[prometheus] {e}"))?;
+            let loaded = token.load(&rules.base_dir).map_err(Error::PrometheusSecret)?;
             warn_loose(&loaded);
             Some(Auth::Bearer(loaded.secret))
         }
     };
-    PromClient::new(prometheus.url.as_str(), prometheus.timeout, auth).map_err(|e| e.to_string())
+    PromClient::new(prometheus.url.as_str(), prometheus.timeout, auth).map_err(Error::Prometheus)
 }
 
 fn warn_loose(loaded: &crate::secret::LoadedSecret) {
@@ -184,15 +150,15 @@ fn warn_loose(loaded: &crate::secret::LoadedSecret) {
     }
 }
 
-/// Opens the journal for writing (creating it), or says why not.
-pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Exit> {
-    Journal::open(&rules.journal.path).map_err(|err| fail(Exit::Journal, err))
+/// Opens the journal for writing (creating it).
+pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Error> {
+    Journal::open(&rules.journal.path).map_err(Error::Journal)
 }
 
 /// The outbox of a command a person runs (`send`, `test-rule --send`):
 /// the daemon's journal, sender and budgets, retries seconds apart.
-pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Exit> {
-    let sms = build_sender(rules).map_err(|err| fail(Exit::Config, err))?;
+pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Error> {
+    let sms = build_sender(rules).map_err(Error::Sms)?;
     let journal = open_journal(rules)?;
     let options = EngineOptions {
         budgets: rules.budgets,
@@ -204,8 +170,8 @@ pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Exit> {
 }
 
 /// Opens the journal read-only, next to a running daemon.
-pub(crate) fn read_journal(rules: &RuleSet) -> Result<Journal, Exit> {
-    Journal::open_read_only(&rules.journal.path).map_err(|err| fail(Exit::Journal, err))
+pub(crate) fn read_journal(rules: &RuleSet) -> Result<Journal, Error> {
+    Journal::open_read_only(&rules.journal.path).map_err(Error::Journal)
 }
 
 /// Reads `--since`: a duration back from now (`"2h"`) or an RFC 3339 time.

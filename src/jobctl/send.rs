@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{fail, load_rules, manual_outbox, Exit};
+use super::error::{Error, Outcome};
+use super::{load_rules, manual_outbox};
+use crate::exit::Exit;
 use crate::journal::{Execution, ExecutionStatus};
 use crate::rules::socket::ArgValue;
 
@@ -22,59 +24,38 @@ pub struct SendArgs {
     pub args: Vec<String>,
 }
 
-pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
+pub(super) async fn run(config: &Path, args: SendArgs) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
     let Some(socket) = rules.socket(&args.socket) else {
-        let known: Vec<&str> = rules.sockets.iter().map(|s| s.name.as_str()).collect();
-        return fail(
-            Exit::Usage,
-            format!("no socket {:?} in the rules; sockets: {}", args.socket, known.join(", ")),
-        );
+        let known = rules.sockets.iter().map(|s| s.name.clone()).collect();
+        return Err(Error::UnknownSocket { socket: args.socket, known });
     };
     let mut values = BTreeMap::new();
     for arg in &args.args {
         let Some((name, value)) = arg.split_once('=') else {
-            return fail(
-                Exit::Usage,
-                format!("parameter {arg:?} must be NAME=VALUE, e.g. minutes=1"),
-            );
+            return Err(Error::Parameter(arg.clone()));
         };
         let value = value
             .parse::<i64>()
             .map_or_else(|_| ArgValue::Text(value.to_string()), ArgValue::Integer);
         values.insert(name.to_string(), value);
     }
-    let text = match socket.render(&args.command, &values) {
-        Ok(text) => text,
-        Err(errors) => {
-            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return fail(Exit::Usage, format!("socket {}: {}", socket.name, errors.join("; ")));
-        }
-    };
-    let mut outbox = match manual_outbox(&rules) {
-        Ok(outbox) => outbox,
-        Err(exit) => return exit,
-    };
-    match outbox.send_manual(Some(&socket.name), socket.phone.as_str(), &text).await {
-        Ok(execution) => report(&execution),
-        Err(err) => fail(Exit::Journal, err),
-    }
+    let text = socket
+        .render(&args.command, &values)
+        .map_err(|errors| Error::Command { socket: socket.name.clone(), errors })?;
+    let mut outbox = manual_outbox(&rules)?;
+    let execution = outbox.send_manual(Some(&socket.name), socket.phone.as_str(), &text).await?;
+    outcome(execution)?;
+    Ok(Exit::Ok)
 }
 
-/// Prints a manual send's outcome and maps it to the exit code.
-pub(super) fn report(execution: &Execution) -> Exit {
-    let detail = execution.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
-    let line = format!(
-        "execution {}: {:?} to {} ({}): {}{detail}",
-        execution.id, execution.text, execution.socket, execution.phone, execution.status
-    );
+/// A manual send's outcome: printed on stdout when the message was sent,
+/// an error otherwise.
+pub(super) fn outcome(execution: Execution) -> Result<(), Error> {
     if execution.status == ExecutionStatus::Sent {
-        println!("{line}");
-        Exit::Ok
+        println!("{}", Outcome(&execution));
+        Ok(())
     } else {
-        fail(Exit::NotSent, line)
+        Err(Error::NotSent(Box::new(execution)))
     }
 }

@@ -10,10 +10,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{build_sender, count, fail, load_rules, open_journal, prometheus_client, Exit};
+use super::error::Error;
+use super::{build_sender, count, load_rules, open_journal, prometheus_client, Sms};
 use crate::clock::SystemClock;
 use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
+use crate::error::with_causes;
+use crate::exit::Exit;
 use crate::http::{Exposition, Health, Pages};
+use crate::prometheus_api::PromClient;
+use crate::rules::RuleSet;
 
 /// `jobctl run` flags.
 #[derive(Debug, clap::Args)]
@@ -37,19 +42,10 @@ pub(super) async fn run(
     args: RunArgs,
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::Receiver<()>,
-) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
-    let (sms, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
-        (Ok(sms), Ok(prometheus)) => (sms, Arc::new(prometheus)),
-        (Err(err), _) | (_, Err(err)) => return fail(Exit::Config, err),
-    };
-    let journal = match open_journal(&rules) {
-        Ok(journal) => journal,
-        Err(exit) => return exit,
-    };
+) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
+    let (sms, prometheus) = connections(&rules)?;
+    let journal = open_journal(&rules)?;
     let interval = rules.prometheus.interval;
     let options = EngineOptions {
         mode: if args.dry_run { Mode::DryRun } else { Mode::Live },
@@ -58,12 +54,8 @@ pub(super) async fn run(
         ..EngineOptions::default()
     };
     let mut engine =
-        match Engine::start(rules, prometheus, journal, sms.sender, Arc::new(SystemClock), options)
-            .await
-        {
-            Ok(engine) => engine,
-            Err(err) => return fail(Exit::Journal, err),
-        };
+        Engine::start(rules, prometheus, journal, sms.sender, Arc::new(SystemClock), options)
+            .await?;
 
     if args.once {
         let report = engine.cycle().await;
@@ -80,26 +72,26 @@ pub(super) async fn run(
             report.suppressed,
             count(report.action_errors, "error", "errors")
         );
-        return if report.failed_queries.is_empty() { Exit::Ok } else { Exit::Prometheus };
+        return Ok(if report.failed_queries.is_empty() { Exit::Ok } else { Exit::Upstream });
     }
 
     let (stop_http, http_task) = match args.listen {
         None => (None, None),
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                // The bound address, not the one asked for: with port 0 the
-                // log is the only place that says where /metrics is.
-                let addr = listener.local_addr().unwrap_or(addr);
-                let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let task = tokio::spawn(crate::http::serve(listener, pages, async {
-                    stopped.await.unwrap_or(());
-                }));
-                tracing::info!("serving jobctl metrics on http://{addr}/metrics");
-                (Some(stop), Some(task))
-            }
-            Err(err) => return fail(Exit::Listen, format!("cannot listen on {addr}: {err}")),
-        },
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            // The bound address, not the one asked for: with port 0 the
+            // log is the only place that says where /metrics is.
+            let addr = listener.local_addr().unwrap_or(addr);
+            let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::http::serve(listener, pages, async {
+                stopped.await.unwrap_or(());
+            }));
+            tracing::info!("serving jobctl metrics on http://{addr}/metrics");
+            (Some(stop), Some(task))
+        }
     };
 
     tracing::info!(
@@ -136,7 +128,7 @@ pub(super) async fn run(
         let _ = task.await;
     }
     tracing::info!("stopped");
-    Exit::Ok
+    Ok(Exit::Ok)
 }
 
 /// SIGHUP: all or nothing. The new rules, SMS sender and Prometheus client
@@ -152,10 +144,13 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
             return;
         }
     };
-    let (sms, prometheus) = match (build_sender(&rules), prometheus_client(&rules)) {
-        (Ok(sms), Ok(prometheus)) => (sms, Arc::new(prometheus)),
-        (Err(err), _) | (_, Err(err)) => {
-            tracing::error!("reload rejected: {err}; the previous rules keep running");
+    let (sms, prometheus) = match connections(&rules) {
+        Ok(connections) => connections,
+        Err(err) => {
+            tracing::error!(
+                "reload rejected: {}; the previous rules keep running",
+                with_causes(&err)
+            );
             return;
         }
     };
@@ -178,6 +173,14 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
         after.len() - kept,
         before.len() - kept
     );
+}
+
+/// The SMS sender and the Prometheus client of `rules`, both or neither.
+/// Both are built, so that each logs its warnings (a secret file readable
+/// by others) even when the other fails.
+fn connections(rules: &RuleSet) -> Result<(Sms, Arc<PromClient>), Error> {
+    let (sms, prometheus) = (build_sender(rules), prometheus_client(rules));
+    Ok((sms.map_err(Error::Sms)?, Arc::new(prometheus?)))
 }
 
 struct JobctlPages {

@@ -7,8 +7,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::history::Format;
-use super::{fail, load_rules, read_journal, Exit};
+use super::error::Error;
+use super::table::{render_table, Format};
+use super::{load_rules, read_journal};
+use crate::exit::Exit;
 use crate::rules::state::{JobState, Phase};
 
 /// `jobctl status` flags.
@@ -73,19 +75,10 @@ fn describe(device: String, job: String, state: &JobState) -> DeviceRow {
     }
 }
 
-pub(super) fn run(config: &Path, args: StatusArgs) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
-    let journal = match read_journal(&rules) {
-        Ok(journal) => journal,
-        Err(exit) => return exit,
-    };
-    let states = match journal.load_states() {
-        Ok(states) => states,
-        Err(err) => return fail(Exit::Journal, err),
-    };
+pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
+    let journal = read_journal(&rules)?;
+    let states = journal.load_states()?;
     let mut devices: Vec<DeviceRow> = states
         .iter()
         .filter(|((job, _), _)| rules.job(job).is_some())
@@ -123,7 +116,7 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Exit {
                     day_limit,
                 });
             }
-            (Err(err), _) | (_, Err(err)) => return fail(Exit::Journal, err),
+            (Err(err), _) | (_, Err(err)) => return Err(Error::Journal(err)),
         }
     }
     let status = Status { jobs, devices, budgets };
@@ -133,7 +126,7 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Exit {
         }
         Format::Table => print!("{}", render(&status)),
     }
-    Exit::Ok
+    Ok(Exit::Ok)
 }
 
 fn render(status: &Status) -> String {
@@ -190,32 +183,4 @@ fn used(count: u32, limit: Option<u32>) -> String {
         Some(limit) => format!("{count}/{limit}"),
         None => count.to_string(),
     }
-}
-
-/// Left-aligned columns separated by two spaces, header first.
-pub(super) fn render_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let mut widths: [usize; N] = header.map(|h| h.chars().count());
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
 }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use super::{count, fail, load_rules, manual_outbox, prometheus_client, Exit};
+use super::error::Error;
+use super::{count, load_rules, manual_outbox, prometheus_client};
+use crate::exit::Exit;
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase};
 use crate::rules::{OutgoingSms, Sample, Verdict};
@@ -28,22 +30,13 @@ pub struct TestRuleArgs {
     pub yes: bool,
 }
 
-pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
-    let rules = match load_rules(config) {
-        Ok(rules) => rules,
-        Err(exit) => return exit,
-    };
+pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error> {
+    let rules = load_rules(config)?;
     let Some(job) = rules.job(&args.job) else {
-        let known: Vec<String> = rules.jobs.iter().map(|j| format!("{:?}", j.name)).collect();
-        return fail(
-            Exit::Usage,
-            format!("no job {:?} in the rules; jobs: {}", args.job, known.join(", ")),
-        );
+        let known = rules.jobs.iter().map(|j| j.name.clone()).collect();
+        return Err(Error::UnknownJob { job: args.job, known });
     };
-    let prometheus = match prometheus_client(&rules) {
-        Ok(client) => client,
-        Err(err) => return fail(Exit::Config, err),
-    };
+    let prometheus = prometheus_client(&rules)?;
 
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
     let mut failed = 0;
@@ -60,14 +53,12 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
     }
     let evaluation = job.evaluate(&answers, &rules.device_key);
     let states: HashMap<String, JobState> = match Journal::open_read_only(&rules.journal.path) {
-        Ok(journal) => match journal.load_states() {
-            Ok(states) => states
-                .into_iter()
-                .filter(|((j, _), _)| *j == job.name)
-                .map(|((_, d), s)| (d, s))
-                .collect(),
-            Err(err) => return fail(Exit::Journal, err),
-        },
+        Ok(journal) => journal
+            .load_states()?
+            .into_iter()
+            .filter(|((j, _), _)| *j == job.name)
+            .map(|((_, d), s)| (d, s))
+            .collect(),
         Err(_) => HashMap::new(),
     };
 
@@ -116,9 +107,9 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
         return send(&rules, targets, args.yes).await;
     }
     if failed > 0 {
-        Exit::Prometheus
+        Ok(Exit::Upstream)
     } else {
-        Exit::Ok
+        Ok(Exit::Ok)
     }
 }
 
@@ -152,17 +143,14 @@ async fn send(
     rules: &crate::rules::RuleSet,
     targets: Vec<(String, OutgoingSms)>,
     yes: bool,
-) -> Exit {
+) -> Result<Exit, Error> {
     if targets.is_empty() {
         println!("nothing to send: no device has the condition true now");
-        return Exit::Ok;
+        return Ok(Exit::Ok);
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return fail(
-                Exit::Usage,
-                "refusing to send without confirmation: stdin is not a terminal; add --yes",
-            );
+            return Err(Error::Unconfirmed);
         }
         print!("Send {} SMS now? [y/N] ", targets.len());
         let _ = std::io::stdout().flush();
@@ -170,13 +158,10 @@ async fn send(
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             println!("nothing sent");
-            return Exit::Ok;
+            return Ok(Exit::Ok);
         }
     }
-    let mut outbox = match manual_outbox(rules) {
-        Ok(outbox) => outbox,
-        Err(exit) => return exit,
-    };
+    let mut outbox = manual_outbox(rules)?;
     let mut exit = Exit::Ok;
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {
@@ -184,14 +169,13 @@ async fn send(
         if seen.insert((out.phone.as_str().to_string(), out.text.clone()), ()).is_some() {
             continue;
         }
-        match outbox.send_manual(out.socket.as_deref(), out.phone.as_str(), &out.text).await {
-            Ok(execution) => {
-                if super::send::report(&execution) != Exit::Ok {
-                    exit = Exit::NotSent;
-                }
-            }
-            Err(err) => return fail(Exit::Journal, err),
+        let execution =
+            outbox.send_manual(out.socket.as_deref(), out.phone.as_str(), &out.text).await?;
+        // One message not sent does not stop the others: it is reported
+        // now, after its own log lines, and sets the exit code.
+        if let Err(not_sent) = super::send::outcome(execution) {
+            exit = crate::exit::report(&not_sent);
         }
     }
-    exit
+    Ok(exit)
 }

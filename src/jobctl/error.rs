@@ -1,0 +1,139 @@
+//! Everything that can stop a `jobctl` subcommand, each kind with its exit
+//! code (the README's table).
+//!
+//! Subcommands return `Result<Exit, Error>` and never print an error
+//! themselves: [`crate::exit::report`] prints it, once, with its causes,
+//! every line prefixed with `jobctl: `.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::config_file::ConfigErrors;
+use crate::engine::EngineError;
+use crate::exit::{CliError, Exit};
+use crate::journal::{Execution, JournalError};
+use crate::prometheus_api::PromError;
+use crate::rules::socket::CommandError;
+use crate::secret::SecretError;
+
+/// Why a `jobctl` subcommand stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The rules are invalid, or Prometheus rejects one of their queries
+    /// (`check`): one error per line, each at its `file:line:column`.
+    #[error(transparent)]
+    Rules(#[from] ConfigErrors),
+    /// The `[sms]` settings cannot be used, or a secret they name cannot be
+    /// loaded: the message, placed in the rules file, as the SMS set-up
+    /// gives it.
+    #[error("{0}")]
+    Sms(String),
+    /// A `[prometheus]` credential cannot be loaded. The secret's error
+    /// already says why, so it is shown in this message, not as a cause.
+    #[error("[prometheus] {0}")]
+    PrometheusSecret(SecretError),
+    /// The `[prometheus]` settings cannot make a client.
+    #[error(transparent)]
+    Prometheus(#[from] PromError),
+    /// The journal cannot be opened, read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The engine could not start (it reads the journal).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// `run --listen`: the address cannot be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `test-rule`: no job of that name.
+    #[error("no job {job:?} in the rules; jobs: {}", quoted(known))]
+    UnknownJob {
+        /// The name asked for.
+        job: String,
+        /// The jobs the rules have.
+        known: Vec<String>,
+    },
+    /// `send`: no socket of that name.
+    #[error("no socket {socket:?} in the rules; sockets: {}", known.join(", "))]
+    UnknownSocket {
+        /// The name asked for.
+        socket: String,
+        /// The sockets the rules have.
+        known: Vec<String>,
+    },
+    /// `send`: a parameter without `=`.
+    #[error("parameter {0:?} must be NAME=VALUE, e.g. minutes=1")]
+    Parameter(String),
+    /// `send`: the socket cannot send this command with these parameters.
+    #[error("socket {socket}: {}", joined(errors))]
+    Command {
+        /// The socket's name.
+        socket: String,
+        /// Everything wrong with the command, at once.
+        errors: Vec<CommandError>,
+    },
+    /// `history --since` is neither a duration nor a time.
+    #[error("--since: {0}")]
+    Since(String),
+    /// `test-rule --send` without `--yes`, and nobody at a terminal to ask.
+    #[error("refusing to send without confirmation: stdin is not a terminal; add --yes")]
+    Unconfirmed,
+    /// `send`: the message was not sent (failed, uncertain, over budget).
+    #[error("{}", Outcome(.0))]
+    NotSent(Box<Execution>),
+}
+
+impl CliError for Error {
+    const PROGRAM: &'static str = "jobctl";
+
+    fn code(&self) -> Exit {
+        match self {
+            Error::Rules(_) | Error::Sms(_) | Error::PrometheusSecret(_) | Error::Prometheus(_) => {
+                Exit::Config
+            }
+            Error::Journal(_) | Error::Engine(EngineError::Journal(_)) => Exit::Database,
+            Error::Listen { .. } => Exit::Listen,
+            Error::UnknownJob { .. }
+            | Error::UnknownSocket { .. }
+            | Error::Parameter(_)
+            | Error::Command { .. }
+            | Error::Since(_)
+            | Error::Unconfirmed => Exit::Usage,
+            Error::NotSent(_) => Exit::NotSent,
+        }
+    }
+}
+
+/// The line a manual send ends with: on stdout when the message was sent,
+/// as [`Error::NotSent`] otherwise.
+pub(super) struct Outcome<'a>(pub(super) &'a Execution);
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let execution = self.0;
+        write!(
+            f,
+            "execution {}: {:?} to {} ({}): {}",
+            execution.id, execution.text, execution.socket, execution.phone, execution.status
+        )?;
+        match &execution.detail {
+            Some(detail) => write!(f, ": {detail}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `"a", "b"`: names as the rules file writes them.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `first; second`: several errors on one line.
+fn joined(errors: &[CommandError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
