@@ -18,14 +18,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 
 use crate::clock::SystemClock;
 use crate::engine::{EngineOptions, Outbox, SendRetry};
 use crate::journal::Journal;
 use crate::prometheus_api::{Auth, PromClient};
 use crate::rules::{PrometheusAuth, RuleSet};
-use crate::sms::{Sender, SmsConfig};
+use crate::sms::Sender;
 
 /// Default rules file.
 pub const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
@@ -129,12 +128,6 @@ pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Exit> {
     crate::rules::load(path).map_err(|errors| fail(Exit::Config, errors))
 }
 
-/// The `[sms]` table, read again from the main file with positions.
-#[derive(Deserialize)]
-struct SmsOnly {
-    sms: Option<SmsConfig>,
-}
-
 /// The configured SMS sender and how long a notification may be.
 pub(crate) struct Sms {
     /// The sender (one backend, or a failover chain).
@@ -145,15 +138,13 @@ pub(crate) struct Sms {
 
 /// Builds the configured SMS sender.
 pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, String> {
-    let Some(section) = &rules.sms else {
-        let main = rules.files.first().map(|p| p.display().to_string()).unwrap_or_default();
-        return Err(format!(
-            "{main}: no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent"
-        ));
+    let Some(config) = &rules.sms else {
+        return Err(rules
+            .main_file
+            .error("no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent")
+            .to_string());
     };
-    let parsed: SmsOnly = section.file.parse().map_err(|err| err.to_string())?;
-    let config = parsed.sms.ok_or_else(|| section.file.error("no [sms] table").to_string())?;
-    let in_file = |err: crate::sms::SmsConfigError| err.in_file(&section.file).to_string();
+    let in_file = |err: crate::sms::SmsConfigError| err.in_file(&rules.main_file).to_string();
     let max_segments = config.max_segments().map_err(in_file)?;
     let sender = config.build(&rules.base_dir).map(Arc::from).map_err(in_file)?;
     Ok(Sms { sender, max_segments })

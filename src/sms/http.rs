@@ -719,8 +719,10 @@ fn key_source(
 /// Loads the key.
 fn load_key(key: &KeySource) -> Result<Secret, SmsConfigError> {
     // The path is already joined with base_dir, so messages name the real file.
-    let loaded =
-        key.source.load(Path::new("")).map_err(|e| err(key.key, e.to_string(), key.span.clone()))?;
+    let loaded = key
+        .source
+        .load(Path::new(""))
+        .map_err(|e| err(key.key, e.to_string(), key.span.clone()))?;
     if let Some(warning) = loaded.loose_permissions {
         tracing::warn!("{warning}");
     }

@@ -416,9 +416,11 @@ impl SmsConfig {
         };
         Ok(match kind {
             BackendKind::Log => Table::Log,
-            BackendKind::Http => Table::Http(self.http.as_ref().ok_or_else(|| {
-                missing("at least `url`, or `preset` with `url` and `key_file`")
-            })?),
+            BackendKind::Http => {
+                Table::Http(self.http.as_ref().ok_or_else(|| {
+                    missing("at least `url`, or `preset` with `url` and `key_file`")
+                })?)
+            }
             BackendKind::Modem => {
                 Table::Modem(self.modem.as_ref().ok_or_else(|| missing("at least `device`"))?)
             }
