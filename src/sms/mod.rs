@@ -541,6 +541,37 @@ mod tests {
     }
 
     #[test]
+    fn check_finds_what_build_finds_without_reading_secrets_or_files() {
+        let placed = |text: &str| {
+            let file: File = toml::from_str(text).unwrap();
+            let source = SourceFile::from_text("rules.toml", text);
+            file.sms.check().iter().map(|e| e.in_file(&source).to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            placed("[sms]\nbackends = [\"log\", \"smstools\"]\nmax_segments = 11\n"),
+            [
+                "rules.toml:3:16: sms.max_segments: must be between 1 and 10 segments",
+                "rules.toml:2:20: sms.backends: backend \"smstools\" needs an [sms.smstools] table (at least `outgoing`)",
+            ]
+        );
+        assert_eq!(
+            placed("[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"ttyUSB0\"\n"),
+            ["rules.toml:4:10: sms.modem.device: \"ttyUSB0\" is not a full path; write the device like \"/dev/ttyUSB0\" or \"/dev/serial/by-id/…\""]
+        );
+        // A key, PIN, spool or program that is not there is left to build.
+        for text in [
+            "[sms]\nbackend = \"http\"\n[sms.http]\npreset = \"gateway\"\nurl = \"http://gw\"\nkey_file = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"/dev/nonexistent\"\npin_file = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"gammu\"\n[sms.gammu]\nprogram = \"/nonexistent/gammu-smsd-inject\"\n",
+        ] {
+            let file: File = toml::from_str(text).unwrap();
+            assert_eq!(file.sms.check(), [], "{text}");
+            assert!(file.sms.build(Path::new(".")).is_err(), "{text}");
+        }
+    }
+
+    #[test]
     fn every_backend_places_its_duration_errors_at_the_value() {
         let spool = tempfile::tempdir().unwrap();
         for dir in ["outgoing", "sent", "failed"] {
