@@ -45,8 +45,8 @@ pub(crate) struct Settings {
 }
 
 /// Checks the settings of the main file `main` (relative paths are taken
-/// from `base_dir`), recording each problem in `errors`. `raw.sms` is taken;
-/// the sockets and jobs are left for their own checks.
+/// from `base_dir`), recording each problem in `errors`. The settings are
+/// taken out of `raw`; its sockets and jobs are left for their own checks.
 pub(crate) fn settings(
     main: &SourceFile,
     raw: &mut RawRulesFile,
