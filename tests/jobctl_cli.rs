@@ -536,6 +536,33 @@ async fn check_places_a_zero_backend_timeout() {
     .await;
 }
 
+/// A broken `[sms]` is an error of the rules like any other: placed, listed
+/// with the other errors, and refused by every command that loads the rules,
+/// even one that sends nothing.
+#[tokio::test]
+async fn check_lists_a_broken_sms_table_with_the_other_errors() {
+    let text = rules(&closed_url(), &closed_url())
+        .replace("backend = \"http\"", "backend = \"http\"\nmax_segments = 0")
+        .replace("model = \"simpal-d210\"", "model = \"simpal-x\"");
+    let site = Site::with_rules(&text);
+    let errors = "jobctl: rules.toml:11:16: sms.max_segments: must be between 1 and 10 segments\n\
+                  jobctl: rules.toml:23:9: socket \"lobby\": unknown model \"simpal-x\"; use \"simpal-d210\", \"simpal-d410\" or \"custom\" (with [sockets.commands])\n";
+    assert_rejected(&site, errors).await;
+    let ran = site.jobctl(&["status"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", errors));
+
+    let site = Site::with_rules(
+        &text
+            .replace("model = \"simpal-x\"", "model = \"simpal-d210\"")
+            .replace("max_segments = 0", "max_segments = 1\n[sms.log]"),
+    );
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:12:6: unknown field `log`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`\n",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn check_names_an_unreadable_rules_file() {
     let site = Site::new();

@@ -60,9 +60,10 @@ fn the_example_parses_with_the_addreality_guard_on() {
 }
 
 /// Every key the raw structs accept must be documented in the example, set
-/// or commented out. The accepted keys are not listed by hand: for each table
-/// of the example, an unknown key is slipped in and `toml`'s "unknown field,
-/// expected one of …" names what the struct behind that table accepts.
+/// or commented out (a table as `# [sms.modem] …`). The accepted keys are not
+/// listed by hand: for each table of the example, an unknown key is slipped
+/// in and `toml`'s "unknown field, expected one of …" names what the struct
+/// behind that table accepts.
 #[test]
 fn the_example_documents_every_key() {
     let document: toml::Table = toml::from_str(EXAMPLE).unwrap();
@@ -70,7 +71,10 @@ fn the_example_documents_every_key() {
         .lines()
         .filter_map(|line| {
             let rest = line.trim_start().strip_prefix('#')?.trim_start();
-            let (key, _) = rest.split_once('=')?;
+            let key = match rest.strip_prefix('[') {
+                Some(table) => table.split_once(']')?.0.rsplit('.').next()?,
+                None => rest.split_once('=')?.0,
+            };
             let key = key.trim();
             key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_').then(|| key.to_string())
         })
@@ -87,7 +91,7 @@ fn the_example_documents_every_key() {
         let Err(err) = rules::parse(&text, "probe.toml") else { continue };
         let message = err.to_string();
         let Some((_, expected)) = message.split_once("unknown field `zz_probe`, expected ") else {
-            continue; // a free-form table (sms, devices, powers, action, commands)
+            continue; // a free-form table (devices, powers, action, commands)
         };
         checked += 1;
         let present = keys_at(&toml::Value::Table(document.clone()), path);
@@ -684,4 +688,39 @@ fn budgets_are_whole_positive_numbers() {
     );
     let example = rules::parse(EXAMPLE, "rules.example.toml").unwrap();
     assert_eq!(example.budgets.socket_hour, Some(3), "the example ships with budgets on");
+}
+
+#[test]
+fn a_broken_sms_table_is_reported_with_the_other_errors() {
+    // Settings only: no secret, spool or device is looked at while loading.
+    assert_eq!(
+        errors(&format!(
+            "{HEAD}[sms]\nbackend = \"http\"\nmax_segments = 0\n[sms.http]\nurl = \"http://gw\"\nkey_file = \"/nonexistent/sms.key\"\ntimeout = \"0s\"\n[[jobs]]\nname = \"\"\n{BODY}"
+        )),
+        "rules.toml:12:16: sms.max_segments: must be between 1 and 10 segments\n\
+         rules.toml:14:7: sms.http.url: no header, query, form or json value uses {text}: the SMS text would never be sent\n\
+         rules.toml:18:8: job #1: name is empty"
+    );
+    assert_eq!(
+        errors(&format!("{HEAD}[sms]\nbackends = [\"log\", \"modem\"]\n")),
+        "rules.toml:11:20: sms.backends: backend \"modem\" needs an [sms.modem] table (at least `device`)"
+    );
+    assert_eq!(
+        errors(&format!("{HEAD}[sms]\nbackend = \"gammu\"\n[sms.gammu]\ntimeout = \"0s\"\n")),
+        "rules.toml:13:11: sms.gammu.timeout: must be longer than zero"
+    );
+    // toml places an unknown key itself, and then only syntax is reported.
+    assert_eq!(
+        errors(&format!("{HEAD}[sms]\nbackend = \"log\"\nspeed = 1\n")),
+        "rules.toml:12:1: unknown field `speed`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`"
+    );
+    // What needs the machine is left to the sender: a missing key file or
+    // spool directory loads, and `jobctl check` reports it when it builds
+    // the sender.
+    let rules = rules::parse(
+        &format!("{HEAD}[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"/nonexistent/outgoing\"\n"),
+        "rules.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rules.sms.is_some());
 }

@@ -24,7 +24,7 @@ pub struct CheckArgs {
 
 pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
-    let sender = build_sender(&rules).map_err(Error::Sms)?;
+    let sender = build_sender(&rules)?;
     let prometheus = prometheus_client(&rules)?;
 
     let mut promql_note = "PromQL not checked (--offline)".to_string();

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::config_file::ConfigErrors;
+use crate::config_file::{ConfigError, ConfigErrors};
 use crate::engine::EngineError;
 use crate::exit::{CliError, Exit};
 use crate::journal::{Execution, JournalError};
@@ -26,8 +26,8 @@ pub(crate) enum Error {
     /// The `[sms]` settings cannot be used, or a secret they name cannot be
     /// loaded: the message, placed in the rules file, as the SMS set-up
     /// gives it.
-    #[error("{0}")]
-    Sms(String),
+    #[error(transparent)]
+    Sms(#[from] ConfigError),
     /// A `[prometheus]` credential cannot be loaded. The secret's error
     /// already says why, so it is shown in this message, not as a cause.
     #[error("[prometheus] {0}")]

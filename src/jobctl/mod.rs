@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 
 use crate::clock::SystemClock;
+use crate::config_file::ConfigError;
 use crate::engine::{EngineOptions, Outbox, SendRetry};
 use crate::exit::Exit;
 use crate::journal::Journal;
 use crate::prometheus_api::{Auth, PromClient};
 use crate::rules::{PrometheusAuth, RuleSet};
-use crate::sms::{Sender, SmsConfig};
+use crate::sms::Sender;
 use error::Error;
 
 /// Default rules file.
@@ -95,12 +95,6 @@ pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Error> {
     crate::rules::load(path).map_err(Error::Rules)
 }
 
-/// The `[sms]` table, read again from the main file with positions.
-#[derive(Deserialize)]
-struct SmsOnly {
-    sms: Option<SmsConfig>,
-}
-
 /// The configured SMS sender and how long a notification may be.
 pub(crate) struct Sms {
     /// The sender (one backend, or a failover chain).
@@ -109,17 +103,15 @@ pub(crate) struct Sms {
     pub max_segments: usize,
 }
 
-/// Builds the configured SMS sender.
-pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, String> {
-    let Some(section) = &rules.sms else {
-        let main = rules.files.first().map(|p| p.display().to_string()).unwrap_or_default();
-        return Err(format!(
-            "{main}: no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent"
+/// Builds the configured SMS sender, reading the secrets it names; an
+/// error is placed in the rules file.
+pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, ConfigError> {
+    let Some(config) = &rules.sms else {
+        return Err(rules.main_file.error(
+            "no [sms] table: add one, e.g. [sms] backend = \"log\" to only record what would be sent",
         ));
     };
-    let parsed: SmsOnly = section.file.parse().map_err(|err| err.to_string())?;
-    let config = parsed.sms.ok_or_else(|| section.file.error("no [sms] table").to_string())?;
-    let in_file = |err: crate::sms::SmsConfigError| err.in_file(&section.file).to_string();
+    let in_file = |err: crate::sms::SmsConfigError| err.in_file(&rules.main_file);
     let max_segments = config.max_segments().map_err(in_file)?;
     let sender = config.build(&rules.base_dir).map(Arc::from).map_err(in_file)?;
     Ok(Sms { sender, max_segments })
@@ -158,7 +150,7 @@ pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Error> {
 /// The outbox of a command a person runs (`send`, `test-rule --send`):
 /// the daemon's journal, sender and budgets, retries seconds apart.
 pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Error> {
-    let sms = build_sender(rules).map_err(Error::Sms)?;
+    let sms = build_sender(rules)?;
     let journal = open_journal(rules)?;
     let options = EngineOptions {
         budgets: rules.budgets,

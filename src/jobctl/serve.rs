@@ -180,7 +180,7 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
 /// by others) even when the other fails.
 fn connections(rules: &RuleSet) -> Result<(Sms, Arc<PromClient>), Error> {
     let (sms, prometheus) = (build_sender(rules), prometheus_client(rules));
-    Ok((sms.map_err(Error::Sms)?, Arc::new(prometheus?)))
+    Ok((sms?, Arc::new(prometheus?)))
 }
 
 struct JobctlPages {

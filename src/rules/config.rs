@@ -4,10 +4,11 @@
 //! keys, wrong types, unreadable durations); every value a later check needs
 //! to point at is kept [`Spanned`]. Required keys are `Option` here so that a
 //! missing one gets our message ("add phone = …") at the table that lacks it
-//! instead of serde's bare "missing field". [`super::validate`] turns them
-//! into the domain types. The key-by-key reference is `rules.example.toml`
-//! and the README; the defaults are named in [`super::settings`] and
-//! [`super::validate`].
+//! instead of serde's bare "missing field". [`super::validate`] and the
+//! socket checks turn them into the domain types. `[sms]` is the SMS
+//! module's own [`SmsConfig`], read here with the rest. The key-by-key
+//! reference is `rules.example.toml` and the README; the defaults are named
+//! in [`super::settings`] and [`super::job`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +17,8 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::config_file::HumanDuration;
+use crate::config_file::{HumanDuration, SourceFile};
+use crate::sms::SmsConfig;
 
 /// `{ label = "value", … }`: strings or integers, checked later.
 pub(crate) type RawLabels = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
@@ -33,8 +35,8 @@ pub(crate) struct RawRulesFile {
     pub prometheus: Option<Spanned<RawPrometheus>>,
     /// `[journal]`, optional.
     pub journal: Option<RawJournal>,
-    /// `[sms]`, passed through untouched to `crate::sms`.
-    pub sms: Option<Spanned<toml::Table>>,
+    /// `[sms]`, as the SMS module reads it.
+    pub sms: Option<SmsConfig>,
     /// `[budgets]`, optional: no limits by default.
     pub budgets: Option<RawBudgets>,
     /// `[[sockets]]`.
@@ -69,6 +71,31 @@ pub(crate) struct RawFragment {
     /// `[[jobs]]`.
     #[serde(default)]
     pub jobs: Vec<Spanned<RawJob>>,
+}
+
+/// A file's `[[sockets]]` and `[[jobs]]`, the main file's and a split
+/// file's alike, with the file their spans point into.
+pub(crate) struct RawEntries<'a> {
+    /// The file.
+    pub file: &'a SourceFile,
+    /// Its `[[sockets]]`.
+    pub sockets: &'a [Spanned<RawSocket>],
+    /// Its `[[jobs]]`.
+    pub jobs: &'a [Spanned<RawJob>],
+}
+
+impl RawRulesFile {
+    /// The main file's sockets and jobs; `file` is the main file.
+    pub(crate) fn entries<'a>(&'a self, file: &'a SourceFile) -> RawEntries<'a> {
+        RawEntries { file, sockets: &self.sockets, jobs: &self.jobs }
+    }
+}
+
+impl RawFragment {
+    /// The split file's sockets and jobs; `file` is that file.
+    pub(crate) fn entries<'a>(&'a self, file: &'a SourceFile) -> RawEntries<'a> {
+        RawEntries { file, sockets: &self.sockets, jobs: &self.jobs }
+    }
 }
 
 /// `[prometheus]`.

@@ -12,9 +12,14 @@ use super::socket::ArgValue;
 use super::template::Template;
 use crate::sms::phone::PhoneNumber;
 
-/// Where something was defined, for messages at run time.
+/// Default cooldown: a player that comes back and freezes again within the
+/// hour is not power-cycled again in a loop; an hour later it is.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Where a job is written in the rules: its file, line and column, for
+/// messages at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub struct SourcePosition {
     /// The file.
     pub path: PathBuf,
     /// One-based line.
@@ -23,7 +28,7 @@ pub struct Origin {
     pub column: usize,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for SourcePosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
     }
@@ -77,7 +82,7 @@ pub struct Job {
     /// Whether the name was generated.
     pub auto_named: bool,
     /// Where the job is defined.
-    pub origin: Origin,
+    pub origin: SourcePosition,
     /// Which devices it watches; empty = every device the condition returns.
     pub devices: LabelMatchers,
     /// The condition.
@@ -87,7 +92,7 @@ pub struct Job {
     /// What to do when it fires.
     pub action: Action,
     /// After an action, how long before the job may act on the same device
-    /// in a new episode.
+    /// in a new episode. Default [`DEFAULT_COOLDOWN`].
     pub cooldown: Duration,
     /// Repeats within one episode; `None` = act once per episode.
     pub repeat: Option<Repeat>,

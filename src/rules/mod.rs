@@ -2,10 +2,12 @@
 //! which SMS to send when it goes wrong.
 //!
 //! The file is read in two layers, as everywhere in this crate: `config`
-//! mirrors the TOML (`#[serde(deny_unknown_fields)]`, spans kept), and
-//! `validate` turns it into the domain types ([`RuleSet`], [`Job`],
-//! [`Socket`]) or into the complete list of problems, each at
-//! `file:line:column`. A rule set is either entirely valid or not loaded.
+//! mirrors the TOML (`#[serde(deny_unknown_fields)]`, spans kept), and the
+//! checks turn it into the domain types ([`RuleSet`], [`Job`], [`Socket`])
+//! or into the complete list of problems, each at `file:line:column`:
+//! `validate` checks the settings (`[sms]` through the SMS module's own
+//! [`SmsConfig::check`]), `socket::check` the sockets, `validate` again the
+//! jobs against both. A rule set is either entirely valid or not loaded.
 //!
 //! Rules may be split: every `*.toml` in a `rules.d/` directory next to the
 //! main file is read too, in file-name order. Those files hold `[[sockets]]`
@@ -16,6 +18,7 @@
 //! [`condition`]; generated job names in [`naming`]; schedule windows in
 //! [`schedule`].
 
+mod checker;
 pub mod condition;
 pub(crate) mod config;
 pub mod device;
@@ -33,13 +36,14 @@ use std::path::{Path, PathBuf};
 
 pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Term, Verdict};
 pub use device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
-pub use job::{Action, Job, Origin, Repeat};
+pub use job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
 pub use schedule::Schedule;
-pub use settings::{Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, SmsSection};
-pub use validate::DEFAULT_COOLDOWN;
+pub use settings::{Budgets, JournalConfig, PrometheusAuth, PrometheusConfig};
 
 use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
 use crate::sms::phone::PhoneNumber;
+use crate::sms::SmsConfig;
+use config::RawEntries;
 use socket::{single_sms_overflow, CommandError, Socket};
 
 /// A complete, valid set of rules.
@@ -49,14 +53,19 @@ pub struct RuleSet {
     pub files: Vec<PathBuf>,
     /// The main file's directory; relative secret files are taken from it.
     pub base_dir: PathBuf,
+    /// The main file as read, so that what is found wrong after loading
+    /// (an SMS secret that cannot be read) is placed at its line:column.
+    pub main_file: SourceFile,
     /// The labels that identify a device. Default `platform_id`, `device_id`.
     pub device_key: DeviceKeyLabels,
     /// `[prometheus]`.
     pub prometheus: PrometheusConfig,
     /// `[journal]`.
     pub journal: JournalConfig,
-    /// `[sms]`, for the SMS module to validate.
-    pub sms: Option<SmsSection>,
+    /// `[sms]`, checked but for what needs its secrets, files or devices
+    /// ([`SmsConfig::check`]); `None` when the file has none, which is an
+    /// error only for a command that sends.
+    pub sms: Option<SmsConfig>,
     /// `[budgets]`.
     pub budgets: Budgets,
     /// Every socket, main file first.
@@ -197,7 +206,15 @@ impl RuleSet {
 
 /// The directory of split rule files for a main file: `rules.d` next to it.
 pub fn fragment_dir(main: &Path) -> PathBuf {
-    validate::base_dir(main).join("rules.d")
+    base_dir(main).join("rules.d")
+}
+
+/// The directory relative paths are taken from.
+fn base_dir(main: &Path) -> PathBuf {
+    match main.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Reads and validates the main file and `rules.d/*.toml` next to it.
@@ -248,16 +265,40 @@ pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleS
             Err(err) => errors.push(err),
         }
     }
-    let Some(raw_main) = raw_main.filter(|_| errors.is_empty()) else {
+    let Some(mut raw_main) = raw_main.filter(|_| errors.is_empty()) else {
         return Err(ConfigErrors(errors));
     };
-    validate::build(&main, raw_main, &parsed).map_err(|mut errors| {
-        let order: Vec<&Path> = std::iter::once(main.path.as_path())
-            .chain(parsed.iter().map(|(f, _)| f.path.as_path()))
-            .collect();
+
+    // The settings first, then the sockets of every file, then the jobs,
+    // which are checked against both.
+    let base_dir = base_dir(&main.path);
+    let settings = validate::settings(&main, &mut raw_main, &base_dir, &mut errors);
+    let files: Vec<RawEntries<'_>> = std::iter::once(raw_main.entries(&main))
+        .chain(parsed.iter().map(|(file, raw)| raw.entries(file)))
+        .collect();
+    let sockets = socket::check::sockets(&files, &settings.device_key, &mut errors);
+    let jobs = validate::jobs(&files, &settings, &sockets, &mut errors);
+    let Some(prometheus) = settings.prometheus.filter(|_| errors.is_empty()) else {
+        // Each file's errors together, in the order the files were read.
         errors.sort_by_key(|e| {
-            (order.iter().position(|p| *p == e.path).unwrap_or(usize::MAX), e.location)
+            (files.iter().position(|f| f.file.path == e.path).unwrap_or(usize::MAX), e.location)
         });
-        ConfigErrors(errors)
+        return Err(ConfigErrors(errors));
+    };
+    let files = std::iter::once(main.path.clone())
+        .chain(parsed.into_iter().map(|(file, _)| file.path))
+        .collect();
+    Ok(RuleSet {
+        files,
+        base_dir,
+        main_file: main,
+        device_key: settings.device_key,
+        prometheus,
+        journal: settings.journal,
+        sms: settings.sms,
+        budgets: settings.budgets,
+        sockets: sockets.sockets,
+        jobs,
+        socket_by_device: sockets.by_device,
     })
 }

@@ -24,8 +24,8 @@ pub fn job_name(devices: &LabelMatchers, condition: &Condition) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::condition::{Op, Term};
     use super::*;
-    use crate::rules::condition::{Op, Term};
     use std::collections::BTreeMap;
 
     #[test]

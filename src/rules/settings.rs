@@ -1,11 +1,10 @@
 //! The daemon-wide parts of the rules file: where Prometheus is, where the
-//! journal lives, and the `[sms]` table handed on to the SMS module.
+//! journal lives, and the budgets. (`[sms]` is the SMS module's own
+//! [`crate::sms::SmsConfig`].)
 
-use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config_file::SourceFile;
 use crate::secret::SecretSource;
 
 /// Default evaluation interval: often enough to notice a frozen player
@@ -55,19 +54,6 @@ pub struct JournalConfig {
     /// The SQLite file; a relative path is taken from the main rules file's
     /// directory. Default [`DEFAULT_JOURNAL_PATH`].
     pub path: PathBuf,
-}
-
-/// The `[sms]` table, untouched: the SMS module validates it. The file is
-/// kept so that module can re-read the section with its own spanned structs
-/// and report `file:line:column` like every other check.
-#[derive(Debug, Clone)]
-pub struct SmsSection {
-    /// The table as parsed.
-    pub table: toml::Table,
-    /// The main rules file.
-    pub file: SourceFile,
-    /// Byte span of the `[sms]` table in that file.
-    pub span: Range<usize>,
 }
 
 /// `[budgets]`: at most so many messages (that may have left) per rolling

@@ -105,6 +105,14 @@ fn err(
     SmsConfigError::new(&format!("sms.command.{key}"), message, span)
 }
 
+/// The check of [`resolve_program`] that needs no file: a program is named.
+pub(crate) fn check_program(key: &str, program: &Spanned<PathBuf>) -> Result<(), SmsConfigError> {
+    if program.get_ref().as_os_str().is_empty() {
+        return Err(SmsConfigError::new(key, "the program is empty", Some(program.span())));
+    }
+    Ok(())
+}
+
 /// Resolves a configured program: a bare name is left for `PATH`, a path is
 /// taken relative to `base_dir` and must be an executable file.
 pub(crate) fn resolve_program(
@@ -113,10 +121,8 @@ pub(crate) fn resolve_program(
     base_dir: &Path,
 ) -> Result<PathBuf, SmsConfigError> {
     use std::os::unix::fs::PermissionsExt;
+    check_program(key, program)?;
     let written = program.get_ref();
-    if written.as_os_str().is_empty() {
-        return Err(SmsConfigError::new(key, "the program is empty", Some(program.span())));
-    }
     if written.components().count() == 1 && !written.is_absolute() {
         return Ok(written.clone());
     }
@@ -152,6 +158,22 @@ impl CommandSender {
         base_dir: &Path,
     ) -> Result<CommandSender, SmsConfigError> {
         let program = resolve_program("sms.command.program", &config.program, base_dir)?;
+        Self::with_program(config, program)
+    }
+
+    /// The checks of [`CommandSender::from_config`] that leave the file
+    /// system alone: a program is named, the templates parse, and the phone
+    /// and the text reach the program.
+    pub(crate) fn check(config: &CommandConfig) -> Result<(), SmsConfigError> {
+        check_program("sms.command.program", &config.program)?;
+        Self::with_program(config, PathBuf::new()).map(drop)
+    }
+
+    /// `[sms.command]` checked, running `program`.
+    fn with_program(
+        config: &CommandConfig,
+        program: PathBuf,
+    ) -> Result<CommandSender, SmsConfigError> {
         let args = match &config.args {
             None => Vec::new(),
             Some(args) => args

@@ -41,7 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::command::{resolve_program, Run};
+use super::command::{check_program, resolve_program, Run};
 use super::text::{self, Encoding};
 use super::{
     positive_duration, Delivered, Message, SendError, SendFuture, SendOutcome, Sender,
@@ -94,6 +94,24 @@ impl GammuSender {
             Some(program) => resolve_program("sms.gammu.program", program, base_dir)?,
             None => PathBuf::from(DEFAULT_PROGRAM),
         };
+        Self::with_program(config, base_dir, program)
+    }
+
+    /// The checks of [`GammuSender::from_config`] that leave the file system
+    /// alone: a program is named, the timeout.
+    pub(crate) fn check(config: &GammuConfig) -> Result<(), SmsConfigError> {
+        if let Some(program) = &config.program {
+            check_program("sms.gammu.program", program)?;
+        }
+        Self::with_program(config, Path::new(""), PathBuf::new()).map(drop)
+    }
+
+    /// `[sms.gammu]` checked, running `program`.
+    fn with_program(
+        config: &GammuConfig,
+        base_dir: &Path,
+        program: PathBuf,
+    ) -> Result<GammuSender, SmsConfigError> {
         let timeout =
             positive_duration("sms.gammu.timeout", config.timeout.as_ref(), DEFAULT_TIMEOUT)?;
         Ok(GammuSender {

@@ -668,14 +668,22 @@ impl AnswerRules {
     }
 }
 
-/// Loads the key when the request uses it, and refuses a key that is
-/// missing or never used.
-fn load_key(
+/// Where the key is read from, when the request uses one.
+struct KeySource {
+    source: SecretSource,
+    /// `key_file` or `key_env`, for messages.
+    key: &'static str,
+    span: Span,
+}
+
+/// Where the key is, when the request uses it; refuses a key that is
+/// missing or never used. Nothing is read yet.
+fn key_source(
     config: &HttpConfig,
     request: &RequestTemplate,
     base_dir: &Path,
     preset_span: Span,
-) -> Result<(Option<Secret>, Option<SecretSource>), SmsConfigError> {
+) -> Result<Option<KeySource>, SmsConfigError> {
     let (source, key, span) = match (&config.key_file, &config.key_env) {
         (Some(_), Some(env)) => {
             return Err(err("key_env", "set key_file or key_env, not both", Some(env.span())))
@@ -695,7 +703,7 @@ fn load_key(
                     preset_span.or(Some(config.url.span())),
                 ))
             }
-            None => return Ok((None, None)),
+            None => return Ok(None),
         },
     };
     if request.place_using(|t| t.uses(Var::Key)).is_none() {
@@ -705,12 +713,20 @@ fn load_key(
             span,
         ));
     }
+    Ok(Some(KeySource { source, key, span }))
+}
+
+/// Loads the key.
+fn load_key(key: &KeySource) -> Result<Secret, SmsConfigError> {
     // The path is already joined with base_dir, so messages name the real file.
-    let loaded = source.load(Path::new("")).map_err(|e| err(key, e.to_string(), span))?;
+    let loaded = key
+        .source
+        .load(Path::new(""))
+        .map_err(|e| err(key.key, e.to_string(), key.span.clone()))?;
     if let Some(warning) = loaded.loose_permissions {
         tracing::warn!("{warning}");
     }
-    Ok((Some(loaded.secret), Some(source)))
+    Ok(loaded.secret)
 }
 
 /// The whole-request and connect timeouts, checked against each other.
@@ -748,6 +764,27 @@ fn timeouts(config: &HttpConfig) -> Result<(Duration, Duration), SmsConfigError>
     Ok((timeout, connect))
 }
 
+/// `[sms.http]` checked, before the key is read.
+struct Settings {
+    request: RequestTemplate,
+    answer: AnswerRules,
+    key_source: Option<KeySource>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Settings {
+    fn from_config(config: &HttpConfig, base_dir: &Path) -> Result<Settings, SmsConfigError> {
+        let preset = config.preset.as_ref().map(|p| p.get_ref().fields());
+        let preset_span = config.preset.as_ref().map(Spanned::span);
+        let request = RequestTemplate::from_config(config, preset.as_ref(), &preset_span)?;
+        let answer = AnswerRules::from_config(config, preset.as_ref())?;
+        let key_source = key_source(config, &request, base_dir, preset_span)?;
+        let (timeout, connect_timeout) = timeouts(config)?;
+        Ok(Settings { request, answer, key_source, timeout, connect_timeout })
+    }
+}
+
 impl HttpSender {
     /// The backend name in the journal.
     pub const NAME: &'static str = "http";
@@ -755,12 +792,9 @@ impl HttpSender {
     /// Validates `[sms.http]`, loads the key (relative `key_file` paths are
     /// taken from `base_dir`) and prepares the client.
     pub fn from_config(config: &HttpConfig, base_dir: &Path) -> Result<HttpSender, SmsConfigError> {
-        let preset = config.preset.as_ref().map(|p| p.get_ref().fields());
-        let preset_span = config.preset.as_ref().map(Spanned::span);
-        let request = RequestTemplate::from_config(config, preset.as_ref(), &preset_span)?;
-        let answer = AnswerRules::from_config(config, preset.as_ref())?;
-        let (key, key_source) = load_key(config, &request, base_dir, preset_span)?;
-        let (timeout, connect_timeout) = timeouts(config)?;
+        let Settings { request, answer, key_source, timeout, connect_timeout } =
+            Settings::from_config(config, base_dir)?;
+        let key = key_source.as_ref().map(load_key).transpose()?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
@@ -775,7 +809,15 @@ impl HttpSender {
                     None,
                 )
             })?;
+        let key_source = key_source.map(|k| k.source);
         Ok(HttpSender { client, request, answer, timeout, key, key_source })
+    }
+
+    /// The checks of [`HttpSender::from_config`] that read no key: the URL,
+    /// the templates, the answer rules, where the key comes from, the
+    /// timeouts.
+    pub(crate) fn check(config: &HttpConfig) -> Result<(), SmsConfigError> {
+        Settings::from_config(config, Path::new("")).map(drop)
     }
 
     async fn deliver(&self, message: &Message) -> SendOutcome {

@@ -282,6 +282,24 @@ impl SmsConfig {
         }
     }
 
+    /// Every check of [`SmsConfig::build`] that needs no secret, file or
+    /// device: `max_segments`, the backends named, their tables and the
+    /// settings in them (URLs, templates, timeouts, which key or PIN source).
+    /// The rules are loaded only when this finds nothing, so a broken
+    /// `[sms]` is reported with the other errors of the file; what it leaves
+    /// out (a secret that cannot be read, a missing spool, a program that is
+    /// not there) is found by `build`.
+    pub fn check(&self) -> Vec<SmsConfigError> {
+        let mut errors: Vec<SmsConfigError> = self.max_segments().err().into_iter().collect();
+        match self.selected() {
+            Err(err) => errors.push(err),
+            Ok((key, kinds)) => errors.extend(
+                kinds.into_iter().filter_map(|(kind, span)| self.check_one(kind, key, span).err()),
+            ),
+        }
+        errors
+    }
+
     /// Builds the configured sender, loading its secrets: the backend
     /// itself for `backend = "…"` or a one-element `backends`, a
     /// [`FailoverSender`] for several. Relative paths (`key_file`,
@@ -345,6 +363,46 @@ impl SmsConfig {
         span: Range<usize>,
         base_dir: &Path,
     ) -> Result<Box<dyn Sender>, SmsConfigError> {
+        Ok(match self.table(kind, key, span)? {
+            Table::Log => Box::new(log::LogSender::new()),
+            Table::Http(config) => Box::new(http::HttpSender::from_config(config, base_dir)?),
+            Table::Modem(config) => Box::new(modem::ModemSender::from_config(config, base_dir)?),
+            Table::Smstools(config) => {
+                Box::new(smstools::SmstoolsSender::from_config(config, base_dir)?)
+            }
+            Table::Gammu(config) => Box::new(gammu::GammuSender::from_config(&config, base_dir)?),
+            Table::Command(config) => {
+                Box::new(command::CommandSender::from_config(config, base_dir)?)
+            }
+        })
+    }
+
+    /// The checks of [`SmsConfig::build_one`] that need no secret, file or
+    /// device.
+    fn check_one(
+        &self,
+        kind: BackendKind,
+        key: &str,
+        span: Range<usize>,
+    ) -> Result<(), SmsConfigError> {
+        match self.table(kind, key, span)? {
+            Table::Log => Ok(()),
+            Table::Http(config) => http::HttpSender::check(config),
+            Table::Modem(config) => modem::ModemSender::check(config),
+            Table::Smstools(config) => smstools::SmstoolsSender::check(config),
+            Table::Gammu(config) => gammu::GammuSender::check(&config),
+            Table::Command(config) => command::CommandSender::check(config),
+        }
+    }
+
+    /// The settings table of a selected backend (`span` is where it was
+    /// named), or why it is missing.
+    fn table(
+        &self,
+        kind: BackendKind,
+        key: &str,
+        span: Range<usize>,
+    ) -> Result<Table<'_>, SmsConfigError> {
         let missing = |what: &str| {
             SmsConfigError::new(
                 key,
@@ -357,32 +415,35 @@ impl SmsConfig {
             )
         };
         Ok(match kind {
-            BackendKind::Log => Box::new(log::LogSender::new()),
+            BackendKind::Log => Table::Log,
             BackendKind::Http => {
-                let config = self.http.as_ref().ok_or_else(|| {
+                Table::Http(self.http.as_ref().ok_or_else(|| {
                     missing("at least `url`, or `preset` with `url` and `key_file`")
-                })?;
-                Box::new(http::HttpSender::from_config(config, base_dir)?)
+                })?)
             }
             BackendKind::Modem => {
-                let config = self.modem.as_ref().ok_or_else(|| missing("at least `device`"))?;
-                Box::new(modem::ModemSender::from_config(config, base_dir)?)
+                Table::Modem(self.modem.as_ref().ok_or_else(|| missing("at least `device`"))?)
             }
-            BackendKind::Smstools => {
-                let config =
-                    self.smstools.as_ref().ok_or_else(|| missing("at least `outgoing`"))?;
-                Box::new(smstools::SmstoolsSender::from_config(config, base_dir)?)
-            }
-            BackendKind::Gammu => {
-                let config = self.gammu.clone().unwrap_or_default();
-                Box::new(gammu::GammuSender::from_config(&config, base_dir)?)
-            }
+            BackendKind::Smstools => Table::Smstools(
+                self.smstools.as_ref().ok_or_else(|| missing("at least `outgoing`"))?,
+            ),
+            BackendKind::Gammu => Table::Gammu(self.gammu.clone().unwrap_or_default()),
             BackendKind::Command => {
-                let config = self.command.as_ref().ok_or_else(|| missing("at least `program`"))?;
-                Box::new(command::CommandSender::from_config(config, base_dir)?)
+                Table::Command(self.command.as_ref().ok_or_else(|| missing("at least `program`"))?)
             }
         })
     }
+}
+
+/// A selected backend's settings table.
+enum Table<'a> {
+    Log,
+    Http(&'a http::HttpConfig),
+    Modem(&'a modem::ModemConfig),
+    Smstools(&'a smstools::SmstoolsConfig),
+    /// Every field has a default, so the table may be absent.
+    Gammu(gammu::GammuConfig),
+    Command(&'a command::CommandConfig),
 }
 
 #[cfg(test)]
@@ -477,6 +538,37 @@ mod tests {
             placed("[sms]\nbackends = [\"log\", \"modem\"]\n"),
             "rules.toml:2:20: sms.backends: backend \"modem\" needs an [sms.modem] table (at least `device`)"
         );
+    }
+
+    #[test]
+    fn check_finds_what_build_finds_without_reading_secrets_or_files() {
+        let placed = |text: &str| {
+            let file: File = toml::from_str(text).unwrap();
+            let source = SourceFile::from_text("rules.toml", text);
+            file.sms.check().iter().map(|e| e.in_file(&source).to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            placed("[sms]\nbackends = [\"log\", \"smstools\"]\nmax_segments = 11\n"),
+            [
+                "rules.toml:3:16: sms.max_segments: must be between 1 and 10 segments",
+                "rules.toml:2:20: sms.backends: backend \"smstools\" needs an [sms.smstools] table (at least `outgoing`)",
+            ]
+        );
+        assert_eq!(
+            placed("[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"ttyUSB0\"\n"),
+            ["rules.toml:4:10: sms.modem.device: \"ttyUSB0\" is not a full path; write the device like \"/dev/ttyUSB0\" or \"/dev/serial/by-id/…\""]
+        );
+        // A key, PIN, spool or program that is not there is left to build.
+        for text in [
+            "[sms]\nbackend = \"http\"\n[sms.http]\npreset = \"gateway\"\nurl = \"http://gw\"\nkey_file = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"/dev/nonexistent\"\npin_file = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"/nonexistent\"\n",
+            "[sms]\nbackend = \"gammu\"\n[sms.gammu]\nprogram = \"/nonexistent/gammu-smsd-inject\"\n",
+        ] {
+            let file: File = toml::from_str(text).unwrap();
+            assert_eq!(file.sms.check(), [], "{text}");
+            assert!(file.sms.build(Path::new(".")).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -226,6 +226,23 @@ impl ModemSender {
         config: &ModemConfig,
         base_dir: &Path,
     ) -> Result<ModemSender, SmsConfigError> {
+        let (mut settings, pin) = Self::settings(config, base_dir)?;
+        settings.pin = pin.as_ref().map(load_pin).transpose()?;
+        let state = state_of(&device_key(&settings.device));
+        Ok(ModemSender { settings: Arc::new(settings), state })
+    }
+
+    /// The checks of [`ModemSender::from_config`] that read no PIN and
+    /// leave the device alone.
+    pub(crate) fn check(config: &ModemConfig) -> Result<(), SmsConfigError> {
+        Self::settings(config, Path::new("")).map(drop)
+    }
+
+    /// `[sms.modem]` checked, without its PIN, and where the PIN is.
+    fn settings(
+        config: &ModemConfig,
+        base_dir: &Path,
+    ) -> Result<(Settings, Option<PinSource>), SmsConfigError> {
         let device = config.device.get_ref().clone();
         if !device.is_absolute() {
             return Err(err(
@@ -259,18 +276,15 @@ impl ModemSender {
             config.send_timeout.as_ref(),
             DEFAULT_SEND_TIMEOUT,
         )?;
-        let state = state_of(&device_key(&device));
-        Ok(ModemSender {
-            settings: Arc::new(Settings {
-                device,
-                baud,
-                pin: load_pin(config, base_dir)?,
-                ucs2: config.ucs2.unwrap_or(DEFAULT_UCS2),
-                command_timeout,
-                send_timeout,
-            }),
-            state,
-        })
+        let settings = Settings {
+            device,
+            baud,
+            pin: None,
+            ucs2: config.ucs2.unwrap_or(DEFAULT_UCS2),
+            command_timeout,
+            send_timeout,
+        };
+        Ok((settings, pin_source(config, base_dir)?))
     }
 }
 
@@ -299,7 +313,16 @@ fn device_key(device: &Path) -> PathBuf {
     std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf())
 }
 
-fn load_pin(config: &ModemConfig, base_dir: &Path) -> Result<Option<Secret>, SmsConfigError> {
+/// Where the PIN is read from.
+struct PinSource {
+    source: SecretSource,
+    /// `pin_file` or `pin_env`, for messages.
+    key: &'static str,
+    span: std::ops::Range<usize>,
+}
+
+/// Where the PIN is, when one is set. Nothing is read yet.
+fn pin_source(config: &ModemConfig, base_dir: &Path) -> Result<Option<PinSource>, SmsConfigError> {
     let (source, key, span) = match (&config.pin_file, &config.pin_env) {
         (Some(_), Some(env)) => {
             return Err(err("pin_env", "set pin_file or pin_env, not both", Some(env.span())))
@@ -310,21 +333,27 @@ fn load_pin(config: &ModemConfig, base_dir: &Path) -> Result<Option<Secret>, Sms
         (None, Some(env)) => (SecretSource::Env(env.get_ref().clone()), "pin_env", env.span()),
         (None, None) => return Ok(None),
     };
+    Ok(Some(PinSource { source, key, span }))
+}
+
+/// Loads the PIN and checks that it is one.
+fn load_pin(pin: &PinSource) -> Result<Secret, SmsConfigError> {
+    let PinSource { source, key, span } = pin;
     // The path is already joined with base_dir, so messages name the real file.
     let loaded =
         source.load(Path::new("")).map_err(|e| err(key, e.to_string(), Some(span.clone())))?;
     if let Some(warning) = loaded.loose_permissions {
         tracing::warn!("{warning}");
     }
-    let pin = loaded.secret.expose();
-    if !(4..=8).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = loaded.secret.expose();
+    if !(4..=8).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err(
             key,
             format!("the PIN in {source} is not 4 to 8 digits (it is not shown here)"),
-            Some(span),
+            Some(span.clone()),
         ));
     }
-    Ok(Some(loaded.secret))
+    Ok(loaded.secret)
 }
 
 /// A message checked and encoded for the wire, before the modem is touched.

@@ -140,6 +140,45 @@ fn directory(
     }
 }
 
+/// `sent` and `failed` as written, with the watch's timings.
+struct WatchSettings<'a> {
+    sent: &'a Spanned<PathBuf>,
+    failed: &'a Spanned<PathBuf>,
+    timeout: Duration,
+    interval: Duration,
+}
+
+/// How the outcome of a message is watched, checked: `None` when `sent` and
+/// `failed` are not set. The directories are not looked at.
+fn watch_settings(config: &SmstoolsConfig) -> Result<Option<WatchSettings<'_>>, SmsConfigError> {
+    match (&config.sent, &config.failed) {
+        (None, None) => Ok(None),
+        (Some(sent), Some(failed)) => {
+            let timeout = positive_duration(
+                "sms.smstools.outcome_timeout",
+                config.outcome_timeout.as_ref(),
+                DEFAULT_OUTCOME_TIMEOUT,
+            )?;
+            let interval = positive_duration(
+                "sms.smstools.poll_interval",
+                config.poll_interval.as_ref(),
+                DEFAULT_POLL_INTERVAL,
+            )?;
+            Ok(Some(WatchSettings { sent, failed, timeout, interval }))
+        }
+        (Some(sent), None) => Err(err(
+            "failed",
+            "set failed too: with sent alone a failure would look like silence",
+            Some(sent.span()),
+        )),
+        (None, Some(failed)) => Err(err(
+            "sent",
+            "set sent too: with failed alone a success would look like silence",
+            Some(failed.span()),
+        )),
+    }
+}
+
 /// Names message files uniquely within one process.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -153,42 +192,22 @@ impl SmstoolsSender {
         base_dir: &Path,
     ) -> Result<SmstoolsSender, SmsConfigError> {
         let outgoing = directory("outgoing", &config.outgoing, base_dir)?;
-        let watch = match (&config.sent, &config.failed) {
-            (None, None) => None,
-            (Some(sent), Some(failed)) => {
-                let timeout = positive_duration(
-                    "sms.smstools.outcome_timeout",
-                    config.outcome_timeout.as_ref(),
-                    DEFAULT_OUTCOME_TIMEOUT,
-                )?;
-                let interval = positive_duration(
-                    "sms.smstools.poll_interval",
-                    config.poll_interval.as_ref(),
-                    DEFAULT_POLL_INTERVAL,
-                )?;
-                Some(Watch {
-                    sent: directory("sent", sent, base_dir)?,
-                    failed: directory("failed", failed, base_dir)?,
-                    timeout,
-                    interval,
-                })
-            }
-            (Some(sent), None) => {
-                return Err(err(
-                    "failed",
-                    "set failed too: with sent alone a failure would look like silence",
-                    Some(sent.span()),
-                ))
-            }
-            (None, Some(failed)) => {
-                return Err(err(
-                    "sent",
-                    "set sent too: with failed alone a success would look like silence",
-                    Some(failed.span()),
-                ))
-            }
+        let watch = match watch_settings(config)? {
+            None => None,
+            Some(WatchSettings { sent, failed, timeout, interval }) => Some(Watch {
+                sent: directory("sent", sent, base_dir)?,
+                failed: directory("failed", failed, base_dir)?,
+                timeout,
+                interval,
+            }),
         };
         Ok(SmstoolsSender { outgoing, watch })
+    }
+
+    /// The checks of [`SmstoolsSender::from_config`] that leave the spool
+    /// alone: `sent` and `failed` go together, the timeouts.
+    pub(crate) fn check(config: &SmstoolsConfig) -> Result<(), SmsConfigError> {
+        watch_settings(config).map(drop)
     }
 
     async fn deliver(&self, message: &Message) -> SendOutcome {

@@ -23,6 +23,8 @@
 //! query could be confirmed for these models, so none is built in: add one
 //! with `[sockets.commands]` (which adds to or overrides a model's set).
 
+pub(crate) mod check;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -1,0 +1,469 @@
+//! One cycle's answers, stored once for every job: [`Answers`], and the
+//! [`Index`] of what jobs derive from them (a [`View`] per query and device
+//! matchers, a [`GuardIndex`] per guard).
+//!
+//! The evaluation ([`super::evaluation`]) reads answers only through these.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::Arc;
+
+use super::term::Guard;
+use crate::prometheus_api::Label;
+use crate::rules::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, LabelMatchers};
+
+/// A label string's number within one cycle's [`Answers`].
+pub(super) type StrId = u32;
+
+/// One cycle's answers, compacted and indexed once for every job.
+///
+/// Prometheus answers a selector with one label map per series; a fleet of
+/// ten thousand devices gives tens of thousands of them per cycle, read by a
+/// thousand jobs. Kept as maps and re-read per job, they cost hundreds of
+/// megabytes and seconds per cycle. Here each label string is stored once
+/// per cycle (a series' labels become pairs of numbers), each series is
+/// attributed to its device once (a [`DeviceId`] from the engine's
+/// [`DeviceTable`]), and jobs with the same query and device matchers share
+/// one [`View`] of it (see [`Index`]). The engine keeps one `Answers` and
+/// [`Answers::reset`]s it each cycle, so its buffers are not allocated anew.
+#[derive(Default)]
+pub(crate) struct Answers {
+    /// Every label string of the cycle, end to end.
+    text: String,
+    /// Where each string ends in `text` (it starts where the previous ends).
+    ends: Vec<u32>,
+    /// A string's id by the hash of its text; ids whose texts share a hash
+    /// are chained through `same_hash`.
+    by_hash: HashMap<u64, StrId, BuildHasherDefault<AlreadyHashed>>,
+    same_hash: Vec<StrId>,
+    hasher: RandomState,
+    /// The (name, value) pairs of every series, consecutive per series.
+    /// Series with the same labels in several answers (a device's series
+    /// in a per-platform and a fleet-wide query) share one run.
+    pairs: Vec<(StrId, StrId)>,
+    /// A run of `pairs` by the hash of its pairs (the first run seen with
+    /// that hash; a different run with the same hash is not shared).
+    runs: HashMap<u64, (u32, u32), BuildHasherDefault<AlreadyHashed>>,
+    by_query: HashMap<String, Answer>,
+    /// The device-key labels' names, in key order.
+    key_names: Vec<StrId>,
+    /// The device of each tuple of device-key label values seen.
+    device_of: HashMap<Vec<StrId>, DeviceId>,
+    /// The device-key label values of each device seen, by device index
+    /// (`key_names.len()` values from `key_offsets[index]`).
+    key_values: Vec<StrId>,
+    key_offsets: Vec<u32>,
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct AlreadyHashed(u64);
+
+impl Hasher for AlreadyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+/// One query's answer: its series, in Prometheus's order.
+pub(super) struct Answer {
+    pub(super) series: Vec<Series>,
+}
+
+/// One series of an answer.
+pub(super) struct Series {
+    /// `None` when it lacks a device-key label.
+    device: Option<DeviceId>,
+    pub(super) value: f64,
+    /// Its labels: `Answers::pairs[start..end]`.
+    pairs: (u32, u32),
+}
+
+/// The end of a chain, and a device not seen.
+const NONE: u32 = u32::MAX;
+
+impl Answers {
+    /// No answers yet; devices are identified by `key_labels`.
+    pub(crate) fn new(key_labels: &DeviceKeyLabels) -> Answers {
+        let mut answers = Answers::default();
+        answers.reset(key_labels);
+        answers
+    }
+
+    /// Forgets every answer (keeping the buffers) for a new cycle.
+    pub(crate) fn reset(&mut self, key_labels: &DeviceKeyLabels) {
+        self.text.clear();
+        self.ends.clear();
+        self.by_hash.clear();
+        self.same_hash.clear();
+        self.pairs.clear();
+        self.runs.clear();
+        self.by_query.clear();
+        self.device_of.clear();
+        self.key_values.clear();
+        self.key_offsets.clear();
+        self.key_names = key_labels.labels().iter().map(|name| self.intern(name)).collect();
+    }
+
+    /// Adds the answer to `query`: `fill` hands each series' labels and
+    /// value to the function it is given. When `fill` fails, nothing of the
+    /// answer is kept, and no device is taken from it.
+    pub(crate) fn insert<E>(
+        &mut self,
+        query: String,
+        devices: &mut DeviceTable,
+        fill: impl FnOnce(&mut dyn FnMut(&[Label<'_>], f64)) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let pairs_before = self.pairs.len();
+        let key_count = self.key_names.len();
+        let mut series = Vec::new();
+        // The series that have every device-key label, and those labels'
+        // values (`key_count` each): their devices are looked up once the
+        // whole answer is in.
+        let (mut keyed, mut tuples) = (Vec::new(), Vec::new());
+        // Most labels repeat from one series to the next (`job`, `instance`,
+        // `__name__`, `platform_id`): compare with the previous series'
+        // before looking a string up.
+        let mut previous: Vec<(StrId, StrId)> = Vec::new();
+        let filled = fill(&mut |labels, value| {
+            let start = self.pairs.len();
+            for (position, (name, text)) in labels.iter().enumerate() {
+                let before = previous.get(position).copied();
+                let name = match before {
+                    Some((id, _)) if self.text(id) == name => id,
+                    _ => self.intern(name),
+                };
+                let text = match before {
+                    Some((_, id)) if self.text(id) == text => id,
+                    _ => self.intern(text),
+                };
+                self.pairs.push((name, text));
+            }
+            previous.clear();
+            previous.extend_from_slice(&self.pairs[start..]);
+            let mut pairs = (start as u32, self.pairs.len() as u32);
+            let hash = self.hasher.hash_one(&previous);
+            match self.runs.get(&hash) {
+                Some(&(from, to)) if self.pairs[from as usize..to as usize] == previous[..] => {
+                    self.pairs.truncate(start);
+                    pairs = (from, to);
+                }
+                Some(_) => {}
+                None => {
+                    self.runs.insert(hash, pairs);
+                }
+            }
+            let tuple_start = tuples.len();
+            let has_key = self.key_names.iter().all(|name| {
+                let found = previous.iter().find(|(n, _)| n == name);
+                found.map(|&(_, text)| tuples.push(text)).is_some()
+            });
+            if has_key {
+                keyed.push(series.len());
+            } else {
+                tuples.truncate(tuple_start);
+            }
+            series.push(Series { device: None, value, pairs });
+        });
+        if let Err(err) = filled {
+            self.pairs.truncate(pairs_before);
+            self.runs.retain(|_, &mut (from, _)| (from as usize) < pairs_before);
+            return Err(err);
+        }
+        for (nth, &index) in keyed.iter().enumerate() {
+            let tuple = &tuples[nth * key_count..(nth + 1) * key_count];
+            series[index].device = Some(self.device(tuple, devices));
+        }
+        self.by_query.insert(query, Answer { series });
+        Ok(())
+    }
+
+    fn intern(&mut self, text: &str) -> StrId {
+        let hash = self.hasher.hash_one(text);
+        let first = self.by_hash.get(&hash).copied();
+        let mut id = first.unwrap_or(NONE);
+        while id != NONE {
+            if self.text(id) == text {
+                return id;
+            }
+            id = self.same_hash[id as usize];
+        }
+        let id = StrId::try_from(self.ends.len()).expect("fewer than 4 billion label strings");
+        self.text.push_str(text);
+        self.ends.push(u32::try_from(self.text.len()).expect("under 4 GiB of label text"));
+        self.same_hash.push(first.unwrap_or(NONE));
+        self.by_hash.insert(hash, id);
+        id
+    }
+
+    /// The answer to `query`; `None` when it failed (or was not asked).
+    pub(super) fn answer(&self, query: &str) -> Option<&Answer> {
+        self.by_query.get(query)
+    }
+
+    /// The id of a label string, when some series of the cycle has it.
+    pub(super) fn find(&self, text: &str) -> Option<StrId> {
+        let mut id = *self.by_hash.get(&self.hasher.hash_one(text))?;
+        while id != NONE {
+            if self.text(id) == text {
+                return Some(id);
+            }
+            id = self.same_hash[id as usize];
+        }
+        None
+    }
+
+    fn device(&mut self, tuple: &[StrId], devices: &mut DeviceTable) -> DeviceId {
+        if let Some(&id) = self.device_of.get(tuple) {
+            return id;
+        }
+        let pairs = self.key_names.iter().zip(tuple);
+        let key = DeviceKey::new(
+            pairs
+                .map(|(&name, &text)| (self.text(name).to_string(), self.text(text).to_string()))
+                .collect(),
+        );
+        let id = devices.intern_key(key);
+        self.device_of.insert(tuple.to_vec(), id);
+        if self.key_offsets.len() <= id.index() {
+            self.key_offsets.resize(id.index() + 1, NONE);
+        }
+        self.key_offsets[id.index()] = self.key_values.len() as u32;
+        self.key_values.extend_from_slice(tuple);
+        id
+    }
+
+    /// The device-key label values of a device seen in these answers.
+    fn key_of(&self, device: DeviceId) -> Option<&[StrId]> {
+        let offset = *self.key_offsets.get(device.index())?;
+        (offset != NONE)
+            .then(|| &self.key_values[offset as usize..offset as usize + self.key_names.len()])
+    }
+
+    /// A series' labels, as (name, value) ids.
+    pub(super) fn labels(&self, series: &Series) -> &[(StrId, StrId)] {
+        &self.pairs[series.pairs.0 as usize..series.pairs.1 as usize]
+    }
+
+    /// The text of a label string.
+    pub(super) fn text(&self, id: StrId) -> &str {
+        let start = if id == 0 { 0 } else { self.ends[id as usize - 1] as usize };
+        &self.text[start..self.ends[id as usize] as usize]
+    }
+}
+
+/// The series of one answer that a job's device matchers select, grouped
+/// by device in [`DeviceId`] order, each device's in answer order.
+pub(super) struct View {
+    /// Each device and the end of its run in `series` (a run starts where
+    /// the previous one ends).
+    pub(super) devices: Vec<(DeviceId, u32)>,
+    /// Indices into the answer's series.
+    series: Vec<u32>,
+    /// Selected series that lack a device-key label.
+    pub(super) unkeyed: usize,
+}
+
+impl View {
+    fn build(answers: &Answers, answer: &Answer, matchers: &LabelMatchers) -> View {
+        // A matcher whose name or value no series has selects nothing.
+        let wanted: Option<Vec<(StrId, StrId)>> = matchers
+            .iter()
+            .map(|(name, value)| Some((answers.find(name)?, answers.find(value)?)))
+            .collect();
+        let mut selected: Vec<(DeviceId, u32)> = Vec::new();
+        let mut unkeyed = 0;
+        if let Some(wanted) = wanted {
+            for (index, series) in answer.series.iter().enumerate() {
+                let labels = answers.labels(series);
+                if !wanted.iter().all(|pair| labels.contains(pair)) {
+                    continue;
+                }
+                match series.device {
+                    Some(device) => selected.push((device, index as u32)),
+                    None => unkeyed += 1,
+                }
+            }
+        }
+        // Stable: a device's series stay in answer order.
+        selected.sort_by_key(|&(device, _)| device);
+        let mut devices: Vec<(DeviceId, u32)> = Vec::new();
+        for (end, &(device, _)) in selected.iter().enumerate() {
+            match devices.last_mut() {
+                Some((last, run_end)) if *last == device => *run_end = end as u32 + 1,
+                _ => devices.push((device, end as u32 + 1)),
+            }
+        }
+        View { devices, series: selected.into_iter().map(|(_, index)| index).collect(), unkeyed }
+    }
+
+    /// The run of `devices[at]`.
+    pub(super) fn run(&self, at: usize) -> &[u32] {
+        let start = if at == 0 { 0 } else { self.devices[at - 1].1 as usize };
+        &self.series[start..self.devices[at].1 as usize]
+    }
+
+    /// A device's run; empty when it has none.
+    pub(super) fn run_of(&self, device: DeviceId) -> &[u32] {
+        match self.devices.binary_search_by_key(&device, |&(d, _)| d) {
+            Ok(at) => self.run(at),
+            Err(_) => &[],
+        }
+    }
+}
+
+/// A guard read against one cycle's answers.
+pub(super) struct GuardIndex {
+    /// The tuples of `on` label values its series carry; `None` when its
+    /// query failed.
+    pub(super) tuples: Option<HashSet<Vec<StrId>>>,
+    /// When every `on` label is a device-key label, whether the guard holds
+    /// depends on the device alone: here, by device index, for every device
+    /// seen this cycle.
+    pub(super) by_device: Option<Vec<bool>>,
+}
+
+impl GuardIndex {
+    fn build(answers: &Answers, guard: &Guard) -> GuardIndex {
+        let tuples = answers.by_query.get(guard.expr.trim()).map(|answer| {
+            let names: Option<Vec<StrId>> = guard.on.iter().map(|l| answers.find(l)).collect();
+            let Some(names) = names else { return HashSet::new() };
+            answer
+                .series
+                .iter()
+                .filter_map(|series| {
+                    let labels = answers.labels(series);
+                    names
+                        .iter()
+                        .map(|name| labels.iter().find(|(n, _)| n == name).map(|&(_, v)| v))
+                        .collect()
+                })
+                .collect()
+        });
+        let positions: Option<Vec<usize>> = guard
+            .on
+            .iter()
+            .map(|label| answers.key_names.iter().position(|&k| answers.text(k) == label))
+            .collect();
+        let by_device = match (&tuples, positions) {
+            (Some(tuples), Some(positions)) => {
+                let mut tuple = Vec::with_capacity(positions.len());
+                let holds = (0..answers.key_offsets.len())
+                    .map(|index| {
+                        let Some(key) = answers.key_of(DeviceId::from_index(index)) else {
+                            return false;
+                        };
+                        tuple.clear();
+                        tuple.extend(positions.iter().map(|&p| key[p]));
+                        tuples.contains(&tuple)
+                    })
+                    .collect();
+                Some(holds)
+            }
+            _ => None,
+        };
+        GuardIndex { tuples, by_device }
+    }
+}
+
+/// One cycle's [`Answers`] with what jobs derive from them, computed once
+/// for every job that needs it: a [`View`] per query and device matchers, a
+/// [`GuardIndex`] per guard.
+pub(crate) struct Index<'a> {
+    answers: &'a Answers,
+    views: HashMap<(String, LabelMatchers), Arc<View>>,
+    guards: HashMap<Guard, GuardIndex>,
+}
+
+impl<'a> Index<'a> {
+    /// An index over `answers`.
+    pub(crate) fn new(answers: &'a Answers) -> Index<'a> {
+        Index { answers, views: HashMap::new(), guards: HashMap::new() }
+    }
+
+    /// The answers indexed.
+    pub(super) fn answers(&self) -> &'a Answers {
+        self.answers
+    }
+
+    /// `query`'s answer and its view through `matchers`; `None` when the
+    /// query failed.
+    pub(super) fn read(
+        &mut self,
+        query: String,
+        matchers: &LabelMatchers,
+    ) -> Option<(&'a Answer, Arc<View>)> {
+        let answers = self.answers;
+        let answer = answers.answer(&query)?;
+        let view = self
+            .views
+            .entry((query, matchers.clone()))
+            .or_insert_with(|| Arc::new(View::build(answers, answer, matchers)))
+            .clone();
+        Some((answer, view))
+    }
+
+    /// The index of each of `guards`, built the first time a job needs it.
+    pub(super) fn guards(&mut self, guards: &[Guard]) -> Vec<&GuardIndex> {
+        for guard in guards {
+            if !self.guards.contains_key(guard) {
+                self.guards.insert(guard.clone(), GuardIndex::build(self.answers, guard));
+            }
+        }
+        guards.iter().map(|g| &self.guards[g]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_fails_half_way_leaves_nothing_behind() {
+        let labels = |device: &'static str| -> Vec<Label<'static>> {
+            vec![("platform_id".into(), "1".into()), ("device_id".into(), device.into())]
+        };
+        let mut answers = Answers::new(&DeviceKeyLabels::default());
+        let mut devices = DeviceTable::default();
+        answers
+            .insert("up".into(), &mut devices, |add| {
+                add(&labels("a"), 1.0);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        let pairs = answers.pairs.len();
+
+        let failed = answers.insert("online".into(), &mut devices, |add| {
+            add(&labels("a"), 1.0);
+            add(&labels("b"), 0.0);
+            Err("the third series has no value")
+        });
+
+        assert_eq!(failed, Err("the third series has no value"));
+        assert!(!answers.by_query.contains_key("online"));
+        assert_eq!(answers.pairs.len(), pairs);
+        assert_eq!(devices.len(), 1, "device b was never taken from the failed answer");
+        // What was kept still works, and the same labels again share a run.
+        answers
+            .insert("online".into(), &mut devices, |add| {
+                add(&labels("a"), 0.0);
+                add(&labels("b"), 0.0);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(answers.pairs.len(), pairs + 2, "a's labels are shared with \"up\"");
+        let online = &answers.by_query["online"].series;
+        assert_eq!(online[0].pairs, answers.by_query["up"].series[0].pairs);
+        assert_eq!(devices.len(), 2);
+    }
+}

@@ -1,0 +1,481 @@
+//! The checks of `[[jobs]]`: every entry of every file becomes a [`Job`]
+//! or errors at `file:line:column`, and job names are unique across files.
+//!
+//! What can only be known at run time stays there: a job's `devices`
+//! matchers select devices from Prometheus answers, so which socket powers
+//! each of them is decided per device when an action runs (a device with no
+//! socket is then logged and counted, and nothing is sent). What *can* be
+//! checked here is that some socket could power a device the job selects,
+//! and that every such socket has the job's command with valid arguments.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::conditions::{guards_of, job_condition};
+use super::settings::Settings;
+use crate::config_file::ConfigError;
+use crate::rules::checker::{labels, Checker};
+use crate::rules::condition::Guard;
+use crate::rules::config::{RawEntries, RawJob, RawLabels, RawRepeat, RawSchedule};
+use crate::rules::device::{DeviceKeyLabels, LabelMatchers};
+use crate::rules::job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
+use crate::rules::naming;
+use crate::rules::schedule::{self, HourWindow, Schedule};
+use crate::rules::socket::check::Sockets;
+use crate::rules::socket::{single_sms_overflow, ArgValue, CommandError, Socket};
+use crate::rules::template::Template;
+use crate::sms::phone::PhoneNumber;
+
+/// Checks the `[[jobs]]` of every file against the settings and the valid
+/// sockets, recording each problem in `errors`.
+pub(crate) fn jobs(
+    files: &[RawEntries<'_>],
+    settings: &Settings,
+    sockets: &Sockets,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Job> {
+    let env = JobEnv {
+        device_key: &settings.device_key,
+        sockets: &sockets.sockets,
+        default_guards: &settings.default_guards,
+        sockets_rejected: sockets.rejected,
+    };
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut job_names: HashMap<String, String> = HashMap::new();
+    let file_names = describe_files(files);
+    for entries in files {
+        let mut ck = Checker { file: entries.file, errors: &mut *errors };
+        for (index, raw_job) in entries.jobs.iter().enumerate() {
+            let Some(job) = job(&mut ck, raw_job, index + 1, &env) else { continue };
+            let name_span = raw_job.get_ref().name.as_ref().map_or(raw_job.span(), |n| n.span());
+            if let Some(first) = job_names.get(&job.name) {
+                let message = if job.auto_named {
+                    format!(
+                        "job #{}: its generated name {:?} is already used at {first}; give one of them a name",
+                        index + 1,
+                        job.name
+                    )
+                } else {
+                    format!(
+                        "job name {:?} is already used at {first}; job names must be unique across {file_names}",
+                        job.name
+                    )
+                };
+                ck.at(name_span, message);
+                continue;
+            }
+            job_names.insert(job.name.clone(), ck.position(name_span));
+            jobs.push(job);
+        }
+    }
+    jobs
+}
+
+/// The files whose job names must be unique, for messages: the main file's
+/// name, and `rules.d` when there are split files.
+fn describe_files(files: &[RawEntries<'_>]) -> String {
+    let main = files[0].file;
+    let name = main
+        .path
+        .file_name()
+        .map_or_else(|| main.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    if files.len() == 1 {
+        name
+    } else {
+        format!("{name} and rules.d")
+    }
+}
+
+struct JobEnv<'a> {
+    device_key: &'a DeviceKeyLabels,
+    sockets: &'a [Socket],
+    default_guards: &'a [Guard],
+    /// Some `[[sockets]]` entry had errors of its own: a job that finds no
+    /// socket may be missing that one, so it does not add a second,
+    /// misleading error.
+    sockets_rejected: bool,
+}
+
+fn job(
+    ck: &mut Checker<'_>,
+    raw: &Spanned<RawJob>,
+    number: usize,
+    env: &JobEnv<'_>,
+) -> Option<Job> {
+    let job_span = raw.span();
+    let r = raw.get_ref();
+    let label = match &r.name {
+        Some(n) if !n.get_ref().trim().is_empty() => format!("job {:?}", n.get_ref()),
+        _ => format!("job #{number}"),
+    };
+    let mut ok = true;
+    let name = match &r.name {
+        None => None,
+        Some(n) => {
+            let name = ck.non_empty(n, &format!("{label}: name"));
+            if let Some(c) = n.get_ref().chars().find(|c| c.is_control()) {
+                ck.at(n.span(), format!("{label}: name contains the control character {c:?}"));
+                ok = false;
+            }
+            ok &= name.is_some();
+            name
+        }
+    };
+    let devices = match &r.devices {
+        None => Some(LabelMatchers::default()),
+        Some(d) => labels(ck, d.get_ref(), &label, "devices").map(LabelMatchers::new),
+    };
+    let condition = job_condition(ck, &label, job_span.clone(), r);
+    let hold_for = r.hold_for.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
+    let cooldown = r.cooldown.as_ref().map_or(DEFAULT_COOLDOWN, |d| d.get_ref().0);
+    let repeat = match &r.repeat {
+        None => Some(None),
+        Some(repeat) => job_repeat(ck, &label, repeat).map(Some),
+    };
+    let schedule = match &r.schedule {
+        None => Some(None),
+        Some(s) => job_schedule(ck, &label, s).map(Some),
+    };
+    let guards = match &r.guards {
+        None => env.default_guards.to_vec(),
+        Some(guards) => {
+            let before = ck.errors.len();
+            let guards = guards_of(ck, guards, env.device_key, &format!("{label}: "));
+            ok &= ck.errors.len() == before;
+            guards
+        }
+    };
+    let action = match (&r.action, &devices) {
+        (None, _) => {
+            ck.at(
+                job_span.clone(),
+                format!(
+                    "{label} has no action; add action = {{ command = \"power_cycle\", minutes = 1 }} or action = {{ sms = \"…\", to = \"+79991234567\" }}"
+                ),
+            );
+            None
+        }
+        (Some(action), Some(devices)) => job_action(ck, &label, action, devices, env),
+        (Some(_), None) => None,
+    };
+    if !ok {
+        return None;
+    }
+    let (devices, condition, action) = (devices?, condition?, action?);
+    let (name, auto_named) = match name {
+        Some(name) => (name, false),
+        None => (naming::job_name(&devices, &condition), true),
+    };
+    Some(Job {
+        name,
+        auto_named,
+        origin: source_position(ck, job_span),
+        devices,
+        condition,
+        hold_for,
+        action,
+        cooldown,
+        repeat: repeat?,
+        schedule: schedule?,
+        guards,
+        enabled: r.enabled.unwrap_or(true),
+    })
+}
+
+/// Where a job is defined, for messages at run time.
+fn source_position(ck: &Checker<'_>, span: Range<usize>) -> SourcePosition {
+    let (line, column) = ck.file.position(span.start);
+    SourcePosition { path: ck.file.path.clone(), line, column }
+}
+
+fn job_repeat(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawRepeat>) -> Option<Repeat> {
+    let r = raw.get_ref();
+    let (Some(every), Some(max)) = (&r.every, &r.max) else {
+        ck.at(
+            raw.span(),
+            format!(
+                "{label}: repeat needs every and max, like repeat = {{ every = \"30m\", max = 3 }}"
+            ),
+        );
+        return None;
+    };
+    let mut ok = true;
+    if every.get_ref().0.is_zero() {
+        ck.at(every.span(), format!("{label}: repeat.every must be longer than 0s"));
+        ok = false;
+    }
+    let max_value = *max.get_ref();
+    if max_value < 1 {
+        ck.at(
+            max.span(),
+            format!(
+                "{label}: repeat.max must be at least 1; leave repeat out to act once per episode"
+            ),
+        );
+        ok = false;
+    }
+    let max_value = u32::try_from(max_value).ok();
+    if max_value.is_none() && ok {
+        ck.at(max.span(), format!("{label}: repeat.max is too large"));
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(Repeat { every: every.get_ref().0, max: max_value? })
+}
+
+fn job_schedule(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawSchedule>) -> Option<Schedule> {
+    let r = raw.get_ref();
+    let mut ok = true;
+    let mut days = [true; 7];
+    if let Some(list) = &r.days {
+        if list.get_ref().is_empty() {
+            ck.at(list.span(), format!("{label}: schedule: {}", schedule::ScheduleError::NoDays));
+            ok = false;
+        } else {
+            days = [false; 7];
+            for day in list.get_ref() {
+                match schedule::parse_days([day.get_ref().as_str()]) {
+                    Ok(one) => {
+                        for (all, this) in days.iter_mut().zip(one) {
+                            *all |= this;
+                        }
+                    }
+                    Err(err) => {
+                        ck.at(day.span(), format!("{label}: schedule: {err}"));
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    let hours = match &r.hours {
+        None => None,
+        Some(h) => match HourWindow::parse(h.get_ref()) {
+            Ok(window) => Some(window),
+            Err(err) => {
+                ck.at(h.span(), format!("{label}: schedule: {err}"));
+                ok = false;
+                None
+            }
+        },
+    };
+    let time_zone = match &r.time_zone {
+        None => Some(jiff::tz::TimeZone::system()),
+        Some(tz) => match schedule::time_zone(tz.get_ref().trim()) {
+            Ok(zone) => Some(zone),
+            Err(err) => {
+                ck.at(tz.span(), format!("{label}: schedule: {err}"));
+                None
+            }
+        },
+    };
+    if !ok {
+        return None;
+    }
+    Some(Schedule { days, hours, time_zone: time_zone? })
+}
+
+fn job_action(
+    ck: &mut Checker<'_>,
+    label: &str,
+    raw: &Spanned<RawLabels>,
+    devices: &LabelMatchers,
+    env: &JobEnv<'_>,
+) -> Option<Action> {
+    let map = raw.get_ref();
+    let find = |key: &str| map.iter().find(|(k, _)| k.get_ref() == key);
+    let example = "action = { command = \"power_cycle\", minutes = 1 }";
+    match (find("command"), find("sms")) {
+        (Some(_), Some((sms_key, _))) => {
+            ck.at(sms_key.span(), format!("{label}: action has both command and sms; keep one"));
+            None
+        }
+        (None, None) => {
+            ck.at(raw.span(), format!("{label}: action needs command or sms, like {example}"));
+            None
+        }
+        (Some((_, command)), None) => command_action(ck, label, raw, command, devices, env),
+        (None, Some((_, text))) => sms_action(ck, label, raw, text, devices, env),
+    }
+}
+
+/// The sockets that may power a device the job selects.
+fn candidate_sockets<'a>(
+    ck: &mut Checker<'_>,
+    label: &str,
+    action_span: Range<usize>,
+    devices: &LabelMatchers,
+    env: &JobEnv<'a>,
+) -> Option<Vec<&'a Socket>> {
+    let candidates: Vec<&Socket> =
+        env.sockets.iter().filter(|s| s.powers.iter().any(|key| devices.may_select(key))).collect();
+    if !candidates.is_empty() {
+        return Some(candidates);
+    }
+    if env.sockets_rejected {
+        return None;
+    }
+    let elsewhere = "or send an SMS elsewhere with action = { sms = \"…\", to = \"+79991234567\" }";
+    let message = if env.sockets.is_empty() {
+        format!(
+            "{label}: the action goes to the socket that powers each device, but no [[sockets]] is configured; add one, {elsewhere}"
+        )
+    } else {
+        format!(
+            "{label}: no socket powers a device matching {devices}; add a [[sockets]] entry whose powers names such a device, {elsewhere}"
+        )
+    };
+    ck.at(action_span, message);
+    None
+}
+
+fn command_action(
+    ck: &mut Checker<'_>,
+    label: &str,
+    raw: &Spanned<RawLabels>,
+    command: &Spanned<toml::Value>,
+    devices: &LabelMatchers,
+    env: &JobEnv<'_>,
+) -> Option<Action> {
+    let mut ok = true;
+    let name = match command.get_ref() {
+        toml::Value::String(s) => Some(s.clone()),
+        _ => {
+            ck.at(
+                command.span(),
+                format!("{label}: action.command must be a string, like command = \"power_cycle\""),
+            );
+            None
+        }
+    };
+    let mut args = BTreeMap::new();
+    let mut arg_spans: HashMap<String, (Range<usize>, Range<usize>)> = HashMap::new();
+    for (key, value) in raw.get_ref() {
+        match key.get_ref().as_str() {
+            "command" => {}
+            "to" => {
+                ck.at(
+                    key.span(),
+                    format!("{label}: action.to only goes with sms; a command goes to the socket that powers the device"),
+                );
+                ok = false;
+            }
+            param => {
+                let arg = match value.get_ref() {
+                    toml::Value::Integer(n) => ArgValue::Integer(*n),
+                    toml::Value::String(s) => ArgValue::Text(s.clone()),
+                    _ => {
+                        ck.at(
+                            value.span(),
+                            format!("{label}: action.{param} must be a whole number or a string"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                };
+                args.insert(param.to_string(), arg);
+                arg_spans.insert(param.to_string(), (key.span(), value.span()));
+            }
+        }
+    }
+    let name = name?;
+    let sockets = candidate_sockets(ck, label, raw.span(), devices, env)?;
+    let mut reported: Vec<String> = Vec::new();
+    for socket in sockets {
+        let Err(errors) = socket.render(&name, &args) else { continue };
+        for err in errors {
+            let text = err.to_string();
+            if reported.contains(&text) {
+                continue;
+            }
+            let span = match &err {
+                CommandError::UnknownCommand { .. } | CommandError::TooLong { .. } => {
+                    command.span()
+                }
+                CommandError::UnexpectedArgument { param, .. } => arg_spans[param].0.clone(),
+                CommandError::BadArgument { param, .. } | CommandError::BadPhone { param, .. } => {
+                    arg_spans[param].1.clone()
+                }
+                CommandError::MissingArgument { .. } => raw.span(),
+            };
+            ck.at(span, format!("{label}: socket {:?}: {text}", socket.name));
+            reported.push(text);
+            ok = false;
+        }
+    }
+    ok.then_some(Action::Command { command: name, args })
+}
+
+fn sms_action(
+    ck: &mut Checker<'_>,
+    label: &str,
+    raw: &Spanned<RawLabels>,
+    text: &Spanned<toml::Value>,
+    devices: &LabelMatchers,
+    env: &JobEnv<'_>,
+) -> Option<Action> {
+    let mut ok = true;
+    let mut to = None;
+    for (key, value) in raw.get_ref() {
+        match key.get_ref().as_str() {
+            "sms" => {}
+            "to" => match value.get_ref() {
+                toml::Value::String(s) => match PhoneNumber::parse(s) {
+                    Ok(phone) => to = Some(phone),
+                    Err(err) => {
+                        ck.at(value.span(), format!("{label}: action.to: {err}"));
+                        ok = false;
+                    }
+                },
+                _ => {
+                    ck.at(
+                        value.span(),
+                        format!("{label}: action.to must be a phone number in a string"),
+                    );
+                    ok = false;
+                }
+            },
+            other => {
+                ck.at(
+                    key.span(),
+                    format!("{label}: action has no key {other:?} for an sms; it takes sms and to"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let template = match text.get_ref() {
+        toml::Value::String(s) if s.trim().is_empty() => {
+            ck.at(text.span(), format!("{label}: action.sms is empty"));
+            None
+        }
+        toml::Value::String(s) => match Template::parse(s) {
+            Ok(t) => Some(t),
+            Err(err) => {
+                ck.at(text.span(), format!("{label}: action.sms: {err}"));
+                None
+            }
+        },
+        _ => {
+            ck.at(text.span(), format!("{label}: action.sms must be a string"));
+            None
+        }
+    };
+    let template = template?;
+    if to.is_none() && ok {
+        candidate_sockets(ck, label, raw.span(), devices, env)?;
+        if let Some(length) = single_sms_overflow(&template.literal_text()) {
+            ck.at(
+                text.span(),
+                format!("{label}: action.sms goes to a socket and does not fit in one SMS ({length}); shorten it"),
+            );
+            return None;
+        }
+    }
+    ok.then_some(Action::Sms { text: template, to })
+}

@@ -1,0 +1,273 @@
+//! The checks of the main file's daemon-wide settings: `device_key`,
+//! `[prometheus]`, `[journal]`, `[budgets]`, `[sms]` and the top-level
+//! `guards`.
+//!
+//! `[sms]` is checked here too, by the SMS module's own
+//! [`SmsConfig::check`], so that a broken `[sms]` is reported with the rest
+//! of the file; the secrets it names are read only when the sender is built.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::conditions::guards_of;
+use crate::config_file::{ConfigError, HumanDuration, SourceFile};
+use crate::rules::checker::{not_a_label, Checker};
+use crate::rules::condition::Guard;
+use crate::rules::config::{RawBudgets, RawJournal, RawPrometheus, RawRulesFile};
+use crate::rules::device::{is_label_name, DeviceKeyLabels};
+use crate::rules::settings::{
+    Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, DEFAULT_INTERVAL,
+    DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
+};
+use crate::secret::SecretSource;
+use crate::sms::SmsConfig;
+
+/// The example written in messages about `[prometheus]`.
+const URL_EXAMPLE: &str = "url = \"http://127.0.0.1:9090\"";
+
+/// The main file's settings, checked: what every socket and job is read
+/// against, and what the daemon needs besides them.
+pub(crate) struct Settings {
+    /// `device_key`, or the default when it is missing or wrong.
+    pub(crate) device_key: DeviceKeyLabels,
+    /// `[prometheus]`; `None` when it is missing or its URL is wrong.
+    pub(crate) prometheus: Option<PrometheusConfig>,
+    /// `[journal]`.
+    pub(crate) journal: JournalConfig,
+    /// `[budgets]`.
+    pub(crate) budgets: Budgets,
+    /// `[sms]`, when the file has one.
+    pub(crate) sms: Option<SmsConfig>,
+    /// The top-level `guards`: those of every job without its own.
+    pub(crate) default_guards: Vec<Guard>,
+}
+
+/// Checks the settings of the main file `main` (relative paths are taken
+/// from `base_dir`), recording each problem in `errors`. The settings are
+/// taken out of `raw`; its sockets and jobs are left for their own checks.
+pub(crate) fn settings(
+    main: &SourceFile,
+    raw: &mut RawRulesFile,
+    base_dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Settings {
+    let mut ck = Checker { file: main, errors };
+    let device_key = device_key(&mut ck, raw.device_key.take());
+    let prometheus = prometheus(&mut ck, raw.prometheus.take());
+    let journal = journal(&mut ck, raw.journal.take(), base_dir);
+    let budgets = budgets(&mut ck, raw.budgets.take());
+    let sms = sms(&mut ck, raw.sms.take());
+    let default_guards = match &raw.guards {
+        Some(guards) => guards_of(&mut ck, guards, &device_key, ""),
+        None => Vec::new(),
+    };
+    Settings { device_key, prometheus, journal, budgets, sms, default_guards }
+}
+
+/// `[sms]`, checked by the SMS module without reading any secret.
+fn sms(ck: &mut Checker<'_>, raw: Option<SmsConfig>) -> Option<SmsConfig> {
+    let config = raw?;
+    for err in config.check() {
+        ck.errors.push(err.in_file(ck.file));
+    }
+    Some(config)
+}
+
+fn device_key(ck: &mut Checker<'_>, raw: Option<Spanned<Vec<Spanned<String>>>>) -> DeviceKeyLabels {
+    let Some(raw) = raw else { return DeviceKeyLabels::default() };
+    if raw.get_ref().is_empty() {
+        ck.at(
+            raw.span(),
+            "device_key is empty; name the labels that identify a device, like [\"platform_id\", \"device_id\"] or [\"mac\"]",
+        );
+        return DeviceKeyLabels::default();
+    }
+    let mut labels: Vec<String> = Vec::new();
+    for label in raw.get_ref() {
+        let name = label.get_ref();
+        if !is_label_name(name) {
+            ck.at(label.span(), format!("device_key: {}", not_a_label(name)));
+        } else if labels.contains(name) {
+            ck.at(label.span(), format!("device_key: {name:?} is listed twice"));
+        } else {
+            labels.push(name.clone());
+        }
+    }
+    if labels.is_empty() {
+        return DeviceKeyLabels::default();
+    }
+    DeviceKeyLabels::new(labels)
+}
+
+fn prometheus(
+    ck: &mut Checker<'_>,
+    raw: Option<Spanned<RawPrometheus>>,
+) -> Option<PrometheusConfig> {
+    let Some(raw) = raw else {
+        ck.whole(format!("no [prometheus] section; add one with {URL_EXAMPLE}"));
+        return None;
+    };
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let url = match &raw.url {
+        None => {
+            ck.at(table_span.clone(), format!("[prometheus] has no url; add {URL_EXAMPLE}"));
+            None
+        }
+        Some(url) => prometheus_url(ck, url),
+    };
+    let interval = positive(ck, raw.interval.as_ref(), "prometheus.interval", DEFAULT_INTERVAL);
+    let timeout = positive(ck, raw.timeout.as_ref(), "prometheus.timeout", DEFAULT_TIMEOUT);
+    if timeout > interval {
+        let span = raw.timeout.as_ref().map_or(table_span.clone(), |t| t.span());
+        ck.at(
+            span,
+            format!(
+                "prometheus.timeout ({}) is longer than interval ({}); a query must end before the next cycle starts",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let auth = prometheus_auth(ck, &raw);
+    Some(PrometheusConfig { url: url?, interval, timeout, auth })
+}
+
+fn prometheus_url(ck: &mut Checker<'_>, url: &Spanned<String>) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(url.get_ref().trim()) {
+        Err(err) => {
+            ck.at(
+                url.span(),
+                format!(
+                    "prometheus.url {:?} is not a URL ({err}); write it like \"http://127.0.0.1:9090\"",
+                    url.get_ref()
+                ),
+            );
+            None
+        }
+        Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // The URL is not repeated: it holds a secret.
+            ck.at(
+                url.span(),
+                "prometheus.url must not carry a user name or password; use username with password_file or password_env",
+            );
+            None
+        }
+        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+            ck.at(
+                url.span(),
+                format!("prometheus.url {:?} must start with http:// or https://", url.get_ref()),
+            );
+            None
+        }
+        Ok(parsed) => Some(parsed),
+    }
+}
+
+fn positive(
+    ck: &mut Checker<'_>,
+    raw: Option<&Spanned<HumanDuration>>,
+    what: &str,
+    default: Duration,
+) -> Duration {
+    match raw {
+        None => default,
+        Some(d) if d.get_ref().0.is_zero() => {
+            ck.at(d.span(), format!("{what} must be longer than 0s"));
+            default
+        }
+        Some(d) => d.get_ref().0,
+    }
+}
+
+fn secret_source(
+    ck: &mut Checker<'_>,
+    file: &Option<Spanned<String>>,
+    env: &Option<Spanned<String>>,
+    file_key: &str,
+    env_key: &str,
+) -> Option<SecretSource> {
+    match (file, env) {
+        (Some(_), Some(env)) => {
+            ck.at(
+                env.span(),
+                format!("prometheus: {file_key} and {env_key} are both set; keep one"),
+            );
+            None
+        }
+        (Some(file), None) => ck
+            .non_empty(file, &format!("prometheus.{file_key}"))
+            .map(|f| SecretSource::File(f.into())),
+        (None, Some(env)) => {
+            ck.non_empty(env, &format!("prometheus.{env_key}")).map(SecretSource::Env)
+        }
+        (None, None) => None,
+    }
+}
+
+fn prometheus_auth(ck: &mut Checker<'_>, raw: &RawPrometheus) -> Option<PrometheusAuth> {
+    let password =
+        secret_source(ck, &raw.password_file, &raw.password_env, "password_file", "password_env");
+    let token = secret_source(ck, &raw.token_file, &raw.token_env, "token_file", "token_env");
+    let password_span = raw.password_file.as_ref().or(raw.password_env.as_ref()).map(Spanned::span);
+    let token_span = raw.token_file.as_ref().or(raw.token_env.as_ref()).map(Spanned::span);
+    let basic = match (&raw.username, password_span) {
+        (Some(user), Some(_)) => {
+            let username = ck.non_empty(user, "prometheus.username");
+            username
+                .zip(password)
+                .map(|(username, password)| PrometheusAuth::Basic { username, password })
+        }
+        (Some(user), None) => {
+            ck.at(user.span(), "prometheus.username needs password_file or password_env");
+            None
+        }
+        (None, Some(span)) => {
+            ck.at(span, "prometheus: a password is set without username; add username = \"…\"");
+            None
+        }
+        (None, None) => None,
+    };
+    let bearer = token.map(|token| PrometheusAuth::Bearer { token });
+    if let (Some(_), Some(span)) = (&raw.username, token_span) {
+        ck.at(span, "prometheus: basic auth (username) and a bearer token are both set; keep one");
+        return None;
+    }
+    basic.or(bearer)
+}
+
+fn journal(ck: &mut Checker<'_>, raw: Option<RawJournal>, base_dir: &Path) -> JournalConfig {
+    let path = match raw.and_then(|j| j.path) {
+        None => PathBuf::from(DEFAULT_JOURNAL_PATH),
+        Some(path) => match ck.non_empty(&path, "journal.path") {
+            Some(p) => base_dir.join(p),
+            None => PathBuf::from(DEFAULT_JOURNAL_PATH),
+        },
+    };
+    JournalConfig { path }
+}
+
+fn budgets(ck: &mut Checker<'_>, raw: Option<RawBudgets>) -> Budgets {
+    let Some(raw) = raw else { return Budgets::default() };
+    let mut limit = |value: Option<Spanned<i64>>, key: &str| {
+        let value = value?;
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                ck.at(
+                    value.span(),
+                    format!("budgets.{key} must be a whole number of messages, at least 1 (leave it out for no limit)"),
+                );
+                None
+            }
+        }
+    };
+    Budgets {
+        socket_hour: limit(raw.socket_per_hour, "socket_per_hour"),
+        socket_day: limit(raw.socket_per_day, "socket_per_day"),
+        global_hour: limit(raw.total_per_hour, "total_per_hour"),
+        global_day: limit(raw.total_per_day, "total_per_day"),
+    }
+}
