@@ -10,6 +10,7 @@ use std::path::Path;
 use super::{fail, load_rules, manual_outbox, Exit};
 use crate::journal::{Execution, ExecutionStatus};
 use crate::rules::socket::ArgValue;
+use crate::rules::Outgoing;
 
 /// `jobctl send` arguments.
 #[derive(Debug, clap::Args)]
@@ -58,7 +59,7 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Exit {
         Ok(outbox) => outbox,
         Err(exit) => return exit,
     };
-    match outbox.send_manual(Some(&socket.name), socket.phone.as_str(), &text).await {
+    match outbox.send_manual(&Outgoing::to_socket(socket, text)).await {
         Ok(execution) => report(&execution),
         Err(err) => fail(Exit::Journal, err),
     }

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::{count, fail, load_rules, manual_outbox, prometheus_client, Exit};
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase};
-use crate::rules::{OutgoingSms, Sample, Verdict};
+use crate::rules::{Outgoing, Sample, Verdict};
 
 /// `jobctl test-rule` arguments.
 #[derive(Debug, clap::Args)]
@@ -76,7 +76,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
     if evaluation.devices.is_empty() {
         println!("\nno device in Prometheus's answers");
     }
-    let mut targets: Vec<(String, OutgoingSms)> = Vec::new();
+    let mut targets: Vec<(String, Outgoing)> = Vec::new();
     for (key, verdict) in &evaluation.devices {
         let device = key.to_string();
         match verdict.labels.get("name").filter(|n| !n.is_empty()) {
@@ -93,12 +93,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Exit {
         println!("  state:      {}", describe_state(states.get(&device), job.hold_for));
         match rules.outgoing(job, key, &verdict.labels) {
             Ok(out) => {
-                let socket = out.socket.as_deref().unwrap_or("-");
-                println!(
-                    "  would send: {:?} to socket {socket} ({})",
-                    out.text,
-                    out.phone.as_str()
-                );
+                println!("  would send: {:?} to {}", out.text, out.to);
                 if verdict.verdict == Verdict::True {
                     targets.push((device.clone(), out));
                 }
@@ -148,11 +143,7 @@ fn describe_state(state: Option<&JobState>, hold_for: std::time::Duration) -> St
     }
 }
 
-async fn send(
-    rules: &crate::rules::RuleSet,
-    targets: Vec<(String, OutgoingSms)>,
-    yes: bool,
-) -> Exit {
+async fn send(rules: &crate::rules::RuleSet, targets: Vec<(String, Outgoing)>, yes: bool) -> Exit {
     if targets.is_empty() {
         println!("nothing to send: no device has the condition true now");
         return Exit::Ok;
@@ -181,10 +172,10 @@ async fn send(
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {
         // One SMS per socket and text, however many of its devices are bad.
-        if seen.insert((out.phone.as_str().to_string(), out.text.clone()), ()).is_some() {
+        if seen.insert((out.to.address().to_string(), out.text.clone()), ()).is_some() {
             continue;
         }
-        match outbox.send_manual(out.socket.as_deref(), out.phone.as_str(), &out.text).await {
+        match outbox.send_manual(&out).await {
             Ok(execution) => {
                 if super::send::report(&execution) != Exit::Ok {
                     exit = Exit::NotSent;
