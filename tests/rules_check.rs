@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use signage_watchdog::config_file::SourceFile;
-use signage_watchdog::rules::{self, DeviceKey, Sample, Verdict};
+use signage_watchdog::rules::{self, DeviceKey, Recipient, Sample, Verdict};
 
 const EXAMPLE: &str = include_str!("../rules.example.toml");
 
@@ -212,8 +212,9 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     let labels: BTreeMap<String, String> =
         [("name".to_string(), "Arzamas\n\u{1a}1".to_string())].into_iter().collect();
     let sms = rules.outgoing(&rules.jobs[0], &device, &labels).unwrap();
+    let Recipient::Sms { socket, phone } = &sms.to;
     assert_eq!(
-        (sms.socket.as_deref(), sms.phone.as_str(), sms.text.as_str()),
+        (socket.as_deref(), phone.as_str(), sms.text.as_str()),
         (Some("lobby"), "+79991234567", "#12#0#1#1#")
     );
     // Label values cannot smuggle control characters into the text.

@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 
 use signage_watchdog::journal::{
-    Attempt, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend,
+    Attempt, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend, SendResult,
 };
 use signage_watchdog::sms::{AttemptChain, Message, SendError, Sender};
 use support::fake_gateway::{FakeGateway, Fault};
@@ -65,7 +65,7 @@ async fn send_journalled(sender: &dyn Sender, journal: &mut Journal) -> Vec<Atte
     let id = journal.begin_send(&planned).unwrap();
     let mut chain = AttemptChain::new(sender, &message);
     while let Some(attempt) = chain.next_attempt().await {
-        journal.finish_send(id, &attempt.to_send_result()).unwrap();
+        journal.finish_send(id, &SendResult::from(&attempt)).unwrap();
         if chain.has_next() {
             journal.mark_sending(id).unwrap();
         }

@@ -12,6 +12,7 @@ use super::{load_rules, manual_outbox};
 use crate::exit::Exit;
 use crate::journal::{Execution, ExecutionStatus};
 use crate::rules::socket::ArgValue;
+use crate::rules::Outgoing;
 
 /// `jobctl send` arguments.
 #[derive(Debug, clap::Args)]
@@ -44,7 +45,7 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Result<Exit, Error> {
         .render(&args.command, &values)
         .map_err(|errors| Error::Command { socket: socket.name.clone(), errors })?;
     let mut outbox = manual_outbox(&rules)?;
-    let execution = outbox.send_manual(Some(&socket.name), socket.phone.as_str(), &text).await?;
+    let execution = outbox.send_manual(&Outgoing::to_socket(socket, text)).await?;
     outcome(execution)?;
     Ok(Exit::Ok)
 }

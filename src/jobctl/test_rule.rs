@@ -15,7 +15,7 @@ use super::{count, load_rules, manual_outbox, prometheus_client};
 use crate::exit::Exit;
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase};
-use crate::rules::{OutgoingSms, Sample, Verdict};
+use crate::rules::{Outgoing, Sample, Verdict};
 
 /// `jobctl test-rule` arguments.
 #[derive(Debug, clap::Args)]
@@ -67,7 +67,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
     if evaluation.devices.is_empty() {
         println!("\nno device in Prometheus's answers");
     }
-    let mut targets: Vec<(String, OutgoingSms)> = Vec::new();
+    let mut targets: Vec<(String, Outgoing)> = Vec::new();
     for (key, verdict) in &evaluation.devices {
         let device = key.to_string();
         match verdict.labels.get("name").filter(|n| !n.is_empty()) {
@@ -84,12 +84,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         println!("  state:      {}", describe_state(states.get(&device), job.hold_for));
         match rules.outgoing(job, key, &verdict.labels) {
             Ok(out) => {
-                let socket = out.socket.as_deref().unwrap_or("-");
-                println!(
-                    "  would send: {:?} to socket {socket} ({})",
-                    out.text,
-                    out.phone.as_str()
-                );
+                println!("  would send: {:?} to {}", out.text, out.to);
                 if verdict.verdict == Verdict::True {
                     targets.push((device.clone(), out));
                 }
@@ -141,7 +136,7 @@ fn describe_state(state: Option<&JobState>, hold_for: std::time::Duration) -> St
 
 async fn send(
     rules: &crate::rules::RuleSet,
-    targets: Vec<(String, OutgoingSms)>,
+    targets: Vec<(String, Outgoing)>,
     yes: bool,
 ) -> Result<Exit, Error> {
     if targets.is_empty() {
@@ -166,11 +161,10 @@ async fn send(
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for (_device, out) in targets {
         // One SMS per socket and text, however many of its devices are bad.
-        if seen.insert((out.phone.as_str().to_string(), out.text.clone()), ()).is_some() {
+        if seen.insert((out.to.address().to_string(), out.text.clone()), ()).is_some() {
             continue;
         }
-        let execution =
-            outbox.send_manual(out.socket.as_deref(), out.phone.as_str(), &out.text).await?;
+        let execution = outbox.send_manual(&out).await?;
         // One message not sent does not stop the others: it is reported
         // now, after its own log lines, and sets the exit code.
         if let Err(not_sent) = super::send::outcome(execution) {

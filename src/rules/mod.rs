@@ -32,6 +32,7 @@ pub mod template;
 pub(crate) mod validate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Term, Verdict};
@@ -75,18 +76,64 @@ pub struct RuleSet {
     socket_by_device: HashMap<DeviceKey, usize>,
 }
 
-/// An SMS ready to go: who receives it and the exact text.
+/// A message a job's action sends: where it goes, and the exact text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingSms {
-    /// The socket it goes to, when it goes to one.
-    pub socket: Option<String>,
-    /// The recipient.
-    pub phone: PhoneNumber,
-    /// The text, exactly as it will be sent.
+pub struct Outgoing {
+    /// The channel it goes over and its address there.
+    pub to: Recipient,
+    /// The text, exactly as the action made it (the engine's outbox then
+    /// shapes it for its channel).
     pub text: String,
 }
 
-/// Why a job's action cannot be turned into an SMS for a device.
+impl Outgoing {
+    /// An SMS to a socket.
+    pub fn to_socket(socket: &Socket, text: String) -> Outgoing {
+        let to = Recipient::Sms { socket: Some(socket.name.clone()), phone: socket.phone.clone() };
+        Outgoing { to, text }
+    }
+}
+
+/// Where an [`Outgoing`] message goes: the channel, and the address on it.
+///
+/// SMS is the only channel today. Another one (a webhook) is one more
+/// variant here, made by its rule action in [`RuleSet::outgoing`] and
+/// delivered by the engine's outbox over a backend of its own: the SMS
+/// backends never see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// An SMS, sent by the configured `[sms]` backend(s).
+    Sms {
+        /// The socket it goes to, when it goes to one; `None` for a
+        /// notification to a person (`action = { sms = …, to = … }`).
+        socket: Option<String>,
+        /// The phone number.
+        phone: PhoneNumber,
+    },
+}
+
+impl Recipient {
+    /// The address on the channel: an SMS's phone number.
+    pub fn address(&self) -> &str {
+        match self {
+            Recipient::Sms { phone, .. } => phone.as_str(),
+        }
+    }
+}
+
+/// As logs and `jobctl test-rule` name it: `socket lobby (+79991234567)`,
+/// `socket - (+79991234567)` for a person.
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Recipient::Sms { socket, phone } => {
+                write!(f, "socket {} ({phone})", socket.as_deref().unwrap_or("-"))
+            }
+        }
+    }
+}
+
+/// Why a job's action cannot be turned into a message for a device.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
     /// No socket powers the device (known only at run time).
@@ -149,16 +196,16 @@ impl RuleSet {
         out
     }
 
-    /// The SMS a job sends for a device. `labels` are the device's labels
-    /// from the evaluation ([`DeviceVerdict::labels`]), used by SMS
-    /// templates; control characters in them are replaced by spaces, and a
-    /// label the device lacks renders as `?`.
+    /// The message a job's action sends for a device. `labels` are the
+    /// device's labels from the evaluation ([`DeviceVerdict::labels`]), used
+    /// by SMS templates; control characters in them are replaced by spaces,
+    /// and a label the device lacks renders as `?`.
     pub fn outgoing(
         &self,
         job: &Job,
         device: &DeviceKey,
         labels: &BTreeMap<String, String>,
-    ) -> Result<OutgoingSms, ActionError> {
+    ) -> Result<Outgoing, ActionError> {
         let socket = || {
             self.socket_for(device).ok_or_else(|| ActionError::NoSocket { device: device.clone() })
         };
@@ -169,11 +216,7 @@ impl RuleSet {
                     socket: socket.name.clone(),
                     errors,
                 })?;
-                Ok(OutgoingSms {
-                    socket: Some(socket.name.clone()),
-                    phone: socket.phone.clone(),
-                    text,
-                })
+                Ok(Outgoing::to_socket(socket, text))
             }
             Action::Sms { text, to } => {
                 let text = text.render(|label| {
@@ -182,7 +225,10 @@ impl RuleSet {
                         .map(|v| v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
                 });
                 match to {
-                    Some(phone) => Ok(OutgoingSms { socket: None, phone: phone.clone(), text }),
+                    Some(phone) => {
+                        let to = Recipient::Sms { socket: None, phone: phone.clone() };
+                        Ok(Outgoing { to, text })
+                    }
                     None => {
                         let socket = socket()?;
                         if let Some(length) = single_sms_overflow(&text) {
@@ -192,11 +238,7 @@ impl RuleSet {
                                 length,
                             });
                         }
-                        Ok(OutgoingSms {
-                            socket: Some(socket.name.clone()),
-                            phone: socket.phone.clone(),
-                            text,
-                        })
+                        Ok(Outgoing::to_socket(socket, text))
                     }
                 }
             }

@@ -9,25 +9,22 @@
 //! anyway, for notifications where a duplicate costs nothing.
 //!
 //! The journal keeps one row per attempt. [`AttemptChain`] gives the caller
-//! each attempt as it ends, so it can journal it before the next one starts:
+//! each attempt as it ends, so it can record it before the next one starts
+//! (the engine's outbox journals each one this way):
 //!
 //! ```no_run
 //! # async fn run(sender: &dyn signage_watchdog::sms::Sender,
-//! #              message: &signage_watchdog::sms::Message,
-//! #              journal: &mut signage_watchdog::journal::Journal,
-//! #              id: signage_watchdog::journal::ExecutionId)
-//! #              -> Result<(), signage_watchdog::journal::JournalError> {
+//! #              message: &signage_watchdog::sms::Message) {
 //! use signage_watchdog::sms::AttemptChain;
-//! // journal.begin_send(…) has made `id`, status `sending`.
 //! let mut chain = AttemptChain::new(sender, message);
 //! while let Some(attempt) = chain.next_attempt().await {
-//!     journal.finish_send(id, &attempt.to_send_result())?; // one row per attempt
-//!     if chain.has_next() {
-//!         journal.mark_sending(id)?; // the next backend is about to try
+//!     println!("{}: {:?}", attempt.backend, attempt.outcome); // one record per attempt
+//!     if let Some(next) = chain.next_backend() {
+//!         println!("handing it to {next}"); // the next backend is about to try
 //!     }
 //! }
 //! let outcome = chain.outcome(); // what the chain as a whole came to
-//! # let _ = outcome; Ok(()) }
+//! # let _ = outcome; }
 //! ```
 //!
 //! The chain works on any [`Sender`]: a single backend is a chain of one, so
@@ -36,7 +33,6 @@
 //! want only the final outcome (each attempt is then only logged).
 
 use super::{Message, SendError, SendFuture, SendOutcome, Sender};
-use crate::journal::SendResult;
 
 /// Whether an uncertain outcome is handed to the next backend when
 /// `retry_uncertain` is not set: no, a power command must not go out twice.
@@ -112,24 +108,8 @@ pub struct AttemptOutcome {
     pub outcome: SendOutcome,
 }
 
-impl AttemptOutcome {
-    /// The journal's form of this attempt, for [`crate::journal::Journal::finish_send`].
-    pub fn to_send_result(&self) -> SendResult {
-        let backend = self.backend.clone();
-        match &self.outcome {
-            Ok(delivered) => SendResult::Sent { backend, reference: delivered.reference.clone() },
-            Err(SendError::Definite { reason }) => {
-                SendResult::Failed { backend, reason: reason.clone() }
-            }
-            Err(SendError::Uncertain { reason }) => {
-                SendResult::Uncertain { backend, reason: reason.clone() }
-            }
-        }
-    }
-}
-
 /// One message going down a chain of backends, one attempt at a time; see
-/// the module documentation for the loop that journals each attempt.
+/// the module documentation for the loop that records each attempt.
 pub struct AttemptChain<'a> {
     backends: Vec<&'a dyn Sender>,
     retry_uncertain: bool,
@@ -328,14 +308,6 @@ mod tests {
             ]
         );
         assert_eq!(outcome, delivered("http"));
-        assert_eq!(
-            attempts[0].to_send_result(),
-            SendResult::Failed { backend: "modem".into(), reason: "no network service".into() }
-        );
-        assert_eq!(
-            attempts[1].to_send_result(),
-            SendResult::Sent { backend: "http".into(), reference: Some("7".into()) }
-        );
     }
 
     #[tokio::test]

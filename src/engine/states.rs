@@ -1,0 +1,232 @@
+//! What the engine remembers of each (job, device) between cycles, and how
+//! one evaluation moves it on.
+//!
+//! Kept apart from the cycle because it is where the engine's size is won:
+//! the states are sparse (a device nothing happened to costs an id in a
+//! list, not a state), and [`advance_job`] walks a job's answered, present
+//! and stored devices in one merge, skipping the state machine for every
+//! device whose verdict cannot move it.
+
+use crate::rules::condition::JobEvaluation;
+use crate::rules::device::DeviceId;
+use crate::rules::state::{self, JobState, PhaseName, Timing, Transition};
+use crate::rules::{Job, Verdict};
+
+/// What the engine remembers of one job's devices between cycles.
+///
+/// Almost every device of almost every job sits in the default state
+/// (inactive, nothing ever done) cycle after cycle. Storing a state for each
+/// would cost over a hundred bytes per (job, device): tens of megabytes for
+/// a thousand jobs over a large fleet. A device in the job's answers last
+/// cycle is therefore only listed in `present`, and its state is stored only
+/// when it is not the default. Together they hold exactly the (job, device)
+/// pairs the engine knows.
+#[derive(Debug, Default)]
+pub(super) struct JobStates {
+    /// Devices in the job's answers in the last cycle, in id order.
+    present: Vec<DeviceId>,
+    /// In id order, the states that `present` does not imply: every state
+    /// other than the default, and the states loaded from the journal.
+    stored: Vec<(DeviceId, JobState)>,
+    /// How many known devices are in each phase (by [`phase_slot`]), for
+    /// the `jobctl_job_devices` gauge.
+    phases: [u64; 4],
+}
+
+/// The phases in the order of [`JobStates::phases`].
+pub(super) const PHASES: [PhaseName; 4] =
+    [PhaseName::Inactive, PhaseName::Pending, PhaseName::Firing, PhaseName::Resolved];
+
+fn phase_slot(phase: PhaseName) -> usize {
+    PHASES.iter().position(|&p| p == phase).expect("every phase has a slot")
+}
+
+impl JobStates {
+    /// A device's state, if the engine knows the (job, device).
+    pub(super) fn get<'s>(
+        &'s self,
+        device: DeviceId,
+        default: &'s JobState,
+    ) -> Option<&'s JobState> {
+        match self.stored.binary_search_by_key(&device, |(d, _)| *d) {
+            Ok(at) => Some(&self.stored[at].1),
+            Err(_) => self.present.binary_search(&device).is_ok().then_some(default),
+        }
+    }
+
+    /// Puts back a device's state (stepping back a cycle's decision).
+    pub(super) fn restore(&mut self, device: DeviceId, state: JobState) {
+        let slot = phase_slot(state.phase.name());
+        match self.stored.binary_search_by_key(&device, |(d, _)| *d) {
+            Ok(at) => {
+                let old = std::mem::replace(&mut self.stored[at].1, state);
+                let old = &mut self.phases[phase_slot(old.phase.name())];
+                *old = old.saturating_sub(1);
+            }
+            Err(at) => {
+                if self.present.binary_search(&device).is_ok() {
+                    // It counted as the default (inactive) state.
+                    let inactive = &mut self.phases[phase_slot(PhaseName::Inactive)];
+                    *inactive = inactive.saturating_sub(1);
+                }
+                self.stored.insert(at, (device, state));
+            }
+        }
+        self.phases[slot] += 1;
+    }
+
+    /// The states of a job's devices as the journal saved them.
+    pub(super) fn loaded(mut stored: Vec<(DeviceId, JobState)>) -> JobStates {
+        stored.sort_by_key(|(device, _)| *device);
+        let mut states = JobStates { stored, ..JobStates::default() };
+        states.count_phases();
+        states
+    }
+
+    /// How many known devices are in each phase, in the order of [`PHASES`].
+    pub(super) fn phases(&self) -> [u64; 4] {
+        self.phases
+    }
+
+    /// Every device the states refer to (a device may come twice).
+    pub(super) fn devices(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.present.iter().copied().chain(self.stored.iter().map(|(device, _)| *device))
+    }
+
+    /// Gives every device its new id after the device table was compacted
+    /// (which keeps the ids' order).
+    pub(super) fn renumber(&mut self, new: impl Fn(DeviceId) -> DeviceId) {
+        self.present.iter_mut().for_each(|device| *device = new(*device));
+        self.stored.iter_mut().for_each(|(device, _)| *device = new(*device));
+    }
+
+    /// Counts the known devices in each phase (after loading from the
+    /// journal; cycles keep the counts as they go).
+    fn count_phases(&mut self) {
+        let mut implied = self.present.len() as u64;
+        let mut stored = self.stored.iter().peekable();
+        for device in &self.present {
+            while stored.next_if(|(d, _)| d < device).is_some() {}
+            if stored.peek().is_some_and(|(d, _)| d == device) {
+                implied -= 1;
+            }
+        }
+        self.phases = [implied, 0, 0, 0];
+        for (_, state) in &self.stored {
+            self.phases[phase_slot(state.phase.name())] += 1;
+        }
+    }
+}
+
+/// What a cycle has to log or do about one device of a job, kept until the
+/// job's devices are all evaluated and then handled in device order.
+pub(super) struct DeviceEvent {
+    pub(super) device: DeviceId,
+    /// Whether the device is in this cycle's answers.
+    pub(super) present: bool,
+    /// The phase held because the verdict is unknown, unless inactive.
+    pub(super) unknown_in: Option<PhaseName>,
+    pub(super) transitions: Vec<Transition>,
+    /// The action due, the state after it and the state before.
+    pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
+}
+
+/// Advances each (job, device) the engine knows by one evaluation: every
+/// device in this cycle's answers with its verdict, and every other device
+/// `states` holds with the verdict for absent devices. A device that left
+/// the answers and never did anything is forgotten. Returns how many devices
+/// were evaluated and how many of their verdicts were unknown; `changed` is
+/// told each device whose state changed, `events` gets what must be logged
+/// or done.
+pub(super) fn advance_job(
+    job: &Job,
+    evaluation: &JobEvaluation<'_>,
+    now: jiff::Timestamp,
+    states: &mut JobStates,
+    default: &JobState,
+    events: &mut Vec<DeviceEvent>,
+    mut changed: impl FnMut(DeviceId),
+) -> (usize, u64) {
+    let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
+    let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
+    let answered = &evaluation.devices;
+    let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
+    let mut was_stored = std::mem::take(&mut states.stored);
+    let (mut a, mut p, mut s) = (0, 0, 0);
+    let (mut evaluated, mut unknown) = (0, 0);
+    states.phases = [0; 4];
+    loop {
+        // The next device of the three lists, each in id order.
+        let mut next = answered.get(a).map(|(device, _)| *device);
+        if let Some(&device) = was_present.get(p) {
+            next = Some(next.map_or(device, |n| n.min(device)));
+        }
+        if let Some(&(device, _)) = was_stored.get(s) {
+            next = Some(next.map_or(device, |n| n.min(device)));
+        }
+        let Some(device) = next else { break };
+        let current = answered.get(a).filter(|(d, _)| *d == device).map(|(_, quick)| *quick);
+        a += usize::from(current.is_some());
+        p += usize::from(was_present.get(p) == Some(&device));
+        let previous = match was_stored.get_mut(s) {
+            Some((d, state)) if *d == device => {
+                s += 1;
+                Some(std::mem::take(state))
+            }
+            _ => None,
+        };
+        let verdict = current.unwrap_or(evaluation.absent);
+        evaluated += 1;
+        if previous.is_none() && verdict.verdict != Verdict::True {
+            // Most devices, most cycles: nothing ever happened to this one,
+            // and only a true verdict changes that (an inactive state holds
+            // on false and on unknown), so the state machine has nothing to
+            // say. A device that left the answers is forgotten.
+            unknown += u64::from(verdict.verdict == Verdict::Unknown);
+            if current.is_some() {
+                states.present.push(device);
+                states.phases[phase_slot(PhaseName::Inactive)] += 1;
+            }
+            continue;
+        }
+        let previous = previous.as_ref().unwrap_or(default);
+        let step = previous.advance(
+            &timing,
+            &state::Evaluation {
+                now,
+                verdict: verdict.verdict,
+                value: verdict.first_value,
+                in_window,
+            },
+        );
+        let mut unknown_in = None;
+        if verdict.verdict == Verdict::Unknown {
+            unknown += 1;
+            unknown_in = Some(previous.phase.name()).filter(|&p| p != PhaseName::Inactive);
+        }
+        if step.state != *previous {
+            changed(device);
+        }
+        if unknown_in.is_some() || !step.transitions.is_empty() || step.action.is_some() {
+            events.push(DeviceEvent {
+                device,
+                present: current.is_some(),
+                unknown_in,
+                transitions: step.transitions,
+                action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
+            });
+        }
+        let phase = step.state.phase.name();
+        if current.is_some() {
+            states.present.push(device);
+            states.phases[phase_slot(phase)] += 1;
+            if step.state != *default {
+                states.stored.push((device, step.state));
+            }
+        } else if phase != PhaseName::Inactive || step.state.last_action_at.is_some() {
+            states.phases[phase_slot(phase)] += 1;
+            states.stored.push((device, step.state));
+        }
+    }
+    (evaluated, unknown)
+}
