@@ -1,0 +1,390 @@
+//! The `http` backend: any HTTP SMS API, described in the rules file.
+//!
+//! Most SMS providers and home-made gateways take one HTTP request per
+//! message, differing only in method, URL, where the phone, text and key go,
+//! and how they say "error". Rather than one backend per provider, `[sms.http]`
+//! describes the request with structured templates: each value of `headers`,
+//! `query`, `form` or `json` may use the placeholders `{phone}`
+//! (`+79991234567`), `{phone_digits}` (`79991234567`), `{text}` and `{key}`
+//! (`{{` and `}}` are literal braces). Values are substituted first and then
+//! encoded by the request builder (URL-encoding for query and form, JSON
+//! escaping for JSON), never concatenated into a body, so a text like
+//! `#12#0#1#1#` or `Перезагрузка & reset` arrives intact.
+//!
+//! The key is read from `key_file` or `key_env`, never written in the rules
+//! file. Every error message is scrubbed of it, headers carrying it are marked
+//! sensitive, and URLs are shown without their query string.
+//!
+//! Whether a message left is judged strictly (see [`super::SendError`]):
+//!
+//! - connection refused, DNS or TLS failure, HTTP status outside
+//!   `success_status` (any 2xx by default), a `failure_*` match, or a 2xx
+//!   without the configured `success_*` marker: **definite** failure;
+//! - no answer within `timeout` once connected, a connection dropped after the
+//!   request was written, an unreadable 2xx body, or HTTP 504 (a proxy gave
+//!   up waiting for the service, which may have sent it): **uncertain**.
+//!
+//! Redirects are not followed (a redirected POST would silently become a GET)
+//! and connections are not reused (a pooled connection the server closed
+//! would turn a clean failure into an uncertain one).
+//!
+//! # Presets
+//!
+//! `preset = "gateway"` is the gateway the older system used:
+//! `POST {url}/send?number=<+phone>&text=<text>` with header
+//! `Authorization: <key>`; a 2xx answer whose JSON `/status` is `"error"` is
+//! a failure, explained by its `/message`. Any field written next to `preset`
+//! replaces the preset's value of that field as a whole (a `headers` table
+//! replaces all of the preset's headers).
+//!
+//! ```toml
+//! [sms.http]
+//! preset = "gateway"
+//! url = "http://sms-gateway.example:8080"
+//! key_file = "/etc/jobctl/sms.key"
+//! ```
+//!
+//! # Two public SMS APIs
+//!
+//! Twilio (form POST with basic auth; answers 201 with the message `sid`,
+//! errors as JSON with a `message`):
+//!
+//! ```toml
+//! [sms.http]
+//! url = "https://api.twilio.com/2010-04-01/Accounts/ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx/Messages.json"
+//! method = "POST"
+//! key_file = "/etc/jobctl/twilio.token"          # the Auth Token
+//! basic_auth = { username = "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", password = "{key}" }
+//! form = { To = "{phone}", From = "+15005550006", Body = "{text}" }
+//! message_pointers = ["/message"]
+//! reference_pointer = "/sid"
+//! ```
+//!
+//! SMS.RU (GET with query; HTTP 200 even for errors, so the JSON status of the
+//! number decides):
+//!
+//! ```toml
+//! [sms.http]
+//! url = "https://sms.ru/sms/send"
+//! method = "GET"
+//! key_env = "SMSRU_API_ID"
+//! query = { api_id = "{key}", to = "{phone_digits}", msg = "{text}", json = "1" }
+//! success_json = { pointer = "/sms/{phone_digits}/status", equals = "OK" }
+//! message_pointers = ["/sms/{phone_digits}/status_text", "/status_text"]
+//! reference_pointer = "/sms/{phone_digits}/sms_id"
+//! ```
+//!
+//! # The parts
+//!
+//! `config` is the `[sms.http]` table as written, with its presets;
+//! `request` and `answer` turn it into the request's templates and the
+//! rules an answer is judged by; `settings` checks the whole table before
+//! the key is read. This file sends: one request per message, its answer
+//! read up to a cap and judged.
+
+mod answer;
+mod config;
+mod request;
+mod settings;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use self::answer::{scalar_text, AnswerRules};
+use self::config::err;
+pub use self::config::{
+    BasicAuthConfig, HttpConfig, HttpPreset, JsonCheck, DEFAULT_CONNECT_TIMEOUT, DEFAULT_METHOD,
+    DEFAULT_TIMEOUT,
+};
+use self::request::RequestTemplate;
+use self::settings::{load_key, Settings};
+use super::template::Values;
+use super::{Delivered, Message, SendError, SendFuture, SendOutcome, Sender, SmsConfigError};
+use crate::secret::{Secret, SecretSource};
+
+/// Most of an answer body that is read; enough for any SMS API's reply.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most characters of a gateway's answer quoted in an error.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// Sends each message as one HTTP request; see the module documentation.
+pub struct HttpSender {
+    client: reqwest::Client,
+    request: RequestTemplate,
+    answer: AnswerRules,
+    timeout: Duration,
+    key: Option<Secret>,
+    /// Where the key came from, named in "check the key" advice.
+    key_source: Option<SecretSource>,
+}
+
+impl fmt::Debug for HttpSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSender")
+            .field("method", &self.request.method)
+            .field("url", &self.request.shown_url)
+            .field("key", &self.key_source)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpSender {
+    /// The backend name in the journal.
+    pub const NAME: &'static str = "http";
+
+    /// Validates `[sms.http]`, loads the key (relative `key_file` paths are
+    /// taken from `base_dir`) and prepares the client.
+    pub fn from_config(config: &HttpConfig, base_dir: &Path) -> Result<HttpSender, SmsConfigError> {
+        let Settings { request, answer, key_source, timeout, connect_timeout } =
+            Settings::from_config(config, base_dir)?;
+        let key = key_source.as_ref().map(load_key).transpose()?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("signage-watchdog/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                err(
+                    "url",
+                    format!("cannot set up the HTTP client: {}", crate::error::innermost_cause(&e)),
+                    None,
+                )
+            })?;
+        let key_source = key_source.map(|k| k.source);
+        Ok(HttpSender { client, request, answer, timeout, key, key_source })
+    }
+
+    /// The checks of [`HttpSender::from_config`] that read no key: the URL,
+    /// the templates, the answer rules, where the key comes from, the
+    /// timeouts.
+    pub(crate) fn check(config: &HttpConfig) -> Result<(), SmsConfigError> {
+        Settings::from_config(config, Path::new("")).map(drop)
+    }
+
+    async fn deliver(&self, message: &Message) -> SendOutcome {
+        let values = Values {
+            phone: &message.phone,
+            phone_digits: message.phone.trim_start_matches('+'),
+            text: &message.text,
+            key: self.key.as_ref().map_or("", Secret::expose),
+        };
+        let request =
+            self.request.build(&self.client, &values).map_err(|why| self.definite(why))?;
+        tracing::debug!(url = %self.request.shown_url, phone = %message.phone, "sending SMS over HTTP");
+        let mut response = request.send().await.map_err(|e| self.request_failed(&e))?;
+        let status = response.status();
+        let body = read_capped(&mut response).await;
+        self.judge(status, body, &values)
+    }
+
+    fn judge(
+        &self,
+        status: StatusCode,
+        body: Result<Vec<u8>, reqwest::Error>,
+        values: &Values<'_>,
+    ) -> SendOutcome {
+        let rules = &self.answer;
+        let accepted = if rules.success_status.is_empty() {
+            status.is_success()
+        } else {
+            rules.success_status.contains(&status)
+        };
+        let url = &self.request.shown_url;
+        if !accepted {
+            let detail = body.as_deref().map(|b| self.gateway_words(b, values)).unwrap_or_default();
+            if status == StatusCode::GATEWAY_TIMEOUT {
+                return Err(self.uncertain(format!(
+                    "{url} answered HTTP {status}{detail}: a proxy stopped waiting for the SMS service, which may still have sent it"
+                )));
+            }
+            let advice = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match &self.key_source {
+                    Some(source) => format!("; check the key ({source})"),
+                    None => "; check the credentials".to_string(),
+                },
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                    "; check url, path and method".to_string()
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    "; the gateway is limiting the rate of messages".to_string()
+                }
+                _ => String::new(),
+            };
+            return Err(self.definite(format!("{url} answered HTTP {status}{detail}{advice}")));
+        }
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                return Err(self.uncertain(format!(
+                "{url} accepted the request (HTTP {status}) but its answer could not be read: {}",
+                crate::error::innermost_cause(&e)
+            )))
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let failed = |why: &str| {
+            self.definite(format!(
+                "{url} answered HTTP {status} but {why}{}",
+                self.gateway_words(&body, values)
+            ))
+        };
+        if let Some(marker) = &rules.failure_body_contains {
+            if text.contains(marker.as_str()) {
+                return Err(failed(&format!("the answer contains {marker:?}")));
+            }
+        }
+        if let Some(check) = &rules.failure_json {
+            if check.matches(json.as_ref(), values) {
+                return Err(failed(&format!("reported a failure ({})", check.describe(values))));
+            }
+        }
+        if let Some(marker) = &rules.success_body_contains {
+            if !text.contains(marker.as_str()) {
+                return Err(failed(&format!("the answer lacks {marker:?}")));
+            }
+        }
+        if let Some(check) = &rules.success_json {
+            if !check.matches(json.as_ref(), values) {
+                return Err(failed(&format!("the answer lacks {}", check.describe(values))));
+            }
+        }
+        let reference = rules
+            .reference_pointer
+            .as_ref()
+            .and_then(|p| json.as_ref()?.pointer(&p.render(values)).and_then(scalar_text))
+            .map(|r| self.mask(r));
+        Ok(Delivered { backend: Self::NAME.to_string(), reference })
+    }
+
+    /// `": <the gateway's words>"`, or nothing when the answer is empty.
+    fn gateway_words(&self, body: &[u8], values: &Values<'_>) -> String {
+        let json: Option<Value> = serde_json::from_slice(body).ok();
+        let words = self
+            .answer
+            .message_pointers
+            .iter()
+            .find_map(|p| json.as_ref()?.pointer(&p.render(values)).filter(|v| !v.is_null()))
+            .map(|v| scalar_text(v).unwrap_or_else(|| v.to_string()))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        let words = super::text::sanitize(words.trim(), false, MAX_DETAIL_CHARS);
+        if words.is_empty() {
+            String::new()
+        } else {
+            format!(": {words}")
+        }
+    }
+
+    fn request_failed(&self, error: &reqwest::Error) -> SendError {
+        let url = &self.request.shown_url;
+        let cause = crate::error::innermost_cause(error);
+        if error.is_builder() {
+            self.definite(format!("cannot build the request to {url}: {cause}"))
+        } else if error.is_connect() {
+            self.definite(format!("cannot connect to {url}: {cause}"))
+        } else if error.is_timeout() {
+            self.uncertain(format!(
+                "no answer from {url} within {}; the gateway may have sent the message",
+                humantime::format_duration(self.timeout)
+            ))
+        } else {
+            self.uncertain(format!(
+                "the connection to {url} failed after the request was sent ({cause}); the gateway may have sent the message"
+            ))
+        }
+    }
+
+    fn definite(&self, reason: String) -> SendError {
+        SendError::Definite { reason: self.mask(reason) }
+    }
+
+    fn uncertain(&self, reason: String) -> SendError {
+        SendError::Uncertain { reason: self.mask(reason) }
+    }
+
+    /// Removes the key, as written and URL-encoded, from text shown to people.
+    fn mask(&self, text: String) -> String {
+        let Some(key) = self.key.as_ref().map(Secret::expose).filter(|k| !k.is_empty()) else {
+            return text;
+        };
+        let mut text = text.replace(key, "***");
+        let encoded: String = key
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if encoded != key {
+            text = text.replace(&encoded, "***");
+        }
+        text
+    }
+}
+
+impl Sender for HttpSender {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(self.deliver(message))
+    }
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] of an answer.
+async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_BODY_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_BODY_BYTES {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::Method;
+
+    use super::*;
+
+    fn config(text: &str) -> HttpConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn explicit_fields_override_the_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "s3cret\n").unwrap();
+        let sender = HttpSender::from_config(
+            &config(
+                "preset = \"gateway\"\nurl = \"http://127.0.0.1:1/api/\"\nkey_file = \"key\"\npath = \"/v2/send\"\nmethod = \"put\"\n",
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(sender.request.url.as_str(), "http://127.0.0.1:1/api/v2/send");
+        assert_eq!(sender.request.method, Method::PUT);
+        assert_eq!(
+            sender.request.query.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["number", "text"]
+        );
+        assert_eq!(sender.key.as_ref().unwrap().expose(), "s3cret");
+        let debug = format!("{sender:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert_eq!(sender.mask("key s3cret, encoded s3cret".into()), "key ***, encoded ***");
+    }
+}
