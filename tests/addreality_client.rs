@@ -11,29 +11,17 @@ use signage_watchdog::addreality::client::{
     Client, ClientConfig, FetchError, FetchReport, Fleet, PagingAnomaly, RetryPolicy,
 };
 use signage_watchdog::addreality::simulator::{Fault, Simulator, DEVICE_LIST_PATH};
+use signage_watchdog::error::with_causes;
 use signage_watchdog::secret::Secret;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use support::addreality::{device, SimulatedApi};
+
+mod support;
 
 const TOKEN: &str = "tok-3f9a-SECRET";
 
-/// A running simulator; dropping it stops the server.
-struct Running {
-    simulator: Simulator,
-    url: String,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(devices: Vec<Value>) -> Running {
-    let simulator = Simulator::new(TOKEN);
-    simulator.set_devices(devices);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Simulator::device_list_url(listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(simulator.clone().serve(listener, async {
-        let _ = stopped.await;
-    }));
-    Running { simulator, url, _stop: stop }
+/// The simulated API serving `devices` on this test's runtime.
+async fn start(devices: Vec<Value>) -> SimulatedApi {
+    SimulatedApi::start(TOKEN, devices).await
 }
 
 fn fast_retry(max_attempts: u32) -> RetryPolicy {
@@ -57,17 +45,9 @@ fn client(url: &str) -> Client {
     Client::new(config(url)).unwrap()
 }
 
-fn numbered(count: usize) -> Vec<Value> {
-    (0..count)
-        .map(|i| {
-            json!({
-                "id": 30_000 + i, "name": format!("Arzamas_Lesnaia_{i}"),
-                "connection_state": "online", "player_status": "playback",
-                "last_online": "2025-05-26T13:29:08.166738Z", "activation_state": true,
-                "player_version": "4.1.76", "time_zone": "+03:00",
-            })
-        })
-        .collect()
+/// `count` players online, numbered from 30 000.
+fn numbered(count: i64) -> Vec<Value> {
+    (0..count).map(|i| device(30_000 + i, &format!("Arzamas_Lesnaia_{i}"), true)).collect()
 }
 
 async fn fetch(client: &Client) -> FetchReport {
@@ -83,17 +63,6 @@ fn fleet(report: FetchReport) -> Fleet {
 
 fn ids(fleet: &Fleet) -> Vec<i64> {
     fleet.devices.iter().map(|d| d.device.id).collect()
-}
-
-/// An error's message and all its sources, as the binary would print them.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[tokio::test]
@@ -307,9 +276,7 @@ async fn a_request_left_unanswered_times_out_and_is_retried() {
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_reported() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Simulator::device_list_url(listener.local_addr().unwrap());
-    drop(listener);
+    let url = Simulator::device_list_url(support::unused_addr());
     let mut config = config(&url);
     config.retry = fast_retry(2);
     let report = fetch(&Client::new(config).unwrap()).await;
@@ -320,7 +287,7 @@ async fn a_refused_connection_is_retried_then_reported() {
         format!("cannot connect to {url} to fetch the devices of platform 12")
     );
     // The cause is in the chain, once.
-    let text = chain(&err);
+    let text = with_causes(&err);
     assert_eq!(text.matches(&url).count(), 1, "{text}");
 }
 
@@ -355,7 +322,7 @@ async fn the_token_and_url_credentials_never_appear_in_errors() {
         ["auth", "status_5xx", "bad_response", "bad_response", "timeout", "auth"]
     );
     for err in &errors {
-        let text = format!("{} {err:?}", chain(err));
+        let text = format!("{} {err:?}", with_causes(err));
         for secret in [TOKEN, "pa55", "admin", "qu3ry", "frag", "line\nbreak"] {
             assert!(!text.contains(secret), "{secret:?} leaked: {text}");
         }

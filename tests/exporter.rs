@@ -14,6 +14,8 @@ use signage_watchdog::exporter::config::{ExporterConfig, PlatformConfig};
 use signage_watchdog::exporter::Exporter;
 use signage_watchdog::http::{Health, Pages};
 use signage_watchdog::secret::{Secret, SecretSource};
+use support::addreality::{device, SimulatedApi};
+use support::exposition::{count, value};
 use tokio::net::TcpListener;
 
 mod support;
@@ -52,27 +54,9 @@ impl Write for Logs {
     }
 }
 
-struct Api {
-    sim: Simulator,
-    url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn api(devices: Vec<Value>) -> Api {
-    let sim = Simulator::new(TOKEN);
-    sim.set_devices(devices);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Simulator::device_list_url(listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = sim.clone();
-    tokio::spawn(
-        async move { serving.serve(listener, async { stopped.await.unwrap_or(()) }).await },
-    );
-    Api { sim, url, _stop: stop }
-}
-
-fn device(id: i64, name: &str, online: bool) -> Value {
-    support::addreality_device(id, name, online)
+/// The simulated API serving `devices` on this test's runtime.
+async fn api(devices: Vec<Value>) -> SimulatedApi {
+    SimulatedApi::start(TOKEN, devices).await
 }
 
 fn config(url: &str, cache: &Path, platforms: &[&str]) -> ExporterConfig {
@@ -107,15 +91,6 @@ fn metrics(exporter: &Exporter) -> String {
     String::from_utf8(exporter.state().exposition().plain().to_vec()).unwrap()
 }
 
-/// The value of the one series whose line starts with `series` (name and labels).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn count(text: &str, family: &str) -> usize {
-    text.lines().filter(|line| line.starts_with(&format!("{family}{{"))).count()
-}
-
 #[tokio::test]
 async fn every_device_of_1200_over_4_pages_is_exported() {
     let api = api(Simulator::demo_fleet(1200, 7)).await;
@@ -128,7 +103,7 @@ async fn every_device_of_1200_over_4_pages_is_exported() {
     assert_eq!(value(&text, "addreality_platform_devices{platform_id=\"12\"}"), Some(1200.0));
     assert_eq!(value(&text, "addreality_requests_total{platform_id=\"12\"}"), Some(4.0));
     assert_eq!(value(&text, "addreality_platform_up{platform_id=\"12\"}"), Some(1.0));
-    let offsets: Vec<_> = api.sim.requests().iter().map(|r| r.offset).collect();
+    let offsets: Vec<_> = api.simulator.requests().iter().map(|r| r.offset).collect();
     assert_eq!(offsets, [Some(0), Some(300), Some(600), Some(900)]);
 }
 
@@ -150,7 +125,7 @@ async fn every_fault_keeps_the_last_good_data_and_says_why() {
         (Fault::Hang, "timeout", "did not answer"),
     ];
     for (fault, reason, said) in cases {
-        api.sim.set_fault(Some(fault.clone()));
+        api.simulator.set_fault(Some(fault.clone()));
         assert_eq!(exporter.poll_all_once().await, ["12"], "{fault:?}");
         let text = metrics(&exporter);
         let log = logs.take();
@@ -181,7 +156,7 @@ async fn every_fault_keeps_the_last_good_data_and_says_why() {
         "401 is never retried"
     );
 
-    api.sim.set_fault(None);
+    api.simulator.set_fault(None);
     assert!(exporter.poll_all_once().await.is_empty());
     assert!(logs.take().contains("platform 12: API answering again; 5 devices"));
     assert_eq!(value(&metrics(&exporter), "addreality_platform_up{platform_id=\"12\"}"), Some(1.0));
@@ -223,7 +198,7 @@ async fn an_api_that_ignores_offset_is_reported_and_forgets_nothing() {
     let api = api(Simulator::demo_fleet(600, 3)).await;
     let dir = tempfile::tempdir().unwrap();
     let exporter = exporter(&config(&api.url, &dir.path().join("c.db"), &["12"]), &[TOKEN]).await;
-    api.sim.set_fault(Some(Fault::IgnoreOffset));
+    api.simulator.set_fault(Some(Fault::IgnoreOffset));
     assert!(exporter.poll_all_once().await.is_empty(), "paging anomalies keep the data");
     let text = metrics(&exporter);
     assert_eq!(count(&text, "addreality_device_online"), 300);
@@ -235,7 +210,7 @@ async fn an_api_that_ignores_offset_is_reported_and_forgets_nothing() {
         Some(1.0),
         "{text}"
     );
-    assert!(api.sim.request_count() <= 3, "no endless loop");
+    assert!(api.simulator.request_count() <= 3, "no endless loop");
     assert!(logs.take().contains("forgetting none this time"));
 }
 
@@ -248,14 +223,17 @@ async fn a_restart_during_an_outage_serves_the_cache_at_once() {
         let first = exporter(&config, &[TOKEN]).await;
         assert!(first.poll_all_once().await.is_empty());
     }
-    api.sim.set_fault(Some(Fault::ServerError));
+    api.simulator.set_fault(Some(Fault::ServerError));
     let second = exporter(&config, &[TOKEN]).await;
     // Before any poll: the cached devices are already served.
     let text = metrics(&second);
     assert_eq!(count(&text, "addreality_device_online"), 3, "{text}");
     assert!(
-        value(&text, "addreality_platform_last_success_timestamp_seconds{platform_id=\"12\"}")
-            .unwrap()
+        value::<f64>(
+            &text,
+            "addreality_platform_last_success_timestamp_seconds{platform_id=\"12\"}"
+        )
+        .unwrap()
             > 1e9
     );
     assert_eq!(second.poll_all_once().await, ["12"]);
@@ -271,7 +249,7 @@ async fn absent_devices_stay_until_forget_after_then_go() {
     let mut config = config(&api.url, &dir.path().join("c.db"), &["12"]);
     let keeping = exporter(&config, &[TOKEN]).await;
     assert!(keeping.poll_all_once().await.is_empty());
-    api.sim.set_devices((1..=2).map(|id| device(id, "p", true)).collect());
+    api.simulator.set_devices((1..=2).map(|id| device(id, "p", true)).collect());
     assert!(keeping.poll_all_once().await.is_empty());
     let text = metrics(&keeping);
     assert_eq!(count(&text, "addreality_device_online"), 3, "kept for an hour");

@@ -11,13 +11,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
-use signage_watchdog::addreality::simulator::{Fault, Simulator};
+use signage_watchdog::addreality::simulator::Fault;
 use signage_watchdog::exporter::cache::Cache;
+use support::addreality::{device, SimulatedApi};
+use support::exposition::count;
+use support::process::{run, Ran};
+use support::wait::{wait_until, DEADLINE};
 
 mod support;
 
@@ -25,55 +29,20 @@ const EXPORTER: &str = env!("CARGO_BIN_EXE_addreality-exporter");
 const EXAMPLE: &str = include_str!("../addreality-exporter.example.toml");
 const TOKEN: &str = "cli-t0ken-4f9a2c";
 const TOKEN_ENV: &str = "SW_TEST_ADDREALITY_TOKEN";
-/// How long anything the exporter does in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(10);
 
 // --- running the binary ----------------------------------------------------
 
 /// The binary in `dir`, with an environment that does not depend on the
 /// shell running the tests: no `RUST_LOG`, not under systemd, no tokens.
 fn exporter(dir: &Path) -> Command {
-    let mut command = Command::new(EXPORTER);
+    let mut command = support::process::command(EXPORTER, dir);
+    command.env_remove(TOKEN_ENV).env_remove("ADDREALITY_TOKEN_12");
     command
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env_remove("JOURNAL_STREAM")
-        .env_remove(TOKEN_ENV)
-        .env_remove("ADDREALITY_TOKEN_12")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// A finished run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(command: &mut Command) -> Run {
-    let output = command.output().expect("the exporter binary runs");
-    let stderr = String::from_utf8(output.stderr).expect("stderr is UTF-8");
-    assert_no_escapes(&stderr);
-    Run {
-        code: output.status.code().expect("exited rather than killed by a signal"),
-        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
-        stderr,
-    }
-}
-
-/// Logs go to the journal or a file when stderr is not a terminal: colour
-/// codes would show there verbatim.
-fn assert_no_escapes(stderr: &str) {
-    assert!(!stderr.contains('\x1b'), "ANSI escape in stderr:\n{stderr}");
 }
 
 /// Asserts the exit code and the exact stderr of a failed run.
 #[track_caller]
-fn assert_fails(run: &Run, code: i32, stderr: &str) {
+fn assert_fails(run: &Ran, code: i32, stderr: &str) {
     assert_eq!((run.code, run.stderr.as_str()), (code, stderr), "stdout:\n{}", run.stdout);
 }
 
@@ -136,15 +105,13 @@ impl Daemon {
 
     /// Sends `signal` (`TERM` is what systemd sends, `INT` is Ctrl-C) and
     /// waits for the exit.
-    fn stop_with(&mut self, signal: &str) -> Run {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
-        assert!(kill.expect("kill runs").success(), "kill -{signal} {pid}");
+    fn stop_with(&mut self, signal: &str) -> Ran {
+        support::process::signal(self.child.id(), signal);
         self.finish()
     }
 
     /// Reads stderr to its end and waits for the exit.
-    fn finish(&mut self) -> Run {
+    fn finish(&mut self) -> Ran {
         let deadline = Instant::now() + DEADLINE;
         loop {
             match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -160,12 +127,7 @@ impl Daemon {
         if let Some(mut out) = self.child.stdout.take() {
             out.read_to_string(&mut stdout).expect("stdout is UTF-8");
         }
-        assert_no_escapes(&self.stderr);
-        Run {
-            code: status.code().expect("exited rather than killed by a signal"),
-            stdout,
-            stderr: std::mem::take(&mut self.stderr),
-        }
+        Ran::new(status, stdout, std::mem::take(&mut self.stderr))
     }
 }
 
@@ -180,30 +142,10 @@ impl Drop for Daemon {
 
 // --- the AddReality API and HTTP -------------------------------------------
 
-/// The simulated API, served by a runtime of its own while the test thread
-/// blocks on the child process.
-struct Api {
-    sim: Simulator,
-    url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn api(devices: Vec<Value>) -> Api {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let sim = Simulator::new(TOKEN);
-    sim.set_devices(devices);
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = Simulator::device_list_url(listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = sim.clone();
-    runtime.spawn(serving.serve(listener, async { stopped.await.unwrap_or(()) }));
-    Api { sim, url, _stop: stop, _runtime: runtime }
-}
-
-fn device(id: i64, name: &str, online: bool) -> Value {
-    support::addreality_device(id, name, online)
+/// The simulated API with `devices`, served by a runtime of its own while
+/// the test thread blocks on the child process.
+fn api(devices: Vec<Value>) -> SimulatedApi {
+    SimulatedApi::start_on_own_runtime(TOKEN, devices)
 }
 
 fn three_devices() -> Vec<Value> {
@@ -233,22 +175,6 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
     (status, body.to_string())
-}
-
-/// Retries `check` until it gives a value, for at most [`DEADLINE`].
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn count(metrics: &str, family: &str) -> usize {
-    metrics.lines().filter(|line| line.starts_with(&format!("{family}{{"))).count()
 }
 
 // --- --help, --version, bad command lines -----------------------------------
@@ -498,7 +424,7 @@ fn once_prints_the_devices_and_never_creates_the_cache() {
         assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
     }
     assert!(!dir.path().join("cache.db").exists(), "--once created the cache file");
-    assert_eq!(api.sim.request_count(), 1);
+    assert_eq!(api.simulator.request_count(), 1);
 }
 
 #[test]
@@ -533,7 +459,7 @@ fn once_with_a_refused_token_exits_6_and_never_shows_the_token() {
     for (stream, text) in [("stdout", &once.stdout), ("stderr", &once.stderr)] {
         assert!(!text.contains(wrong), "the token is in {stream}:\n{text}");
     }
-    assert_eq!(api.sim.request_count(), 1, "a refused token is not retried");
+    assert_eq!(api.simulator.request_count(), 1, "a refused token is not retried");
     assert!(!dir.path().join("cache.db").exists());
 }
 
@@ -557,7 +483,7 @@ fn a_corrupt_cache_exits_4_and_is_left_byte_for_byte() {
          it was left untouched: move it away and restart, the next polls fill a new cache\n",
     );
     assert_eq!(std::fs::read(&cache).unwrap(), garbage, "the cache file was changed");
-    assert_eq!(api.sim.request_count(), 0, "nothing polled");
+    assert_eq!(api.simulator.request_count(), 0, "nothing polled");
     // --once does not read the cache file at all.
     let once =
         run(exporter(dir.path()).args(["-c", "config.toml", "--once"]).env(TOKEN_ENV, TOKEN));
@@ -639,7 +565,7 @@ fn the_daemon_serves_stops_on_sigterm_and_its_cache_survives_a_restart() {
     assert_ne!(addr.port(), 0, "the log names the port actually bound");
     // Wait on /metrics, not /healthz: the health is updated a moment before
     // the exposition is re-rendered.
-    let metrics = eventually("the first poll on /metrics", || {
+    let metrics = wait_until("the first poll on /metrics", || {
         let (status, metrics) = get(addr, "/metrics");
         (status == 200 && metrics.contains("addreality_platform_up{platform_id=\"12\"} 1\n"))
             .then_some(metrics)
@@ -664,7 +590,7 @@ fn the_daemon_serves_stops_on_sigterm_and_its_cache_survives_a_restart() {
 
     // The API hangs: the restarted daemon serves the cache before its first
     // poll can return, and a stop does not wait for that poll.
-    api.sim.set_fault(Some(Fault::Hang));
+    api.simulator.set_fault(Some(Fault::Hang));
     let (mut daemon, addr) = start();
     assert!(daemon.stderr.contains("serving 3 cached devices until the first polls return"));
     let (status, metrics) = get(addr, "/metrics");
@@ -692,7 +618,7 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
     );
     let addr = demo.listening();
     let work = tmp.path().join(format!("addreality-exporter-demo-{}", demo.child.id()));
-    let metrics = eventually("273 devices on /metrics", || {
+    let metrics = wait_until("273 devices on /metrics", || {
         let (status, metrics) = get(addr, "/metrics");
         (status == 200 && count(&metrics, "addreality_device_online") == 273).then_some(metrics)
     });

@@ -14,72 +14,31 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
+use support::process::{run_async as run, Ran};
 use support::prometheus::{TestPrometheus, TestTarget};
+use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
+use support::wait::{wait_until_async, DEADLINE};
+use support::{closed_url, write_secret};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
 
-/// How long a condition may take before the test fails. A passing test
-/// never waits it out.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Pause between two polls of a condition.
-const POLL: Duration = Duration::from_millis(20);
-
 /// The device every scenario watches, as jobctl prints its key.
 const DEVICE: &str = r#"{platform_id="12", device_id="30785"}"#;
 
-/// What the gateway receives for `power_cycle minutes=1` on a SimPal D210.
-const POWER_CYCLE_1: &str = "#12#0#1#1#";
-
 /// A rules file: one socket powering [`DEVICE`], one job power-cycling it as
 /// soon as it is offline, evaluated every second, sent through the gateway
-/// preset. `{prometheus}` and `{gateway}` are filled in by [`rules`].
-const RULES: &str = r#"[prometheus]
-url = "{prometheus}"
-interval = "1s"
-timeout = "1s"
-
-[journal]
-path = "journal.db"
-
-[sms]
-backend = "http"
-
-[sms.http]
-preset = "gateway"
-url = "{gateway}"
-key_file = "sms.key"
-timeout = "2s"
-connect_timeout = "1s"
-
-[[sockets]]
-name = "lobby"
-phone = "+7 999 123-45-67"
-model = "simpal-d210"
-powers = { platform_id = "12", device_id = "30785" }
-
-[[jobs]]
-name = "reboot frozen"
-devices = { platform_id = "12" }
-metric = "addreality_device_online"
-op = "=="
-value = 0
-for = "0s"
-action = { command = "power_cycle", minutes = 1 }
-"#;
-
+/// preset at `gateway`. Its lines: `[sms]` on 9, `[sms.http]` on 12 (its
+/// `timeout` on 16, `connect_timeout` on 17), `[[sockets]]` on 19 (`model`
+/// on 22), and `[[jobs]]` "reboot frozen" on 25 (`for` on 31, `action` on
+/// 32, the last line).
 fn rules(prometheus: &str, gateway: &str) -> String {
-    RULES.replace("{prometheus}", prometheus).replace("{gateway}", gateway)
-}
-
-/// A URL on loopback where nothing listens: connections are refused at once.
-fn closed_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
+    rules_file::head(prometheus, "1s", "1s", "journal.db")
+        + &rules_file::gateway_sms(gateway, "connect_timeout = \"1s\"\n")
+        + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
+        + &rules_file::offline_job("reboot frozen", "12", Some("0s"), POWER_CYCLE_ACTION)
 }
 
 /// What the test target serves: [`DEVICE`]'s `addreality_device_online`.
@@ -94,22 +53,11 @@ struct Site {
     dir: tempfile::TempDir,
 }
 
-/// How a jobctl command ended.
-#[derive(Debug)]
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Site {
     /// A site with the gateway key in place (mode 600, so no warning).
     fn new() -> Site {
         let site = Site { dir: tempfile::tempdir().unwrap() };
-        site.write("sms.key", &format!("{DEFAULT_KEY}\n"));
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(site.path("sms.key"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
+        write_secret(&site.path("sms.key"), &format!("{DEFAULT_KEY}\n"));
         site
     }
 
@@ -153,40 +101,14 @@ impl Site {
     }
 }
 
+/// `jobctl GLOBAL… ARGS…` in `dir`, logging without timestamps (as under
+/// systemd), killed if the test drops it.
 fn command_in(dir: &Path, global: &[&str], args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(JOBCTL);
+    let mut command = support::process::command(JOBCTL, dir);
+    command.args(global).args(args).env("JOURNAL_STREAM", "8:1");
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
     command
-        .args(global)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("JOURNAL_STREAM", "8:1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-async fn run(mut command: tokio::process::Command) -> Ran {
-    let output = tokio::time::timeout(DEADLINE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{command:?} did not finish within {DEADLINE:?}"))
-        .expect("run jobctl");
-    Ran {
-        code: output.status.code().unwrap_or_else(|| panic!("killed: {:?}", output.status)),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
-
-/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < until, "{what} did not happen within {DEADLINE:?}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// A Prometheus scraping one target that serves [`device_page`]`(online)`,
@@ -264,9 +186,7 @@ impl Daemon {
 
     /// Sends a signal by name (`HUP`, `TERM`), as systemd would.
     fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("jobctl is running").to_string();
-        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
-        assert!(status.success(), "kill -s {name} {pid}: {status}");
+        support::process::signal(self.child.id().expect("jobctl is running"), name);
     }
 
     /// One page of the daemon's HTTP server: status and body.
@@ -279,21 +199,15 @@ impl Daemon {
     /// `jobctl_cycles_total`, from /metrics.
     async fn cycles(&self) -> u64 {
         let (_, metrics) = self.get("/metrics").await;
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("jobctl_cycles_total "))
-            .and_then(|value| value.parse().ok())
+        support::exposition::value(&metrics, "jobctl_cycles_total")
             .unwrap_or_else(|| panic!("no jobctl_cycles_total in:\n{metrics}"))
     }
 
     /// Waits until `n` more evaluation cycles have ended.
     async fn wait_cycles(&self, n: u64) {
         let wanted = self.cycles().await + n;
-        let until = Instant::now() + DEADLINE;
-        while self.cycles().await < wanted {
-            assert!(Instant::now() < until, "fewer than {n} cycles in {DEADLINE:?}");
-            tokio::time::sleep(POLL).await;
-        }
+        let what = format!("{n} more cycles");
+        wait_until_async(&what, || async { (self.cycles().await >= wanted).then_some(()) }).await;
     }
 
     /// SIGTERM; returns the exit code and the log lines not read before.
@@ -579,10 +493,7 @@ async fn check_names_an_unreadable_rules_file() {
 async fn check_finds_the_key_next_to_a_rules_file_in_another_directory() {
     let site = Site::new();
     site.write("conf/rules.toml", &rules(&closed_url(), &closed_url()));
-    site.write("conf/sms.key", DEFAULT_KEY);
-    use std::os::unix::fs::PermissionsExt;
-    let key = site.dir.path().join("conf/sms.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_secret(&site.path("conf/sms.key"), DEFAULT_KEY);
     let ran =
         run(command_in(site.dir.path(), &["--config", "conf/rules.toml"], &["check", "--offline"]))
             .await;
@@ -1029,7 +940,10 @@ async fn kill_9_while_sending_never_sends_twice() {
     );
     let mut daemon = Daemon::start(&site).await;
     daemon.wait_for("sending (episode 1, action 1)").await;
-    wait_until("the gateway receiving the message", || gateway.received().len() == 1).await;
+    wait_until_async("the gateway receiving the message", || async {
+        (gateway.received().len() == 1).then_some(())
+    })
+    .await;
     daemon.kill().await;
     let history = site.history(&[]).await;
     assert_eq!((history.len(), &history[0]["outcome"]), (1, &"sending".into()));

@@ -27,15 +27,13 @@ use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
 use support::prometheus::{TestPrometheus, TestTarget};
+use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
+use support::wait::{wait_until_async, DEADLINE};
 
 /// The phone number of the socket that powers device 1 in every scenario.
 const LOBBY: &str = "+79991234567";
 /// The phone number of a second socket.
 const HALL: &str = "+79997654321";
-/// SimPal `power_cycle minutes = 1`.
-const POWER_CYCLE_1: &str = "#12#0#1#1#";
-/// How long Prometheus may take to show a change; a passing test never waits it.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The instant scenarios start at; `cycle_at(m)` runs a cycle `m` minutes later.
 fn t0() -> Timestamp {
@@ -134,7 +132,7 @@ impl Scenario {
     async fn start_in(prometheus: &TestPrometheus, body: &str, mode: Mode) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         let gateway = FakeGateway::start().await;
-        write_key(&dir.path().join("sms.key"), gateway.key());
+        support::write_secret(&dir.path().join("sms.key"), &format!("{}\n", gateway.key()));
         let clock = Arc::new(ManualClock::new(t0()));
         let prometheus_url = prometheus.url().to_string();
         let text = rules_text(&dir, &prometheus_url, &gateway, body);
@@ -194,18 +192,10 @@ impl Scenario {
 
     /// Waits until the gateway has received `n` requests in all.
     async fn wait_received(&self, n: usize) {
-        let until = std::time::Instant::now() + DEADLINE;
-        while self.gateway.received().len() < n {
-            assert!(std::time::Instant::now() < until, "the gateway never got request {n}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("the gateway getting request {n}");
+        wait_until_async(&what, || async { (self.gateway.received().len() >= n).then_some(()) })
+            .await;
     }
-}
-
-fn write_key(path: &std::path::Path, key: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A complete rules file: Prometheus, the journal in `dir`, the gateway
@@ -216,15 +206,10 @@ fn rules_text(
     gateway: &FakeGateway,
     body: &str,
 ) -> String {
-    format!(
-        "[prometheus]\nurl = \"{prometheus_url}\"\ninterval = \"30s\"\ntimeout = \"2s\"\n\n\
-         [journal]\npath = \"{}\"\n\n\
-         [sms]\nbackend = \"http\"\n\n\
-         [sms.http]\npreset = \"gateway\"\nurl = \"{}\"\nkey_file = \"sms.key\"\ntimeout = \"2s\"\n\n\
-         {body}",
-        dir.path().join("journal.db").display(),
-        gateway.url(),
-    )
+    let journal = dir.path().join("journal.db");
+    rules_file::head(prometheus_url, "30s", "2s", &journal.display().to_string())
+        + &rules_file::gateway_sms(&gateway.url(), "")
+        + body
 }
 
 fn parse_rules(dir: &tempfile::TempDir, text: &str) -> RuleSet {
@@ -240,7 +225,7 @@ async fn start_engine(
     mode: Mode,
 ) -> Engine {
     let rules = parse_rules(dir, text);
-    let sender = support::sms_config(text).build(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let sender = support::sms::sender(text, dir.path());
     let prometheus =
         PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
     let journal = Journal::open(&rules.journal.path).unwrap();
@@ -311,21 +296,19 @@ fn attempts(execution: &Execution) -> Vec<ExecutionStatus> {
 
 /// Socket "lobby" powers device 1 of `platform`, socket "hall" device 2.
 fn sockets(platform: &str) -> String {
-    format!(
-        "[[sockets]]\nname = \"lobby\"\nphone = \"{LOBBY}\"\nmodel = \"simpal-d210\"\n\
-         powers = {{ platform_id = \"{platform}\", device_id = \"1\" }}\n\n\
-         [[sockets]]\nname = \"hall\"\nphone = \"{HALL}\"\nmodel = \"simpal-d410\"\n\
-         powers = {{ platform_id = \"{platform}\", device_id = \"2\" }}\n\n"
-    )
+    rules_file::socket("lobby", LOBBY, "simpal-d210", platform, "1")
+        + &rules_file::socket("hall", HALL, "simpal-d410", platform, "2")
 }
 
 /// The job of issue 3's example: offline for 10 minutes → power-cycle.
 fn offline_job(platform: &str) -> String {
-    format!(
-        "[[jobs]]\nname = \"offline\"\ndevices = {{ platform_id = \"{platform}\" }}\n\
-         metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\nfor = \"10m\"\n\
-         action = {{ command = \"power_cycle\", minutes = 1 }}\ncooldown = \"1h\"\n\n"
-    )
+    rules_file::offline_job("offline", platform, Some("10m"), POWER_CYCLE_ACTION)
+        + "cooldown = \"1h\"\n\n"
+}
+
+/// A job that power-cycles each offline player of `platform` at once.
+fn offline_now_job(platform: &str) -> String {
+    rules_file::offline_job("offline now", platform, None, POWER_CYCLE_ACTION)
 }
 
 #[tokio::test]
@@ -516,18 +499,10 @@ async fn guard_makes_a_device_of_a_down_platform_unknown(
     target: &TestTarget,
 ) {
     let d1 = device("52", "1");
-    let jobs = r#"
-[[jobs]]
-name = "offline now"
-devices = { platform_id = "52" }
-metric = "addreality_device_online"
-op = "=="
-value = 0
-action = { command = "power_cycle", minutes = 1 }
-guards = [{ expr = "addreality_platform_up == 1", on = ["platform_id"] }]
-"#;
+    let jobs = offline_now_job("52")
+        + "guards = [{ expr = \"addreality_platform_up == 1\", on = [\"platform_id\"] }]\n";
     publish(prometheus, target, &[online("52", "1", 0.0), platform_up("52", 0.0)]).await;
-    let mut s = Scenario::start(prometheus, &(sockets("52") + jobs)).await;
+    let mut s = Scenario::start(prometheus, &(sockets("52") + &jobs)).await;
 
     for m in [0, 10, 30] {
         let report = s.cycle_at(m).await;
@@ -572,11 +547,8 @@ async fn reload_keeps_unchanged_jobs_and_drops_removed_ones(
 ) {
     let d1 = device("92", "1");
     let job = |name: &str, command: &str| {
-        format!(
-            "[[jobs]]\nname = \"{name}\"\ndevices = {{ platform_id = \"92\" }}\n\
-             metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\nfor = \"10m\"\n\
-             action = {{ command = \"{command}\" }}\n\n"
-        )
+        let action = format!("{{ command = \"{command}\" }}");
+        rules_file::offline_job(name, "92", Some("10m"), &action) + "\n"
     };
     publish(prometheus, target, &[online("92", "1", 0.0)]).await;
     let before = sockets("92") + &offline_job("92") + &job("old", "power_off");
@@ -619,26 +591,21 @@ async fn gateway_failures_are_retried_then_journalled_once(
     target: &TestTarget,
 ) {
     let d = |id: &str| device("62", id);
-    let jobs = r#"
-[[jobs]]
-name = "offline now"
-devices = { platform_id = "62" }
-metric = "addreality_device_online"
-op = "=="
-value = 0
-action = { command = "power_cycle", minutes = 1 }
-"#;
+    let jobs = offline_now_job("62");
     // Devices 1 to `bad` are offline, the others online.
     let page = |bad: u32| -> Vec<Series> {
         (1..=4).map(|i| online("62", &i.to_string(), if i <= bad { 0.0 } else { 1.0 })).collect()
     };
     let socket = |id: &str| {
-        format!(
-            "[[sockets]]\nname = \"socket {id}\"\nphone = \"+7999000000{id}\"\nmodel = \"simpal-d210\"\n\
-             powers = {{ platform_id = \"62\", device_id = \"{id}\" }}\n\n"
+        rules_file::socket(
+            &format!("socket {id}"),
+            &format!("+7999000000{id}"),
+            "simpal-d210",
+            "62",
+            id,
         )
     };
-    let body: String = ["1", "2", "3", "4"].map(socket).concat() + jobs;
+    let body: String = ["1", "2", "3", "4"].map(socket).concat() + &jobs;
     publish(prometheus, target, &page(0)).await;
     let mut s = Scenario::start(prometheus, &body).await;
     s.cycle_at(0).await;
@@ -739,22 +706,10 @@ async fn a_state_save_that_failed_is_made_with_the_next_cycle(
 /// the journal.
 async fn restart_keeps_states_and_never_resends(prometheus: &TestPrometheus, target: &TestTarget) {
     let (d1, d2, d3) = (device("72", "1"), device("72", "2"), device("73", "3"));
-    let jobs = r#"
-[[sockets]]
-name = "stage"
-phone = "+79990000003"
-model = "simpal-d210"
-powers = { platform_id = "73", device_id = "3" }
-
-[[jobs]]
-name = "offline now"
-devices = { platform_id = "73" }
-metric = "addreality_device_online"
-op = "=="
-value = 0
-action = { command = "power_on" }
-"#;
-    let body = sockets("72") + &offline_job("72") + jobs;
+    let stage = rules_file::socket("stage", "+79990000003", "simpal-d210", "73", "3");
+    let jobs =
+        stage + &rules_file::offline_job("offline now", "73", None, "{ command = \"power_on\" }");
+    let body = sockets("72") + &offline_job("72") + &jobs;
     let page =
         |a: f64, b: f64, c: f64| [online("72", "1", a), online("72", "2", b), online("73", "3", c)];
     publish(prometheus, target, &page(0.0, 1.0, 1.0)).await;

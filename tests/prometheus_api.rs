@@ -11,10 +11,9 @@ use std::time::Duration;
 use signage_watchdog::prometheus_api::{Auth, PromClient, PromError, Sample};
 use signage_watchdog::secret::Secret;
 use support::prometheus::{PrometheusOptions, TestPrometheus, TestTarget};
+use support::wait::DEADLINE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn value_of(samples: &[Sample], label: &str, value: &str) -> f64 {
     samples
@@ -84,16 +83,16 @@ async fn target_changes_reach_queries_and_failing_targets_go_down() {
     target.set("addreality_device_online{device_id=\"1\"} 0\n");
     target.wait_scrapes(1).await;
     let expr = "addreality_device_online == 0";
-    prometheus.wait_until_query(expr, |s| s.len() == 1, WAIT).await;
+    prometheus.wait_until_query(expr, |s| s.len() == 1, DEADLINE).await;
 
     // A series the target stops exposing is marked stale at the next scrape.
     target.set("other 1\n");
-    prometheus.wait_until_query("addreality_device_online", <[_]>::is_empty, WAIT).await;
+    prometheus.wait_until_query("addreality_device_online", <[_]>::is_empty, DEADLINE).await;
 
     target.set_failing(true);
-    let down = prometheus.wait_until_query("up == 0", |s| s.len() == 1, WAIT).await;
+    let down = prometheus.wait_until_query("up == 0", |s| s.len() == 1, DEADLINE).await;
     assert_eq!(down[0].labels["job"], "addreality");
-    prometheus.wait_until_query("other", <[_]>::is_empty, WAIT).await;
+    prometheus.wait_until_query("other", <[_]>::is_empty, DEADLINE).await;
 }
 
 #[tokio::test]
@@ -219,7 +218,7 @@ async fn query_range_returns_points() {
     let prometheus = TestPrometheus::start(&[&target]).await;
     let first = jiff::Timestamp::now();
     target.wait_scrapes(3).await;
-    prometheus.wait_until_query("count_over_time(up[10s]) >= 4", |s| s.len() == 1, WAIT).await;
+    prometheus.wait_until_query("count_over_time(up[10s]) >= 4", |s| s.len() == 1, DEADLINE).await;
 
     let end = jiff::Timestamp::now();
     let start = first - jiff::SignedDuration::from_secs(1);
@@ -265,7 +264,7 @@ async fn short_lookback_delta_is_passed_to_prometheus() {
     // delta makes the series vanish after a restart without the target.
     drop(target);
     prometheus.restart().await;
-    prometheus.wait_until_query("kept", <[_]>::is_empty, WAIT).await;
+    prometheus.wait_until_query("kept", <[_]>::is_empty, DEADLINE).await;
 }
 
 /// One request as a fake server received it.
@@ -518,8 +517,7 @@ async fn credentials_are_sent_and_never_shown() {
 
 #[tokio::test]
 async fn nothing_listening_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = support::closed_url();
     let err = client(&url, None).check_expr("up").await.unwrap_err();
     assert_eq!(
         err.to_string(),

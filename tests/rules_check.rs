@@ -6,21 +6,19 @@ use std::path::Path;
 
 use signage_watchdog::config_file::SourceFile;
 use signage_watchdog::rules::{self, DeviceKey, Recipient, Sample, Verdict};
+use support::rules_file;
+
+mod support;
 
 const EXAMPLE: &str = include_str!("../rules.example.toml");
 
-/// A valid file up to its jobs: `[[jobs]]` appended by [`with_job`] is on
-/// line 10, its first key on line 11.
-const HEAD: &str = r#"[prometheus]
-url = "http://127.0.0.1:9090"
-
-[[sockets]]
-name = "lobby"
-phone = "+79991234567"
-model = "simpal-d210"
-powers = { platform_id = "12", device_id = "30785" }
-
-"#;
+/// A valid file up to its jobs: `[prometheus]`, then socket "lobby" on
+/// lines 4 to 8 (`name` on 5, `powers` on 8); `[[jobs]]` appended by
+/// [`with_job`] is on line 10, its first key on line 11.
+fn head() -> String {
+    let lobby = rules_file::socket("lobby", "+79991234567", "simpal-d210", "12", "30785");
+    format!("[prometheus]\nurl = \"http://127.0.0.1:9090\"\n\n{lobby}")
+}
 
 /// A valid condition and action, for tests about other keys.
 const BODY: &str = r#"metric = "addreality_device_online"
@@ -30,7 +28,7 @@ action = { command = "power_cycle", minutes = 1 }
 "#;
 
 fn with_job(job: &str) -> String {
-    format!("{HEAD}[[jobs]]\n{job}")
+    format!("{}[[jobs]]\n{job}", head())
 }
 
 fn errors(text: &str) -> String {
@@ -374,18 +372,18 @@ fn bad_device_key() {
 
 #[test]
 fn bad_phone_numbers_show_the_expected_form() {
-    let text = HEAD.replace("+79991234567", "8 (999) 123-45-67");
+    let text = head().replace("+79991234567", "8 (999) 123-45-67");
     assert_eq!(
         errors(&text),
         "rules.toml:6:9: socket \"lobby\": invalid phone number \"8 (999) 123-45-67\": write it in international form with a leading + and the country code, like \"+79991234567\""
     );
-    let text = HEAD.replace("+79991234567", "+7999");
+    let text = head().replace("+79991234567", "+7999");
     assert_eq!(
         errors(&text),
         "rules.toml:6:9: socket \"lobby\": invalid phone number \"+7999\": it has 4 digits after the +, E.164 numbers have 8 to 15, like \"+79991234567\""
     );
     // Separators are accepted and dropped.
-    let text = HEAD.replace("+79991234567", "+7 (999) 123-45-67");
+    let text = head().replace("+79991234567", "+7 (999) 123-45-67");
     assert_eq!(
         rules::parse(&text, "rules.toml").unwrap().sockets[0].phone.as_str(),
         "+79991234567"
@@ -407,7 +405,7 @@ fn a_rejected_socket_does_not_make_its_jobs_complain_too() {
 #[test]
 fn unknown_socket_model() {
     assert_eq!(
-        errors(&HEAD.replace("simpal-d210", "simpal-d999")),
+        errors(&head().replace("simpal-d210", "simpal-d999")),
         "rules.toml:7:9: socket \"lobby\": unknown model \"simpal-d999\"; use \"simpal-d210\", \"simpal-d410\" or \"custom\" (with [sockets.commands])"
     );
 }
@@ -415,13 +413,13 @@ fn unknown_socket_model() {
 #[test]
 fn custom_sockets_need_commands_that_fit_one_sms() {
     assert_eq!(
-        errors(&HEAD.replace("simpal-d210", "custom")),
+        errors(&head().replace("simpal-d210", "custom")),
         "rules.toml:7:9: socket \"lobby\": model \"custom\" has no commands; add a [sockets.commands] table, like reboot = \"#12#0#{minutes}#1#\""
     );
     let long = "x".repeat(161);
     let text = format!(
         "{}[sockets.commands]\nreboot = \"{long}\"\nbad = \"RESET {{outlet\"\n",
-        HEAD.replace("simpal-d210", "custom")
+        head().replace("simpal-d210", "custom")
     );
     assert_eq!(
         errors(&text),
@@ -431,7 +429,7 @@ fn custom_sockets_need_commands_that_fit_one_sms() {
 
 #[test]
 fn powers_must_name_devices_by_their_whole_key() {
-    let text = HEAD.replace("powers = { platform_id = \"12\", device_id = \"30785\" }", "powers = [{ platform_id = \"12\" }, { platform_id = \"12\", device_id = 1, zone = \"x\" }]");
+    let text = head().replace("powers = { platform_id = \"12\", device_id = \"30785\" }", "powers = [{ platform_id = \"12\" }, { platform_id = \"12\", device_id = 1, zone = \"x\" }]");
     assert_eq!(
         errors(&text),
         "rules.toml:8:11: socket \"lobby\": powers lacks device_id; each entry names one device by all of platform_id, device_id\nrules.toml:8:72: socket \"lobby\": powers names label \"zone\", which is not in device_key (platform_id, device_id); a socket names its devices by device key only"
@@ -440,9 +438,9 @@ fn powers_must_name_devices_by_their_whole_key() {
 
 #[test]
 fn a_device_has_one_socket_and_socket_names_are_unique() {
-    let text = format!(
-        "{HEAD}[[sockets]]\nname = \"hall\"\nphone = \"+79990000001\"\nmodel = \"simpal-d410\"\npowers = {{ platform_id = \"12\", device_id = \"30785\" }}\n\n[[sockets]]\nname = \"lobby\"\nphone = \"+79990000002\"\nmodel = \"simpal-d410\"\npowers = {{ platform_id = \"12\", device_id = \"2\" }}\n"
-    );
+    let text = head()
+        + &rules_file::socket("hall", "+79990000001", "simpal-d410", "12", "30785")
+        + &rules_file::socket("lobby", "+79990000002", "simpal-d410", "12", "2");
     assert_eq!(
         errors(&text),
         "rules.toml:14:10: socket \"hall\": device {platform_id=\"12\", device_id=\"30785\"} is already powered by socket \"lobby\" (rules.toml:8:10); a device can have only one socket\nrules.toml:17:8: socket name \"lobby\" is already used at rules.toml:5:8; socket names must be unique"
@@ -552,7 +550,7 @@ fn duplicate_generated_names() {
 
 #[test]
 fn split_files_hold_only_sockets_and_jobs() {
-    let main = SourceFile::from_text("rules.toml", HEAD);
+    let main = SourceFile::from_text("rules.toml", head());
     let split = SourceFile::from_text("rules.d/x.toml", "[prometheus]\nurl = \"http://other\"\n");
     assert_eq!(
         rules::parse_files(main, vec![split]).unwrap_err().to_string(),
@@ -646,7 +644,7 @@ fn guards_need_an_expression_and_label_names() {
 fn errors_are_collected_across_files_in_file_order() {
     let main = SourceFile::from_text(
         "rules.toml",
-        HEAD.replace("simpal-d210", "simpal-x").replace("+79991234567", "123"),
+        head().replace("simpal-d210", "simpal-x").replace("+79991234567", "123"),
     );
     let split = SourceFile::from_text(
         "rules.d/a.toml",
@@ -696,30 +694,30 @@ fn a_broken_sms_table_is_reported_with_the_other_errors() {
     // Settings only: no secret, spool or device is looked at while loading.
     assert_eq!(
         errors(&format!(
-            "{HEAD}[sms]\nbackend = \"http\"\nmax_segments = 0\n[sms.http]\nurl = \"http://gw\"\nkey_file = \"/nonexistent/sms.key\"\ntimeout = \"0s\"\n[[jobs]]\nname = \"\"\n{BODY}"
+            "{}[sms]\nbackend = \"http\"\nmax_segments = 0\n[sms.http]\nurl = \"http://gw\"\nkey_file = \"/nonexistent/sms.key\"\ntimeout = \"0s\"\n[[jobs]]\nname = \"\"\n{BODY}", head()
         )),
         "rules.toml:12:16: sms.max_segments: must be between 1 and 10 segments\n\
          rules.toml:14:7: sms.http.url: no header, query, form or json value uses {text}: the SMS text would never be sent\n\
          rules.toml:18:8: job #1: name is empty"
     );
     assert_eq!(
-        errors(&format!("{HEAD}[sms]\nbackends = [\"log\", \"modem\"]\n")),
+        errors(&format!("{}[sms]\nbackends = [\"log\", \"modem\"]\n", head())),
         "rules.toml:11:20: sms.backends: backend \"modem\" needs an [sms.modem] table (at least `device`)"
     );
     assert_eq!(
-        errors(&format!("{HEAD}[sms]\nbackend = \"gammu\"\n[sms.gammu]\ntimeout = \"0s\"\n")),
+        errors(&format!("{}[sms]\nbackend = \"gammu\"\n[sms.gammu]\ntimeout = \"0s\"\n", head())),
         "rules.toml:13:11: sms.gammu.timeout: must be longer than zero"
     );
     // toml places an unknown key itself, and then only syntax is reported.
     assert_eq!(
-        errors(&format!("{HEAD}[sms]\nbackend = \"log\"\nspeed = 1\n")),
+        errors(&format!("{}[sms]\nbackend = \"log\"\nspeed = 1\n", head())),
         "rules.toml:12:1: unknown field `speed`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`"
     );
     // What needs the machine is left to the sender: a missing key file or
     // spool directory loads, and `jobctl check` reports it when it builds
     // the sender.
     let rules = rules::parse(
-        &format!("{HEAD}[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"/nonexistent/outgoing\"\n"),
+        &format!("{}[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"/nonexistent/outgoing\"\n", head()),
         "rules.toml",
     )
     .unwrap_or_else(|e| panic!("{e}"));

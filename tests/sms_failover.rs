@@ -12,8 +12,6 @@ use signage_watchdog::journal::{
 use signage_watchdog::sms::{AttemptChain, Message, SendError, Sender};
 use support::fake_gateway::{FakeGateway, Fault};
 
-const PHONE: &str = "+79991234567";
-
 /// `backends = ["http", "smstools"]`: the gateway first, the spool second.
 struct Setup {
     dir: tempfile::TempDir,
@@ -22,20 +20,16 @@ struct Setup {
 
 impl Setup {
     fn new(gateway: &FakeGateway, retry_uncertain: bool) -> Setup {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("outgoing")).unwrap();
-        let key = dir.path().join("sms.key");
-        std::fs::write(&key, gateway.key()).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        support::write_secret(&dir.path().join("sms.key"), gateway.key());
         let text = format!(
             "[sms]\nbackends = [\"http\", \"smstools\"]\nretry_uncertain = {retry_uncertain}\n\
              [sms.http]\npreset = \"gateway\"\nurl = \"{}\"\nkey_file = \"sms.key\"\ntimeout = \"300ms\"\nconnect_timeout = \"100ms\"\n\
              [sms.smstools]\noutgoing = \"outgoing\"\n",
             gateway.url()
         );
-        let sender =
-            support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let sender = support::sms::sender(&text, dir.path());
         Setup { dir, sender }
     }
 
@@ -47,8 +41,9 @@ impl Setup {
     }
 }
 
+/// The message every test sends.
 fn message() -> Message {
-    Message { phone: PHONE.to_string(), text: "#12#0#1#1#".to_string() }
+    support::sms::message("#12#0#1#1#")
 }
 
 /// Sends through the chain as the engine does, journalling every attempt:

@@ -5,39 +5,22 @@ mod support;
 
 use std::path::Path;
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig};
+use signage_watchdog::sms::{Delivered, Sender, SmsConfig};
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
-
-const PHONE: &str = "+79991234567";
+use support::sms::{definite, message, uncertain, PHONE};
 
 /// A sender built from `[sms.http]` lines the way jobctl builds it, with
 /// `key` in a mode-600 file next to the configuration.
 fn sender(http_lines: &str, key: &str) -> (Box<dyn Sender>, tempfile::TempDir) {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("sms.key");
-    std::fs::write(&key_path, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    support::write_secret(&dir.path().join("sms.key"), &format!("{key}\n"));
     let text =
         format!("[sms]\nbackend = \"http\"\n[sms.http]\n{http_lines}\nkey_file = \"sms.key\"\n");
-    let sender =
-        support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    (sender, dir)
+    (support::sms::sender(&text, dir.path()), dir)
 }
 
 fn gateway_sender(gateway: &FakeGateway) -> (Box<dyn Sender>, tempfile::TempDir) {
     sender(&format!("preset = \"gateway\"\nurl = \"{}\"", gateway.url()), gateway.key())
-}
-
-fn message(text: &str) -> Message {
-    Message { phone: PHONE.to_string(), text: text.to_string() }
-}
-
-fn definite(outcome: Result<Delivered, SendError>) -> String {
-    match outcome {
-        Err(SendError::Definite { reason }) => reason,
-        other => panic!("expected a definite failure, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -128,11 +111,8 @@ async fn a_slow_answer_is_uncertain_because_the_message_left() {
     );
     gateway.set_fault(Some(Fault::Hang));
 
-    let outcome = sender.send(&message("#12#0#1#1#")).await;
+    let reason = uncertain(sender.send(&message("#12#0#1#1#")).await);
 
-    let Err(SendError::Uncertain { reason }) = outcome else {
-        panic!("expected uncertain, got {outcome:?}")
-    };
     assert_eq!(
         reason,
         format!(
@@ -145,9 +125,7 @@ async fn a_slow_answer_is_uncertain_because_the_message_left() {
 
 #[tokio::test]
 async fn connection_refused_is_definite() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let url = support::closed_url();
     let (sender, _dir) = sender(&format!("preset = \"gateway\"\nurl = \"{url}\""), "any-key-123");
 
     let reason = definite(sender.send(&message("#01#0#")).await);

@@ -3,10 +3,9 @@
 
 mod support;
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender};
+use signage_watchdog::sms::{Delivered, SendError, Sender};
 use support::fake_modem::{FakeModem, Received, Reply};
-
-const PHONE: &str = "+79991234567";
+use support::sms::{definite, message, PHONE};
 /// What the backend writes when it opens the modem.
 const INIT: &[u8] = b"\x1bAT\rATE0\rAT+CMGF=1\rAT+CSCS=\"IRA\"\r";
 
@@ -21,25 +20,16 @@ fn sender_with_pin(modem: &FakeModem, pin: &str) -> (Box<dyn Sender>, tempfile::
 }
 
 fn build(device: &str, lines: &str, pin: Option<&str>) -> (Box<dyn Sender>, tempfile::TempDir) {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     if let Some(pin) = pin {
-        let path = dir.path().join("sim.pin");
-        std::fs::write(&path, format!("{pin}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        support::write_secret(&dir.path().join("sim.pin"), &format!("{pin}\n"));
     }
     let text = format!("[sms]\nbackend = \"modem\"\n[sms.modem]\ndevice = \"{device}\"\n{lines}\n");
-    let sender =
-        support::sms_config(&text).build(dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    (sender, dir)
+    (support::sms::sender(&text, dir.path()), dir)
 }
 
 /// Short timeouts, for tests where the modem stays silent.
 const QUICK: &str = "command_timeout = \"300ms\"\nsend_timeout = \"300ms\"";
-
-fn message(text: &str) -> Message {
-    Message { phone: PHONE.to_string(), text: text.to_string() }
-}
 
 fn cmgs(text: &str) -> Vec<u8> {
     format!("AT+CMGS=\"{PHONE}\"\r{text}\x1a").into_bytes()
@@ -47,6 +37,17 @@ fn cmgs(text: &str) -> Vec<u8> {
 
 fn delivered(reference: &str) -> Result<Delivered, SendError> {
     Ok(Delivered { backend: "modem".into(), reference: Some(reference.into()) })
+}
+
+/// A failure known not to have sent, in `modem`'s name, as the backend
+/// reports it.
+fn refused(modem: &FakeModem, reason: &str) -> Result<Delivered, SendError> {
+    Err(SendError::Definite { reason: format!("modem {}: {reason}", modem.path().display()) })
+}
+
+/// A failure that may have sent, in `modem`'s name.
+fn unsure(modem: &FakeModem, reason: &str) -> Result<Delivered, SendError> {
+    Err(SendError::Uncertain { reason: format!("modem {}: {reason}", modem.path().display()) })
 }
 
 fn concat(parts: &[&[u8]]) -> Vec<u8> {
@@ -120,14 +121,12 @@ async fn an_error_after_the_text_is_definite_and_explained() {
 
     let outcome = sender.send(&message("#01#0#")).await;
 
-    let device = modem.path().display();
     assert_eq!(
         outcome,
-        Err(SendError::Definite {
-            reason: format!(
-                "modem {device}: the message was refused: +CMS ERROR: 331 (no network service: check the antenna, the signal and the SIM's registration)"
-            )
-        })
+        refused(
+            &modem,
+            "the message was refused: +CMS ERROR: 331 (no network service: check the antenna, the signal and the SIM's registration)"
+        )
     );
     // The modem answered, so it is kept open: no second initialisation.
     assert_eq!(sender.send(&message("#01#0#")).await, delivered("1"));
@@ -141,12 +140,8 @@ async fn an_error_instead_of_the_prompt_is_definite() {
     modem.push_reply(Reply::RefuseBeforeText(330));
     let (sender, _dir) = sender(&modem, "");
 
-    let outcome = sender.send(&message("#01#0#")).await;
+    let reason = definite(sender.send(&message("#01#0#")).await);
 
-    let reason = match outcome {
-        Err(SendError::Definite { reason }) => reason,
-        other => panic!("expected a definite failure, got {other:?}"),
-    };
     assert!(
         reason.ends_with("AT+CMGS=\"+79991234567\" was answered +CMS ERROR: 330 (SMS centre address unknown: set it with AT+CSCA or check the SIM)"),
         "{reason}"
@@ -162,14 +157,12 @@ async fn silence_after_ctrl_z_is_uncertain_and_the_modem_is_reopened() {
 
     let outcome = sender.send(&message("#12#0#1#1#")).await;
 
-    let device = modem.path().display();
     assert_eq!(
         outcome,
-        Err(SendError::Uncertain {
-            reason: format!(
-                "modem {device}: no answer within 300ms after the text was handed over; the message may have been sent"
-            )
-        })
+        unsure(
+            &modem,
+            "no answer within 300ms after the text was handed over; the message may have been sent"
+        )
     );
     assert_eq!(sender.send(&message("#01#0#")).await, delivered("1"));
     // Closed with ESC after the silence, then opened and initialised anew.
@@ -185,14 +178,12 @@ async fn no_prompt_is_definite_and_cancelled_with_esc() {
 
     let outcome = sender.send(&message("#12#0#1#1#")).await;
 
-    let device = modem.path().display();
     assert_eq!(
         outcome,
-        Err(SendError::Definite {
-            reason: format!(
-                "modem {device}: no > prompt after AT+CMGS=\"+79991234567\" within 300ms; the text was not written"
-            )
-        })
+        refused(
+            &modem,
+            "no > prompt after AT+CMGS=\"+79991234567\" within 300ms; the text was not written"
+        )
     );
     let expected = concat(&[INIT, format!("AT+CMGS=\"{PHONE}\"\r").as_bytes(), b"\x1b"]);
     assert_eq!(shown(&modem.transcript_at_least(expected.len())), shown(&expected));
@@ -207,14 +198,9 @@ async fn a_modem_that_does_not_answer_at_all_is_named() {
 
     let outcome = sender.send(&message("#12#0#1#1#")).await;
 
-    let device = modem.path().display();
     assert_eq!(
         outcome,
-        Err(SendError::Definite {
-            reason: format!(
-                "modem {device}: no answer to AT within 300ms; is the modem powered and on this port?"
-            )
-        })
+        refused(&modem, "no answer to AT within 300ms; is the modem powered and on this port?")
     );
 }
 
@@ -294,11 +280,8 @@ async fn a_refused_pin_is_never_offered_again() {
     let (reloaded, _dir2) = sender_with_pin(&modem, "0000");
     let third = reloaded.send(&message("#01#0#")).await;
 
-    for outcome in [&first, &second, &third] {
-        let reason = match outcome {
-            Err(SendError::Definite { reason }) => reason,
-            other => panic!("expected a definite failure, got {other:?}"),
-        };
+    for outcome in [first, second, third] {
+        let reason = definite(outcome);
         assert!(reason.contains("the SIM refused the configured PIN (+CME ERROR: 16 (incorrect password (wrong PIN)))"), "{reason}");
         assert!(!reason.contains("0000"), "{reason}");
     }

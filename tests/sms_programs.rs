@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfigError};
+use signage_watchdog::sms::{Delivered, Sender, SmsConfigError};
+use support::sms::{definite, message, uncertain, PHONE};
 
 mod support;
-
-const PHONE: &str = "+79991234567";
 
 /// The stand-ins, by name. Each records what it was given next to itself
 /// (`<script>.args`, `<script>.env`, `<script>.pid`), and each is used by
@@ -90,38 +89,16 @@ fn ends_soon(pid: &str) -> bool {
             matches!(state, Some(Some('Z' | 'X')))
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ended() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
+    support::wait::poll_for(Duration::from_secs(5), || ended().then_some(())).is_some()
 }
 
 fn build(backend: &str, lines: &str) -> Result<Box<dyn Sender>, SmsConfigError> {
     let text = format!("[sms]\nbackend = \"{backend}\"\n[sms.{backend}]\n{lines}\n");
-    support::sms_config(&text).build(Path::new("/etc/jobctl"))
+    support::sms::config(&text).build(Path::new("/etc/jobctl"))
 }
 
 fn sender(backend: &str, lines: &str) -> Box<dyn Sender> {
     build(backend, lines).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn message(text: &str) -> Message {
-    Message { phone: PHONE.to_string(), text: text.to_string() }
-}
-
-fn reason(outcome: Result<Delivered, SendError>, definite: bool) -> String {
-    match (outcome, definite) {
-        (Err(SendError::Definite { reason }), true)
-        | (Err(SendError::Uncertain { reason }), false) => reason,
-        (other, _) => panic!(
-            "expected a {} failure, got {other:?}",
-            if definite { "definite" } else { "uncertain" }
-        ),
-    }
 }
 
 #[tokio::test]
@@ -167,7 +144,7 @@ async fn gammu_failing_is_definite_in_its_own_words() {
     let script = stand_in("gammu-fail");
     let gammu = sender("gammu", &format!("program = \"{}\"", script.display()));
 
-    let why = reason(gammu.send(&message("#12#0#1#1#")).await, true);
+    let why = definite(gammu.send(&message("#12#0#1#1#")).await);
 
     assert_eq!(
         why,
@@ -185,7 +162,7 @@ async fn gammu_hanging_is_killed_and_uncertain() {
         sender("gammu", &format!("program = \"{}\"\ntimeout = \"300ms\"", script.display()));
 
     let started = Instant::now();
-    let why = reason(gammu.send(&message("#12#0#1#1#")).await, false);
+    let why = uncertain(gammu.send(&message("#12#0#1#1#")).await);
 
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert_eq!(
@@ -210,7 +187,7 @@ async fn gammu_missing_is_named_at_load_or_at_send() {
     );
 
     let gammu = sender("gammu", "program = \"gammu-smsd-inject-surely-not-installed\"");
-    let why = reason(gammu.send(&message("#12#0#1#1#")).await, true);
+    let why = definite(gammu.send(&message("#12#0#1#1#")).await);
     assert_eq!(
         why,
         "gammu-smsd-inject-surely-not-installed was not found; check the path (or PATH for a bare name)"
@@ -246,8 +223,7 @@ async fn command_exit_status_decides_and_its_stderr_explains() {
         )
     };
 
-    let why =
-        reason(sender("command", &lines("command-fail")).send(&message("#01#0#")).await, true);
+    let why = definite(sender("command", &lines("command-fail")).send(&message("#01#0#")).await);
     assert_eq!(
         why,
         format!(
@@ -256,8 +232,7 @@ async fn command_exit_status_decides_and_its_stderr_explains() {
         )
     );
 
-    let why =
-        reason(sender("command", &lines("command-unsure")).send(&message("#01#0#")).await, false);
+    let why = uncertain(sender("command", &lines("command-unsure")).send(&message("#01#0#")).await);
     assert_eq!(
         why,
         format!(
@@ -266,8 +241,7 @@ async fn command_exit_status_decides_and_its_stderr_explains() {
         )
     );
 
-    let why =
-        reason(sender("command", &lines("command-signal")).send(&message("#01#0#")).await, false);
+    let why = uncertain(sender("command", &lines("command-signal")).send(&message("#01#0#")).await);
     assert_eq!(
         why,
         format!(
@@ -289,7 +263,7 @@ async fn command_hanging_is_killed_with_its_children_and_uncertain() {
     );
 
     let started = Instant::now();
-    let why = reason(command.send(&message("#01#0#")).await, false);
+    let why = uncertain(command.send(&message("#01#0#")).await);
 
     // Not the 30 s of the stand-in's child: the whole group was killed.
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());

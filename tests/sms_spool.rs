@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfigError};
+use signage_watchdog::sms::{Delivered, SendError, Sender, SmsConfigError};
+use support::sms::message;
 
 mod support;
-
-const PHONE: &str = "+79991234567";
 
 /// A spool laid out as smstools3 does it.
 struct Spool {
@@ -55,12 +54,8 @@ impl Spool {
         let text = format!(
             "[sms]\nbackend = \"smstools\"\n[sms.smstools]\noutgoing = \"outgoing\"\n{lines}\n"
         );
-        support::sms_config(&text).build(self.root.path())
+        support::sms::config(&text).build(self.root.path())
     }
-}
-
-fn message(text: &str) -> Message {
-    Message { phone: PHONE.to_string(), text: text.to_string() }
 }
 
 const WATCH: &str =

@@ -29,15 +29,14 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 use rustix::pty::OpenptFlags;
 use rustix::termios::{self, OptionalActions};
 
-/// How long a test waits for the modem to see bytes before it fails.
-const PATIENCE: Duration = Duration::from_secs(5);
+use super::wait::DEADLINE;
 
 /// How the modem answers one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,9 +202,9 @@ impl FakeModem {
     }
 
     /// Every byte written to the modem, once there are at least `len`;
-    /// panics after a few seconds otherwise, showing what came.
+    /// panics after [`DEADLINE`] otherwise, showing what came.
     pub fn transcript_at_least(&self, len: usize) -> Vec<u8> {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + DEADLINE;
         let mut state = self.state();
         while state.transcript.len() < len {
             let left = deadline.saturating_duration_since(Instant::now());

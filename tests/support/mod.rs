@@ -1,11 +1,22 @@
-//! Test peers shared by the integration tests: real servers on loopback
-//! standing in for the services signage-watchdog talks to.
+//! What the integration tests share: real servers on loopback standing in
+//! for the services signage-watchdog talks to, and the helpers that more
+//! than one test file needs (running the binaries, waiting, rules files,
+//! SMS senders), so that each is written once.
 // Each integration test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod addreality;
+pub mod exposition;
 pub mod fake_gateway;
 pub mod fake_modem;
+pub mod process;
 pub mod prometheus;
+pub mod rules_file;
+pub mod sms;
+pub mod wait;
+
+use std::net::SocketAddr;
+use std::path::Path;
 
 /// Whether a program a test needs is there (`found`). When it is not,
 /// prints why the calling test is skipped and returns false; under CI (the
@@ -22,28 +33,29 @@ pub fn installed(found: bool, missing: &str) -> bool {
     false
 }
 
-/// The `[sms]` table of a rules file's `text`, read as jobctl reads it;
-/// panics with the text when it does not parse.
-pub fn sms_config(text: &str) -> signage_watchdog::sms::SmsConfig {
-    #[derive(serde::Deserialize)]
-    struct File {
-        sms: signage_watchdog::sms::SmsConfig,
-    }
-    let file: File = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    file.sms
-}
-
-/// A player as the AddReality API lists it, activated and playing.
-pub fn addreality_device(id: i64, name: &str, online: bool) -> serde_json::Value {
-    serde_json::json!({
-        "id": id, "name": name,
-        "connection_state": if online { "online" } else { "offline" },
-        "player_status": "playback", "last_online": "2025-05-26T13:29:08.166738Z",
-        "activation_state": true, "player_version": "4.1.76", "time_zone": "+03:00"
-    })
-}
-
 /// Whether `program --version` runs, for [`installed`].
 pub fn runs(program: &str) -> bool {
     std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Writes `text` to `path` readable by its owner only (mode 600), as a
+/// secret file must be for the binaries to read it without a warning.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// A loopback address that was free a moment ago (bound to port 0, then
+/// released): connections to it are refused at once.
+pub fn unused_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+}
+
+/// `http://` and an [`unused_addr`]: a URL where nothing listens.
+pub fn closed_url() -> String {
+    format!("http://{}", unused_addr())
 }

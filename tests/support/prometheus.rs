@@ -18,6 +18,7 @@
 //! tests skip with a message; when the `CI` environment variable is set they
 //! fail instead, so a broken CI install cannot pass unnoticed.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -35,15 +36,10 @@ use hyper::{Response, StatusCode};
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use tokio::sync::{oneshot, watch};
 
+use super::wait::{poll_for_async, DEADLINE};
+
 /// The Prometheus binary used unless `SIGNAGE_TEST_PROMETHEUS` names another.
 pub const DEFAULT_PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// How long start-up, a restart or a scrape may take before the test fails.
-/// Generous: a loaded CI machine is slow, and a passing test never waits it.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Pause between two polls of a condition (readiness, a query).
-const POLL: Duration = Duration::from_millis(10);
 
 /// An HTTP server on `127.0.0.1` serving `/metrics` with text the test sets.
 pub struct TestTarget {
@@ -377,22 +373,29 @@ impl TestPrometheus {
         predicate: impl Fn(&[Sample]) -> bool,
         deadline: Duration,
     ) -> Vec<Sample> {
-        let until = Instant::now() + deadline;
-        loop {
-            let last = match self.client().query(expr).await {
-                Ok(samples) if predicate(&samples) => return samples,
-                Ok(samples) => format!("{samples:?}"),
-                Err(err) => err.to_string(),
-            };
-            if Instant::now() >= until {
-                panic!(
-                    "`{expr}` did not reach the expected answer within {deadline:?}; last answer: {last}\n\
-                     targets: {}\nPrometheus log (last lines):\n{}",
-                    self.target_health().await,
-                    self.log_tail(20)
-                );
+        let last = RefCell::new(String::new());
+        let answered = poll_for_async(deadline, || async {
+            match self.client().query(expr).await {
+                Ok(samples) if predicate(&samples) => Some(samples),
+                Ok(samples) => {
+                    *last.borrow_mut() = format!("{samples:?}");
+                    None
+                }
+                Err(err) => {
+                    *last.borrow_mut() = err.to_string();
+                    None
+                }
             }
-            tokio::time::sleep(POLL).await;
+        });
+        match answered.await {
+            Some(samples) => samples,
+            None => panic!(
+                "`{expr}` did not reach the expected answer within {deadline:?}; last answer: {}\n\
+                 targets: {}\nPrometheus log (last lines):\n{}",
+                last.into_inner(),
+                self.target_health().await,
+                self.log_tail(20)
+            ),
         }
     }
 
@@ -444,7 +447,7 @@ impl TestPrometheus {
         let attempts = if first { 3 } else { 1 };
         for attempt in 1..=attempts {
             if first {
-                self.port = free_port();
+                self.port = super::unused_addr().port();
                 self.url = format!("http://127.0.0.1:{}", self.port);
                 self.client = Some(
                     PromClient::new(&self.url, Duration::from_secs(5), None)
@@ -506,22 +509,19 @@ impl TestPrometheus {
             .build()
             .expect("build a readiness client");
         let ready = format!("{}/-/ready", self.url);
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let child = self.child.as_mut().expect("Prometheus was just spawned");
-            if let Some(status) = child.try_wait().expect("poll the Prometheus process") {
-                return Err(format!("exited ({status}) while starting"));
-            }
-            if let Ok(response) = http.get(&ready).send().await {
-                if response.status().is_success() {
-                    return Ok(());
+        let child = self.child.as_mut().expect("Prometheus was just spawned");
+        let outcome = poll_for_async(DEADLINE, || {
+            let exited = child.try_wait().expect("poll the Prometheus process");
+            let answer = http.get(&ready).send();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(format!("exited ({status}) while starting")));
                 }
+                let ready = answer.await.is_ok_and(|response| response.status().is_success());
+                ready.then_some(Ok(()))
             }
-            if Instant::now() >= until {
-                return Err(format!("was not ready after {DEADLINE:?}"));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        });
+        outcome.await.unwrap_or_else(|| Err(format!("was not ready after {DEADLINE:?}")))
     }
 }
 
@@ -535,12 +535,4 @@ fn prometheus_binary() -> PathBuf {
     std::env::var_os("SIGNAGE_TEST_PROMETHEUS")
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_PROMETHEUS), PathBuf::from)
-}
-
-/// A loopback port that was free a moment ago (bound to port 0, then released).
-fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a loopback port")
-        .port()
 }
