@@ -86,12 +86,12 @@ impl Clock for ManualClock {
 /// How long it has been from `earlier` to `later`; zero when `later` is not
 /// after `earlier` (the wall clock was stepped back), so a clock step never
 /// makes a timer elapse early.
-pub fn elapsed(earlier: Timestamp, later: Timestamp) -> Duration {
+pub(crate) fn elapsed(earlier: Timestamp, later: Timestamp) -> Duration {
     Duration::try_from(later.duration_since(earlier)).unwrap_or(Duration::ZERO)
 }
 
 /// The instant `duration` after `instant`, saturating at [`Timestamp::MAX`].
-pub fn after(instant: Timestamp, duration: Duration) -> Timestamp {
+pub(crate) fn after(instant: Timestamp, duration: Duration) -> Timestamp {
     instant.checked_add(duration).unwrap_or(Timestamp::MAX)
 }
 

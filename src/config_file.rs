@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     /// Path as the user gave it; used verbatim in messages.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The whole file.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl SourceFile {
     /// Reads a file, naming it in the error when that fails.
-    pub fn read(path: &Path) -> Result<SourceFile, ConfigError> {
+    pub(crate) fn read(path: &Path) -> Result<SourceFile, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(SourceFile { path: path.to_path_buf(), text }),
             Err(err) => Err(ConfigError::unreadable(path, &err)),
@@ -36,7 +36,7 @@ impl SourceFile {
     }
 
     /// One-based line and column (in characters) of a byte offset.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -46,7 +46,7 @@ impl SourceFile {
     }
 
     /// An error at a span of this file.
-    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.position(span.start);
         ConfigError {
             path: self.path.clone(),
@@ -56,18 +56,18 @@ impl SourceFile {
     }
 
     /// An error about the file as a whole (a missing section, say).
-    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError { path: self.path.clone(), location: None, message: message.into() }
     }
 
     /// Deserializes the file, turning `toml`'s error into a positioned one.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(&self.text).map_err(|err| self.toml_error(&err))
     }
 
     /// Converts a `toml` error (syntax, unknown field, wrong type) into a
     /// positioned one with `toml`'s own message, without its source excerpt.
-    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+    pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim_end().to_string();
         match err.span() {
             Some(span) => self.error_at(span, message),
@@ -83,16 +83,16 @@ impl SourceFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file at fault.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// One-based line and column, when the problem has a place.
-    pub location: Option<(usize, usize)>,
+    pub(crate) location: Option<(usize, usize)>,
     /// What is wrong and, where it helps, what to do.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ConfigError {
     /// The file could not be read at all.
-    pub fn unreadable(path: &Path, err: &std::io::Error) -> ConfigError {
+    pub(crate) fn unreadable(path: &Path, err: &std::io::Error) -> ConfigError {
         ConfigError {
             path: path.to_path_buf(),
             location: None,
@@ -150,7 +150,7 @@ impl From<ConfigError> for ConfigErrors {
 ///
 /// [`Duration`]: std::time::Duration
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HumanDuration(pub std::time::Duration);
+pub(crate) struct HumanDuration(pub std::time::Duration);
 
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -160,13 +160,13 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 
 /// Serde helper: a humantime duration (`"30s"`, `"10m"`, `"7d"`). Fields
 /// checked after parsing use [`HumanDuration`] instead, which keeps a span.
-pub mod duration {
+pub(crate) mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     /// Deserializes `"90s"`-style text into a [`Duration`], with humantime's
     /// own message on error (which `toml` then places at the value).
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(de)?;
         humantime::parse_duration(&text).map_err(|err| {
             serde::de::Error::custom(format!(

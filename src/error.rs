@@ -10,7 +10,7 @@
 /// sysadmin can act on (`Connection refused`, a DNS or certificate error),
 /// where the outer messages only repeat the URL — with its query string,
 /// which may hold a key (reqwest's own text does), so it is never shown.
-pub fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = err;
     while let Some(next) = cause.source() {
         cause = next;

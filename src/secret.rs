@@ -19,7 +19,7 @@ impl Secret {
     }
 
     /// The secret text, for the one header or argument that needs it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -82,10 +82,10 @@ pub enum SecretError {
 #[derive(Debug)]
 pub struct LoadedSecret {
     /// The secret.
-    pub secret: Secret,
+    pub(crate) secret: Secret,
     /// Set when a secret file is readable by group or others; callers log it
     /// as a warning, as ssh does for private keys.
-    pub loose_permissions: Option<String>,
+    pub(crate) loose_permissions: Option<String>,
 }
 
 impl SecretSource {

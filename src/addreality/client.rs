@@ -32,7 +32,7 @@ use crate::secret::Secret;
 
 /// No fetch ever reads more pages than this, whatever the server says
 /// (3 million devices at 300 a page).
-pub const MAX_PAGES: u32 = 10_000;
+pub(crate) const MAX_PAGES: u32 = 10_000;
 
 /// How many characters of an error body are quoted in an error message.
 const BODY_QUOTE_CHARS: usize = 160;
@@ -80,7 +80,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The longest wait after failed attempt `attempt` (1-based), before
     /// jitter: `min(max_delay, base_delay × 2^(attempt-1))`.
-    pub fn delay_bound(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_bound(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
         self.base_delay.saturating_mul(factor).min(self.max_delay)
     }

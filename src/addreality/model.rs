@@ -63,22 +63,22 @@ impl Device {
     }
 
     /// Whether the player is playing content.
-    pub fn is_playing(&self) -> bool {
+    pub(crate) fn is_playing(&self) -> bool {
         self.player_status.as_deref() == Some("playback")
     }
 }
 
 /// One page of `device/list`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Page {
+pub(crate) struct Page {
     /// `pagination.total`, when the server sent a usable one.
-    pub total: Option<u64>,
+    pub(crate) total: Option<u64>,
     /// Number of entries in `data`, good or bad.
-    pub entries: usize,
+    pub(crate) entries: usize,
     /// The devices that could be read.
-    pub devices: Vec<Listed>,
+    pub(crate) devices: Vec<Listed>,
     /// Entries that could not be read, with why.
-    pub skipped: Vec<SkippedDevice>,
+    pub(crate) skipped: Vec<SkippedDevice>,
 }
 
 /// A `data[]` entry that was not a usable device.
@@ -87,7 +87,7 @@ pub struct SkippedDevice {
     /// Position in `data`.
     pub index: usize,
     /// Why it was skipped, e.g. `device has no integer "id"`.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Why a whole page could not be read.
@@ -115,15 +115,15 @@ struct RawPage<'a> {
 }
 
 /// How much of a body that is not JSON [`PageError::NotJson`] quotes.
-pub const NOT_JSON_START_CHARS: usize = 40;
+pub(crate) const NOT_JSON_START_CHARS: usize = 40;
 
 /// The first [`NOT_JSON_START_CHARS`] characters of `text`.
-pub fn not_json_start(text: &str) -> String {
+pub(crate) fn not_json_start(text: &str) -> String {
     text.chars().take(NOT_JSON_START_CHARS).collect()
 }
 
 /// Parses one `device/list` response body.
-pub fn parse_page(body: &[u8]) -> Result<Page, PageError> {
+pub(crate) fn parse_page(body: &[u8]) -> Result<Page, PageError> {
     let raw: RawPage<'_> = serde_json::from_slice(body).map_err(|err| PageError::NotJson {
         detail: err.to_string(),
         start: not_json_start(&String::from_utf8_lossy(body)),

@@ -35,14 +35,14 @@ use tokio::net::TcpListener;
 pub const DEVICE_LIST_PATH: &str = "/public/v1/device/list";
 
 /// Page size when a request gives no `limit`.
-pub const DEFAULT_LIMIT: u64 = 300;
+pub(crate) const DEFAULT_LIMIT: u64 = 300;
 
 /// Largest page served unless [`Simulator::set_max_limit`] says otherwise.
-pub const DEFAULT_MAX_LIMIT: u64 = 300;
+pub(crate) const DEFAULT_MAX_LIMIT: u64 = 300;
 
 /// Requests kept for [`Simulator::requests`]; older ones are forgotten so
 /// that a long `--demo` run does not grow without bound.
-pub const REQUEST_LOG_SIZE: usize = 10_000;
+pub(crate) const REQUEST_LOG_SIZE: usize = 10_000;
 
 /// Largest request body read; the real requests are a few dozen bytes.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
@@ -277,7 +277,8 @@ impl Simulator {
     }
 
     /// A copy of the account's devices as they are now.
-    pub fn devices(&self) -> Vec<Value> {
+    #[cfg(test)]
+    pub(crate) fn devices(&self) -> Vec<Value> {
         self.state().devices.clone()
     }
 

@@ -200,18 +200,18 @@ impl EngineMetrics {
     }
 
     /// Whether every query of the last cycle answered.
-    pub fn prometheus_up(&self) -> bool {
+    pub(crate) fn prometheus_up(&self) -> bool {
         self.prometheus_up.get() == 1
     }
 
     /// Seconds since the last cycle ended, `None` before the first.
-    pub fn seconds_since_last_cycle(&self) -> Option<f64> {
+    pub(crate) fn seconds_since_last_cycle(&self) -> Option<f64> {
         let last = self.last_cycle.get();
         (last > 0.0).then(|| jiff::Timestamp::now().as_millisecond() as f64 / 1000.0 - last)
     }
 
     /// The metrics in the text format.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         use prometheus::Encoder;
         let mut out = Vec::new();
         prometheus::TextEncoder::new()

@@ -195,12 +195,12 @@ impl Engine {
     }
 
     /// The rules in force.
-    pub fn rules(&self) -> &RuleSet {
+    pub(crate) fn rules(&self) -> &RuleSet {
         &self.rules
     }
 
     /// The engine's metrics registry (served on `/metrics` by `jobctl run --listen`).
-    pub fn metrics(&self) -> Arc<EngineMetrics> {
+    pub(crate) fn metrics(&self) -> Arc<EngineMetrics> {
         self.metrics.clone()
     }
 
@@ -222,7 +222,7 @@ impl Engine {
     /// Replaces the Prometheus client and the SMS sender after a reload
     /// changed `[prometheus]` or `[sms]`. Sends under way finish with the
     /// sender they started with.
-    pub fn replace_connections(
+    pub(crate) fn replace_connections(
         &mut self,
         prometheus: Arc<PromClient>,
         sender: Arc<dyn Sender>,
@@ -258,7 +258,7 @@ impl Engine {
     }
 
     /// See [`Outbox::stop_retries`]; for shutdown.
-    pub fn stop_retries(&self) {
+    pub(crate) fn stop_retries(&self) {
         self.outbox.stop_retries();
     }
 

@@ -54,7 +54,7 @@ impl Default for SendRetry {
 impl SendRetry {
     /// For commands a person waits on (`jobctl send`, `test-rule --send`):
     /// the same three attempts, seconds rather than minutes apart.
-    pub const INTERACTIVE: SendRetry =
+    pub(crate) const INTERACTIVE: SendRetry =
         SendRetry { attempts: 3, first_delay: Duration::from_secs(2) };
 }
 
@@ -323,7 +323,7 @@ impl Outbox {
 
     /// The journal, for read-only views in the same process (and for the
     /// engine, which saves its job states in it).
-    pub fn journal(&self) -> Arc<Mutex<Journal>> {
+    pub(crate) fn journal(&self) -> Arc<Mutex<Journal>> {
         self.journal.clone()
     }
 
@@ -333,14 +333,14 @@ impl Outbox {
     }
 
     /// Waits for every send in progress to finish (retries included).
-    pub async fn finish_sends(&mut self) {
+    pub(crate) async fn finish_sends(&mut self) {
         while self.sends.join_next().await.is_some() {}
     }
 
     /// Retries not yet made are not made: a send task waiting for one ends
     /// now, its message journalled with its last attempt's outcome. Attempts
     /// under way go on (see [`Outbox::finish_sends`]).
-    pub fn stop_retries(&self) {
+    pub(crate) fn stop_retries(&self) {
         self.stopping.send_replace(true);
     }
 }

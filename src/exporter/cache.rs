@@ -117,9 +117,9 @@ pub struct CachedDevice {
     /// What the last poll that listed it said.
     pub device: Device,
     /// When a poll first listed it, as Unix seconds.
-    pub first_seen: f64,
+    pub(crate) first_seen: f64,
     /// When a poll last listed it, as Unix seconds.
-    pub last_seen: f64,
+    pub(crate) last_seen: f64,
 }
 
 /// One platform (AddReality account) as the cache remembers it.
@@ -128,23 +128,23 @@ pub struct CachedPlatform {
     /// The platform's id from the configuration.
     pub platform_id: String,
     /// When its last successful poll was stored, as Unix seconds.
-    pub last_success: Option<f64>,
+    pub(crate) last_success: Option<f64>,
     /// Its devices, sorted by device id, including the `missing` ones.
     pub devices: Vec<CachedDevice>,
     /// How many of `devices` the last poll did not list (not yet forgotten).
-    pub missing: usize,
+    pub(crate) missing: usize,
 }
 
 /// What [`Cache::store_poll`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredPoll {
     /// Devices written (distinct ids in the poll).
-    pub stored: usize,
+    pub(crate) stored: usize,
     /// Devices deleted because they were absent for longer than `forget_after`.
-    pub forgotten: usize,
+    pub(crate) forgotten: usize,
     /// Cached devices of the platform that this poll did not list and that
     /// are kept for now.
-    pub missing: usize,
+    pub(crate) missing: usize,
 }
 
 /// Why the cache could not be opened, read or written.
@@ -360,7 +360,10 @@ impl Cache {
 
     /// One platform as cached, or `None` if no poll of it was ever stored:
     /// what the exporter re-renders after storing a poll.
-    pub fn load_platform(&self, platform_id: &str) -> Result<Option<CachedPlatform>, CacheError> {
+    pub(crate) fn load_platform(
+        &self,
+        platform_id: &str,
+    ) -> Result<Option<CachedPlatform>, CacheError> {
         Ok(self.load_where(Some(platform_id))?.pop())
     }
 

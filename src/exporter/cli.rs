@@ -37,21 +37,21 @@ pub struct Args {
         value_name = "FILE",
         default_value = "/etc/addreality-exporter/config.toml"
     )]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Check the configuration and the tokens, print a summary and exit.
     #[arg(long, conflicts_with_all = ["once", "demo"])]
-    pub check_config: bool,
+    pub(crate) check_config: bool,
     /// Poll every platform once, print the metrics to stdout and exit;
     /// exits 6 when a platform failed. Does not touch the cache file.
     #[arg(long, conflicts_with = "demo")]
-    pub once: bool,
+    pub(crate) once: bool,
     /// Run against a built-in simulated AddReality account of 273 devices
     /// on loopback; no configuration file or token needed.
     #[arg(long)]
-    pub demo: bool,
+    pub(crate) demo: bool,
     /// Listen address, overriding the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub(crate) listen: Option<std::net::SocketAddr>,
     /// Log level; RUST_LOG overrides it.
     // Checked here: the log filter would take any other word for a module
     // name and silently log nothing at all.

@@ -18,63 +18,63 @@ use crate::config_file::{ConfigError, ConfigErrors, HumanDuration, SourceFile};
 use crate::secret::SecretSource;
 
 /// The public device-list endpoint.
-pub const DEFAULT_API_URL: &str = "https://api.ar.digital/public/v1/device/list";
+pub(crate) const DEFAULT_API_URL: &str = "https://api.ar.digital/public/v1/device/list";
 /// Where the exporter listens unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
+pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
 /// How often each platform is polled.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// How long one API request may take.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where the SQLite cache lives (systemd's `StateDirectory`).
-pub const DEFAULT_CACHE: &str = "/var/lib/addreality-exporter/cache.db";
+pub(crate) const DEFAULT_CACHE: &str = "/var/lib/addreality-exporter/cache.db";
 /// Devices asked for per request; the API's own page size.
-pub const DEFAULT_PAGE_SIZE: u32 = 300;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 300;
 /// How long a device missing from the API stays in the cache and metrics.
-pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The file as written. Every key is optional but `platforms`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// `address:port` to serve `/metrics` on. Default [`DEFAULT_LISTEN`].
-    pub listen: Option<Spanned<String>>,
+    pub(crate) listen: Option<Spanned<String>>,
     /// The device-list endpoint. Default [`DEFAULT_API_URL`].
-    pub api_url: Option<Spanned<String>>,
+    pub(crate) api_url: Option<Spanned<String>>,
     /// Time between two polls of one platform, longer than zero. Default 60s.
-    pub poll_interval: Option<Spanned<HumanDuration>>,
+    pub(crate) poll_interval: Option<Spanned<HumanDuration>>,
     /// Time one API request may take before it is abandoned and retried,
     /// longer than zero. Default 15s.
-    pub request_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) request_timeout: Option<Spanned<HumanDuration>>,
     /// Path of the SQLite cache. Default [`DEFAULT_CACHE`]; relative paths are
     /// taken from the configuration file's directory.
-    pub cache: Option<PathBuf>,
+    pub(crate) cache: Option<PathBuf>,
     /// Devices per request. Default 300.
-    pub page_size: Option<Spanned<u32>>,
+    pub(crate) page_size: Option<Spanned<u32>>,
     /// How long a device absent from the API is still exported. Default 7d.
-    pub forget_after: Option<Spanned<HumanDuration>>,
+    pub(crate) forget_after: Option<Spanned<HumanDuration>>,
     /// The AddReality accounts to poll.
     #[serde(default)]
-    pub platforms: Vec<Spanned<RawPlatform>>,
+    pub(crate) platforms: Vec<Spanned<RawPlatform>>,
 }
 
 /// One `[[platforms]]` entry as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPlatform {
+pub(crate) struct RawPlatform {
     /// The account's platform id; becomes the `platform_id` label.
-    pub id: Spanned<PlatformId>,
+    pub(crate) id: Spanned<PlatformId>,
     /// A human name, exported in `addreality_platform_info`.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// File holding the account's API token (mode 0600 please).
-    pub token_file: Option<Spanned<PathBuf>>,
+    pub(crate) token_file: Option<Spanned<PathBuf>>,
     /// Environment variable holding the account's API token.
-    pub token_env: Option<Spanned<String>>,
+    pub(crate) token_env: Option<Spanned<String>>,
 }
 
 /// A platform id as written: `id = 12` and `id = "12"` are the same.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum PlatformId {
+pub(crate) enum PlatformId {
     /// `id = 12`
     Number(i64),
     /// `id = "12"`
@@ -126,7 +126,7 @@ impl ExporterConfig {
     }
 
     /// Checks configuration text (tests, embedded defaults).
-    pub fn parse(file: &SourceFile) -> Result<ExporterConfig, ConfigErrors> {
+    pub(crate) fn parse(file: &SourceFile) -> Result<ExporterConfig, ConfigErrors> {
         let raw: RawConfig = file.parse()?;
         let mut errors = Vec::new();
         let base_dir = file.path.parent().map(Path::to_path_buf).unwrap_or_default();

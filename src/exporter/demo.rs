@@ -23,9 +23,9 @@ use crate::secret::{Secret, SecretSource};
 
 /// Devices in the simulated account (the size of the fleet the earlier
 /// exporter served).
-pub const DEMO_DEVICES: usize = 273;
+pub(crate) const DEMO_DEVICES: usize = 273;
 /// The demo's default listen address: loopback only.
-pub const DEMO_LISTEN: &str = "127.0.0.1:9747";
+pub(crate) const DEMO_LISTEN: &str = "127.0.0.1:9747";
 const DEMO_TOKEN: &str = "demo-token";
 
 /// Runs the demo until `shutdown` completes.

@@ -7,35 +7,35 @@
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 
 /// Every series the exporter reports about itself.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// `addreality_platform_up{platform_id}`: 1 when the last poll succeeded.
-    pub platform_up: GaugeVec,
+    pub(crate) platform_up: GaugeVec,
     /// `addreality_platform_devices{platform_id}`: devices exported.
-    pub platform_devices: GaugeVec,
+    pub(crate) platform_devices: GaugeVec,
     /// `addreality_platform_devices_missing{platform_id}`: exported from the
     /// cache but absent from the last complete poll.
-    pub platform_devices_missing: GaugeVec,
+    pub(crate) platform_devices_missing: GaugeVec,
     /// `addreality_platform_last_success_timestamp_seconds{platform_id}`.
-    pub platform_last_success: GaugeVec,
+    pub(crate) platform_last_success: GaugeVec,
     /// `addreality_platform_info{platform_id,name}` 1.
-    pub platform_info: GaugeVec,
+    pub(crate) platform_info: GaugeVec,
     /// `addreality_poll_duration_seconds{platform_id}`: the last poll, retries included.
-    pub poll_duration: GaugeVec,
+    pub(crate) poll_duration: GaugeVec,
     /// `addreality_polls_total{platform_id,result}`.
-    pub polls: IntCounterVec,
+    pub(crate) polls: IntCounterVec,
     /// `addreality_requests_total{platform_id}`: HTTP requests to the API.
-    pub requests: IntCounterVec,
+    pub(crate) requests: IntCounterVec,
     /// `addreality_request_failures_total{platform_id,reason}`.
-    pub request_failures: IntCounterVec,
+    pub(crate) request_failures: IntCounterVec,
     /// `addreality_devices_skipped_total{platform_id}`: unreadable `data[]` entries.
-    pub devices_skipped: IntCounterVec,
+    pub(crate) devices_skipped: IntCounterVec,
     /// `addreality_devices_forgotten_total{platform_id}`: dropped after `forget_after`.
-    pub devices_forgotten: IntCounterVec,
+    pub(crate) devices_forgotten: IntCounterVec,
     /// `addreality_paging_anomalies_total{platform_id,kind}`.
-    pub paging_anomalies: IntCounterVec,
+    pub(crate) paging_anomalies: IntCounterVec,
     /// `addreality_cache_write_failures_total{platform_id}`.
-    pub cache_write_failures: IntCounterVec,
+    pub(crate) cache_write_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,7 +135,7 @@ impl Metrics {
 
     /// Creates the platform's series at zero, so that a counter exists
     /// before its first increment and `rate()` sees the first one.
-    pub fn register_platform(&self, platform_id: &str, name: Option<&str>) {
+    pub(crate) fn register_platform(&self, platform_id: &str, name: Option<&str>) {
         self.platform_up.with_label_values(&[platform_id]).set(0.0);
         self.platform_devices.with_label_values(&[platform_id]);
         self.platform_devices_missing.with_label_values(&[platform_id]);
@@ -150,7 +150,7 @@ impl Metrics {
     }
 
     /// Appends the registry's families in the text format.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         use prometheus::Encoder;
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), out)

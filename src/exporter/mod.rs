@@ -12,11 +12,11 @@ pub mod cache;
 pub mod cli;
 mod cli_error;
 pub mod config;
-pub mod demo;
-pub mod metrics;
-pub mod poller;
+pub(crate) mod demo;
+pub(crate) mod metrics;
+pub(crate) mod poller;
 pub mod render;
-pub mod state;
+pub(crate) mod state;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ use poller::Poller;
 use state::ExporterState;
 
 /// Seconds since the Unix epoch, as Prometheus timestamps are.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 

@@ -16,21 +16,21 @@ use crate::addreality::model::Listed;
 use crate::secret::Secret;
 
 /// Everything a poll needs; shared by the per-platform tasks.
-pub struct Poller {
+pub(crate) struct Poller {
     /// The API client (one connection pool for all platforms).
-    pub client: Client,
+    pub(crate) client: Client,
     /// The SQLite cache; writes happen on the blocking pool.
-    pub cache: Arc<Mutex<Cache>>,
+    pub(crate) cache: Arc<Mutex<Cache>>,
     /// What is served.
-    pub state: Arc<ExporterState>,
+    pub(crate) state: Arc<ExporterState>,
     /// How long an absent device is kept.
-    pub forget_after: Duration,
+    pub(crate) forget_after: Duration,
 }
 
 impl Poller {
     /// Polls one platform once and publishes the result. Returns whether the
     /// poll succeeded.
-    pub async fn poll_once(&self, platform: &PlatformConfig, token: &Secret) -> bool {
+    pub(crate) async fn poll_once(&self, platform: &PlatformConfig, token: &Secret) -> bool {
         let id = platform.id.as_str();
         let started = Instant::now();
         let report = self.client.fetch_all(id, token).await;

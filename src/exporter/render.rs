@@ -29,13 +29,13 @@ use super::cache::CachedDevice;
 use crate::addreality::model::Device;
 
 /// Family: whether the player is connected to the AddReality cloud.
-pub const DEVICE_ONLINE: &str = "addreality_device_online";
+pub(crate) const DEVICE_ONLINE: &str = "addreality_device_online";
 /// Family: whether the player is playing content.
-pub const DEVICE_PLAYING: &str = "addreality_device_playing";
+pub(crate) const DEVICE_PLAYING: &str = "addreality_device_playing";
 /// Family: when the player was last connected, as Unix seconds.
-pub const DEVICE_LAST_ONLINE: &str = "addreality_device_last_online_timestamp_seconds";
+pub(crate) const DEVICE_LAST_ONLINE: &str = "addreality_device_last_online_timestamp_seconds";
 /// Family: descriptive labels of the player, value always 1.
-pub const DEVICE_INFO: &str = "addreality_device_info";
+pub(crate) const DEVICE_INFO: &str = "addreality_device_info";
 
 /// One platform's devices, as handed to [`render_devices`].
 #[derive(Debug, Clone, Copy)]

@@ -17,15 +17,15 @@ use crate::http::{Exposition, Health, Pages};
 
 /// One platform as last polled or loaded from the cache.
 #[derive(Debug, Default, Clone)]
-pub struct PlatformView {
+pub(crate) struct PlatformView {
     /// Devices exported, sorted by id.
-    pub devices: Arc<Vec<CachedDevice>>,
+    pub(crate) devices: Arc<Vec<CachedDevice>>,
     /// Unix time of the last successful poll (possibly from before a restart).
-    pub last_success: Option<f64>,
+    pub(crate) last_success: Option<f64>,
     /// Whether a poll has finished since start-up.
-    pub polled: bool,
+    pub(crate) polled: bool,
     /// Why the last poll failed, when it did (no secrets: errors never hold tokens).
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// The exporter's shared state.
@@ -38,7 +38,7 @@ pub struct ExporterState {
     /// poll.
     rendering: Mutex<()>,
     /// The exporter's own metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     poll_interval: Duration,
 }
 
@@ -86,19 +86,19 @@ impl ExporterState {
     }
 
     /// Applies `change` to one platform's view.
-    pub fn update(&self, platform_id: &str, change: impl FnOnce(&mut PlatformView)) {
+    pub(crate) fn update(&self, platform_id: &str, change: impl FnOnce(&mut PlatformView)) {
         let mut platforms = self.platforms.lock().expect("state lock poisoned");
         change(platforms.entry(platform_id.to_string()).or_default());
     }
 
     /// A copy of one platform's view.
-    pub fn platform(&self, platform_id: &str) -> Option<PlatformView> {
+    pub(crate) fn platform(&self, platform_id: &str) -> Option<PlatformView> {
         self.platforms.lock().expect("state lock poisoned").get(platform_id).cloned()
     }
 
     /// Renders the whole exposition from the current views and metrics and
     /// makes it the one every scrape serves.
-    pub fn render(&self) {
+    pub(crate) fn render(&self) {
         let _rendering = self.rendering.lock().expect("render lock poisoned");
         let views: Vec<(String, Arc<Vec<CachedDevice>>)> = {
             let platforms = self.platforms.lock().expect("state lock poisoned");
@@ -127,7 +127,7 @@ impl ExporterState {
 
     /// Health as `/healthz` reports it: healthy while every platform has
     /// succeeded within three poll intervals or has cached devices to serve.
-    pub fn health_at(&self, now: f64) -> Health {
+    pub(crate) fn health_at(&self, now: f64) -> Health {
         let platforms = self.platforms.lock().expect("state lock poisoned");
         let fresh_within = 3.0 * self.poll_interval.as_secs_f64();
         let mut problems = Vec::new();

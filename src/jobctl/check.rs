@@ -16,10 +16,10 @@ use crate::prometheus_api::PromError;
 
 /// `jobctl check` flags.
 #[derive(Debug, clap::Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Do not ask Prometheus to check the queries.
     #[arg(long)]
-    pub offline: bool,
+    pub(crate) offline: bool,
 }
 
 pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {

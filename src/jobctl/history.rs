@@ -14,25 +14,25 @@ use crate::journal::{Execution, ExecutionStatus, HistoryFilter};
 
 /// `jobctl history` flags.
 #[derive(Debug, clap::Args)]
-pub struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     /// Only this job.
     #[arg(long)]
-    pub job: Option<String>,
+    pub(crate) job: Option<String>,
     /// Only this device, as jobctl prints it: `{platform_id="12", device_id="30785"}`.
     #[arg(long)]
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// Only executions since this long ago (`2h`, `7d`) or this time (RFC 3339).
     #[arg(long)]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Only this outcome: planned, sending, sent, failed, uncertain, suppressed, dry_run.
     #[arg(long)]
-    pub outcome: Option<ExecutionStatus>,
+    pub(crate) outcome: Option<ExecutionStatus>,
     /// At most this many rows.
     #[arg(long, default_value_t = 50)]
-    pub limit: u32,
+    pub(crate) limit: u32,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Serialize)]

@@ -31,7 +31,7 @@ use crate::sms::Sender;
 use error::Error;
 
 /// Default rules file.
-pub const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
 
 /// Watches Prometheus and power-cycles frozen signage players by SMS.
 #[derive(Debug, Parser)]
@@ -39,18 +39,18 @@ pub const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
 pub struct Args {
     /// The rules file; `rules.d/*.toml` next to it is read too.
     #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Log level (error, warn, info, debug); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// jobctl's subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: evaluate the rules every interval and send what is due.
     Run(serve::RunArgs),
     /// Validate the rules (and their PromQL, when Prometheus answers) and
@@ -98,9 +98,9 @@ pub(crate) fn load_rules(path: &Path) -> Result<RuleSet, Error> {
 /// The configured SMS sender and how long a notification may be.
 pub(crate) struct Sms {
     /// The sender (one backend, or a failover chain).
-    pub sender: Arc<dyn Sender>,
+    pub(crate) sender: Arc<dyn Sender>,
     /// `[sms] max_segments`.
-    pub max_segments: usize,
+    pub(crate) max_segments: usize,
 }
 
 /// Builds the configured SMS sender, reading the secrets it names; an

@@ -16,13 +16,13 @@ use crate::rules::Outgoing;
 
 /// `jobctl send` arguments.
 #[derive(Debug, clap::Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// The socket's name, as in the rules.
-    pub socket: String,
+    pub(crate) socket: String,
     /// The command, e.g. power_cycle.
-    pub command: String,
+    pub(crate) command: String,
     /// The command's parameters as NAME=VALUE, e.g. minutes=1.
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 pub(super) async fn run(config: &Path, args: SendArgs) -> Result<Exit, Error> {

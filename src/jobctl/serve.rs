@@ -22,16 +22,16 @@ use crate::rules::RuleSet;
 
 /// `jobctl run` flags.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Run one cycle, wait for its sends, and exit (6 if a query failed).
     #[arg(long)]
-    pub once: bool,
+    pub(crate) once: bool,
     /// Evaluate and journal as usual, but send nothing (journalled as dry_run).
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Serve jobctl's own /metrics and /healthz on this address.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub(crate) listen: Option<std::net::SocketAddr>,
 }
 
 /// How long SIGTERM waits for sends already under way.

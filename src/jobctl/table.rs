@@ -5,7 +5,7 @@
 
 /// Output formats of the read-only commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Aligned columns for a terminal.
     Table,
     /// One JSON document, for scripts.

@@ -19,15 +19,15 @@ use crate::rules::{Outgoing, Sample, Verdict};
 
 /// `jobctl test-rule` arguments.
 #[derive(Debug, clap::Args)]
-pub struct TestRuleArgs {
+pub(crate) struct TestRuleArgs {
     /// The job's name (as `jobctl check` prints it).
-    pub job: String,
+    pub(crate) job: String,
     /// Send the action once to every device whose condition holds now.
     #[arg(long)]
-    pub send: bool,
+    pub(crate) send: bool,
     /// With --send: do not ask for confirmation.
     #[arg(long, requires = "send")]
-    pub yes: bool,
+    pub(crate) yes: bool,
 }
 
 pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error> {

@@ -43,7 +43,7 @@ pub enum ExecutionStatus {
 
 impl ExecutionStatus {
     /// Every status, in the order of an execution's life.
-    pub const ALL: [ExecutionStatus; 7] = [
+    pub(crate) const ALL: [ExecutionStatus; 7] = [
         ExecutionStatus::Planned,
         ExecutionStatus::Sending,
         ExecutionStatus::Sent,
@@ -54,7 +54,7 @@ impl ExecutionStatus {
     ];
 
     /// The word stored in the journal and accepted by `--outcome`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExecutionStatus::Planned => "planned",
             ExecutionStatus::Sending => "sending",
@@ -68,7 +68,7 @@ impl ExecutionStatus {
 
     /// Whether a message in this status may have left or is about to, which
     /// is what budgets count.
-    pub fn may_have_left(self) -> bool {
+    pub(crate) fn may_have_left(self) -> bool {
         matches!(
             self,
             ExecutionStatus::Planned
@@ -124,7 +124,7 @@ pub struct Attempt {
     /// The delivery reference or the reason for failure.
     pub detail: Option<String>,
     /// When the outcome was recorded.
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
 }
 
 /// An execution as the journal holds it.

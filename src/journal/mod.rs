@@ -273,11 +273,6 @@ impl Journal {
         self
     }
 
-    /// The file this journal lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `work` in one transaction, so that everything it writes costs one
     /// commit (one fsync) rather than one each. Each write inside is a
     /// savepoint: one that fails is undone alone and returns its error to

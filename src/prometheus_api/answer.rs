@@ -104,7 +104,7 @@ impl InstantAnswer {
     /// a number, no value at all), a range vector, a string or a malformed
     /// `data` is an error; `each` may have been called for the series
     /// before it, which a caller keeping them must then drop.
-    pub fn for_each_sample(
+    pub(crate) fn for_each_sample(
         &self,
         mut each: impl FnMut(&[Label<'_>], f64),
     ) -> Result<usize, PromError> {
@@ -143,7 +143,7 @@ impl InstantAnswer {
     }
 
     /// Every series as a [`Sample`] with its own label map.
-    pub fn samples(&self) -> Result<Vec<Sample>, PromError> {
+    pub(crate) fn samples(&self) -> Result<Vec<Sample>, PromError> {
         let mut samples = Vec::new();
         self.for_each_sample(|labels, value| {
             let labels = labels.iter().map(|(name, text)| (name.to_string(), text.to_string()));

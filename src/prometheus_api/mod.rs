@@ -186,7 +186,7 @@ impl PromClient {
     /// sent it: [`InstantAnswer::for_each_sample`] then walks the series
     /// without building a label map for each. This is what the engine uses,
     /// where a cycle's answers describe every device of the fleet.
-    pub async fn query_answer(&self, expr: &str) -> Result<InstantAnswer, PromError> {
+    pub(crate) async fn query_answer(&self, expr: &str) -> Result<InstantAnswer, PromError> {
         self.instant_query(expr, None).await
     }
 

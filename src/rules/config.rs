@@ -28,23 +28,23 @@ pub(crate) type RawLabels = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRulesFile {
     /// Labels identifying a device. Default `["platform_id", "device_id"]`.
-    pub device_key: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) device_key: Option<Spanned<Vec<Spanned<String>>>>,
     /// Guards for every job that has no `guards` of its own. Default none.
-    pub guards: Option<Vec<Spanned<RawGuard>>>,
+    pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
     /// `[prometheus]`, required.
-    pub prometheus: Option<Spanned<RawPrometheus>>,
+    pub(crate) prometheus: Option<Spanned<RawPrometheus>>,
     /// `[journal]`, optional.
-    pub journal: Option<RawJournal>,
+    pub(crate) journal: Option<RawJournal>,
     /// `[sms]`, as the SMS module reads it.
-    pub sms: Option<SmsConfig>,
+    pub(crate) sms: Option<SmsConfig>,
     /// `[budgets]`, optional: no limits by default.
-    pub budgets: Option<RawBudgets>,
+    pub(crate) budgets: Option<RawBudgets>,
     /// `[[sockets]]`.
     #[serde(default)]
-    pub sockets: Vec<Spanned<RawSocket>>,
+    pub(crate) sockets: Vec<Spanned<RawSocket>>,
     /// `[[jobs]]`.
     #[serde(default)]
-    pub jobs: Vec<Spanned<RawJob>>,
+    pub(crate) jobs: Vec<Spanned<RawJob>>,
 }
 
 /// `[budgets]`: most messages that may leave per rolling window.
@@ -52,13 +52,13 @@ pub(crate) struct RawRulesFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBudgets {
     /// Per socket, per rolling hour. Default: no limit.
-    pub socket_per_hour: Option<Spanned<i64>>,
+    pub(crate) socket_per_hour: Option<Spanned<i64>>,
     /// Per socket, per rolling day. Default: no limit.
-    pub socket_per_day: Option<Spanned<i64>>,
+    pub(crate) socket_per_day: Option<Spanned<i64>>,
     /// All sockets together, per rolling hour. Default: no limit.
-    pub total_per_hour: Option<Spanned<i64>>,
+    pub(crate) total_per_hour: Option<Spanned<i64>>,
     /// All sockets together, per rolling day. Default: no limit.
-    pub total_per_day: Option<Spanned<i64>>,
+    pub(crate) total_per_day: Option<Spanned<i64>>,
 }
 
 /// A file of `rules.d/`: sockets and jobs only.
@@ -67,21 +67,21 @@ pub(crate) struct RawBudgets {
 pub(crate) struct RawFragment {
     /// `[[sockets]]`.
     #[serde(default)]
-    pub sockets: Vec<Spanned<RawSocket>>,
+    pub(crate) sockets: Vec<Spanned<RawSocket>>,
     /// `[[jobs]]`.
     #[serde(default)]
-    pub jobs: Vec<Spanned<RawJob>>,
+    pub(crate) jobs: Vec<Spanned<RawJob>>,
 }
 
 /// A file's `[[sockets]]` and `[[jobs]]`, the main file's and a split
 /// file's alike, with the file their spans point into.
 pub(crate) struct RawEntries<'a> {
     /// The file.
-    pub file: &'a SourceFile,
+    pub(crate) file: &'a SourceFile,
     /// Its `[[sockets]]`.
-    pub sockets: &'a [Spanned<RawSocket>],
+    pub(crate) sockets: &'a [Spanned<RawSocket>],
     /// Its `[[jobs]]`.
-    pub jobs: &'a [Spanned<RawJob>],
+    pub(crate) jobs: &'a [Spanned<RawJob>],
 }
 
 impl RawRulesFile {
@@ -103,21 +103,21 @@ impl RawFragment {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPrometheus {
     /// Base URL of the Prometheus HTTP API. Required.
-    pub url: Option<Spanned<String>>,
+    pub(crate) url: Option<Spanned<String>>,
     /// Evaluation interval. Default 30s.
-    pub interval: Option<Spanned<HumanDuration>>,
+    pub(crate) interval: Option<Spanned<HumanDuration>>,
     /// Query timeout. Default 10s.
-    pub timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
     /// Basic auth user name. Default none.
-    pub username: Option<Spanned<String>>,
+    pub(crate) username: Option<Spanned<String>>,
     /// File holding the basic auth password.
-    pub password_file: Option<Spanned<String>>,
+    pub(crate) password_file: Option<Spanned<String>>,
     /// Environment variable holding the basic auth password.
-    pub password_env: Option<Spanned<String>>,
+    pub(crate) password_env: Option<Spanned<String>>,
     /// File holding a bearer token.
-    pub token_file: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
     /// Environment variable holding a bearer token.
-    pub token_env: Option<Spanned<String>>,
+    pub(crate) token_env: Option<Spanned<String>>,
 }
 
 /// `[journal]`.
@@ -125,7 +125,7 @@ pub(crate) struct RawPrometheus {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJournal {
     /// SQLite file. Default `/var/lib/jobctl/journal.db`.
-    pub path: Option<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
 }
 
 /// `[[sockets]]`.
@@ -133,15 +133,15 @@ pub(crate) struct RawJournal {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSocket {
     /// Unique name. Required.
-    pub name: Option<Spanned<String>>,
+    pub(crate) name: Option<Spanned<String>>,
     /// SIM number. Required.
-    pub phone: Option<Spanned<String>>,
+    pub(crate) phone: Option<Spanned<String>>,
     /// Model name. Required.
-    pub model: Option<Spanned<String>>,
+    pub(crate) model: Option<Spanned<String>>,
     /// Device(s) powered: one table or an array of tables. Required.
-    pub powers: Option<Spanned<RawPowers>>,
+    pub(crate) powers: Option<Spanned<RawPowers>>,
     /// Extra or overriding commands: name → SMS template.
-    pub commands: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub(crate) commands: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
 /// `powers = { … }` or `powers = [{ … }, { … }]`.
@@ -184,36 +184,36 @@ impl<'de> Deserialize<'de> for RawPowers {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJob {
     /// Unique name. Default generated.
-    pub name: Option<Spanned<String>>,
+    pub(crate) name: Option<Spanned<String>>,
     /// Label matchers. Default every device.
-    pub devices: Option<Spanned<RawLabels>>,
+    pub(crate) devices: Option<Spanned<RawLabels>>,
     /// Metric of a comparison.
-    pub metric: Option<Spanned<String>>,
+    pub(crate) metric: Option<Spanned<String>>,
     /// Operator of a comparison.
-    pub op: Option<Spanned<String>>,
+    pub(crate) op: Option<Spanned<String>>,
     /// Threshold of a comparison.
-    pub value: Option<Spanned<f64>>,
+    pub(crate) value: Option<Spanned<f64>>,
     /// Raw PromQL condition.
-    pub expr: Option<Spanned<String>>,
+    pub(crate) expr: Option<Spanned<String>>,
     /// Every term holds.
-    pub all: Option<Spanned<Vec<Spanned<RawTerm>>>>,
+    pub(crate) all: Option<Spanned<Vec<Spanned<RawTerm>>>>,
     /// Some term holds.
-    pub any: Option<Spanned<Vec<Spanned<RawTerm>>>>,
+    pub(crate) any: Option<Spanned<Vec<Spanned<RawTerm>>>>,
     /// How long the condition must hold. Default 0s.
     #[serde(rename = "for")]
-    pub hold_for: Option<Spanned<HumanDuration>>,
+    pub(crate) hold_for: Option<Spanned<HumanDuration>>,
     /// What to do. Required.
-    pub action: Option<Spanned<RawLabels>>,
+    pub(crate) action: Option<Spanned<RawLabels>>,
     /// Wait before a new episode may act. Default 1h.
-    pub cooldown: Option<Spanned<HumanDuration>>,
+    pub(crate) cooldown: Option<Spanned<HumanDuration>>,
     /// Repeats within an episode. Default none.
-    pub repeat: Option<Spanned<RawRepeat>>,
+    pub(crate) repeat: Option<Spanned<RawRepeat>>,
     /// When actions may run. Default any time.
-    pub schedule: Option<Spanned<RawSchedule>>,
+    pub(crate) schedule: Option<Spanned<RawSchedule>>,
     /// Guards. Default the file's top-level `guards`.
-    pub guards: Option<Vec<Spanned<RawGuard>>>,
+    pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
     /// Default true.
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
 }
 
 /// One element of `all`/`any`.
@@ -221,13 +221,13 @@ pub(crate) struct RawJob {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTerm {
     /// Metric of a comparison.
-    pub metric: Option<Spanned<String>>,
+    pub(crate) metric: Option<Spanned<String>>,
     /// Operator of a comparison.
-    pub op: Option<Spanned<String>>,
+    pub(crate) op: Option<Spanned<String>>,
     /// Threshold of a comparison.
-    pub value: Option<Spanned<f64>>,
+    pub(crate) value: Option<Spanned<f64>>,
     /// Raw PromQL.
-    pub expr: Option<Spanned<String>>,
+    pub(crate) expr: Option<Spanned<String>>,
 }
 
 /// `repeat = { every, max }`.
@@ -235,9 +235,9 @@ pub(crate) struct RawTerm {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRepeat {
     /// Time between actions. Required.
-    pub every: Option<Spanned<HumanDuration>>,
+    pub(crate) every: Option<Spanned<HumanDuration>>,
     /// Most repeats per episode. Required, at least 1.
-    pub max: Option<Spanned<i64>>,
+    pub(crate) max: Option<Spanned<i64>>,
 }
 
 /// `schedule = { days, hours, time_zone }`.
@@ -245,11 +245,11 @@ pub(crate) struct RawRepeat {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSchedule {
     /// Days and ranges. Default every day.
-    pub days: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) days: Option<Spanned<Vec<Spanned<String>>>>,
     /// `"HH:MM-HH:MM"`. Default the whole day.
-    pub hours: Option<Spanned<String>>,
+    pub(crate) hours: Option<Spanned<String>>,
     /// IANA zone. Default the system's.
-    pub time_zone: Option<Spanned<String>>,
+    pub(crate) time_zone: Option<Spanned<String>>,
 }
 
 /// `{ expr, on }`.
@@ -257,7 +257,7 @@ pub(crate) struct RawSchedule {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGuard {
     /// PromQL. Required.
-    pub expr: Option<Spanned<String>>,
+    pub(crate) expr: Option<Spanned<String>>,
     /// Join labels. Default the device key.
-    pub on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) on: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -20,7 +20,7 @@ pub struct DeviceKeyLabels(Vec<String>);
 
 impl DeviceKeyLabels {
     /// The labels the AddReality exporter puts on every device series.
-    pub const DEFAULT: [&'static str; 2] = ["platform_id", "device_id"];
+    pub(crate) const DEFAULT: [&'static str; 2] = ["platform_id", "device_id"];
 
     /// Wraps validated label names (non-empty, distinct).
     pub fn new(labels: Vec<String>) -> DeviceKeyLabels {
@@ -28,13 +28,13 @@ impl DeviceKeyLabels {
     }
 
     /// The label names.
-    pub fn labels(&self) -> &[String] {
+    pub(crate) fn labels(&self) -> &[String] {
         &self.0
     }
 
     /// The key of a series, or `None` when it lacks one of the labels (such a
     /// series cannot be attributed to a device and is ignored).
-    pub fn key_of(&self, labels: &BTreeMap<String, String>) -> Option<DeviceKey> {
+    pub(crate) fn key_of(&self, labels: &BTreeMap<String, String>) -> Option<DeviceKey> {
         let mut pairs = Vec::with_capacity(self.0.len());
         for name in &self.0 {
             pairs.push((name.clone(), labels.get(name)?.clone()));
@@ -69,13 +69,8 @@ impl DeviceKey {
         DeviceKey(pairs)
     }
 
-    /// The label/value pairs.
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.0
-    }
-
     /// The value of one label of the key.
-    pub fn get(&self, label: &str) -> Option<&str> {
+    pub(crate) fn get(&self, label: &str) -> Option<&str> {
         self.0.iter().find(|(name, _)| name == label).map(|(_, value)| value.as_str())
     }
 }
@@ -198,25 +193,21 @@ impl LabelMatchers {
         LabelMatchers(matchers)
     }
 
-    /// Whether there are no matchers (every device).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The matchers, by label name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Whether a series with these labels is selected.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    #[cfg(test)]
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|(name, value)| labels.get(name) == Some(value))
     }
 
     /// Whether a device with this key could be selected: no matcher on a
     /// key label contradicts it. (Matchers on other labels cannot be judged
     /// from the key alone and are taken as possible.)
-    pub fn may_select(&self, key: &DeviceKey) -> bool {
+    pub(crate) fn may_select(&self, key: &DeviceKey) -> bool {
         self.0.iter().all(|(name, value)| key.get(name).is_none_or(|v| v == value))
     }
 
@@ -255,7 +246,7 @@ impl fmt::Display for LabelMatchers {
 /// Escapes a label value for a double-quoted PromQL string: backslash,
 /// quote and line breaks, and any other control character as `\u00XX`, so a
 /// device name from the API can never end the string or the query early.
-pub fn escape_label_value(value: &str) -> String {
+pub(crate) fn escape_label_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -272,14 +263,14 @@ pub fn escape_label_value(value: &str) -> String {
 }
 
 /// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_label_name(name: &str) -> bool {
+pub(crate) fn is_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_metric_name(name: &str) -> bool {
+pub(crate) fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')

@@ -21,11 +21,11 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcePosition {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// One-based line.
-    pub line: usize,
+    pub(crate) line: usize,
     /// One-based column.
-    pub column: usize,
+    pub(crate) column: usize,
 }
 
 impl fmt::Display for SourcePosition {
@@ -82,22 +82,22 @@ pub struct Job {
     /// Whether the name was generated.
     pub auto_named: bool,
     /// Where the job is defined.
-    pub origin: SourcePosition,
+    pub(crate) origin: SourcePosition,
     /// Which devices it watches; empty = every device the condition returns.
-    pub devices: LabelMatchers,
+    pub(crate) devices: LabelMatchers,
     /// The condition.
-    pub condition: Condition,
+    pub(crate) condition: Condition,
     /// How long the condition must hold before the job fires (`for`).
-    pub hold_for: Duration,
+    pub(crate) hold_for: Duration,
     /// What to do when it fires.
-    pub action: Action,
+    pub(crate) action: Action,
     /// After an action, how long before the job may act on the same device
     /// in a new episode. Default [`DEFAULT_COOLDOWN`].
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
     /// Repeats within one episode; `None` = act once per episode.
-    pub repeat: Option<Repeat>,
+    pub(crate) repeat: Option<Repeat>,
     /// When the job may act; `None` = any time.
-    pub schedule: Option<Schedule>,
+    pub(crate) schedule: Option<Schedule>,
     /// Expressions that must hold for a device before its data is believed.
     pub guards: Vec<Guard>,
     /// Disabled jobs are checked but not run.

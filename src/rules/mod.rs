@@ -19,16 +19,16 @@
 //! [`schedule`].
 
 mod checker;
-pub mod condition;
+pub(crate) mod condition;
 pub(crate) mod config;
-pub mod device;
-pub mod job;
-pub mod naming;
-pub mod schedule;
+pub(crate) mod device;
+pub(crate) mod job;
+pub(crate) mod naming;
+pub(crate) mod schedule;
 pub mod settings;
 pub mod socket;
 pub mod state;
-pub mod template;
+pub(crate) mod template;
 pub(crate) mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Term, Verdict};
 pub use device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
 pub use job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
-pub use schedule::Schedule;
 pub use settings::{Budgets, JournalConfig, PrometheusAuth, PrometheusConfig};
 
 use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
@@ -53,10 +52,10 @@ pub struct RuleSet {
     /// The files read: the main file, then `rules.d/*.toml` in order.
     pub files: Vec<PathBuf>,
     /// The main file's directory; relative secret files are taken from it.
-    pub base_dir: PathBuf,
+    pub(crate) base_dir: PathBuf,
     /// The main file as read, so that what is found wrong after loading
     /// (an SMS secret that cannot be read) is placed at its line:column.
-    pub main_file: SourceFile,
+    pub(crate) main_file: SourceFile,
     /// The labels that identify a device. Default `platform_id`, `device_id`.
     pub device_key: DeviceKeyLabels,
     /// `[prometheus]`.
@@ -88,7 +87,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// An SMS to a socket.
-    pub fn to_socket(socket: &Socket, text: String) -> Outgoing {
+    pub(crate) fn to_socket(socket: &Socket, text: String) -> Outgoing {
         let to = Recipient::Sms { socket: Some(socket.name.clone()), phone: socket.phone.clone() };
         Outgoing { to, text }
     }
@@ -114,7 +113,7 @@ pub enum Recipient {
 
 impl Recipient {
     /// The address on the channel: an SMS's phone number.
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         match self {
             Recipient::Sms { phone, .. } => phone.as_str(),
         }
@@ -167,12 +166,12 @@ pub enum ActionError {
 
 impl RuleSet {
     /// A job by name.
-    pub fn job(&self, name: &str) -> Option<&Job> {
+    pub(crate) fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
     }
 
     /// A socket by name.
-    pub fn socket(&self, name: &str) -> Option<&Socket> {
+    pub(crate) fn socket(&self, name: &str) -> Option<&Socket> {
         self.sockets.iter().find(|s| s.name == name)
     }
 
@@ -247,7 +246,7 @@ impl RuleSet {
 }
 
 /// The directory of split rule files for a main file: `rules.d` next to it.
-pub fn fragment_dir(main: &Path) -> PathBuf {
+pub(crate) fn fragment_dir(main: &Path) -> PathBuf {
     base_dir(main).join("rules.d")
 }
 

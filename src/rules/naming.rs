@@ -18,7 +18,7 @@ use super::device::LabelMatchers;
 
 /// The generated name of a job, e.g.
 /// `Monitoring platform_id=12 - addreality_device_online == 0`.
-pub fn job_name(devices: &LabelMatchers, condition: &Condition) -> String {
+pub(crate) fn job_name(devices: &LabelMatchers, condition: &Condition) -> String {
     format!("Monitoring {devices} - {condition}")
 }
 

@@ -21,6 +21,7 @@
 
 use std::fmt;
 
+#[cfg(test)]
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -30,7 +31,7 @@ const MINUTES_PER_DAY: u16 = 24 * 60;
 
 /// Why a schedule cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     /// Not a day name or range.
     #[error(
         "unknown day {0:?}; use mon, tue, wed, thu, fri, sat, sun or a range like \"mon-fri\""
@@ -67,16 +68,16 @@ pub enum ScheduleError {
 
 /// A daily window, in minutes since local midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HourWindow {
+pub(crate) struct HourWindow {
     /// First minute inside the window.
-    pub start: u16,
+    pub(crate) start: u16,
     /// First minute after it (1..=1440); before `start` when it crosses midnight.
-    pub end: u16,
+    pub(crate) end: u16,
 }
 
 impl HourWindow {
     /// Reads `"08:00-20:00"`.
-    pub fn parse(text: &str) -> Result<HourWindow, ScheduleError> {
+    pub(crate) fn parse(text: &str) -> Result<HourWindow, ScheduleError> {
         let bad = || ScheduleError::BadHours(text.to_string());
         let (start, end) = text.split_once('-').ok_or_else(bad)?;
         let minute = |part: &str, is_end: bool| -> Result<u16, ScheduleError> {
@@ -123,7 +124,7 @@ impl fmt::Display for HourWindow {
 }
 
 /// Reads a `days` list into a set indexed from Monday.
-pub fn parse_days<'a>(
+pub(crate) fn parse_days<'a>(
     items: impl IntoIterator<Item = &'a str>,
 ) -> Result<[bool; 7], ScheduleError> {
     let mut days = [false; 7];
@@ -159,7 +160,7 @@ pub fn parse_days<'a>(
 }
 
 /// Looks a time zone up in the system tzdb.
-pub fn time_zone(name: &str) -> Result<TimeZone, ScheduleError> {
+pub(crate) fn time_zone(name: &str) -> Result<TimeZone, ScheduleError> {
     TimeZone::get(name).map_err(|err| ScheduleError::UnknownTimeZone {
         name: name.to_string(),
         reason: err.to_string(),
@@ -168,18 +169,18 @@ pub fn time_zone(name: &str) -> Result<TimeZone, ScheduleError> {
 
 /// When a job may act.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Allowed days, Monday first.
-    pub days: [bool; 7],
+    pub(crate) days: [bool; 7],
     /// The daily window; `None` = the whole day.
-    pub hours: Option<HourWindow>,
+    pub(crate) hours: Option<HourWindow>,
     /// The zone the days and hours are in.
-    pub time_zone: TimeZone,
+    pub(crate) time_zone: TimeZone,
 }
 
 impl Schedule {
     /// Whether an action may run at `at`.
-    pub fn allows(&self, at: Timestamp) -> bool {
+    pub(crate) fn allows(&self, at: Timestamp) -> bool {
         let local = at.to_zoned(self.time_zone.clone());
         let day = local.weekday().to_monday_zero_offset() as usize;
         let minute = local.hour() as u16 * 60 + local.minute() as u16;
@@ -198,7 +199,8 @@ impl Schedule {
     /// The first instant at or after `at` when the window is open, looking
     /// up to eight days ahead (`None` only if the days list is empty, which
     /// validation refuses).
-    pub fn next_opening(&self, at: Timestamp) -> Option<Timestamp> {
+    #[cfg(test)]
+    pub(crate) fn next_opening(&self, at: Timestamp) -> Option<Timestamp> {
         if self.allows(at) {
             return Some(at);
         }

@@ -9,12 +9,12 @@ use crate::secret::SecretSource;
 
 /// Default evaluation interval: often enough to notice a frozen player
 /// within a minute, rarely enough to be invisible to Prometheus.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// Default query timeout: a third of the interval, so a slow Prometheus
 /// cannot make cycles overlap.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default journal path: inside systemd's `StateDirectory=jobctl`.
-pub const DEFAULT_JOURNAL_PATH: &str = "/var/lib/jobctl/journal.db";
+pub(crate) const DEFAULT_JOURNAL_PATH: &str = "/var/lib/jobctl/journal.db";
 
 /// `[prometheus]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct PrometheusConfig {
     /// Base URL of the HTTP API (`http://127.0.0.1:9090`), without credentials.
     pub url: reqwest::Url,
     /// Time between evaluation cycles. Default [`DEFAULT_INTERVAL`].
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Timeout of one query, at most `interval`. Default [`DEFAULT_TIMEOUT`].
     pub timeout: Duration,
     /// Credentials, when Prometheus sits behind authentication. Default none.

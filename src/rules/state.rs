@@ -73,38 +73,38 @@ pub use super::condition::Verdict;
 
 /// The timing limits of one job, as the rules file states them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// How long the condition must hold before the job fires (`for`).
-    pub for_: Duration,
+    pub(crate) for_: Duration,
     /// Minimum time between the last action on a (job, device) and the first
     /// action of a later episode.
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
     /// Further actions while the same episode keeps firing; `None` = one
     /// action per episode.
-    pub repeat: Option<Repeat>,
+    pub(crate) repeat: Option<Repeat>,
 }
 
 /// Repeated actions within one firing episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repeat {
     /// Minimum time between two actions of the episode.
-    pub every: Duration,
+    pub(crate) every: Duration,
     /// How many actions may follow the episode's first one.
-    pub max: u32,
+    pub(crate) max: u32,
 }
 
 /// The inputs of one evaluation of one job on one device.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
     /// When the evaluation happened.
-    pub now: Timestamp,
+    pub(crate) now: Timestamp,
     /// What the condition (and its guards) concluded.
-    pub verdict: Verdict,
+    pub(crate) verdict: Verdict,
     /// The value that decided the verdict, if there is one; carried into
     /// [`ActionDue::trigger_value`] for the journal.
-    pub value: Option<f64>,
+    pub(crate) value: Option<f64>,
     /// Whether the job's schedule window allows actions at `now`.
-    pub in_window: bool,
+    pub(crate) in_window: bool,
 }
 
 /// Everything jobctl remembers about one job on one device between
@@ -180,7 +180,7 @@ pub enum PhaseName {
 
 impl PhaseName {
     /// The lower-case word used in logs and in the journal.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PhaseName::Inactive => "inactive",
             PhaseName::Pending => "pending",
@@ -211,18 +211,18 @@ impl Phase {
 /// A change of phase, for the log line "job X device Y: pending → firing
 /// after 10m". The engine adds the job and the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// The phase left.
-    pub from: PhaseName,
+    pub(crate) from: PhaseName,
     /// The phase entered.
-    pub to: PhaseName,
+    pub(crate) to: PhaseName,
     /// When it happened.
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
     /// How long the left phase lasted (zero when leaving inactive or
     /// resolved, whose start is of no interest).
-    pub after: Duration,
+    pub(crate) after: Duration,
     /// The episode started (entering firing) or ended (entering resolved).
-    pub episode: Option<u64>,
+    pub(crate) episode: Option<u64>,
 }
 
 impl fmt::Display for Transition {
@@ -241,18 +241,18 @@ impl fmt::Display for Transition {
 
 /// An action (an SMS) that the engine must now journal and send.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ActionDue {
+pub(crate) struct ActionDue {
     /// The episode it belongs to.
-    pub episode: u64,
+    pub(crate) episode: u64,
     /// 1 for the episode's first action, 2 for its first repeat, and so on.
-    pub attempt_in_episode: u32,
+    pub(crate) attempt_in_episode: u32,
     /// The value that made the condition true at this evaluation, if known.
-    pub trigger_value: Option<f64>,
+    pub(crate) trigger_value: Option<f64>,
 }
 
 /// Why a firing episode's action is waiting although it would be due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActionHeld {
+pub(crate) enum ActionHeld {
     /// The cooldown since the previous action has not elapsed.
     Cooldown {
         /// When the cooldown ends.
@@ -275,20 +275,20 @@ impl fmt::Display for ActionHeld {
 
 /// The outcome of one evaluation of one job on one device.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub(crate) struct Step {
     /// The state to keep (and persist) until the next evaluation.
-    pub state: JobState,
+    pub(crate) state: JobState,
     /// Phase changes, in order, for the log.
-    pub transitions: Vec<Transition>,
+    pub(crate) transitions: Vec<Transition>,
     /// The action to journal and send now, if one is due.
-    pub action: Option<ActionDue>,
+    pub(crate) action: Option<ActionDue>,
     /// Why an action that would be due is waiting, if it is.
-    pub held: Option<ActionHeld>,
+    pub(crate) held: Option<ActionHeld>,
 }
 
 impl JobState {
     /// Applies one evaluation, following the rules in the module docs.
-    pub fn advance(&self, timing: &Timing, evaluation: &Evaluation) -> Step {
+    pub(crate) fn advance(&self, timing: &Timing, evaluation: &Evaluation) -> Step {
         let mut step =
             Step { state: self.clone(), transitions: Vec::new(), action: None, held: None };
         let now = evaluation.now;

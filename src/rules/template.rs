@@ -23,7 +23,7 @@ enum Piece {
 
 /// Why a template cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     /// `{` without its `}`.
     #[error("`{{` at character {at} is not closed; write {{{{ for a literal brace")]
     Unclosed {
@@ -48,7 +48,7 @@ pub enum TemplateError {
 
 impl Template {
     /// Parses `text`.
-    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+    pub(crate) fn parse(text: &str) -> Result<Template, TemplateError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut chars = text.chars().enumerate().peekable();
@@ -90,7 +90,7 @@ impl Template {
     }
 
     /// The placeholders, in order of first appearance, without repeats.
-    pub fn fields(&self) -> Vec<&str> {
+    pub(crate) fn fields(&self) -> Vec<&str> {
         let mut fields: Vec<&str> = Vec::new();
         for piece in &self.pieces {
             if let Piece::Field(name) = piece {
@@ -103,13 +103,13 @@ impl Template {
     }
 
     /// The text with every placeholder removed: what is certain to be sent.
-    pub fn literal_text(&self) -> String {
+    pub(crate) fn literal_text(&self) -> String {
         self.render(|_| Some(String::new()))
     }
 
     /// Fills the placeholders; `value` returns `None` for an unknown one,
     /// which is then rendered as `?`.
-    pub fn render(&self, value: impl Fn(&str) -> Option<String>) -> String {
+    pub(crate) fn render(&self, value: impl Fn(&str) -> Option<String>) -> String {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
@@ -124,7 +124,7 @@ impl Template {
     }
 
     /// The template as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.source
     }
 }

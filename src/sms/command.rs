@@ -57,7 +57,7 @@ use super::{
 use crate::config_file::HumanDuration;
 
 /// How long the program may run, by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes kept from the end of each of the program's outputs.
 const MAX_OUTPUT_BYTES: usize = 4096;
 /// Most characters of the program's output quoted in a reason.
@@ -69,27 +69,27 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// The `[sms.command]` table, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CommandConfig {
+pub(crate) struct CommandConfig {
     /// The program: a full path, a path relative to the rules file
     /// (`./send-sms`), or a bare name looked up in `PATH`.
-    pub program: Spanned<PathBuf>,
+    pub(crate) program: Spanned<PathBuf>,
     /// Its arguments, each a template (`"{phone}"`, `"{text}"`). Default:
     /// none (then `env` must carry the phone and the text).
-    pub args: Option<Spanned<Vec<String>>>,
+    pub(crate) args: Option<Spanned<Vec<String>>>,
     /// Environment variables set for it, values are templates
     /// (`SMS_TO = "{phone}"`). Default: none.
-    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
     /// Time the program may run before it is killed and the send counted
     /// as uncertain; longer than zero. Default [`DEFAULT_TIMEOUT`].
-    pub timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
     /// Exit statuses that mean "it may have been sent" rather than "it was
     /// not". Default: none, every status other than 0 is a definite failure.
-    pub uncertain_exit_codes: Option<Spanned<Vec<i32>>>,
+    pub(crate) uncertain_exit_codes: Option<Spanned<Vec<i32>>>,
 }
 
 /// Runs the configured program for each message; see the module documentation.
 #[derive(Debug)]
-pub struct CommandSender {
+pub(crate) struct CommandSender {
     program: PathBuf,
     args: Vec<Template>,
     env: Vec<(String, Template)>,
@@ -149,11 +149,11 @@ pub(crate) fn resolve_program(
 
 impl CommandSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "command";
+    pub(crate) const NAME: &'static str = "command";
 
     /// Validates `[sms.command]`: the program exists (when given as a path),
     /// the templates parse, and the phone and the text reach the program.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &CommandConfig,
         base_dir: &Path,
     ) -> Result<CommandSender, SmsConfigError> {

@@ -36,7 +36,7 @@ use super::{Message, SendError, SendFuture, SendOutcome, Sender};
 
 /// Whether an uncertain outcome is handed to the next backend when
 /// `retry_uncertain` is not set: no, a power command must not go out twice.
-pub const DEFAULT_RETRY_UNCERTAIN: bool = false;
+pub(crate) const DEFAULT_RETRY_UNCERTAIN: bool = false;
 
 /// Backends tried in order; see the module documentation.
 #[derive(Debug)]
@@ -61,12 +61,12 @@ impl FailoverSender {
     }
 
     /// The backends, in the order they are tried.
-    pub fn backends(&self) -> impl Iterator<Item = &dyn Sender> {
+    pub(crate) fn backends(&self) -> impl Iterator<Item = &dyn Sender> {
         self.backends.iter().map(|b| b.as_ref())
     }
 
     /// Whether an uncertain outcome moves on to the next backend.
-    pub fn retry_uncertain(&self) -> bool {
+    pub(crate) fn retry_uncertain(&self) -> bool {
         self.retry_uncertain
     }
 }
@@ -103,9 +103,9 @@ impl Sender for FailoverSender {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptOutcome {
     /// The backend's [`Sender::name`] (`"modem"`, `"http"`).
-    pub backend: String,
+    pub(crate) backend: String,
     /// What it came to.
-    pub outcome: SendOutcome,
+    pub(crate) outcome: SendOutcome,
 }
 
 /// One message going down a chain of backends, one attempt at a time; see
@@ -147,7 +147,7 @@ impl<'a> AttemptChain<'a> {
     }
 
     /// The name of the backend the next attempt goes to, if any.
-    pub fn next_backend(&self) -> Option<&str> {
+    pub(crate) fn next_backend(&self) -> Option<&str> {
         self.has_next().then(|| self.backends[self.next].name())
     }
 
@@ -167,7 +167,8 @@ impl<'a> AttemptChain<'a> {
     }
 
     /// Every attempt so far, oldest first.
-    pub fn attempts(&self) -> &[AttemptOutcome] {
+    #[cfg(test)]
+    pub(crate) fn attempts(&self) -> &[AttemptOutcome] {
         &self.attempts
     }
 
@@ -180,7 +181,7 @@ impl<'a> AttemptChain<'a> {
     ///   each backend's reason.
     ///
     /// A chain of one backend reports its outcome unchanged.
-    pub fn outcome(&self) -> Option<SendOutcome> {
+    pub(crate) fn outcome(&self) -> Option<SendOutcome> {
         let last = self.attempts.last()?;
         if self.backends.len() == 1 {
             return Some(last.outcome.clone());

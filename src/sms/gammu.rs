@@ -50,10 +50,10 @@ use super::{
 use crate::config_file::HumanDuration;
 
 /// The program when `program` is not set, looked up in `PATH`.
-pub const DEFAULT_PROGRAM: &str = "gammu-smsd-inject";
+pub(crate) const DEFAULT_PROGRAM: &str = "gammu-smsd-inject";
 /// How long `gammu-smsd-inject` may run, by default. It only writes to
 /// gammu-smsd's queue (files or a database), so seconds are plenty.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `gammu-smsd-inject` prints once the message is in the queue.
 const WRITTEN: &str = "Written message with ID ";
 
@@ -61,21 +61,21 @@ const WRITTEN: &str = "Written message with ID ";
 /// a default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GammuConfig {
+pub(crate) struct GammuConfig {
     /// Path of `gammu-smsd-inject` (relative paths from the rules file).
     /// Default [`DEFAULT_PROGRAM`], looked up in `PATH`.
-    pub program: Option<Spanned<PathBuf>>,
+    pub(crate) program: Option<Spanned<PathBuf>>,
     /// gammu-smsd's configuration file, passed as `-c`. Default: gammu's
     /// own default (`/etc/gammu-smsdrc`).
-    pub config: Option<Spanned<PathBuf>>,
+    pub(crate) config: Option<Spanned<PathBuf>>,
     /// Time `gammu-smsd-inject` may run before it is killed and the send
     /// counted as uncertain; longer than zero. Default [`DEFAULT_TIMEOUT`].
-    pub timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Queues messages with `gammu-smsd-inject`; see the module documentation.
 #[derive(Debug)]
-pub struct GammuSender {
+pub(crate) struct GammuSender {
     program: PathBuf,
     config: Option<PathBuf>,
     timeout: Duration,
@@ -83,10 +83,10 @@ pub struct GammuSender {
 
 impl GammuSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "gammu";
+    pub(crate) const NAME: &'static str = "gammu";
 
     /// Validates `[sms.gammu]`.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &GammuConfig,
         base_dir: &Path,
     ) -> Result<GammuSender, SmsConfigError> {

@@ -13,7 +13,7 @@ pub struct LogSender;
 
 impl LogSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "log";
+    pub(crate) const NAME: &'static str = "log";
 
     /// A new log sender.
     pub fn new() -> LogSender {

@@ -29,16 +29,16 @@
 //! backend and counts their segments. The `[sms]` table of the rules file is
 //! [`SmsConfig`]; [`SmsConfig::build`] turns it into a ready sender.
 
-pub mod command;
-pub mod failover;
-pub mod gammu;
-pub mod http;
+pub(crate) mod command;
+pub(crate) mod failover;
+pub(crate) mod gammu;
+pub(crate) mod http;
 pub mod log;
-pub mod modem;
+pub(crate) mod modem;
 pub mod phone;
-pub mod smstools;
+pub(crate) mod smstools;
 mod template;
-pub mod text;
+pub(crate) mod text;
 
 pub use failover::{AttemptChain, AttemptOutcome, FailoverSender};
 
@@ -74,13 +74,6 @@ pub struct Delivered {
     pub reference: Option<String>,
 }
 
-impl Delivered {
-    /// `"delivered"`, the metrics label of a success (see [`SendError::label`]).
-    pub fn label(&self) -> &'static str {
-        "delivered"
-    }
-}
-
 /// Why a message was not confirmed, split by what the journal may do next.
 ///
 /// `reason` is a short sentence for a sysadmin: it names the backend's URL or
@@ -103,7 +96,7 @@ pub enum SendError {
 
 impl SendError {
     /// `"failed"` or `"uncertain"`, for metrics labels and the journal.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             SendError::Definite { .. } => "failed",
             SendError::Uncertain { .. } => "uncertain",
@@ -119,17 +112,18 @@ impl SendError {
     }
 
     /// True when the message certainly did not leave.
-    pub fn is_definite(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_definite(&self) -> bool {
         matches!(self, SendError::Definite { .. })
     }
 }
 
 /// What one send attempt came to.
-pub type SendOutcome = Result<Delivered, SendError>;
+pub(crate) type SendOutcome = Result<Delivered, SendError>;
 
 /// The future a [`Sender`] returns. Boxed so that senders can be held as
 /// `Box<dyn Sender>` in an ordered failover list.
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
+pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
 
 /// A way to send SMS. Implementations must be honest about uncertainty: an
 /// outcome that is not known is [`SendError::Uncertain`], never `Definite`.
@@ -152,7 +146,7 @@ pub trait Sender: fmt::Debug + Send + Sync {
 /// A backend `[sms]` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// An HTTP SMS API, configured in `[sms.http]`.
     Http,
     /// Nothing leaves; each message is written to the log.
@@ -169,7 +163,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// The name as written in the file and in the journal.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BackendKind::Http => "http",
             BackendKind::Log => "log",
@@ -190,35 +184,35 @@ pub struct SmsConfig {
     /// them is required, because a daemon that silently sends nothing
     /// because a line was missing would be worse than one that refuses to
     /// start.
-    pub backend: Option<Spanned<BackendKind>>,
+    pub(crate) backend: Option<Spanned<BackendKind>>,
     /// Several backends, tried in this order: a message that certainly did
     /// not leave through one goes to the next (`["modem", "http"]`).
-    pub backends: Option<Spanned<Vec<Spanned<BackendKind>>>>,
+    pub(crate) backends: Option<Spanned<Vec<Spanned<BackendKind>>>>,
     /// Hand a message whose outcome is uncertain (it may have left) to the
     /// next backend too, accepting that it may arrive twice. Default
     /// [`failover::DEFAULT_RETRY_UNCERTAIN`] (`false`): never for power
     /// commands.
-    pub retry_uncertain: Option<bool>,
+    pub(crate) retry_uncertain: Option<bool>,
     /// Settings of the `http` backend; required when it is selected, kept
     /// but unused otherwise (so switching to `log` for a test is one line).
-    pub http: Option<http::HttpConfig>,
+    pub(crate) http: Option<http::HttpConfig>,
     /// Settings of the `modem` backend; required when it is selected.
-    pub modem: Option<modem::ModemConfig>,
+    pub(crate) modem: Option<modem::ModemConfig>,
     /// Settings of the `smstools` backend; required when it is selected.
-    pub smstools: Option<smstools::SmstoolsConfig>,
+    pub(crate) smstools: Option<smstools::SmstoolsConfig>,
     /// Settings of the `gammu` backend; optional (every field has a default).
-    pub gammu: Option<gammu::GammuConfig>,
+    pub(crate) gammu: Option<gammu::GammuConfig>,
     /// Settings of the `command` backend; required when it is selected.
-    pub command: Option<command::CommandConfig>,
+    pub(crate) command: Option<command::CommandConfig>,
     /// The most SMS segments a notification (`action = { sms, to }`) may
     /// take; a longer text is cut to fit. Default
     /// [`DEFAULT_MAX_SEGMENTS`]: one, which every backend can send (the
     /// modem sends single segments only). Socket commands are always one.
-    pub max_segments: Option<Spanned<u32>>,
+    pub(crate) max_segments: Option<Spanned<u32>>,
 }
 
 /// Default of `[sms] max_segments`.
-pub const DEFAULT_MAX_SEGMENTS: usize = 1;
+pub(crate) const DEFAULT_MAX_SEGMENTS: usize = 1;
 
 /// A problem in the `[sms]` table found after parsing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -229,16 +223,16 @@ pub struct SmsConfigError {
     /// What is wrong and what to do. Never contains a secret.
     pub message: String,
     /// Byte span of the offending value in the file, when known.
-    pub span: Option<Range<usize>>,
+    pub(crate) span: Option<Range<usize>>,
 }
 
 impl SmsConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>, span: Option<Range<usize>>) -> Self {
+    pub fn new(key: &str, message: impl Into<String>, span: Option<Range<usize>>) -> Self {
         SmsConfigError { key: key.to_string(), message: message.into(), span }
     }
 
     /// The same error placed at its `line:column` in `file`.
-    pub fn in_file(&self, file: &SourceFile) -> ConfigError {
+    pub(crate) fn in_file(&self, file: &SourceFile) -> ConfigError {
         let message = format!("{}: {}", self.key, self.message);
         match &self.span {
             Some(span) => file.error_at(span.clone(), message),
@@ -270,7 +264,7 @@ type Selected = (BackendKind, Range<usize>);
 
 impl SmsConfig {
     /// `max_segments`, checked: 1 to 10.
-    pub fn max_segments(&self) -> Result<usize, SmsConfigError> {
+    pub(crate) fn max_segments(&self) -> Result<usize, SmsConfigError> {
         match &self.max_segments {
             None => Ok(DEFAULT_MAX_SEGMENTS),
             Some(n) if (1..=10).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
@@ -289,7 +283,7 @@ impl SmsConfig {
     /// `[sms]` is reported with the other errors of the file; what it leaves
     /// out (a secret that cannot be read, a missing spool, a program that is
     /// not there) is found by `build`.
-    pub fn check(&self) -> Vec<SmsConfigError> {
+    pub(crate) fn check(&self) -> Vec<SmsConfigError> {
         let mut errors: Vec<SmsConfigError> = self.max_segments().err().into_iter().collect();
         match self.selected() {
             Err(err) => errors.push(err),

@@ -99,7 +99,7 @@ impl PhoneNumber {
     }
 
     /// The digits alone, e.g. `79991234567` (smstools' `To:` header wants this).
-    pub fn digits(&self) -> &str {
+    pub(crate) fn digits(&self) -> &str {
         &self.0[1..]
     }
 }

@@ -65,9 +65,9 @@ use crate::config_file::HumanDuration;
 
 /// How long to wait for smsd's verdict when `sent`/`failed` are set, by
 /// default: a queue of a few messages through one modem.
-pub const DEFAULT_OUTCOME_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_OUTCOME_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often `sent/` and `failed/` are looked at, by default.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// What smsd appends to a file name for its lock files, and ignores.
 const LOCK_SUFFIX: &str = ".LOCK";
 /// Most characters of smsd's `Fail_reason:` quoted.
@@ -76,22 +76,22 @@ const MAX_QUOTED_CHARS: usize = 200;
 /// The `[sms.smstools]` table, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SmstoolsConfig {
+pub(crate) struct SmstoolsConfig {
     /// smsd's outgoing spool directory (`outgoing` in smsd.conf); relative
     /// paths from the rules file. jobctl must be able to write there.
-    pub outgoing: Spanned<PathBuf>,
+    pub(crate) outgoing: Spanned<PathBuf>,
     /// smsd's `sent` directory. Set it with `failed` to wait for smsd's
     /// verdict; default: not set, a file handed to smsd counts as delivered.
-    pub sent: Option<Spanned<PathBuf>>,
+    pub(crate) sent: Option<Spanned<PathBuf>>,
     /// smsd's `failed` directory; set with `sent`.
-    pub failed: Option<Spanned<PathBuf>>,
+    pub(crate) failed: Option<Spanned<PathBuf>>,
     /// How long to wait for the file to reach `sent/` or `failed/` before
     /// the send counts as uncertain; longer than zero. Used only with
     /// `sent` and `failed`. Default [`DEFAULT_OUTCOME_TIMEOUT`].
-    pub outcome_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) outcome_timeout: Option<Spanned<HumanDuration>>,
     /// How often to look for the file meanwhile; longer than zero. Default
     /// [`DEFAULT_POLL_INTERVAL`].
-    pub poll_interval: Option<Spanned<HumanDuration>>,
+    pub(crate) poll_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// Where to look for smsd's verdict.
@@ -105,7 +105,7 @@ struct Watch {
 
 /// Writes message files into smsd's spool; see the module documentation.
 #[derive(Debug)]
-pub struct SmstoolsSender {
+pub(crate) struct SmstoolsSender {
     outgoing: PathBuf,
     watch: Option<Watch>,
 }
@@ -184,10 +184,10 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl SmstoolsSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "smstools";
+    pub(crate) const NAME: &'static str = "smstools";
 
     /// Validates `[sms.smstools]`: the directories exist.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &SmstoolsConfig,
         base_dir: &Path,
     ) -> Result<SmstoolsSender, SmsConfigError> {
@@ -319,7 +319,7 @@ impl Sender for SmstoolsSender {
 
 /// The bytes of a message file: headers, a blank line, the text (no
 /// newline after it: smsd would send it).
-pub fn message_file(phone: &PhoneNumber, text: &str) -> Vec<u8> {
+pub(crate) fn message_file(phone: &PhoneNumber, text: &str) -> Vec<u8> {
     let mut file = format!("To: {}\n", phone.digits()).into_bytes();
     if text.is_ascii() {
         file.push(b'\n');

@@ -19,7 +19,7 @@
 
 /// The SMS character encoding a text needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     /// The GSM 7-bit default alphabet; units are septets.
     Gsm7,
     /// UCS-2 (UTF-16 in practice); units are 16-bit code units.
@@ -28,7 +28,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// Units that fit in a single, unsegmented SMS.
-    pub fn single_capacity(self) -> usize {
+    pub(crate) fn single_capacity(self) -> usize {
         match self {
             Encoding::Gsm7 => 160,
             Encoding::Ucs2 => 70,
@@ -37,38 +37,29 @@ impl Encoding {
 
     /// Units that fit in each part of a concatenated SMS (the user data
     /// header takes the rest).
-    pub fn part_capacity(self) -> usize {
+    pub(crate) fn part_capacity(self) -> usize {
         match self {
             Encoding::Gsm7 => 153,
             Encoding::Ucs2 => 67,
-        }
-    }
-
-    /// `"gsm7"` or `"ucs2"`, for logs, metrics and smstools' `Alphabet:`
-    /// decisions.
-    pub fn label(self) -> &'static str {
-        match self {
-            Encoding::Gsm7 => "gsm7",
-            Encoding::Ucs2 => "ucs2",
         }
     }
 }
 
 /// What a text costs to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentCount {
+pub(crate) struct SegmentCount {
     /// The encoding the whole text needs.
-    pub encoding: Encoding,
+    pub(crate) encoding: Encoding,
     /// Septets (GSM-7) or UTF-16 code units (UCS-2) of the whole text.
-    pub units: usize,
+    pub(crate) units: usize,
     /// SMS messages needed; an empty text still costs one.
-    pub segments: usize,
+    pub(crate) segments: usize,
 }
 
 impl SegmentCount {
     /// True when the text goes out as one plain SMS (required for socket
     /// commands: a GSM socket does not reassemble concatenated messages).
-    pub fn is_single(&self) -> bool {
+    pub(crate) fn is_single(&self) -> bool {
         self.segments == 1
     }
 }
@@ -76,7 +67,7 @@ impl SegmentCount {
 /// The text a truncated message ends with. Three full stops rather than "…":
 /// "…" is not in the GSM-7 alphabet and would turn a Latin text into UCS-2,
 /// halving what fits in one SMS.
-pub const TRUNCATION_MARK: &str = "...";
+pub(crate) const TRUNCATION_MARK: &str = "...";
 
 /// Makes a text safe to hand to any SMS backend.
 ///
@@ -90,7 +81,7 @@ pub const TRUNCATION_MARK: &str = "...";
 ///   A longer text is cut on a character boundary and ends with
 ///   [`TRUNCATION_MARK`], which counts towards `max_chars` (when `max_chars`
 ///   is shorter than the mark, the text is cut without it).
-pub fn sanitize(text: &str, allow_newlines: bool, max_chars: usize) -> String {
+pub(crate) fn sanitize(text: &str, allow_newlines: bool, max_chars: usize) -> String {
     let mut clean = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -134,7 +125,7 @@ fn truncate(text: String, max_chars: usize) -> String {
 
 /// Septets a character takes in GSM-7: 1 for the default alphabet, 2 for the
 /// extension table (escape + character), `None` when GSM-7 cannot carry it.
-pub fn gsm7_septets(c: char) -> Option<usize> {
+pub(crate) fn gsm7_septets(c: char) -> Option<usize> {
     const BASIC: &str = concat!(
         "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ",
         " !\"#¤%&'()*+,-./0123456789:;<=>?",
@@ -154,7 +145,7 @@ pub fn gsm7_septets(c: char) -> Option<usize> {
 
 /// `text` cut (with [`TRUNCATION_MARK`]) to the longest prefix that fits in
 /// `max_segments` segments; unchanged when it already fits.
-pub fn fit_segments(text: &str, max_segments: usize) -> String {
+pub(crate) fn fit_segments(text: &str, max_segments: usize) -> String {
     let max_segments = max_segments.max(1);
     if segments(text).segments <= max_segments {
         return text.to_string();
@@ -182,7 +173,7 @@ pub fn fit_segments(text: &str, max_segments: usize) -> String {
 /// Classifies a text and counts what it costs, never splitting a GSM-7
 /// extension character (escape + character) or a UTF-16 surrogate pair
 /// across two parts.
-pub fn segments(text: &str) -> SegmentCount {
+pub(crate) fn segments(text: &str) -> SegmentCount {
     let gsm: Option<Vec<usize>> = text.chars().map(gsm7_septets).collect();
     let (encoding, widths) = match gsm {
         Some(widths) => (Encoding::Gsm7, widths),

@@ -56,9 +56,9 @@ impl fmt::Display for UnknownReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeenValue {
     /// The query that returned it.
-    pub query: String,
+    pub(crate) query: String,
     /// The value.
-    pub value: f64,
+    pub(crate) value: f64,
 }
 
 /// One device's verdict with what led to it.
@@ -67,11 +67,11 @@ pub struct DeviceVerdict {
     /// The verdict.
     pub verdict: Verdict,
     /// Why it is unknown (the first reason found), when it is.
-    pub unknown_because: Option<UnknownReason>,
+    pub(crate) unknown_because: Option<UnknownReason>,
     /// The values of the condition's series for this device.
-    pub values: Vec<SeenValue>,
+    pub(crate) values: Vec<SeenValue>,
     /// The union of the labels of those series, for SMS templates.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// A job's verdicts for one cycle.
@@ -82,14 +82,15 @@ pub struct Evaluation {
     /// The verdict for any other device (one the engine knew from earlier
     /// cycles): unknown for comparisons (their series is missing), false
     /// for a pure `expr` condition whose queries answered.
-    pub absent: DeviceVerdict,
+    pub(crate) absent: DeviceVerdict,
     /// Series ignored because they lack a device-key label.
-    pub unkeyed_series: usize,
+    pub(crate) unkeyed_series: usize,
 }
 
 impl Evaluation {
     /// The verdict for a device, present or not.
-    pub fn get(&self, device: &DeviceKey) -> &DeviceVerdict {
+    #[cfg(test)]
+    pub(crate) fn get(&self, device: &DeviceKey) -> &DeviceVerdict {
         self.devices.get(device).unwrap_or(&self.absent)
     }
 }
@@ -180,7 +181,7 @@ pub(crate) struct JobEvaluation<'a> {
 impl<'a> JobEvaluation<'a> {
     /// Evaluates a condition and its guards for every device in `index`'s
     /// answers (the semantics are in the module notes).
-    pub(crate) fn new(
+    pub fn new(
         index: &mut Index<'a>,
         condition: &'a Condition,
         devices: &LabelMatchers,

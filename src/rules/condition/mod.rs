@@ -43,5 +43,5 @@ mod term;
 pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation};
-pub use evaluation::{DeviceVerdict, Evaluation, SeenValue, UnknownReason};
+pub use evaluation::{DeviceVerdict, Evaluation};
 pub use term::{Condition, Guard, Op, Term, Verdict};

@@ -26,15 +26,15 @@ pub enum Op {
 
 impl Op {
     /// Every operator, as written.
-    pub const ALL: [Op; 6] = [Op::Eq, Op::Ne, Op::Gt, Op::Ge, Op::Lt, Op::Le];
+    pub(crate) const ALL: [Op; 6] = [Op::Eq, Op::Ne, Op::Gt, Op::Ge, Op::Lt, Op::Le];
 
     /// Reads `==`, `!=`, `>`, `>=`, `<` or `<=`.
-    pub fn parse(text: &str) -> Option<Op> {
+    pub(crate) fn parse(text: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|op| op.as_str() == text)
     }
 
     /// The operator as written.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Eq => "==",
             Op::Ne => "!=",
@@ -47,7 +47,7 @@ impl Op {
 
     /// Whether `left op right` holds (`==` is exact float equality, as in
     /// PromQL).
-    pub fn holds(self, left: f64, right: f64) -> bool {
+    pub(crate) fn holds(self, left: f64, right: f64) -> bool {
         match self {
             Op::Eq => left == right,
             Op::Ne => left != right,
@@ -83,7 +83,7 @@ pub enum Term {
 
 impl Term {
     /// The query this term needs, given the job's device matchers.
-    pub fn query(&self, devices: &LabelMatchers) -> String {
+    pub(crate) fn query(&self, devices: &LabelMatchers) -> String {
         match self {
             Term::Compare { metric, .. } => devices.selector(metric),
             Term::Expr(expr) => expr.trim().to_string(),
@@ -115,7 +115,7 @@ pub enum Condition {
 
 impl Condition {
     /// The terms, in order.
-    pub fn terms(&self) -> &[Term] {
+    pub(crate) fn terms(&self) -> &[Term] {
         match self {
             Condition::Single(term) => std::slice::from_ref(term),
             Condition::All(terms) | Condition::Any(terms) => terms,

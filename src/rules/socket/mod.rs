@@ -34,7 +34,7 @@ use crate::sms::phone::{PhoneError, PhoneNumber};
 
 /// The socket models jobctl knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketModel {
+pub(crate) enum SocketModel {
     /// SimPal D210: one outlet, the SimPal command set.
     SimpalD210,
     /// SimPal D410: the D210 command set (see the module notes).
@@ -45,16 +45,16 @@ pub enum SocketModel {
 
 impl SocketModel {
     /// Every model, in the order messages list them.
-    pub const ALL: [SocketModel; 3] =
+    pub(crate) const ALL: [SocketModel; 3] =
         [SocketModel::SimpalD210, SocketModel::SimpalD410, SocketModel::Custom];
 
     /// Reads the name used in the rules file.
-    pub fn parse(name: &str) -> Option<SocketModel> {
+    pub(crate) fn parse(name: &str) -> Option<SocketModel> {
         SocketModel::ALL.into_iter().find(|m| m.name() == name)
     }
 
     /// The name used in the rules file.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SocketModel::SimpalD210 => "simpal-d210",
             SocketModel::SimpalD410 => "simpal-d410",
@@ -63,7 +63,7 @@ impl SocketModel {
     }
 
     /// The built-in commands of the model (none for `custom`).
-    pub fn builtin_commands(self) -> CommandSet {
+    pub(crate) fn builtin_commands(self) -> CommandSet {
         match self {
             SocketModel::SimpalD210 | SocketModel::SimpalD410 => CommandSet::simpal(),
             SocketModel::Custom => CommandSet::default(),
@@ -125,19 +125,19 @@ impl fmt::Display for ArgValue {
 
 /// One named command of a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandSpec {
+pub(crate) struct CommandSpec {
     /// The name rules use (`power_cycle`).
-    pub name: String,
+    pub(crate) name: String,
     /// The SMS text with a placeholder per parameter.
-    pub template: Template,
+    pub(crate) template: Template,
     /// The parameters, in order of appearance in the template.
-    pub params: Vec<(String, ParamKind)>,
+    pub(crate) params: Vec<(String, ParamKind)>,
 }
 
 impl CommandSpec {
     /// A user-defined command: every placeholder is a [`ParamKind::Text`]
     /// parameter.
-    pub fn custom(name: &str, template: &str) -> Result<CommandSpec, TemplateError> {
+    pub(crate) fn custom(name: &str, template: &str) -> Result<CommandSpec, TemplateError> {
         let template = Template::parse(template)?;
         let params =
             template.fields().into_iter().map(|f| (f.to_string(), ParamKind::Text)).collect();
@@ -154,7 +154,10 @@ impl CommandSpec {
 
     /// Checks the arguments and renders the exact SMS text. All problems are
     /// returned, not only the first.
-    pub fn render(&self, args: &BTreeMap<String, ArgValue>) -> Result<String, Vec<CommandError>> {
+    pub(crate) fn render(
+        &self,
+        args: &BTreeMap<String, ArgValue>,
+    ) -> Result<String, Vec<CommandError>> {
         let mut errors = Vec::new();
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
         for (param, kind) in &self.params {
@@ -192,7 +195,8 @@ impl CommandSpec {
     }
 
     /// `power_cycle minutes=<1..999>`, for lists of commands.
-    pub fn usage(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> String {
         let mut out = self.name.clone();
         for (param, kind) in &self.params {
             match kind {
@@ -252,11 +256,11 @@ fn check_arg(
 
 /// The named commands of one socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CommandSet(Vec<CommandSpec>);
+pub(crate) struct CommandSet(Vec<CommandSpec>);
 
 impl CommandSet {
     /// The SimPal set (see the module notes for sources).
-    pub fn simpal() -> CommandSet {
+    pub(crate) fn simpal() -> CommandSet {
         let minutes = ParamKind::Count { min: 1, max: 999 };
         CommandSet(vec![
             CommandSpec::builtin("power_on", "#01#0#", &[]),
@@ -269,7 +273,7 @@ impl CommandSet {
     }
 
     /// Adds a command, replacing one of the same name.
-    pub fn insert(&mut self, spec: CommandSpec) {
+    pub(crate) fn insert(&mut self, spec: CommandSpec) {
         match self.0.iter_mut().find(|c| c.name == spec.name) {
             Some(existing) => *existing = spec,
             None => self.0.push(spec),
@@ -277,22 +281,17 @@ impl CommandSet {
     }
 
     /// A command by name.
-    pub fn get(&self, name: &str) -> Option<&CommandSpec> {
+    pub(crate) fn get(&self, name: &str) -> Option<&CommandSpec> {
         self.0.iter().find(|c| c.name == name)
     }
 
-    /// Every command, built-in ones first.
-    pub fn iter(&self) -> impl Iterator<Item = &CommandSpec> {
-        self.0.iter()
-    }
-
     /// Whether there are no commands.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Renders a command by name; an unknown name lists the known ones.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         command: &str,
         args: &BTreeMap<String, ArgValue>,
@@ -315,16 +314,16 @@ pub struct Socket {
     /// The socket's SIM number.
     pub phone: PhoneNumber,
     /// The model, for messages and `jobctl check`.
-    pub model: SocketModel,
+    pub(crate) model: SocketModel,
     /// The model's commands plus those from `[sockets.commands]`.
-    pub commands: CommandSet,
+    pub(crate) commands: CommandSet,
     /// The devices whose power it controls, each named by its device key.
-    pub powers: Vec<DeviceKey>,
+    pub(crate) powers: Vec<DeviceKey>,
 }
 
 impl Socket {
     /// The exact text of a command for this socket.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         command: &str,
         args: &BTreeMap<String, ArgValue>,

@@ -96,10 +96,7 @@ use serde_json::Value;
 
 use self::answer::{scalar_text, AnswerRules};
 use self::config::err;
-pub use self::config::{
-    BasicAuthConfig, HttpConfig, HttpPreset, JsonCheck, DEFAULT_CONNECT_TIMEOUT, DEFAULT_METHOD,
-    DEFAULT_TIMEOUT,
-};
+pub(crate) use self::config::HttpConfig;
 use self::request::RequestTemplate;
 use self::settings::{load_key, Settings};
 use super::template::Values;
@@ -112,7 +109,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_DETAIL_CHARS: usize = 200;
 
 /// Sends each message as one HTTP request; see the module documentation.
-pub struct HttpSender {
+pub(crate) struct HttpSender {
     client: reqwest::Client,
     request: RequestTemplate,
     answer: AnswerRules,
@@ -135,11 +132,14 @@ impl fmt::Debug for HttpSender {
 
 impl HttpSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "http";
+    pub(crate) const NAME: &'static str = "http";
 
     /// Validates `[sms.http]`, loads the key (relative `key_file` paths are
     /// taken from `base_dir`) and prepares the client.
-    pub fn from_config(config: &HttpConfig, base_dir: &Path) -> Result<HttpSender, SmsConfigError> {
+    pub(crate) fn from_config(
+        config: &HttpConfig,
+        base_dir: &Path,
+    ) -> Result<HttpSender, SmsConfigError> {
         let Settings { request, answer, key_source, timeout, connect_timeout } =
             Settings::from_config(config, base_dir)?;
         let key = key_source.as_ref().map(load_key).transpose()?;

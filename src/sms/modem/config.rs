@@ -16,15 +16,15 @@ use crate::secret::{Secret, SecretSource};
 use crate::sms::{positive_duration, SmsConfigError};
 
 /// The line speed when `baud` is not set: what most USB GSM modems use.
-pub const DEFAULT_BAUD: u32 = 115_200;
+pub(crate) const DEFAULT_BAUD: u32 = 115_200;
 /// How long the modem has to answer a command (or show the `> ` prompt),
 /// by default. Modems answer in milliseconds; seconds mean it is gone.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the network has to take a message after Ctrl-Z, by default.
 /// 27.005 leaves it open; real modems answer within a minute or give up.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whether non-ASCII texts are sent as UCS-2 when `ucs2` is not set.
-pub const DEFAULT_UCS2: bool = true;
+pub(crate) const DEFAULT_UCS2: bool = true;
 /// Line speeds a serial driver accepts everywhere.
 const BAUD_RATES: [u32; 13] =
     [300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400, 460_800, 921_600];
@@ -32,30 +32,30 @@ const BAUD_RATES: [u32; 13] =
 /// The `[sms.modem]` table, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModemConfig {
+pub(crate) struct ModemConfig {
     /// The modem's serial device, as a full path. Prefer a stable
     /// `/dev/serial/by-id/…` link over `/dev/ttyUSB0`, whose number can
     /// change when USB devices come and go.
-    pub device: Spanned<PathBuf>,
+    pub(crate) device: Spanned<PathBuf>,
     /// Line speed in baud. Default [`DEFAULT_BAUD`]; USB modems mostly
     /// ignore it, modems on a real serial port need the right one.
-    pub baud: Option<Spanned<u32>>,
+    pub(crate) baud: Option<Spanned<u32>>,
     /// File holding the SIM's PIN (4 to 8 digits), relative to the rules
     /// file; only for a SIM that asks for one. Keep it mode 600.
-    pub pin_file: Option<Spanned<PathBuf>>,
+    pub(crate) pin_file: Option<Spanned<PathBuf>>,
     /// Environment variable holding the SIM's PIN, instead of `pin_file`.
-    pub pin_env: Option<Spanned<String>>,
+    pub(crate) pin_env: Option<Spanned<String>>,
     /// Send texts that are not plain ASCII GSM-7 as UCS-2 (hex-encoded after
     /// `AT+CSCS="UCS2"`). Default [`DEFAULT_UCS2`]; `false` refuses them, for
     /// modems that mishandle UCS-2.
-    pub ucs2: Option<bool>,
+    pub(crate) ucs2: Option<bool>,
     /// Time the modem has to answer each command and to show the `> `
     /// prompt; longer than zero. Default [`DEFAULT_COMMAND_TIMEOUT`].
-    pub command_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) command_timeout: Option<Spanned<HumanDuration>>,
     /// Time the network has to take a message after its text was handed
     /// over; silence past it is an uncertain send. Longer than zero.
     /// Default [`DEFAULT_SEND_TIMEOUT`].
-    pub send_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) send_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// A refusal of `sms.modem.<key>`.

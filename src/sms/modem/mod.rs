@@ -108,19 +108,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 
+pub(crate) use self::config::ModemConfig;
 use self::config::{load_pin, Settings};
-pub use self::config::{
-    ModemConfig, DEFAULT_BAUD, DEFAULT_COMMAND_TIMEOUT, DEFAULT_SEND_TIMEOUT, DEFAULT_UCS2,
-};
 use self::exchange::ModemState;
 use self::prepare::prepare;
-pub use self::prepare::ucs2_hex;
-pub use self::result_code::{cme_reason, cms_reason};
 use super::{Message, SendError, SendFuture, Sender, SmsConfigError};
 
 /// Sends through a GSM modem; see the module documentation.
 #[derive(Debug)]
-pub struct ModemSender {
+pub(crate) struct ModemSender {
     settings: Arc<Settings>,
     /// The open device and what it was told; the lock serialises exchanges.
     state: Arc<tokio::sync::Mutex<ModemState>>,
@@ -128,11 +124,11 @@ pub struct ModemSender {
 
 impl ModemSender {
     /// The backend name in the journal.
-    pub const NAME: &'static str = "modem";
+    pub(crate) const NAME: &'static str = "modem";
 
     /// Validates `[sms.modem]` and loads the PIN (a relative `pin_file` is
     /// taken from `base_dir`). The device is not opened until the first send.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &ModemConfig,
         base_dir: &Path,
     ) -> Result<ModemSender, SmsConfigError> {

@@ -103,7 +103,7 @@ pub(super) fn prepare(message: &Message, ucs2_allowed: bool) -> Result<Prepared,
 
 /// Text as the hex of its UTF-16 big-endian code units, as modems expect
 /// after `AT+CSCS="UCS2"` (`"Ж"` → `"0416"`).
-pub fn ucs2_hex(text: &str) -> String {
+pub(crate) fn ucs2_hex(text: &str) -> String {
     text.encode_utf16().map(|unit| format!("{unit:04X}")).collect()
 }
 

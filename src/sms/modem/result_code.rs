@@ -59,7 +59,7 @@ impl Final {
 
 /// Words for a `+CMS ERROR` code (3GPP TS 27.005 §3.2.5, and the network's
 /// RP/TP causes of TS 24.011 and TS 23.040 that modems pass on).
-pub fn cms_reason(code: u32) -> Option<&'static str> {
+pub(crate) fn cms_reason(code: u32) -> Option<&'static str> {
     Some(match code {
         1 => "unassigned number: the recipient's number does not exist",
         8 => "operator determined barring",
@@ -106,7 +106,7 @@ pub fn cms_reason(code: u32) -> Option<&'static str> {
 }
 
 /// Words for a `+CME ERROR` code (3GPP TS 27.007 §9.2).
-pub fn cme_reason(code: u32) -> Option<&'static str> {
+pub(crate) fn cme_reason(code: u32) -> Option<&'static str> {
     Some(match code {
         0 => "phone failure",
         1 => "no connection to phone",
