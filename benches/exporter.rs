@@ -267,7 +267,7 @@ async fn scrape(exposition: Arc<Exposition>, count: usize) -> (Vec<f64>, Vec<f64
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, Arc::new(Fixed(exposition)), async {
-        stopped.await.unwrap_or(())
+        stopped.await.unwrap_or(());
     }));
 
     let mut conn = TcpStream::connect(addr).await.unwrap();

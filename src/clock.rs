@@ -73,7 +73,7 @@ impl ManualClock {
     fn lock(&self) -> std::sync::MutexGuard<'_, Timestamp> {
         // A panic elsewhere while holding the lock cannot leave a Timestamp
         // half-written, so a poisoned lock still holds a valid time.
-        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

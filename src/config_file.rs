@@ -193,7 +193,7 @@ mod tests {
     fn toml_errors_keep_their_position() {
         #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
+        #[allow(dead_code, reason = "the fields are read by serde only")]
         struct Raw {
             a: u32,
         }
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn bad_durations_are_placed_at_the_value() {
         #[derive(Debug, serde::Deserialize)]
-        #[allow(dead_code)]
+        #[allow(dead_code, reason = "the fields are read by serde only")]
         struct Raw {
             #[serde(deserialize_with = "duration::deserialize")]
             every: std::time::Duration,

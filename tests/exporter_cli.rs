@@ -247,7 +247,7 @@ fn the_shipped_example_configuration_checks_out() {
     std::fs::write(&token_file, "token-of-31\n").unwrap();
     let chmod = |mode| {
         std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .unwrap()
+            .unwrap();
     };
     chmod(0o600);
     let elsewhere = tempfile::tempdir().unwrap();

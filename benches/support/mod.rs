@@ -11,10 +11,10 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 /// A child's figures, printed as `name=value` lines.
-pub type Figures = BTreeMap<String, f64>;
+pub(crate) type Figures = BTreeMap<String, f64>;
 
 /// Runs this bench binary again with `args` and reads its figures.
-pub fn run_child<S: AsRef<OsStr>>(args: &[S]) -> Result<Figures, String> {
+pub(crate) fn run_child<S: AsRef<OsStr>>(args: &[S]) -> Result<Figures, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut command = match std::env::var_os("BENCH_WRAP") {
         Some(wrapper) => {
@@ -38,25 +38,25 @@ pub fn run_child<S: AsRef<OsStr>>(args: &[S]) -> Result<Figures, String> {
 }
 
 /// Prints a child's figures for [`run_child`] to read.
-pub fn print_figures(figures: Figures) {
+pub(crate) fn print_figures(figures: Figures) {
     for (name, value) in figures {
         println!("{name}={value}");
     }
 }
 
 /// The `quantile` (0 to 1) of `samples`, nearest rank.
-pub fn percentile(samples: &mut [f64], quantile: f64) -> f64 {
+pub(crate) fn percentile(samples: &mut [f64], quantile: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() - 1) as f64 * quantile).round() as usize]
 }
 
 /// `elapsed` in milliseconds.
-pub fn ms(elapsed: Duration) -> f64 {
+pub(crate) fn ms(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
 
 /// `VmHWM` of this process, in MiB.
-pub fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib: u64 = status
         .lines()
@@ -67,7 +67,7 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Prints whether each target was met; fails the bench unless all were.
-pub fn report(targets: &[(&str, bool)]) -> ExitCode {
+pub(crate) fn report(targets: &[(&str, bool)]) -> ExitCode {
     for (target, met) in targets {
         println!("{} {target}", if *met { "met   " } else { "MISSED" });
     }

@@ -138,7 +138,8 @@ impl EngineMetrics {
         self.last_cycle.set(now.as_millisecond() as f64 / 1000.0);
         // Set and removed child by child rather than reset and made anew:
         // a thousand jobs would re-create thousands of series every cycle.
-        let mut shown = self.devices_shown.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shown =
+            self.devices_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seen = HashSet::with_capacity(shown.len());
         for (job, counts) in counts {
             seen.insert(job);

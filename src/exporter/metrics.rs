@@ -40,7 +40,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Registers every family, plus build info and process metrics.
-    pub fn new(poll_interval: std::time::Duration) -> Metrics {
+    pub(crate) fn new(poll_interval: std::time::Duration) -> Metrics {
         let registry = Registry::new();
         let every = humantime::format_duration(poll_interval);
         let gauge = |name: &str, help: String, labels: &[&str]| {

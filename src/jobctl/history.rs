@@ -91,7 +91,7 @@ pub(super) fn run(config: &Path, args: HistoryArgs) -> Result<Exit, Error> {
     let rows: Vec<Row<'_>> = executions.iter().map(Row::of).collect();
     match args.format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"))
+            println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
         }
         // As `kubectl get` does: an empty table says so on stderr, so that
         // a script reading stdout sees no rows rather than a lone header.

@@ -122,7 +122,7 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
     let status = Status { jobs, devices, budgets };
     match args.format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"))
+            println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
         }
         Format::Table => print!("{}", render(&status)),
     }

@@ -45,7 +45,7 @@ impl DeviceKeyLabels {
 
 impl Default for DeviceKeyLabels {
     fn default() -> Self {
-        DeviceKeyLabels(Self::DEFAULT.iter().map(|s| s.to_string()).collect())
+        DeviceKeyLabels(Self::DEFAULT.iter().map(std::string::ToString::to_string).collect())
     }
 }
 

@@ -431,7 +431,10 @@ impl Run {
             let _ = tokio::time::timeout(OUTPUT_GRACE, reader).await;
         }
         let text = |buffer: &Arc<Mutex<Vec<u8>>>| {
-            String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+            String::from_utf8_lossy(
+                &buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .into_owned()
         };
         let (stdout, stderr) = (text(&stdout), text(&stderr));
         match status {
@@ -449,7 +452,7 @@ async fn read_tail(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) 
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let mut kept = into.lock().unwrap_or_else(|e| e.into_inner());
+                let mut kept = into.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 kept.extend_from_slice(&buf[..n]);
                 if kept.len() > MAX_OUTPUT_BYTES {
                     let excess = kept.len() - MAX_OUTPUT_BYTES;

@@ -62,7 +62,7 @@ impl FailoverSender {
 
     /// The backends, in the order they are tried.
     pub(crate) fn backends(&self) -> impl Iterator<Item = &dyn Sender> {
-        self.backends.iter().map(|b| b.as_ref())
+        self.backends.iter().map(std::convert::AsRef::as_ref)
     }
 
     /// Whether an uncertain outcome moves on to the next backend.

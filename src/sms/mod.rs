@@ -227,6 +227,7 @@ pub struct SmsConfigError {
 }
 
 impl SmsConfigError {
+    /// An error about `key`, placed at `span` in the rules file when known.
     pub fn new(key: &str, message: impl Into<String>, span: Option<Range<usize>>) -> Self {
         SmsConfigError { key: key.to_string(), message: message.into(), span }
     }
@@ -499,7 +500,7 @@ mod tests {
         assert_eq!(sender.name(), "log,gammu");
         let chain = sender.as_failover().unwrap();
         assert!(chain.retry_uncertain());
-        assert_eq!(chain.backends().map(|b| b.name()).collect::<Vec<_>>(), ["log", "gammu"]);
+        assert_eq!(chain.backends().map(super::Sender::name).collect::<Vec<_>>(), ["log", "gammu"]);
 
         let file: File = toml::from_str("[sms]\nbackends = [\"log\"]\n").unwrap();
         let sender = file.sms.build(Path::new(".")).unwrap();

@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 /// A player as the AddReality API lists it, activated and playing.
-pub fn device(id: i64, name: &str, online: bool) -> Value {
+pub(crate) fn device(id: i64, name: &str, online: bool) -> Value {
     serde_json::json!({
         "id": id, "name": name,
         "connection_state": if online { "online" } else { "offline" },
@@ -19,7 +19,7 @@ pub fn device(id: i64, name: &str, online: bool) -> Value {
 }
 
 /// The simulated API serving on `127.0.0.1:0`; dropping it stops the server.
-pub struct SimulatedApi {
+pub(crate) struct SimulatedApi {
     /// The simulator: its devices, faults and the requests it received.
     pub simulator: Simulator,
     /// Its device-list URL, as a configuration names it.
@@ -32,7 +32,7 @@ pub struct SimulatedApi {
 impl SimulatedApi {
     /// Serves `devices` to clients that present `token`, on the calling
     /// test's runtime.
-    pub async fn start(token: &str, devices: Vec<Value>) -> SimulatedApi {
+    pub(crate) async fn start(token: &str, devices: Vec<Value>) -> SimulatedApi {
         let simulator = Simulator::new(token);
         simulator.set_devices(devices);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
@@ -46,7 +46,7 @@ impl SimulatedApi {
 
     /// The same on a runtime of its own, for a test that blocks its thread
     /// waiting on a child process.
-    pub fn start_on_own_runtime(token: &str, devices: Vec<Value>) -> SimulatedApi {
+    pub(crate) fn start_on_own_runtime(token: &str, devices: Vec<Value>) -> SimulatedApi {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

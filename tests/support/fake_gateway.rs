@@ -28,11 +28,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// The key [`FakeGateway::start`] expects.
-pub const DEFAULT_KEY: &str = "fake-gateway-key-5d1c7e20";
+pub(crate) const DEFAULT_KEY: &str = "fake-gateway-key-5d1c7e20";
 
 /// Something going wrong at the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// HTTP 500 with a plain-text body; nothing is sent.
     ServerError,
     /// HTTP 200 with `{"status":"error","message":<this>}`; nothing is sent.
@@ -47,7 +47,7 @@ pub enum Fault {
 
 /// One request as the gateway received it.
 #[derive(Debug, Clone)]
-pub struct ReceivedRequest {
+pub(crate) struct ReceivedRequest {
     /// `"POST"`, `"GET"`, …
     pub method: String,
     /// The path, without query.
@@ -62,30 +62,30 @@ pub struct ReceivedRequest {
 
 impl ReceivedRequest {
     /// The first value of a header (name in any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     /// The decoded query parameters, in order.
-    pub fn query_pairs(&self) -> Vec<(String, String)> {
+    pub(crate) fn query_pairs(&self) -> Vec<(String, String)> {
         decode_pairs(self.query.as_deref().unwrap_or(""))
     }
 
     /// The decoded value of one query parameter.
-    pub fn query_param(&self, name: &str) -> Option<String> {
+    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
         self.query_pairs().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// The body as text (lossy).
-    pub fn body_text(&self) -> String {
+    pub(crate) fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// A message the gateway accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentSms {
+pub(crate) struct SentSms {
     /// The number as received (`"+79991234567"`).
     pub number: String,
     /// The text as received.
@@ -102,7 +102,7 @@ struct State {
 }
 
 /// The running fake; stops accepting connections when dropped.
-pub struct FakeGateway {
+pub(crate) struct FakeGateway {
     addr: SocketAddr,
     key: String,
     state: Arc<Mutex<State>>,
@@ -113,12 +113,12 @@ pub struct FakeGateway {
 
 impl FakeGateway {
     /// Starts on `127.0.0.1:0`, expecting [`DEFAULT_KEY`].
-    pub async fn start() -> FakeGateway {
+    pub(crate) async fn start() -> FakeGateway {
         FakeGateway::start_with_key(DEFAULT_KEY).await
     }
 
     /// Starts on `127.0.0.1:0`, expecting `key` in the Authorization header.
-    pub async fn start_with_key(key: &str) -> FakeGateway {
+    pub(crate) async fn start_with_key(key: &str) -> FakeGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State::default()));
@@ -140,39 +140,39 @@ impl FakeGateway {
     }
 
     /// Base URL, `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The key the gateway accepts.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
     /// Every request received so far, in order (including failed ones).
-    pub fn received(&self) -> Vec<ReceivedRequest> {
+    pub(crate) fn received(&self) -> Vec<ReceivedRequest> {
         self.state.lock().unwrap().received.clone()
     }
 
     /// The messages the gateway accepted (and, being a gateway, sent).
-    pub fn sent(&self) -> Vec<SentSms> {
+    pub(crate) fn sent(&self) -> Vec<SentSms> {
         self.state.lock().unwrap().sent.clone()
     }
 
     /// Applies `fault` to every following request until set to `None`.
-    pub fn set_fault(&self, fault: Option<Fault>) {
+    pub(crate) fn set_fault(&self, fault: Option<Fault>) {
         self.state.lock().unwrap().fault = fault;
         self.release.send_modify(|n| *n += 1);
     }
 
     /// Applies `fault` to the next `n` requests only, before any fault set
     /// with [`FakeGateway::set_fault`].
-    pub fn fail_next(&self, n: usize, fault: Fault) {
+    pub(crate) fn fail_next(&self, n: usize, fault: Fault) {
         self.state.lock().unwrap().next_faults.extend(std::iter::repeat_n(fault, n));
     }
 
     /// Adds an incoming SMS (a socket's answer) to what `GET /sms` lists.
-    pub fn add_reply(&self, from: &str, message: &str, timestamp: &str) {
+    pub(crate) fn add_reply(&self, from: &str, message: &str, timestamp: &str) {
         self.state.lock().unwrap().replies.push(serde_json::json!({
             "from": from, "message": message, "timestamp": timestamp,
         }));

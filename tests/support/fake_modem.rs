@@ -40,7 +40,7 @@ use super::wait::DEADLINE;
 
 /// How the modem answers one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Prompt, take the text, answer `+CMGS: <n>` and `OK`.
     Accept,
     /// Answer `+CMS ERROR: <n>` to `AT+CMGS` instead of the prompt.
@@ -55,7 +55,7 @@ pub enum Reply {
 
 /// A message the modem took (its text ended with Ctrl-Z).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
+pub(crate) struct Received {
     /// The number from `AT+CMGS`, decoded from hex in UCS-2 mode.
     pub number: String,
     /// The text, decoded from hex in UCS-2 mode.
@@ -96,7 +96,7 @@ struct Shared {
 }
 
 /// The fake modem; dropping it stops the peer thread.
-pub struct FakeModem {
+pub(crate) struct FakeModem {
     path: PathBuf,
     shared: Arc<Shared>,
     stop: Option<OwnedFd>,
@@ -106,7 +106,7 @@ pub struct FakeModem {
 
 impl FakeModem {
     /// A modem that answers everything well, echo on until `ATE0`.
-    pub fn start() -> FakeModem {
+    pub(crate) fn start() -> FakeModem {
         let master =
             rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
                 .expect("open a pseudo-terminal");
@@ -154,7 +154,7 @@ impl FakeModem {
     }
 
     /// The device path to configure (`/dev/pts/N`).
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -163,47 +163,47 @@ impl FakeModem {
     }
 
     /// Keeps echoing after `ATE0`, like modems that ignore it.
-    pub fn ignore_ate0(&self) {
+    pub(crate) fn ignore_ate0(&self) {
         self.state().stubborn_echo = true;
     }
 
     /// Sends unsolicited result codes (`RING`, `+CMTI`, `+CREG`, `^BOOT`,
     /// empty lines) before answers and in the middle of each message.
-    pub fn chatter(&self) {
+    pub(crate) fn chatter(&self) {
         self.state().chatter = true;
     }
 
     /// Answers nothing at all from now on.
-    pub fn go_silent(&self) {
+    pub(crate) fn go_silent(&self) {
         self.state().silent = true;
     }
 
     /// Makes the SIM ask for this PIN (`+CPIN: SIM PIN`) until it is given.
-    pub fn require_pin(&self, pin: &str) {
+    pub(crate) fn require_pin(&self, pin: &str) {
         let mut state = self.state();
         state.pin = Some(pin.to_string());
         state.unlocked = false;
     }
 
     /// How many times a PIN was offered with `AT+CPIN="…"`.
-    pub fn pin_attempts(&self) -> usize {
+    pub(crate) fn pin_attempts(&self) -> usize {
         self.state().pin_attempts
     }
 
     /// How the next message without a queued reply is answered: queued
     /// replies are used in order, then [`Reply::Accept`].
-    pub fn push_reply(&self, reply: Reply) {
+    pub(crate) fn push_reply(&self, reply: Reply) {
         self.state().replies.push_back(reply);
     }
 
     /// Every byte written to the modem so far.
-    pub fn transcript(&self) -> Vec<u8> {
+    pub(crate) fn transcript(&self) -> Vec<u8> {
         self.state().transcript.clone()
     }
 
     /// Every byte written to the modem, once there are at least `len`;
     /// panics after [`DEADLINE`] otherwise, showing what came.
-    pub fn transcript_at_least(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn transcript_at_least(&self, len: usize) -> Vec<u8> {
         let deadline = Instant::now() + DEADLINE;
         let mut state = self.state();
         while state.transcript.len() < len {
@@ -220,7 +220,7 @@ impl FakeModem {
     }
 
     /// The messages the modem took, in order.
-    pub fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.state().received.clone()
     }
 }

@@ -2,18 +2,20 @@
 //! for the services signage-watchdog talks to, and the helpers that more
 //! than one test file needs (running the binaries, waiting, rules files,
 //! SMS senders), so that each is written once.
-// Each integration test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each integration test binary compiles this module and uses only part of it"
+)]
 
-pub mod addreality;
-pub mod exposition;
-pub mod fake_gateway;
-pub mod fake_modem;
-pub mod process;
-pub mod prometheus;
-pub mod rules_file;
-pub mod sms;
-pub mod wait;
+pub(crate) mod addreality;
+pub(crate) mod exposition;
+pub(crate) mod fake_gateway;
+pub(crate) mod fake_modem;
+pub(crate) mod process;
+pub(crate) mod prometheus;
+pub(crate) mod rules_file;
+pub(crate) mod sms;
+pub(crate) mod wait;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +24,7 @@ use std::path::Path;
 /// prints why the calling test is skipped and returns false; under CI (the
 /// `CI` environment variable is set, as `.ci/run` does) panics instead, so
 /// that a missing package fails the run rather than hiding tests.
-pub fn installed(found: bool, missing: &str) -> bool {
+pub(crate) fn installed(found: bool, missing: &str) -> bool {
     if found {
         return true;
     }
@@ -34,13 +36,13 @@ pub fn installed(found: bool, missing: &str) -> bool {
 }
 
 /// Whether `program --version` runs, for [`installed`].
-pub fn runs(program: &str) -> bool {
+pub(crate) fn runs(program: &str) -> bool {
     std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Writes `text` to `path` readable by its owner only (mode 600), as a
 /// secret file must be for the binaries to read it without a warning.
-pub fn write_secret(path: &Path, text: &str) {
+pub(crate) fn write_secret(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -49,13 +51,13 @@ pub fn write_secret(path: &Path, text: &str) {
 
 /// A loopback address that was free a moment ago (bound to port 0, then
 /// released): connections to it are refused at once.
-pub fn unused_addr() -> SocketAddr {
+pub(crate) fn unused_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind a loopback port")
 }
 
 /// `http://` and an [`unused_addr`]: a URL where nothing listens.
-pub fn closed_url() -> String {
+pub(crate) fn closed_url() -> String {
     format!("http://{}", unused_addr())
 }

@@ -12,7 +12,7 @@ use super::wait::DEADLINE;
 /// stderr captured, without the environment that changes what it prints:
 /// no `RUST_LOG`, and not under systemd (no `JOURNAL_STREAM`; set it again
 /// for log lines without timestamps).
-pub fn command(program: &str, dir: &Path) -> Command {
+pub(crate) fn command(program: &str, dir: &Path) -> Command {
     let mut command = Command::new(program);
     command
         .current_dir(dir)
@@ -26,7 +26,7 @@ pub fn command(program: &str, dir: &Path) -> Command {
 
 /// How a run ended.
 #[derive(Debug)]
-pub struct Ran {
+pub(crate) struct Ran {
     /// The exit code.
     pub code: i32,
     /// Everything written to stdout.
@@ -40,7 +40,7 @@ impl Ran {
     /// Panics if a signal ended it, or if stderr holds an ANSI escape: logs
     /// go to the journal or a file when stderr is not a terminal, and colour
     /// codes would show there verbatim.
-    pub fn new(status: ExitStatus, stdout: String, stderr: String) -> Ran {
+    pub(crate) fn new(status: ExitStatus, stdout: String, stderr: String) -> Ran {
         assert!(!stderr.contains('\x1b'), "ANSI escape in stderr:\n{stderr}");
         let code = status.code().unwrap_or_else(|| panic!("killed rather than exited: {status}"));
         Ran { code, stdout, stderr }
@@ -54,14 +54,14 @@ impl Ran {
 }
 
 /// Runs `command` to its end.
-pub fn run(command: &mut Command) -> Ran {
+pub(crate) fn run(command: &mut Command) -> Ran {
     let output = command.output().unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
     Ran::from_output(output)
 }
 
 /// Runs `command` to its end without blocking the runtime's thread, which
 /// may be serving a fake the command talks to; panics after [`DEADLINE`].
-pub async fn run_async(mut command: tokio::process::Command) -> Ran {
+pub(crate) async fn run_async(mut command: tokio::process::Command) -> Ran {
     let output = tokio::time::timeout(DEADLINE, command.output())
         .await
         .unwrap_or_else(|_| panic!("{command:?} did not finish within {DEADLINE:?}"))
@@ -71,7 +71,7 @@ pub async fn run_async(mut command: tokio::process::Command) -> Ran {
 
 /// Sends the signal named `name` (`TERM` as systemd sends it, `INT` as
 /// Ctrl-C, `HUP` for a reload) to process `pid`, with kill(1).
-pub fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let pid = pid.to_string();
     let status = Command::new("kill").args(["-s", name, &pid]).status().expect("kill runs");
     assert!(status.success(), "kill -s {name} {pid}: {status}");

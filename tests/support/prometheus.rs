@@ -39,10 +39,10 @@ use tokio::sync::{oneshot, watch};
 use super::wait::{poll_for_async, DEADLINE};
 
 /// The Prometheus binary used unless `SIGNAGE_TEST_PROMETHEUS` names another.
-pub const DEFAULT_PROMETHEUS: &str = "/usr/bin/prometheus";
+pub(crate) const DEFAULT_PROMETHEUS: &str = "/usr/bin/prometheus";
 
 /// An HTTP server on `127.0.0.1` serving `/metrics` with text the test sets.
-pub struct TestTarget {
+pub(crate) struct TestTarget {
     addr: SocketAddr,
     job: String,
     shared: Arc<TargetShared>,
@@ -59,13 +59,13 @@ struct TargetShared {
 
 impl TestTarget {
     /// Starts a target in scrape job `test`, serving an empty page.
-    pub fn start() -> TestTarget {
+    pub(crate) fn start() -> TestTarget {
         TestTarget::with_job("test")
     }
 
     /// Starts a target that Prometheus scrapes under job name `job`, so that
     /// `up{job="…"}` distinguishes several targets.
-    pub fn with_job(job: &str) -> TestTarget {
+    pub(crate) fn with_job(job: &str) -> TestTarget {
         let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         listener.set_nonblocking(true).expect("make the listener non-blocking");
         let addr = listener.local_addr().expect("local address of the listener");
@@ -98,18 +98,18 @@ impl TestTarget {
     }
 
     /// Replaces the exposition text served from the next scrape on.
-    pub fn set(&self, text: impl Into<String>) {
+    pub(crate) fn set(&self, text: impl Into<String>) {
         *self.shared.body.lock().unwrap() = Bytes::from(text.into());
     }
 
     /// Makes scrapes fail with HTTP 503 (Prometheus then reports `up == 0`
     /// and marks the target's series stale), or succeed again.
-    pub fn set_failing(&self, failing: bool) {
+    pub(crate) fn set_failing(&self, failing: bool) {
         self.shared.failing.store(failing, Ordering::SeqCst);
     }
 
     /// How many times `/metrics` has been requested so far.
-    pub fn scrapes(&self) -> u64 {
+    pub(crate) fn scrapes(&self) -> u64 {
         *self.scrapes.borrow()
     }
 
@@ -117,7 +117,7 @@ impl TestTarget {
     /// that they served whatever was [`set`](TestTarget::set) before it.
     /// Prometheus ingests a scrape a moment after reading it: to wait for
     /// data to be queryable, use [`TestPrometheus::wait_until_query`].
-    pub async fn wait_scrapes(&self, n: u64) {
+    pub(crate) async fn wait_scrapes(&self, n: u64) {
         let mut scrapes = self.scrapes.clone();
         let start = *scrapes.borrow_and_update();
         let wanted = start + n;
@@ -132,12 +132,12 @@ impl TestTarget {
     }
 
     /// The `instance` label Prometheus gives this target's series.
-    pub fn instance(&self) -> String {
+    pub(crate) fn instance(&self) -> String {
         self.addr.to_string()
     }
 
     /// The `job` label Prometheus gives this target's series.
-    pub fn job(&self) -> &str {
+    pub(crate) fn job(&self) -> &str {
         &self.job
     }
 }
@@ -197,7 +197,7 @@ fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 
 /// Settings of a [`TestPrometheus`]; [`TestPrometheus::start`] uses the defaults.
 #[derive(Debug, Clone)]
-pub struct PrometheusOptions {
+pub(crate) struct PrometheusOptions {
     /// Scrape and rule-evaluation interval. Default 100 ms: a change on a
     /// target is queryable a fraction of a second later.
     pub scrape_interval: Duration,
@@ -218,7 +218,7 @@ impl Default for PrometheusOptions {
 
 impl PrometheusOptions {
     /// Starts Prometheus with these settings, scraping `targets`.
-    pub async fn start(self, targets: &[&TestTarget]) -> TestPrometheus {
+    pub(crate) async fn start(self, targets: &[&TestTarget]) -> TestPrometheus {
         let dir = tempfile::Builder::new()
             .prefix("test-prometheus-")
             .tempdir()
@@ -279,7 +279,7 @@ impl PrometheusOptions {
 }
 
 /// A Prometheus server on a loopback port, killed when dropped.
-pub struct TestPrometheus {
+pub(crate) struct TestPrometheus {
     options: PrometheusOptions,
     binary: PathBuf,
     config: PathBuf,
@@ -300,7 +300,7 @@ impl TestPrometheus {
     /// Whether the Prometheus binary is installed. When it is not, prints why
     /// the calling test is skipped and returns false; under CI (the `CI`
     /// environment variable is set) panics instead.
-    pub fn available() -> bool {
+    pub(crate) fn available() -> bool {
         let binary = prometheus_binary();
         super::installed(
             binary.is_file(),
@@ -319,35 +319,35 @@ impl TestPrometheus {
     /// so a start with targets takes about 5 s; without targets it takes a
     /// tenth of that. Several scenarios can share one Prometheus by giving
     /// each its own target (or job).
-    pub async fn start(targets: &[&TestTarget]) -> TestPrometheus {
+    pub(crate) async fn start(targets: &[&TestTarget]) -> TestPrometheus {
         PrometheusOptions::default().start(targets).await
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123`. It stays the same across
     /// [`restart`](TestPrometheus::restart).
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// A client of this Prometheus (5 s timeout, no authentication).
-    pub fn client(&self) -> &PromClient {
+    pub(crate) fn client(&self) -> &PromClient {
         self.client.as_ref().expect("the client exists once Prometheus started")
     }
 
     /// How long the last start or restart took until `/-/ready` answered 200.
-    pub fn startup_time(&self) -> Duration {
+    pub(crate) fn startup_time(&self) -> Duration {
         self.startup
     }
 
     /// How long [`start`](TestPrometheus::start) then waited for the first
     /// scrape of every target.
-    pub fn first_scrapes_time(&self) -> Duration {
+    pub(crate) fn first_scrapes_time(&self) -> Duration {
         self.first_scrapes
     }
 
     /// Kills Prometheus (SIGKILL, as a crash or an OOM kill would). Its
     /// data stays for [`restart`](TestPrometheus::restart).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -359,7 +359,7 @@ impl TestPrometheus {
     /// Scraping resumes about 5 s later, as after any start; use
     /// [`wait_up`](TestPrometheus::wait_up) to wait for it. Stops it first
     /// if it is running.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.stop();
         self.launch(false).await;
     }
@@ -367,7 +367,7 @@ impl TestPrometheus {
     /// Polls `expr` until `predicate` holds for its answer and returns that
     /// answer; panics after `deadline` with the last answer or error and
     /// what Prometheus says about its targets.
-    pub async fn wait_until_query(
+    pub(crate) async fn wait_until_query(
         &self,
         expr: &str,
         predicate: impl Fn(&[Sample]) -> bool,
@@ -401,13 +401,13 @@ impl TestPrometheus {
 
     /// Waits until Prometheus's last scrape of `target` succeeded
     /// (`up == 1`): after [`TestTarget::set_failing`]`(false)` or a restart.
-    pub async fn wait_up(&self, target: &TestTarget) {
+    pub(crate) async fn wait_up(&self, target: &TestTarget) {
         let expr = format!("up{{instance='{}'}} == 1", target.instance());
         self.wait_until_query(&expr, |samples| !samples.is_empty(), DEADLINE).await;
     }
 
     /// The last `lines` lines of Prometheus's log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -426,16 +426,16 @@ impl TestPrometheus {
             Ok::<_, reqwest::Error>(body)
         };
         match answer.await {
-            Ok(body) => body["data"]["activeTargets"]
-                .as_array()
-                .map(|targets| {
+            Ok(body) => body["data"]["activeTargets"].as_array().map_or_else(
+                || body.to_string(),
+                |targets| {
                     targets
                         .iter()
                         .map(|t| format!("{} {} {}", t["scrapeUrl"], t["health"], t["lastError"]))
                         .collect::<Vec<_>>()
                         .join("; ")
-                })
-                .unwrap_or_else(|| body.to_string()),
+                },
+            ),
             Err(err) => format!("unknown ({err})"),
         }
     }

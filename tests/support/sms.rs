@@ -7,16 +7,16 @@ use std::path::Path;
 use signage_watchdog::sms::{Delivered, Message, SendError, Sender, SmsConfig};
 
 /// The number every test message goes to.
-pub const PHONE: &str = "+79991234567";
+pub(crate) const PHONE: &str = "+79991234567";
 
 /// A message with `text` to [`PHONE`].
-pub fn message(text: &str) -> Message {
+pub(crate) fn message(text: &str) -> Message {
     Message { phone: PHONE.to_string(), text: text.to_string() }
 }
 
 /// The `[sms]` table of a rules file's `text`, read as jobctl reads it;
 /// panics with the text when it does not parse.
-pub fn config(text: &str) -> SmsConfig {
+pub(crate) fn config(text: &str) -> SmsConfig {
     #[derive(serde::Deserialize)]
     struct File {
         sms: SmsConfig,
@@ -27,13 +27,13 @@ pub fn config(text: &str) -> SmsConfig {
 
 /// The sender jobctl builds from the `[sms]` table in `text`, for a rules
 /// file in `dir`; panics with the error and the text when it cannot.
-pub fn sender(text: &str, dir: &Path) -> Box<dyn Sender> {
+pub(crate) fn sender(text: &str, dir: &Path) -> Box<dyn Sender> {
     config(text).build(dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// The reason of a failure known not to have sent; panics on any other outcome.
 #[track_caller]
-pub fn definite(outcome: Result<Delivered, SendError>) -> String {
+pub(crate) fn definite(outcome: Result<Delivered, SendError>) -> String {
     match outcome {
         Err(SendError::Definite { reason }) => reason,
         other => panic!("expected a definite failure, got {other:?}"),
@@ -42,7 +42,7 @@ pub fn definite(outcome: Result<Delivered, SendError>) -> String {
 
 /// The reason of a failure that may have sent; panics on any other outcome.
 #[track_caller]
-pub fn uncertain(outcome: Result<Delivered, SendError>) -> String {
+pub(crate) fn uncertain(outcome: Result<Delivered, SendError>) -> String {
     match outcome {
         Err(SendError::Uncertain { reason }) => reason,
         other => panic!("expected an uncertain failure, got {other:?}"),

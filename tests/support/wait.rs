@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 /// How long anything a test waits for may take before the test fails.
 /// Generous: a loaded CI machine is slow, and a passing test never waits it.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Pause between two looks at a condition.
-pub const POLL: Duration = Duration::from_millis(10);
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Calls `check` until it gives a value, for at most `deadline`, pausing
 /// [`POLL`] between calls; `None` if it never did.
-pub fn poll_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + deadline;
     loop {
         if let Some(value) = check() {
@@ -32,7 +32,10 @@ pub fn poll_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
 
 /// [`poll_for`] for a check that awaits, pausing on the runtime rather
 /// than blocking its thread.
-pub async fn poll_for_async<T, F>(deadline: Duration, mut check: impl FnMut() -> F) -> Option<T>
+pub(crate) async fn poll_for_async<T, F>(
+    deadline: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<T>
 where
     F: Future<Output = Option<T>>,
 {
@@ -51,7 +54,7 @@ where
 /// Calls `check` until it gives a value and returns that value; panics
 /// naming `what` after [`DEADLINE`].
 #[track_caller]
-pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     match poll_for(DEADLINE, check) {
         Some(value) => value,
         None => panic!("{what} did not happen within {DEADLINE:?}"),
@@ -59,7 +62,7 @@ pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// [`wait_until`] for a check that awaits.
-pub async fn wait_until_async<T, F>(what: &str, check: impl FnMut() -> F) -> T
+pub(crate) async fn wait_until_async<T, F>(what: &str, check: impl FnMut() -> F) -> T
 where
     F: Future<Output = Option<T>>,
 {

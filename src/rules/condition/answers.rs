@@ -94,7 +94,7 @@ const NONE: u32 = u32::MAX;
 
 impl Answers {
     /// No answers yet; devices are identified by `key_labels`.
-    pub fn new(key_labels: &DeviceKeyLabels) -> Answers {
+    pub(crate) fn new(key_labels: &DeviceKeyLabels) -> Answers {
         let mut answers = Answers::default();
         answers.reset(key_labels);
         answers
@@ -387,7 +387,7 @@ pub(crate) struct Index<'a> {
 
 impl<'a> Index<'a> {
     /// An index over `answers`.
-    pub fn new(answers: &'a Answers) -> Index<'a> {
+    pub(crate) fn new(answers: &'a Answers) -> Index<'a> {
         Index { answers, views: HashMap::new(), guards: HashMap::new() }
     }
 

@@ -15,7 +15,7 @@ use crate::rules::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, La
 
 /// Why a verdict is unknown, for logs and `jobctl test-rule`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnknownReason {
+pub(crate) enum UnknownReason {
     /// The query has no answer this cycle (Prometheus unreachable or it
     /// returned an error).
     QueryFailed {
@@ -54,7 +54,7 @@ impl fmt::Display for UnknownReason {
 
 /// A value seen for a device, for logs and the journal's trigger value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SeenValue {
+pub(crate) struct SeenValue {
     /// The query that returned it.
     pub(crate) query: String,
     /// The value.
@@ -181,7 +181,7 @@ pub(crate) struct JobEvaluation<'a> {
 impl<'a> JobEvaluation<'a> {
     /// Evaluates a condition and its guards for every device in `index`'s
     /// answers (the semantics are in the module notes).
-    pub fn new(
+    pub(crate) fn new(
         index: &mut Index<'a>,
         condition: &'a Condition,
         devices: &LabelMatchers,

@@ -454,7 +454,7 @@ mod tests {
         let set = CommandSet::simpal();
         let errors =
             set.render("power_cycle", &args(&[("minute", ArgValue::Integer(1))])).unwrap_err();
-        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = errors.iter().map(std::string::ToString::to_string).collect();
         assert_eq!(
             messages,
             [

@@ -50,7 +50,8 @@ pub(crate) fn jobs(
         let mut ck = Checker { file: entries.file, errors: &mut *errors };
         for (index, raw_job) in entries.jobs.iter().enumerate() {
             let Some(job) = job(&mut ck, raw_job, index + 1, &env) else { continue };
-            let name_span = raw_job.get_ref().name.as_ref().map_or(raw_job.span(), |n| n.span());
+            let name_span =
+                raw_job.get_ref().name.as_ref().map_or(raw_job.span(), toml::Spanned::span);
             if let Some(first) = job_names.get(&job.name) {
                 let message = if job.auto_named {
                     format!(

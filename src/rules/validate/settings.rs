@@ -121,7 +121,7 @@ fn prometheus(
     let interval = positive(ck, raw.interval.as_ref(), "prometheus.interval", DEFAULT_INTERVAL);
     let timeout = positive(ck, raw.timeout.as_ref(), "prometheus.timeout", DEFAULT_TIMEOUT);
     if timeout > interval {
-        let span = raw.timeout.as_ref().map_or(table_span.clone(), |t| t.span());
+        let span = raw.timeout.as_ref().map_or(table_span.clone(), toml::Spanned::span);
         ck.at(
             span,
             format!(

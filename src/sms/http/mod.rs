@@ -272,8 +272,10 @@ impl HttpSender {
             .message_pointers
             .iter()
             .find_map(|p| json.as_ref()?.pointer(&p.render(values)).filter(|v| !v.is_null()))
-            .map(|v| scalar_text(v).unwrap_or_else(|| v.to_string()))
-            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+            .map_or_else(
+                || String::from_utf8_lossy(body).into_owned(),
+                |v| scalar_text(v).unwrap_or_else(|| v.to_string()),
+            );
         let words = super::text::sanitize(words.trim(), false, MAX_DETAIL_CHARS);
         if words.is_empty() {
             String::new()

@@ -254,7 +254,7 @@ impl RequestTemplate {
         places.extend(self.query.iter().map(|(n, t)| (format!("query parameter {n}"), t)));
         match &self.body {
             Body::Form(pairs) => {
-                places.extend(pairs.iter().map(|(n, t)| (format!("form field {n}"), t)))
+                places.extend(pairs.iter().map(|(n, t)| (format!("form field {n}"), t)));
             }
             Body::Json(json) => {
                 let mut templates = Vec::new();

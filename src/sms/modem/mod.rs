@@ -154,7 +154,10 @@ type ModemStates = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<Mod
 
 fn state_of(device: &Path) -> Arc<tokio::sync::Mutex<ModemState>> {
     static STATES: OnceLock<ModemStates> = OnceLock::new();
-    let mut states = STATES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let mut states = STATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     states.retain(|_, state| state.strong_count() > 0);
     if let Some(state) = states.get(device).and_then(Weak::upgrade) {
         return state;

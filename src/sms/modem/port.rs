@@ -106,7 +106,7 @@ impl Port {
                 Ok(0) => return Err(StepError::Io(io::ErrorKind::WriteZero.into())),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(PollFlags::OUT, deadline)?
+                    self.wait(PollFlags::OUT, deadline)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(StepError::Io(e)),
