@@ -103,9 +103,9 @@ impl Sender for FailoverSender {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptOutcome {
     /// The backend's [`Sender::name`] (`"modem"`, `"http"`).
-    pub(crate) backend: String,
+    pub backend: String,
     /// What it came to.
-    pub(crate) outcome: SendOutcome,
+    pub outcome: SendOutcome,
 }
 
 /// One message going down a chain of backends, one attempt at a time; see
@@ -147,7 +147,7 @@ impl<'a> AttemptChain<'a> {
     }
 
     /// The name of the backend the next attempt goes to, if any.
-    pub(crate) fn next_backend(&self) -> Option<&str> {
+    pub fn next_backend(&self) -> Option<&str> {
         self.has_next().then(|| self.backends[self.next].name())
     }
 
@@ -181,7 +181,7 @@ impl<'a> AttemptChain<'a> {
     ///   each backend's reason.
     ///
     /// A chain of one backend reports its outcome unchanged.
-    pub(crate) fn outcome(&self) -> Option<SendOutcome> {
+    pub fn outcome(&self) -> Option<SendOutcome> {
         let last = self.attempts.last()?;
         if self.backends.len() == 1 {
             return Some(last.outcome.clone());

@@ -119,11 +119,11 @@ impl SendError {
 }
 
 /// What one send attempt came to.
-pub(crate) type SendOutcome = Result<Delivered, SendError>;
+pub type SendOutcome = Result<Delivered, SendError>;
 
 /// The future a [`Sender`] returns. Boxed so that senders can be held as
 /// `Box<dyn Sender>` in an ordered failover list.
-pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
 
 /// A way to send SMS. Implementations must be honest about uncertainty: an
 /// outcome that is not known is [`SendError::Uncertain`], never `Definite`.
