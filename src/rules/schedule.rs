@@ -4,8 +4,7 @@
 //! shop's opening hours is visible; one at night is not), so a job can carry
 //! a window of days and hours in a time zone. Outside it the job's state
 //! still advances (the episode starts, `for` runs), but the action waits for
-//! the window to open; see [`Schedule::allows`] and
-//! [`Schedule::next_opening`].
+//! the window to open; see [`Schedule::allows`].
 //!
 //! Rules of the window, as documented for users:
 //! - `days` lists days (`"mon"` … `"sun"`) and ranges (`"mon-fri"`, and

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Any step may be answered `ERROR`, `+CMS ERROR: <n>` or `+CME ERROR: <n>`;
-//! the codes are turned into words ([`cms_reason`], [`cme_reason`]) so that
+//! the codes are turned into words ([`result_code::cms_reason`], [`result_code::cme_reason`]) so that
 //! the journal says "no network service", not "331". Unsolicited result
 //! codes (`RING`, `+CMTI: …`, `+CREG: …`, `^BOOT…`), empty lines and the
 //! modem's echo of what was written may arrive at any point and are skipped:
