@@ -8,7 +8,11 @@
 //! scrape).
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0` and only the binaries install signal handlers.
+//! `127.0.0.1:0` and only the binaries install signal handlers. Every
+//! connection is bounded by [`Limits`] (a header-read timeout, an idle
+//! keep-alive timeout, a connection cap), so slow or idle clients cannot
+//! starve the scrapes; [`serve_limited`] and [`serve_with_limits`] take them
+//! as a parameter, for tests that need small values.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,8 +24,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Duration, Instant};
 
 /// `Content-Type` of the Prometheus text format.
 pub(crate) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -74,28 +80,75 @@ pub trait Pages: Send + Sync + 'static {
     fn health(&self) -> Health;
 }
 
-/// Serves `pages` on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish.
+/// How long a client may take to send a request's head, by default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may wait for its next request, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many connections a server holds at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// How often at most a refused connection or a failed `accept` is logged.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The bounds a server keeps, so that slow or idle clients cannot starve the
+/// scrapes that matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a complete request head, counted from the
+    /// moment the server waits for it (the connection opened, or the previous
+    /// answer was sent). hyper closes the connection when it runs out, so an
+    /// idle or half-sent request never holds a connection longer.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay quiet after its last answer was
+    /// handed over; then it is closed. A client that stops reading its answer
+    /// gets `header_read_timeout` more to finish, then loses the connection.
+    pub idle_timeout: Duration,
+    /// Connections held at once. One more is accepted and closed at once, so
+    /// the client learns at once instead of waiting in the kernel's queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves `pages` on `listener` with the default [`Limits`] until `shutdown`
+/// completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     pages: Arc<dyn Pages>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with(
+    serve_limited(listener, pages, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with the given limits.
+pub async fn serve_limited(
+    listener: TcpListener,
+    pages: Arc<dyn Pages>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with_limits(
         listener,
         move |req| {
             let pages = pages.clone();
             async move { respond(&*pages, &req) }
         },
+        limits,
         shutdown,
     )
     .await
 }
 
-/// The accept loop under [`serve`], for any request handler: HTTP/1.1 on
-/// `listener` until `shutdown` completes, then in-flight requests get up to
-/// five seconds and idle keep-alive connections are closed at once. The
-/// AddReality simulator serves its API through it too.
+/// The accept loop under [`serve`], for any request handler, with the default
+/// [`Limits`]. The AddReality simulator serves its API through it too.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
     handler: H,
@@ -105,8 +158,29 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    serve_with_limits(listener, handler, Limits::default(), shutdown).await
+}
+
+/// HTTP/1.1 on `listener` within `limits` until `shutdown` completes; then
+/// in-flight requests get up to five seconds and idle keep-alive connections
+/// are closed at once.
+pub async fn serve_with_limits<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    // One permit per connection held; all of them back means all closed.
+    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let (stop, stopping) = watch::channel(false);
+    let mut accept_errors = RateLimitedLog::default();
+    let mut refusals = RateLimitedLog::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -114,31 +188,165 @@ where
                 let (stream, _peer) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
-                        // Out of file descriptors and the like: log, back off
-                        // a little, keep serving.
-                        tracing::warn!("accepting an HTTP connection failed: {err}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: log (once a
+                        // second at most), back off a little, keep serving.
+                        if let Some(suppressed) = accept_errors.record(Instant::now()) {
+                            tracing::warn!(
+                                "accepting an HTTP connection failed: {err}{}",
+                                suppressed_note(suppressed, "accept errors")
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Closed at once: the client fails fast, the kernel's
+                    // queue keeps draining, and the next client gets a slot
+                    // as soon as one frees.
+                    drop(stream);
+                    if let Some(suppressed) = refusals.record(Instant::now()) {
+                        tracing::warn!(
+                            "refused an HTTP connection: {} connections already open{}",
+                            limits.max_connections,
+                            suppressed_note(suppressed, "refusals")
+                        );
+                    }
+                    continue;
+                };
+                let (activity, quiet) = watch::channel(Activity { busy: 0, since: Instant::now() });
+                let activity = Arc::new(activity);
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |req| {
+                    let busy = Busy::start(activity.clone());
                     let answer = handler(req);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        tracing::debug!("HTTP connection ended with an error: {err}");
+                    async move {
+                        let answer = answer.await;
+                        drop(busy);
+                        Ok::<_, Infallible>(answer)
                     }
                 });
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(run_connection(conn, quiet, limits, stopping.clone(), slot));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    let _ = stop.send(true);
+    let all = u32::try_from(limits.max_connections.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
     Ok(())
+}
+
+/// Drives one connection until it ends, goes quiet for too long, or the
+/// server stops; `_slot` goes back to the server when it returns.
+async fn run_connection<S>(
+    conn: hyper::server::conn::http1::Connection<TokioIo<TcpStream>, S>,
+    mut activity: watch::Receiver<Activity>,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    let ended = loop {
+        let now = *activity.borrow_and_update();
+        // While a request is being answered the connection is not idle.
+        let quiet_until = (now.busy == 0).then(|| now.since + limits.idle_timeout);
+        tokio::select! {
+            ended = conn.as_mut() => break Some(ended),
+            () = sleep_until_or_never(quiet_until) => break None,
+            changed = activity.changed() => if changed.is_err() { break None },
+            _ = stopping.wait_for(|stop| *stop) => break None,
+        }
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            // Idle: closed at once. Mid-answer: the answer may finish, but
+            // within the header timeout, so a client that stopped reading
+            // cannot hold the connection.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.header_read_timeout, conn).await {
+                Ok(ended) => ended,
+                Err(_elapsed) => return,
+            }
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!("HTTP connection ended with an error: {err}");
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one connection is doing: how many requests it is answering, and
+/// since when it has been quiet (the last answer handed over, or its start).
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    busy: usize,
+    since: Instant,
+}
+
+/// A request being answered; dropping it (answer ready, or the connection
+/// gone) marks the connection quiet from now.
+struct Busy(Arc<watch::Sender<Activity>>);
+
+impl Busy {
+    fn start(activity: Arc<watch::Sender<Activity>>) -> Busy {
+        activity.send_modify(|now| now.busy += 1);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|now| {
+            now.busy = now.busy.saturating_sub(1);
+            now.since = Instant::now();
+        });
+    }
+}
+
+/// At most one log line per [`LOG_EVERY`] for a repeated event, with the
+/// number of events not logged since the previous line.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last_line: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    /// Records an event at `now`: `Some(suppressed)` when a line is due,
+    /// `None` when this one is counted instead.
+    fn record(&mut self, now: Instant) -> Option<u64> {
+        match self.last_line {
+            Some(last) if now.saturating_duration_since(last) < LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_line = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+fn suppressed_note(suppressed: u64, what: &str) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} more {what} not logged since the previous line)")
+    }
 }
 
 fn respond(pages: &dyn Pages, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -243,6 +451,24 @@ mod tests {
             serve(listener, pages, async { stopped.await.unwrap_or(()) }).await.unwrap();
         });
         (base, stop, task)
+    }
+
+    #[test]
+    fn a_repeated_event_is_logged_once_a_second_with_the_count_of_the_rest() {
+        let start = Instant::now();
+        let mut log = RateLimitedLog::default();
+        assert_eq!(log.record(start), Some(0));
+        for ms in [1, 200, 999] {
+            assert_eq!(log.record(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(log.record(start + Duration::from_millis(1000)), Some(3));
+        assert_eq!(log.record(start + Duration::from_millis(1500)), None);
+        assert_eq!(log.record(start + Duration::from_millis(2100)), Some(1));
+        assert_eq!(suppressed_note(0, "refusals"), "");
+        assert_eq!(
+            suppressed_note(3, "accept errors"),
+            " (3 more accept errors not logged since the previous line)"
+        );
     }
 
     #[tokio::test]
