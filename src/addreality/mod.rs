@@ -5,3 +5,6 @@
 pub mod client;
 pub mod model;
 pub mod simulator;
+
+#[cfg(test)]
+mod proptests;

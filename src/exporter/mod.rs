@@ -156,3 +156,6 @@ impl Exporter {
         served
     }
 }
+
+#[cfg(test)]
+mod proptests;

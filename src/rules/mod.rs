@@ -343,3 +343,6 @@ pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleS
         socket_by_device: sockets.by_device,
     })
 }
+
+#[cfg(test)]
+mod proptests;

@@ -200,3 +200,6 @@ impl Sender for ModemSender {
         })
     }
 }
+
+#[cfg(test)]
+mod proptests;
