@@ -1197,3 +1197,43 @@ async fn history_and_status_without_a_journal_exit_4_and_say_it_does_not_exist_y
     }
     assert!(!site.path("journal.db").exists());
 }
+
+/// A damaged journal: every command that opens it exits 4 and ends its
+/// message with SQLite's own reason, once.
+#[tokio::test]
+async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    // `run --once` creates the journal, then finds Prometheus down.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(ran.code, 6, "{ran:?}");
+    assert!(!site.path("journal.db-wal").exists(), "checkpointed at exit");
+    // Every page but the first (the schema) overwritten, as a failing disk would.
+    let path = site.path("journal.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
+    for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
+        *byte = u8::try_from(i * 37 % 251).unwrap();
+    }
+    std::fs::write(&path, bytes).unwrap();
+
+    let cases: [(&[&str], &str); 5] = [
+        (&["history"], "reading the history"),
+        (&["status"], "reading job states"),
+        (&["run", "--once"], "finding unfinished sends"),
+        (&["run"], "finding unfinished sends"),
+        (&["test-rule", "reboot frozen"], "reading job states"),
+    ];
+    for (args, doing) in cases {
+        let ran = site.jobctl(args).await;
+        assert_eq!(
+            (ran.code, ran.stderr),
+            (
+                4,
+                format!(
+                    "jobctl: ./journal.db: error while {doing}: database disk image is malformed\n"
+                )
+            ),
+            "jobctl {args:?}"
+        );
+    }
+}

@@ -212,7 +212,7 @@ pub enum JournalError {
         doing: &'static str,
         /// What SQLite said.
         #[source]
-        source: rusqlite::Error,
+        source: SqliteReason,
     },
     /// An execution id that the journal does not hold.
     #[error("{path}: no execution {id} in the journal")]
@@ -364,6 +364,7 @@ impl Journal {
         }
         if let Err(source) = self.connection.execute_batch("COMMIT") {
             self.rollback();
+            let source = SqliteReason(source);
             return Err(JournalError::Sqlite { path: self.path.clone(), doing, source });
         }
         Ok(result)
@@ -375,6 +376,28 @@ impl Journal {
             // Nothing more to do if this fails too: the connection is
             // closed with the journal, which undoes what is not committed.
             let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// What SQLite said, shown once: rusqlite's error repeats SQLite's reason
+/// as its own source (`database disk image is malformed: Error code 11: The
+/// database disk image is malformed`), so its source is dropped here.
+#[derive(Debug)]
+pub struct SqliteReason(pub rusqlite::Error);
+
+impl fmt::Display for SqliteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SqliteReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            // Its message is SQLite's own, or the code's text when there is none.
+            rusqlite::Error::SqliteFailure(..) => None,
+            other => other.source(),
         }
     }
 }
@@ -450,5 +473,9 @@ fn sqlite_error<'p>(
     path: &'p Path,
     doing: &'static str,
 ) -> impl FnOnce(rusqlite::Error) -> JournalError + 'p {
-    move |source| JournalError::Sqlite { path: path.to_path_buf(), doing, source }
+    move |source| JournalError::Sqlite {
+        path: path.to_path_buf(),
+        doing,
+        source: SqliteReason(source),
+    }
 }
