@@ -987,6 +987,86 @@ async fn kill_9_while_sending_never_sends_twice() {
     assert_eq!(code, 0);
 }
 
+/// What a writer beside the daemon of process `pid` is told.
+fn refused_beside(pid: u32) -> String {
+    format!(
+        "jobctl: ./journal.db: another jobctl is writing this journal (PID {pid}, holding ./journal.db.lock); \
+         only one of `jobctl run`, `run --once`, `send` and `test-rule --send` may write a journal at a time: \
+         wait for it or stop it first (history, status and check work beside it)\n"
+    )
+}
+
+/// Two writers on one journal would both send every action due, and a
+/// `run --once` would settle the daemon's sends in flight as uncertain. So
+/// every writer is refused at once beside a running daemon (exit 4, the
+/// daemon's PID named), and writes nothing: the daemon's message in flight
+/// stays `sending` and the daemon records its real outcome. Readers work
+/// beside it. The lock file a killed daemon leaves does not block the next
+/// start: the kernel releases the lock with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_is_refused_beside_the_daemon_and_a_killed_daemon_blocks_nothing() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    gateway.set_fault(Some(Fault::Hang));
+    let site = Site::with_rules(
+        &rules(prometheus.url(), &gateway.url()).replace("timeout = \"2s\"", "timeout = \"50s\""),
+    );
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sending (episode 1, action 1)").await;
+    wait_until_async("the gateway receiving the message", || async {
+        (gateway.received().len() == 1).then_some(())
+    })
+    .await;
+    let pid = daemon.child.id().unwrap();
+    let writers: [&[&str]; 4] = [
+        &["run", "--once"],
+        &["send", "lobby", "power_on"],
+        &["test-rule", "reboot frozen", "--send", "--yes"],
+        &["run"],
+    ];
+    for args in writers {
+        let ran = site.jobctl(args).await;
+        assert_eq!(
+            (ran.code, ran.stderr.as_str()),
+            (4, refused_beside(pid).as_str()),
+            "jobctl {args:?}"
+        );
+    }
+    // The readers work beside the daemon; the message in flight is as the
+    // daemon left it, and nobody else sent anything.
+    let history = site.history(&[]).await;
+    assert_eq!((history.len(), &history[0]["outcome"]), (1, &"sending".into()));
+    let ran = site.jobctl(&["status", "--format", "json"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    assert_eq!(gateway.received().len(), 1);
+    gateway.set_fault(None);
+    daemon.wait_for("sent via http (execution #1)").await;
+
+    // kill -9 leaves the lock file, with the dead daemon's PID in it.
+    daemon.kill().await;
+    let lock_file = site.path("journal.db.lock");
+    assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), format!("{pid}\n"));
+    let daemon = Daemon::start(&site).await;
+    let next = daemon.child.id().unwrap();
+    assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), format!("{next}\n"));
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    assert_eq!((ran.code, ran.stderr), (4, refused_beside(next)));
+    assert_eq!(daemon.stop().await.0, 0);
+    assert_eq!(gateway.received().len(), 1, "sent twice");
+
+    // Once the daemon has stopped, a writer goes ahead.
+    let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "execution #2: \"#01#0#\" to lobby (+79991234567): sent\n"),
+        "{}",
+        ran.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------
 // jobctl history and status
 
@@ -998,31 +1078,32 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
     let (prometheus, _target) = prometheus_seeing(0).await;
     let gateway = FakeGateway::start().await;
     let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
-    let mut daemon = Daemon::start(&site).await;
-    daemon.wait_for("sent via http (execution #1)").await;
-    // A person sends by hand while the daemon writes to the same journal.
+    // A person sends by hand before the daemon starts (beside a running
+    // daemon a send is refused: `a_second_writer_is_refused_…`).
     let ran = site.jobctl(&["send", "lobby", "power_on"]).await;
     assert_eq!(
         (ran.code, ran.stdout.as_str()),
-        (0, "execution #2: \"#01#0#\" to lobby (+79991234567): sent\n")
+        (0, "execution #1: \"#01#0#\" to lobby (+79991234567): sent\n")
     );
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #2)").await;
 
     let history = site.history(&[]).await;
     let ids: Vec<&serde_json::Value> = history.iter().map(|row| &row["id"]).collect();
     assert_eq!(ids, [2, 1], "newest first");
-    let (manual, rule) = (&history[0], &history[1]);
+    let (rule, manual) = (&history[0], &history[1]);
     assert_eq!(
         (&rule["job"], &rule["device"], &rule["episode"], &rule["action"], &rule["trigger_value"]),
         (&"reboot frozen".into(), &DEVICE.into(), &1.into(), &1.into(), &0.0.into())
     );
     assert_eq!((&manual["manual"], &manual["text"]), (&true.into(), &"#01#0#".into()));
-    let (t1, t2) = (rule["time"].as_str().unwrap(), manual["time"].as_str().unwrap());
+    let (t1, t2) = (manual["time"].as_str().unwrap(), rule["time"].as_str().unwrap());
     let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  BACKEND  DETAIL\n";
-    let row1 =
-        format!("1   {t1}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
-    let row2 = format!("2   {t2}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
+    let row1 = format!("1   {t1}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
+    let row2 =
+        format!("2   {t2}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
     let both = format!("{header}{row2}{row1}");
-    let only_rule = format!("{header}{row1}");
+    let only_rule = format!("{header}{row2}");
     let empty = ("", "no execution in the journal matches\n");
     let cases: [(&[&str], (&str, &str)); 7] = [
         (&[], (&both, "")),
@@ -1096,10 +1177,10 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
     assert_eq!(daemon.stop().await.0, 0);
 }
 
-/// The read-only commands never create the journal: without one they exit
-/// 4 and say why, the operating system's reason included.
+/// The read-only commands never create the journal: before any daemon ran
+/// they exit 4 and say that it does not exist yet, where, and what creates it.
 #[tokio::test]
-async fn history_and_status_without_a_journal_exit_4_with_the_reason() {
+async fn history_and_status_without_a_journal_exit_4_and_say_it_does_not_exist_yet() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
     for command in ["history", "status"] {
         let ran = site.jobctl(&[command]).await;
@@ -1108,10 +1189,51 @@ async fn history_and_status_without_a_journal_exit_4_with_the_reason() {
             (
                 4,
                 "",
-                "jobctl: ./journal.db: cannot read the journal: No such file or directory (os error 2)\n"
+                "jobctl: ./journal.db: no journal there yet; `jobctl run` creates it when it first starts \
+                 (the rules' [journal] path says where it is)\n"
             ),
             "jobctl {command}"
         );
     }
     assert!(!site.path("journal.db").exists());
+}
+
+/// A damaged journal: every command that opens it exits 4 and ends its
+/// message with SQLite's own reason, once.
+#[tokio::test]
+async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    // `run --once` creates the journal, then finds Prometheus down.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(ran.code, 6, "{ran:?}");
+    assert!(!site.path("journal.db-wal").exists(), "checkpointed at exit");
+    // Every page but the first (the schema) overwritten, as a failing disk would.
+    let path = site.path("journal.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
+    for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
+        *byte = u8::try_from(i * 37 % 251).unwrap();
+    }
+    std::fs::write(&path, bytes).unwrap();
+
+    let cases: [(&[&str], &str); 5] = [
+        (&["history"], "reading the history"),
+        (&["status"], "reading job states"),
+        (&["run", "--once"], "finding unfinished sends"),
+        (&["run"], "finding unfinished sends"),
+        (&["test-rule", "reboot frozen"], "reading job states"),
+    ];
+    for (args, doing) in cases {
+        let ran = site.jobctl(args).await;
+        assert_eq!(
+            (ran.code, ran.stderr),
+            (
+                4,
+                format!(
+                    "jobctl: ./journal.db: error while {doing}: database disk image is malformed\n"
+                )
+            ),
+            "jobctl {args:?}"
+        );
+    }
 }

@@ -159,6 +159,14 @@ impl Scenario {
     async fn restart(self, body: &str) -> Scenario {
         let Scenario { dir, prometheus_url, gateway, clock, mode, engine } = self;
         drop(engine);
+        // A killed daemon's writer lock goes with its process; here it goes
+        // when the runtime has dropped the aborted send tasks that still
+        // hold the journal.
+        let path = dir.path().join("journal.db");
+        wait_until_async("the dropped engine releasing the journal", || async {
+            Journal::open(&path).ok().map(drop)
+        })
+        .await;
         let text = rules_text(&dir, &prometheus_url, &gateway, body);
         let engine = start_engine(&dir, &text, clock.clone(), mode).await;
         Scenario { dir, prometheus_url, gateway, clock, mode, engine }

@@ -574,8 +574,15 @@ fn read_only_opening_needs_an_existing_current_journal() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");
     let err = Journal::open_read_only(&missing).unwrap_err();
-    assert!(matches!(err, JournalError::Unreadable { .. }));
-    assert_eq!(err.to_string(), format!("{}: cannot read the journal", missing.display()));
+    assert!(matches!(err, JournalError::Missing { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: no journal there yet; `jobctl run` creates it when it first starts \
+             (the rules' [journal] path says where it is)",
+            missing.display()
+        )
+    );
     assert!(!missing.exists(), "a reader never creates the journal");
 
     let empty = dir.path().join("empty.db");
@@ -758,4 +765,57 @@ fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone() {
     let seen = status.history(&HistoryFilter::default()).unwrap();
     assert_eq!(seen.len(), 3);
     assert_eq!(status.execution(first).unwrap().status, ExecutionStatus::Sent);
+}
+
+#[test]
+fn one_writer_at_a_time_and_readers_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let lock_file = dir.path().join("journal.db.lock");
+    let mut writer = Journal::open(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), format!("{}\n", std::process::id()));
+
+    // flock is per open file: a second open in the same process is refused too.
+    let err = Journal::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Locked { holder: Some(pid), .. } if *pid == std::process::id()),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: another jobctl is writing this journal (PID {}, holding {}); only one of \
+             `jobctl run`, `run --once`, `send` and `test-rule --send` may write a journal at a time: \
+             wait for it or stop it first (history, status and check work beside it)",
+            path.display(),
+            std::process::id(),
+            lock_file.display()
+        )
+    );
+    let id = writer.begin_send(&manual_send("lobby")).unwrap();
+    let reader = Journal::open_read_only(&path).unwrap();
+    assert_eq!(reader.execution(id).unwrap().status, ExecutionStatus::Sending);
+
+    drop(writer);
+    // The lock file stays (deleting it would race the next writer); the lock goes.
+    assert!(lock_file.exists());
+    let journal = Journal::open(&path).unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sending);
+}
+
+#[test]
+fn a_writer_that_cannot_create_the_lock_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    // A directory where the lock file should be: it cannot be opened.
+    std::fs::create_dir(dir.path().join("journal.db.lock")).unwrap();
+    let err = Journal::open(&path).unwrap_err();
+    assert_eq!(
+        signage_watchdog::error::with_causes(&err),
+        format!(
+            "{}.lock: cannot take the journal's writer lock: Is a directory (os error 21)",
+            path.display()
+        )
+    );
+    assert!(!path.exists(), "nothing is written without the lock");
 }

@@ -1,8 +1,10 @@
 //! `jobctl send SOCKET COMMAND [NAME=VALUE…]`: a socket command typed by a
 //! person, through the same journal, budgets and retries as the daemon's.
 //!
-//! It never touches job states and never settles the daemon's sends in
-//! flight, so it is safe to use while `jobctl run` is running.
+//! It never touches job states. It writes the journal, so it takes the
+//! journal's writer lock: while `jobctl run` runs it is refused (exit 4,
+//! naming the daemon's PID) rather than racing the daemon's budgets and
+//! sends in flight.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::error::Error;
 use super::{count, load_rules, manual_outbox, prometheus_client};
 use crate::exit::Exit;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::rules::state::{JobState, Phase};
 use crate::rules::{Outgoing, Sample, Verdict};
 
@@ -59,7 +59,9 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
             .filter(|((j, _), _)| *j == job.name)
             .map(|((_, d), s)| (d, s))
             .collect(),
-        Err(_) => HashMap::new(),
+        // No daemon has run yet: every device is inactive, nothing to show.
+        Err(JournalError::Missing { .. }) => HashMap::new(),
+        Err(err) => return Err(Error::Journal(err)),
     };
 
     println!("job {:?}", job.name);

@@ -14,6 +14,10 @@
 //!   leave a state from which the same action would be due again.
 //! - Every backend attempt is kept (table `attempts`), so failover shows
 //!   which backend failed and which delivered.
+//! - **One writer at a time.** [`Journal::open`] takes an exclusive lock
+//!   on `<journal>.lock` and holds it as long as the journal lives; a second
+//!   writer is refused ([`JournalError::Locked`]), so no action is sent
+//!   twice by two processes and nobody settles another's sends in flight.
 //! - Nothing is silently dropped: a message held back by a budget or by
 //!   `--dry-run` is journalled too ([`Journal::record_suppressed`]).
 //!
@@ -51,6 +55,8 @@
 //! transactions every write runs in ([`Journal::batch`] and the write lock).
 //! The parts:
 //!
+//! - `lock` — one writer per journal: the lock file every writer holds,
+//!   so two daemons (or a `send` next to a daemon) never write one journal.
 //! - `schema` — the tables, the `user_version` migrations, and the checks
 //!   that refuse another program's database or a newer journal.
 //! - `execution` — what an execution is: its id, its statuses, its attempts,
@@ -62,6 +68,7 @@
 
 mod execution;
 mod history;
+mod lock;
 mod schema;
 mod sends;
 mod states;
@@ -74,6 +81,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OpenFlags, Savepoint, Transaction};
 
 use crate::clock::{Clock, SystemClock};
+use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
 pub use execution::{Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus};
@@ -91,6 +99,9 @@ pub struct Journal {
     /// Whether a [`Journal::batch`] is open: writes are then savepoints in
     /// its transaction, and never transactions of their own.
     in_batch: bool,
+    /// A journal opened for writing holds the file's writer lock for its
+    /// whole life (`lock`); a reader or an in-memory journal holds none.
+    _lock: Option<JournalLock>,
 }
 
 impl fmt::Debug for Journal {
@@ -148,6 +159,41 @@ pub enum JournalError {
         /// The version this build reads.
         supported: i64,
     },
+    /// A reader found no journal: no daemon has run with this path yet.
+    #[error(
+        "{path}: no journal there yet; `jobctl run` creates it when it first starts \
+         (the rules' [journal] path says where it is)"
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Another process writes this journal (it holds the lock file).
+    #[error(
+        "{path}: another jobctl is writing this journal ({holder}, holding {lock_file}); \
+         only one of `jobctl run`, `run --once`, `send` and `test-rule --send` may write \
+         a journal at a time: wait for it or stop it first (history, status and check work beside it)",
+        holder = Holder(*holder)
+    )]
+    Locked {
+        /// The journal.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock_file: PathBuf,
+        /// The PID the holder wrote into the lock file, unless it has not
+        /// written it yet.
+        holder: Option<u32>,
+    },
+    /// The lock file beside the journal cannot be opened or locked (e.g.
+    /// its directory is not writable).
+    #[error("{path}: cannot take the journal's writer lock")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file could not be read before SQLite was asked to open it.
     #[error("{path}: cannot read the journal")]
     Unreadable {
@@ -166,7 +212,7 @@ pub enum JournalError {
         doing: &'static str,
         /// What SQLite said.
         #[source]
-        source: rusqlite::Error,
+        source: SqliteReason,
     },
     /// An execution id that the journal does not hold.
     #[error("{path}: no execution {id} in the journal")]
@@ -218,14 +264,19 @@ impl Journal {
     ///
     /// A file that is not an SQLite database, an SQLite database of another
     /// program, or a journal from a newer jobctl is refused and not written.
+    ///
+    /// The journal's writer lock (`<path>.lock`) is taken first and held
+    /// until the journal is dropped: while another process holds it, this
+    /// fails at once with [`JournalError::Locked`], naming its PID.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         refuse_non_sqlite(path)?;
+        let lock = JournalLock::acquire(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path);
+        let mut journal = Journal::new(connection, path, Some(lock));
         journal.prepare(true)?;
         Ok(journal)
     }
@@ -234,14 +285,20 @@ impl Journal {
     /// `jobctl history` do next to a running daemon. It never upgrades the
     /// schema and never writes.
     pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
-        if let Err(source) = std::fs::metadata(path) {
-            return Err(JournalError::Unreadable { path: path.to_path_buf(), source });
+        match std::fs::metadata(path) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(JournalError::Missing { path: path.to_path_buf() });
+            }
+            Err(source) => {
+                return Err(JournalError::Unreadable { path: path.to_path_buf(), source })
+            }
         }
         refuse_non_sqlite(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path);
+        let mut journal = Journal::new(connection, path, None);
         journal.prepare(false)?;
         Ok(journal)
     }
@@ -251,18 +308,20 @@ impl Journal {
         let path = Path::new(":memory:");
         let connection =
             Connection::open_in_memory().map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path);
+        let mut journal = Journal::new(connection, path, None);
         journal.prepare(true)?;
         Ok(journal)
     }
 
-    /// A journal over `connection`, not yet checked or prepared.
-    fn new(connection: Connection, path: &Path) -> Journal {
+    /// A journal over `connection`, not yet checked or prepared, holding
+    /// `lock` when it is opened for writing.
+    fn new(connection: Connection, path: &Path, lock: Option<JournalLock>) -> Journal {
         Journal {
             connection,
             path: path.to_path_buf(),
             clock: Arc::new(SystemClock),
             in_batch: false,
+            _lock: lock,
         }
     }
 
@@ -305,6 +364,7 @@ impl Journal {
         }
         if let Err(source) = self.connection.execute_batch("COMMIT") {
             self.rollback();
+            let source = SqliteReason(source);
             return Err(JournalError::Sqlite { path: self.path.clone(), doing, source });
         }
         Ok(result)
@@ -316,6 +376,40 @@ impl Journal {
             // Nothing more to do if this fails too: the connection is
             // closed with the journal, which undoes what is not committed.
             let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// What SQLite said, shown once: rusqlite's error repeats SQLite's reason
+/// as its own source (`database disk image is malformed: Error code 11: The
+/// database disk image is malformed`), so its source is dropped here.
+#[derive(Debug)]
+pub struct SqliteReason(pub rusqlite::Error);
+
+impl fmt::Display for SqliteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SqliteReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            // Its message is SQLite's own, or the code's text when there is none.
+            rusqlite::Error::SqliteFailure(..) => None,
+            other => other.source(),
+        }
+    }
+}
+
+/// `PID 1234`, as a refused writer names the lock's holder.
+struct Holder(Option<u32>);
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "PID {pid}"),
+            None => f.write_str("PID not yet written"),
         }
     }
 }
@@ -379,5 +473,9 @@ fn sqlite_error<'p>(
     path: &'p Path,
     doing: &'static str,
 ) -> impl FnOnce(rusqlite::Error) -> JournalError + 'p {
-    move |source| JournalError::Sqlite { path: path.to_path_buf(), doing, source }
+    move |source| JournalError::Sqlite {
+        path: path.to_path_buf(),
+        doing,
+        source: SqliteReason(source),
+    }
 }

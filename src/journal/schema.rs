@@ -171,6 +171,6 @@ fn classify_open_error(path: &Path, source: rusqlite::Error) -> JournalError {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
             JournalError::NotADatabase { path: path.to_path_buf() }
         }
-        _ => JournalError::Sqlite { path: path.to_path_buf(), doing: "reading the schema", source },
+        _ => sqlite_error(path, "reading the schema")(source),
     }
 }
