@@ -357,7 +357,7 @@ async fn an_echoed_key_reaches_no_journal_row_and_no_history_in_any_encoding() {
     ];
     let echoes = [Echo::Query, Echo::Body, Echo::Header("authorization")];
     let mut shown = Vec::new();
-    for table in tables {
+    for (site, table) in tables.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         support::write_secret(&dir.path().join("sms.key"), &format!("{AWKWARD_KEY}\n"));
         let rules = rules_file::head(&support::closed_url(), "1s", "1s", "journal.db")
@@ -380,6 +380,30 @@ async fn an_echoed_key_reaches_no_journal_row_and_no_history_in_any_encoding() {
             let ran = jobctl(&["history", "--format", format]);
             assert_eq!(ran.code, 0, "{ran:?}");
             assert!(ran.stdout.contains("got "), "{ran:?}");
+            if format == "json" {
+                // Each attempt, with its backend and the gateway's (masked) words.
+                let rows: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+                let attempts = rows[0]["attempt_details"].as_array().unwrap();
+                assert_eq!(rows[0]["attempts"], 3);
+                assert_eq!(attempts.len(), 3, "{rows}");
+                for attempt in attempts {
+                    assert_eq!(
+                        (&attempt["backend"], &attempt["outcome"]),
+                        (&"http".into(), &"failed".into())
+                    );
+                    let detail = attempt["detail"].as_str().unwrap();
+                    assert!(detail.contains("answered HTTP 400 Bad Request: got "), "{detail}");
+                }
+                if site == 0 {
+                    let first = attempts[0]["detail"].as_str().unwrap();
+                    assert!(
+                        first.ends_with(
+                            "got api_key=***&number=%2B79991234567&text=%2312%230%231%231%23"
+                        ),
+                        "{first}"
+                    );
+                }
+            }
             shown.push(ran.stdout);
         }
         for name in ["journal.db", "journal.db-wal"] {
