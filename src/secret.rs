@@ -78,13 +78,16 @@ pub enum SecretError {
     Empty(SecretSource),
 }
 
-/// A loaded secret and whether its file is readable by more than its owner.
+/// A loaded secret and whether its file is open to more than its owner and
+/// a group that reads it.
 #[derive(Debug)]
 pub struct LoadedSecret {
     /// The secret.
     pub(crate) secret: Secret,
-    /// Set when a secret file is readable by group or others; callers log it
-    /// as a warning, as ssh does for private keys.
+    /// Set when other users may read (or write) a secret file, or its group
+    /// may write it; callers log it as a warning, as ssh does for private
+    /// keys. Mode 0640 is fine: a group that must read the file (the
+    /// service's, under systemd) is the normal way to share it.
     pub(crate) loose_permissions: Option<String>,
 }
 
@@ -123,12 +126,19 @@ impl SecretSource {
 fn loose_permissions(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "secret file {} is readable by group or others (mode {mode:03o}); run chmod 600 on it",
+    if mode & 0o007 != 0 {
+        Some(format!(
+            "secret file {} is open to other users (mode {mode:03o}); run chmod o-rwx on it (600, or 640 for a group that must read it)",
             path.display()
-        )
-    })
+        ))
+    } else if mode & 0o020 != 0 {
+        Some(format!(
+            "secret file {} can be changed by its group (mode {mode:03o}); run chmod g-w on it",
+            path.display()
+        ))
+    } else {
+        None
+    }
 }
 
 #[cfg(not(unix))]
@@ -156,11 +166,29 @@ mod tests {
         let loaded = SecretSource::File("token".into()).load(dir.path()).unwrap();
         assert_eq!(loaded.secret.expose(), "abc123");
         let warning = loaded.loose_permissions.unwrap();
-        assert!(warning.contains("mode 644"), "{warning}");
+        assert!(
+            warning.contains("is open to other users (mode 644); run chmod o-rwx"),
+            "{warning}"
+        );
 
+        for (mode, warned) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, None),
+            (0o440, None),
+            (0o604, Some("is open to other users (mode 604)")),
+            (0o602, Some("is open to other users (mode 602)")),
+            (0o660, Some("can be changed by its group (mode 660); run chmod g-w on it")),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let loaded = SecretSource::File(path.clone()).load(dir.path()).unwrap();
+            match (warned, loaded.loose_permissions) {
+                (None, None) => {}
+                (Some(expected), Some(warning)) => assert!(warning.contains(expected), "{warning}"),
+                (expected, got) => panic!("mode {mode:o}: expected {expected:?}, got {got:?}"),
+            }
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let loaded = SecretSource::File(path.clone()).load(dir.path()).unwrap();
-        assert!(loaded.loose_permissions.is_none());
 
         std::fs::write(&path, "  \n").unwrap();
         let err = SecretSource::File(path).load(dir.path()).unwrap_err().to_string();

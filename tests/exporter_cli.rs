@@ -275,8 +275,8 @@ fn the_shipped_example_configuration_checks_out() {
     let checked = check();
     assert_eq!(checked.code, 0, "a loose token file is a warning, not an error");
     let warning = format!(
-        " WARN platform 31: secret file {} is readable by group or others (mode 644); \
-         run chmod 600 on it\n",
+        " WARN platform 31: secret file {} is open to other users (mode 644); \
+         run chmod o-rwx on it (600, or 640 for a group that must read it)\n",
         token_file.display()
     );
     assert!(checked.stderr.ends_with(&warning), "{}", checked.stderr);

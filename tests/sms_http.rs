@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use signage_watchdog::sms::{Delivered, Sender, SmsConfig};
-use support::fake_gateway::{FakeGateway, Fault, SentSms};
+use support::fake_gateway::{Echo, FakeGateway, Fault, SentSms};
 use support::sms::{definite, message, uncertain, PHONE};
 
 /// A sender built from `[sms.http]` lines the way jobctl builds it, with
@@ -320,4 +320,107 @@ fn key_files_are_read_relative_to_the_rules_file() {
         "{}",
         err.message
     );
+}
+
+/// A key with every character that encodings change: `+ / = &`, spaces,
+/// a quote and a backslash.
+const AWKWARD_KEY: &str = r#"k3y +/=& "S3\CRET"#;
+
+/// Every form [`AWKWARD_KEY`] can take in a request, and `user:key` in
+/// basic auth's base64; none may be anywhere a person reads.
+fn awkward_key_forms() -> Vec<String> {
+    let form_upper = "k3y+%2B%2F%3D%26+%22S3%5CCRET";
+    vec![
+        AWKWARD_KEY.to_string(),
+        form_upper.to_string(),
+        "k3y+%2b%2f%3d%26+%22S3%5cCRET".to_string(),
+        "k3y%20%2B%2F%3D%26%20%22S3%5CCRET".to_string(),
+        r#"k3y +\/=& \"S3\\CRET"#.to_string(),
+        r#"k3y +/=& \"S3\\CRET"#.to_string(),
+        // base64 of `AC12:<key>`
+        "QUMxMjprM3kgKy89JiAiUzNcQ1JFVA==".to_string(),
+        // What is left of the key in any of those but base64.
+        "CRET".to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_key_reaches_no_journal_row_and_no_history_in_any_encoding() {
+    use support::rules_file;
+    let gateway = FakeGateway::start_with_key(AWKWARD_KEY).await;
+    let socket = rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785");
+    // The key in a header, the query and a JSON body; then in a form body
+    // and basic auth.
+    let tables = [
+        "query = { number = \"{phone}\", text = \"{text}\", api_key = \"{key}\" }\njson = { number = \"{phone}\", text = \"{text}\", key = \"{key}\" }\n",
+        "form = { number = \"{phone}\", text = \"{text}\", api_key = \"{key}\" }\nbasic_auth = { username = \"AC12\", password = \"{key}\" }\n",
+    ];
+    let echoes = [Echo::Query, Echo::Body, Echo::Header("authorization")];
+    let mut shown = Vec::new();
+    for (site, table) in tables.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        support::write_secret(&dir.path().join("sms.key"), &format!("{AWKWARD_KEY}\n"));
+        let rules = rules_file::head(&support::closed_url(), "1s", "1s", "journal.db")
+            + &rules_file::gateway_sms(&gateway.url(), table)
+            + &socket;
+        std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        let jobctl = |args: &[&str]| {
+            let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), dir.path());
+            command.args(["--config", "rules.toml"]).args(args).env("JOURNAL_STREAM", "8:1");
+            support::process::run(&mut command)
+        };
+        // One send, three attempts (it is retried), each echoing a part.
+        for echo in &echoes {
+            gateway.fail_next(1, Fault::Echo(echo.clone()));
+        }
+        let ran = jobctl(&["send", "lobby", "power_cycle", "minutes=1"]);
+        assert!(ran.stderr.contains("answered HTTP 400 Bad Request: got "), "{ran:?}");
+        shown.push(ran.stderr);
+        for format in ["table", "json"] {
+            let ran = jobctl(&["history", "--format", format]);
+            assert_eq!(ran.code, 0, "{ran:?}");
+            assert!(ran.stdout.contains("got "), "{ran:?}");
+            if format == "json" {
+                // Each attempt, with its backend and the gateway's (masked) words.
+                let rows: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+                let attempts = rows[0]["attempt_details"].as_array().unwrap();
+                assert_eq!(rows[0]["attempts"], 3);
+                assert_eq!(attempts.len(), 3, "{rows}");
+                for attempt in attempts {
+                    assert_eq!(
+                        (&attempt["backend"], &attempt["outcome"]),
+                        (&"http".into(), &"failed".into())
+                    );
+                    let detail = attempt["detail"].as_str().unwrap();
+                    assert!(detail.contains("answered HTTP 400 Bad Request: got "), "{detail}");
+                }
+                if site == 0 {
+                    let first = attempts[0]["detail"].as_str().unwrap();
+                    assert!(
+                        first.ends_with(
+                            "got api_key=***&number=%2B79991234567&text=%2312%230%231%231%23"
+                        ),
+                        "{first}"
+                    );
+                }
+            }
+            shown.push(ran.stdout);
+        }
+        for name in ["journal.db", "journal.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+                shown.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    }
+    // The echoes did carry the key, each in the encoding of its part.
+    let received = gateway.received();
+    assert!(received[0].query.as_deref().unwrap().contains("k3y+%2B%2F%3D%26+%22S3%5CCRET"));
+    assert!(received[1].body_text().contains(r#""k3y +/=& \"S3\\CRET""#));
+    let basic = "Basic QUMxMjprM3kgKy89JiAiUzNcQ1JFVA==";
+    assert!(received[5].headers.iter().any(|(n, v)| n == "authorization" && v == basic));
+    for text in &shown {
+        for form in awkward_key_forms() {
+            assert!(!text.contains(&form), "{form:?} in:\n{text}");
+        }
+    }
 }

@@ -46,6 +46,8 @@ echo queued
     ("command-unsure", "echo 'send-sms: the API did not answer in 10s' >&2\nexit 75\n"),
     ("command-hang", "echo 'connecting…'\nsleep 30 &\necho $! > \"$0.pid\"\nwait\n"),
     ("command-signal", "echo 'half way' >&2\nkill -TERM $$\n"),
+    ("command-env", "env > \"$0.env\"\n"),
+    ("gammu-env", "env > \"$0.env\"\necho 'Written message with ID 18'\n"),
 ];
 
 /// Writes every stand-in once, before any test runs one: a script still
@@ -276,4 +278,94 @@ async fn command_hanging_is_killed_with_its_children_and_uncertain() {
     );
     let pid = record(&script, "pid").remove(0);
     assert!(ends_soon(&pid), "the stand-in's child {pid} still runs 5 s after the kill");
+}
+
+/// A variable of the test's own environment that stands for a gateway key
+/// in `key_env`: no program jobctl starts may see it.
+const SECRET_VAR: &str = "SW_TEST_GATEWAY_KEY";
+
+/// The variables a stand-in that ran `env` was started with, by name.
+/// `sh` adds `PWD` (and some shells `SHLVL`, `_`, `OLDPWD`) itself.
+fn started_with(script: &Path) -> Vec<(String, String)> {
+    record(script, "env")
+        .into_iter()
+        .filter_map(|line| line.split_once('=').map(|(n, v)| (n.to_string(), v.to_string())))
+        .filter(|(name, _)| !["PWD", "SHLVL", "_", "OLDPWD"].contains(&name.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn command_gets_path_lang_and_its_env_table_only() {
+    std::env::set_var(SECRET_VAR, "hunter2-5f0e");
+    let script = stand_in("command-env");
+    let command = sender(
+        "command",
+        &format!(
+            "program = \"{}\"\nargs = [\"{{phone}}\", \"{{text}}\"]\nenv = {{ SMS_SENDER = \"jobctl\", SMS_TO = \"{{phone_digits}}\" }}",
+            script.display()
+        ),
+    );
+
+    let outcome = command.send(&message("#01#0#")).await;
+
+    assert_eq!(outcome, Ok(Delivered { backend: "command".into(), reference: None }));
+    let mut expected = vec![
+        ("SMS_SENDER".to_string(), "jobctl".to_string()),
+        ("SMS_TO".to_string(), "79991234567".to_string()),
+    ];
+    for name in ["PATH", "LANG"] {
+        if let Ok(value) = std::env::var(name) {
+            expected.push((name.to_string(), value));
+        }
+    }
+    expected.sort();
+    let mut got = started_with(&script);
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn gammu_gets_path_lang_and_lc_all_only() {
+    std::env::set_var(SECRET_VAR, "hunter2-5f0e");
+    let script = stand_in("gammu-env");
+    let gammu = sender("gammu", &format!("program = \"{}\"", script.display()));
+
+    let outcome = gammu.send(&message("#01#0#")).await;
+
+    assert_eq!(outcome, Ok(Delivered { backend: "gammu".into(), reference: Some("18".into()) }));
+    let mut expected = vec![("LC_ALL".to_string(), "C".to_string())];
+    for name in ["PATH", "LANG"] {
+        if let Ok(value) = std::env::var(name) {
+            expected.push((name.to_string(), value));
+        }
+    }
+    expected.sort();
+    let mut got = started_with(&script);
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn check_warns_when_the_command_is_a_shell_with_dash_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = |program: &str, args: &str| {
+        support::rules_file::head("http://127.0.0.1:9", "1m", "10s", "journal.db")
+            + &format!("[sms]\nbackend = \"command\"\n\n[sms.command]\nprogram = \"{program}\"\nargs = {args}\n")
+    };
+    let check = |text: &str| {
+        std::fs::write(dir.path().join("rules.toml"), text).unwrap();
+        let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), dir.path());
+        command.args(["--config", "rules.toml", "check", "--offline"]);
+        support::process::run(&mut command)
+    };
+
+    let ran = check(&rules("/bin/sh", r#"["-c", "send-sms \"$0\" \"$1\"", "{phone}", "{text}"]"#));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(
+        ran.stderr,
+        "jobctl: warning: rules.toml:13:11: sms.command.program: sh -c runs its argument as a shell command line: a device name in the text (they come from the AddReality account) would reach the shell; call your program directly with {phone} and {text} as arguments of their own\n"
+    );
+
+    let ran = check(&rules("/bin/sh", r#"["/usr/local/bin/send-sms", "{phone}", "{text}"]"#));
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
 }

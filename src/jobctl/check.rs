@@ -65,6 +65,10 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         };
     }
 
+    for warning in rules.sms.iter().flat_map(crate::sms::SmsConfig::warnings) {
+        eprintln!("jobctl: warning: {}", warning.in_file(&rules.main_file));
+    }
+
     let enabled = rules.jobs.iter().filter(|j| j.enabled).count();
     println!(
         "{}: OK: {} ({enabled} enabled), {}, {}; SMS via {}; {promql_note}",

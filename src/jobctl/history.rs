@@ -10,7 +10,7 @@ use super::error::Error;
 use super::table::{render_table, Format};
 use super::{load_rules, parse_since, read_journal};
 use crate::exit::Exit;
-use crate::journal::{Execution, ExecutionStatus, HistoryFilter};
+use crate::journal::{Attempt, Execution, ExecutionStatus, HistoryFilter};
 
 /// `jobctl history` flags.
 #[derive(Debug, clap::Args)]
@@ -51,7 +51,30 @@ struct Row<'a> {
     backend: Option<&'a str>,
     detail: Option<&'a str>,
     manual: bool,
+    /// How many backend attempts there were (kept for scripts that count).
     attempts: usize,
+    /// Each backend attempt, oldest first: which backend, how it ended, and
+    /// its reference or reason.
+    attempt_details: Vec<AttemptRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct AttemptRow<'a> {
+    time: String,
+    backend: &'a str,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+}
+
+impl<'a> AttemptRow<'a> {
+    fn of(a: &'a Attempt) -> AttemptRow<'a> {
+        AttemptRow {
+            time: a.at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            backend: &a.backend,
+            outcome: a.outcome.as_str(),
+            detail: a.detail.as_deref(),
+        }
+    }
 }
 
 impl<'a> Row<'a> {
@@ -72,6 +95,7 @@ impl<'a> Row<'a> {
             detail: e.detail.as_deref(),
             manual: e.manual,
             attempts: e.attempts.len(),
+            attempt_details: e.attempts.iter().map(AttemptRow::of).collect(),
         }
     }
 }

@@ -23,7 +23,14 @@
 //!
 //! The end of its standard error (else of its standard output) is quoted in
 //! the reason, so the journal shows the program's own words. Standard input
-//! is empty; the environment is jobctl's plus `env`.
+//! is empty. The environment is **not** jobctl's (which may hold a gateway
+//! key or a token in `*_env` variables): it is cleared, and the program gets
+//! only `PATH` and `LANG` (when jobctl has them) plus what `env` names: a
+//! program that needs more is given it by name there.
+//!
+//! A `program` that is a shell run with `-c` (`program = "sh"`,
+//! `args = ["-c", "send {text}"]`) defeats all of this: the device name in
+//! the text reaches a shell. [`shell_warning`] says so in `jobctl check`.
 //!
 //! ```toml
 //! [sms]
@@ -277,11 +284,40 @@ impl Sender for CommandSender {
     }
 }
 
+/// The variables of jobctl's own environment a program is given; every
+/// other one (a gateway key in `key_env`, a token) stays behind.
+pub(crate) const INHERITED_ENV: [&str; 2] = ["PATH", "LANG"];
+
+/// Shells whose `-c` runs its argument as a command line.
+const SHELLS: [&str; 9] = ["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish"];
+
+/// The warning `jobctl check` prints when `[sms.command]` runs a shell with
+/// `-c`: the text, device names included, would then reach a shell.
+pub(crate) fn shell_warning(config: &CommandConfig) -> Option<SmsConfigError> {
+    let program = config.program.get_ref().file_name()?.to_str()?;
+    let args = config.args.as_ref()?;
+    let runs_a_command_line = SHELLS.contains(&program)
+        && args
+            .get_ref()
+            .iter()
+            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'));
+    runs_a_command_line.then(|| {
+        err(
+            "program",
+            format!(
+                "{program} -c runs its argument as a shell command line: a device name in the text (they come from the AddReality account) would reach the shell; call your program directly with {{phone}} and {{text}} as arguments of their own"
+            ),
+            Some(config.program.span()),
+        )
+    })
+}
+
 /// One run of a program with a deadline; shared with the `gammu` backend.
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
+    /// The program's whole environment besides [`INHERITED_ENV`].
     pub(crate) env: Vec<(String, String)>,
     pub(crate) timeout: Duration,
 }
@@ -392,9 +428,16 @@ impl Drop for GroupKiller {
 
 impl Run {
     /// Runs the program in a process group of its own, without a shell,
-    /// with empty standard input, and waits for it at most `timeout`.
+    /// with empty standard input and a cleared environment (only
+    /// [`INHERITED_ENV`] and `env`), and waits for it at most `timeout`.
     pub(crate) async fn run(&self) -> Result<Finished, RunError> {
         let mut command = tokio::process::Command::new(&self.program);
+        command.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(n, v)| (n, v)))

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The program is run directly, never through a shell, with `LC_ALL=C` so
-//! that its messages are the English ones this backend reads. Texts outside
+//! that its messages are the English ones this backend reads, and with a
+//! cleared environment like the `command` backend's (only `PATH` and `LANG`
+//! are kept): jobctl's own variables, a gateway key among them, stay behind. Texts outside
 //! ASCII are passed with `-textutf8` (gammu reads `-text` in the locale's
 //! character set), texts that need UCS-2 add `-unicode`, and a notification
 //! longer than one SMS adds `-autolen <characters>` so gammu splits it

@@ -295,6 +295,17 @@ impl SmsConfig {
         errors
     }
 
+    /// What `jobctl check` warns about but accepts in the selected
+    /// backends: a `command` program that is a shell run with `-c`.
+    pub(crate) fn warnings(&self) -> Vec<SmsConfigError> {
+        let Ok((_, kinds)) = self.selected() else { return Vec::new() };
+        kinds
+            .iter()
+            .filter(|(kind, _)| *kind == BackendKind::Command)
+            .filter_map(|_| command::shell_warning(self.command.as_ref()?))
+            .collect()
+    }
+
     /// Builds the configured sender, loading its secrets: the backend
     /// itself for `backend = "…"` or a one-element `backends`, a
     /// [`FailoverSender`] for several. Relative paths (`key_file`,

@@ -6,7 +6,8 @@
 //! body), and `GET /sms` → `{"sms_messages":[{"from","message","timestamp"}]}`.
 //! It records every request it receives, keeps apart the messages it accepted
 //! ([`FakeGateway::sent`]), and has faults to switch on: HTTP 500, a 200 that
-//! carries an error, a slow answer, 401. Faults apply to every request,
+//! carries an error, a slow answer, 401, a 400 echoing part of the request
+//! as some gateways do (key included). Faults apply to every request,
 //! whatever its path.
 //!
 //! ```ignore
@@ -43,6 +44,20 @@ pub(crate) enum Fault {
     Hang,
     /// HTTP 401 whatever the key; nothing is sent.
     Unauthorized,
+    /// HTTP 400 with a plain-text body quoting part of the request as it
+    /// arrived, still encoded, as careless gateways do; nothing is sent.
+    Echo(Echo),
+}
+
+/// The part of the request [`Fault::Echo`] quotes: `got <part>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Echo {
+    /// The raw query string.
+    Query,
+    /// The raw body.
+    Body,
+    /// The value of this header (name in lower case).
+    Header(&'static str),
 }
 
 /// One request as the gateway received it.
@@ -213,6 +228,14 @@ async fn handle(
         }
         Some(Fault::ErrorBody(message)) => return error(StatusCode::OK, &message),
         Some(Fault::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "invalid key"),
+        Some(Fault::Echo(part)) => {
+            let quoted = match part {
+                Echo::Query => received.query.clone().unwrap_or_default(),
+                Echo::Body => received.body_text(),
+                Echo::Header(name) => received.header(name).unwrap_or_default().to_string(),
+            };
+            return reply(StatusCode::BAD_REQUEST, format!("got {quoted}"));
+        }
         Some(Fault::Hang) => true,
         None => false,
     };

@@ -12,7 +12,10 @@
 //! `#12#0#1#1#` or `Перезагрузка & reset` arrives intact.
 //!
 //! The key is read from `key_file` or `key_env`, never written in the rules
-//! file. Every error message is scrubbed of it, headers carrying it are marked
+//! file. Every error message and reference is scrubbed of it in every form
+//! the request carried it (`mask`: as read, form- and percent-encoded,
+//! JSON-escaped, in basic auth's base64), so a gateway that echoes the
+//! request does not put it in the journal; headers carrying it are marked
 //! sensitive, and URLs are shown without their query string.
 //!
 //! Whether a message left is judged strictly (see [`super::SendError`]):
@@ -79,11 +82,12 @@
 //! `config` is the `[sms.http]` table as written, with its presets;
 //! `request` and `answer` turn it into the request's templates and the
 //! rules an answer is judged by; `settings` checks the whole table before
-//! the key is read. This file sends: one request per message, its answer
-//! read up to a cap and judged.
+//! the key is read; `mask` hides the key in what is quoted. This file
+//! sends: one request per message, its answer read up to a cap and judged.
 
 mod answer;
 mod config;
+mod mask;
 mod request;
 mod settings;
 
@@ -97,6 +101,7 @@ use serde_json::Value;
 use self::answer::{scalar_text, AnswerRules};
 use self::config::err;
 pub(crate) use self::config::HttpConfig;
+use self::mask::KeyMask;
 use self::request::RequestTemplate;
 use self::settings::{load_key, Settings};
 use super::template::Values;
@@ -168,7 +173,28 @@ impl HttpSender {
         Settings::from_config(config, Path::new("")).map(drop)
     }
 
-    async fn deliver(&self, message: &Message) -> SendOutcome {
+    /// Sends `message` and masks the key, in every form the request carried
+    /// it, in what the outcome quotes.
+    async fn deliver_masked(&self, message: &Message) -> SendOutcome {
+        let key = self.key.as_ref().map_or("", Secret::expose);
+        let credentials = self.request.basic_credentials(&Values::of(message, key));
+        let mask = KeyMask::new(key, credentials.as_deref());
+        match self.deliver(message, &mask).await {
+            Ok(Delivered { backend, reference }) => {
+                Ok(Delivered { backend, reference: reference.map(|r| mask.apply(&r)) })
+            }
+            Err(SendError::Definite { reason }) => {
+                Err(SendError::Definite { reason: mask.apply(&reason) })
+            }
+            Err(SendError::Uncertain { reason }) => {
+                Err(SendError::Uncertain { reason: mask.apply(&reason) })
+            }
+        }
+    }
+
+    /// One request and its answer judged; the key may still be in the
+    /// outcome's text ([`HttpSender::deliver_masked`] masks it).
+    async fn deliver(&self, message: &Message, mask: &KeyMask) -> SendOutcome {
         let values = Values {
             phone: &message.phone,
             phone_digits: message.phone.trim_start_matches('+'),
@@ -181,7 +207,7 @@ impl HttpSender {
         let mut response = request.send().await.map_err(|e| self.request_failed(&e))?;
         let status = response.status();
         let body = read_capped(&mut response).await;
-        self.judge(status, body, &values)
+        self.judge(status, body, &values, mask)
     }
 
     fn judge(
@@ -189,6 +215,7 @@ impl HttpSender {
         status: StatusCode,
         body: Result<Vec<u8>, reqwest::Error>,
         values: &Values<'_>,
+        mask: &KeyMask,
     ) -> SendOutcome {
         let rules = &self.answer;
         let accepted = if rules.success_status.is_empty() {
@@ -198,7 +225,8 @@ impl HttpSender {
         };
         let url = &self.request.shown_url;
         if !accepted {
-            let detail = body.as_deref().map(|b| self.gateway_words(b, values)).unwrap_or_default();
+            let detail =
+                body.as_deref().map(|b| self.gateway_words(b, values, mask)).unwrap_or_default();
             if status == StatusCode::GATEWAY_TIMEOUT {
                 return Err(self.uncertain(format!(
                     "{url} answered HTTP {status}{detail}: a proxy stopped waiting for the SMS service, which may still have sent it"
@@ -233,7 +261,7 @@ impl HttpSender {
         let failed = |why: &str| {
             self.definite(format!(
                 "{url} answered HTTP {status} but {why}{}",
-                self.gateway_words(&body, values)
+                self.gateway_words(&body, values, mask)
             ))
         };
         if let Some(marker) = &rules.failure_body_contains {
@@ -259,13 +287,14 @@ impl HttpSender {
         let reference = rules
             .reference_pointer
             .as_ref()
-            .and_then(|p| json.as_ref()?.pointer(&p.render(values)).and_then(scalar_text))
-            .map(|r| self.mask(r));
+            .and_then(|p| json.as_ref()?.pointer(&p.render(values)).and_then(scalar_text));
         Ok(Delivered { backend: Self::NAME.to_string(), reference })
     }
 
     /// `": <the gateway's words>"`, or nothing when the answer is empty.
-    fn gateway_words(&self, body: &[u8], values: &Values<'_>) -> String {
+    /// The key is masked before the words are cut to length, so that no
+    /// part of it is left at the cut.
+    fn gateway_words(&self, body: &[u8], values: &Values<'_>, mask: &KeyMask) -> String {
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let words = self
             .answer
@@ -276,7 +305,7 @@ impl HttpSender {
                 || String::from_utf8_lossy(body).into_owned(),
                 |v| scalar_text(v).unwrap_or_else(|| v.to_string()),
             );
-        let words = super::text::sanitize(words.trim(), false, MAX_DETAIL_CHARS);
+        let words = super::text::sanitize(mask.apply(&words).trim(), false, MAX_DETAIL_CHARS);
         if words.is_empty() {
             String::new()
         } else {
@@ -304,33 +333,11 @@ impl HttpSender {
     }
 
     fn definite(&self, reason: String) -> SendError {
-        SendError::Definite { reason: self.mask(reason) }
+        SendError::Definite { reason }
     }
 
     fn uncertain(&self, reason: String) -> SendError {
-        SendError::Uncertain { reason: self.mask(reason) }
-    }
-
-    /// Removes the key, as written and URL-encoded, from text shown to people.
-    fn mask(&self, text: String) -> String {
-        let Some(key) = self.key.as_ref().map(Secret::expose).filter(|k| !k.is_empty()) else {
-            return text;
-        };
-        let mut text = text.replace(key, "***");
-        let encoded: String = key
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        if encoded != key {
-            text = text.replace(&encoded, "***");
-        }
-        text
+        SendError::Uncertain { reason }
     }
 }
 
@@ -340,7 +347,7 @@ impl Sender for HttpSender {
     }
 
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
-        Box::pin(self.deliver(message))
+        Box::pin(self.deliver_masked(message))
     }
 }
 
@@ -387,6 +394,5 @@ mod tests {
         assert_eq!(sender.key.as_ref().unwrap().expose(), "s3cret");
         let debug = format!("{sender:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
-        assert_eq!(sender.mask("key s3cret, encoded s3cret".into()), "key ***, encoded ***");
     }
 }

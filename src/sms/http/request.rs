@@ -269,6 +269,14 @@ impl RequestTemplate {
         places.into_iter().find(|(_, t)| wanted(t)).map(|(place, _)| place)
     }
 
+    /// `user:password` as basic auth sends them for one message, when they
+    /// carry the key (so that its base64 can be masked in answers).
+    pub(super) fn basic_credentials(&self, values: &Values<'_>) -> Option<String> {
+        let (user, password) = self.basic_auth.as_ref()?;
+        (user.uses(Var::Key) || password.uses(Var::Key))
+            .then(|| format!("{}:{}", user.render(values), password.render(values)))
+    }
+
     /// The request for one message; `Err` names the header that cannot carry it.
     pub(super) fn build(
         &self,
