@@ -324,7 +324,7 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
             "unknown_key.toml",
             Some(format!("poll_intervall = \"60s\"\n{platform}")),
             "addreality-exporter: unknown_key.toml:1:1: unknown field `poll_intervall`, expected one of \
-             `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, \
+             `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, `max_page_bytes`, \
              `forget_after`, `platforms`\n",
         ),
         (

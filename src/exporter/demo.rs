@@ -85,6 +85,7 @@ async fn serve(
         request_timeout: Duration::from_secs(5),
         cache: dir.join("cache.db"),
         page_size: 100,
+        max_page_bytes: super::config::DEFAULT_MAX_PAGE_BYTES,
         forget_after: Duration::from_secs(7 * 24 * 3600),
         platforms: vec![],
         base_dir: PathBuf::from("."),
