@@ -617,7 +617,6 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
         exporter(tmp.path()).args(["--demo", "--listen", "127.0.0.1:0"]).env("TMPDIR", tmp.path()),
     );
     let addr = demo.listening();
-    let work = tmp.path().join(format!("addreality-exporter-demo-{}", demo.child.id()));
     let metrics = wait_until("273 devices on /metrics", || {
         let (status, metrics) = get(addr, "/metrics");
         (status == 200 && count(&metrics, "addreality_device_online") == 273).then_some(metrics)
@@ -625,6 +624,15 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
     assert!(metrics.contains(
         "addreality_platform_info{name=\"Demo fleet (simulated)\",platform_id=\"1\"} 1\n"
     ));
+    // A fresh directory, private, not named after the process.
+    let dirs: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let [work] = dirs.as_slice() else { panic!("one demo directory expected: {dirs:?}") };
+    let name = work.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("addreality-exporter-demo-"), "{name}");
+    assert_ne!(name, format!("addreality-exporter-demo-{}", demo.child.id()));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(work).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
     assert!(work.join("cache.db").exists(), "the demo keeps a real cache in {}", work.display());
     let (status, health) = get(addr, "/healthz");
     assert_eq!((status, health.as_str()), (200, "ok: 1 platform(s) polled successfully\n"));
