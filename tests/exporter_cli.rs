@@ -427,6 +427,32 @@ fn once_prints_the_devices_and_never_creates_the_cache() {
     assert_eq!(api.simulator.request_count(), 1);
 }
 
+/// Runs `command` with its stdout a pipe whose reading end is closed before
+/// anything is written (`… | head -1` at its most impatient).
+fn run_into_a_closed_pipe(command: &mut Command) -> Ran {
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    Ran::new(output.status, String::new(), String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn once_into_a_closed_pipe_exits_quietly_with_the_polls_code() {
+    let api = api(three_devices());
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &api.url);
+    let once = run_into_a_closed_pipe(
+        exporter(dir.path()).args(["-c", "config.toml", "--once"]).env(TOKEN_ENV, TOKEN),
+    );
+    assert_eq!((once.code, once.stderr.as_str()), (0, ""), "no panic, no message");
+
+    let once = run_into_a_closed_pipe(
+        exporter(dir.path()).args(["-c", "config.toml", "--once"]).env(TOKEN_ENV, "wrong"),
+    );
+    assert_eq!(once.code, 6, "a failed poll still says so: {}", once.stderr);
+    assert!(!once.stderr.contains("panicked"), "{}", once.stderr);
+}
+
 #[test]
 fn once_with_a_refused_token_exits_6_and_never_shows_the_token() {
     let api = api(three_devices());
