@@ -13,8 +13,19 @@
 //! invite everything command-line to gather here, and would read like
 //! `exporter::cli`). It imports nothing but [`crate::error`], so it is the
 //! floor of the command-line layer.
+//!
+//! It also holds how both binaries write to stdout ([`out!`], [`outln!`]):
+//! a reader that went away (`jobctl check | head -1`) is not a failure, as
+//! for other Unix tools. Rust ignores SIGPIPE, so such a write returns
+//! `BrokenPipe`, which `println!` turns into a panic (exit 101 and a
+//! backtrace). Here the rest of the output is dropped quietly and the command
+//! runs to its end with its usual exit code; any other write error (a full
+//! disk behind `> file`) ends it with [`Exit::Runtime`] and a message.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::with_causes;
 
@@ -66,9 +77,68 @@ pub(crate) trait CliError: std::error::Error {
 /// The exit code of a command that ran to its end (`Ok`, the code of what
 /// it reported itself on stdout) or stopped at an error, printed by
 /// [`report`].
+///
+/// A command whose stdout could not be written (other than a reader that
+/// went away) and that did not fail otherwise ends with [`Exit::Runtime`]
+/// and says why.
 pub(crate) fn finish<E: CliError>(result: Result<Exit, E>) -> Exit {
-    result.unwrap_or_else(|err| report(&err))
+    let exit = result.unwrap_or_else(|err| report(&err));
+    match STDOUT_ERROR.get() {
+        Some(err) if exit == Exit::Ok => {
+            eprintln!("{}: cannot write to stdout: {err}", E::PROGRAM);
+            Exit::Runtime
+        }
+        _ => exit,
+    }
 }
+
+/// Set once stdout failed: nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// The first stdout failure other than `BrokenPipe`, for [`finish`].
+static STDOUT_ERROR: OnceLock<std::io::Error> = OnceLock::new();
+
+/// Writes formatted text to stdout (what [`out!`] and [`outln!`] expand to).
+pub(crate) fn write_stdout_fmt(args: std::fmt::Arguments<'_>) {
+    stdout_result(|out| out.write_fmt(args));
+}
+
+/// Flushes stdout (a prompt without a newline).
+pub(crate) fn flush_stdout() {
+    stdout_result(Write::flush);
+}
+
+/// Runs one write on stdout unless it already failed, and records how it
+/// failed: `BrokenPipe` quietly, anything else for [`finish`] to report.
+fn stdout_result(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(err) = write(&mut std::io::stdout().lock()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_ERROR.set(err);
+        }
+    }
+}
+
+/// `print!` for the command lines: see the module's documentation.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::exit::write_stdout_fmt(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the command lines: see the module's documentation.
+macro_rules! outln {
+    () => {
+        $crate::exit::write_stdout_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::exit::write_stdout_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
 
 /// Prints `err` on stderr with its causes, each line prefixed with the
 /// program's name (several configuration errors read and grep the same

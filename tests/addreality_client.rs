@@ -37,6 +37,7 @@ fn config(url: &str) -> ClientConfig {
         url: url.to_string(),
         page_size: 300,
         request_timeout: Duration::from_secs(5),
+        max_page_bytes: 64 * 1024 * 1024,
         retry: fast_retry(4),
     }
 }

@@ -67,6 +67,7 @@ fn config(url: &str, cache: &Path, platforms: &[&str]) -> ExporterConfig {
         request_timeout: Duration::from_millis(300),
         cache: cache.to_path_buf(),
         page_size: 300,
+        max_page_bytes: 64 * 1024 * 1024,
         forget_after: Duration::from_secs(3600),
         platforms: platforms
             .iter()
@@ -160,6 +161,123 @@ async fn every_fault_keeps_the_last_good_data_and_says_why() {
     assert!(exporter.poll_all_once().await.is_empty());
     assert!(logs.take().contains("platform 12: API answering again; 5 devices"));
     assert_eq!(value(&metrics(&exporter), "addreality_platform_up{platform_id=\"12\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_page_over_max_page_bytes_fails_the_poll_and_keeps_the_cache() {
+    let (logs, _guard) = Logs::capture();
+    let api = api((1..=5).map(|id| device(id, &format!("player {id}"), true)).collect()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&api.url, &dir.path().join("c.db"), &["12"]);
+    config.max_page_bytes = 64 * 1024;
+    let exporter = exporter(&config, &[TOKEN]).await;
+    assert!(exporter.poll_all_once().await.is_empty(), "a normal page fits");
+    logs.take();
+
+    // A valid page, only too long: 16 times the cap.
+    api.simulator.set_fault(Some(Fault::OversizedPage { bytes: 1024 * 1024 }));
+    let before = api.simulator.request_count();
+    assert_eq!(exporter.poll_all_once().await, ["12"]);
+    assert_eq!(api.simulator.request_count() - before, 1, "not retried");
+    let log = logs.take();
+    assert!(
+        log.contains(&format!(
+            "platform 12: poll failed: {} sent a device list page for platform 12 longer than \
+             max_page_bytes (65536 bytes; it announced ",
+            api.url
+        )),
+        "{log}"
+    );
+    assert!(log.contains("serving 5 cached devices"), "{log}");
+    let text = metrics(&exporter);
+    assert_eq!(
+        value(
+            &text,
+            "addreality_request_failures_total{platform_id=\"12\",reason=\"page_too_large\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "addreality_polls_total{platform_id=\"12\",result=\"failure\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "addreality_platform_up{platform_id=\"12\"}"), Some(0.0));
+    assert_eq!(count(&text, "addreality_device_online"), 5, "the cached data is served");
+    match exporter.state().health() {
+        Health::Healthy(why) => {
+            assert!(why.contains("serving 5 cached devices"), "{why}");
+            assert!(why.contains("longer than max_page_bytes (65536 bytes"), "{why}");
+        }
+        unhealthy => panic!("expected healthy on cached data, got {unhealthy:?}"),
+    }
+    // The cache on disk still holds the last good poll.
+    drop(exporter);
+    let cached = Cache::open(&config.cache).unwrap().load().unwrap();
+    assert_eq!(cached.len(), 1);
+    assert_eq!(cached[0].devices.len(), 5);
+}
+
+/// A server on loopback that answers every request with 200 and a chunked
+/// body without a `Content-Length` that never ends: 8 MiB, then nothing
+/// until the client hangs up (a client without a cap reads it all and then
+/// times out). Returns its URL.
+async fn endless_page_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Simulator::device_list_url(listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request is small; its first read is enough here.
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 8192, " ".repeat(8192));
+                let _ = socket.write_all(b"6\r\n{\"a\":\"\r\n").await;
+                for _ in 0..1024 {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                while socket.read(&mut request).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_endless_page_is_read_only_up_to_max_page_bytes() {
+    let (logs, _guard) = Logs::capture();
+    let url = endless_page_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&url, &dir.path().join("c.db"), &["12"]);
+    config.max_page_bytes = 64 * 1024;
+    // Only the cap, not the timeout, can make this poll fail as asked.
+    config.request_timeout = Duration::from_secs(10);
+    let exporter = exporter(&config, &[TOKEN]).await;
+    assert_eq!(exporter.poll_all_once().await, ["12"]);
+    let log = logs.take();
+    assert!(
+        log.contains(
+            "longer than max_page_bytes (65536 bytes) and it was not read further; lower page_size"
+        ),
+        "no Content-Length, so the cap is found while reading: {log}"
+    );
+    let text = metrics(&exporter);
+    assert_eq!(
+        value(
+            &text,
+            "addreality_request_failures_total{platform_id=\"12\",reason=\"page_too_large\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -324,7 +324,7 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
             "unknown_key.toml",
             Some(format!("poll_intervall = \"60s\"\n{platform}")),
             "addreality-exporter: unknown_key.toml:1:1: unknown field `poll_intervall`, expected one of \
-             `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, \
+             `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, `max_page_bytes`, \
              `forget_after`, `platforms`\n",
         ),
         (
@@ -425,6 +425,32 @@ fn once_prints_the_devices_and_never_creates_the_cache() {
     }
     assert!(!dir.path().join("cache.db").exists(), "--once created the cache file");
     assert_eq!(api.simulator.request_count(), 1);
+}
+
+/// Runs `command` with its stdout a pipe whose reading end is closed before
+/// anything is written (`… | head -1` at its most impatient).
+fn run_into_a_closed_pipe(command: &mut Command) -> Ran {
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    Ran::new(output.status, String::new(), String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn once_into_a_closed_pipe_exits_quietly_with_the_polls_code() {
+    let api = api(three_devices());
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &api.url);
+    let once = run_into_a_closed_pipe(
+        exporter(dir.path()).args(["-c", "config.toml", "--once"]).env(TOKEN_ENV, TOKEN),
+    );
+    assert_eq!((once.code, once.stderr.as_str()), (0, ""), "no panic, no message");
+
+    let once = run_into_a_closed_pipe(
+        exporter(dir.path()).args(["-c", "config.toml", "--once"]).env(TOKEN_ENV, "wrong"),
+    );
+    assert_eq!(once.code, 6, "a failed poll still says so: {}", once.stderr);
+    assert!(!once.stderr.contains("panicked"), "{}", once.stderr);
 }
 
 #[test]
@@ -617,7 +643,6 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
         exporter(tmp.path()).args(["--demo", "--listen", "127.0.0.1:0"]).env("TMPDIR", tmp.path()),
     );
     let addr = demo.listening();
-    let work = tmp.path().join(format!("addreality-exporter-demo-{}", demo.child.id()));
     let metrics = wait_until("273 devices on /metrics", || {
         let (status, metrics) = get(addr, "/metrics");
         (status == 200 && count(&metrics, "addreality_device_online") == 273).then_some(metrics)
@@ -625,6 +650,15 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
     assert!(metrics.contains(
         "addreality_platform_info{name=\"Demo fleet (simulated)\",platform_id=\"1\"} 1\n"
     ));
+    // A fresh directory, private, not named after the process.
+    let dirs: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let [work] = dirs.as_slice() else { panic!("one demo directory expected: {dirs:?}") };
+    let name = work.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("addreality-exporter-demo-"), "{name}");
+    assert_ne!(name, format!("addreality-exporter-demo-{}", demo.child.id()));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(work).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
     assert!(work.join("cache.db").exists(), "the demo keeps a real cache in {}", work.display());
     let (status, health) = get(addr, "/healthz");
     assert_eq!((status, health.as_str()), (200, "ok: 1 platform(s) polled successfully\n"));

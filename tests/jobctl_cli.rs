@@ -1234,6 +1234,33 @@ async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
                 )
             ),
             "jobctl {args:?}"
+
+// Output to a reader that went away
+
+#[test]
+fn check_into_a_closed_pipe_exits_quietly() {
+    // `jobctl check | head -1` with head gone before the first line: the
+    // reading end of stdout is closed before jobctl writes anything.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = support::process::command(JOBCTL, dir);
+    command.args(["--config", "rules.example.toml", "check", "--offline"]);
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let ran = Ran::new(output.status, String::new(), stderr);
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "no panic, no backtrace, no message");
+
+    // Any other failure to write is one, said once, without a panic.
+    if Path::new("/dev/full").exists() {
+        let mut command = support::process::command(JOBCTL, dir);
+        command.args(["--config", "rules.example.toml", "check", "--offline"]);
+        command.stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let output = command.output().unwrap();
+        let ran = Ran::new(output.status, String::new(), String::from_utf8(output.stderr).unwrap());
+        assert_eq!(
+            (ran.code, ran.stderr.as_str()),
+            (1, "jobctl: cannot write to stdout: No space left on device (os error 28)\n")
         );
     }
 }

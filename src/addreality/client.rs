@@ -16,6 +16,11 @@
 //!   exponential backoff and full jitter, honouring `Retry-After`. A refused
 //!   token (401/403) is never retried: hammering the API with a bad token
 //!   helps nobody, and the sysadmin has to fix the token.
+//! - A page is read chunk by chunk and never beyond `max_page_bytes`: a
+//!   server that sends more (or announces more in `Content-Length`) fails
+//!   the poll with [`FetchError::PageTooLarge`], whatever it sends, and the
+//!   memory a poll takes stays bounded. An error body is read only as far as
+//!   its quote needs.
 //! - The token travels in one header only. Errors and log lines name the URL
 //!   without user info, query or fragment, and anything the server echoes back
 //!   is scrubbed of the token before it is shown.
@@ -37,6 +42,10 @@ pub(crate) const MAX_PAGES: u32 = 10_000;
 /// How many characters of an error body are quoted in an error message.
 const BODY_QUOTE_CHARS: usize = 160;
 
+/// How much of an error body is read: enough for its quote (UTF-8 and
+/// leading whitespace included), never the whole of a huge one.
+const ERROR_BODY_READ: usize = 16 * 1024;
+
 /// Where and how to fetch device lists. The defaults a sysadmin gets are
 /// the exporter configuration's (`crate::exporter::config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +57,9 @@ pub struct ClientConfig {
     pub page_size: u32,
     /// Limit for one request, from connecting to the last byte of the body.
     pub request_timeout: Duration,
+    /// The longest page body read, in bytes; a longer page fails the
+    /// request with [`FetchError::PageTooLarge`].
+    pub max_page_bytes: u64,
     /// When to try a failed request again.
     pub retry: RetryPolicy,
 }
@@ -123,6 +135,7 @@ pub struct Client {
     shown_url: String,
     page_size: u32,
     request_timeout: Duration,
+    max_page_bytes: u64,
     retry: RetryPolicy,
 }
 
@@ -290,6 +303,25 @@ pub enum FetchError {
         #[source]
         source: reqwest::Error,
     },
+    /// A page longer than `max_page_bytes`, announced in `Content-Length`
+    /// or found while reading. Not retried: the next answer would be as
+    /// long, and reading it again costs as much.
+    #[error(
+        "{url} sent a device list page for platform {platform_id} longer than max_page_bytes \
+         ({limit} bytes{}) and it was not read further; lower page_size, or raise \
+         max_page_bytes if the API's pages really are this long",
+        announced_length(*.announced)
+    )]
+    PageTooLarge {
+        /// The platform.
+        platform_id: String,
+        /// The endpoint.
+        url: String,
+        /// The configured `max_page_bytes`.
+        limit: u64,
+        /// The `Content-Length` the server announced, when it did.
+        announced: Option<u64>,
+    },
     /// A success status with a body that is not a device list (an HTML page,
     /// truncated JSON). Retried.
     #[error("{url} sent an unreadable device list for platform {platform_id}")]
@@ -307,7 +339,7 @@ pub enum FetchError {
 impl FetchError {
     /// A short label for logs and metrics: `auth`, `status_429`,
     /// `status_5xx`, `status_4xx`, `status_3xx`, `timeout`, `connect`,
-    /// `transport` or `bad_response`.
+    /// `transport`, `bad_response` or `page_too_large`.
     pub fn reason(&self) -> &'static str {
         match self {
             FetchError::Auth { .. } | FetchError::UnusableToken { .. } => "auth",
@@ -319,13 +351,16 @@ impl FetchError {
             FetchError::Connect { .. } => "connect",
             FetchError::Transport { .. } => "transport",
             FetchError::BadResponse { .. } => "bad_response",
+            FetchError::PageTooLarge { .. } => "page_too_large",
         }
     }
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Auth { .. } | FetchError::UnusableToken { .. } => false,
+            FetchError::Auth { .. }
+            | FetchError::UnusableToken { .. }
+            | FetchError::PageTooLarge { .. } => false,
             FetchError::Status { status, .. } => {
                 *status == 408 || *status == 429 || (500..=599).contains(status)
             }
@@ -375,6 +410,9 @@ impl Client {
         if config.retry.max_attempts == 0 {
             return Err(ClientError::InvalidSetting("retry max_attempts must be at least 1"));
         }
+        if config.max_page_bytes == 0 {
+            return Err(ClientError::InvalidSetting("max_page_bytes must be at least 1"));
+        }
         if config.request_timeout.is_zero() {
             return Err(ClientError::InvalidSetting("request_timeout must be longer than zero"));
         }
@@ -391,6 +429,7 @@ impl Client {
             shown_url,
             page_size: config.page_size,
             request_timeout: config.request_timeout,
+            max_page_bytes: config.max_page_bytes,
             retry: config.retry,
         })
     }
@@ -492,7 +531,7 @@ impl Client {
         })?;
         token_header.set_sensitive(true);
         let body = serde_json::json!({ "id": [], "limit": self.page_size, "offset": offset });
-        let response = self
+        let mut response = self
             .http
             .post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
@@ -525,7 +564,7 @@ impl Client {
                 );
             // The body of an error is only quoted; if it cannot be read the
             // status alone is the error.
-            let text = response.bytes().await.unwrap_or_default();
+            let text = read_capped(&mut response, ERROR_BODY_READ).await.unwrap_or_default().bytes;
             let detail = match location {
                 Some(target) => format!("; it redirects to {target}: set that URL instead"),
                 None => match quote_body(&text, token) {
@@ -541,8 +580,26 @@ impl Client {
             };
             return Err(Failed { error, retry_after });
         }
-        let body =
-            response.bytes().await.map_err(|err| fail(self.transport_error(platform_id, err)))?;
+        let too_large = |announced| {
+            fail(FetchError::PageTooLarge {
+                platform_id: platform_id.to_string(),
+                url: self.shown_url.clone(),
+                limit: self.max_page_bytes,
+                announced,
+            })
+        };
+        let announced = response.content_length();
+        if announced.is_some_and(|length| length > self.max_page_bytes) {
+            return Err(too_large(announced));
+        }
+        let cap = usize::try_from(self.max_page_bytes).unwrap_or(usize::MAX);
+        let body = read_capped(&mut response, cap)
+            .await
+            .map_err(|err| fail(self.transport_error(platform_id, err)))?;
+        if body.cut {
+            return Err(too_large(announced));
+        }
+        let body = body.bytes;
         parse_page(&body).map_err(|err| {
             fail(FetchError::BadResponse {
                 platform_id: platform_id.to_string(),
@@ -566,6 +623,57 @@ impl Client {
             FetchError::Transport { platform_id, url, source: err.without_url() }
         }
     }
+}
+
+/// A body as read by [`read_capped`]: at most `cap` bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CappedBody {
+    /// The bytes read, never more than `cap`.
+    bytes: Vec<u8>,
+    cap: usize,
+    /// Whether the body went on beyond `cap` (what was beyond was dropped).
+    cut: bool,
+}
+
+impl CappedBody {
+    /// An empty body, with room for what the server announced (up to `cap`).
+    fn new(cap: usize, announced: Option<u64>) -> CappedBody {
+        let expected = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        CappedBody { bytes: Vec::with_capacity(expected.min(cap)), cap, cut: false }
+    }
+
+    /// Appends what fits of `chunk`; returns whether reading may go on (false
+    /// once the body is longer than `cap`).
+    fn push(&mut self, chunk: &[u8]) -> bool {
+        let room = self.cap - self.bytes.len();
+        if chunk.len() > room {
+            self.bytes.extend_from_slice(&chunk[..room]);
+            self.cut = true;
+            return false;
+        }
+        self.bytes.extend_from_slice(chunk);
+        true
+    }
+}
+
+/// Reads a response body chunk by chunk and stops at `cap` bytes: the rest
+/// is never read (the connection is dropped with the response).
+async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<CappedBody, reqwest::Error> {
+    let mut body = CappedBody::new(cap, response.content_length());
+    while let Some(chunk) = response.chunk().await? {
+        if !body.push(&chunk) {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// `"; it announced N"` for a [`FetchError::PageTooLarge`] message.
+fn announced_length(announced: Option<u64>) -> String {
+    announced.map_or(String::new(), |n| format!("; it announced {n}"))
 }
 
 /// How a fetch ended.
@@ -802,6 +910,7 @@ mod tests {
             url: "ftp://u:p@host/x?t=1".into(),
             page_size: 300,
             request_timeout: Duration::from_secs(15),
+            max_page_bytes: 1 << 20,
             retry: RetryPolicy::default(),
         })
         .unwrap_err();
@@ -925,6 +1034,48 @@ mod tests {
         assert_eq!(
             end.unwrap().anomaly,
             Some(PagingAnomaly::TooManyPages { pages: MAX_PAGES, total: None })
+        );
+    }
+
+    #[test]
+    fn a_capped_body_never_holds_more_than_its_cap() {
+        // Chunks as a server may send them, in all sizes.
+        let mut body = CappedBody::new(10, Some(1_000_000));
+        assert!(body.bytes.capacity() <= 10 + 16, "preallocates at most the cap");
+        assert!(body.push(b"abcd"));
+        assert!(body.push(b""));
+        assert!(body.push(b"efghij"), "exactly the cap still fits");
+        assert!(!body.cut);
+        assert!(!body.push(b"k"), "one byte more stops reading");
+        assert!(body.cut);
+        assert_eq!(body.bytes, b"abcdefghij");
+
+        // An endless stream of large chunks: stopped at the first that
+        // does not fit, and what is kept never exceeds the cap.
+        let mut body = CappedBody::new(1000, None);
+        let chunk = [b'x'; 300];
+        let mut pushed = 0;
+        while body.push(&chunk) {
+            pushed += 1;
+            assert!(pushed < 10, "reading must stop");
+        }
+        assert_eq!(pushed, 3);
+        assert_eq!(body.bytes.len(), 1000);
+        assert!(body.cut);
+
+        let err = FetchError::PageTooLarge {
+            platform_id: "12".into(),
+            url: "http://api.example/list".into(),
+            limit: 1000,
+            announced: Some(5000),
+        };
+        assert_eq!(err.reason(), "page_too_large");
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "http://api.example/list sent a device list page for platform 12 longer than \
+             max_page_bytes (1000 bytes; it announced 5000) and it was not read further; lower \
+             page_size, or raise max_page_bytes if the API's pages really are this long"
         );
     }
 

@@ -94,6 +94,13 @@ pub enum Fault {
     /// No answer until the fault is changed ([`Simulator::set_fault`]) or
     /// the simulator stops: a client sees its request time out.
     Hang,
+    /// 200 with the right page padded to at least `bytes` bytes (a long
+    /// `"padding"` string, so the body is still a valid page): only its
+    /// size is wrong, as with a runaway proxy or a hostile server.
+    OversizedPage {
+        /// The least length of the body.
+        bytes: usize,
+    },
 }
 
 /// One request as the simulator saw it, for tests to check what a client
@@ -485,8 +492,10 @@ impl Simulator {
             Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
         };
         let mut body = self.page(&request, fault.as_ref());
-        if fault == Some(Fault::TruncatedJson) {
-            body.truncate((body.len() / 2).max(1));
+        match fault {
+            Some(Fault::TruncatedJson) => body.truncate((body.len() / 2).max(1)),
+            Some(Fault::OversizedPage { bytes }) => pad_page(&mut body, bytes),
+            _ => {}
         }
         json_response(StatusCode::OK, body)
     }
@@ -520,6 +529,17 @@ impl Simulator {
         }
         let page = json!({ "pagination": pagination, "data": &listed[start..end] });
         serde_json::to_vec(&page).expect("JSON values always serialize")
+    }
+}
+
+/// Pads a JSON page to at least `bytes` bytes with a `"padding"` member
+/// before its closing brace, so it stays a valid page.
+fn pad_page(page: &mut Vec<u8>, bytes: usize) {
+    let padding = bytes.saturating_sub(page.len()).saturating_add(16);
+    if page.pop() == Some(b'}') {
+        page.extend_from_slice(b",\"padding\":\"");
+        page.resize(page.len() + padding, b' ');
+        page.extend_from_slice(b"\"}");
     }
 }
 

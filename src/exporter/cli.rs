@@ -92,8 +92,8 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
     let platforms = load_tokens(&config).map_err(Error::Tokens)?;
 
     if args.check_config {
-        println!("{}: OK", args.config.display());
-        println!(
+        crate::exit::outln!("{}: OK", args.config.display());
+        crate::exit::outln!(
             "  listen {}, poll every {}, cache {}",
             config.listen,
             humantime::format_duration(config.poll_interval),
@@ -101,7 +101,7 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
         );
         for (platform, _) in &platforms {
             let name = platform.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-            println!("  platform {}{name}: token from {}", platform.id, platform.token);
+            crate::exit::outln!("  platform {}{name}: token from {}", platform.id, platform.token);
         }
         return Ok(Exit::Ok);
     }
@@ -117,10 +117,12 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
         let exposition = crate::http::Pages::exposition(&*exporter.state());
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(exposition.plain())
-            .and_then(|()| stdout.flush())
-            .map_err(Error::Stdout)?;
+        match stdout.write_all(exposition.plain()).and_then(|()| stdout.flush()) {
+            // The reader went away (`--once | head`): not a failure, as for
+            // other Unix tools; the polls decide the exit code.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.map_err(Error::Stdout)?,
+        }
         return if failed.is_empty() { Ok(Exit::Ok) } else { Err(Error::PollFailed(failed)) };
     }
 

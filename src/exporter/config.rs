@@ -29,6 +29,11 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const DEFAULT_CACHE: &str = "/var/lib/addreality-exporter/cache.db";
 /// Devices asked for per request; the API's own page size.
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 300;
+/// The longest page body read: 64 MiB, about two hundred times a full page of
+/// 300 devices, and the bound on what one poll holds in memory.
+pub(crate) const DEFAULT_MAX_PAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// The least `max_page_bytes` accepted: below it even small pages would fail.
+pub(crate) const MIN_MAX_PAGE_BYTES: u64 = 64 * 1024;
 /// How long a device missing from the API stays in the cache and metrics.
 pub(crate) const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -50,6 +55,8 @@ pub(crate) struct RawConfig {
     pub(crate) cache: Option<PathBuf>,
     /// Devices per request. Default 300.
     pub(crate) page_size: Option<Spanned<u32>>,
+    /// The longest page body read, in bytes, at least 64 KiB. Default 64 MiB.
+    pub(crate) max_page_bytes: Option<Spanned<u64>>,
     /// How long a device absent from the API is still exported. Default 7d.
     pub(crate) forget_after: Option<Spanned<HumanDuration>>,
     /// The AddReality accounts to poll.
@@ -96,6 +103,8 @@ pub struct ExporterConfig {
     pub cache: PathBuf,
     /// Devices per request.
     pub page_size: u32,
+    /// The longest page body read, in bytes; a longer page fails the poll.
+    pub max_page_bytes: u64,
     /// How long an absent device is kept.
     pub forget_after: Duration,
     /// The accounts, in file order.
@@ -193,6 +202,20 @@ impl ExporterConfig {
             }
         };
 
+        let max_page_bytes = match &raw.max_page_bytes {
+            None => DEFAULT_MAX_PAGE_BYTES,
+            Some(bytes) if *bytes.get_ref() >= MIN_MAX_PAGE_BYTES => *bytes.get_ref(),
+            Some(bytes) => {
+                errors.push(file.error_at(
+                    bytes.span(),
+                    format!(
+                        "max_page_bytes must be at least {MIN_MAX_PAGE_BYTES} (64 KiB); the default is {DEFAULT_MAX_PAGE_BYTES} (64 MiB)"
+                    ),
+                ));
+                DEFAULT_MAX_PAGE_BYTES
+            }
+        };
+
         let cache = match raw.cache {
             None => PathBuf::from(DEFAULT_CACHE),
             Some(path) => base_dir.join(path),
@@ -230,6 +253,7 @@ impl ExporterConfig {
             request_timeout,
             cache,
             page_size,
+            max_page_bytes,
             forget_after: raw.forget_after.map_or(DEFAULT_FORGET_AFTER, |d| d.get_ref().0),
             platforms,
             base_dir,
@@ -295,6 +319,7 @@ mod tests {
         assert_eq!(config.api_url, DEFAULT_API_URL);
         assert_eq!(config.poll_interval, DEFAULT_POLL_INTERVAL);
         assert_eq!(config.page_size, 300);
+        assert_eq!(config.max_page_bytes, 64 * 1024 * 1024);
         assert_eq!(config.forget_after, DEFAULT_FORGET_AFTER);
         assert_eq!(config.cache, PathBuf::from(DEFAULT_CACHE));
         assert_eq!(config.platforms[0].id, "12");
@@ -347,6 +372,20 @@ mod tests {
         assert!(err.starts_with("/etc/exporter.toml:1:17: invalid duration \"soon\""), "{err}");
         let err = parse("").unwrap_err();
         assert!(err.contains("no [[platforms]] configured"), "{err}");
+    }
+
+    #[test]
+    fn max_page_bytes_has_a_floor() {
+        let platform = "[[platforms]]\nid = 12\ntoken_env = \"T\"\n";
+        let config = parse(&format!("max_page_bytes = 65536\n{platform}")).unwrap();
+        assert_eq!(config.max_page_bytes, 65536);
+        let err = parse(&format!("max_page_bytes = 1000\n{platform}")).unwrap_err();
+        assert_eq!(
+            err,
+            "/etc/exporter.toml:1:18: max_page_bytes must be at least 65536 (64 KiB); the default is 67108864 (64 MiB)"
+        );
+        let err = parse(&format!("max_page_bytes = -1\n{platform}")).unwrap_err();
+        assert!(err.starts_with("/etc/exporter.toml:1:18: "), "{err}");
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //! with the production client (three pages of 100 devices), writes a real
 //! SQLite cache in a temporary directory, and serves `/metrics`. Every few
 //! seconds some players drop offline and others come back.
+//!
+//! The directory is made fresh for each run, with an unpredictable name and
+//! mode 0700 (`mkdir` fails rather than reuse anything already there), so
+//! another local user cannot plant it, or a symlink in it, beforehand and
+//! have the demo (perhaps run as root) write where they chose.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -28,9 +33,36 @@ pub(crate) const DEMO_DEVICES: usize = 273;
 pub(crate) const DEMO_LISTEN: &str = "127.0.0.1:9747";
 const DEMO_TOKEN: &str = "demo-token";
 
-/// Runs the demo until `shutdown` completes.
+/// The start of the demo directory's name; a random suffix follows.
+const DEMO_DIR_PREFIX: &str = "addreality-exporter-demo-";
+
+/// Runs the demo until `shutdown` completes, with its cache in a fresh
+/// directory under the system's temporary directory.
 pub(crate) async fn run(
     listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    run_in(listen, &std::env::temp_dir(), shutdown).await
+}
+
+/// A new private directory in `root` (mode 0700, random name), removed
+/// when dropped. Never an existing one.
+fn fresh_dir(root: &Path) -> Result<tempfile::TempDir, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(DEMO_DIR_PREFIX)
+        // Set by mkdir itself: there is no moment with wider access.
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(root)
+        .map_err(|source| Error::DemoDir {
+            dir: root.join(format!("{DEMO_DIR_PREFIX}…")), source
+        })
+}
+
+/// [`run`] with the demo directory made in `root`.
+async fn run_in(
+    listen: Option<SocketAddr>,
+    root: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let listen = listen.unwrap_or_else(|| DEMO_LISTEN.parse().expect("valid address"));
@@ -59,25 +91,29 @@ pub(crate) async fn run(
         }
     });
 
-    let dir = std::env::temp_dir().join(format!("addreality-exporter-demo-{}", std::process::id()));
-    let served =
-        serve(listener, &dir, Simulator::device_list_url(api_addr), listen, shutdown).await;
+    let served = match fresh_dir(root) {
+        Ok(dir) => {
+            let api_url = Simulator::device_list_url(api_addr);
+            let served = serve(listener, dir.path(), api_url, listen, shutdown).await;
+            // Removed after the exporter (and its cache connection) is gone.
+            drop(dir);
+            served
+        }
+        Err(err) => Err(err),
+    };
     churn_task.abort();
     let _ = stop_api.send(());
     let _ = api_task.await;
-    let _ = std::fs::remove_dir_all(&dir);
     served
 }
 
 async fn serve(
     listener: TcpListener,
-    dir: &std::path::Path,
+    dir: &Path,
     api_url: String,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| Error::DemoDir { dir: dir.to_path_buf(), source })?;
     let config = ExporterConfig {
         listen,
         api_url: api_url.clone(),
@@ -85,6 +121,7 @@ async fn serve(
         request_timeout: Duration::from_secs(5),
         cache: dir.join("cache.db"),
         page_size: 100,
+        max_page_bytes: super::config::DEFAULT_MAX_PAGE_BYTES,
         forget_after: Duration::from_secs(7 * 24 * 3600),
         platforms: vec![],
         base_dir: PathBuf::from("."),
@@ -105,4 +142,61 @@ async fn serve(
         "listening on http://{listen}/metrics (health at http://{listen}/healthz); Ctrl-C stops"
     );
     exporter.run(listener, shutdown).await.map_err(Error::Http)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn each_demo_directory_is_new_private_and_unpredictable() {
+        let root = tempfile::tempdir().unwrap();
+        let first = fresh_dir(root.path()).unwrap();
+        let second = fresh_dir(root.path()).unwrap();
+        assert_ne!(first.path(), second.path());
+        for dir in [&first, &second] {
+            let name = dir.path().file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with(DEMO_DIR_PREFIX), "{name}");
+            assert_ne!(name, format!("{DEMO_DIR_PREFIX}{}", std::process::id()));
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_planted_directory_and_symlink_are_left_alone() {
+        // What a local user could prepare: the old predictable directory for
+        // this process, with `cache.db` a symlink to a file of theirs, and
+        // a symlink with the old name pointing at a directory of theirs.
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("victim");
+        std::fs::write(&victim, b"").unwrap();
+        let planted = root.path().join(format!("{DEMO_DIR_PREFIX}{}", std::process::id()));
+        std::fs::create_dir(&planted).unwrap();
+        symlink(&victim, planted.join("cache.db")).unwrap();
+        let planted_link = root.path().join(format!("{DEMO_DIR_PREFIX}{}", std::process::id() + 1));
+        symlink(elsewhere.path(), &planted_link).unwrap();
+
+        run_in(Some("127.0.0.1:0".parse().unwrap()), root.path(), std::future::ready(()))
+            .await
+            .unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"", "the planted file was written");
+        let planted_entries: Vec<_> =
+            std::fs::read_dir(&planted).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(planted_entries, ["cache.db"]);
+        let elsewhere_entries: Vec<_> =
+            std::fs::read_dir(elsewhere.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(elsewhere_entries, ["victim"]);
+        // The demo's own directory was made, used and removed.
+        let mut left: Vec<_> =
+            std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        left.sort();
+        let mut expected = vec![planted, planted_link];
+        expected.sort();
+        assert_eq!(left, expected);
+    }
 }

@@ -76,6 +76,7 @@ impl Exporter {
             url: config.api_url.clone(),
             page_size: config.page_size,
             request_timeout: config.request_timeout,
+            max_page_bytes: config.max_page_bytes,
             retry: retry_policy(config.poll_interval),
         })?;
         let (cache, cached) = tokio::task::spawn_blocking(move || {

@@ -70,7 +70,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     }
 
     let enabled = rules.jobs.iter().filter(|j| j.enabled).count();
-    println!(
+    crate::exit::outln!(
         "{}: OK: {} ({enabled} enabled), {}, {}; SMS via {}; {promql_note}",
         config.display(),
         count(rules.jobs.len(), "job", "jobs"),
@@ -79,7 +79,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         sender.sender.name()
     );
     for job in &rules.jobs {
-        println!("\n{job}");
+        crate::exit::outln!("\n{job}");
     }
     Ok(Exit::Ok)
 }

@@ -115,12 +115,12 @@ pub(super) fn run(config: &Path, args: HistoryArgs) -> Result<Exit, Error> {
     let rows: Vec<Row<'_>> = executions.iter().map(Row::of).collect();
     match args.format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
+            crate::exit::outln!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
         }
         // As `kubectl get` does: an empty table says so on stderr, so that
         // a script reading stdout sees no rows rather than a lone header.
         Format::Table if rows.is_empty() => eprintln!("no execution in the journal matches"),
-        Format::Table => print!("{}", table(&rows)),
+        Format::Table => crate::exit::out!("{}", table(&rows)),
     }
     Ok(Exit::Ok)
 }

@@ -56,7 +56,7 @@ pub(super) async fn run(config: &Path, args: SendArgs) -> Result<Exit, Error> {
 /// an error otherwise.
 pub(super) fn outcome(execution: Execution) -> Result<(), Error> {
     if execution.status == ExecutionStatus::Sent {
-        println!("{}", Outcome(&execution));
+        crate::exit::outln!("{}", Outcome(&execution));
         Ok(())
     } else {
         Err(Error::NotSent(Box::new(execution)))

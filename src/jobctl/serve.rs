@@ -60,7 +60,7 @@ pub(super) async fn run(
     if args.once {
         let report = engine.cycle().await;
         engine.finish_sends().await;
-        println!(
+        crate::exit::outln!(
             "{} ({} failed), {} ({} unknown), {}, {} due, {} sent, {} suppressed, {}",
             count(report.queries, "query", "queries"),
             report.failed_queries.len(),

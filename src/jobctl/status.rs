@@ -122,9 +122,12 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
     let status = Status { jobs, devices, budgets };
     match args.format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
+            crate::exit::outln!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("status serialises")
+            );
         }
-        Format::Table => print!("{}", render(&status)),
+        Format::Table => crate::exit::out!("{}", render(&status)),
     }
     Ok(Exit::Ok)
 }

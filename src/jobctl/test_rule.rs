@@ -7,7 +7,7 @@
 //! journal and budgets like `jobctl send`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use super::error::Error;
@@ -47,7 +47,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
             }
             Err(err) => {
                 failed += 1;
-                println!("query {query:?} failed: {err}");
+                crate::exit::outln!("query {query:?} failed: {err}");
             }
         }
     }
@@ -64,37 +64,41 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         Err(err) => return Err(Error::Journal(err)),
     };
 
-    println!("job {:?}", job.name);
-    println!("  when {} for {}", job.condition, humantime::format_duration(job.hold_for));
+    crate::exit::outln!("job {:?}", job.name);
+    crate::exit::outln!(
+        "  when {} for {}",
+        job.condition,
+        humantime::format_duration(job.hold_for)
+    );
     if evaluation.devices.is_empty() {
-        println!("\nno device in Prometheus's answers");
+        crate::exit::outln!("\nno device in Prometheus's answers");
     }
     let mut targets: Vec<(String, Outgoing)> = Vec::new();
     for (key, verdict) in &evaluation.devices {
         let device = key.to_string();
         match verdict.labels.get("name").filter(|n| !n.is_empty()) {
-            Some(name) => println!("\n{device} ({name})"),
-            None => println!("\n{device}"),
+            Some(name) => crate::exit::outln!("\n{device} ({name})"),
+            None => crate::exit::outln!("\n{device}"),
         }
         for seen in &verdict.values {
-            println!("  value:      {} = {}", seen.query, seen.value);
+            crate::exit::outln!("  value:      {} = {}", seen.query, seen.value);
         }
         match (&verdict.verdict, &verdict.unknown_because) {
-            (Verdict::Unknown, Some(why)) => println!("  condition:  unknown ({why})"),
-            (verdict, _) => println!("  condition:  {verdict}"),
+            (Verdict::Unknown, Some(why)) => crate::exit::outln!("  condition:  unknown ({why})"),
+            (verdict, _) => crate::exit::outln!("  condition:  {verdict}"),
         }
-        println!("  state:      {}", describe_state(states.get(&device), job.hold_for));
+        crate::exit::outln!("  state:      {}", describe_state(states.get(&device), job.hold_for));
         match rules.outgoing(job, key, &verdict.labels) {
             Ok(out) => {
-                println!("  would send: {:?} to {}", out.text, out.to);
+                crate::exit::outln!("  would send: {:?} to {}", out.text, out.to);
                 if verdict.verdict == Verdict::True {
                     targets.push((device.clone(), out));
                 }
             }
-            Err(err) => println!("  cannot act: {err}"),
+            Err(err) => crate::exit::outln!("  cannot act: {err}"),
         }
     }
-    println!(
+    crate::exit::outln!(
         "\n{}, {} with the condition true now",
         count(evaluation.devices.len(), "device", "devices"),
         evaluation.devices.values().filter(|v| v.verdict == Verdict::True).count()
@@ -142,19 +146,19 @@ async fn send(
     yes: bool,
 ) -> Result<Exit, Error> {
     if targets.is_empty() {
-        println!("nothing to send: no device has the condition true now");
+        crate::exit::outln!("nothing to send: no device has the condition true now");
         return Ok(Exit::Ok);
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(Error::Unconfirmed);
         }
-        print!("Send {} SMS now? [y/N] ", targets.len());
-        let _ = std::io::stdout().flush();
+        crate::exit::out!("Send {} SMS now? [y/N] ", targets.len());
+        crate::exit::flush_stdout();
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing sent");
+            crate::exit::outln!("nothing sent");
             return Ok(Exit::Ok);
         }
     }
