@@ -1234,6 +1234,9 @@ async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
                 )
             ),
             "jobctl {args:?}"
+        );
+    }
+}
 
 // Output to a reader that went away
 
