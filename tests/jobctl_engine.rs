@@ -822,3 +822,70 @@ async fn prometheus_outage_holds_every_state_and_sends_nothing() {
     assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(LOBBY, POWER_CYCLE_1)]);
     assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1));
 }
+
+/// Issue 9, item 2: six messages due at once to sockets behind one modem,
+/// which takes the first and then says nothing (so it holds its lock until
+/// `send_timeout`), and jobctl stops while the other five wait for the
+/// modem. Only the first had begun to leave: after the restart it is the
+/// one uncertain message, and the five that never reached the modem are
+/// sent, none twice.
+#[tokio::test]
+async fn messages_that_waited_for_the_modem_are_sent_after_a_restart_and_none_twice() {
+    use support::fake_modem::{FakeModem, Reply};
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let modem = FakeModem::start();
+    modem.push_reply(Reply::SilentAfterText);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    let phone = |id: u32| format!("+7999000008{id}");
+    let sockets: String = (1..=6)
+        .map(|id| {
+            let name = format!("socket {id}");
+            rules_file::socket(&name, &phone(id), "simpal-d210", "81", &id.to_string())
+        })
+        .collect();
+    let text = rules_file::head(prometheus.url(), "30s", "2s", &journal.display().to_string())
+        + &format!(
+            "[sms]\nbackend = \"modem\"\n\n[sms.modem]\ndevice = \"{}\"\n\
+             command_timeout = \"1s\"\nsend_timeout = \"1s\"\n\n",
+            modem.path().display()
+        )
+        + &sockets
+        + &offline_now_job("81");
+    let offline: Vec<Series> = (1..=6).map(|id| online("81", &id.to_string(), 0.0)).collect();
+    publish(&prometheus, &target, &offline).await;
+
+    let clock = Arc::new(ManualClock::new(t0()));
+    let mut engine = start_engine(&dir, &text, clock.clone(), Mode::Live).await;
+    let report = engine.cycle().await;
+    assert_eq!(report.sends_started, 6, "{report:?}");
+    let taken = || async { modem.received().first().map(|r| r.number.clone()) };
+    let first = wait_until_async("the modem taking the first message", taken).await;
+    // jobctl stops (as after SIGTERM and its grace period) with the first
+    // message in the modem and the others waiting for it.
+    drop(engine);
+
+    let mut engine = start_engine(&dir, &text, clock, Mode::Live).await;
+    engine.finish_sends().await;
+    let mut received: Vec<String> = modem.received().into_iter().map(|r| r.number).collect();
+    received.sort();
+    assert_eq!(received, (1..=6).map(phone).collect::<Vec<_>>(), "each sent once");
+    let history = Journal::open_read_only(&journal).unwrap();
+    let history = history.history(&HistoryFilter::default()).unwrap();
+    let mut outcomes: Vec<(String, ExecutionStatus)> =
+        history.iter().map(|e| (e.phone.clone(), e.status)).collect();
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, ExecutionStatus)> = (1..=6)
+        .map(phone)
+        .map(|p| {
+            let status =
+                if p == first { ExecutionStatus::Uncertain } else { ExecutionStatus::Sent };
+            (p, status)
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+}

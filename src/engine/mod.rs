@@ -28,8 +28,9 @@
 //! The journal (SQLite) is only touched on the blocking pool. Because the
 //! state after an action is written in the same transaction as the message,
 //! a crash (even `kill -9`) at any point never makes the same action due
-//! twice, and a message caught in flight is marked uncertain at the next
-//! start rather than re-sent.
+//! twice; a message whose backend had started its I/O is marked uncertain
+//! at the next start rather than re-sent, and one still waiting for its
+//! backend (`planned`) is sent then.
 //!
 //! The rooms: this file holds the [`Engine`], its cycle and its queries;
 //! `states` the sparse per-job states and how one evaluation advances them;
@@ -155,7 +156,8 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the saved states, settles sends a previous run left in flight
-    /// (they become uncertain and are never re-sent), and is ready to cycle.
+    /// (those whose I/O had started become uncertain and are never re-sent;
+    /// those still planned are sent now), and is ready to cycle.
     pub async fn start(
         rules: RuleSet,
         prometheus: Arc<PromClient>,
@@ -164,7 +166,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
-        let outbox = Outbox::new(journal, sender, clock.clone(), options);
+        let mut outbox = Outbox::new(journal, sender, clock.clone(), options);
         outbox.recover_in_flight().await?;
         let journal = outbox.journal();
         let states = blocking(&journal, |journal| journal.load_states()).await?;

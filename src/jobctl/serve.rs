@@ -119,7 +119,7 @@ pub(super) async fn run(
     engine.stop_retries();
     if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {
         tracing::warn!(
-            "sends still under way after {}; they will be marked uncertain at the next start",
+            "sends still under way after {}; those already handed to their backend will be marked uncertain at the next start, those still waiting for it sent then",
             humantime::format_duration(SEND_GRACE)
         );
     }
