@@ -149,6 +149,9 @@ pub struct Engine {
     /// Queries that failed last cycle, so that an outage is logged when it
     /// starts and ends rather than every cycle.
     failing_queries: usize,
+    /// A dry run (`jobctl run --dry-run`): states are kept in memory only,
+    /// and nothing a live run reads is written to the journal.
+    dry_run: bool,
     /// (job, device) whose state the last save could not write: saved with
     /// the next cycle's changes, whether or not they change again.
     unsaved: Vec<(String, String)>,
@@ -166,8 +169,12 @@ impl Engine {
         clock: Arc<dyn Clock>,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
+        let dry_run = options.mode == Mode::DryRun;
         let mut outbox = Outbox::new(journal, sender, clock.clone(), options);
-        outbox.recover_in_flight().await?;
+        // A dry run leaves a live run's unfinished sends to the live run.
+        if !dry_run {
+            outbox.recover_in_flight().await?;
+        }
         let journal = outbox.journal();
         let states = blocking(&journal, |journal| journal.load_states()).await?;
         let mut devices = DeviceTable::default();
@@ -190,6 +197,7 @@ impl Engine {
             outbox,
             journal,
             failing_queries: 0,
+            dry_run,
             unsaved: Vec::new(),
         };
         engine.forget_removed_jobs();
@@ -240,6 +248,9 @@ impl Engine {
     fn forget_removed_jobs(&mut self) {
         let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
         self.states.retain(|job, _| names.contains(job));
+        if self.dry_run {
+            return;
+        }
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -368,7 +379,9 @@ impl Engine {
             }
         }
         self.add_unsaved(&rules, &mut to_save);
-        if !to_save.is_empty() {
+        // A dry run's states are its own: a live run must find the journal
+        // as if the dry run had not happened.
+        if !to_save.is_empty() && !self.dry_run {
             let names = Arc::clone(&rules);
             let (result, to_save) = blocking(&self.journal, move |journal| {
                 let named = to_save.iter().map(|(job, device, state)| {

@@ -69,7 +69,10 @@ impl SendRetry {
 pub enum Mode {
     /// Journal and send.
     Live,
-    /// Journal as `dry_run`, send nothing (`jobctl run --dry-run`).
+    /// Send nothing, and leave the journal as a live run will want it:
+    /// each due message becomes a `dry_run` row for `history`, which
+    /// neither budgets nor the state machine read, and the job states are
+    /// not saved (`jobctl run --dry-run`).
     DryRun,
 }
 

@@ -26,7 +26,9 @@ pub(crate) struct RunArgs {
     /// Run one cycle, wait for its sends, and exit (6 if a query failed).
     #[arg(long)]
     pub(crate) once: bool,
-    /// Evaluate and journal as usual, but send nothing (journalled as dry_run).
+    /// Evaluate as usual but send nothing: due messages are journalled as
+    /// dry_run for `history`, and no job state is saved, so a later live
+    /// run acts as if the dry run had not happened.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Serve jobctl's own /metrics and /healthz on this address.

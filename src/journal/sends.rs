@@ -203,7 +203,10 @@ impl Journal {
     }
 
     /// Journals a message that will not be sent, with the reason: over
-    /// budget (`suppressed`) or `--dry-run` (`dry_run`).
+    /// budget (`suppressed`, with the job's state after the action, as a
+    /// sent one) or `--dry-run` (`dry_run`, a row for `history` only: the
+    /// job's state is left alone, and neither budgets nor the state machine
+    /// look at such rows).
     pub fn record_suppressed(
         &mut self,
         planned: &PlannedSend,
@@ -230,8 +233,11 @@ impl Journal {
         let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
             Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
-                let mut upsert = prepare_upsert(&tx, path)?;
-                save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                // A dry run's state is not the live run's: it is never saved.
+                if status != ExecutionStatus::DryRun {
+                    let mut upsert = prepare_upsert(&tx, path)?;
+                    save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
             Origin::Manual => (None, None, None, None, None),
