@@ -892,3 +892,46 @@ async fn messages_that_waited_for_the_modem_are_sent_after_a_restart_and_none_tw
         .collect();
     assert_eq!(outcomes, expected);
 }
+
+/// Issue 9, item 4: while the journal cannot be written (a full disk), six
+/// pending pairs whose state changes every cycle wait to be saved: one
+/// pending save each, however many cycles fail, and all are saved once the
+/// disk has room.
+#[tokio::test]
+async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let offline: Vec<Series> = (1..=6).map(|id| online("91", &id.to_string(), 0.0)).collect();
+    publish(&prometheus, &target, &offline).await;
+    let sockets: String = (1..=6)
+        .map(|id| {
+            let (name, phone) = (format!("socket {id}"), format!("+7999000009{id}"));
+            rules_file::socket(&name, &phone, "simpal-d210", "91", &id.to_string())
+        })
+        .collect();
+    let mut s = Scenario::start(&prometheus, &(sockets + &offline_job("91"))).await;
+    let db = rusqlite::Connection::open(s.journal_path()).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full_disk BEFORE INSERT ON job_state \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    let mut unsaved = Vec::new();
+    for cycle in 0..8 {
+        // Pending for 10 minutes: the time held grows, so each state
+        // changes every cycle, and no action falls due.
+        let report = s.cycle_at(cycle).await;
+        assert_eq!(report.evaluations, 6, "{report:?}");
+        unsaved.push(report.unsaved_states);
+    }
+    assert_eq!(unsaved, [6; 8]);
+
+    db.execute_batch("DROP TRIGGER full_disk").unwrap();
+    let report = s.cycle_at(8).await;
+    assert_eq!(report.unsaved_states, 0);
+    let saved: i64 = db.query_row("SELECT count(*) FROM job_state", [], |row| row.get(0)).unwrap();
+    assert_eq!(saved, 6);
+}

@@ -46,7 +46,7 @@ pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
 pub use outbox::{EngineOptions, Mode, Outbox, SendRetry, MAX_TEXT_CHARS};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -101,6 +101,9 @@ pub struct CycleReport {
     pub suppressed: usize,
     /// Actions that could not become an SMS (no socket for the device…).
     pub action_errors: usize,
+    /// (job, device) pairs whose state the journal could not save this
+    /// cycle, kept in memory to be saved with the next cycle's (one each).
+    pub unsaved_states: usize,
 }
 
 /// An action that became due in a cycle, sent once every job is evaluated.
@@ -153,8 +156,10 @@ pub struct Engine {
     /// and nothing a live run reads is written to the journal.
     dry_run: bool,
     /// (job, device) whose state the last save could not write: saved with
-    /// the next cycle's changes, whether or not they change again.
-    unsaved: Vec<(String, String)>,
+    /// the next cycle's changes, whether or not they change again. A set:
+    /// one pending save per pair, however many saves fail in a row, so it
+    /// is never larger than the pairs with a state.
+    unsaved: BTreeSet<(String, String)>,
 }
 
 impl Engine {
@@ -198,7 +203,7 @@ impl Engine {
             journal,
             failing_queries: 0,
             dry_run,
-            unsaved: Vec::new(),
+            unsaved: BTreeSet::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -401,6 +406,7 @@ impl Engine {
                     .collect();
             }
         }
+        report.unsaved_states = self.unsaved.len();
         report.journal_time = journalling.elapsed();
         self.forget_unused_devices();
 
@@ -522,19 +528,29 @@ impl Engine {
     }
 
     /// Adds the states a failed save left unwritten to `to_save`, as they
-    /// are now (a job or device gone since has nothing left to save).
+    /// are now, unless they are there already because they changed again
+    /// (a job or device gone since has nothing left to save).
     fn add_unsaved(&mut self, rules: &RuleSet, to_save: &mut Vec<(usize, String, JobState)>) {
         if self.unsaved.is_empty() {
             return;
         }
         let job_index: HashMap<&str, usize> =
             rules.jobs.iter().enumerate().map(|(index, job)| (job.name.as_str(), index)).collect();
+        // Only while saves fail: the pairs that changed this cycle, to add
+        // each pair once.
+        let changed: HashSet<(usize, String)> =
+            to_save.iter().map(|(job, device, _)| (*job, device.clone())).collect();
         for (job, device) in std::mem::take(&mut self.unsaved) {
             let (Some(&index), Some(id)) =
                 (job_index.get(job.as_str()), self.devices.find(&device))
             else {
                 continue;
             };
+            let key = (index, device);
+            if changed.contains(&key) {
+                continue;
+            }
+            let (index, device) = key;
             let state = self.states.get(&job).and_then(|s| s.get(id, &self.default_state));
             if let Some(state) = state {
                 to_save.push((index, device, state.clone()));
