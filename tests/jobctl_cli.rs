@@ -629,6 +629,35 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
     assert_eq!(dead.history(&[]).await, Vec::<serde_json::Value>::new());
 }
 
+/// Issue 9, item 3: a dry run, then a live run, on one journal. The live
+/// run acts as if the dry run had not happened: the action is due and sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_leaves_the_next_live_run_as_if_it_had_not_happened() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+
+    let ran = site.jobctl(&["run", "--once", "--dry-run"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n"), "{ran:?}");
+    let status = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["devices"], serde_json::json!([]), "the dry run saved a state");
+
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n"),
+        "{ran:?}"
+    );
+    assert_eq!(gateway.sent().len(), 1);
+    let history = site.history(&[]).await;
+    let outcomes: Vec<&str> = history.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["sent", "dry_run"]);
+}
+
 // ---------------------------------------------------------------------------
 // jobctl send
 
@@ -792,7 +821,7 @@ async fn test_rule_shows_what_it_would_send_and_sends_only_when_told() {
 
     // A manual send leaves the job's state alone; a daemon cycle moves it,
     // and test-rule reads it from the journal.
-    assert_eq!(site.jobctl(&["run", "--once", "--dry-run"]).await.code, 0);
+    assert_eq!(site.jobctl(&["run", "--once"]).await.code, 0);
     let status = site.jobctl(&["status", "--format", "json"]).await;
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let since = status["devices"][0]["since"].as_str().unwrap();

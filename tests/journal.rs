@@ -182,6 +182,15 @@ fn a_planned_send_is_marked_sending_before_it_leaves() {
     journal.mark_sending(id).unwrap();
     journal.finish_send(id, &sent("http")).unwrap();
     assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sent);
+
+    // A backend that fails before its I/O starts never marks it sending: its
+    // definite failure is recorded on the planned message all the same.
+    let id = journal.plan_send(&manual_send("lobby")).unwrap();
+    let refused = SendResult::Failed { backend: "modem".into(), reason: "no such device".into() };
+    journal.finish_send(id, &refused).unwrap();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Failed);
+    let uncertain = SendResult::Uncertain { backend: "modem".into(), reason: "silent".into() };
+    assert!(journal.finish_send(id, &uncertain).is_err(), "only after sending");
 }
 
 #[test]
@@ -204,17 +213,18 @@ fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() 
     let mut journal = journal_at(&path, &clock);
     let recovered = journal.recover_in_flight().unwrap();
     let recovered: Vec<_> = recovered.iter().map(|e| (e.id, e.status)).collect();
-    assert_eq!(
-        recovered,
-        vec![(in_flight, ExecutionStatus::Uncertain), (queued, ExecutionStatus::Failed)]
-    );
+    assert_eq!(recovered, vec![(in_flight, ExecutionStatus::Uncertain)]);
+    // The queued one never began to leave: it stays planned, to be sent.
+    let planned: Vec<_> = journal.planned_sends().unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(planned, vec![queued]);
     let uncertain = journal.execution(in_flight).unwrap();
     assert!(uncertain.detail.unwrap().contains("may have left, so it is not sent again"));
     assert_eq!(uncertain.updated_at, at(1_700_000_060));
     assert_eq!(journal.execution(done).unwrap().status, ExecutionStatus::Sent);
 
-    // The uncertain one and the sent one may have left; the queued one did not.
-    assert_eq!(journal.count_sent_since(Some("lobby"), at(1_699_999_000)).unwrap(), 2);
+    // The uncertain one and the sent one may have left, and the queued one
+    // is about to: all count against budgets.
+    assert_eq!(journal.count_sent_since(Some("lobby"), at(1_699_999_000)).unwrap(), 3);
     // The state that decided the uncertain send came back with it.
     let states = journal.load_states::<JobState>().unwrap();
     assert_eq!(

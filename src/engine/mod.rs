@@ -28,8 +28,9 @@
 //! The journal (SQLite) is only touched on the blocking pool. Because the
 //! state after an action is written in the same transaction as the message,
 //! a crash (even `kill -9`) at any point never makes the same action due
-//! twice, and a message caught in flight is marked uncertain at the next
-//! start rather than re-sent.
+//! twice; a message whose backend had started its I/O is marked uncertain
+//! at the next start rather than re-sent, and one still waiting for its
+//! backend (`planned`) is sent then.
 //!
 //! The rooms: this file holds the [`Engine`], its cycle and its queries;
 //! `states` the sparse per-job states and how one evaluation advances them;
@@ -45,7 +46,7 @@ pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
 pub use outbox::{EngineOptions, Mode, Outbox, SendRetry, MAX_TEXT_CHARS};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -100,6 +101,9 @@ pub struct CycleReport {
     pub suppressed: usize,
     /// Actions that could not become an SMS (no socket for the device…).
     pub action_errors: usize,
+    /// (job, device) pairs whose state the journal could not save this
+    /// cycle, kept in memory to be saved with the next cycle's (one each).
+    pub unsaved_states: usize,
 }
 
 /// An action that became due in a cycle, sent once every job is evaluated.
@@ -148,14 +152,20 @@ pub struct Engine {
     /// Queries that failed last cycle, so that an outage is logged when it
     /// starts and ends rather than every cycle.
     failing_queries: usize,
+    /// A dry run (`jobctl run --dry-run`): states are kept in memory only,
+    /// and nothing a live run reads is written to the journal.
+    dry_run: bool,
     /// (job, device) whose state the last save could not write: saved with
-    /// the next cycle's changes, whether or not they change again.
-    unsaved: Vec<(String, String)>,
+    /// the next cycle's changes, whether or not they change again. A set:
+    /// one pending save per pair, however many saves fail in a row, so it
+    /// is never larger than the pairs with a state.
+    unsaved: BTreeSet<(String, String)>,
 }
 
 impl Engine {
     /// Loads the saved states, settles sends a previous run left in flight
-    /// (they become uncertain and are never re-sent), and is ready to cycle.
+    /// (those whose I/O had started become uncertain and are never re-sent;
+    /// those still planned are sent now), and is ready to cycle.
     pub async fn start(
         rules: RuleSet,
         prometheus: Arc<PromClient>,
@@ -164,8 +174,12 @@ impl Engine {
         clock: Arc<dyn Clock>,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
-        let outbox = Outbox::new(journal, sender, clock.clone(), options);
-        outbox.recover_in_flight().await?;
+        let dry_run = options.mode == Mode::DryRun;
+        let mut outbox = Outbox::new(journal, sender, clock.clone(), options);
+        // A dry run leaves a live run's unfinished sends to the live run.
+        if !dry_run {
+            outbox.recover_in_flight().await?;
+        }
         let journal = outbox.journal();
         let states = blocking(&journal, |journal| journal.load_states()).await?;
         let mut devices = DeviceTable::default();
@@ -188,7 +202,8 @@ impl Engine {
             outbox,
             journal,
             failing_queries: 0,
-            unsaved: Vec::new(),
+            dry_run,
+            unsaved: BTreeSet::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -238,6 +253,9 @@ impl Engine {
     fn forget_removed_jobs(&mut self) {
         let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
         self.states.retain(|job, _| names.contains(job));
+        if self.dry_run {
+            return;
+        }
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -366,7 +384,9 @@ impl Engine {
             }
         }
         self.add_unsaved(&rules, &mut to_save);
-        if !to_save.is_empty() {
+        // A dry run's states are its own: a live run must find the journal
+        // as if the dry run had not happened.
+        if !to_save.is_empty() && !self.dry_run {
             let names = Arc::clone(&rules);
             let (result, to_save) = blocking(&self.journal, move |journal| {
                 let named = to_save.iter().map(|(job, device, state)| {
@@ -386,6 +406,7 @@ impl Engine {
                     .collect();
             }
         }
+        report.unsaved_states = self.unsaved.len();
         report.journal_time = journalling.elapsed();
         self.forget_unused_devices();
 
@@ -507,19 +528,29 @@ impl Engine {
     }
 
     /// Adds the states a failed save left unwritten to `to_save`, as they
-    /// are now (a job or device gone since has nothing left to save).
+    /// are now, unless they are there already because they changed again
+    /// (a job or device gone since has nothing left to save).
     fn add_unsaved(&mut self, rules: &RuleSet, to_save: &mut Vec<(usize, String, JobState)>) {
         if self.unsaved.is_empty() {
             return;
         }
         let job_index: HashMap<&str, usize> =
             rules.jobs.iter().enumerate().map(|(index, job)| (job.name.as_str(), index)).collect();
+        // Only while saves fail: the pairs that changed this cycle, to add
+        // each pair once.
+        let changed: HashSet<(usize, String)> =
+            to_save.iter().map(|(job, device, _)| (*job, device.clone())).collect();
         for (job, device) in std::mem::take(&mut self.unsaved) {
             let (Some(&index), Some(id)) =
                 (job_index.get(job.as_str()), self.devices.find(&device))
             else {
                 continue;
             };
+            let key = (index, device);
+            if changed.contains(&key) {
+                continue;
+            }
+            let (index, device) = key;
             let state = self.states.get(&job).and_then(|s| s.get(id, &self.default_state));
             if let Some(state) = state {
                 to_save.push((index, device, state.clone()));

@@ -3,7 +3,10 @@
 //! sends (`jobctl send`, `test-rule --send`) alike.
 //!
 //! It keeps the crate's central promise. A message is journalled *before* it
-//! leaves (status `sending`), together with the job state that decided it;
+//! leaves (status `planned`), together with the job state that decided it,
+//! and marked `sending` only when a backend is about to start the I/O that
+//! may make it leave (after a modem's lock, say: [`crate::sms::Departure`]),
+//! so a restart sends what was still `planned` and never what was `sending`;
 //! one over a budget (counted from the journal, so it survives restarts) or
 //! sent in a dry run is journalled too, and never leaves. A message that may
 //! leave is handed to its channel in a task of its own, retried with backoff
@@ -31,7 +34,10 @@ use crate::journal::{
     Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult, Suppression,
 };
 use crate::rules::{Budgets, Outgoing, Recipient};
-use crate::sms::{text, AttemptChain, AttemptOutcome, Message, SendError, SendOutcome, Sender};
+use crate::sms::{
+    text, AttemptChain, AttemptOutcome, Departure, DepartureFuture, Message, SendError,
+    SendOutcome, Sender,
+};
 
 use super::metrics::EngineMetrics;
 
@@ -63,7 +69,10 @@ impl SendRetry {
 pub enum Mode {
     /// Journal and send.
     Live,
-    /// Journal as `dry_run`, send nothing (`jobctl run --dry-run`).
+    /// Send nothing, and leave the journal as a live run will want it:
+    /// each due message becomes a `dry_run` row for `history`, which
+    /// neither budgets nor the state machine read, and the job states are
+    /// not saved (`jobctl run --dry-run`).
     DryRun,
 }
 
@@ -189,10 +198,23 @@ impl Outbox {
     }
 
     /// Settles the sends a previous run left unfinished (see
-    /// [`Journal::recover_in_flight`]) and logs each: a message that may
-    /// have left is marked uncertain and never sent again.
-    pub(super) async fn recover_in_flight(&self) -> Result<(), JournalError> {
-        let recovered = blocking(&self.journal, Journal::recover_in_flight).await?;
+    /// [`Journal::recover_in_flight`]) and logs each: a message whose I/O
+    /// had started may have left, so it is marked uncertain and never sent
+    /// again; one still `planned` certainly did not leave, and is sent now.
+    pub(super) async fn recover_in_flight(&mut self) -> Result<(), JournalError> {
+        let (recovered, planned) = blocking(&self.journal, |journal| {
+            Ok::<_, JournalError>((journal.recover_in_flight()?, journal.planned_sends()?))
+        })
+        .await?;
+        for execution in planned {
+            let what = format!(
+                "execution {} ({:?} to {} {}), decided before jobctl stopped and not yet sent",
+                execution.id, execution.text, execution.socket, execution.phone
+            );
+            tracing::info!("{what}: sending it now");
+            let message = Message { phone: execution.phone, text: execution.text };
+            self.spawn_send(execution.id, message, what);
+        }
         for execution in &recovered {
             tracing::warn!(
                 "execution {} ({:?} to {} {}) was in flight when jobctl stopped; marked {}: it is not sent again",
@@ -241,7 +263,7 @@ impl Outbox {
                             let id = journal.record_suppressed(planned, &Suppression::DryRun)?;
                             Ok((id, Some("dry run: not sent".to_string())))
                         }
-                        (None, Mode::Live) => Ok((journal.begin_send(planned)?, None)),
+                        (None, Mode::Live) => Ok((journal.plan_send(planned)?, None)),
                     }
                 };
                 planned.iter().map(record).collect::<Vec<_>>()
@@ -269,12 +291,18 @@ impl Outbox {
     /// it.
     pub(super) fn deliver(&mut self, dispatch: Dispatch) {
         let Dispatch { id, outgoing: Outgoing { to, text }, what } = dispatch;
-        let delivery = match to {
-            Recipient::Sms { phone, .. } => Delivery::Sms {
-                sender: self.sms.clone(),
-                message: Message { phone: phone.as_str().to_string(), text },
-            },
-        };
+        match to {
+            Recipient::Sms { phone, .. } => {
+                let message = Message { phone: phone.as_str().to_string(), text };
+                self.spawn_send(id, message, what);
+            }
+        }
+    }
+
+    /// Sends the SMS of execution `id` (journalled `planned`) in a task of
+    /// its own.
+    fn spawn_send(&mut self, id: ExecutionId, message: Message, what: String) {
+        let delivery = Delivery::Sms { sender: self.sms.clone(), message };
         let task =
             SendTask { id, what, writes: self.send_writes.clone(), metrics: self.metrics.clone() };
         let stopping = self.stopping.subscribe();
@@ -389,8 +417,8 @@ fn over_budget(
 
 /// What a send task journals as it goes.
 enum SendWrite {
-    /// The message leaves again (a retry, or the next backend):
-    /// [`Journal::mark_sending`].
+    /// A backend starts the I/O that may make the message leave (the first
+    /// attempt, a retry, or the next backend): [`Journal::mark_sending`].
     Sending(ExecutionId),
     /// One backend's attempt ended: [`Journal::finish_send`].
     Outcome(ExecutionId, SendResult),
@@ -475,18 +503,37 @@ struct SendTask {
     metrics: Arc<EngineMetrics>,
 }
 
+/// How a send task hears that a backend's I/O starts: it journals the
+/// message `sending` and lets the backend go on once that is committed.
+struct JournalledDeparture<'a> {
+    id: ExecutionId,
+    writes: &'a Arc<SendWrites>,
+}
+
+impl Departure for JournalledDeparture<'_> {
+    fn leaving(&self) -> DepartureFuture<'_> {
+        Box::pin(async move {
+            self.writes
+                .write(SendWrite::Sending(self.id))
+                .await
+                .map_err(|err| crate::error::with_causes(&*err))
+        })
+    }
+}
+
 impl Delivery {
     /// One try: the message goes through its channel's backends (one, or
     /// several with failover), each attempt journalled as one row, under the
-    /// backend's own name, as it ends. Returns what the try came to, or
-    /// `None` when a hand-over to the next backend could not be journalled
-    /// (the message then goes no further).
-    async fn try_once(&self, task: &SendTask) -> Option<SendOutcome> {
+    /// backend's own name, as it ends; each backend marks it `sending`
+    /// right before its I/O starts ([`JournalledDeparture`]). Returns what
+    /// the try came to.
+    async fn try_once(&self, task: &SendTask) -> SendOutcome {
         let SendTask { id, what, writes, metrics } = task;
         let id = *id;
         match self {
             Delivery::Sms { sender, message } => {
-                let mut chain = AttemptChain::new(sender.as_ref(), message);
+                let departure = JournalledDeparture { id, writes };
+                let mut chain = AttemptChain::new(sender.as_ref(), message).departing(&departure);
                 while let Some(tried) = chain.next_attempt().await {
                     let label = match &tried.outcome {
                         Ok(_) => "sent",
@@ -501,15 +548,9 @@ impl Delivery {
                     }
                     if let (Err(err), Some(next)) = (&tried.outcome, chain.next_backend()) {
                         tracing::warn!("{what}: {}: {err}; handing it to {next}", tried.backend);
-                        if let Err(err) = writes.write(SendWrite::Sending(id)).await {
-                            tracing::error!(
-                                "{what}: cannot journal the hand-over: {err}; not sent further"
-                            );
-                            return None;
-                        }
                     }
                 }
-                Some(chain.outcome().expect("a chain makes at least one attempt"))
+                chain.outcome().expect("a chain makes at least one attempt")
             }
         }
     }
@@ -539,12 +580,8 @@ async fn send_with_retries(
                     return;
                 }
             }
-            if let Err(err) = task.writes.write(SendWrite::Sending(id)).await {
-                tracing::error!("{what}: cannot journal retry {attempt}: {err}; not retried");
-                return;
-            }
         }
-        let Some(outcome) = delivery.try_once(&task).await else { return };
+        let outcome = delivery.try_once(&task).await;
         let done = !matches!(outcome, Err(SendError::Definite { .. })) || attempt == attempts;
         match &outcome {
             Ok(delivered) => {
@@ -703,8 +740,9 @@ mod tests {
         let outcomes = outbox.journal_messages(messages).await.unwrap();
         let leaving: Vec<bool> = outcomes.iter().map(|o| matches!(o, Ok(Ok(_)))).collect();
         assert_eq!(leaving, [true, true, false]);
-        use ExecutionStatus::{Sending, Suppressed};
-        assert_eq!(statuses(&outbox.journal), [Sending, Sending, Suppressed]);
+        // Journalled before they leave, `sending` only once a backend starts.
+        use ExecutionStatus::{Planned, Suppressed};
+        assert_eq!(statuses(&outbox.journal), [Planned, Planned, Suppressed]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -717,7 +755,10 @@ mod tests {
             let Ok(Ok(dispatch)) = outcome else { panic!("not journalled to leave") };
             let writes = outbox.send_writes.clone();
             let result = SendResult::Sent { backend: "log".to_string(), reference: None };
-            tasks.spawn(async move { writes.write(SendWrite::Outcome(dispatch.id, result)).await });
+            tasks.spawn(async move {
+                writes.write(SendWrite::Sending(dispatch.id)).await?;
+                writes.write(SendWrite::Outcome(dispatch.id, result)).await
+            });
         }
         let results = tasks.join_all().await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");

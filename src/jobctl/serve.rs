@@ -26,7 +26,9 @@ pub(crate) struct RunArgs {
     /// Run one cycle, wait for its sends, and exit (6 if a query failed).
     #[arg(long)]
     pub(crate) once: bool,
-    /// Evaluate and journal as usual, but send nothing (journalled as dry_run).
+    /// Evaluate as usual but send nothing: due messages are journalled as
+    /// dry_run for `history`, and no job state is saved, so a later live
+    /// run acts as if the dry run had not happened.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Serve jobctl's own /metrics and /healthz on this address.
@@ -119,7 +121,7 @@ pub(super) async fn run(
     engine.stop_retries();
     if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {
         tracing::warn!(
-            "sends still under way after {}; they will be marked uncertain at the next start",
+            "sends still under way after {}; those already handed to their backend will be marked uncertain at the next start, those still waiting for it sent then",
             humantime::format_duration(SEND_GRACE)
         );
     }

@@ -1,12 +1,14 @@
 //! Writing sends: the life of a message from "decided" to "its outcome is
 //! journalled", and what a restart makes of one caught in between.
 //!
-//! A message is journalled `sending` before it leaves ([`Journal::begin_send`])
-//! or `planned` when it waits in a queue ([`Journal::plan_send`]); each
-//! backend attempt then records its outcome ([`Journal::finish_send`]), and a
-//! failover or retry marks it `sending` again first. At start-up,
-//! [`Journal::recover_in_flight`] settles what a killed process left: it never
-//! resends. Budgets count, from the same rows, what may have left
+//! A message is journalled `planned` when it is decided ([`Journal::plan_send`])
+//! and marked `sending` right before a backend starts the I/O that may make
+//! it leave ([`Journal::mark_sending`]; [`Journal::begin_send`] does both at
+//! once); each backend attempt then records its outcome
+//! ([`Journal::finish_send`]), and a failover or retry marks it `sending`
+//! again first. At start-up, [`Journal::recover_in_flight`] settles what a
+//! killed process left: it never resends what had begun to leave, and
+//! [`Journal::planned_sends`] finds what had not, to be sent. Budgets count, from the same rows, what may have left
 //! ([`Journal::count_sent_since`]).
 
 use std::path::Path;
@@ -21,8 +23,6 @@ use super::{begin, sqlite_error, Journal, JournalError};
 /// What recovery writes on a message that may have left when jobctl died.
 const UNCERTAIN_AFTER_CRASH: &str =
     "jobctl stopped while this message was being sent; it may have left, so it is not sent again";
-/// What recovery writes on a message that was decided but had not left.
-const NOT_SENT_AFTER_CRASH: &str = "jobctl stopped before this message was sent; it did not leave";
 
 /// Why a message was decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +158,10 @@ impl Journal {
     }
 
     /// Records the outcome of one backend's attempt at an execution that is
-    /// `sending`, and sets the execution's status to that outcome.
+    /// `sending`, and sets the execution's status to that outcome. A
+    /// definite failure may also be recorded on one that is `planned` (or
+    /// whose last attempt failed or was uncertain): its backend failed
+    /// before the I/O started, so it never marked it `sending`.
     pub fn finish_send(
         &mut self,
         id: ExecutionId,
@@ -169,7 +172,14 @@ impl Journal {
         let (status, backend, detail) = outcome.parts();
         let tx = begin(&mut self.connection, self.in_batch, path, "recording a send outcome")?;
         let current = current_status(&tx, path, id)?;
-        if current != ExecutionStatus::Sending {
+        // A backend that failed before its I/O started never marked the
+        // message `sending`: its definite failure is recorded all the same.
+        let failed_before_leaving = status == ExecutionStatus::Failed
+            && matches!(
+                current,
+                ExecutionStatus::Planned | ExecutionStatus::Failed | ExecutionStatus::Uncertain
+            );
+        if current != ExecutionStatus::Sending && !failed_before_leaving {
             return Err(JournalError::WrongStatus {
                 path: path.clone(),
                 id,
@@ -193,7 +203,10 @@ impl Journal {
     }
 
     /// Journals a message that will not be sent, with the reason: over
-    /// budget (`suppressed`) or `--dry-run` (`dry_run`).
+    /// budget (`suppressed`, with the job's state after the action, as a
+    /// sent one) or `--dry-run` (`dry_run`, a row for `history` only: the
+    /// job's state is left alone, and neither budgets nor the state machine
+    /// look at such rows).
     pub fn record_suppressed(
         &mut self,
         planned: &PlannedSend,
@@ -220,8 +233,11 @@ impl Journal {
         let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
             Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
-                let mut upsert = prepare_upsert(&tx, path)?;
-                save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                // A dry run's state is not the live run's: it is never saved.
+                if status != ExecutionStatus::DryRun {
+                    let mut upsert = prepare_upsert(&tx, path)?;
+                    save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
             Origin::Manual => (None, None, None, None, None),
@@ -252,36 +268,35 @@ impl Journal {
     }
 
     /// At start-up, settles what a previous run left unfinished: `sending`
-    /// becomes `uncertain` (it may have left; never re-sent automatically)
-    /// and `planned` becomes `failed` (it did not leave). Returns those
-    /// executions, updated, so the daemon can log each one.
+    /// becomes `uncertain` (its I/O had started, so it may have left; never
+    /// re-sent automatically). Returns those executions, updated, so the
+    /// daemon can log each one. `planned` ones are left as they are: they
+    /// certainly did not leave, and [`Journal::planned_sends`] finds them to
+    /// be sent.
     pub fn recover_in_flight(&mut self) -> Result<Vec<Execution>, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let tx = begin(&mut self.connection, self.in_batch, path, "recovering unfinished sends")?;
-        let ids: Vec<i64> = {
-            let mut statement = tx
-                .prepare(
-                    "SELECT id FROM executions WHERE status IN ('planned', 'sending') ORDER BY id",
-                )
-                .map_err(sqlite_error(path, "finding unfinished sends"))?;
-            let rows = statement
-                .query_map([], |row| row.get(0))
-                .map_err(sqlite_error(path, "finding unfinished sends"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(sqlite_error(path, "finding unfinished sends"))?
-        };
-        for (from, to, detail) in [
-            (ExecutionStatus::Sending, ExecutionStatus::Uncertain, UNCERTAIN_AFTER_CRASH),
-            (ExecutionStatus::Planned, ExecutionStatus::Failed, NOT_SENT_AFTER_CRASH),
-        ] {
-            tx.execute(
-                "UPDATE executions SET status = ?1, detail = ?2, updated_at = ?3 WHERE status = ?4",
-                params![to, detail, now, from],
-            )
-            .map_err(sqlite_error(path, "recovering unfinished sends"))?;
-        }
+        let ids = ids_with_status(&tx, path, ExecutionStatus::Sending)?;
+        tx.execute(
+            "UPDATE executions SET status = ?1, detail = ?2, updated_at = ?3 WHERE status = ?4",
+            params![
+                ExecutionStatus::Uncertain,
+                UNCERTAIN_AFTER_CRASH,
+                now,
+                ExecutionStatus::Sending
+            ],
+        )
+        .map_err(sqlite_error(path, "recovering unfinished sends"))?;
         tx.commit().map_err(sqlite_error(path, "committing the recovery"))?;
+        ids.into_iter().map(|id| self.execution(ExecutionId(id))).collect()
+    }
+
+    /// The messages journalled `planned` and not yet handed to a backend,
+    /// oldest first: at start-up, those a previous run decided but had not
+    /// begun to send (waiting for a modem's lock, say), to be sent now.
+    pub fn planned_sends(&self) -> Result<Vec<Execution>, JournalError> {
+        let ids = ids_with_status(&self.connection, &self.path, ExecutionStatus::Planned)?;
         ids.into_iter().map(|id| self.execution(ExecutionId(id))).collect()
     }
 
@@ -313,6 +328,20 @@ impl Journal {
             .map_err(sqlite_error(&self.path, "counting sent messages"))?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
+}
+
+fn ids_with_status(
+    connection: &Connection,
+    path: &Path,
+    status: ExecutionStatus,
+) -> Result<Vec<i64>, JournalError> {
+    let mut statement = connection
+        .prepare("SELECT id FROM executions WHERE status = ?1 ORDER BY id")
+        .map_err(sqlite_error(path, "finding unfinished sends"))?;
+    let rows = statement
+        .query_map([status], |row| row.get(0))
+        .map_err(sqlite_error(path, "finding unfinished sends"))?;
+    rows.collect::<Result<_, _>>().map_err(sqlite_error(path, "finding unfinished sends"))
 }
 
 fn current_status(

@@ -32,7 +32,7 @@
 //! [`FailoverSender::send`] runs the same chain to its end for callers that
 //! want only the final outcome (each attempt is then only logged).
 
-use super::{Message, SendError, SendFuture, SendOutcome, Sender};
+use super::{Departure, Message, SendError, SendFuture, SendOutcome, Sender, Unrecorded};
 
 /// Whether an uncertain outcome is handed to the next backend when
 /// `retry_uncertain` is not set: no, a power command must not go out twice.
@@ -77,8 +77,16 @@ impl Sender for FailoverSender {
     }
 
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        self.send_departing(message, &Unrecorded)
+    }
+
+    fn send_departing<'a>(
+        &'a self,
+        message: &'a Message,
+        departure: &'a dyn Departure,
+    ) -> SendFuture<'a> {
         Box::pin(async move {
-            let mut chain = AttemptChain::new(self, message);
+            let mut chain = AttemptChain::new(self, message).departing(departure);
             while let Some(attempt) = chain.next_attempt().await {
                 if let Err(error) = &attempt.outcome {
                     if chain.has_next() {
@@ -118,6 +126,8 @@ pub struct AttemptChain<'a> {
     next: usize,
     /// Every attempt so far, oldest first.
     attempts: Vec<AttemptOutcome>,
+    /// Told by each backend right before its I/O starts.
+    departure: &'a dyn Departure,
 }
 
 impl<'a> AttemptChain<'a> {
@@ -128,7 +138,23 @@ impl<'a> AttemptChain<'a> {
             Some(failover) => (failover.backends().collect(), failover.retry_uncertain()),
             None => (vec![sender], DEFAULT_RETRY_UNCERTAIN),
         };
-        AttemptChain { backends, retry_uncertain, message, next: 0, attempts: Vec::new() }
+        AttemptChain {
+            backends,
+            retry_uncertain,
+            message,
+            next: 0,
+            attempts: Vec::new(),
+            departure: &Unrecorded,
+        }
+    }
+
+    /// The same chain, each of whose backends tells `departure` right
+    /// before its I/O starts (see [`Sender::send_departing`]): once per
+    /// attempt that gets that far.
+    #[must_use]
+    pub fn departing(mut self, departure: &'a dyn Departure) -> AttemptChain<'a> {
+        self.departure = departure;
+        self
     }
 
     /// Whether another attempt would follow: nothing tried yet, or the last
@@ -160,7 +186,7 @@ impl<'a> AttemptChain<'a> {
         }
         let backend = self.backends[self.next];
         self.next += 1;
-        let outcome = backend.send(self.message).await;
+        let outcome = backend.send_departing(self.message, self.departure).await;
         let attempt = AttemptOutcome { backend: backend.name().to_string(), outcome };
         self.attempts.push(attempt.clone());
         Some(attempt)

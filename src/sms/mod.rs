@@ -125,6 +125,43 @@ pub type SendOutcome = Result<Delivered, SendError>;
 /// `Box<dyn Sender>` in an ordered failover list.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
 
+/// The future [`Departure::leaving`] returns: `Err` with why the departure
+/// could not be recorded (then the message must not leave).
+pub type DepartureFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Told by a backend that a message's I/O starts now: the first byte, the
+/// request, the rename into a spool, the program started. Until then the
+/// message certainly has not left (a modem backend may wait minutes for its
+/// device's lock), so whoever keeps the record (the outbox, which journals
+/// the message `sending` and returns once that is on disk) learns the
+/// moment after which a crash leaves the message's fate unknown.
+pub trait Departure: Send + Sync {
+    /// Records that the message leaves now; the backend starts its I/O only
+    /// once this returned `Ok`.
+    fn leaving(&self) -> DepartureFuture<'_>;
+}
+
+/// A [`Departure`] nobody records: [`Sender::send`] uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrecorded;
+
+impl Departure for Unrecorded {
+    fn leaving(&self) -> DepartureFuture<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Tells `departure` that a message leaves through `backend` now; a
+/// departure that cannot be recorded is a definite failure, since the
+/// message is then not sent.
+pub(crate) async fn announce(departure: &dyn Departure, backend: &str) -> Result<(), SendError> {
+    departure.leaving().await.map_err(|why| SendError::Definite {
+        reason: format!(
+            "{backend}: cannot record that the message leaves ({why}), so it was not sent"
+        ),
+    })
+}
+
 /// A way to send SMS. Implementations must be honest about uncertainty: an
 /// outcome that is not known is [`SendError::Uncertain`], never `Definite`.
 pub trait Sender: fmt::Debug + Send + Sync {
@@ -134,6 +171,22 @@ pub trait Sender: fmt::Debug + Send + Sync {
     /// Sends one message. Cancel-safe only in the sense that dropping the
     /// future leaves the outcome unknown; callers journal before calling.
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a>;
+
+    /// Sends one message, telling `departure` right before the I/O that may
+    /// make it leave starts. The default tells it first and then calls
+    /// [`Sender::send`], right for a backend whose I/O starts at once; a
+    /// backend that may wait first (the modem, for its device's lock) tells
+    /// it after the wait.
+    fn send_departing<'a>(
+        &'a self,
+        message: &'a Message,
+        departure: &'a dyn Departure,
+    ) -> SendFuture<'a> {
+        Box::pin(async move {
+            announce(departure, self.name()).await?;
+            self.send(message).await
+        })
+    }
 
     /// The chain behind this sender when it is a failover of several
     /// backends; [`AttemptChain::new`] uses it to report each attempt.

@@ -112,7 +112,7 @@ pub(crate) use self::config::ModemConfig;
 use self::config::{load_pin, Settings};
 use self::exchange::ModemState;
 use self::prepare::prepare;
-use super::{Message, SendError, SendFuture, Sender, SmsConfigError};
+use super::{Departure, Message, SendError, SendFuture, Sender, SmsConfigError, Unrecorded};
 
 /// Sends through a GSM modem; see the module documentation.
 #[derive(Debug)]
@@ -179,11 +179,21 @@ impl Sender for ModemSender {
     }
 
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        self.send_departing(message, &Unrecorded)
+    }
+
+    fn send_departing<'a>(
+        &'a self,
+        message: &'a Message,
+        departure: &'a dyn Departure,
+    ) -> SendFuture<'a> {
         Box::pin(async move {
             let device = self.settings.device.display().to_string();
             let prepared = prepare(message, self.settings.ucs2)
                 .map_err(|why| SendError::Definite { reason: format!("modem {device}: {why}") })?;
             let guard = Arc::clone(&self.state).lock_owned().await;
+            // The lock may have taken minutes: the message leaves only now.
+            super::announce(departure, &format!("modem {device}")).await?;
             let settings = Arc::clone(&self.settings);
             let exchange = tokio::task::spawn_blocking(move || {
                 let mut state = guard;
