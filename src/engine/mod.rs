@@ -55,6 +55,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::error::with_causes;
 use crate::journal::{Journal, JournalError, Origin};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
@@ -265,7 +266,12 @@ impl Engine {
                 Ok(n) => tracing::info!(
                     "forgot the saved states of {n} (job, device) pairs whose job was removed"
                 ),
-                Err(err) => tracing::warn!("cannot forget the states of removed jobs: {err}"),
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot forget the states of removed jobs: {}",
+                        with_causes(&err)
+                    );
+                }
             }
         });
     }
@@ -397,8 +403,9 @@ impl Engine {
             .await;
             if let Err(err) = result {
                 tracing::error!(
-                    "cannot save {} job states: {err}; they are kept in memory and saved with the next cycle's",
-                    to_save.len()
+                    "cannot save {} job states: {}; they are kept in memory and saved with the next cycle's",
+                    to_save.len(),
+                    with_causes(&err)
                 );
                 self.unsaved = to_save
                     .into_iter()
@@ -579,8 +586,9 @@ impl Engine {
             Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
             Err(err) => {
                 tracing::error!(
-                    "cannot journal {} messages: {err}; nothing was sent; the actions stay due for the next cycle",
-                    actions.len()
+                    "cannot journal {} messages: {}; nothing was sent; the actions stay due for the next cycle",
+                    actions.len(),
+                    with_causes(&err)
                 );
                 actions.iter().map(|_| None).collect()
             }
@@ -604,7 +612,8 @@ impl Engine {
                 }
                 Some(Err(err)) => {
                     tracing::error!(
-                        "{err}; nothing was sent; the action stays due for the next cycle"
+                        "{}; nothing was sent; the action stays due for the next cycle",
+                        with_causes(&err)
                     );
                 }
                 None => {}

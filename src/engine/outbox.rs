@@ -543,7 +543,8 @@ impl Delivery {
                     let result = SendResult::from(&tried);
                     if let Err(err) = writes.write(SendWrite::Outcome(id, result)).await {
                         tracing::error!(
-                            "{what}: cannot journal the outcome of execution {id}: {err}"
+                            "{what}: cannot journal the outcome of execution {id}: {}",
+                            crate::error::with_causes(&*err)
                         );
                     }
                     if let (Err(err), Some(next)) = (&tried.outcome, chain.next_backend()) {
