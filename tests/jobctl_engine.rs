@@ -159,14 +159,7 @@ impl Scenario {
     async fn restart(self, body: &str) -> Scenario {
         let Scenario { dir, prometheus_url, gateway, clock, mode, engine } = self;
         drop(engine);
-        // A killed daemon's writer lock goes with its process; here it goes
-        // when the runtime has dropped the aborted send tasks that still
-        // hold the journal.
-        let path = dir.path().join("journal.db");
-        wait_until_async("the dropped engine releasing the journal", || async {
-            Journal::open(&path).ok().map(drop)
-        })
-        .await;
+        released(&dir.path().join("journal.db")).await;
         let text = rules_text(&dir, &prometheus_url, &gateway, body);
         let engine = start_engine(&dir, &text, clock.clone(), mode).await;
         Scenario { dir, prometheus_url, gateway, clock, mode, engine }
@@ -223,6 +216,17 @@ fn rules_text(
 fn parse_rules(dir: &tempfile::TempDir, text: &str) -> RuleSet {
     signage_watchdog::rules::parse(text, dir.path().join("rules.toml"))
         .unwrap_or_else(|errors| panic!("{errors}\n{text}"))
+}
+
+/// Waits for a dropped engine to let go of its journal. A killed daemon's
+/// writer lock goes with its process; in a test it goes when the runtime
+/// has dropped the aborted send tasks that still hold the journal (one in
+/// a backend's I/O ends with that I/O).
+async fn released(journal: &std::path::Path) {
+    wait_until_async("the dropped engine releasing the journal", || async {
+        Journal::open(journal).ok().map(drop)
+    })
+    .await;
 }
 
 /// What `jobctl run` builds from a rules file, with a short send retry.
@@ -879,6 +883,7 @@ async fn messages_that_waited_for_the_modem_are_sent_after_a_restart_and_none_tw
     // jobctl stops (as after SIGTERM and its grace period) with the first
     // message in the modem and the others waiting for it.
     drop(engine);
+    released(&journal).await;
 
     let mut engine = start_engine(&dir, &text, clock, Mode::Live).await;
     engine.finish_sends().await;
