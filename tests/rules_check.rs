@@ -352,6 +352,21 @@ fn zero_interval_and_long_timeout() {
 }
 
 #[test]
+fn a_short_interval_shortens_the_default_timeout() {
+    let rules =
+        rules::parse("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\n", "rules.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(1));
+    let rules = rules::parse("[prometheus]\nurl = \"http://prom\"\n", "rules.toml").unwrap();
+    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(10));
+    // A timeout written out is still checked against the interval.
+    assert_eq!(
+        errors("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\ntimeout = \"10s\"\n"),
+        "rules.toml:4:11: prometheus.timeout (10s) is longer than interval (1s); a query must end before the next cycle starts"
+    );
+}
+
+#[test]
 fn prometheus_credentials_come_in_pairs() {
     assert_eq!(
         errors("[prometheus]\nurl = \"http://prom\"\nusername = \"jobctl\"\n"),
