@@ -988,6 +988,44 @@ async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
     );
 }
 
+/// A reload whose files are slow to read (here the rules file is a FIFO
+/// nobody writes to yet, so reading it blocks until the test writes) does
+/// not stall evaluation: cycles go on with the old rules, and the new ones
+/// are swapped in once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_does_not_stall_cycles() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let good = rules(prometheus.url(), &gateway.url());
+    let site = Site::with_rules(&good);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+
+    let fifo = site.path("rules.toml");
+    std::fs::remove_file(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    // The reload is blocked on the FIFO; cycles still run.
+    daemon.wait_cycles(2).await;
+
+    let more = format!(
+        "{good}\n[[jobs]]\nname = \"playing\"\nexpr = \"addreality_device_online == 1\"\naction = {{ command = \"power_off\" }}\n"
+    );
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(fifo, more));
+    assert_eq!(
+        daemon.wait_for("rules reloaded").await,
+        " INFO rules reloaded: 2 jobs (1 kept with their state, 1 new, 0 removed)"
+    );
+    writer.await.unwrap().unwrap();
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
 /// The daemon is killed while the gateway holds its request: the message
 /// may have left. On restart it is marked uncertain and never sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
