@@ -546,7 +546,7 @@ impl Workload {
                         tell_noc,
                         "cooldown = \"1d\"",
                     ),
-                    5 => (Cond::Compare(ONLINE, "==", 0.0), "2m", "{ sms = \"#12#0#1#1#\" }", ""),
+                    5 => (Cond::Compare(ONLINE, "==", 0.0), "2m", power_cycle, ""),
                     6 => (
                         Cond::Compare(PLAYING, "!=", 1.0),
                         "20m",

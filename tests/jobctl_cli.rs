@@ -427,6 +427,70 @@ async fn check_rejects_bad_http_gateway_settings() {
 }
 
 #[tokio::test]
+async fn check_rejects_a_gateway_key_that_no_request_can_carry() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    write_secret(&site.path("sms.key"), "first-half\nsecond-half\n");
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:15:12: sms.http.key_file: the key contains a line break or another control character, which no request can carry; write the key on one line\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_warns_when_a_key_or_token_would_travel_in_clear() {
+    let text = rules("http://prom.example.net:9090", "http://sms.example.net").replacen(
+        "interval = ",
+        "token_file = \"prom.token\"\ninterval = ",
+        1,
+    );
+    let site = Site::with_rules(&text);
+    write_secret(&site.path("prom.token"), "t0ken");
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (
+            0,
+            "jobctl: warning: rules.toml: prometheus.url: the credentials would travel unencrypted to prom.example.net:9090; use https:// (or reach Prometheus on this host)\n\
+             jobctl: warning: rules.toml:15:7: sms.http.url: the gateway key would travel unencrypted to sms.example.net; use https:// (or a gateway on this host)\n"
+        ),
+        "{text}"
+    );
+    // On this host, or over https, nothing is said.
+    let site = Site::with_rules(&rules("http://localhost:9090", "https://sms.example.net"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+}
+
+#[tokio::test]
+async fn check_looks_at_the_modem_device() {
+    let modem = |device: &str| {
+        rules_file::head(&closed_url(), "1s", "1s", "journal.db")
+            + &format!("[sms]\nbackend = \"modem\"\n\n[sms.modem]\ndevice = \"{device}\"\n\n")
+            + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
+            + &rules_file::offline_job("reboot frozen", "12", Some("0s"), POWER_CYCLE_ACTION)
+    };
+    let site = Site::with_rules(&modem("/dev/ttyUSB-none"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: rules.toml:13:10: sms.modem.device: /dev/ttyUSB-none does not exist; sends through the modem fail until it does (plug the modem in, or check the path)\n")
+    );
+    let site = Site::with_rules("");
+    let file = site.path("not-a-modem");
+    site.write("not-a-modem", "");
+    site.write("rules.toml", &modem(&file.display().to_string()));
+    assert_rejected(
+        &site,
+        &format!("jobctl: rules.toml:13:10: sms.modem.device: {} is not a character device; write the modem's serial device, like \"/dev/ttyUSB0\" or \"/dev/serial/by-id/…\"\n", file.display()),
+    )
+    .await;
+    let site = Site::with_rules(&modem("/dev/null"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+}
+
+#[tokio::test]
 async fn check_places_a_zero_backend_timeout() {
     let text = rules(&closed_url(), &closed_url());
     let with_backend = |backend: &str, table: &str| {
@@ -951,6 +1015,44 @@ async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
             &[" INFO SIGTERM received, shutting down".to_string(), " INFO stopped".to_string()][..]
         )
     );
+}
+
+/// A reload whose files are slow to read (here the rules file is a FIFO
+/// nobody writes to yet, so reading it blocks until the test writes) does
+/// not stall evaluation: cycles go on with the old rules, and the new ones
+/// are swapped in once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_does_not_stall_cycles() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let good = rules(prometheus.url(), &gateway.url());
+    let site = Site::with_rules(&good);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+
+    let fifo = site.path("rules.toml");
+    std::fs::remove_file(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    // The reload is blocked on the FIFO; cycles still run.
+    daemon.wait_cycles(2).await;
+
+    let more = format!(
+        "{good}\n[[jobs]]\nname = \"playing\"\nexpr = \"addreality_device_online == 1\"\naction = {{ command = \"power_off\" }}\n"
+    );
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(fifo, more));
+    assert_eq!(
+        daemon.wait_for("rules reloaded").await,
+        " INFO rules reloaded: 2 jobs (1 kept with their state, 1 new, 0 removed)"
+    );
+    writer.await.unwrap().unwrap();
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
 }
 
 /// The daemon is killed while the gateway holds its request: the message

@@ -200,7 +200,7 @@ fn jobs_get_stable_generated_names_and_shared_queries() {
 #[test]
 fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     let text = with_job(&format!(
-        "{BODY}\n[[jobs]]\nname = \"notify\"\nexpr = \"up == 0\"\naction = {{ sms = \"{{name}} down\\u001a\" }}\n"
+        "{BODY}\n[[jobs]]\nname = \"notify\"\nexpr = \"up == 0\"\naction = {{ sms = \"{{name}} down\\u001a\", to = \"+79990001122\" }}\n"
     ));
     let rules = rules::parse(&text, "rules.toml").unwrap();
     let device = DeviceKey::new(vec![
@@ -215,9 +215,18 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
         (socket.as_deref(), phone.as_str(), sms.text.as_str()),
         (Some("lobby"), "+79991234567", "#12#0#1#1#")
     );
-    // Label values cannot smuggle control characters into the text.
+    // Label values cannot smuggle control characters into the text, and a
+    // text with labels goes to the person, never to the device's socket,
+    // whatever the device is called.
     let sms = rules.outgoing(&rules.jobs[1], &device, &labels).unwrap();
     assert_eq!(sms.text, "Arzamas  1 down\u{1a}");
+    let Recipient::Sms { socket, phone } = &sms.to;
+    assert_eq!((socket.as_deref(), phone.as_str()), (None, "+79990001122"));
+    let renamed: BTreeMap<String, String> =
+        [("name".to_string(), "#02#0#".to_string())].into_iter().collect();
+    let sms = rules.outgoing(&rules.jobs[1], &device, &renamed).unwrap();
+    let Recipient::Sms { socket, .. } = &sms.to;
+    assert_eq!((socket.as_deref(), sms.text.as_str()), (None, "#02#0# down\u{1a}"));
     let stranger =
         DeviceKey::new(vec![("platform_id".into(), "13".into()), ("device_id".into(), "1".into())]);
     assert_eq!(
@@ -339,6 +348,21 @@ fn zero_interval_and_long_timeout() {
     assert_eq!(
         errors("[prometheus]\nurl = \"http://prom\"\ninterval = \"0s\"\ntimeout = \"1m\"\n"),
         "rules.toml:3:12: prometheus.interval must be longer than 0s\nrules.toml:4:11: prometheus.timeout (1m) is longer than interval (30s); a query must end before the next cycle starts"
+    );
+}
+
+#[test]
+fn a_short_interval_shortens_the_default_timeout() {
+    let rules =
+        rules::parse("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\n", "rules.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(1));
+    let rules = rules::parse("[prometheus]\nurl = \"http://prom\"\n", "rules.toml").unwrap();
+    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(10));
+    // A timeout written out is still checked against the interval.
+    assert_eq!(
+        errors("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\ntimeout = \"10s\"\n"),
+        "rules.toml:4:11: prometheus.timeout (10s) is longer than interval (1s); a query must end before the next cycle starts"
     );
 }
 
@@ -570,6 +594,20 @@ fn jobs_whose_devices_no_socket_powers() {
     // An SMS to a person needs no socket.
     let text = with_job("devices = { platform_id = \"13\" }\nexpr = \"up == 0\"\naction = { sms = \"down\", to = \"+79990000000\" }\n");
     assert!(rules::parse(&text, "rules.toml").is_ok());
+}
+
+#[test]
+fn free_text_to_a_socket_is_refused() {
+    // A player renamed "#02#0#" would otherwise switch its own socket off.
+    assert_eq!(
+        errors(&with_job("expr = \"up == 0\"\naction = { sms = \"{name}\" }\n")),
+        "rules.toml:12:18: job #1: action.sms has no `to`: free text never goes to a socket, since a device's labels could turn it into a socket command; to power a socket write a command of its model or [sockets.commands], like action = { command = \"power_cycle\", minutes = 1 }, or to notify a person add to = \"+79991234567\""
+    );
+    // Not even a literal command: it is written as the command it is.
+    assert_eq!(
+        errors(&with_job("expr = \"up == 0\"\naction = { sms = \"#12#0#1#1#\" }\n")),
+        "rules.toml:12:18: job #1: action.sms has no `to`: free text never goes to a socket, since a device's labels could turn it into a socket command; to power a socket write a command of its model or [sockets.commands], like action = { command = \"power_cycle\", minutes = 1 }, or to notify a person add to = \"+79991234567\""
+    );
 }
 
 #[test]

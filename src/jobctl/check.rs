@@ -5,14 +5,22 @@
 //! as `run` would; and when Prometheus answers, each distinct query is
 //! checked by Prometheus's own parser. An unreachable Prometheus is not an
 //! error (the rules may be written before it exists) but is said plainly.
+//!
+//! It also looks at what only shows when a message is sent: a gateway key
+//! that cannot go into a request (a line break), the modem's device (missing:
+//! a warning, the modem may be unplugged; not a character device: an
+//! error), and a token or key that would cross the network in clear text
+//! (`http://` to a host other than this one: a warning).
 
 use std::path::Path;
 
 use super::error::Error;
 use super::{build_sender, count, load_rules, prometheus_client};
-use crate::config_file::ConfigErrors;
+use crate::config_file::{ConfigError, ConfigErrors};
 use crate::exit::Exit;
 use crate::prometheus_api::PromError;
+use crate::rules::RuleSet;
+use crate::secret::SecretSource;
 
 /// `jobctl check` flags.
 #[derive(Debug, clap::Args)]
@@ -26,6 +34,13 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
     let sender = build_sender(&rules)?;
     let prometheus = prometheus_client(&rules)?;
+    let (errors, warnings) = at_send_time(&rules);
+    for warning in &warnings {
+        eprintln!("jobctl: warning: {warning}");
+    }
+    if !errors.is_empty() {
+        return Err(Error::Rules(ConfigErrors(errors)));
+    }
 
     let mut promql_note = "PromQL not checked (--offline)".to_string();
     if !args.offline {
@@ -82,4 +97,96 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         crate::exit::outln!("\n{job}");
     }
     Ok(Exit::Ok)
+}
+
+/// What would otherwise only show when a message is sent: errors, then
+/// warnings.
+fn at_send_time(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let file = &rules.main_file;
+    if rules.prometheus.auth.is_some() && in_clear(&rules.prometheus.url) {
+        warnings.push(file.error(format!(
+            "prometheus.url: the credentials would travel unencrypted to {}; use https:// (or reach Prometheus on this host)",
+            host(&rules.prometheus.url)
+        )));
+    }
+    let Some(sms) = &rules.sms else { return (errors, warnings) };
+    if let Some(http) = &sms.http {
+        let key = match (&http.key_file, &http.key_env) {
+            (Some(path), _) => {
+                Some((SecretSource::File(path.get_ref().clone()), "key_file", path.span()))
+            }
+            (None, Some(env)) => {
+                Some((SecretSource::Env(env.get_ref().clone()), "key_env", env.span()))
+            }
+            (None, None) => None,
+        };
+        if let Some((source, name, span)) = key {
+            let control = source
+                .load(&rules.base_dir)
+                .ok()
+                .is_some_and(|loaded| loaded.secret.expose().chars().any(char::is_control));
+            if control {
+                errors.push(file.error_at(span.clone(), format!(
+                    "sms.http.{name}: the key contains a line break or another control character, which no request can carry; write the key on one line"
+                )));
+            }
+            if let Ok(url) = reqwest::Url::parse(http.url.get_ref().trim()) {
+                if in_clear(&url) {
+                    warnings.push(file.error_at(http.url.span(), format!(
+                        "sms.http.url: the gateway key would travel unencrypted to {}; use https:// (or a gateway on this host)",
+                        host(&url)
+                    )));
+                }
+            }
+        }
+    }
+    if let Some(modem) = &sms.modem {
+        let device = modem.device.get_ref();
+        let span = modem.device.span();
+        match std::fs::metadata(device) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => warnings.push(file.error_at(
+                span,
+                format!(
+                    "sms.modem.device: {} does not exist; sends through the modem fail until it does (plug the modem in, or check the path)",
+                    device.display()
+                ),
+            )),
+            Err(err) => warnings.push(file.error_at(
+                span,
+                format!("sms.modem.device: cannot look at {}: {err}", device.display()),
+            )),
+            Ok(meta) => {
+                use std::os::unix::fs::FileTypeExt as _;
+                if !meta.file_type().is_char_device() {
+                    errors.push(file.error_at(
+                        span,
+                        format!(
+                            "sms.modem.device: {} is not a character device; write the modem's serial device, like \"/dev/ttyUSB0\" or \"/dev/serial/by-id/…\"",
+                            device.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    (errors, warnings)
+}
+
+/// Whether a URL sends what it carries unencrypted over the network:
+/// `http://` to a host other than this one.
+fn in_clear(url: &reqwest::Url) -> bool {
+    let name = url.host_str().unwrap_or("localhost").trim_matches(['[', ']']);
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    url.scheme() == "http" && !loopback
+}
+
+/// The host and port of a URL, for messages (never its path or query).
+fn host(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
 }

@@ -4,6 +4,13 @@
 //! valid set replaces the old one at once and jobs that keep their name keep
 //! their state; an invalid one is logged and ignored), and on SIGTERM stops
 //! after the cycle in progress, waiting briefly for sends already under way.
+//!
+//! A reload reads, parses and checks the files and builds the new
+//! connections on the blocking pool while cycles go on with the old rules
+//! (thousands of jobs, a slow disk or secrets on a network mount must not
+//! stall evaluation); the new set is swapped in between two cycles. A
+//! SIGHUP that arrives while one is being read reads the files again once
+//! it is done, so the last edit always counts.
 
 use std::future::Future;
 use std::path::Path;
@@ -106,12 +113,31 @@ pub(super) async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // The reload being read, and whether another SIGHUP came meanwhile.
+    let mut reading: Option<tokio::task::JoinHandle<Loaded>> = None;
+    let mut again = false;
     loop {
         tokio::select! {
             // Shutdown is only looked at between cycles: a cycle in progress
             // finishes, so no state is left half-advanced.
             () = &mut shutdown => break,
-            Some(()) = reloads.recv() => reload(config, &mut engine, &mut ticker),
+            Some(()) = reloads.recv() => {
+                if reading.is_some() {
+                    again = true;
+                } else {
+                    reading = Some(start_reading(config));
+                }
+            }
+            loaded = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
+                reading = None;
+                match loaded {
+                    Ok(loaded) => swap(loaded, &mut engine, &mut ticker),
+                    Err(err) => tracing::error!("reload rejected: reading the rules failed: {err}; the previous rules keep running"),
+                }
+                if std::mem::take(&mut again) {
+                    reading = Some(start_reading(config));
+                }
+            }
             _ = ticker.tick() => {
                 engine.cycle().await;
             }
@@ -133,9 +159,19 @@ pub(super) async fn run(
     Ok(Exit::Ok)
 }
 
-/// SIGHUP: all or nothing. The new rules, SMS sender and Prometheus client
-/// are all built before anything is replaced.
-fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval) {
+/// What a reload read: the new rules and their connections, or nothing (the
+/// reasons are logged).
+type Loaded = Option<(RuleSet, Sms, Arc<PromClient>)>;
+
+/// Starts reading the rules on the blocking pool.
+fn start_reading(config: &Path) -> tokio::task::JoinHandle<Loaded> {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || read(&config))
+}
+
+/// SIGHUP, off the cycle: all or nothing. The new rules, SMS sender and
+/// Prometheus client are all built before anything is replaced.
+fn read(config: &Path) -> Loaded {
     let rules = match crate::rules::load(config) {
         Ok(rules) => rules,
         Err(errors) => {
@@ -143,19 +179,24 @@ fn reload(config: &Path, engine: &mut Engine, ticker: &mut tokio::time::Interval
                 tracing::error!("reload rejected: {error}");
             }
             tracing::error!("reload rejected: the previous rules keep running");
-            return;
+            return None;
         }
     };
-    let (sms, prometheus) = match connections(&rules) {
-        Ok(connections) => connections,
+    match connections(&rules) {
+        Ok((sms, prometheus)) => Some((rules, sms, prometheus)),
         Err(err) => {
             tracing::error!(
                 "reload rejected: {}; the previous rules keep running",
                 with_causes(&err)
             );
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Puts a valid reload in place, between two cycles.
+fn swap(loaded: Loaded, engine: &mut Engine, ticker: &mut tokio::time::Interval) {
+    let Some((rules, sms, prometheus)) = loaded else { return };
     let before: std::collections::BTreeSet<String> =
         engine.rules().jobs.iter().map(|j| j.name.clone()).collect();
     let after: std::collections::BTreeSet<String> =

@@ -44,13 +44,15 @@ pub enum Action {
         /// Its arguments (`minutes = 1`).
         args: BTreeMap<String, ArgValue>,
     },
-    /// Literal SMS text; `{label}` placeholders take the device's label
-    /// values.
+    /// A notification to a person: literal SMS text whose `{label}`
+    /// placeholders take the device's label values. Never to a socket: a
+    /// socket obeys what it receives, so only [`Action::Command`] (typed
+    /// parameters, no label values) reaches one.
     Sms {
         /// The text.
         text: Template,
-        /// The recipient; `None` = the socket that powers the device.
-        to: Option<PhoneNumber>,
+        /// The person's phone number.
+        to: PhoneNumber,
     },
 }
 
@@ -64,10 +66,7 @@ impl fmt::Display for Action {
                 }
                 f.write_str(" to the socket powering the device")
             }
-            Action::Sms { text, to: Some(to) } => write!(f, "SMS {:?} to {to}", text.as_str()),
-            Action::Sms { text, to: None } => {
-                write!(f, "SMS {:?} to the socket powering the device", text.as_str())
-            }
+            Action::Sms { text, to } => write!(f, "SMS {:?} to {to}", text.as_str()),
         }
     }
 }

@@ -44,7 +44,7 @@ use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
 use crate::sms::phone::PhoneNumber;
 use crate::sms::SmsConfig;
 use config::RawEntries;
-use socket::{single_sms_overflow, CommandError, Socket};
+use socket::{CommandError, Socket};
 
 /// A complete, valid set of rules.
 #[derive(Debug, Clone)]
@@ -103,8 +103,9 @@ impl Outgoing {
 pub enum Recipient {
     /// An SMS, sent by the configured `[sms]` backend(s).
     Sms {
-        /// The socket it goes to, when it goes to one; `None` for a
-        /// notification to a person (`action = { sms = …, to = … }`).
+        /// The socket it goes to, when it goes to one (a socket command);
+        /// `None` for a notification to a person (`action = { sms = …,
+        /// to = … }`).
         socket: Option<String>,
         /// The phone number.
         phone: PhoneNumber,
@@ -150,17 +151,6 @@ pub enum ActionError {
         socket: String,
         /// What is wrong.
         errors: Vec<CommandError>,
-    },
-    /// An SMS to a socket grew beyond one message once label values were
-    /// filled in.
-    #[error("the SMS for socket {socket:?} does not fit in one message ({length}): {text:?}")]
-    TooLong {
-        /// The socket.
-        socket: String,
-        /// The rendered text.
-        text: String,
-        /// Its length and the limit.
-        length: String,
     },
 }
 
@@ -223,23 +213,7 @@ impl RuleSet {
                         .get(label)
                         .map(|v| v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
                 });
-                match to {
-                    Some(phone) => {
-                        let to = Recipient::Sms { socket: None, phone: phone.clone() };
-                        Ok(Outgoing { to, text })
-                    }
-                    None => {
-                        let socket = socket()?;
-                        if let Some(length) = single_sms_overflow(&text) {
-                            return Err(ActionError::TooLong {
-                                socket: socket.name.clone(),
-                                text,
-                                length,
-                            });
-                        }
-                        Ok(Outgoing::to_socket(socket, text))
-                    }
-                }
+                Ok(Outgoing { to: Recipient::Sms { socket: None, phone: to.clone() }, text })
             }
         }
     }

@@ -10,8 +10,9 @@ use crate::secret::SecretSource;
 /// Default evaluation interval: often enough to notice a frozen player
 /// within a minute, rarely enough to be invisible to Prometheus.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// Default query timeout: a third of the interval, so a slow Prometheus
-/// cannot make cycles overlap.
+/// Default query timeout: a third of the default interval, so a slow
+/// Prometheus cannot make cycles overlap; a shorter interval is the default
+/// instead.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default journal path: inside systemd's `StateDirectory=jobctl`.
 pub(crate) const DEFAULT_JOURNAL_PATH: &str = "/var/lib/jobctl/journal.db";
@@ -23,7 +24,8 @@ pub struct PrometheusConfig {
     pub url: reqwest::Url,
     /// Time between evaluation cycles. Default [`DEFAULT_INTERVAL`].
     pub(crate) interval: Duration,
-    /// Timeout of one query, at most `interval`. Default [`DEFAULT_TIMEOUT`].
+    /// Timeout of one query, at most `interval`. Default [`DEFAULT_TIMEOUT`]
+    /// or `interval`, whichever is shorter.
     pub timeout: Duration,
     /// Credentials, when Prometheus sits behind authentication. Default none.
     pub auth: Option<PrometheusAuth>,

@@ -25,7 +25,7 @@ use crate::rules::job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
 use crate::rules::naming;
 use crate::rules::schedule::{self, HourWindow, Schedule};
 use crate::rules::socket::check::Sockets;
-use crate::rules::socket::{single_sms_overflow, ArgValue, CommandError, Socket};
+use crate::rules::socket::{ArgValue, CommandError, Socket};
 use crate::rules::template::Template;
 use crate::sms::phone::PhoneNumber;
 
@@ -301,7 +301,7 @@ fn job_action(
             None
         }
         (Some((_, command)), None) => command_action(ck, label, raw, command, devices, env),
-        (None, Some((_, text))) => sms_action(ck, label, raw, text, devices, env),
+        (None, Some((_, text))) => sms_action(ck, label, raw, text, example),
     }
 }
 
@@ -417,8 +417,7 @@ fn sms_action(
     label: &str,
     raw: &Spanned<RawLabels>,
     text: &Spanned<toml::Value>,
-    devices: &LabelMatchers,
-    env: &JobEnv<'_>,
+    example: &str,
 ) -> Option<Action> {
     let mut ok = true;
     let mut to = None;
@@ -468,15 +467,15 @@ fn sms_action(
         }
     };
     let template = template?;
-    if to.is_none() && ok {
-        candidate_sockets(ck, label, raw.span(), devices, env)?;
-        if let Some(length) = single_sms_overflow(&template.literal_text()) {
-            ck.at(
-                text.span(),
-                format!("{label}: action.sms goes to a socket and does not fit in one SMS ({length}); shorten it"),
-            );
-            return None;
-        }
+    if !raw.get_ref().iter().any(|(key, _)| key.get_ref() == "to") {
+        ck.at(
+            text.span(),
+            format!(
+                "{label}: action.sms has no `to`: free text never goes to a socket, since a device's labels could turn it into a socket command; to power a socket write a command of its model or [sockets.commands], like {example}, or to notify a person add to = \"+79991234567\""
+            ),
+        );
+        return None;
     }
+    let to = to?;
     ok.then_some(Action::Sms { text: template, to })
 }

@@ -119,7 +119,10 @@ fn prometheus(
         Some(url) => prometheus_url(ck, url),
     };
     let interval = positive(ck, raw.interval.as_ref(), "prometheus.interval", DEFAULT_INTERVAL);
-    let timeout = positive(ck, raw.timeout.as_ref(), "prometheus.timeout", DEFAULT_TIMEOUT);
+    // Unset, the timeout is the default or the interval, whichever is
+    // shorter: `interval = "1s"` alone is a valid file.
+    let timeout =
+        positive(ck, raw.timeout.as_ref(), "prometheus.timeout", DEFAULT_TIMEOUT.min(interval));
     if timeout > interval {
         let span = raw.timeout.as_ref().map_or(table_span.clone(), toml::Spanned::span);
         ck.at(
