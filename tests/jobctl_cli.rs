@@ -243,7 +243,10 @@ async fn help_lists_every_subcommand() {
         .lines()
         .map(|line| line.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(commands, ["run", "check", "test-rule", "history", "status", "send", "help"]);
+    assert_eq!(
+        commands,
+        ["run", "check", "test-rule", "history", "status", "send", "silence", "help"]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1397,4 +1400,240 @@ fn check_into_a_closed_pipe_exits_quietly() {
             (1, "jobctl: cannot write to stdout: No space left on device (os error 28)\n")
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// jobctl silence
+
+/// `jobctl silence list --format json ARGS…`, parsed.
+async fn silences(site: &Site, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["silence", "list", "--format", "json"];
+    all.extend_from_slice(args);
+    let ran = site.jobctl(&all).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", ran.stdout))
+}
+
+/// The daemon holds the journal's writer lock; a silence added beside it
+/// is honoured at its next cycle, without a reload, and its expiry
+/// releases the action that waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_added_beside_the_running_daemon_holds_its_actions_until_expired() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let mut daemon = Daemon::start(&site).await;
+
+    let ran = site
+        .jobctl(&[
+            "silence",
+            "add",
+            "--job",
+            "reboot frozen",
+            "--device",
+            "device_id=30785",
+            "--for",
+            "2h",
+            "--comment",
+            "lobby rewiring",
+            "--author",
+            "anna",
+        ])
+        .await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let listed = silences(&site, &[]).await;
+    let until = listed[0]["ends_at"].as_str().unwrap().to_string();
+    let from = listed[0]["created_at"].as_str().unwrap().to_string();
+    assert_eq!(
+        ran.stdout,
+        format!(
+            "silence #1 added: holds job \"reboot frozen\", device_id=\"30785\" until {until} (2h)\n"
+        )
+    );
+
+    // The player freezes after the silence was committed: the daemon must
+    // hold the power-cycle at the first cycle that sees it.
+    target.set(device_page(0));
+    wait_for_value(&prometheus, 0).await;
+    let line = daemon.wait_for("held by silence #1").await;
+    assert!(
+        line.ends_with(&format!(
+            "INFO job \"reboot frozen\": device {DEVICE}: action 1 of episode 1 held by silence #1 until {until}"
+        )),
+        "{line}"
+    );
+    daemon.wait_cycles(3).await;
+    assert!(gateway.received().is_empty(), "a silenced action left");
+    assert!(!daemon.log().contains("sending"), "{}", daemon.log());
+
+    let status = site.jobctl(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        status["devices"][0]["held_by"],
+        serde_json::json!({ "reason": "silenced", "silence": 1, "until": until })
+    );
+    let ran = site.jobctl(&["status"]).await;
+    let held = format!(
+        "JOB            DEVICE                                 HELD BY     UNTIL (UTC)\n\
+         reboot frozen  {DEVICE}  silence #1  {until}\n"
+    );
+    assert!(ran.stdout.contains(&held), "{}", ran.stdout);
+    let ran = site.jobctl(&["silence", "list"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout, ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "ID  STATE   MATCHES                                 FROM (UTC)            UNTIL (UTC)           BY    HELD  COMMENT\n\
+                 #1  active  job \"reboot frozen\", device_id=\"30785\"  {from}  {until}  anna  1     lobby rewiring\n"
+            ),
+            ""
+        )
+    );
+    assert_eq!(
+        daemon
+            .get("/metrics")
+            .await
+            .1
+            .lines()
+            .filter(|l| {
+                *l == "jobctl_silences_active 1"
+                    || *l
+                        == "jobctl_held_actions_total{job=\"reboot frozen\",reason=\"silenced\"} 1"
+            })
+            .count(),
+        2
+    );
+
+    let ran = site.jobctl(&["silence", "expire", "1", "--author", "boris"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (0, "silence #1 expired; it held back 1 action\n", "")
+    );
+    daemon.wait_for("sent via http (execution #1)").await;
+    assert_eq!(gateway.received().len(), 1);
+
+    let ran = site.jobctl(&["silence", "list"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (0, "", "no silence in force (--all lists ended ones)\n")
+    );
+    let all = silences(&site, &["--all"]).await;
+    assert_eq!(
+        (&all[0]["state"], &all[0]["expired_by"], &all[0]["held_actions"]),
+        (&"expired".into(), &"boris".into(), &1.into())
+    );
+    let ran = site.jobctl(&["silence", "expire", "#1", "--author", "boris"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("silence #1 had already ended at "), "{}", ran.stdout);
+    assert_eq!(daemon.stop().await.0, 0);
+}
+
+/// Every bad input is refused with exit 2 and a message naming it, and
+/// leaves the journal as it was.
+#[tokio::test]
+async fn silence_refuses_bad_input_with_exit_2_and_writes_nothing() {
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    let good = ["--job", "reboot frozen", "--for", "2h", "--comment", "works"];
+    let ran = site.jobctl(&[&["silence", "add", "--author", "anna"][..], &good].concat()).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let before = silences(&site, &["--all"]).await;
+
+    let cases: [(&[&str], &str); 11] = [
+        (
+            &["add", "--for", "2h", "--comment", "works"],
+            "jobctl: a silence must say what it holds: --job NAME, --device LABEL=VALUE or --socket NAME (all must match when several are given); --everything holds every action of every job\n",
+        ),
+        (
+            &["add", "--job", "reboot frozen", "--for", "soon", "--comment", "works"],
+            "jobctl: --for \"soon\": expected number at 0; write e.g. 30m, 2h or 3d\n",
+        ),
+        (
+            &["add", "--job", "reboot frozen", "--for", "0s", "--comment", "works"],
+            "jobctl: --for \"0s\": a silence must last longer than zero\n",
+        ),
+        (
+            &["add", "--job", "reboot", "--for", "2h", "--comment", "works"],
+            "jobctl: no job \"reboot\" in the rules; jobs: \"reboot frozen\"\n",
+        ),
+        (
+            &["add", "--socket", "hall", "--for", "2h", "--comment", "works"],
+            "jobctl: no socket \"hall\" in the rules; sockets: lobby\n",
+        ),
+        (
+            &["add", "--device", "site", "--for", "2h", "--comment", "works"],
+            "jobctl: --device \"site\": write LABEL=VALUE, e.g. site=arzamas or device_id=30785\n",
+        ),
+        (
+            &["add", "--device", "site-name=arzamas", "--for", "2h", "--comment", "works"],
+            "jobctl: --device \"site-name=arzamas\": the label must be a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)\n",
+        ),
+        (
+            &["add", "--device", "site=a", "--device", "site=b", "--for", "2h", "--comment", "x"],
+            "jobctl: --device \"site=b\": label site is given twice; a device has one value per label\n",
+        ),
+        (
+            &["add", "--job", "reboot frozen", "--for", "2h", "--comment", " "],
+            "jobctl: --comment: say why, for whoever finds the silence later\n",
+        ),
+        (
+            &["expire", "7"],
+            "jobctl: no silence #7 in the journal; `jobctl silence list --all` shows them\n",
+        ),
+        (
+            &["expire", "seven"],
+            "jobctl: \"seven\" is not a silence number; `jobctl silence list --all` shows them (#3 or 3)\n",
+        ),
+    ];
+    for (args, stderr) in cases {
+        let ran = site.jobctl(&[&["silence"][..], args, &["--author", "anna"]].concat()).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (2, "", stderr),
+            "{args:?}"
+        );
+    }
+    // $USER is the author unless --author says otherwise; without either,
+    // nobody would know who silenced what.
+    let mut command = site.command(&[&["silence", "add"][..], &good].concat());
+    command.env_remove("USER");
+    let ran = run(command).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (2, "jobctl: --author: $USER is not set; say who you are with --author NAME\n")
+    );
+    let ran = site
+        .jobctl(&[
+            "silence",
+            "add",
+            "--everything",
+            "--job",
+            "reboot frozen",
+            "--for",
+            "2h",
+            "--comment",
+            "x",
+        ])
+        .await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.stderr.starts_with("error: the argument '--everything' cannot be used with"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(silences(&site, &["--all"]).await, before, "the journal is as it was");
+
+    let mut command = site.command(&[&["silence", "add", "--everything"][..], &good[2..]].concat());
+    command.env("USER", "carol");
+    let ran = run(command).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("silence #2 added: holds everything until "), "{}", ran.stdout);
+    let listed = silences(&site, &[]).await;
+    assert_eq!(
+        (&listed[0]["id"], &listed[0]["author"], &listed[0]["job"]),
+        (&2.into(), &"carol".into(), &serde_json::Value::Null)
+    );
 }

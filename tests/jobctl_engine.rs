@@ -21,7 +21,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
 use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
-use signage_watchdog::journal::{Execution, ExecutionStatus, HistoryFilter, Journal};
+use signage_watchdog::journal::{
+    Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence, SilenceId,
+    SilenceWriter,
+};
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
@@ -947,4 +950,113 @@ async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() 
     assert_eq!(report.unsaved_states, 0);
     let saved: i64 = db.query_row("SELECT count(*) FROM job_state", [], |row| row.get(0)).unwrap();
     assert_eq!(saved, 6);
+}
+
+/// A silence written beside the engine, through the write path `jobctl
+/// silence` uses, on the scenario's clock.
+fn silence_writer(s: &Scenario) -> SilenceWriter {
+    SilenceWriter::open(&s.journal_path()).unwrap().with_clock(s.clock.clone())
+}
+
+/// The holds the journal recorded, as (job, device, episode, action, silence).
+fn holds(s: &Scenario, minute: u64) -> Vec<(String, String, u64, u32, i64)> {
+    let journal = Journal::open_read_only(&s.journal_path()).unwrap();
+    let mut holds: Vec<_> = journal
+        .active_holds(minutes(minute))
+        .unwrap()
+        .into_iter()
+        .map(|h| {
+            let a = h.action;
+            (a.job, a.device_key, a.episode, a.attempt, a.silence.0)
+        })
+        .collect();
+    holds.sort();
+    holds
+}
+
+#[tokio::test]
+async fn a_silence_holds_an_action_once_journalled_and_its_end_releases_it() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let (d1, d2) = (device("82", "1"), device("82", "2"));
+    publish(&prometheus, &target, &[online("82", "1", 0.0), online("82", "2", 0.0)]).await;
+    let body = sockets("82") + &offline_now_job("82");
+    let mut s = Scenario::start(&prometheus, &body).await;
+    // Added while the engine holds the journal's writer lock: device 1's
+    // actions, for 30 minutes from t0.
+    let silence = silence_writer(&s)
+        .add(&NewSilence {
+            job: Some("offline now".into()),
+            socket: None,
+            devices: BTreeMap::from([("device_id".into(), "1".into())]),
+            author: "anna".into(),
+            comment: "lobby rewiring".into(),
+            duration: Duration::from_secs(30 * 60),
+        })
+        .unwrap();
+    assert_eq!(silence.id, SilenceId(1));
+
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1)], "device 2 is not silenced");
+    assert_eq!(firing_of(&s.state("offline now", &d1)), (1, 0), "firing, its action waiting");
+    let held = vec![("offline now".to_string(), d1.clone(), 1, 1, 1)];
+    assert_eq!(holds(&s, 0), held);
+
+    // Still held, and journalled once however many cycles hold it, a
+    // restart included.
+    for minute in [5, 10] {
+        assert_eq!(s.cycle_at(minute).await.actions_due, 0);
+    }
+    let mut s = s.restart(&body).await;
+    assert_eq!(s.cycle_at(15).await.actions_due, 0);
+    assert_eq!(holds(&s, 15), held);
+    let journal = Journal::open_read_only(&s.journal_path()).unwrap();
+    let listed = journal.silences(minutes(15), false).unwrap();
+    assert_eq!((listed.len(), listed[0].held), (1, 1));
+    drop(journal);
+    assert_eq!(s.gateway.received().len(), 1);
+
+    // The silence ends at minute 30: the action still due leaves then.
+    assert_eq!(s.cycle_at(29).await.actions_due, 0);
+    let report = s.cycle_at(30).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d1)), (1, 1));
+    assert!(holds(&s, 30).is_empty(), "an ended silence holds nothing");
+    assert_eq!(
+        rows(&s.history()),
+        [
+            row("offline now", &d2, 1, 1, ExecutionStatus::Sent),
+            row("offline now", &d1, 1, 1, ExecutionStatus::Sent),
+        ]
+    );
+
+    // A socket silence, ended early by `expire`: device 2 recovers, goes
+    // bad again, and its new episode's action waits for the end.
+    publish(&prometheus, &target, &[online("82", "1", 0.0), online("82", "2", 1.0)]).await;
+    s.cycle_at(40).await;
+    let mut writer = silence_writer(&s);
+    let hall = writer
+        .add(&NewSilence {
+            job: None,
+            socket: Some("hall".into()),
+            devices: BTreeMap::new(),
+            author: "anna".into(),
+            comment: "hall power strip".into(),
+            duration: Duration::from_secs(24 * 3600),
+        })
+        .unwrap();
+    publish(&prometheus, &target, &[online("82", "1", 0.0), online("82", "2", 0.0)]).await;
+    assert_eq!(s.cycle_at(120).await.actions_due, 0, "cooldown over, but silenced");
+    assert_eq!(holds(&s, 120), [("offline now".to_string(), d2.clone(), 2, 1, hall.id.0)]);
+    s.clock.set(minutes(125));
+    assert!(matches!(writer.expire(hall.id, "boris").unwrap(), Some(Expired::Now(_))));
+    let report = s.cycle_at(126).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    assert_eq!(s.gateway.received().len(), 3);
+    assert_eq!(s.sent()[2], sms(HALL, POWER_CYCLE_1));
 }

@@ -33,6 +33,10 @@ pub struct EngineMetrics {
     cycle_duration: prometheus::Gauge,
     last_cycle: prometheus::Gauge,
     prometheus_up: prometheus::IntGauge,
+    /// Silences in force at the last cycle.
+    silences_active: prometheus::IntGauge,
+    /// Actions held back, by job and reason, each once per episode.
+    held: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -106,6 +110,21 @@ impl EngineMetrics {
         )
         .expect("valid");
         register(Box::new(last_cycle.clone()));
+        let silences_active = prometheus::IntGauge::new(
+            "jobctl_silences_active",
+            "Silences in force at the last cycle (jobctl silence add).",
+        )
+        .expect("valid");
+        register(Box::new(silences_active.clone()));
+        let held = IntCounterVec::new(
+            Opts::new(
+                "jobctl_held_actions_total",
+                "Due actions held back, by job and reason (silenced), each once per (job, device, episode, silence).",
+            ),
+            &["job", "reason"],
+        )
+        .expect("valid");
+        register(Box::new(held.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         EngineMetrics {
@@ -121,6 +140,8 @@ impl EngineMetrics {
             cycle_duration,
             last_cycle,
             prometheus_up,
+            silences_active,
+            held,
         }
     }
 
@@ -198,6 +219,16 @@ impl EngineMetrics {
     /// `uncertain`, `suppressed`, `dry_run`).
     pub(super) fn sms_outcome(&self, outcome: &str) {
         self.sms.with_label_values(&[outcome]).inc();
+    }
+
+    /// Sets how many silences are in force.
+    pub(super) fn set_silences_active(&self, count: usize) {
+        self.silences_active.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an action held back for `reason` (`silenced`), once per hold.
+    pub(super) fn action_held(&self, job: &str, reason: &str) {
+        self.held.with_label_values(&[job, reason]).inc();
     }
 
     /// Whether every query of the last cycle answered.

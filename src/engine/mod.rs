@@ -10,7 +10,9 @@
 //! 2. evaluates each job per device (as [`crate::rules::Job::evaluate`]
 //!    does, on answers indexed once for every job) and advances its state
 //!    machine ([`crate::rules::state`]): unknown never moves anything
-//!    towards an action;
+//!    towards an action, and an action a silence matches stays due
+//!    (`silences`: read from the journal when a `jobctl silence` command
+//!    changed it, each hold journalled once);
 //! 3. hands the message of every action due to the [`Outbox`], which
 //!    journals them all *before* any of them leaves, in one transaction (one
 //!    commit to disk, not one per message: a busy cycle has dozens), then
@@ -36,10 +38,12 @@
 //! `states` the sparse per-job states and how one evaluation advances them;
 //! `outbox` everything between "an action is due" and "its outcome is
 //! journalled" (budgets, retries, one journal row per attempt, the channels
-//! a message goes over); `metrics` jobctl's own metrics.
+//! a message goes over); `silences` the silences in force and the actions
+//! they hold; `metrics` jobctl's own metrics.
 
 mod metrics;
 mod outbox;
+mod silences;
 mod states;
 
 pub use crate::rules::Budgets;
@@ -64,6 +68,7 @@ use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, RuleSet};
 use crate::sms::{text, Sender};
 use outbox::{blocking, Journalled, Request};
+use silences::Silences;
 use states::{advance_job, JobStates};
 
 /// Why the engine could not start.
@@ -161,6 +166,8 @@ pub struct Engine {
     /// one pending save per pair, however many saves fail in a row, so it
     /// is never larger than the pairs with a state.
     unsaved: BTreeSet<(String, String)>,
+    /// The silences in force, reread when another process changed them.
+    silences: Silences,
 }
 
 impl Engine {
@@ -205,6 +212,7 @@ impl Engine {
             failing_queries: 0,
             dry_run,
             unsaved: BTreeSet::new(),
+            silences: Silences::default(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -303,13 +311,27 @@ impl Engine {
         report.query_time = querying.elapsed();
         self.log_query_failures(&report);
 
+        self.silences.refresh(&self.journal, now).await;
+        self.metrics.set_silences_active(self.silences.active_count(now));
+
         let rules = self.rules.clone();
         let mut dispatch: Vec<Due> = Vec::new();
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
+        let mut silenced = Vec::new();
         let mut index = Index::new(&answers);
         for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
             let evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+            let job_silences = self.silences.for_job(&job.name, now);
+            let devices = &self.devices;
+            let silence = |device: DeviceId| {
+                if job_silences.is_empty() {
+                    return None;
+                }
+                let socket = devices.key(device).and_then(|key| rules.socket_for(key));
+                let labels = evaluation.device_verdict(Some(device)).labels;
+                job_silences.holding(&labels, socket.map(|s| s.name.as_str()))
+            };
             let states = match self.states.get_mut(&job.name) {
                 Some(states) => states,
                 None => self.states.entry(job.name.clone()).or_default(),
@@ -323,6 +345,7 @@ impl Engine {
                 &self.default_state,
                 &mut events,
                 |device| changed.push((job_index, device)),
+                silence,
             );
             report.evaluations += evaluated;
             report.unknown += unknown as usize;
@@ -355,6 +378,9 @@ impl Engine {
                         value.unwrap_or_default()
                     );
                 }
+                if let Some(held) = event.silenced {
+                    silenced.push((job.name.clone(), device.to_string(), held));
+                }
                 if let Some((due, state_after, previous)) = event.action {
                     report.actions_due += 1;
                     let device = device.to_string();
@@ -371,6 +397,10 @@ impl Engine {
         }
         drop(index);
         self.answers = answers;
+        if !silenced.is_empty() {
+            let dry_run = self.dry_run;
+            self.silences.record(silenced, &self.journal, &self.metrics, dry_run).await;
+        }
 
         let journalling = Instant::now();
         if !dispatch.is_empty() {

@@ -9,7 +9,9 @@
 
 use crate::rules::condition::JobEvaluation;
 use crate::rules::device::DeviceId;
-use crate::rules::state::{self, JobState, PhaseName, Timing, Transition};
+use crate::rules::state::{
+    self, ActionHeld, JobState, Phase, PhaseName, SilenceHold, Timing, Transition,
+};
 use crate::rules::{Job, Verdict};
 
 /// What the engine remembers of one job's devices between cycles.
@@ -129,6 +131,20 @@ pub(super) struct DeviceEvent {
     pub(super) transitions: Vec<Transition>,
     /// The action due, the state after it and the state before.
     pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
+    /// The action a silence holds back instead, if one does.
+    pub(super) silenced: Option<HeldBySilence>,
+}
+
+/// An action a silence holds back, found in a cycle, to be logged and
+/// journalled (once) by the engine.
+#[derive(Debug, Clone)]
+pub(super) struct HeldBySilence {
+    /// The silence and its end.
+    pub(super) hold: SilenceHold,
+    /// The firing episode.
+    pub(super) episode: u64,
+    /// The action's number in the episode.
+    pub(super) attempt: u32,
 }
 
 /// Advances each (job, device) the engine knows by one evaluation: every
@@ -137,7 +153,9 @@ pub(super) struct DeviceEvent {
 /// the answers and never did anything is forgotten. Returns how many devices
 /// were evaluated and how many of their verdicts were unknown; `changed` is
 /// told each device whose state changed, `events` gets what must be logged
-/// or done.
+/// or done. `silence` says which silence, if any, holds a device's actions
+/// back; it is asked only about a device whose action would be due.
+#[allow(clippy::too_many_arguments, reason = "one call site, each argument a distinct role")]
 pub(super) fn advance_job(
     job: &Job,
     evaluation: &JobEvaluation<'_>,
@@ -146,6 +164,7 @@ pub(super) fn advance_job(
     default: &JobState,
     events: &mut Vec<DeviceEvent>,
     mut changed: impl FnMut(DeviceId),
+    silence: impl Fn(DeviceId) -> Option<SilenceHold>,
 ) -> (usize, u64) {
     let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
     let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
@@ -190,15 +209,28 @@ pub(super) fn advance_job(
             continue;
         }
         let previous = previous.as_ref().unwrap_or(default);
-        let step = previous.advance(
-            &timing,
-            &state::Evaluation {
-                now,
-                verdict: verdict.verdict,
-                value: verdict.first_value,
-                in_window,
-            },
-        );
+        let mut inputs = state::Evaluation {
+            now,
+            verdict: verdict.verdict,
+            value: verdict.first_value,
+            in_window,
+            silence: None,
+        };
+        let mut step = previous.advance(&timing, &inputs);
+        if step.action.is_some() {
+            // Rare (an action due), so only now is the device matched
+            // against the silences, and the pure step taken again with it.
+            inputs.silence = silence(device);
+            if inputs.silence.is_some() {
+                step = previous.advance(&timing, &inputs);
+            }
+        }
+        let silenced = match (step.held, &step.state.phase) {
+            (Some(ActionHeld::Silenced(hold)), Phase::Firing { episode, actions_taken, .. }) => {
+                Some(HeldBySilence { hold, episode: *episode, attempt: actions_taken + 1 })
+            }
+            _ => None,
+        };
         let mut unknown_in = None;
         if verdict.verdict == Verdict::Unknown {
             unknown += 1;
@@ -207,13 +239,18 @@ pub(super) fn advance_job(
         if step.state != *previous {
             changed(device);
         }
-        if unknown_in.is_some() || !step.transitions.is_empty() || step.action.is_some() {
+        if unknown_in.is_some()
+            || !step.transitions.is_empty()
+            || step.action.is_some()
+            || silenced.is_some()
+        {
             events.push(DeviceEvent {
                 device,
                 present: current.is_some(),
                 unknown_in,
                 transitions: step.transitions,
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
+                silenced,
             });
         }
         let phase = step.state.phase.name();

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use crate::config_file::{ConfigError, ConfigErrors};
 use crate::engine::EngineError;
 use crate::exit::{CliError, Exit};
-use crate::journal::{Execution, JournalError};
+use crate::journal::{Execution, JournalError, SilenceId};
 use crate::prometheus_api::PromError;
 use crate::rules::socket::CommandError;
 use crate::secret::SecretError;
@@ -50,7 +50,7 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// `test-rule`: no job of that name.
+    /// `test-rule`, `silence add --job`: no job of that name.
     #[error("no job {job:?} in the rules; jobs: {}", quoted(known))]
     UnknownJob {
         /// The name asked for.
@@ -58,7 +58,7 @@ pub(crate) enum Error {
         /// The jobs the rules have.
         known: Vec<String>,
     },
-    /// `send`: no socket of that name.
+    /// `send`, `silence add --socket`: no socket of that name.
     #[error("no socket {socket:?} in the rules; sockets: {}", known.join(", "))]
     UnknownSocket {
         /// The name asked for.
@@ -86,6 +86,42 @@ pub(crate) enum Error {
     /// `send`: the message was not sent (failed, uncertain, over budget).
     #[error("{}", Outcome(.0))]
     NotSent(Box<Execution>),
+    /// `silence add` without anything to match.
+    #[error(
+        "a silence must say what it holds: --job NAME, --device LABEL=VALUE or --socket NAME \
+         (all must match when several are given); --everything holds every action of every job"
+    )]
+    SilenceMatchesNothing,
+    /// `silence add --device`: not a usable LABEL=VALUE.
+    #[error("--device {matcher:?}: {why}")]
+    SilenceDevice {
+        /// What was typed.
+        matcher: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `silence add --for`: not a usable duration.
+    #[error("--for {text:?}: {why}")]
+    SilenceDuration {
+        /// What was typed.
+        text: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `silence add --comment`, `--author`: missing or unusable text.
+    #[error("{flag}: {why}")]
+    SilenceText {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// `silence expire`: not a silence number.
+    #[error("{0:?} is not a silence number; `jobctl silence list --all` shows them (#3 or 3)")]
+    SilenceId(String),
+    /// `silence expire`: no silence of that number in the journal.
+    #[error("no silence {0} in the journal; `jobctl silence list --all` shows them")]
+    UnknownSilence(SilenceId),
 }
 
 impl CliError for Error {
@@ -103,7 +139,13 @@ impl CliError for Error {
             | Error::Parameter(_)
             | Error::Command { .. }
             | Error::Since(_)
-            | Error::Unconfirmed => Exit::Usage,
+            | Error::Unconfirmed
+            | Error::SilenceMatchesNothing
+            | Error::SilenceDevice { .. }
+            | Error::SilenceDuration { .. }
+            | Error::SilenceText { .. }
+            | Error::SilenceId(_)
+            | Error::UnknownSilence(_) => Exit::Usage,
             Error::NotSent(_) => Exit::NotSent,
         }
     }

@@ -10,6 +10,7 @@ mod error;
 mod history;
 mod send;
 mod serve;
+mod silence;
 mod status;
 mod table;
 mod test_rule;
@@ -65,6 +66,9 @@ pub(crate) enum Command {
     Status(status::StatusArgs),
     /// Send a socket command by hand, through the journal and budgets.
     Send(send::SendArgs),
+    /// Hold actions back for a while (maintenance), list and end silences;
+    /// works beside the running daemon, which honours them at its next cycle.
+    Silence(silence::SilenceArgs),
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -81,6 +85,7 @@ pub async fn run(
         Command::History(history) => history::run(&args.config, history),
         Command::Status(status) => status::run(&args.config, status),
         Command::Send(send) => send::run(&args.config, send).await,
+        Command::Silence(silence) => silence::run(&args.config, silence),
     };
     crate::exit::finish(ran)
 }

@@ -1,6 +1,6 @@
-//! `jobctl status`: where every job stands on every device, and how much of
-//! each message budget is used, read from the journal without disturbing a
-//! running daemon.
+//! `jobctl status`: where every job stands on every device, which firing
+//! devices a silence holds back, and how much of each message budget is
+//! used, read from the journal without disturbing a running daemon.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,6 +29,20 @@ struct DeviceRow {
     since: Option<String>,
     episode: Option<u64>,
     last_action: Option<String>,
+    /// What holds the firing episode's action back, when something the
+    /// daemon journalled does (a silence still in force).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_by: Option<HeldRow>,
+}
+
+#[derive(Serialize)]
+struct HeldRow {
+    /// `silenced`.
+    reason: &'static str,
+    /// The silence's number.
+    silence: i64,
+    /// When the silence ends.
+    until: String,
 }
 
 #[derive(Serialize)]
@@ -72,6 +86,7 @@ fn describe(device: String, job: String, state: &JobState) -> DeviceRow {
         since,
         episode,
         last_action: state.last_action_at.map(time),
+        held_by: None,
     }
 }
 
@@ -85,6 +100,23 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
         .map(|((job, device), state)| describe(device.clone(), job.clone(), state))
         .collect();
     devices.sort_by(|a, b| (&a.job, &a.device).cmp(&(&b.job, &b.device)));
+    let now = jiff::Timestamp::now();
+    for hold in journal.active_holds(now)? {
+        let held = &hold.action;
+        let row = devices.iter_mut().find(|d| {
+            d.job == held.job
+                && d.device == held.device_key
+                && d.state == "firing"
+                && d.episode == Some(held.episode)
+        });
+        if let Some(row) = row {
+            row.held_by = Some(HeldRow {
+                reason: "silenced",
+                silence: held.silence.0,
+                until: time(hold.until),
+            });
+        }
+    }
     let jobs: Vec<JobRow> = rules
         .jobs
         .iter()
@@ -96,7 +128,6 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
             JobRow { job: job.name.clone(), enabled: job.enabled, counts }
         })
         .collect();
-    let now = jiff::Timestamp::now();
     let mut budgets = Vec::new();
     for socket in rules.sockets.iter().map(|s| Some(s.name.as_str())).chain([None]) {
         let count = |secs: i64| {
@@ -169,6 +200,23 @@ fn render(status: &Status) -> String {
             &["JOB", "DEVICE", "STATE", "SINCE (UTC)", "EPISODE", "LAST ACTION (UTC)"],
             &active,
         ));
+    }
+    let held: Vec<[String; 4]> = status
+        .devices
+        .iter()
+        .filter_map(|d| {
+            let held = d.held_by.as_ref()?;
+            Some([
+                d.job.clone(),
+                d.device.clone(),
+                format!("silence #{}", held.silence),
+                held.until.clone(),
+            ])
+        })
+        .collect();
+    if !held.is_empty() {
+        out.push('\n');
+        out.push_str(&render_table(&["JOB", "DEVICE", "HELD BY", "UNTIL (UTC)"], &held));
     }
     out.push('\n');
     let budgets: Vec<[String; 3]> = status

@@ -18,6 +18,8 @@
 //!   on `<journal>.lock` and holds it as long as the journal lives; a second
 //!   writer is refused ([`JournalError::Locked`]), so no action is sent
 //!   twice by two processes and nobody settles another's sends in flight.
+//!   The one exception is [`SilenceWriter`]: it only adds and ends silences,
+//!   a table the daemon reads and never writes, so it needs no lock.
 //! - Nothing is silently dropped: a message held back by a budget or by
 //!   `--dry-run` is journalled too ([`Journal::record_suppressed`]).
 //!
@@ -65,12 +67,15 @@
 //!   recovery of what a killed process left in flight; budget counts.
 //! - `states` — job states, saved and loaded as the caller's type.
 //! - `history` — the queries behind `jobctl history` and `jobctl status`.
+//! - `silences` — silences and the actions they held back, with the one
+//!   write path that works beside the daemon's lock (`SilenceWriter`).
 
 mod execution;
 mod history;
 mod lock;
 mod schema;
 mod sends;
+mod silences;
 mod states;
 
 use std::fmt;
@@ -88,6 +93,9 @@ pub use execution::{Attempt, Execution, ExecutionId, ExecutionStatus, UnknownSta
 pub use history::HistoryFilter;
 pub use schema::SCHEMA_VERSION;
 pub use sends::{Origin, PlannedSend, SendResult, Suppression};
+pub use silences::{
+    ActiveHold, Expired, HeldAction, NewSilence, Silence, SilenceId, SilenceWriter,
+};
 pub use states::{EncodedState, JournalState};
 
 /// The journal: executions, their attempts, and job states.

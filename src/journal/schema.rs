@@ -17,12 +17,13 @@ use rusqlite::{ErrorCode, OptionalExtension};
 use super::{begin, sqlite_error, Journal, JournalError};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// One script per version: `MIGRATIONS[n]` upgrades version `n` to `n + 1`.
 /// A released script is never edited, down to its comments (SQLite keeps the
 /// text in `sqlite_master`): a change is a new script and a new version.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    r"
 CREATE TABLE executions (
     id            INTEGER PRIMARY KEY,
     job           TEXT,              -- NULL for a manual send
@@ -64,7 +65,36 @@ CREATE TABLE job_state (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (job, device_key)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+CREATE TABLE silences (
+    id         INTEGER PRIMARY KEY,
+    job        TEXT,               -- NULL: every job
+    socket     TEXT,               -- NULL: every socket
+    devices    TEXT NOT NULL,      -- label matchers as a JSON object; {} for every device
+    author     TEXT NOT NULL,
+    comment    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,   -- Unix milliseconds
+    ends_at    INTEGER NOT NULL,   -- moved to the moment of `silence expire` when ended early
+    expired_by TEXT                -- who ended it early, if someone did
+);
+CREATE INDEX silences_by_end ON silences (ends_at);
+
+CREATE TABLE held_actions (
+    id         INTEGER PRIMARY KEY,
+    job        TEXT NOT NULL,
+    device_key TEXT NOT NULL,
+    episode    INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,   -- the action number within the episode that waits
+    reason     TEXT NOT NULL,      -- 'silenced'
+    silence_id INTEGER REFERENCES silences (id),
+    at         INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX held_actions_once
+    ON held_actions (job, device_key, episode, reason, IFNULL(silence_id, 0));
+CREATE INDEX held_actions_by_silence ON held_actions (silence_id);
+",
+];
 
 /// How long a writer waits for another connection's write lock before
 /// giving up (readers never wait in WAL mode).

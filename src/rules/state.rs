@@ -34,6 +34,22 @@
 //!   inactive (a later `True` starts a new pending) and remembers when and
 //!   which episode ended, for `jobctl status`.
 //!
+//! # Why an action waits
+//!
+//! An action that would be due can be held back for several reasons at
+//! once ([`ActionHeld`]); the step reports the first of them, in this
+//! order, as "the first reason nothing would happen":
+//!
+//! 1. the **cooldown** since the previous action (first actions only);
+//! 2. the job's **schedule window** is closed;
+//! 3. a **silence** (`jobctl silence add`) matches the (job, device).
+//!
+//! Whatever holds it, the action stays due and nothing about the episode
+//! changes: it leaves at the first evaluation that finds the condition
+//! still true and nothing holding it, and it is dropped if the episode
+//! resolves first. Phases, `for` timers and episodes move on as usual
+//! while an action is held.
+//!
 //! # Unknown is not true, and not false either
 //!
 //! [`Verdict::Unknown`] (Prometheus unreachable, a query error, the device's
@@ -68,6 +84,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{after, elapsed};
+use crate::journal::SilenceId;
 
 pub use super::condition::Verdict;
 
@@ -105,6 +122,18 @@ pub struct Evaluation {
     pub(crate) value: Option<f64>,
     /// Whether the job's schedule window allows actions at `now`.
     pub(crate) in_window: bool,
+    /// The silence in force on this (job, device) at `now`, if one is.
+    pub(crate) silence: Option<SilenceHold>,
+}
+
+/// A silence that holds a (job, device)'s actions back, as the engine
+/// matched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SilenceHold {
+    /// The silence, as the journal numbers it.
+    pub(crate) id: SilenceId,
+    /// When it ends.
+    pub(crate) until: Timestamp,
 }
 
 /// Everything jobctl remembers about one job on one device between
@@ -260,6 +289,8 @@ pub(crate) enum ActionHeld {
     },
     /// The job's schedule window is closed now.
     OutsideWindow,
+    /// A silence holds the (job, device)'s actions back.
+    Silenced(SilenceHold),
 }
 
 impl fmt::Display for ActionHeld {
@@ -269,6 +300,9 @@ impl fmt::Display for ActionHeld {
                 write!(f, "action waits for the cooldown until {until}")
             }
             ActionHeld::OutsideWindow => f.write_str("action waits for the schedule window"),
+            ActionHeld::Silenced(SilenceHold { id, until }) => {
+                write!(f, "action held by silence {id} until {until}")
+            }
         }
     }
 }
@@ -388,6 +422,10 @@ impl Step {
             self.held = Some(ActionHeld::OutsideWindow);
             return;
         }
+        if let Some(silence) = evaluation.silence {
+            self.held = Some(ActionHeld::Silenced(silence));
+            return;
+        }
         let attempt_in_episode = actions_taken + 1;
         self.state.phase = Phase::Firing { since, episode, actions_taken: attempt_in_episode };
         self.state.last_action_at = Some(now);
@@ -454,11 +492,22 @@ mod tests {
         }
 
         fn eval_with(&mut self, minute: u64, verdict: Verdict, in_window: bool) -> Step {
+            self.eval_held(minute, verdict, in_window, None)
+        }
+
+        fn eval_held(
+            &mut self,
+            minute: u64,
+            verdict: Verdict,
+            in_window: bool,
+            silence: Option<SilenceHold>,
+        ) -> Step {
             let evaluation = Evaluation {
                 now: at_minute(minute),
                 verdict,
                 value: Some(minute as f64),
                 in_window,
+                silence,
             };
             let step = self.state.advance(&self.timing, &evaluation);
             self.state = step.state.clone();
@@ -635,6 +684,77 @@ mod tests {
         device.eval_with(30, Verdict::True, true);
         device.run(31..=100, Verdict::True);
         assert_eq!(device.action_minutes(), vec![30]);
+    }
+
+    fn silence(id: i64, until_minute: u64) -> Option<SilenceHold> {
+        Some(SilenceHold { id: SilenceId(id), until: at_minute(until_minute) })
+    }
+
+    #[test]
+    fn a_silence_holds_the_action_until_it_ends_and_the_episode_goes_on() {
+        let mut device = Device::new(timing(10, 60));
+        for minute in 0..=39 {
+            device.eval_held(minute, Verdict::True, true, silence(3, 40));
+        }
+        assert!(device.actions.is_empty(), "nothing leaves while silenced");
+        assert_eq!(
+            device.state.phase,
+            Phase::Firing { since: at_minute(10), episode: 1, actions_taken: 0 }
+        );
+        assert_eq!(device.last_held, Some(ActionHeld::Silenced(silence(3, 40).unwrap())));
+        assert_eq!(
+            device.last_held.unwrap().to_string(),
+            "action held by silence #3 until 2023-11-14T22:53:20Z"
+        );
+        device.run(40..=100, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![40], "released at the first cycle after it");
+        let (_, action) = device.actions[0];
+        assert_eq!((action.episode, action.attempt_in_episode), (1, 1));
+    }
+
+    #[test]
+    fn a_silenced_action_is_dropped_when_the_device_recovers_first() {
+        let mut device = Device::new(timing(0, 0));
+        for minute in 0..=20 {
+            device.eval_held(minute, Verdict::True, true, silence(1, 60));
+        }
+        device.eval_held(21, Verdict::False, true, silence(1, 60));
+        device.run(61..=70, Verdict::False);
+        assert!(device.actions.is_empty());
+        assert_eq!(device.state.phase, Phase::Resolved { at: at_minute(21), episode: 1 });
+    }
+
+    #[test]
+    fn cooldown_then_window_then_silence_is_the_order_of_reasons() {
+        let mut device = Device::new(timing(0, 60));
+        device.eval(0, Verdict::True); // action at 0
+        device.eval(1, Verdict::False);
+        // Episode 2: cooldown, closed window and a silence all hold.
+        device.eval_held(2, Verdict::True, false, silence(1, 200));
+        assert!(matches!(device.last_held, Some(ActionHeld::Cooldown { .. })));
+        device.eval_held(60, Verdict::True, false, silence(1, 200));
+        assert_eq!(device.last_held, Some(ActionHeld::OutsideWindow));
+        device.eval_held(61, Verdict::True, true, silence(1, 200));
+        assert_eq!(device.last_held, Some(ActionHeld::Silenced(silence(1, 200).unwrap())));
+        device.eval_held(62, Verdict::True, false, None);
+        assert_eq!(device.last_held, Some(ActionHeld::OutsideWindow));
+        device.eval(63, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 63]);
+    }
+
+    #[test]
+    fn a_silence_holds_repeats_without_a_burst_afterwards() {
+        let mut device = Device::new(Timing {
+            for_: minutes(0),
+            cooldown: minutes(0),
+            repeat: Some(Repeat { every: minutes(10), max: 5 }),
+        });
+        device.eval(0, Verdict::True);
+        for minute in 1..=60 {
+            device.eval_held(minute, Verdict::True, true, silence(2, 61));
+        }
+        device.run(61..=75, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 61, 71]);
     }
 
     #[test]
