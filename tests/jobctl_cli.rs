@@ -312,7 +312,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `schedule`, `guards`, `enabled`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`\n",
     )
     .await;
 }
@@ -1108,8 +1108,8 @@ async fn kill_9_while_sending_never_sends_twice() {
         (
             0,
             format!(
-                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    BACKEND  DETAIL\n\
-                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain  -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
+                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    RESULT  BACKEND  DETAIL\n\
+                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain          -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
             ),
             ""
         )
@@ -1229,10 +1229,11 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
     );
     assert_eq!((&manual["manual"], &manual["text"]), (&true.into(), &"#01#0#".into()));
     let (t1, t2) = (manual["time"].as_str().unwrap(), rule["time"].as_str().unwrap());
-    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  BACKEND  DETAIL\n";
-    let row1 = format!("1   {t1}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
-    let row2 =
-        format!("2   {t2}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
+    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  RESULT  BACKEND  DETAIL\n";
+    let row1 = format!("1   {t1}  (manual)       -                                      lobby   \"#01#0#\"      sent             http\n");
+    let row2 = format!(
+        "2   {t2}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent             http\n"
+    );
     let both = format!("{header}{row2}{row1}");
     let only_rule = format!("{header}{row2}");
     let empty = ("", "no execution in the journal matches\n");
@@ -1278,6 +1279,7 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
             "devices": [{
                 "job": "reboot frozen", "device": DEVICE, "state": "firing",
                 "since": since, "episode": 1, "last_action": since,
+                "verifying": null, "gave_up": false,
             }],
             "budgets": [
                 { "socket": "lobby", "last_hour": 2, "hour_limit": null, "last_day": 2, "day_limit": null },

@@ -36,8 +36,13 @@
 //! `states` the sparse per-job states and how one evaluation advances them;
 //! `outbox` everything between "an action is due" and "its outcome is
 //! journalled" (budgets, retries, one journal row per attempt, the channels
-//! a message goes over); `metrics` jobctl's own metrics.
+//! a message goes over); `closed_loop` what happens between evaluating and
+//! acting to close the loop (limits checked against the journal, the
+//! results of verifications recorded); `escalation` what a person should
+//! hear about; `metrics` jobctl's own metrics.
 
+mod closed_loop;
+mod escalation;
 mod metrics;
 mod outbox;
 mod states;
@@ -102,6 +107,8 @@ pub struct CycleReport {
     pub suppressed: usize,
     /// Actions that could not become an SMS (no socket for the device…).
     pub action_errors: usize,
+    /// Actions refused by their job's `limit`: the episode gave up.
+    pub gave_up: usize,
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
     pub unsaved_states: usize,
@@ -161,6 +168,9 @@ pub struct Engine {
     /// one pending save per pair, however many saves fail in a row, so it
     /// is never larger than the pairs with a state.
     unsaved: BTreeSet<(String, String)>,
+    /// Results of verifications the journal could not take, recorded with
+    /// the next cycle's.
+    unrecorded_results: Vec<closed_loop::Conclusion>,
 }
 
 impl Engine {
@@ -205,6 +215,7 @@ impl Engine {
             failing_queries: 0,
             dry_run,
             unsaved: BTreeSet::new(),
+            unrecorded_results: Vec::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -218,6 +229,11 @@ impl Engine {
     /// The engine's metrics registry (served on `/metrics` by `jobctl run --listen`).
     pub(crate) fn metrics(&self) -> Arc<EngineMetrics> {
         self.metrics.clone()
+    }
+
+    /// jobctl's own metrics in the text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        String::from_utf8(self.metrics.encode()).expect("the text format is UTF-8")
     }
 
     /// A job's state on a device, as the engine holds it.
@@ -305,6 +321,7 @@ impl Engine {
 
         let rules = self.rules.clone();
         let mut dispatch: Vec<Due> = Vec::new();
+        let mut concluded: Vec<closed_loop::Conclusion> = Vec::new();
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
         let mut index = Index::new(&answers);
         for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
@@ -355,6 +372,14 @@ impl Engine {
                         value.unwrap_or_default()
                     );
                 }
+                if let Some(done) = event.concluded {
+                    concluded.push(closed_loop::Conclusion {
+                        job: job.name.clone(),
+                        device: device.to_string(),
+                        who: describe(device, &verdict),
+                        concluded: done,
+                    });
+                }
                 if let Some((due, state_after, previous)) = event.action {
                     report.actions_due += 1;
                     let device = device.to_string();
@@ -373,6 +398,7 @@ impl Engine {
         self.answers = answers;
 
         let journalling = Instant::now();
+        self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
         if !dispatch.is_empty() {
             self.act(&rules, dispatch, &mut report).await;
         }

@@ -129,6 +129,13 @@ pub(super) struct DeviceEvent {
     pub(super) transitions: Vec<Transition>,
     /// The action due, the state after it and the state before.
     pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
+    /// The verification of an earlier action that ended.
+    pub(super) concluded: Option<state::Concluded>,
+}
+
+/// The limits of the state machine that `job` states.
+pub(super) fn timing(job: &Job) -> Timing {
+    Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat, verify: job.verify }
 }
 
 /// Advances each (job, device) the engine knows by one evaluation: every
@@ -147,7 +154,7 @@ pub(super) fn advance_job(
     events: &mut Vec<DeviceEvent>,
     mut changed: impl FnMut(DeviceId),
 ) -> (usize, u64) {
-    let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
+    let timing = timing(job);
     let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
     let answered = &evaluation.devices;
     let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
@@ -197,6 +204,7 @@ pub(super) fn advance_job(
                 verdict: verdict.verdict,
                 value: verdict.first_value,
                 in_window,
+                limit_reached: false,
             },
         );
         let mut unknown_in = None;
@@ -207,13 +215,18 @@ pub(super) fn advance_job(
         if step.state != *previous {
             changed(device);
         }
-        if unknown_in.is_some() || !step.transitions.is_empty() || step.action.is_some() {
+        if unknown_in.is_some()
+            || !step.transitions.is_empty()
+            || step.action.is_some()
+            || step.concluded.is_some()
+        {
             events.push(DeviceEvent {
                 device,
                 present: current.is_some(),
                 unknown_in,
                 transitions: step.transitions,
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
+                concluded: step.concluded,
             });
         }
         let phase = step.state.phase.name();
