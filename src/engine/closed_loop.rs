@@ -74,6 +74,17 @@ impl Conclusion {
     }
 }
 
+/// What writing a result came to.
+enum Recorded {
+    /// Written now, on this row.
+    On(ExecutionId),
+    /// Written before (a cycle replayed after a restart), or the action has
+    /// no row to write it on.
+    Before,
+    /// Not written: a dry run writes nothing a live run reads.
+    InDryRun,
+}
+
 /// A due action to check against its job's limit.
 struct LimitCheck {
     /// Its place in the cycle's dispatch.
@@ -119,7 +130,7 @@ impl Engine {
             // are logged and counted only.
             Ok((
                 refusals.iter().map(|_| Ok(None)).collect(),
-                results.iter().map(|_| Ok(true)).collect(),
+                results.iter().map(|_| Ok(Recorded::InDryRun)).collect(),
             ))
         } else {
             let planned: Vec<(PlannedSend, String)> =
@@ -132,10 +143,11 @@ impl Engine {
                         .iter()
                         .map(|(planned, reason)| journal.record_gave_up(planned, reason).map(Some))
                         .collect();
-                    let recorded: Vec<Result<bool, JournalError>> = actions
+                    let recorded: Vec<Result<Recorded, JournalError>> = actions
                         .iter()
                         .map(|(action, result, after)| {
-                            journal.record_result(action, *result, *after).map(|id| id.is_some())
+                            let id = journal.record_result(action, *result, *after)?;
+                            Ok(id.map_or(Recorded::Before, Recorded::On))
                         })
                         .collect();
                     (gave_up, recorded)
@@ -201,10 +213,11 @@ impl Engine {
 
         for (conclusion, written) in results.into_iter().zip(recorded) {
             match written {
-                Ok(true) => self.announce(&conclusion),
+                Ok(Recorded::On(id)) => self.announce(&conclusion, Some(id)),
+                Ok(Recorded::InDryRun) => self.announce(&conclusion, None),
                 // Recorded before (a cycle replayed after a restart), or the
                 // action never reached the journal: nothing to add.
-                Ok(false) => {}
+                Ok(Recorded::Before) => {}
                 Err(err) => {
                     if !matches!(err, JournalError::BatchUndone { .. }) {
                         tracing::error!(
@@ -222,11 +235,12 @@ impl Engine {
         }
     }
 
-    /// Logs, counts and escalates a result just recorded.
-    fn announce(&self, conclusion: &Conclusion) {
+    /// Logs, counts and escalates a result just recorded on `execution`.
+    fn announce(&self, conclusion: &Conclusion, execution: Option<ExecutionId>) {
         let Conclusion { job, who, concluded, .. } = conclusion;
         self.metrics.action_result(job, conclusion.result().as_str());
-        let action = format!("action {} of episode {}", concluded.attempt, concluded.episode);
+        let row = execution.map(|id| format!(" (execution {id})")).unwrap_or_default();
+        let action = format!("action {} of episode {}{row}", concluded.attempt, concluded.episode);
         match concluded.recovery {
             Recovery::Recovered { after } => {
                 let after = std::time::Duration::from_secs(after.as_secs());
@@ -244,7 +258,7 @@ impl Engine {
                 device: who.clone(),
                 episode: concluded.episode,
                 attempt: concluded.attempt,
-                execution: None,
+                execution,
                 window: concluded.window,
             }
             .raise(),
