@@ -1118,6 +1118,55 @@ async fn kill_9_while_sending_never_sends_twice() {
     assert_eq!(code, 0);
 }
 
+/// Issue 10: the daemon verifies its power-cycle. While the window is
+/// open `status` says how far it is; when the player is back the log line
+/// says how long it took, `history` shows the result on the action's row
+/// and `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_verifies_its_action_and_status_history_and_metrics_show_it() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let text = rules(prometheus.url(), &gateway.url()) + "verify = { within = \"10m\" }\n";
+    let site = Site::with_rules(&text);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #1)").await;
+
+    let status = site.jobctl(&["status"]).await;
+    assert!(
+        status
+            .stdout
+            .contains(&format!("reboot frozen  {DEVICE}  firing (verifying, 0s of 10m)  ")),
+        "{}",
+        status.stdout
+    );
+    let json = site.jobctl(&["status", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let verifying = &json["devices"][0]["verifying"];
+    assert_eq!((&verifying["episode"], &verifying["action"]), (&1.into(), &1.into()));
+    assert_eq!(verifying["window_seconds"], 600);
+
+    target.set(device_page(1));
+    let line = daemon.wait_for(": recovered ").await;
+    let prefix = format!("job \"reboot frozen\": device {DEVICE} (Lobby): recovered ");
+    let (_, said) = line.split_once(&prefix).unwrap_or_else(|| panic!("{line}"));
+    assert!(said.ends_with(" after action 1 of episode 1 (execution #1)"), "{line}");
+
+    let history = site.history(&[]).await;
+    assert_eq!(history[0]["result"], "recovered");
+    let seconds = history[0]["recovered_after_seconds"].as_u64().expect("a recovery time");
+    assert!(seconds < 60, "{seconds}");
+    let table = site.jobctl(&["history"]).await;
+    assert!(table.stdout.contains("  sent     recovered after "), "{}", table.stdout);
+    let (_, metrics) = daemon.get("/metrics").await;
+    let series = "jobctl_executions_total{job=\"reboot frozen\",outcome=\"recovered\"}";
+    assert_eq!(support::exposition::value::<u64>(&metrics, series), Some(1), "{metrics}");
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
 /// What a writer beside the daemon of process `pid` is told.
 fn refused_beside(pid: u32) -> String {
     format!(
