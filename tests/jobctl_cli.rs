@@ -315,7 +315,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `schedule`, `guards`, `enabled`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`\n",
     )
     .await;
 }
@@ -1111,12 +1111,61 @@ async fn kill_9_while_sending_never_sends_twice() {
         (
             0,
             format!(
-                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    BACKEND  DETAIL\n\
-                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain  -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
+                "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME    RESULT  BACKEND  DETAIL\n\
+                 1   {time}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  uncertain          -        jobctl stopped while this message was being sent; it may have left, so it is not sent again\n"
             ),
             ""
         )
     );
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
+/// Issue 10: the daemon verifies its power-cycle. While the window is
+/// open `status` says how far it is; when the player is back the log line
+/// says how long it took, `history` shows the result on the action's row
+/// and `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_verifies_its_action_and_status_history_and_metrics_show_it() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let text = rules(prometheus.url(), &gateway.url()) + "verify = { within = \"10m\" }\n";
+    let site = Site::with_rules(&text);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #1)").await;
+
+    let status = site.jobctl(&["status"]).await;
+    assert!(
+        status
+            .stdout
+            .contains(&format!("reboot frozen  {DEVICE}  firing (verifying, 0s of 10m)  ")),
+        "{}",
+        status.stdout
+    );
+    let json = site.jobctl(&["status", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let verifying = &json["devices"][0]["verifying"];
+    assert_eq!((&verifying["episode"], &verifying["action"]), (&1.into(), &1.into()));
+    assert_eq!(verifying["window_seconds"], 600);
+
+    target.set(device_page(1));
+    let line = daemon.wait_for(": recovered ").await;
+    let prefix = format!("job \"reboot frozen\": device {DEVICE} (Lobby): recovered ");
+    let (_, said) = line.split_once(&prefix).unwrap_or_else(|| panic!("{line}"));
+    assert!(said.ends_with(" after action 1 of episode 1 (execution #1)"), "{line}");
+
+    let history = site.history(&[]).await;
+    assert_eq!(history[0]["result"], "recovered");
+    let seconds = history[0]["recovered_after_seconds"].as_u64().expect("a recovery time");
+    assert!(seconds < 60, "{seconds}");
+    let table = site.jobctl(&["history"]).await;
+    assert!(table.stdout.contains("  sent     recovered after "), "{}", table.stdout);
+    let (_, metrics) = daemon.get("/metrics").await;
+    let series = "jobctl_executions_total{job=\"reboot frozen\",outcome=\"recovered\"}";
+    assert_eq!(support::exposition::value::<u64>(&metrics, series), Some(1), "{metrics}");
     let (code, _) = daemon.stop().await;
     assert_eq!(code, 0);
 }
@@ -1232,10 +1281,11 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
     );
     assert_eq!((&manual["manual"], &manual["text"]), (&true.into(), &"#01#0#".into()));
     let (t1, t2) = (manual["time"].as_str().unwrap(), rule["time"].as_str().unwrap());
-    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  BACKEND  DETAIL\n";
-    let row1 = format!("1   {t1}  (manual)       -                                      lobby   \"#01#0#\"      sent     http\n");
-    let row2 =
-        format!("2   {t2}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent     http\n");
+    let header = "ID  TIME (UTC)            JOB            DEVICE                                 SOCKET  TEXT          OUTCOME  RESULT  BACKEND  DETAIL\n";
+    let row1 = format!("1   {t1}  (manual)       -                                      lobby   \"#01#0#\"      sent             http\n");
+    let row2 = format!(
+        "2   {t2}  reboot frozen  {DEVICE}  lobby   \"#12#0#1#1#\"  sent             http\n"
+    );
     let both = format!("{header}{row2}{row1}");
     let only_rule = format!("{header}{row2}");
     let empty = ("", "no execution in the journal matches\n");
@@ -1281,6 +1331,7 @@ async fn history_and_status_read_the_journal_while_the_daemon_runs() {
             "devices": [{
                 "job": "reboot frozen", "device": DEVICE, "state": "firing",
                 "since": since, "episode": 1, "last_action": since,
+                "verifying": null, "gave_up": false,
             }],
             "budgets": [
                 { "socket": "lobby", "last_hour": 2, "hour_limit": null, "last_day": 2, "day_limit": null },

@@ -22,8 +22,8 @@ use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
 use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
 use signage_watchdog::journal::{
-    Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence, SilenceId,
-    SilenceWriter,
+    ActionResult, Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence,
+    SilenceId, SilenceWriter,
 };
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
@@ -1059,4 +1059,259 @@ async fn a_silence_holds_an_action_once_journalled_and_its_end_releases_it() {
     assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
     assert_eq!(s.gateway.received().len(), 3);
     assert_eq!(s.sent()[2], sms(HALL, POWER_CYCLE_1));
+}
+
+/// Issue 10, the closed loop: `verify` tells whether a power-cycle brought
+/// the player back, `limit` stops a job from cycling a device (or a socket)
+/// for ever, and neither loses or repeats anything across a restart.
+#[tokio::test]
+async fn verify_and_limit_close_the_loop() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let targets: Vec<TestTarget> = (0..4).map(|_| TestTarget::start()).collect();
+    let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
+
+    a_device_that_comes_back_recovered_and_one_that_does_not_did_not(&prometheus, &targets[0])
+        .await;
+    the_fourth_action_in_a_day_is_refused_across_restarts_and_reloads(&prometheus, &targets[1])
+        .await;
+    a_socket_powering_two_devices_is_limited_as_one(&prometheus, &targets[2]).await;
+    a_restart_during_the_window_keeps_the_result_right(&prometheus, &targets[3]).await;
+}
+
+/// (job, device, episode, action, status, result, seconds to recover) of
+/// each execution.
+type ResultRow = (String, String, u64, u32, ExecutionStatus, Option<ActionResult>, Option<u64>);
+
+fn results(history: &[Execution]) -> Vec<ResultRow> {
+    history
+        .iter()
+        .map(|e| {
+            (
+                e.job.clone().unwrap_or_default(),
+                e.device_key.clone().unwrap_or_default(),
+                e.episode.unwrap_or_default(),
+                e.attempt.unwrap_or_default(),
+                e.status,
+                e.result,
+                e.recovered_after.map(|d| d.as_secs()),
+            )
+        })
+        .collect()
+}
+
+fn result_row(
+    job: &str,
+    device: &str,
+    (episode, action): (u64, u32),
+    status: ExecutionStatus,
+    result: Option<ActionResult>,
+    recovered_after_minutes: Option<u64>,
+) -> ResultRow {
+    let seconds = recovered_after_minutes.map(|m| m * 60);
+    (job.to_string(), device.to_string(), episode, action, status, result, seconds)
+}
+
+/// The value of `jobctl_executions_total` for `job` and `outcome`, 0 when
+/// the engine has no such series.
+fn executions_metric(s: &Scenario, job: &str, outcome: &str) -> u64 {
+    let series = format!("jobctl_executions_total{{job=\"{job}\",outcome=\"{outcome}\"}} ");
+    s.engine
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.parse().unwrap())
+}
+
+/// Scenario V1: two players go offline and are power-cycled at once;
+/// device 1 is back 4 minutes later, device 2 is still offline when the 10
+/// minutes are up.
+async fn a_device_that_comes_back_recovered_and_one_that_does_not_did_not(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("101", "1"), device("101", "2"));
+    let job = offline_now_job("101") + "verify = { within = \"10m\" }\n";
+    let page = |a: f64, b: f64| [online("101", "1", a), online("101", "2", b)];
+    publish(prometheus, target, &page(0.0, 0.0)).await;
+    let mut s = Scenario::start(prometheus, &(sockets("101") + &job)).await;
+
+    s.cycle_at(0).await;
+    assert_eq!(s.gateway.received().len(), 2);
+    s.cycle_at(2).await;
+    publish(prometheus, target, &page(1.0, 0.0)).await;
+    s.cycle_at(4).await;
+    assert_eq!(s.phase("offline now", &d1), PhaseName::Resolved);
+    assert_eq!(s.state("offline now", &d1).verifying, None);
+    let open = s.state("offline now", &d2).verifying.expect("device 2 is being verified");
+    assert_eq!((open.action_at, open.until), (minutes(0), minutes(10)));
+
+    s.cycle_at(9).await;
+    assert_eq!(results(&s.history())[1].5, None, "the window is open until 10 min");
+    s.cycle_at(10).await;
+    // Device 2 comes back later: the result stands.
+    publish(prometheus, target, &page(1.0, 1.0)).await;
+    s.cycle_at(12).await;
+
+    use ActionResult::{NotRecovered, Recovered};
+    use ExecutionStatus::Sent;
+    assert_eq!(
+        results(&s.history()),
+        [
+            result_row("offline now", &d1, (1, 1), Sent, Some(Recovered), Some(4)),
+            result_row("offline now", &d2, (1, 1), Sent, Some(NotRecovered), None),
+        ]
+    );
+    assert_eq!(s.history()[1].result_at, Some(minutes(10)));
+    assert_eq!(executions_metric(&s, "offline now", "recovered"), 1);
+    assert_eq!(executions_metric(&s, "offline now", "not_recovered"), 1);
+    assert_eq!(s.gateway.received().len(), 2, "verifying sends nothing");
+}
+
+/// Scenario V2: a player that stays offline is power-cycled every hour,
+/// but at most 3 times a day: the 4th action is refused and the episode
+/// gives up, once; neither a reload nor a restart resets the count, and a
+/// day after the first action a new episode acts again.
+async fn the_fourth_action_in_a_day_is_refused_across_restarts_and_reloads(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d1 = device("102", "1");
+    let job = offline_now_job("102")
+        + "repeat = { every = \"1h\", max = 10 }\nlimit = { actions = 3, per = \"24h\" }\n";
+    let body = rules_file::socket("lobby", LOBBY, "simpal-d210", "102", "1") + &job;
+    publish(prometheus, target, &[online("102", "1", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+
+    for m in [0, 60, 120] {
+        let report = s.cycle_at(m).await;
+        assert_eq!((report.sends_started, report.gave_up), (1, 0), "at {m} min: {report:?}");
+    }
+    let report = s.cycle_at(180).await;
+    assert_eq!((report.actions_due, report.sends_started, report.gave_up), (1, 0, 1));
+    assert_eq!(s.state("offline now", &d1).gave_up_in, Some(1));
+    for m in [181, 240, 300] {
+        let report = s.cycle_at(m).await;
+        assert_eq!((report.actions_due, report.gave_up), (0, 0), "gives up once: {report:?}");
+    }
+    assert_eq!(s.gateway.received().len(), 3);
+    assert_eq!(executions_metric(&s, "offline now", "gave_up"), 1);
+    let refused = s.history().pop().unwrap();
+    assert_eq!(
+        refused.detail.as_deref(),
+        Some("limit reached: 3 actions on this device in the last 1day (limit 3 per 1day)")
+    );
+    assert_eq!((refused.text.as_str(), refused.socket.as_str()), (POWER_CYCLE_1, "lobby"));
+
+    // The player comes back and fails again: a new episode, after a reload
+    // with the same rules and a restart. Still 3 actions in the last day.
+    publish(prometheus, target, &[online("102", "1", 1.0)]).await;
+    s.cycle_at(310).await;
+    s.engine.replace_rules(s.rules(&body));
+    let mut s = s.restart(&body).await;
+    publish(prometheus, target, &[online("102", "1", 0.0)]).await;
+    let report = s.cycle_at(320).await;
+    assert_eq!((report.sends_started, report.gave_up), (0, 1), "{report:?}");
+
+    // A day after the first action, two of the three are left in the
+    // window: a new episode acts again.
+    publish(prometheus, target, &[online("102", "1", 1.0)]).await;
+    s.cycle_at(1445).await;
+    publish(prometheus, target, &[online("102", "1", 0.0)]).await;
+    let report = s.cycle_at(1450).await;
+    assert_eq!((report.sends_started, report.gave_up), (1, 0), "{report:?}");
+
+    use ActionResult::GaveUp;
+    use ExecutionStatus::{Sent, Suppressed};
+    assert_eq!(
+        results(&s.history()),
+        [
+            result_row("offline now", &d1, (1, 1), Sent, None, None),
+            result_row("offline now", &d1, (1, 2), Sent, None, None),
+            result_row("offline now", &d1, (1, 3), Sent, None, None),
+            result_row("offline now", &d1, (1, 4), Suppressed, Some(GaveUp), None),
+            result_row("offline now", &d1, (2, 1), Suppressed, Some(GaveUp), None),
+            result_row("offline now", &d1, (3, 1), Sent, None, None),
+        ]
+    );
+}
+
+/// Scenario V3: one power strip (socket "strip") feeds two players, and
+/// the job may cycle it twice a day: device 1's action and device 2's use
+/// the strip's two, so both devices' repeats are refused although each was
+/// acted upon once.
+async fn a_socket_powering_two_devices_is_limited_as_one(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("103", "1"), device("103", "2"));
+    let strip = "[[sockets]]\nname = \"strip\"\nphone = \"+79990000301\"\nmodel = \"simpal-d210\"\n\
+                 powers = [{ platform_id = \"103\", device_id = \"1\" }, { platform_id = \"103\", device_id = \"2\" }]\n\n";
+    let job = offline_now_job("103")
+        + "repeat = { every = \"1h\", max = 10 }\nlimit = { actions = 2, per = \"24h\" }\n";
+    let page = |a: f64, b: f64| [online("103", "1", a), online("103", "2", b)];
+    publish(prometheus, target, &page(0.0, 1.0)).await;
+    let mut s = Scenario::start(prometheus, &(strip.to_string() + &job)).await;
+    s.cycle_at(0).await;
+    publish(prometheus, target, &page(0.0, 0.0)).await;
+    s.cycle_at(30).await;
+    assert_eq!(s.gateway.received().len(), 2);
+    let report = s.cycle_at(60).await;
+    assert_eq!((report.sends_started, report.gave_up), (0, 1), "{report:?}");
+    let report = s.cycle_at(90).await;
+    assert_eq!((report.sends_started, report.gave_up), (0, 1), "{report:?}");
+    assert_eq!(s.gateway.received().len(), 2);
+    let history = s.history();
+    let refused: Vec<(&str, Option<&str>)> = history[2..]
+        .iter()
+        .map(|e| (e.device_key.as_deref().unwrap(), e.detail.as_deref()))
+        .collect();
+    let why = Some("limit reached: 2 actions to socket strip in the last 1day (limit 2 per 1day)");
+    assert_eq!(refused, [(d1.as_str(), why), (d2.as_str(), why)]);
+    assert_eq!(history[2].result, Some(ActionResult::GaveUp));
+}
+
+/// Scenario V4: jobctl restarts while an action is being verified: the
+/// window carries on from the journal, the result is recorded once, and a
+/// window jobctl did not see the end of is judged on what it saw.
+async fn a_restart_during_the_window_keeps_the_result_right(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("104", "1"), device("104", "2"));
+    let job = offline_now_job("104") + "verify = { within = \"10m\" }\n";
+    let body = sockets("104") + &job;
+    let page = |a: f64, b: f64| [online("104", "1", a), online("104", "2", b)];
+    publish(prometheus, target, &page(0.0, 0.0)).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+    s.cycle_at(0).await;
+    s.cycle_at(3).await;
+
+    let mut s = s.restart(&body).await;
+    let open = s.state("offline now", &d1).verifying.expect("the window survives a restart");
+    assert_eq!((open.episode, open.attempt, open.until), (1, 1, minutes(10)));
+    publish(prometheus, target, &page(1.0, 0.0)).await;
+    s.cycle_at(6).await;
+    assert_eq!(executions_metric(&s, "offline now", "recovered"), 1);
+
+    // Down again across the end of device 2's window: it was last seen bad
+    // at 6 min, and is back when jobctl returns at 15.
+    let mut s = s.restart(&body).await;
+    publish(prometheus, target, &page(1.0, 1.0)).await;
+    s.cycle_at(15).await;
+    s.cycle_at(16).await;
+    let s = s.restart(&body).await;
+    assert_eq!(executions_metric(&s, "offline now", "recovered"), 0, "a new process");
+
+    use ActionResult::{NotRecovered, Recovered};
+    use ExecutionStatus::Sent;
+    assert_eq!(
+        results(&s.history()),
+        [
+            result_row("offline now", &d1, (1, 1), Sent, Some(Recovered), Some(6)),
+            result_row("offline now", &d2, (1, 1), Sent, Some(NotRecovered), None),
+        ]
+    );
+    assert_eq!(s.gateway.received().len(), 2);
 }

@@ -28,6 +28,7 @@ fn firing(episode: u64, actions_taken: u32, since: i64) -> JobState {
         phase: Phase::Firing { since: at(since), episode, actions_taken },
         episodes_started: episode,
         last_action_at: Some(at(since)),
+        ..JobState::default()
     }
 }
 
@@ -246,11 +247,13 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
         },
         episodes_started: 4,
         last_action_at: Some(at(50)),
+        ..JobState::default()
     };
     let resolved = JobState {
         phase: Phase::Resolved { at: at(200), episode: 2 },
         episodes_started: 2,
         last_action_at: None,
+        ..JobState::default()
     };
     {
         let mut journal = Journal::open(&path).unwrap();

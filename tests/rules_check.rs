@@ -307,7 +307,7 @@ fn syntax_errors_keep_toml_position() {
 fn unknown_keys_name_the_accepted_ones() {
     assert_eq!(
         errors(&with_job(&format!("metrc = \"x\"\n{BODY}"))),
-        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `schedule`, `guards`, `enabled`"
+        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`"
     );
 }
 
@@ -667,6 +667,57 @@ fn repeat_needs_a_positive_max_and_every() {
     assert_eq!(
         errors(&with_job(&format!("{BODY}repeat = {{ max = 3 }}\n"))),
         "rules.toml:15:10: job #1: repeat needs every and max, like repeat = { every = \"30m\", max = 3 }"
+    );
+}
+
+#[test]
+fn verify_needs_a_sensible_window() {
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}verify = {{ within = \"0s\" }}\n"))),
+        "rules.toml:15:21: job #1: verify.within must be longer than 0s"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}verify = {{ within = \"2d\" }}\n"))),
+        "rules.toml:15:21: job #1: verify.within must be at most 1day: a device that comes back later than that did not come back because of the action"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}verify = {{}}\n"))),
+        "rules.toml:15:10: job #1: verify needs within, like verify = { within = \"10m\" }"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}verify = {{ within = \"10m\", for = \"1m\" }}\n"))),
+        "rules.toml:15:28: unknown field `for`, expected `within`"
+    );
+}
+
+#[test]
+fn limit_needs_at_least_one_action_in_a_sensible_period() {
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}limit = {{ actions = 0, per = \"0s\" }}\n"))),
+        "rules.toml:15:21: job #1: limit.actions must be at least 1; disable the job (enabled = false) to stop it acting, or leave limit out\nrules.toml:15:30: job #1: limit.per must be longer than 0s"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}limit = {{ actions = 5000, per = \"60d\" }}\n"))),
+        "rules.toml:15:21: job #1: limit.actions must be at most 1000\nrules.toml:15:33: job #1: limit.per must be at most 30days"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}limit = {{ actions = 3 }}\n"))),
+        "rules.toml:15:9: job #1: limit needs actions and per, like limit = { actions = 3, per = \"24h\" }"
+    );
+}
+
+#[test]
+fn check_shows_verify_and_limit_in_the_job_summary() {
+    let text = with_job(&format!(
+        "name = \"offline\"\n{BODY}verify = {{ within = \"10m\" }}\nlimit = {{ actions = 3, per = \"24h\" }}\n"
+    ));
+    let rules = rules::parse(&text, "rules.toml").unwrap();
+    let summary = rules.jobs[0].to_string();
+    assert!(
+        summary.ends_with(
+            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends"
+        ),
+        "{summary}"
     );
 }
 

@@ -27,6 +27,9 @@ pub struct EngineMetrics {
     sms: IntCounterVec,
     /// Actions that could not become an SMS, by job.
     action_errors: IntCounterVec,
+    /// What became of actions (recovered, not recovered, unverified, gave
+    /// up), by job.
+    executions: IntCounterVec,
     devices: GaugeVec,
     /// Per job, which phases `devices` has a series for.
     devices_shown: Mutex<HashMap<String, [bool; 4]>>,
@@ -86,6 +89,15 @@ impl EngineMetrics {
         )
         .expect("valid");
         register(Box::new(action_errors.clone()));
+        let executions = IntCounterVec::new(
+            Opts::new(
+                "jobctl_executions_total",
+                "What became of actions, by job and outcome: recovered, not_recovered, unverified (verify), gave_up (limit).",
+            ),
+            &["job", "outcome"],
+        )
+        .expect("valid");
+        register(Box::new(executions.clone()));
         let devices = GaugeVec::new(
             Opts::new("jobctl_job_devices", "Devices per job and state after the last cycle."),
             &["job", "state"],
@@ -135,6 +147,7 @@ impl EngineMetrics {
             unknown,
             sms,
             action_errors,
+            executions,
             devices,
             devices_shown: Mutex::new(HashMap::new()),
             cycle_duration,
@@ -213,6 +226,12 @@ impl EngineMetrics {
     /// Counts a due action of `job` that could not be carried out.
     pub(super) fn action_error(&self, job: &str) {
         self.action_errors.with_label_values(&[job]).inc();
+    }
+
+    /// Counts what became of an action of `job`: `recovered`,
+    /// `not_recovered`, `unverified` or `gave_up`.
+    pub(super) fn action_result(&self, job: &str, outcome: &str) {
+        self.executions.with_label_values(&[job, outcome]).inc();
     }
 
     /// Counts an SMS attempt or decision by outcome (`sent`, `failed`,

@@ -39,8 +39,13 @@
 //! `outbox` everything between "an action is due" and "its outcome is
 //! journalled" (budgets, retries, one journal row per attempt, the channels
 //! a message goes over); `silences` the silences in force and the actions
-//! they hold; `metrics` jobctl's own metrics.
+//! they hold; `closed_loop` what happens between evaluating and acting to
+//! close the loop (limits checked against the journal, the results of
+//! verifications recorded); `escalation` what a person should hear about;
+//! `metrics` jobctl's own metrics.
 
+mod closed_loop;
+mod escalation;
 mod metrics;
 mod outbox;
 mod silences;
@@ -107,6 +112,8 @@ pub struct CycleReport {
     pub suppressed: usize,
     /// Actions that could not become an SMS (no socket for the device…).
     pub action_errors: usize,
+    /// Actions refused by their job's `limit`: the episode gave up.
+    pub gave_up: usize,
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
     pub unsaved_states: usize,
@@ -168,6 +175,9 @@ pub struct Engine {
     unsaved: BTreeSet<(String, String)>,
     /// The silences in force, reread when another process changed them.
     silences: Silences,
+    /// Results of verifications the journal could not take, recorded with
+    /// the next cycle's.
+    unrecorded_results: Vec<closed_loop::Conclusion>,
 }
 
 impl Engine {
@@ -213,6 +223,7 @@ impl Engine {
             dry_run,
             unsaved: BTreeSet::new(),
             silences: Silences::default(),
+            unrecorded_results: Vec::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -226,6 +237,11 @@ impl Engine {
     /// The engine's metrics registry (served on `/metrics` by `jobctl run --listen`).
     pub(crate) fn metrics(&self) -> Arc<EngineMetrics> {
         self.metrics.clone()
+    }
+
+    /// jobctl's own metrics in the text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        String::from_utf8(self.metrics.encode()).expect("the text format is UTF-8")
     }
 
     /// A job's state on a device, as the engine holds it.
@@ -316,6 +332,7 @@ impl Engine {
 
         let rules = self.rules.clone();
         let mut dispatch: Vec<Due> = Vec::new();
+        let mut concluded: Vec<closed_loop::Conclusion> = Vec::new();
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
         let mut silenced = Vec::new();
         let mut index = Index::new(&answers);
@@ -381,6 +398,14 @@ impl Engine {
                 if let Some(held) = event.silenced {
                     silenced.push((job.name.clone(), device.to_string(), held));
                 }
+                if let Some(done) = event.concluded {
+                    concluded.push(closed_loop::Conclusion {
+                        job: job.name.clone(),
+                        device: device.to_string(),
+                        who: describe(device, &verdict),
+                        concluded: done,
+                    });
+                }
                 if let Some((due, state_after, previous)) = event.action {
                     report.actions_due += 1;
                     let device = device.to_string();
@@ -403,6 +428,7 @@ impl Engine {
         }
 
         let journalling = Instant::now();
+        self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
         if !dispatch.is_empty() {
             self.act(&rules, dispatch, &mut report).await;
         }

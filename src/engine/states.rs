@@ -133,6 +133,8 @@ pub(super) struct DeviceEvent {
     pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
     /// The action a silence holds back instead, if one does.
     pub(super) silenced: Option<HeldBySilence>,
+    /// The verification of an earlier action that ended.
+    pub(super) concluded: Option<state::Concluded>,
 }
 
 /// An action a silence holds back, found in a cycle, to be logged and
@@ -145,6 +147,11 @@ pub(super) struct HeldBySilence {
     pub(super) episode: u64,
     /// The action's number in the episode.
     pub(super) attempt: u32,
+}
+
+/// The limits of the state machine that `job` states.
+pub(super) fn timing(job: &Job) -> Timing {
+    Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat, verify: job.verify }
 }
 
 /// Advances each (job, device) the engine knows by one evaluation: every
@@ -166,7 +173,7 @@ pub(super) fn advance_job(
     mut changed: impl FnMut(DeviceId),
     silence: impl Fn(DeviceId) -> Option<SilenceHold>,
 ) -> (usize, u64) {
-    let timing = Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat };
+    let timing = timing(job);
     let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
     let answered = &evaluation.devices;
     let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
@@ -214,6 +221,7 @@ pub(super) fn advance_job(
             verdict: verdict.verdict,
             value: verdict.first_value,
             in_window,
+            limit_reached: false,
             silence: None,
         };
         let mut step = previous.advance(&timing, &inputs);
@@ -243,6 +251,7 @@ pub(super) fn advance_job(
             || !step.transitions.is_empty()
             || step.action.is_some()
             || silenced.is_some()
+            || step.concluded.is_some()
         {
             events.push(DeviceEvent {
                 device,
@@ -251,6 +260,7 @@ pub(super) fn advance_job(
                 transitions: step.transitions,
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
                 silenced,
+                concluded: step.concluded,
             });
         }
         let phase = step.state.phase.name();

@@ -10,7 +10,7 @@ use super::error::Error;
 use super::table::{render_table, Format};
 use super::{load_rules, parse_since, read_journal};
 use crate::exit::Exit;
-use crate::journal::{Attempt, Execution, ExecutionStatus, HistoryFilter};
+use crate::journal::{ActionResult, Attempt, Execution, ExecutionStatus, HistoryFilter};
 
 /// `jobctl history` flags.
 #[derive(Debug, clap::Args)]
@@ -56,6 +56,14 @@ struct Row<'a> {
     /// Each backend attempt, oldest first: which backend, how it ended, and
     /// its reference or reason.
     attempt_details: Vec<AttemptRow<'a>>,
+    /// What became of the action: recovered, not_recovered, unverified
+    /// (`verify`) or gave_up (`limit`); `null` while unknown or not asked.
+    result: Option<&'static str>,
+    /// When the result was recorded.
+    result_time: Option<String>,
+    /// For `recovered`: seconds from the action to the first evaluation
+    /// that found the condition false.
+    recovered_after_seconds: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +104,9 @@ impl<'a> Row<'a> {
             manual: e.manual,
             attempts: e.attempts.len(),
             attempt_details: e.attempts.iter().map(AttemptRow::of).collect(),
+            result: e.result.map(ActionResult::as_str),
+            result_time: e.result_at.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            recovered_after_seconds: e.recovered_after.map(|d| d.as_secs()),
         }
     }
 }
@@ -126,9 +137,19 @@ pub(super) fn run(config: &Path, args: HistoryArgs) -> Result<Exit, Error> {
 }
 
 fn table(rows: &[Row<'_>]) -> String {
-    let header =
-        ["ID", "TIME (UTC)", "JOB", "DEVICE", "SOCKET", "TEXT", "OUTCOME", "BACKEND", "DETAIL"];
-    let cells: Vec<[String; 9]> = rows
+    let header = [
+        "ID",
+        "TIME (UTC)",
+        "JOB",
+        "DEVICE",
+        "SOCKET",
+        "TEXT",
+        "OUTCOME",
+        "RESULT",
+        "BACKEND",
+        "DETAIL",
+    ];
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -139,10 +160,23 @@ fn table(rows: &[Row<'_>]) -> String {
                 r.socket.to_string(),
                 format!("{:?}", r.text),
                 r.outcome.to_string(),
+                result_text(r),
                 r.backend.unwrap_or("-").to_string(),
                 r.detail.unwrap_or("").to_string(),
             ]
         })
         .collect();
     render_table(&header, &cells)
+}
+
+/// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing.
+fn result_text(row: &Row<'_>) -> String {
+    match (row.result, row.recovered_after_seconds) {
+        (Some(result), Some(seconds)) => {
+            let after = std::time::Duration::from_secs(seconds);
+            format!("{result} after {}", humantime::format_duration(after))
+        }
+        (Some(result), None) => result.to_string(),
+        (None, _) => String::new(),
+    }
 }

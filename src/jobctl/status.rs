@@ -11,7 +11,7 @@ use super::error::Error;
 use super::table::{render_table, Format};
 use super::{load_rules, read_journal};
 use crate::exit::Exit;
-use crate::rules::state::{JobState, Phase};
+use crate::rules::state::{JobState, Phase, Verifying};
 
 /// `jobctl status` flags.
 #[derive(Debug, clap::Args)]
@@ -33,6 +33,10 @@ struct DeviceRow {
     /// daemon journalled does (a silence still in force).
     #[serde(skip_serializing_if = "Option::is_none")]
     held_by: Option<HeldRow>,
+    /// The latest action's verification (`verify`), while it is open.
+    verifying: Option<VerifyingRow>,
+    /// Whether the job gave up on the device in this episode (`limit`).
+    gave_up: bool,
 }
 
 #[derive(Serialize)]
@@ -43,6 +47,19 @@ struct HeldRow {
     silence: i64,
     /// When the silence ends.
     until: String,
+}
+
+#[derive(Serialize)]
+struct VerifyingRow {
+    /// The action's episode and number.
+    episode: u64,
+    action: u32,
+    /// When the action was taken and when the window ends.
+    since: String,
+    until: String,
+    /// Seconds of the window gone and in all.
+    elapsed_seconds: u64,
+    window_seconds: u64,
 }
 
 #[derive(Serialize)]
@@ -72,7 +89,38 @@ fn time(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn describe(device: String, job: String, state: &JobState) -> DeviceRow {
+/// `verifying, 4m of 10m`: how far an open verification is at `now`.
+fn verifying_text(row: &VerifyingRow) -> String {
+    let minutes = |seconds: u64| std::time::Duration::from_secs(seconds / 60 * 60);
+    let (elapsed, window) = if row.window_seconds < 120 {
+        let s = std::time::Duration::from_secs;
+        (s(row.elapsed_seconds), s(row.window_seconds))
+    } else {
+        (minutes(row.elapsed_seconds), minutes(row.window_seconds))
+    };
+    format!(
+        "verifying, {} of {}",
+        humantime::format_duration(elapsed),
+        humantime::format_duration(window)
+    )
+}
+
+fn verifying_row(v: &Verifying, now: jiff::Timestamp) -> VerifyingRow {
+    let seconds = |from: jiff::Timestamp, to: jiff::Timestamp| {
+        u64::try_from(to.duration_since(from).as_secs()).unwrap_or(0)
+    };
+    let window = seconds(v.action_at, v.until);
+    VerifyingRow {
+        episode: v.episode,
+        action: v.attempt,
+        since: time(v.action_at),
+        until: time(v.until),
+        elapsed_seconds: seconds(v.action_at, now).min(window),
+        window_seconds: window,
+    }
+}
+
+fn describe(device: String, job: String, state: &JobState, now: jiff::Timestamp) -> DeviceRow {
     let (since, episode) = match &state.phase {
         Phase::Inactive => (None, None),
         Phase::Pending { since, .. } => (Some(time(*since)), None),
@@ -87,6 +135,11 @@ fn describe(device: String, job: String, state: &JobState) -> DeviceRow {
         episode,
         last_action: state.last_action_at.map(time),
         held_by: None,
+        verifying: state.verifying.as_ref().map(|v| verifying_row(v, now)),
+        gave_up: match (&state.phase, state.gave_up_in) {
+            (Phase::Firing { episode, .. }, Some(gave_up)) => *episode == gave_up,
+            _ => false,
+        },
     }
 }
 
@@ -94,10 +147,11 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
     let journal = read_journal(&rules)?;
     let states = journal.load_states()?;
+    let now = jiff::Timestamp::now();
     let mut devices: Vec<DeviceRow> = states
         .iter()
         .filter(|((job, _), _)| rules.job(job).is_some())
-        .map(|((job, device), state)| describe(device.clone(), job.clone(), state))
+        .map(|((job, device), state)| describe(device.clone(), job.clone(), state, now))
         .collect();
     devices.sort_by(|a, b| (&a.job, &a.device).cmp(&(&b.job, &b.device)));
     let now = jiff::Timestamp::now();
@@ -185,7 +239,11 @@ fn render(status: &Status) -> String {
             [
                 d.job.clone(),
                 d.device.clone(),
-                d.state.to_string(),
+                match (&d.verifying, d.gave_up) {
+                    (Some(v), _) => format!("{} ({})", d.state, verifying_text(v)),
+                    (None, true) => format!("{} (gave up: limit reached)", d.state),
+                    (None, false) => d.state.to_string(),
+                },
                 d.since.clone().unwrap_or_default(),
                 d.episode.map(|e| e.to_string()).unwrap_or_default(),
                 d.last_action.clone().unwrap_or_default(),
@@ -233,5 +291,28 @@ fn used(count: u32, limit: Option<u32>) -> String {
     match limit {
         Some(limit) => format!("{count}/{limit}"),
         None => count.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_verification_reads_as_how_far_it_is() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_700_000_000 + s).unwrap();
+        let open = Verifying {
+            episode: 2,
+            attempt: 1,
+            action_at: at(0),
+            until: at(600),
+            last_seen: crate::rules::state::Seen::Bad,
+        };
+        let row = verifying_row(&open, at(4 * 60 + 20));
+        assert_eq!((row.elapsed_seconds, row.window_seconds), (260, 600));
+        assert_eq!(verifying_text(&row), "verifying, 4m of 10m");
+        assert_eq!(verifying_text(&verifying_row(&open, at(900))), "verifying, 10m of 10m");
+        let short = Verifying { until: at(90), ..open };
+        assert_eq!(verifying_text(&verifying_row(&short, at(45))), "verifying, 45s of 1m 30s");
     }
 }

@@ -113,6 +113,63 @@ impl FromSql for ExecutionStatus {
     }
 }
 
+/// What became of a rule's action: whether the device recovered after it
+/// (`verify`), or that the job gave up on the device (`limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionResult {
+    /// The condition was found false within `verify.within`.
+    Recovered,
+    /// The condition was still seen true when the window ended.
+    NotRecovered,
+    /// Nothing seen within the window decided it (unknown throughout).
+    Unverified,
+    /// The job's limit was reached: this action was not sent, and the job
+    /// acts no more on the device in this episode.
+    GaveUp,
+}
+
+impl ActionResult {
+    /// Every result.
+    pub(crate) const ALL: [ActionResult; 4] = [
+        ActionResult::Recovered,
+        ActionResult::NotRecovered,
+        ActionResult::Unverified,
+        ActionResult::GaveUp,
+    ];
+
+    /// The word stored in the journal and shown by `history`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionResult::Recovered => "recovered",
+            ActionResult::NotRecovered => "not_recovered",
+            ActionResult::Unverified => "unverified",
+            ActionResult::GaveUp => "gave_up",
+        }
+    }
+}
+
+impl fmt::Display for ActionResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for ActionResult {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ActionResult {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<ActionResult> {
+        let word = value.as_str()?;
+        ActionResult::ALL
+            .into_iter()
+            .find(|result| result.as_str() == word)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown result {word:?}").into()))
+    }
+}
+
 /// One backend's attempt at one execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -162,12 +219,20 @@ pub struct Execution {
     pub updated_at: Timestamp,
     /// Every backend attempt, oldest first.
     pub attempts: Vec<Attempt>,
+    /// What became of the action, once known (`verify`, `limit`).
+    pub result: Option<ActionResult>,
+    /// When the result was recorded.
+    pub result_at: Option<Timestamp>,
+    /// For `recovered`: from the action to the first evaluation that found
+    /// the condition false.
+    pub recovered_after: Option<std::time::Duration>,
 }
 
 /// The columns [`execution_from_row`] reads, in its order.
 pub(super) const EXECUTION_COLUMNS: &str =
     "id, job, device_key, socket, phone, text, episode, attempt, \
-     trigger_value, status, backend, detail, manual, created_at, updated_at";
+     trigger_value, status, backend, detail, manual, created_at, updated_at, \
+     result, result_at, recovered_after_ms";
 
 /// An execution from a row of [`EXECUTION_COLUMNS`], its attempts not yet read.
 pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
@@ -188,6 +253,13 @@ pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ex
         created_at: timestamp_column(row, 13)?,
         updated_at: timestamp_column(row, 14)?,
         attempts: Vec::new(),
+        result: row.get(15)?,
+        result_at: row
+            .get::<_, Option<i64>>(16)?
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+        recovered_after: row
+            .get::<_, Option<i64>>(17)?
+            .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
     })
 }
 

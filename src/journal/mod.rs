@@ -65,6 +65,9 @@
 //!   and how a row reads back.
 //! - `sends` — writing sends: planned, sending, finished, suppressed;
 //!   recovery of what a killed process left in flight; budget counts.
+//! - `results` — what became of a rule's action: recovered, not recovered
+//!   or unverified (on its row, once), gave up (a row of its own), and the
+//!   counts a job's `limit` is checked against.
 //! - `states` — job states, saved and loaded as the caller's type.
 //! - `history` — the queries behind `jobctl history` and `jobctl status`.
 //! - `silences` — silences and the actions they held back, with the one
@@ -73,6 +76,7 @@
 mod execution;
 mod history;
 mod lock;
+mod results;
 mod schema;
 mod sends;
 mod silences;
@@ -89,8 +93,11 @@ use crate::clock::{Clock, SystemClock};
 use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
-pub use execution::{Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus};
+pub use execution::{
+    ActionResult, Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
+};
 pub use history::HistoryFilter;
+pub use results::ActionRef;
 pub use schema::SCHEMA_VERSION;
 pub use sends::{Origin, PlannedSend, SendResult, Suppression};
 pub use silences::{

@@ -67,6 +67,8 @@ CREATE TABLE job_state (
 ) WITHOUT ROWID;
 ",
     r"
+-- Version 2: silences and the actions they held; what became of a rule's
+-- action (verify, limit).
 CREATE TABLE silences (
     id         INTEGER PRIMARY KEY,
     job        TEXT,               -- NULL: every job
@@ -93,6 +95,13 @@ CREATE TABLE held_actions (
 CREATE UNIQUE INDEX held_actions_once
     ON held_actions (job, device_key, episode, reason, IFNULL(silence_id, 0));
 CREATE INDEX held_actions_by_silence ON held_actions (silence_id);
+
+-- What became of a rule's action (verify, limit).
+ALTER TABLE executions ADD COLUMN result TEXT
+    CHECK (result IN ('recovered', 'not_recovered', 'unverified', 'gave_up'));
+ALTER TABLE executions ADD COLUMN result_at INTEGER;          -- Unix milliseconds
+ALTER TABLE executions ADD COLUMN recovered_after_ms INTEGER; -- action to recovery
+CREATE INDEX executions_by_job_socket ON executions (job, socket, created_at);
 ",
 ];
 
@@ -202,5 +211,42 @@ fn classify_open_error(path: &Path, source: rusqlite::Error) -> JournalError {
             JournalError::NotADatabase { path: path.to_path_buf() }
         }
         _ => sqlite_error(path, "reading the schema")(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::journal::{ExecutionId, ExecutionStatus};
+
+    #[test]
+    fn a_version_1_journal_upgrades_and_keeps_its_rows_without_results() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(MIGRATIONS[0]).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        connection
+            .execute(
+                "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+                 status, manual, created_at, updated_at) \
+                 VALUES ('offline', 'd=1', 'lobby', '+79991234567', '#01#0#', 1, 1, 'sent', 0, 5, 5)",
+                [],
+            )
+            .unwrap();
+        let mut journal = Journal::new(connection, Path::new(":memory:"), None);
+        journal.prepare(true).unwrap();
+
+        let version: i64 =
+            journal.connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let execution = journal.execution(ExecutionId(1)).unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Sent);
+        assert_eq!(
+            (execution.result, execution.result_at, execution.recovered_after),
+            (None, None, None)
+        );
+        let refused = journal.connection.execute("UPDATE executions SET result = 'fixed'", []);
+        assert!(refused.is_err(), "only known results are stored");
     }
 }

@@ -208,6 +208,10 @@ pub(crate) struct RawJob {
     pub(crate) cooldown: Option<Spanned<HumanDuration>>,
     /// Repeats within an episode. Default none.
     pub(crate) repeat: Option<Spanned<RawRepeat>>,
+    /// Whether an action helped. Default not verified.
+    pub(crate) verify: Option<Spanned<RawVerify>>,
+    /// Most actions per device and per socket in a period. Default none.
+    pub(crate) limit: Option<Spanned<RawLimit>>,
     /// When actions may run. Default any time.
     pub(crate) schedule: Option<Spanned<RawSchedule>>,
     /// Guards. Default the file's top-level `guards`.
@@ -238,6 +242,24 @@ pub(crate) struct RawRepeat {
     pub(crate) every: Option<Spanned<HumanDuration>>,
     /// Most repeats per episode. Required, at least 1.
     pub(crate) max: Option<Spanned<i64>>,
+}
+
+/// `verify = { within }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerify {
+    /// How long after an action the condition must be found false. Required.
+    pub(crate) within: Option<Spanned<HumanDuration>>,
+}
+
+/// `limit = { actions, per }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    /// Most actions in `per`. Required, at least 1.
+    pub(crate) actions: Option<Spanned<i64>>,
+    /// The rolling period. Required.
+    pub(crate) per: Option<Spanned<HumanDuration>>,
 }
 
 /// `schedule = { days, hours, time_zone }`.

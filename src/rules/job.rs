@@ -73,6 +73,27 @@ impl fmt::Display for Action {
 
 pub use super::state::Repeat;
 
+/// The longest `verify.within`: an action whose effect shows a day later is
+/// not what made the device recover.
+pub(crate) const MAX_VERIFY_WITHIN: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `limit.per`: the journal is read back that far each time an
+/// action falls due.
+pub(crate) const MAX_LIMIT_PER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The most actions a `limit` may allow (beyond it, it limits nothing).
+pub(crate) const MAX_LIMIT_ACTIONS: u32 = 1000;
+
+/// At most `actions` actions of a job on one device, and on one socket, in
+/// any rolling `per` (`limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// How many actions.
+    pub(crate) actions: u32,
+    /// In how long.
+    pub(crate) per: Duration,
+}
+
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -95,6 +116,12 @@ pub struct Job {
     pub(crate) cooldown: Duration,
     /// Repeats within one episode; `None` = act once per episode.
     pub(crate) repeat: Option<Repeat>,
+    /// How long after an action the condition must be found false for it to
+    /// count as `recovered` (`verify.within`); `None` = not verified.
+    pub(crate) verify: Option<Duration>,
+    /// At most this many actions per device and per socket; `None` = no
+    /// limit but cooldown, repeat and budgets.
+    pub(crate) limit: Option<Limit>,
     /// When the job may act; `None` = any time.
     pub(crate) schedule: Option<Schedule>,
     /// Expressions that must hold for a device before its data is believed.
@@ -167,6 +194,22 @@ impl fmt::Display for Job {
         }
         if let Some(schedule) = &self.schedule {
             write!(f, ", only {schedule}")?;
+        }
+        if let Some(within) = self.verify {
+            write!(
+                f,
+                "\n  verify:   recovered if the condition is false within {}",
+                humantime::format_duration(within)
+            )?;
+        }
+        if let Some(limit) = self.limit {
+            write!(
+                f,
+                "\n  limit:    at most {} action{} per device and per socket in {}, then give up until the episode ends",
+                limit.actions,
+                if limit.actions == 1 { "" } else { "s" },
+                humantime::format_duration(limit.per)
+            )?;
         }
         Ok(())
     }

@@ -50,6 +50,36 @@
 //! resolves first. Phases, `for` timers and episodes move on as usual
 //! while an action is held.
 //!
+//! # Did the action help? (`verify`) and when to stop (`limit`)
+//!
+//! With `verify = { within }`, an action opens a *verification* of itself
+//! ([`Verifying`], kept in the state so a restart carries it on). The
+//! condition is watched as before, and the verification ends with one
+//! [`Recovery`] (in the step's `concluded`):
+//!
+//! - **recovered** at the first evaluation no later than `within` after the
+//!   action that finds the condition false; the time it took is from the
+//!   action to that evaluation.
+//! - **not recovered** at the first evaluation at or after the deadline that
+//!   finds it true, or, when that evaluation finds it false or unknown, if the
+//!   last evaluation within the window found it true (seen bad when the
+//!   window ended).
+//! - **unverified** at the first evaluation after the deadline, when nothing
+//!   seen within the window decides it: every evaluation in it was unknown
+//!   (Prometheus down, series missing) or none was made (jobctl not
+//!   running). Unknown is neither recovered nor not recovered.
+//!
+//! While a verification is open, a repeat waits for it to end: the next
+//! action is due once the action is known not to have helped (and `every`
+//! has passed), never while its effect is still awaited.
+//!
+//! A job's `limit` is counted by the engine (from the journal, per device
+//! and per socket) and handed in as [`Evaluation::limit_reached`]. An action
+//! that would be due while the limit is reached is not: the episode *gives
+//! up* ([`Step::gave_up`], once per episode, remembered in
+//! [`JobState::gave_up_in`]) and takes no further action until it ends; a
+//! later episode acts again if the limit allows.
+//!
 //! # Unknown is not true, and not false either
 //!
 //! [`Verdict::Unknown`] (Prometheus unreachable, a query error, the device's
@@ -99,6 +129,10 @@ pub(crate) struct Timing {
     /// Further actions while the same episode keeps firing; `None` = one
     /// action per episode.
     pub(crate) repeat: Option<Repeat>,
+    /// How long after an action the condition must be found false for the
+    /// action to count as having helped (`verify.within`); `None` = actions
+    /// are not verified.
+    pub(crate) verify: Option<Duration>,
 }
 
 /// Repeated actions within one firing episode.
@@ -122,6 +156,10 @@ pub struct Evaluation {
     pub(crate) value: Option<f64>,
     /// Whether the job's schedule window allows actions at `now`.
     pub(crate) in_window: bool,
+    /// Whether the job's `limit` of actions on this device (or its socket)
+    /// is reached now: an action that would be due gives the episode up
+    /// instead.
+    pub(crate) limit_reached: bool,
     /// The silence in force on this (job, device) at `now`, if one is.
     pub(crate) silence: Option<SilenceHold>,
 }
@@ -149,6 +187,73 @@ pub struct JobState {
     /// episode; the cooldown counts from here.
     #[serde(with = "crate::clock::unix_millis_option")]
     pub last_action_at: Option<Timestamp>,
+    /// The latest action, while the job waits to see whether it helped
+    /// (`verify`); `None` when no verification is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifying: Option<Verifying>,
+    /// The episode in which the job gave up on this device (its `limit` was
+    /// reached), so that it gives up once per episode and acts no more in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up_in: Option<u64>,
+}
+
+/// An action whose effect jobctl is waiting to see (`verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verifying {
+    /// The action's episode.
+    pub episode: u64,
+    /// The action's number within the episode.
+    pub attempt: u32,
+    /// When the action became due; the time to recover counts from here.
+    #[serde(with = "crate::clock::unix_millis")]
+    pub action_at: Timestamp,
+    /// When the window ends (`action_at` + `verify.within`).
+    #[serde(with = "crate::clock::unix_millis")]
+    pub until: Timestamp,
+    /// What the latest evaluation within the window found.
+    pub last_seen: Seen,
+}
+
+/// What the latest evaluation of a verification window found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// No evaluation yet since the action.
+    Nothing,
+    /// The condition still true.
+    Bad,
+    /// The verdict unknown.
+    Unknown,
+}
+
+/// How a verification ended: whether the action helped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The condition was found false within the window.
+    Recovered {
+        /// From the action to the first evaluation that found it false.
+        after: Duration,
+    },
+    /// The condition was still seen true when the window ended.
+    NotRecovered,
+    /// Nothing seen within the window decides it (unknown throughout, or
+    /// jobctl was not running).
+    Unverified,
+}
+
+/// A verification that ended in this step, naming its action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Concluded {
+    /// The action's episode.
+    pub(crate) episode: u64,
+    /// The action's number within the episode.
+    pub(crate) attempt: u32,
+    /// When the action became due.
+    pub(crate) action_at: Timestamp,
+    /// How long the window was.
+    pub(crate) window: Duration,
+    /// Whether it helped.
+    pub(crate) recovery: Recovery,
 }
 
 /// The phase of a job on one device.
@@ -318,13 +423,25 @@ pub(crate) struct Step {
     pub(crate) action: Option<ActionDue>,
     /// Why an action that would be due is waiting, if it is.
     pub(crate) held: Option<ActionHeld>,
+    /// The verification that ended at this evaluation, if one did.
+    pub(crate) concluded: Option<Concluded>,
+    /// The episode gave up at this evaluation (an action would be due but
+    /// the job's limit is reached): its number. Once per episode.
+    pub(crate) gave_up: Option<u64>,
 }
 
 impl JobState {
     /// Applies one evaluation, following the rules in the module docs.
     pub(crate) fn advance(&self, timing: &Timing, evaluation: &Evaluation) -> Step {
-        let mut step =
-            Step { state: self.clone(), transitions: Vec::new(), action: None, held: None };
+        let mut step = Step {
+            state: self.clone(),
+            transitions: Vec::new(),
+            action: None,
+            held: None,
+            concluded: None,
+            gave_up: None,
+        };
+        step.verify(evaluation);
         let now = evaluation.now;
         match (self.phase.clone(), evaluation.verdict) {
             (Phase::Inactive | Phase::Resolved { .. }, Verdict::True) => {
@@ -371,6 +488,47 @@ impl crate::journal::JournalState for JobState {
 }
 
 impl Step {
+    /// Carries an open verification on by one evaluation, ending it when
+    /// the rules in the module docs decide it. Runs before the phase's own
+    /// rules, so that an action due at this evaluation opens a fresh one.
+    fn verify(&mut self, evaluation: &Evaluation) {
+        let Some(mut open) = self.state.verifying else { return };
+        let now = evaluation.now;
+        let within_window = now <= open.until;
+        let recovery = match evaluation.verdict {
+            Verdict::False if within_window => {
+                Some(Recovery::Recovered { after: elapsed(open.action_at, now) })
+            }
+            Verdict::True if now >= open.until => Some(Recovery::NotRecovered),
+            _ if within_window => None,
+            // After the window, neither true: what the window saw decides.
+            _ => Some(match open.last_seen {
+                Seen::Bad => Recovery::NotRecovered,
+                Seen::Nothing | Seen::Unknown => Recovery::Unverified,
+            }),
+        };
+        match recovery {
+            Some(recovery) => {
+                self.state.verifying = None;
+                self.concluded = Some(Concluded {
+                    episode: open.episode,
+                    attempt: open.attempt,
+                    action_at: open.action_at,
+                    window: elapsed(open.action_at, open.until),
+                    recovery,
+                });
+            }
+            None => {
+                open.last_seen = match evaluation.verdict {
+                    Verdict::True => Seen::Bad,
+                    Verdict::Unknown => Seen::Unknown,
+                    Verdict::False => open.last_seen,
+                };
+                self.state.verifying = Some(open);
+            }
+        }
+    }
+
     fn enter(&mut self, phase: Phase, at: Timestamp, after: Duration, episode: Option<u64>) {
         let from = self.state.phase.name();
         let to = phase.name();
@@ -399,6 +557,9 @@ impl Step {
     /// Firing, observed true: decide whether the next action is due.
     fn act_if_allowed(&mut self, timing: &Timing, evaluation: &Evaluation) {
         let Phase::Firing { since, episode, actions_taken } = self.state.phase else { return };
+        if self.state.gave_up_in == Some(episode) {
+            return;
+        }
         let now = evaluation.now;
         if actions_taken == 0 {
             if let Some(last) = self.state.last_action_at {
@@ -409,7 +570,7 @@ impl Step {
             }
         } else {
             let Some(repeat) = timing.repeat else { return };
-            if actions_taken > repeat.max {
+            if actions_taken > repeat.max || self.state.verifying.is_some() {
                 return;
             }
             // A repeat is scheduled, not held, until `every` has passed.
@@ -426,9 +587,21 @@ impl Step {
             self.held = Some(ActionHeld::Silenced(silence));
             return;
         }
+        if evaluation.limit_reached {
+            self.state.gave_up_in = Some(episode);
+            self.gave_up = Some(episode);
+            return;
+        }
         let attempt_in_episode = actions_taken + 1;
         self.state.phase = Phase::Firing { since, episode, actions_taken: attempt_in_episode };
         self.state.last_action_at = Some(now);
+        self.state.verifying = timing.verify.map(|within| Verifying {
+            episode,
+            attempt: attempt_in_episode,
+            action_at: now,
+            until: after(now, within),
+            last_seen: Seen::Nothing,
+        });
         self.action =
             Some(ActionDue { episode, attempt_in_episode, trigger_value: evaluation.value });
     }
@@ -472,6 +645,12 @@ mod tests {
         actions: Vec<(u64, ActionDue)>,
         transitions: Vec<Transition>,
         last_held: Option<ActionHeld>,
+        /// Every verification that ended, with the minute it ended.
+        concluded: Vec<(u64, Concluded)>,
+        /// The minutes at which an episode gave up.
+        gave_up: Vec<(u64, u64)>,
+        /// Whether the limit is reached, as the engine would say.
+        limit_reached: bool,
     }
 
     const ORIGIN: i64 = 1_700_000_000;
@@ -488,6 +667,9 @@ mod tests {
                 actions: Vec::new(),
                 transitions: Vec::new(),
                 last_held: None,
+                concluded: Vec::new(),
+                gave_up: Vec::new(),
+                limit_reached: false,
             }
         }
 
@@ -508,11 +690,18 @@ mod tests {
                 value: Some(minute as f64),
                 in_window,
                 silence,
+                limit_reached: self.limit_reached,
             };
             let step = self.state.advance(&self.timing, &evaluation);
             self.state = step.state.clone();
             if let Some(action) = step.action {
                 self.actions.push((minute, action));
+            }
+            if let Some(concluded) = step.concluded {
+                self.concluded.push((minute, concluded));
+            }
+            if let Some(episode) = step.gave_up {
+                self.gave_up.push((minute, episode));
             }
             self.transitions.extend(step.transitions.iter().copied());
             self.last_held = step.held;
@@ -540,7 +729,12 @@ mod tests {
     }
 
     fn timing(for_minutes: u64, cooldown_minutes: u64) -> Timing {
-        Timing { for_: minutes(for_minutes), cooldown: minutes(cooldown_minutes), repeat: None }
+        Timing {
+            for_: minutes(for_minutes),
+            cooldown: minutes(cooldown_minutes),
+            repeat: None,
+            verify: None,
+        }
     }
 
     #[test]
@@ -646,6 +840,7 @@ mod tests {
         let mut device = Device::new(Timing {
             for_: minutes(10),
             cooldown: minutes(60),
+            verify: None,
             repeat: Some(Repeat { every: minutes(15), max: 2 }),
         });
         device.run(0..=300, Verdict::True);
@@ -660,6 +855,7 @@ mod tests {
         let mut device = Device::new(Timing {
             for_: minutes(0),
             cooldown: minutes(0),
+            verify: None,
             repeat: Some(Repeat { every: minutes(5), max: 1 }),
         });
         device.run(0..=20, Verdict::True);
@@ -748,6 +944,7 @@ mod tests {
             for_: minutes(0),
             cooldown: minutes(0),
             repeat: Some(Repeat { every: minutes(10), max: 5 }),
+            verify: None,
         });
         device.eval(0, Verdict::True);
         for minute in 1..=60 {
@@ -762,6 +959,7 @@ mod tests {
         let mut device = Device::new(Timing {
             for_: minutes(0),
             cooldown: minutes(0),
+            verify: None,
             repeat: Some(Repeat { every: minutes(10), max: 5 }),
         });
         device.eval(0, Verdict::True);
@@ -831,6 +1029,7 @@ mod tests {
         let mut device = Device::new(Timing {
             for_: minutes(0),
             cooldown: minutes(0),
+            verify: None,
             repeat: Some(Repeat { every: minutes(10), max: 3 }),
         });
         device.eval(0, Verdict::True);
@@ -914,5 +1113,176 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&device.state).unwrap()).unwrap();
         device.eval(60, Verdict::True);
         assert_eq!(device.action_minutes(), vec![0, 60]);
+    }
+
+    fn verified(for_minutes: u64, within_minutes: u64) -> Timing {
+        Timing { verify: Some(minutes(within_minutes)), ..timing(for_minutes, 60) }
+    }
+
+    /// (minute it ended, attempt, recovery) of each verification.
+    fn recoveries(device: &Device) -> Vec<(u64, u32, Recovery)> {
+        device.concluded.iter().map(|(m, c)| (*m, c.attempt, c.recovery)).collect()
+    }
+
+    #[test]
+    fn a_device_found_fine_within_the_window_recovered_after_the_time_it_took() {
+        let mut device = Device::new(verified(0, 10));
+        device.eval(0, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0]);
+        let open = device.state.verifying.expect("the action is being verified");
+        assert_eq!((open.episode, open.attempt, open.until), (1, 1, at_minute(10)));
+        device.run(1..=3, Verdict::True);
+        device.eval(4, Verdict::False);
+        assert_eq!(recoveries(&device), [(4, 1, Recovery::Recovered { after: minutes(4) })]);
+        let (_, concluded) = device.concluded[0];
+        assert_eq!((concluded.action_at, concluded.window), (at_minute(0), minutes(10)));
+        assert_eq!(device.state.verifying, None);
+        assert_eq!(device.phase(), PhaseName::Resolved);
+    }
+
+    #[test]
+    fn a_device_still_bad_when_the_window_ends_did_not_recover_and_is_concluded_once() {
+        let mut device = Device::new(verified(0, 10));
+        device.run(0..=9, Verdict::True);
+        assert!(device.concluded.is_empty(), "the window is still open");
+        device.run(10..=30, Verdict::True);
+        assert_eq!(recoveries(&device), [(10, 1, Recovery::NotRecovered)]);
+        device.eval(31, Verdict::False);
+        assert_eq!(device.concluded.len(), 1, "a later recovery changes nothing");
+    }
+
+    #[test]
+    fn recovery_exactly_at_the_deadline_counts_and_just_after_does_not() {
+        let mut device = Device::new(verified(0, 10));
+        device.eval(0, Verdict::True);
+        device.eval(10, Verdict::False);
+        assert_eq!(recoveries(&device), [(10, 1, Recovery::Recovered { after: minutes(10) })]);
+
+        let mut late = Device::new(verified(0, 10));
+        late.eval(0, Verdict::True);
+        late.eval(9, Verdict::True);
+        late.eval(11, Verdict::False);
+        assert_eq!(recoveries(&late), [(11, 1, Recovery::NotRecovered)], "seen bad at 9");
+    }
+
+    #[test]
+    fn unknown_is_neither_recovered_nor_not_and_a_window_of_unknowns_is_unverified() {
+        let mut device = Device::new(verified(0, 10));
+        device.eval(0, Verdict::True);
+        device.run(1..=10, Verdict::Unknown);
+        assert!(device.concluded.is_empty(), "unknown decides nothing within the window");
+        device.eval(11, Verdict::False);
+        assert_eq!(recoveries(&device), [(11, 1, Recovery::Unverified)]);
+
+        // Seen bad, then unknown past the deadline: the last look within
+        // the window was unknown, so it is not known to have stayed bad.
+        let mut gap = Device::new(verified(0, 10));
+        gap.eval(0, Verdict::True);
+        gap.eval(3, Verdict::True);
+        gap.run(4..=12, Verdict::Unknown);
+        assert_eq!(recoveries(&gap), [(11, 1, Recovery::Unverified)]);
+
+        // Unknown within, true after: seen bad after the deadline.
+        let mut bad = Device::new(verified(0, 10));
+        bad.eval(0, Verdict::True);
+        bad.run(1..=9, Verdict::Unknown);
+        bad.eval(12, Verdict::True);
+        assert_eq!(recoveries(&bad), [(12, 1, Recovery::NotRecovered)]);
+    }
+
+    #[test]
+    fn a_window_nobody_watched_is_unverified_unless_seen_bad_after_it() {
+        let mut device = Device::new(verified(0, 10));
+        device.eval(0, Verdict::True);
+        // jobctl was down from 0 to 30; the state came back from the journal.
+        device.state =
+            serde_json::from_str(&serde_json::to_string(&device.state).unwrap()).unwrap();
+        device.eval(30, Verdict::False);
+        assert_eq!(recoveries(&device), [(30, 1, Recovery::Unverified)]);
+    }
+
+    #[test]
+    fn a_restart_within_the_window_carries_the_verification_on() {
+        let mut device = Device::new(verified(0, 10));
+        device.eval(0, Verdict::True);
+        device.eval(2, Verdict::True);
+        let json = serde_json::to_string(&device.state).unwrap();
+        device.state = serde_json::from_str(&json).unwrap();
+        assert_eq!(device.state.verifying.map(|v| v.last_seen), Some(Seen::Bad));
+        device.eval(7, Verdict::False);
+        assert_eq!(recoveries(&device), [(7, 1, Recovery::Recovered { after: minutes(7) })]);
+    }
+
+    #[test]
+    fn a_repeat_waits_for_the_verification_of_the_previous_action() {
+        let mut device = Device::new(Timing {
+            repeat: Some(Repeat { every: minutes(5), max: 2 }),
+            ..verified(0, 10)
+        });
+        device.run(0..=40, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 10, 20]);
+        assert_eq!(
+            recoveries(&device),
+            [
+                (10, 1, Recovery::NotRecovered),
+                (20, 2, Recovery::NotRecovered),
+                (30, 3, Recovery::NotRecovered)
+            ]
+        );
+    }
+
+    #[test]
+    fn without_verify_nothing_is_verified() {
+        let mut device = Device::new(timing(0, 60));
+        device.run(0..=30, Verdict::True);
+        device.eval(31, Verdict::False);
+        assert!(device.concluded.is_empty());
+        assert_eq!(device.state.verifying, None);
+    }
+
+    #[test]
+    fn a_reached_limit_gives_the_episode_up_once_and_a_later_episode_may_act() {
+        let mut device = Device::new(Timing {
+            repeat: Some(Repeat { every: minutes(5), max: 5 }),
+            ..timing(0, 0)
+        });
+        device.run(0..=5, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 5]);
+        device.limit_reached = true;
+        device.run(6..=30, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 5], "nothing past the limit");
+        assert_eq!(device.gave_up, [(10, 1)], "given up once, when the repeat fell due");
+        assert_eq!(device.state.gave_up_in, Some(1));
+        device.limit_reached = false;
+        device.run(31..=40, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 5], "the episode stays given up");
+
+        device.eval(41, Verdict::False);
+        device.eval(42, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![0, 5, 42], "a new episode acts again");
+        assert_eq!(device.gave_up.len(), 1);
+    }
+
+    #[test]
+    fn the_limit_is_only_asked_when_an_action_would_be_due() {
+        let mut device = Device::new(timing(10, 60));
+        device.limit_reached = true;
+        device.run(0..=9, Verdict::True);
+        assert!(device.gave_up.is_empty(), "nothing is due while `for` runs");
+        for minute in 10..=20 {
+            device.eval_with(minute, Verdict::True, false);
+        }
+        assert!(device.gave_up.is_empty(), "nothing is due outside the window");
+        device.eval(21, Verdict::True);
+        assert_eq!(device.gave_up, [(21, 1)]);
+        assert!(device.actions.is_empty());
+    }
+
+    #[test]
+    fn a_state_from_before_verify_and_limit_existed_still_loads() {
+        let json = r#"{"phase":{"phase":"firing","since":1700000000000,"episode":2,"actions_taken":1},"episodes_started":2,"last_action_at":1700000000000}"#;
+        let state: JobState = serde_json::from_str(json).unwrap();
+        assert_eq!((state.verifying, state.gave_up_in), (None, None));
+        assert_eq!(serde_json::to_string(&state).unwrap(), json, "nothing new is written");
     }
 }

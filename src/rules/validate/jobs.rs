@@ -19,9 +19,14 @@ use super::settings::Settings;
 use crate::config_file::ConfigError;
 use crate::rules::checker::{labels, Checker};
 use crate::rules::condition::Guard;
-use crate::rules::config::{RawEntries, RawJob, RawLabels, RawRepeat, RawSchedule};
+use crate::rules::config::{
+    RawEntries, RawJob, RawLabels, RawLimit, RawRepeat, RawSchedule, RawVerify,
+};
 use crate::rules::device::{DeviceKeyLabels, LabelMatchers};
-use crate::rules::job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
+use crate::rules::job::{
+    Action, Job, Limit, Repeat, SourcePosition, DEFAULT_COOLDOWN, MAX_LIMIT_ACTIONS, MAX_LIMIT_PER,
+    MAX_VERIFY_WITHIN,
+};
 use crate::rules::naming;
 use crate::rules::schedule::{self, HourWindow, Schedule};
 use crate::rules::socket::check::Sockets;
@@ -136,6 +141,14 @@ fn job(
         None => Some(None),
         Some(repeat) => job_repeat(ck, &label, repeat).map(Some),
     };
+    let verify = match &r.verify {
+        None => Some(None),
+        Some(verify) => job_verify(ck, &label, verify).map(Some),
+    };
+    let limit = match &r.limit {
+        None => Some(None),
+        Some(limit) => job_limit(ck, &label, limit).map(Some),
+    };
     let schedule = match &r.schedule {
         None => Some(None),
         Some(s) => job_schedule(ck, &label, s).map(Some),
@@ -180,6 +193,8 @@ fn job(
         action,
         cooldown,
         repeat: repeat?,
+        verify: verify?,
+        limit: limit?,
         schedule: schedule?,
         guards,
         enabled: r.enabled.unwrap_or(true),
@@ -227,6 +242,76 @@ fn job_repeat(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawRepeat>) -> Op
         return None;
     }
     Some(Repeat { every: every.get_ref().0, max: max_value? })
+}
+
+fn job_verify(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawVerify>) -> Option<Duration> {
+    let Some(within) = &raw.get_ref().within else {
+        ck.at(
+            raw.span(),
+            format!("{label}: verify needs within, like verify = {{ within = \"10m\" }}"),
+        );
+        return None;
+    };
+    let value = within.get_ref().0;
+    if value.is_zero() {
+        ck.at(within.span(), format!("{label}: verify.within must be longer than 0s"));
+        return None;
+    }
+    if value > MAX_VERIFY_WITHIN {
+        ck.at(
+            within.span(),
+            format!(
+                "{label}: verify.within must be at most {}: a device that comes back later than that did not come back because of the action",
+                humantime::format_duration(MAX_VERIFY_WITHIN)
+            ),
+        );
+        return None;
+    }
+    Some(value)
+}
+
+fn job_limit(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawLimit>) -> Option<Limit> {
+    let r = raw.get_ref();
+    let (Some(actions), Some(per)) = (&r.actions, &r.per) else {
+        ck.at(
+            raw.span(),
+            format!("{label}: limit needs actions and per, like limit = {{ actions = 3, per = \"24h\" }}"),
+        );
+        return None;
+    };
+    let mut ok = true;
+    let count = *actions.get_ref();
+    if count < 1 {
+        ck.at(
+            actions.span(),
+            format!("{label}: limit.actions must be at least 1; disable the job (enabled = false) to stop it acting, or leave limit out"),
+        );
+        ok = false;
+    } else if count > i64::from(MAX_LIMIT_ACTIONS) {
+        ck.at(
+            actions.span(),
+            format!("{label}: limit.actions must be at most {MAX_LIMIT_ACTIONS}"),
+        );
+        ok = false;
+    }
+    let period = per.get_ref().0;
+    if period.is_zero() {
+        ck.at(per.span(), format!("{label}: limit.per must be longer than 0s"));
+        ok = false;
+    } else if period > MAX_LIMIT_PER {
+        ck.at(
+            per.span(),
+            format!(
+                "{label}: limit.per must be at most {}",
+                humantime::format_duration(MAX_LIMIT_PER)
+            ),
+        );
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(Limit { actions: u32::try_from(count).ok()?, per: period })
 }
 
 fn job_schedule(ck: &mut Checker<'_>, label: &str, raw: &Spanned<RawSchedule>) -> Option<Schedule> {
