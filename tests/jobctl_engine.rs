@@ -948,3 +948,68 @@ async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() 
     let saved: i64 = db.query_row("SELECT count(*) FROM job_state", [], |row| row.get(0)).unwrap();
     assert_eq!(saved, 6);
 }
+
+/// Issue 10: players 1 and 2 on one power strip (socket "hall") go offline
+/// together: the strip gets one power-cycle, journalled once for both.
+/// Player 3 on the same strip goes offline ten minutes later: the strip got
+/// a command within the job's cooldown, so player 3's action waits (across
+/// a restart, too) and leaves once the hour is over, as it is still offline.
+#[tokio::test]
+async fn devices_on_one_socket_get_one_command_per_cooldown() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d = |id: &str| device("17", id);
+    let body = format!(
+        "[[sockets]]\nname = \"hall\"\nphone = \"{HALL}\"\nmodel = \"simpal-d410\"\n\
+         powers = [\n  {{ platform_id = \"17\", device_id = \"1\" }},\n  \
+         {{ platform_id = \"17\", device_id = \"2\" }},\n  \
+         {{ platform_id = \"17\", device_id = \"3\" }},\n]\n\n"
+    ) + &offline_now_job("17")
+        + "cooldown = \"1h\"\n";
+    let page =
+        |third: f64| [online("17", "1", 0.0), online("17", "2", 0.0), online("17", "3", third)];
+    publish(&prometheus, &target, &page(1.0)).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.actions_due, report.sends_started), (2, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("1"))), (1, 1));
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 1));
+    let history = s.history();
+    assert_eq!(rows(&history), [row("offline now", &d("1"), 1, 1, ExecutionStatus::Sent)]);
+    assert_eq!(history[0].devices, [d("1"), d("2")]);
+    // `jobctl history --device` finds the execution under each device.
+    let journal = Journal::open_read_only(&s.journal_path()).unwrap();
+    let for_device = |id: &str| {
+        let filter = HistoryFilter { device_key: Some(d(id)), ..HistoryFilter::default() };
+        journal.history(&filter).unwrap().iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!((for_device("1"), for_device("2")), (vec![history[0].id], vec![history[0].id]));
+    assert!(for_device("3").is_empty());
+    drop(journal);
+
+    publish(&prometheus, &target, &page(0.0)).await;
+    for m in [10, 30] {
+        let report = s.cycle_at(m).await;
+        assert_eq!(report.sends_started, 0, "at {m} min: {report:?}");
+        assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 0), "at {m} min");
+    }
+    let mut s = s.restart(&body).await;
+    s.cycle_at(59).await;
+    assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 0));
+    assert_eq!(s.gateway.received().len(), 1);
+
+    let report = s.cycle_at(60).await;
+    assert_eq!(report.sends_started, 1, "{report:?}");
+    s.cycle_at(90).await;
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 1));
+    let history = s.history();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].devices, [d("3")]);
+    assert_eq!(history[1].created_at, minutes(60));
+}

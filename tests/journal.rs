@@ -40,6 +40,7 @@ fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> Planned
             attempt: 1,
             trigger_value: Some(0.0),
             state_after: EncodedState::new(&firing(episode, 1, 1_700_000_000)),
+            also_for: Vec::new(),
         },
         socket: socket.to_string(),
         phone: "+79991234567".to_string(),

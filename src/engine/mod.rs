@@ -56,12 +56,12 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::error::with_causes;
-use crate::journal::{Journal, JournalError, Origin};
+use crate::journal::{DeviceAction, Journal, JournalError, Origin};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
-use crate::rules::{DeviceVerdict, Job, RuleSet};
+use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
 use crate::sms::{text, Sender};
 use outbox::{blocking, Journalled, Request};
 use states::{advance_job, JobStates};
@@ -105,6 +105,31 @@ pub struct CycleReport {
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
     pub unsaved_states: usize,
+}
+
+/// A device a message of this cycle is for.
+struct Target {
+    /// The device's text form.
+    device: String,
+    /// The device in words, for logs.
+    who: String,
+    /// Its state after the step that made the action due.
+    state_after: JobState,
+    /// Its state before that step.
+    previous: JobState,
+}
+
+/// One message of this cycle: a job's action, for one device or for the
+/// devices of one socket due together.
+struct DueMessage {
+    /// Index of the job in the rules.
+    job: usize,
+    /// The socket it goes to; `None` for a person.
+    socket: Option<String>,
+    /// The devices it is for, the first one's labels in its text.
+    targets: Vec<Target>,
+    /// The first device's episode and action number, for logs.
+    first: (u64, u32),
 }
 
 /// An action that became due in a cycle, sent once every job is evaluated.
@@ -161,6 +186,12 @@ pub struct Engine {
     /// one pending save per pair, however many saves fail in a row, so it
     /// is never larger than the pairs with a state.
     unsaved: BTreeSet<(String, String)>,
+    /// (job, socket) → when the job last gave the socket a command. A
+    /// socket gets one command per cooldown of a job, however many of its
+    /// devices fire: the devices due together share one message, and an
+    /// episode's first action on another of its devices waits for the
+    /// cooldown. Read from the journal at start.
+    socket_commands: HashMap<(String, String), jiff::Timestamp>,
 }
 
 impl Engine {
@@ -182,7 +213,12 @@ impl Engine {
             outbox.recover_in_flight().await?;
         }
         let journal = outbox.journal();
-        let states = blocking(&journal, |journal| journal.load_states()).await?;
+        let (states, commands) = blocking(&journal, |journal| {
+            Ok::<_, JournalError>((journal.load_states()?, journal.last_socket_commands()?))
+        })
+        .await?;
+        let socket_commands =
+            commands.into_iter().map(|(job, socket, at)| ((job, socket), at)).collect();
         let mut devices = DeviceTable::default();
         let mut by_job: HashMap<String, Vec<(DeviceId, JobState)>> = HashMap::new();
         for ((job, device), state) in states {
@@ -205,6 +241,7 @@ impl Engine {
             failing_queries: 0,
             dry_run,
             unsaved: BTreeSet::new(),
+            socket_commands,
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -567,17 +604,69 @@ impl Engine {
 
     /// Journals the messages of every action due this cycle in one batch
     /// (one commit, however many), then hands those that may leave to the
-    /// sender: none leaves before all are committed.
+    /// sender: none leaves before all are committed. The devices of one
+    /// socket due together for a job get one message, which lists them all;
+    /// a device whose socket got a command from the job within its cooldown
+    /// keeps its action due instead.
     async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
-        let mut requests = Vec::with_capacity(dispatch.len());
-        let mut actions = Vec::with_capacity(dispatch.len());
+        let now = self.clock.now();
+        let mut requests: Vec<Request> = Vec::with_capacity(dispatch.len());
+        // What each request is for, in the same order.
+        let mut messages: Vec<DueMessage> = Vec::with_capacity(dispatch.len());
+        let mut by_socket: HashMap<(usize, String), usize> = HashMap::new();
         for Due { job, device, verdict, due, state_after, previous } in dispatch {
-            if let Some(request) =
-                self.request(&rules.jobs[job], &device, &verdict, &due, state_after, report)
-            {
-                requests.push(request);
-                actions.push((job, device, due, previous));
+            let job_rules = &rules.jobs[job];
+            let Some((outgoing, who)) = self.outgoing(job_rules, &device, &verdict, report) else {
+                continue;
+            };
+            let socket = match &outgoing.to {
+                Recipient::Sms { socket, .. } => socket.clone(),
+            };
+            let action = DeviceAction {
+                device_key: device.clone(),
+                episode: due.episode,
+                attempt: due.attempt_in_episode,
+                trigger_value: due.trigger_value,
+                state_after: crate::journal::EncodedState::new(&state_after),
+            };
+            let target = Target { device, who, state_after, previous };
+            if let Some(socket) = &socket {
+                if let Some(&at) = by_socket.get(&(job, socket.clone())) {
+                    let Origin::Rule { also_for, .. } = &mut requests[at].origin else {
+                        unreachable!("a job's request has a rule's origin")
+                    };
+                    also_for.push(action);
+                    requests[at].by.push_str(&format!(", device {}", target.who));
+                    messages[at].targets.push(target);
+                    continue;
+                }
+                let last = self.socket_commands.get(&(job_rules.name.clone(), socket.clone()));
+                if let Some(&last) = last.filter(|_| due.attempt_in_episode == 1) {
+                    if crate::clock::elapsed(last, now) < job_rules.cooldown {
+                        self.hold_for_socket(job_rules, socket, last, target);
+                        continue;
+                    }
+                }
+                by_socket.insert((job, socket.clone()), requests.len());
             }
+            let DeviceAction { device_key, episode, attempt, trigger_value, state_after } = action;
+            let origin = Origin::Rule {
+                job: job_rules.name.clone(),
+                device_key,
+                episode,
+                attempt,
+                trigger_value,
+                state_after,
+                also_for: Vec::new(),
+            };
+            let by = format!("job {:?}: device {}", job_rules.name, target.who);
+            requests.push(Request { origin, outgoing, by });
+            messages.push(DueMessage {
+                job,
+                socket,
+                targets: vec![target],
+                first: (episode, attempt),
+            });
         }
         if requests.is_empty() {
             return;
@@ -587,27 +676,33 @@ impl Engine {
             Err(err) => {
                 tracing::error!(
                     "cannot journal {} messages: {}; nothing was sent; the actions stay due for the next cycle",
-                    actions.len(),
+                    messages.len(),
                     with_causes(&err)
                 );
-                actions.iter().map(|_| None).collect()
+                messages.iter().map(|_| None).collect()
             }
         };
-        for ((job, device, due, previous), outcome) in actions.into_iter().zip(outcomes) {
+        for (DueMessage { job, socket, targets, first }, outcome) in
+            messages.into_iter().zip(outcomes)
+        {
+            let name = &rules.jobs[job].name;
             match outcome {
-                Some(Ok(Ok(dispatch))) => {
-                    report.sends_started += 1;
-                    tracing::info!(
-                        "{}: sending (episode {}, action {})",
-                        dispatch.what(),
-                        due.episode,
-                        due.attempt_in_episode
-                    );
-                    self.outbox.deliver(dispatch);
-                    continue;
-                }
-                Some(Ok(Err(_suppressed))) => {
-                    report.suppressed += 1;
+                Some(Ok(journalled)) => {
+                    if let Some(socket) = socket {
+                        self.socket_commands.insert((name.clone(), socket), now);
+                    }
+                    match journalled {
+                        Ok(dispatch) => {
+                            report.sends_started += 1;
+                            let (episode, attempt) = first;
+                            tracing::info!(
+                                "{}: sending (episode {episode}, action {attempt})",
+                                dispatch.what()
+                            );
+                            self.outbox.deliver(dispatch);
+                        }
+                        Err(_suppressed) => report.suppressed += 1,
+                    }
                     continue;
                 }
                 Some(Err(err)) => {
@@ -621,14 +716,39 @@ impl Engine {
             // The journal could not record the message, so it was not sent:
             // step back so that the action is due again next cycle rather
             // than lost for the whole episode.
-            let name = &rules.jobs[job].name;
             self.action_error(name, report);
-            if let (Some(states), Some(id)) =
-                (self.states.get_mut(name), self.devices.find(&device))
-            {
-                states.restore(id, previous);
+            for target in targets {
+                self.restore(name, &target.device, target.previous);
             }
         }
+    }
+
+    /// Puts a (job, device)'s state back to `state`.
+    fn restore(&mut self, job: &str, device: &str, state: JobState) {
+        if let (Some(states), Some(id)) = (self.states.get_mut(job), self.devices.find(device)) {
+            states.restore(id, state);
+        }
+    }
+
+    /// Keeps a device's action due because its socket got a command from
+    /// the job at `last`, within the job's cooldown: the device keeps the
+    /// state the step left it in, but for the action.
+    fn hold_for_socket(&mut self, job: &Job, socket: &str, last: jiff::Timestamp, target: Target) {
+        let Target { device, who, state_after, previous } = target;
+        let until = crate::clock::after(last, job.cooldown);
+        // Said once, as the episode starts; later cycles only at debug level.
+        if matches!(previous.phase, state::Phase::Firing { .. }) {
+            tracing::debug!(
+                "job {:?}: device {who}: action waits: socket {socket} got a command at {last}; until {until}",
+                job.name
+            );
+        } else {
+            tracing::info!(
+                "job {:?}: device {who}: action waits: socket {socket} got a command from this job at {last}, within its cooldown (until {until})",
+                job.name
+            );
+        }
+        self.restore(&job.name, &device, state_after.without_action(&previous));
     }
 
     /// Counts an action that could not be carried out, in the cycle's report
@@ -638,17 +758,16 @@ impl Engine {
         self.metrics.action_error(job);
     }
 
-    /// The request to send the message an action due on `device` sends; or
-    /// `None`, an action error logged, when it cannot become one.
-    fn request(
+    /// The message an action due on `device` sends, and the device in
+    /// words for logs; or `None`, an action error logged, when it cannot
+    /// become one.
+    fn outgoing(
         &mut self,
         job: &Job,
         device: &str,
         verdict: &DeviceVerdict,
-        due: &state::ActionDue,
-        state_after: JobState,
         report: &mut CycleReport,
-    ) -> Option<Request> {
+    ) -> Option<(Outgoing, String)> {
         let who = describe(device, verdict);
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
             self.action_error(&job.name, report);
@@ -658,23 +777,14 @@ impl Engine {
             );
             return None;
         };
-        let outgoing = match self.rules.outgoing(job, &key, &verdict.labels) {
-            Ok(outgoing) => outgoing,
+        match self.rules.outgoing(job, &key, &verdict.labels) {
+            Ok(outgoing) => Some((outgoing, who)),
             Err(err) => {
                 self.action_error(&job.name, report);
                 tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
-                return None;
+                None
             }
-        };
-        let origin = Origin::Rule {
-            job: job.name.clone(),
-            device_key: device.to_string(),
-            episode: due.episode,
-            attempt: due.attempt_in_episode,
-            trigger_value: due.trigger_value,
-            state_after: crate::journal::EncodedState::new(&state_after),
-        };
-        Some(Request { origin, outgoing, by: format!("job {:?}: device {who}", job.name) })
+        }
     }
 }
 

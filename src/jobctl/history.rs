@@ -41,6 +41,9 @@ struct Row<'a> {
     time: String,
     job: Option<&'a str>,
     device: Option<&'a str>,
+    /// Every device the message was for: one, or several on one socket
+    /// that fell due together.
+    devices: Vec<&'a str>,
     socket: &'a str,
     phone: &'a str,
     text: &'a str,
@@ -84,6 +87,7 @@ impl<'a> Row<'a> {
             time: e.created_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             job: e.job.as_deref(),
             device: e.device_key.as_deref(),
+            devices: e.devices.iter().map(String::as_str).collect(),
             socket: &e.socket,
             phone: &e.phone,
             text: &e.text,
@@ -135,7 +139,11 @@ fn table(rows: &[Row<'_>]) -> String {
                 r.id.to_string(),
                 r.time.clone(),
                 r.job.unwrap_or("(manual)").to_string(),
-                r.device.unwrap_or("-").to_string(),
+                if r.devices.len() > 1 {
+                    r.devices.join(" + ")
+                } else {
+                    r.device.unwrap_or("-").to_string()
+                },
                 r.socket.to_string(),
                 format!("{:?}", r.text),
                 r.outcome.to_string(),

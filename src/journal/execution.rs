@@ -134,8 +134,11 @@ pub struct Execution {
     pub id: ExecutionId,
     /// The job, or `None` for a manual send.
     pub job: Option<String>,
-    /// The device, or `None` for a manual send.
+    /// The (first) device, or `None` for a manual send.
     pub device_key: Option<String>,
+    /// Every device a rule's message was for, in key order (several when
+    /// devices on one socket fell due together); empty for a manual send.
+    pub devices: Vec<String>,
     /// The socket's name.
     pub socket: String,
     /// The number it went to.
@@ -169,12 +172,14 @@ pub(super) const EXECUTION_COLUMNS: &str =
     "id, job, device_key, socket, phone, text, episode, attempt, \
      trigger_value, status, backend, detail, manual, created_at, updated_at";
 
-/// An execution from a row of [`EXECUTION_COLUMNS`], its attempts not yet read.
+/// An execution from a row of [`EXECUTION_COLUMNS`], its attempts and
+/// devices not yet read.
 pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
     Ok(Execution {
         id: ExecutionId(row.get(0)?),
         job: row.get(1)?,
         device_key: row.get(2)?,
+        devices: Vec::new(),
         socket: row.get(3)?,
         phone: row.get(4)?,
         text: row.get(5)?,

@@ -18,7 +18,8 @@ use super::{sqlite_error, Journal, JournalError};
 pub struct HistoryFilter {
     /// Only this job.
     pub job: Option<String>,
-    /// Only this device key.
+    /// Only executions for this device key (alone or with others of its
+    /// socket).
     pub device_key: Option<String>,
     /// Only executions journalled at or after this instant.
     pub since: Option<Timestamp>,
@@ -36,7 +37,8 @@ impl Journal {
             .connection
             .prepare(&format!(
                 "SELECT {EXECUTION_COLUMNS} FROM executions \
-                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR device_key = ?2) \
+                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR id IN \
+                 (SELECT execution_id FROM execution_devices WHERE device_key = ?2)) \
                  AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR status = ?4) \
                  ORDER BY created_at DESC, id DESC LIMIT ?5"
             ))
@@ -58,6 +60,7 @@ impl Journal {
             rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))?;
         for execution in &mut executions {
             execution.attempts = self.attempts(execution.id)?;
+            execution.devices = self.devices(execution.id)?;
         }
         Ok(executions)
     }
@@ -75,7 +78,43 @@ impl Journal {
             .map_err(sqlite_error(&self.path, "reading an execution"))?
             .ok_or_else(|| JournalError::UnknownExecution { path: self.path.clone(), id })?;
         execution.attempts = self.attempts(id)?;
+        execution.devices = self.devices(id)?;
         Ok(execution)
+    }
+
+    /// When each (job, socket) last got a command from the job (a rule's
+    /// message to a socket that was sent, or tried, or held by a budget;
+    /// dry runs aside), for the engine's one-command-per-cooldown rule.
+    pub fn last_socket_commands(&self) -> Result<Vec<(String, String, Timestamp)>, JournalError> {
+        let doing = "reading the last command to each socket";
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT job, socket, max(created_at) FROM executions \
+                 WHERE job IS NOT NULL AND socket != '-' AND status != 'dry_run' \
+                 GROUP BY job, socket",
+            )
+            .map_err(sqlite_error(&self.path, doing))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, timestamp_column(row, 2)?)))
+            .map_err(sqlite_error(&self.path, doing))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+    }
+
+    /// The devices a rule's execution was for, in key order.
+    fn devices(&self, id: ExecutionId) -> Result<Vec<String>, JournalError> {
+        let doing = "reading an execution's devices";
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT device_key FROM execution_devices WHERE execution_id = ?1 \
+                 ORDER BY device_key",
+            )
+            .map_err(sqlite_error(&self.path, doing))?;
+        let rows = statement
+            .query_map([id.0], |row| row.get(0))
+            .map_err(sqlite_error(&self.path, doing))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
     }
 
     fn attempts(&self, id: ExecutionId) -> Result<Vec<Attempt>, JournalError> {

@@ -87,7 +87,7 @@ use schema::refuse_non_sqlite;
 pub use execution::{Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus};
 pub use history::HistoryFilter;
 pub use schema::SCHEMA_VERSION;
-pub use sends::{Origin, PlannedSend, SendResult, Suppression};
+pub use sends::{DeviceAction, Origin, PlannedSend, SendResult, Suppression};
 pub use states::{EncodedState, JournalState};
 
 /// The journal: executions, their attempts, and job states.

@@ -17,12 +17,13 @@ use rusqlite::{ErrorCode, OptionalExtension};
 use super::{begin, sqlite_error, Journal, JournalError};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// One script per version: `MIGRATIONS[n]` upgrades version `n` to `n + 1`.
 /// A released script is never edited, down to its comments (SQLite keeps the
 /// text in `sqlite_master`): a change is a new script and a new version.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    r"
 CREATE TABLE executions (
     id            INTEGER PRIMARY KEY,
     job           TEXT,              -- NULL for a manual send
@@ -64,7 +65,26 @@ CREATE TABLE job_state (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (job, device_key)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+-- Version 2: a rule's execution may be for several devices (the devices of
+-- one socket that fired together get one command). Each device it was for
+-- is a row here; executions.device_key, episode, attempt and trigger_value
+-- keep the first one's.
+CREATE TABLE execution_devices (
+    execution_id  INTEGER NOT NULL REFERENCES executions (id),
+    device_key    TEXT NOT NULL,
+    episode       INTEGER NOT NULL,
+    attempt       INTEGER NOT NULL,
+    trigger_value REAL,
+    PRIMARY KEY (execution_id, device_key)
+) WITHOUT ROWID;
+CREATE INDEX execution_devices_by_device ON execution_devices (device_key, execution_id);
+INSERT INTO execution_devices (execution_id, device_key, episode, attempt, trigger_value)
+    SELECT id, device_key, coalesce(episode, 0), coalesce(attempt, 0), trigger_value
+    FROM executions WHERE device_key IS NOT NULL;
+",
+];
 
 /// How long a writer waits for another connection's write lock before
 /// giving up (readers never wait in WAL mode).
@@ -172,5 +192,43 @@ fn classify_open_error(path: &Path, source: rusqlite::Error) -> JournalError {
             JournalError::NotADatabase { path: path.to_path_buf() }
         }
         _ => sqlite_error(path, "reading the schema")(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::journal::HistoryFilter;
+
+    #[test]
+    fn a_version_1_journal_upgrades_and_keeps_each_executions_device() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(MIGRATIONS[0]).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+                 trigger_value, status, manual, created_at, updated_at) VALUES \
+                 ('offline', 'd=1', 'hall', '+79997654321', '#01#0#', 3, 1, 0.0, 'sent', 0, 1, 1), \
+                 (NULL, NULL, 'hall', '+79997654321', '#02#0#', NULL, NULL, NULL, 'sent', 1, 2, 2);",
+            )
+            .unwrap();
+        let mut journal = Journal::new(connection, Path::new(":memory:"), None);
+        journal.prepare(true).unwrap();
+
+        let version: i64 =
+            journal.connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let all = journal.history(&HistoryFilter::default()).unwrap();
+        let devices: Vec<Vec<String>> = all.iter().map(|e| e.devices.clone()).collect();
+        assert_eq!(devices, [vec![], vec!["d=1".to_string()]]);
+        let filter = HistoryFilter { device_key: Some("d=1".into()), ..HistoryFilter::default() };
+        let found = journal.history(&filter).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].episode, found[0].text.as_str()), (Some(3), "#01#0#"));
     }
 }

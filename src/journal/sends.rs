@@ -42,9 +42,28 @@ pub enum Origin {
         /// The job's state after the step that decided this message, saved in
         /// the same transaction as the execution row.
         state_after: EncodedState,
+        /// The job's other devices this one message is for (devices on the
+        /// same socket whose action fell due together), each with its own
+        /// episode and state, saved in the same transaction.
+        also_for: Vec<DeviceAction>,
     },
     /// `jobctl send` or `jobctl test-rule --send`.
     Manual,
+}
+
+/// One more device a rule's message is for ([`Origin::Rule::also_for`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceAction {
+    /// The device, as its key labels.
+    pub device_key: String,
+    /// The episode on this (job, device).
+    pub episode: u64,
+    /// The action's number within that episode.
+    pub attempt: u32,
+    /// The value that made the condition true on this device.
+    pub trigger_value: Option<f64>,
+    /// The job's state on this device after the step, saved with the row.
+    pub state_after: EncodedState,
 }
 
 /// A message about to be journalled.
@@ -231,12 +250,29 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
+        let mut devices = Vec::new();
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
-            Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
+            Origin::Rule {
+                job,
+                device_key,
+                episode,
+                attempt,
+                trigger_value,
+                state_after,
+                also_for,
+            } => {
+                devices.push((device_key, *episode, *attempt, *trigger_value));
+                devices.extend(
+                    also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt, d.trigger_value)),
+                );
                 // A dry run's state is not the live run's: it is never saved.
                 if status != ExecutionStatus::DryRun {
                     let mut upsert = prepare_upsert(&tx, path)?;
                     save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                    for device in also_for {
+                        let (key, state) = (&device.device_key, &device.state_after);
+                        save_state(&mut upsert, path, job, key, state, now)?;
+                    }
                 }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
@@ -263,6 +299,15 @@ impl Journal {
         )
         .map_err(sqlite_error(path, "journalling a message"))?;
         let id = ExecutionId(tx.last_insert_rowid());
+        for (device_key, episode, attempt, trigger_value) in devices {
+            tx.execute(
+                "INSERT OR IGNORE INTO execution_devices \
+                 (execution_id, device_key, episode, attempt, trigger_value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.0, device_key, episode, attempt, trigger_value],
+            )
+            .map_err(sqlite_error(path, "journalling a message's devices"))?;
+        }
         tx.commit().map_err(sqlite_error(path, "committing a journalled message"))?;
         Ok(id)
     }
