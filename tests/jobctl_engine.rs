@@ -34,6 +34,8 @@ use support::wait::{wait_until_async, DEADLINE};
 const LOBBY: &str = "+79991234567";
 /// The phone number of a second socket.
 const HALL: &str = "+79997654321";
+/// The phone number of a third socket.
+const KIOSK: &str = "+79990001122";
 
 /// The instant scenarios start at; `cycle_at(m)` runs a cycle `m` minutes later.
 fn t0() -> Timestamp {
@@ -244,6 +246,7 @@ async fn start_engine(
     let options = EngineOptions {
         mode,
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
+        budgets: rules.budgets,
         ..EngineOptions::default()
     };
     Engine::start(rules, Arc::new(prometheus), journal, Arc::from(sender), clock, options)
@@ -1012,4 +1015,71 @@ async fn devices_on_one_socket_get_one_command_per_cooldown() {
     assert_eq!(history.len(), 2);
     assert_eq!(history[1].devices, [d("3")]);
     assert_eq!(history[1].created_at, minutes(60));
+}
+
+/// Issue 10: a budget of one message an hour in all. Player 1 takes it at
+/// 9:00; players 2 and 3 go offline at 9:10, and their actions are held:
+/// journalled once as suppressed (not once a cycle, nor again after a
+/// restart), not counted as the episode's action. Player 3 comes back
+/// meanwhile and is never acted on; player 2 is still offline when the hour
+/// frees the budget, and its power-cycle leaves then.
+#[tokio::test]
+async fn a_budget_suppressed_action_stays_due_and_leaves_when_the_budget_allows() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d = |id: &str| device("18", id);
+    let body = "[budgets]\ntotal_per_hour = 1\n\n".to_string()
+        + &sockets("18")
+        + &rules_file::socket("kiosk", KIOSK, "simpal-d210", "18", "3")
+        + &offline_now_job("18");
+    let page = |second: f64, third: f64| {
+        [online("18", "1", 0.0), online("18", "2", second), online("18", "3", third)]
+    };
+    publish(&prometheus, &target, &page(1.0, 1.0)).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+    assert_eq!(s.cycle_at(0).await.sends_started, 1);
+
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    let report = s.cycle_at(10).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 2));
+    let held = || {
+        vec![
+            row("offline now", &d("1"), 1, 1, ExecutionStatus::Sent),
+            row("offline now", &d("2"), 1, 1, ExecutionStatus::Suppressed),
+            row("offline now", &d("3"), 1, 1, ExecutionStatus::Suppressed),
+        ]
+    };
+    assert_eq!(rows(&s.history()), held());
+    assert_eq!(
+        s.history()[1].detail.as_deref(),
+        Some("budget of 1 messages in all per hour reached (all sockets: 1)")
+    );
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 0), "the action stays due");
+    // Due again each cycle, journalled once.
+    let report = s.cycle_at(20).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 0));
+    let mut s = s.restart(&body).await;
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 0), "saved as due");
+    let report = s.cycle_at(30).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 0));
+    assert_eq!(rows(&s.history()), held());
+
+    publish(&prometheus, &target, &page(0.0, 1.0)).await;
+    s.cycle_at(40).await;
+    assert_eq!(s.phase("offline now", &d("3")), PhaseName::Resolved);
+    // 10:00 still counts 9:00's message; a minute later the hour is free.
+    assert_eq!(s.cycle_at(60).await.sends_started, 0);
+    let report = s.cycle_at(61).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    s.cycle_at(70).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 1));
+    let mut expected = held();
+    expected.push(row("offline now", &d("2"), 1, 1, ExecutionStatus::Sent));
+    let history = s.history();
+    assert_eq!(rows(&history), expected);
+    assert_eq!(history[3].created_at, minutes(61));
 }

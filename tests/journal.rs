@@ -319,8 +319,18 @@ fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
     assert_eq!(journal.execution(dry).unwrap().status, ExecutionStatus::DryRun);
     assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 0);
     assert!(journal.mark_sending(dry).is_err(), "a dry run never leaves");
-    // Suppressing a rule's action still records the state that decided it.
-    assert_eq!(journal.load_states::<JobState>().unwrap().len(), 1);
+    // A rule's action held by a budget stays due: the state that decided it
+    // is not saved with the row (the engine saves the one that says so).
+    assert!(journal.load_states::<JobState>().unwrap().is_empty());
+    // The same action, due again next cycle, finds that row and is not
+    // journalled again; another episode, job or a manual send is.
+    let again = |job: &str, episode| {
+        journal.earlier_suppression(&rule_send(job, DEVICE, "lobby", episode)).unwrap()
+    };
+    assert_eq!(again("Lobby offline", 7), Some(over.id));
+    assert_eq!(again("Lobby offline", 8), None);
+    assert_eq!(again("Lobby playing", 7), None);
+    assert_eq!(journal.earlier_suppression(&manual_send("lobby")).unwrap(), None);
 }
 
 #[test]

@@ -63,7 +63,7 @@ use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
 use crate::sms::{text, Sender};
-use outbox::{blocking, Journalled, Request};
+use outbox::{blocking, Journalled, NotSent, Request};
 use states::{advance_job, JobStates};
 
 /// Why the engine could not start.
@@ -98,7 +98,9 @@ pub struct CycleReport {
     pub actions_due: usize,
     /// Executions journalled and handed to the sender.
     pub sends_started: usize,
-    /// Executions journalled without sending (budget, dry run).
+    /// Executions journalled without sending: dry run, or over a budget
+    /// (an action a budget holds stays due, and is journalled the first
+    /// cycle it is held only).
     pub suppressed: usize,
     /// Actions that could not become an SMS (no socket for the device…).
     pub action_errors: usize,
@@ -607,7 +609,8 @@ impl Engine {
     /// sender: none leaves before all are committed. The devices of one
     /// socket due together for a job get one message, which lists them all;
     /// a device whose socket got a command from the job within its cooldown
-    /// keeps its action due instead.
+    /// keeps its action due instead, and so does every device of a message
+    /// a budget holds back.
     async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
         let now = self.clock.now();
         let mut requests: Vec<Request> = Vec::with_capacity(dispatch.len());
@@ -687,6 +690,16 @@ impl Engine {
         {
             let name = &rules.jobs[job].name;
             match outcome {
+                Some(Ok(Err(NotSent::OverBudget { journalled_now, .. }))) => {
+                    // Not sent, so not the episode's action: it stays due,
+                    // and leaves once the budget allows if the device is
+                    // still bad.
+                    report.suppressed += usize::from(journalled_now);
+                    for Target { device, state_after, previous, .. } in targets {
+                        self.restore(name, &device, state_after.without_action(&previous));
+                    }
+                    continue;
+                }
                 Some(Ok(journalled)) => {
                     if let Some(socket) = socket {
                         self.socket_commands.insert((name.clone(), socket), now);
@@ -701,7 +714,7 @@ impl Engine {
                             );
                             self.outbox.deliver(dispatch);
                         }
-                        Err(_suppressed) => report.suppressed += 1,
+                        Err(_dry_run) => report.suppressed += 1,
                     }
                     continue;
                 }

@@ -83,15 +83,16 @@ impl Journal {
     }
 
     /// When each (job, socket) last got a command from the job (a rule's
-    /// message to a socket that was sent, or tried, or held by a budget;
-    /// dry runs aside), for the engine's one-command-per-cooldown rule.
+    /// message to a socket that was sent, or tried; not one a budget held
+    /// back, which did not leave, nor a dry run's), for the engine's
+    /// one-command-per-cooldown rule.
     pub fn last_socket_commands(&self) -> Result<Vec<(String, String, Timestamp)>, JournalError> {
         let doing = "reading the last command to each socket";
         let mut statement = self
             .connection
             .prepare(
                 "SELECT job, socket, max(created_at) FROM executions \
-                 WHERE job IS NOT NULL AND socket != '-' AND status != 'dry_run' \
+                 WHERE job IS NOT NULL AND socket != '-' AND status NOT IN ('dry_run', 'suppressed') \
                  GROUP BY job, socket",
             )
             .map_err(sqlite_error(&self.path, doing))?;

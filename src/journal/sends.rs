@@ -222,10 +222,11 @@ impl Journal {
     }
 
     /// Journals a message that will not be sent, with the reason: over
-    /// budget (`suppressed`, with the job's state after the action, as a
-    /// sent one) or `--dry-run` (`dry_run`, a row for `history` only: the
-    /// job's state is left alone, and neither budgets nor the state machine
-    /// look at such rows).
+    /// budget (`suppressed`) or `--dry-run` (`dry_run`, a row for `history`
+    /// only, which neither budgets nor the state machine look at). Either
+    /// way the job's state is left alone: a rule's action held by a budget
+    /// stays due (the engine saves the state that says so with the cycle's
+    /// states), and a dry run's state is not the live run's.
     pub fn record_suppressed(
         &mut self,
         planned: &PlannedSend,
@@ -265,8 +266,10 @@ impl Journal {
                 devices.extend(
                     also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt, d.trigger_value)),
                 );
-                // A dry run's state is not the live run's: it is never saved.
-                if status != ExecutionStatus::DryRun {
+                // Only a message that may leave decides the state: one held
+                // by a budget leaves the action due, and a dry run's state is
+                // not the live run's.
+                if matches!(status, ExecutionStatus::Planned | ExecutionStatus::Sending) {
                     let mut upsert = prepare_upsert(&tx, path)?;
                     save_state(&mut upsert, path, job, device_key, state_after, now)?;
                     for device in also_for {
@@ -310,6 +313,47 @@ impl Journal {
         }
         tx.commit().map_err(sqlite_error(path, "committing a journalled message"))?;
         Ok(id)
+    }
+
+    /// The execution that already journalled this rule's action as held by
+    /// a budget: a `suppressed` row of the same job for each of its devices,
+    /// with the same episode and action number (the latest such row for its
+    /// first device). An action a budget holds stays due cycle after cycle,
+    /// and the journal says so once, not once a cycle. `None` for a manual
+    /// message, and when any of its devices has no such row yet.
+    pub fn earlier_suppression(
+        &self,
+        planned: &PlannedSend,
+    ) -> Result<Option<ExecutionId>, JournalError> {
+        let Origin::Rule { job, device_key, episode, attempt, also_for, .. } = &planned.origin
+        else {
+            return Ok(None);
+        };
+        let doing = "looking for an earlier suppression";
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
+                 WHERE d.device_key = ?1 AND d.episode = ?2 AND d.attempt = ?3 \
+                 AND e.job = ?4 AND e.status = 'suppressed' ORDER BY e.id DESC LIMIT 1",
+            )
+            .map_err(sqlite_error(&self.path, doing))?;
+        let mut first = None;
+        let devices = std::iter::once((device_key, *episode, *attempt))
+            .chain(also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt)));
+        for (device, episode, attempt) in devices {
+            let found: Option<i64> = statement
+                .query_row(params![device, episode, attempt, job], |row| row.get(0))
+                .optional()
+                .map_err(sqlite_error(&self.path, doing))?;
+            match found {
+                None => return Ok(None),
+                Some(id) => {
+                    first.get_or_insert(ExecutionId(id));
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// At start-up, settles what a previous run left unfinished: `sending`

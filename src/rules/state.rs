@@ -333,8 +333,8 @@ impl JobState {
     /// This state, the result of a step that made an action due, with that
     /// action not taken: what the (job, device) keeps when something outside
     /// it holds the action back (its socket got a command from the job
-    /// within the cooldown). The action stays due, as one held by the
-    /// cooldown does. `before` is the state the step started from.
+    /// within the cooldown, or a budget is spent). The action stays due, as
+    /// one held by the cooldown does. `before` is the state the step started from.
     pub(crate) fn without_action(&self, before: &JobState) -> JobState {
         let mut state = self.clone();
         if let Phase::Firing { since, episode, actions_taken } = state.phase {
