@@ -26,6 +26,7 @@ use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
+use support::logs::Logs;
 use support::prometheus::{TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
 use support::wait::{wait_until_async, DEADLINE};
@@ -1082,4 +1083,61 @@ async fn a_budget_suppressed_action_stays_due_and_leaves_when_the_budget_allows(
     let history = s.history();
     assert_eq!(rows(&history), expected);
     assert_eq!(history[3].created_at, minutes(61));
+}
+
+/// Issue 10: a job over a whole platform where player 3 has no socket. Its
+/// action cannot become a message: one ERROR when its episode starts, not
+/// one a cycle (seven cycles here), and one more for its next episode. With
+/// `only_powered = true` the job leaves player 3 alone and still acts on
+/// the players that have a socket.
+#[tokio::test]
+async fn a_device_without_a_socket_is_reported_once_per_episode_or_left_out() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d3 = device("19", "3");
+    let body = sockets("19") + &offline_now_job("19");
+    let page = |first: f64, third: f64| {
+        [online("19", "1", first), online("19", "2", 1.0), online("19", "3", third)]
+    };
+    publish(&prometheus, &target, &page(1.0, 0.0)).await;
+    let (logs, _guard) = Logs::capture();
+    let mut s = Scenario::start(&prometheus, &body).await;
+    let errors = |logs: &str| -> Vec<String> {
+        logs.lines().filter(|l| l.contains("ERROR")).map(str::to_string).collect()
+    };
+    let said = format!(
+        "ERROR job \"offline now\": device {d3} (Lesnaia_3): cannot act: no socket powers device {d3}; add a [[sockets]] entry whose powers names it; the action stays due (said once per episode)"
+    );
+    let mut action_errors = Vec::new();
+    for m in 0..7 {
+        action_errors.push(s.cycle_at(m).await.action_errors);
+    }
+    assert_eq!(action_errors, [1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(errors(&logs.take()), std::slice::from_ref(&said));
+    assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 0), "the action stays due");
+
+    publish(&prometheus, &target, &page(1.0, 1.0)).await;
+    s.cycle_at(7).await;
+    publish(&prometheus, &target, &page(1.0, 0.0)).await;
+    for m in 8..11 {
+        s.cycle_at(m).await;
+    }
+    assert_eq!(firing_of(&s.state("offline now", &d3)), (2, 0));
+    assert_eq!(errors(&logs.take()), [said], "once for the second episode");
+    assert!(s.gateway.received().is_empty());
+    assert!(s.history().is_empty());
+
+    // Watching only the powered players: player 3 is not evaluated at all.
+    let body = sockets("19") + &offline_now_job("19") + "only_powered = true\n";
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.evaluations, report.actions_due, report.action_errors), (2, 1, 0));
+    s.cycle_at(1).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Inactive);
+    assert!(errors(&logs.take()).is_empty());
 }

@@ -102,7 +102,9 @@ pub struct CycleReport {
     /// (an action a budget holds stays due, and is journalled the first
     /// cycle it is held only).
     pub suppressed: usize,
-    /// Actions that could not become an SMS (no socket for the device…).
+    /// Actions that could not become an SMS (no socket for the device…),
+    /// each counted in the first cycle of its episode only, and messages the
+    /// journal could not take.
     pub action_errors: usize,
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
@@ -194,6 +196,11 @@ pub struct Engine {
     /// episode's first action on another of its devices waits for the
     /// cooldown. Read from the journal at start.
     socket_commands: HashMap<(String, String), jiff::Timestamp>,
+    /// (job, device) → the episode whose action was last found unable to
+    /// become a message (no socket for the device…), so that this is said
+    /// once per episode, not once a cycle. A pair is dropped once it is no
+    /// longer firing, so this stays as small as the pairs it is about.
+    cannot_act_said: HashMap<(String, String), u64>,
 }
 
 impl Engine {
@@ -244,6 +251,7 @@ impl Engine {
             dry_run,
             unsaved: BTreeSet::new(),
             socket_commands,
+            cannot_act_said: HashMap::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -347,8 +355,14 @@ impl Engine {
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
         let mut index = Index::new(&answers);
         for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
-            let evaluation =
+            let mut evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+            if job.only_powered {
+                let devices = &self.devices;
+                evaluation.devices.retain(|(device, _)| {
+                    devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some())
+                });
+            }
             let states = match self.states.get_mut(&job.name) {
                 Some(states) => states,
                 None => self.states.entry(job.name.clone()).or_default(),
@@ -452,6 +466,7 @@ impl Engine {
                     .collect();
             }
         }
+        self.forget_settled_cannot_act();
         report.unsaved_states = self.unsaved.len();
         report.journal_time = journalling.elapsed();
         self.forget_unused_devices();
@@ -459,6 +474,21 @@ impl Engine {
         let counts = self.states.iter().map(|(job, states)| (job.as_str(), states.phases()));
         self.metrics.record_cycle(started.elapsed(), now, counts);
         report
+    }
+
+    /// Forgets the (job, device) pairs that could not act once they are no
+    /// longer firing (resolved, or their job or device gone): a new episode
+    /// is said again.
+    fn forget_settled_cannot_act(&mut self) {
+        if self.cannot_act_said.is_empty() {
+            return;
+        }
+        let (states, devices, default) = (&self.states, &self.devices, &self.default_state);
+        self.cannot_act_said.retain(|(job, device), _| {
+            let state =
+                states.get(job).zip(devices.find(device)).and_then(|(s, id)| s.get(id, default));
+            state.is_some_and(|state| matches!(state.phase, state::Phase::Firing { .. }))
+        });
     }
 
     /// Forgets the devices no state refers to any more, once they are many
@@ -617,11 +647,17 @@ impl Engine {
         // What each request is for, in the same order.
         let mut messages: Vec<DueMessage> = Vec::with_capacity(dispatch.len());
         let mut by_socket: HashMap<(usize, String), usize> = HashMap::new();
-        for Due { job, device, verdict, due, state_after, previous } in dispatch {
-            let job_rules = &rules.jobs[job];
-            let Some((outgoing, who)) = self.outgoing(job_rules, &device, &verdict, report) else {
-                continue;
+        for pending in dispatch {
+            let job_rules = &rules.jobs[pending.job];
+            let (outgoing, who) = match self.outgoing(job_rules, &pending.device, &pending.verdict)
+            {
+                Ok(found) => found,
+                Err(why) => {
+                    self.cannot_act(job_rules, &pending, &why, report);
+                    continue;
+                }
             };
+            let Due { job, device, due, state_after, previous, .. } = pending;
             let socket = match &outgoing.to {
                 Recipient::Sms { socket, .. } => socket.clone(),
             };
@@ -772,32 +808,40 @@ impl Engine {
     }
 
     /// The message an action due on `device` sends, and the device in
-    /// words for logs; or `None`, an action error logged, when it cannot
-    /// become one.
+    /// words for logs; or why it cannot become one.
     fn outgoing(
-        &mut self,
+        &self,
         job: &Job,
         device: &str,
         verdict: &DeviceVerdict,
-        report: &mut CycleReport,
-    ) -> Option<(Outgoing, String)> {
-        let who = describe(device, verdict);
+    ) -> Result<(Outgoing, String), String> {
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
-            self.action_error(&job.name, report);
-            tracing::error!(
-                "job {:?}: device {who}: cannot act: its labels lack the device key",
-                job.name
-            );
-            return None;
+            return Err("its labels lack the device key".to_string());
         };
         match self.rules.outgoing(job, &key, &verdict.labels) {
-            Ok(outgoing) => Some((outgoing, who)),
-            Err(err) => {
-                self.action_error(&job.name, report);
-                tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
-                None
-            }
+            Ok(outgoing) => Ok((outgoing, describe(device, verdict))),
+            Err(err) => Err(err.to_string()),
         }
+    }
+
+    /// An action that cannot become a message (no socket powers the device,
+    /// most often): it stays due, so that a reload that gives the device a
+    /// socket acts on it while it is still bad. Said (an ERROR, and
+    /// `jobctl_action_errors_total`) once per (job, device) episode; the
+    /// cycles after that, while it stays due, only at debug level.
+    fn cannot_act(&mut self, job: &Job, due: &Due, why: &str, report: &mut CycleReport) {
+        let who = describe(&due.device, &due.verdict);
+        let pair = (job.name.clone(), due.device.clone());
+        if self.cannot_act_said.insert(pair, due.due.episode) == Some(due.due.episode) {
+            tracing::debug!("job {:?}: device {who}: still cannot act: {why}", job.name);
+        } else {
+            self.action_error(&job.name, report);
+            tracing::error!(
+                "job {:?}: device {who}: cannot act: {why}; the action stays due (said once per episode)",
+                job.name
+            );
+        }
+        self.restore(&job.name, &due.device, due.state_after.without_action(&due.previous));
     }
 }
 
