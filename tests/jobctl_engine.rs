@@ -1130,14 +1130,26 @@ async fn a_device_without_a_socket_is_reported_once_per_episode_or_left_out() {
     assert!(s.gateway.received().is_empty());
     assert!(s.history().is_empty());
 
-    // Watching only the powered players: player 3 is not evaluated at all.
-    let body = sockets("19") + &offline_now_job("19") + "only_powered = true\n";
+    // Reloaded to watch only the powered players: player 3's episode ends
+    // (it is no longer watched, rather than unknown for ever); player 1, on
+    // a socket, is acted on.
+    let only_powered = sockets("19") + &offline_now_job("19") + "only_powered = true\n";
+    s.engine.replace_rules(s.rules(&only_powered));
     publish(&prometheus, &target, &page(0.0, 0.0)).await;
-    let mut s = Scenario::start(&prometheus, &body).await;
+    let report = s.cycle_at(11).await;
+    assert_eq!((report.actions_due, report.sends_started, report.action_errors), (1, 1, 0));
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Resolved);
+    // It stays remembered as resolved, neither unknown nor acted on.
+    let report = s.cycle_at(12).await;
+    assert_eq!((report.evaluations, report.unknown, report.actions_due), (3, 0, 0));
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Resolved);
+    assert!(errors(&logs.take()).is_empty());
+
+    // From the start, player 3 is never evaluated.
+    let mut s = Scenario::start(&prometheus, &only_powered).await;
     let report = s.cycle_at(0).await;
     assert_eq!((report.evaluations, report.actions_due, report.action_errors), (2, 1, 0));
-    s.cycle_at(1).await;
-    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
     assert_eq!(s.phase("offline now", &d3), PhaseName::Inactive);
     assert!(errors(&logs.take()).is_empty());
 }

@@ -58,7 +58,7 @@ use crate::clock::Clock;
 use crate::error::with_causes;
 use crate::journal::{DeviceAction, Journal, JournalError, Origin};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation};
+use crate::rules::condition::{Answers, Index, JobEvaluation, Quick};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
@@ -358,10 +358,7 @@ impl Engine {
             let mut evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
             if job.only_powered {
-                let devices = &self.devices;
-                evaluation.devices.retain(|(device, _)| {
-                    devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some())
-                });
+                self.leave_unpowered_out(&rules, job, &mut evaluation);
             }
             let states = match self.states.get_mut(&job.name) {
                 Some(states) => states,
@@ -474,6 +471,28 @@ impl Engine {
         let counts = self.states.iter().map(|(job, states)| (job.as_str(), states.phases()));
         self.metrics.record_cycle(started.elapsed(), now, counts);
         report
+    }
+
+    /// Takes the devices no socket powers out of an `only_powered` job's
+    /// evaluation: the job does not watch them. One the job remembers (it
+    /// was not `only_powered` before a reload, or the device lost its
+    /// socket) is kept with the condition false rather than left to read as
+    /// a missing series: an episode under way ends, and it is not counted
+    /// unknown cycle after cycle.
+    fn leave_unpowered_out(&self, rules: &RuleSet, job: &Job, evaluation: &mut JobEvaluation) {
+        let states = self.states.get(&job.name);
+        let default = &self.default_state;
+        evaluation.devices.retain_mut(|(device, quick)| {
+            if self.devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some()) {
+                return true;
+            }
+            let state = states.and_then(|states| states.get(*device, default));
+            let remembered = state.is_some_and(|state| state != default);
+            if remembered {
+                *quick = Quick::FALSE;
+            }
+            remembered
+        });
     }
 
     /// Forgets the (job, device) pairs that could not act once they are no
