@@ -995,6 +995,20 @@ async fn devices_on_one_socket_get_one_command_per_cooldown() {
     assert_eq!((for_device("1"), for_device("2")), (vec![history[0].id], vec![history[0].id]));
     assert!(for_device("3").is_empty());
     drop(journal);
+    // `jobctl history` shows both in its DEVICE column and in JSON.
+    let rules = rules_text(&s.dir, &s.prometheus_url, &s.gateway, &body);
+    std::fs::write(s.dir.path().join("rules.toml"), rules).unwrap();
+    let history = |format: &'static str| {
+        let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), s.dir.path());
+        command.args(["--config", "rules.toml", "history", "--format", format]);
+        support::process::run_async(tokio::process::Command::from(command))
+    };
+    let ran = history("table").await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    assert!(ran.stdout.contains(&format!(" {} + {} ", d("1"), d("2"))), "{}", ran.stdout);
+    let ran = history("json").await;
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json[0]["devices"], serde_json::json!([d("1"), d("2")]), "{json}");
 
     publish(&prometheus, &target, &page(0.0)).await;
     for m in [10, 30] {
