@@ -315,7 +315,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`, `only_powered`\n",
     )
     .await;
 }
@@ -591,6 +591,74 @@ async fn check_has_prometheus_parse_every_query_and_names_the_job() {
     assert_eq!(
         ran.stdout.lines().next().unwrap(),
         format!("rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL checked by {}/", prometheus.url())
+    );
+}
+
+/// Issue 10: which devices a job watches is known from Prometheus only, so
+/// `check` asks it: of platform 12's three players only [`DEVICE`] is on a
+/// socket. Without `only_powered` that is a warning naming the others; with
+/// it, the job's summary says how many it watches.
+#[tokio::test]
+async fn check_counts_the_devices_a_job_watches_that_have_no_socket() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let page: String = ["30785", "2", "3"]
+        .iter()
+        .map(|id| format!("addreality_device_online{{platform_id=\"12\",device_id=\"{id}\"}} 1\n"))
+        .collect();
+    target.set(page);
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let expr = "addreality_device_online{platform_id=\"12\"}";
+    prometheus.wait_until_query(expr, |samples| samples.len() == 3, DEADLINE).await;
+    let site = Site::with_rules(&rules(prometheus.url(), &closed_url()));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: job \"reboot frozen\": 2 of 3 devices this job watches have no socket ({platform_id=\"12\", device_id=\"2\"}, {platform_id=\"12\", device_id=\"3\"}); the daemon cannot act on them (it logs each once per episode): add them to a socket's powers, or set only_powered = true to watch only the 1 that have one\n"),
+        "{}",
+        ran.stdout
+    );
+    let summary = |ran: &support::process::Ran| {
+        ran.stdout
+            .lines()
+            .filter(|l| l.starts_with("  devices:") || l.starts_with("  sockets:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        summary(&ran),
+        [
+            "  devices:  platform_id=12",
+            "  sockets:  2 of 3 devices this job watches have no socket ({platform_id=\"12\", device_id=\"2\"}, {platform_id=\"12\", device_id=\"3\"}) (Prometheus now)",
+        ]
+    );
+
+    site.write("rules.toml", &(rules(prometheus.url(), &closed_url()) + "only_powered = true\n"));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    assert_eq!(
+        summary(&ran),
+        [
+            "  devices:  platform_id=12, only those a socket powers (only_powered)",
+            "  sockets:  1 of 3 devices in Prometheus now have a socket; only those are watched",
+        ]
+    );
+    // test-rule shows the job's devices as the daemon sees them.
+    let ran = site.jobctl(&["test-rule", "reboot frozen"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("\n  only_powered: 2 devices without a socket left out\n"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.ends_with("\n1 device, 0 with the condition true now\n"), "{}", ran.stdout);
+    // Offline, nothing is known of them.
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        summary(&ran),
+        ["  devices:  platform_id=12, only those a socket powers (only_powered)"]
     );
 }
 
@@ -1392,12 +1460,26 @@ async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
     let ran = site.jobctl(&["run", "--once"]).await;
     assert_eq!(ran.code, 6, "{ran:?}");
     assert!(!site.path("journal.db-wal").exists(), "checkpointed at exit");
-    // Every page but the first (the schema) overwritten, as a failing disk would.
+    // Every table's and index's page overwritten (each is one page, as the
+    // journal is empty), as a failing disk would; the schema, which spans
+    // several pages, left readable.
     let path = site.path("journal.db");
+    let (page_size, roots) = {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let page_size: usize = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let mut statement =
+            db.prepare("SELECT rootpage FROM sqlite_master WHERE rootpage > 0").unwrap();
+        let roots: Vec<usize> =
+            statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        (page_size, roots)
+    };
+    assert!(roots.len() > 4, "{roots:?}");
     let mut bytes = std::fs::read(&path).unwrap();
-    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
-    for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
-        *byte = u8::try_from(i * 37 % 251).unwrap();
+    for root in roots {
+        let page = (root - 1) * page_size..root * page_size;
+        for (i, byte) in bytes[page].iter_mut().enumerate() {
+            *byte = u8::try_from(i * 37 % 251).unwrap();
+        }
     }
     std::fs::write(&path, bytes).unwrap();
 

@@ -29,6 +29,7 @@ use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
+use support::logs::Logs;
 use support::prometheus::{TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
 use support::wait::{wait_until_async, DEADLINE};
@@ -37,6 +38,8 @@ use support::wait::{wait_until_async, DEADLINE};
 const LOBBY: &str = "+79991234567";
 /// The phone number of a second socket.
 const HALL: &str = "+79997654321";
+/// The phone number of a third socket.
+const KIOSK: &str = "+79990001122";
 
 /// The instant scenarios start at; `cycle_at(m)` runs a cycle `m` minutes later.
 fn t0() -> Timestamp {
@@ -247,6 +250,7 @@ async fn start_engine(
     let options = EngineOptions {
         mode,
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
+        budgets: rules.budgets,
         ..EngineOptions::default()
     };
     Engine::start(rules, Arc::new(prometheus), journal, Arc::from(sender), clock, options)
@@ -1069,7 +1073,7 @@ async fn verify_and_limit_close_the_loop() {
     if !TestPrometheus::available() {
         return;
     }
-    let targets: Vec<TestTarget> = (0..4).map(|_| TestTarget::start()).collect();
+    let targets: Vec<TestTarget> = (0..5).map(|_| TestTarget::start()).collect();
     let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
 
     a_device_that_comes_back_recovered_and_one_that_does_not_did_not(&prometheus, &targets[0])
@@ -1078,6 +1082,7 @@ async fn verify_and_limit_close_the_loop() {
         .await;
     a_socket_powering_two_devices_is_limited_as_one(&prometheus, &targets[2]).await;
     a_restart_during_the_window_keeps_the_result_right(&prometheus, &targets[3]).await;
+    one_message_for_two_devices_has_a_result_and_a_count_for_each(&prometheus, &targets[4]).await;
 }
 
 /// (job, device, episode, action, status, result, seconds to recover) of
@@ -1248,8 +1253,12 @@ async fn a_socket_powering_two_devices_is_limited_as_one(
     let (d1, d2) = (device("103", "1"), device("103", "2"));
     let strip = "[[sockets]]\nname = \"strip\"\nphone = \"+79990000301\"\nmodel = \"simpal-d210\"\n\
                  powers = [{ platform_id = \"103\", device_id = \"1\" }, { platform_id = \"103\", device_id = \"2\" }]\n\n";
+    // A cooldown shorter than the half hour between the two devices' first
+    // actions: the strip may take device 2's (one socket, one command per
+    // cooldown).
     let job = offline_now_job("103")
-        + "repeat = { every = \"1h\", max = 10 }\nlimit = { actions = 2, per = \"24h\" }\n";
+        + "cooldown = \"10m\"\nrepeat = { every = \"1h\", max = 10 }\n\
+           limit = { actions = 2, per = \"24h\" }\n";
     let page = |a: f64, b: f64| [online("103", "1", a), online("103", "2", b)];
     publish(prometheus, target, &page(0.0, 1.0)).await;
     let mut s = Scenario::start(prometheus, &(strip.to_string() + &job)).await;
@@ -1314,4 +1323,273 @@ async fn a_restart_during_the_window_keeps_the_result_right(
         ]
     );
     assert_eq!(s.gateway.received().len(), 2);
+}
+
+/// Issue 10: players 1 and 2 on one power strip (socket "hall") go offline
+/// together: the strip gets one power-cycle, journalled once for both.
+/// Player 3 on the same strip goes offline ten minutes later: the strip got
+/// a command within the job's cooldown, so player 3's action waits (across
+/// a restart, too) and leaves once the hour is over, as it is still offline.
+#[tokio::test]
+async fn devices_on_one_socket_get_one_command_per_cooldown() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d = |id: &str| device("17", id);
+    let body = format!(
+        "[[sockets]]\nname = \"hall\"\nphone = \"{HALL}\"\nmodel = \"simpal-d410\"\n\
+         powers = [\n  {{ platform_id = \"17\", device_id = \"1\" }},\n  \
+         {{ platform_id = \"17\", device_id = \"2\" }},\n  \
+         {{ platform_id = \"17\", device_id = \"3\" }},\n]\n\n"
+    ) + &offline_now_job("17")
+        + "cooldown = \"1h\"\n";
+    let page =
+        |third: f64| [online("17", "1", 0.0), online("17", "2", 0.0), online("17", "3", third)];
+    publish(&prometheus, &target, &page(1.0)).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.actions_due, report.sends_started), (2, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("1"))), (1, 1));
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 1));
+    let history = s.history();
+    assert_eq!(rows(&history), [row("offline now", &d("1"), 1, 1, ExecutionStatus::Sent)]);
+    assert_eq!(history[0].devices, [d("1"), d("2")]);
+    // `jobctl history --device` finds the execution under each device.
+    let journal = Journal::open_read_only(&s.journal_path()).unwrap();
+    let for_device = |id: &str| {
+        let filter = HistoryFilter { device_key: Some(d(id)), ..HistoryFilter::default() };
+        journal.history(&filter).unwrap().iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!((for_device("1"), for_device("2")), (vec![history[0].id], vec![history[0].id]));
+    assert!(for_device("3").is_empty());
+    drop(journal);
+    // `jobctl history` shows both in its DEVICE column and in JSON.
+    let rules = rules_text(&s.dir, &s.prometheus_url, &s.gateway, &body);
+    std::fs::write(s.dir.path().join("rules.toml"), rules).unwrap();
+    let history = |format: &'static str| {
+        let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), s.dir.path());
+        command.args(["--config", "rules.toml", "history", "--format", format]);
+        support::process::run_async(tokio::process::Command::from(command))
+    };
+    let ran = history("table").await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    assert!(ran.stdout.contains(&format!(" {} + {} ", d("1"), d("2"))), "{}", ran.stdout);
+    let ran = history("json").await;
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json[0]["devices"], serde_json::json!([d("1"), d("2")]), "{json}");
+
+    publish(&prometheus, &target, &page(0.0)).await;
+    for m in [10, 30] {
+        let report = s.cycle_at(m).await;
+        assert_eq!(report.sends_started, 0, "at {m} min: {report:?}");
+        assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 0), "at {m} min");
+    }
+    let mut s = s.restart(&body).await;
+    s.cycle_at(59).await;
+    assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 0));
+    assert_eq!(s.gateway.received().len(), 1);
+
+    let report = s.cycle_at(60).await;
+    assert_eq!(report.sends_started, 1, "{report:?}");
+    s.cycle_at(90).await;
+    assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("3"))), (1, 1));
+    let history = s.history();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].devices, [d("3")]);
+    assert_eq!(history[1].created_at, minutes(60));
+}
+
+/// Issue 10: a budget of one message an hour in all. Player 1 takes it at
+/// 9:00; players 2 and 3 go offline at 9:10, and their actions are held:
+/// journalled once as suppressed (not once a cycle, nor again after a
+/// restart), not counted as the episode's action. Player 3 comes back
+/// meanwhile and is never acted on; player 2 is still offline when the hour
+/// frees the budget, and its power-cycle leaves then.
+#[tokio::test]
+async fn a_budget_suppressed_action_stays_due_and_leaves_when_the_budget_allows() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d = |id: &str| device("18", id);
+    let body = "[budgets]\ntotal_per_hour = 1\n\n".to_string()
+        + &sockets("18")
+        + &rules_file::socket("kiosk", KIOSK, "simpal-d210", "18", "3")
+        + &offline_now_job("18");
+    let page = |second: f64, third: f64| {
+        [online("18", "1", 0.0), online("18", "2", second), online("18", "3", third)]
+    };
+    publish(&prometheus, &target, &page(1.0, 1.0)).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+    assert_eq!(s.cycle_at(0).await.sends_started, 1);
+
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    let report = s.cycle_at(10).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 2));
+    let held = || {
+        vec![
+            row("offline now", &d("1"), 1, 1, ExecutionStatus::Sent),
+            row("offline now", &d("2"), 1, 1, ExecutionStatus::Suppressed),
+            row("offline now", &d("3"), 1, 1, ExecutionStatus::Suppressed),
+        ]
+    };
+    assert_eq!(rows(&s.history()), held());
+    assert_eq!(
+        s.history()[1].detail.as_deref(),
+        Some("budget of 1 messages in all per hour reached (all sockets: 1)")
+    );
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 0), "the action stays due");
+    // Due again each cycle, journalled once.
+    let report = s.cycle_at(20).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 0));
+    let mut s = s.restart(&body).await;
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 0), "saved as due");
+    let report = s.cycle_at(30).await;
+    assert_eq!((report.actions_due, report.sends_started, report.suppressed), (2, 0, 0));
+    assert_eq!(rows(&s.history()), held());
+
+    publish(&prometheus, &target, &page(0.0, 1.0)).await;
+    s.cycle_at(40).await;
+    assert_eq!(s.phase("offline now", &d("3")), PhaseName::Resolved);
+    // 10:00 still counts 9:00's message; a minute later the hour is free.
+    assert_eq!(s.cycle_at(60).await.sends_started, 0);
+    let report = s.cycle_at(61).await;
+    assert_eq!((report.actions_due, report.sends_started), (1, 1), "{report:?}");
+    s.cycle_at(70).await;
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline now", &d("2"))), (1, 1));
+    let mut expected = held();
+    expected.push(row("offline now", &d("2"), 1, 1, ExecutionStatus::Sent));
+    let history = s.history();
+    assert_eq!(rows(&history), expected);
+    assert_eq!(history[3].created_at, minutes(61));
+}
+
+/// Issue 10: a job over a whole platform where player 3 has no socket. Its
+/// action cannot become a message: one ERROR when its episode starts, not
+/// one a cycle (seven cycles here), and one more for its next episode. With
+/// `only_powered = true` the job leaves player 3 alone and still acts on
+/// the players that have a socket.
+#[tokio::test]
+async fn a_device_without_a_socket_is_reported_once_per_episode_or_left_out() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d3 = device("19", "3");
+    let body = sockets("19") + &offline_now_job("19");
+    let page = |first: f64, third: f64| {
+        [online("19", "1", first), online("19", "2", 1.0), online("19", "3", third)]
+    };
+    publish(&prometheus, &target, &page(1.0, 0.0)).await;
+    let (logs, _guard) = Logs::capture();
+    let mut s = Scenario::start(&prometheus, &body).await;
+    let errors = |logs: &str| -> Vec<String> {
+        logs.lines().filter(|l| l.contains("ERROR")).map(str::to_string).collect()
+    };
+    let said = format!(
+        "ERROR job \"offline now\": device {d3} (Lesnaia_3): cannot act: no socket powers device {d3}; add a [[sockets]] entry whose powers names it; the action stays due (said once per episode)"
+    );
+    let mut action_errors = Vec::new();
+    for m in 0..7 {
+        action_errors.push(s.cycle_at(m).await.action_errors);
+    }
+    assert_eq!(action_errors, [1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(errors(&logs.take()), std::slice::from_ref(&said));
+    assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 0), "the action stays due");
+
+    publish(&prometheus, &target, &page(1.0, 1.0)).await;
+    s.cycle_at(7).await;
+    publish(&prometheus, &target, &page(1.0, 0.0)).await;
+    for m in 8..11 {
+        s.cycle_at(m).await;
+    }
+    assert_eq!(firing_of(&s.state("offline now", &d3)), (2, 0));
+    assert_eq!(errors(&logs.take()), [said], "once for the second episode");
+    assert!(s.gateway.received().is_empty());
+    assert!(s.history().is_empty());
+
+    // Reloaded to watch only the powered players: player 3's episode ends
+    // (it is no longer watched, rather than unknown for ever); player 1, on
+    // a socket, is acted on.
+    let only_powered = sockets("19") + &offline_now_job("19") + "only_powered = true\n";
+    s.engine.replace_rules(s.rules(&only_powered));
+    publish(&prometheus, &target, &page(0.0, 0.0)).await;
+    let report = s.cycle_at(11).await;
+    assert_eq!((report.actions_due, report.sends_started, report.action_errors), (1, 1, 0));
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Resolved);
+    // It stays remembered as resolved, neither unknown nor acted on.
+    let report = s.cycle_at(12).await;
+    assert_eq!((report.evaluations, report.unknown, report.actions_due), (3, 0, 0));
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Resolved);
+    assert!(errors(&logs.take()).is_empty());
+
+    // From the start, player 3 is never evaluated.
+    let mut s = Scenario::start(&prometheus, &only_powered).await;
+    let report = s.cycle_at(0).await;
+    assert_eq!((report.evaluations, report.actions_due, report.action_errors), (2, 1, 0));
+    assert_eq!(s.phase("offline now", &d3), PhaseName::Inactive);
+    assert!(errors(&logs.take()).is_empty());
+}
+
+/// Scenario V5: two players on one strip go offline together and share one
+/// power-cycle; player 1 is back 4 minutes later, player 2 is not. Each
+/// device gets its own result on the shared message, and each counts the
+/// message against its own limit.
+async fn one_message_for_two_devices_has_a_result_and_a_count_for_each(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let (d1, d2) = (device("105", "1"), device("105", "2"));
+    let strip = "[[sockets]]\nname = \"strip\"\nphone = \"+79990000501\"\nmodel = \"simpal-d210\"\n\
+                 powers = [{ platform_id = \"105\", device_id = \"1\" }, { platform_id = \"105\", device_id = \"2\" }]\n\n";
+    let job = offline_now_job("105")
+        + "verify = { within = \"10m\" }\nrepeat = { every = \"1h\", max = 10 }\n\
+           limit = { actions = 1, per = \"24h\" }\n";
+    let page = |a: f64, b: f64| [online("105", "1", a), online("105", "2", b)];
+    publish(prometheus, target, &page(0.0, 0.0)).await;
+    let mut s = Scenario::start(prometheus, &(strip.to_string() + &job)).await;
+    s.cycle_at(0).await;
+    assert_eq!(s.gateway.received().len(), 1, "one command for the strip");
+    publish(prometheus, target, &page(1.0, 0.0)).await;
+    s.cycle_at(4).await;
+    s.cycle_at(10).await;
+
+    let history = s.history();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].devices, [d1.clone(), d2.clone()]);
+    let each: Vec<(String, Option<ActionResult>, Option<u64>)> = history[0]
+        .device_results
+        .iter()
+        .map(|d| (d.device_key.clone(), d.result, d.recovered_after.map(|a| a.as_secs())))
+        .collect();
+    assert_eq!(
+        each,
+        [
+            (d1.clone(), Some(ActionResult::Recovered), Some(240)),
+            (d2.clone(), Some(ActionResult::NotRecovered), None),
+        ]
+    );
+    assert_eq!(executions_metric(&s, "offline now", "recovered"), 1);
+    assert_eq!(executions_metric(&s, "offline now", "not_recovered"), 1);
+
+    // Device 2's repeat is due an hour later: the shared message was its
+    // one action of the day.
+    let report = s.cycle_at(60).await;
+    assert_eq!((report.sends_started, report.gave_up), (0, 1), "{report:?}");
+    let refused = s.history().pop().unwrap();
+    assert_eq!(refused.device_key.as_deref(), Some(d2.as_str()));
+    assert_eq!(refused.devices, [d2]);
+    assert_eq!(
+        refused.detail.as_deref(),
+        Some("limit reached: 1 actions on this device in the last 1day (limit 1 per 1day)")
+    );
 }

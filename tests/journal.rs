@@ -41,6 +41,7 @@ fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> Planned
             attempt: 1,
             trigger_value: Some(0.0),
             state_after: EncodedState::new(&firing(episode, 1, 1_700_000_000)),
+            also_for: Vec::new(),
         },
         socket: socket.to_string(),
         phone: "+79991234567".to_string(),
@@ -321,8 +322,18 @@ fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
     assert_eq!(journal.execution(dry).unwrap().status, ExecutionStatus::DryRun);
     assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 0);
     assert!(journal.mark_sending(dry).is_err(), "a dry run never leaves");
-    // Suppressing a rule's action still records the state that decided it.
-    assert_eq!(journal.load_states::<JobState>().unwrap().len(), 1);
+    // A rule's action held by a budget stays due: the state that decided it
+    // is not saved with the row (the engine saves the one that says so).
+    assert!(journal.load_states::<JobState>().unwrap().is_empty());
+    // The same action, due again next cycle, finds that row and is not
+    // journalled again; another episode, job or a manual send is.
+    let again = |job: &str, episode| {
+        journal.earlier_suppression(&rule_send(job, DEVICE, "lobby", episode)).unwrap()
+    };
+    assert_eq!(again("Lobby offline", 7), Some(over.id));
+    assert_eq!(again("Lobby offline", 8), None);
+    assert_eq!(again("Lobby playing", 7), None);
+    assert_eq!(journal.earlier_suppression(&manual_send("lobby")).unwrap(), None);
 }
 
 #[test]

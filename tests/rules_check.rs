@@ -307,7 +307,7 @@ fn syntax_errors_keep_toml_position() {
 fn unknown_keys_name_the_accepted_ones() {
     assert_eq!(
         errors(&with_job(&format!("metrc = \"x\"\n{BODY}"))),
-        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`"
+        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`, `only_powered`"
     );
 }
 
@@ -593,6 +593,32 @@ fn jobs_whose_devices_no_socket_powers() {
     assert!(rules::parse(&text, "rules.toml").is_ok());
     // An SMS to a person needs no socket.
     let text = with_job("devices = { platform_id = \"13\" }\nexpr = \"up == 0\"\naction = { sms = \"down\", to = \"+79990000000\" }\n");
+    assert!(rules::parse(&text, "rules.toml").is_ok());
+}
+
+#[test]
+fn only_powered_is_a_boolean_and_needs_a_socket_for_the_devices() {
+    let rules = rules::parse(&with_job(&format!("only_powered = true\n{BODY}")), "rules.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rules.jobs[0].only_powered);
+    assert!(rules.jobs[0]
+        .to_string()
+        .contains("\n  devices:  all devices, only those a socket powers (only_powered)\n"));
+    let rules = rules::parse(&with_job(BODY), "rules.toml").unwrap();
+    assert!(!rules.jobs[0].only_powered, "off by default");
+    assert_eq!(
+        errors(&with_job(&format!("only_powered = \"yes\"\n{BODY}"))),
+        "rules.toml:11:16: invalid type: string \"yes\", expected a boolean"
+    );
+    // A job that notifies a person needs no socket, unless it watches only
+    // devices that have one: then a socket must power one it selects.
+    let notify = "expr = \"up == 0\"\naction = { sms = \"down\", to = \"+79990000000\" }\n";
+    assert_eq!(
+        errors(&with_job(&format!("devices = {{ platform_id = \"13\" }}\nonly_powered = true\n{notify}"))),
+        "rules.toml:12:16: job #1: only_powered = true watches only devices a socket powers, but no socket powers a device matching platform_id=13; add a [[sockets]] entry whose powers names such a device, or remove only_powered"
+    );
+    let text =
+        with_job(&format!("devices = {{ platform_id = \"12\" }}\nonly_powered = true\n{notify}"));
     assert!(rules::parse(&text, "rules.toml").is_ok());
 }
 

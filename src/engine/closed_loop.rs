@@ -7,8 +7,9 @@
 //! what it decided:
 //!
 //! - **Limits** are counted from the journal (the actions of the job on the
-//!   device, and to its socket, within `limit.per`, plus the ones allowed
-//!   earlier in this cycle), so restarts and reloads never reset them. An
+//!   device, and to its socket, within `limit.per`; the devices of one
+//!   socket due in the same cycle share one message, which is one command
+//!   to the socket), so restarts and reloads never reset them. An
 //!   action due past its limit is taken back: its state is advanced again
 //!   from the one before, told the limit is reached, which gives the episode
 //!   up; a `gave_up` row (not sent) is journalled with that state in one
@@ -23,7 +24,7 @@
 //! What a person should hear about becomes an [`Escalation`]; every result
 //! is counted in `jobctl_executions_total{job,outcome}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::escalation::Escalation;
 use super::outbox::blocking;
@@ -320,22 +321,24 @@ impl Engine {
                 return Vec::new();
             }
         };
-        // The actions allowed earlier in this cycle, per (job, socket).
-        let mut allowed: HashMap<(String, String), u32> = HashMap::new();
+        // The (job, socket) pairs an action was allowed for earlier in this
+        // cycle: the outbox gives a socket one message for all of a job's
+        // devices due together, so a later device of the same socket rides
+        // along on it and is no further command to the socket.
+        let mut allowed: HashSet<(String, String)> = HashSet::new();
         let mut refusals = Vec::new();
         for (check, (on_device, to_socket)) in checks.into_iter().zip(counted) {
             let per = humantime::format_duration(check.limit.per);
             let max = check.limit.actions;
             let socket_key = check.socket.clone().map(|s| (check.job.clone(), s));
-            let to_socket =
-                to_socket + socket_key.as_ref().and_then(|k| allowed.get(k)).copied().unwrap_or(0);
+            let rides_along = socket_key.as_ref().is_some_and(|k| allowed.contains(k));
             let reason = if on_device >= max {
                 format!("limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})")
-            } else if let (Some(socket), true) = (&check.socket, to_socket >= max) {
+            } else if let (Some(socket), true) = (&check.socket, !rides_along && to_socket >= max) {
                 format!("limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})")
             } else {
                 if let Some(key) = socket_key {
-                    *allowed.entry(key).or_default() += 1;
+                    allowed.insert(key);
                 }
                 continue;
             };
@@ -361,6 +364,7 @@ impl Engine {
                     attempt: due.due.attempt_in_episode,
                     trigger_value: due.due.trigger_value,
                     state_after: EncodedState::new(&step.state),
+                    also_for: Vec::new(),
                 },
                 socket: check.socket.unwrap_or_else(|| "-".to_string()),
                 phone: check.phone,

@@ -65,14 +65,14 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::error::with_causes;
-use crate::journal::{Journal, JournalError, Origin};
+use crate::journal::{DeviceAction, Journal, JournalError, Origin};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation};
+use crate::rules::condition::{Answers, Index, JobEvaluation, Quick};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
-use crate::rules::{DeviceVerdict, Job, RuleSet};
+use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
 use crate::sms::{text, Sender};
-use outbox::{blocking, Journalled, Request};
+use outbox::{blocking, Journalled, NotSent, Request};
 use silences::Silences;
 use states::{advance_job, JobStates};
 
@@ -108,15 +108,44 @@ pub struct CycleReport {
     pub actions_due: usize,
     /// Executions journalled and handed to the sender.
     pub sends_started: usize,
-    /// Executions journalled without sending (budget, dry run).
+    /// Executions journalled without sending: dry run, or over a budget
+    /// (an action a budget holds stays due, and is journalled the first
+    /// cycle it is held only).
     pub suppressed: usize,
-    /// Actions that could not become an SMS (no socket for the device…).
+    /// Actions that could not become an SMS (no socket for the device…),
+    /// each counted in the first cycle of its episode only, and messages the
+    /// journal could not take.
     pub action_errors: usize,
     /// Actions refused by their job's `limit`: the episode gave up.
     pub gave_up: usize,
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
     pub unsaved_states: usize,
+}
+
+/// A device a message of this cycle is for.
+struct Target {
+    /// The device's text form.
+    device: String,
+    /// The device in words, for logs.
+    who: String,
+    /// Its state after the step that made the action due.
+    state_after: JobState,
+    /// Its state before that step.
+    previous: JobState,
+}
+
+/// One message of this cycle: a job's action, for one device or for the
+/// devices of one socket due together.
+struct DueMessage {
+    /// Index of the job in the rules.
+    job: usize,
+    /// The socket it goes to; `None` for a person.
+    socket: Option<String>,
+    /// The devices it is for, the first one's labels in its text.
+    targets: Vec<Target>,
+    /// The first device's episode and action number, for logs.
+    first: (u64, u32),
 }
 
 /// An action that became due in a cycle, sent once every job is evaluated.
@@ -178,6 +207,17 @@ pub struct Engine {
     /// Results of verifications the journal could not take, recorded with
     /// the next cycle's.
     unrecorded_results: Vec<closed_loop::Conclusion>,
+    /// (job, socket) → when the job last gave the socket a command. A
+    /// socket gets one command per cooldown of a job, however many of its
+    /// devices fire: the devices due together share one message, and an
+    /// episode's first action on another of its devices waits for the
+    /// cooldown. Read from the journal at start.
+    socket_commands: HashMap<(String, String), jiff::Timestamp>,
+    /// (job, device) → the episode whose action was last found unable to
+    /// become a message (no socket for the device…), so that this is said
+    /// once per episode, not once a cycle. A pair is dropped once it is no
+    /// longer firing, so this stays as small as the pairs it is about.
+    cannot_act_said: HashMap<(String, String), u64>,
 }
 
 impl Engine {
@@ -199,7 +239,12 @@ impl Engine {
             outbox.recover_in_flight().await?;
         }
         let journal = outbox.journal();
-        let states = blocking(&journal, |journal| journal.load_states()).await?;
+        let (states, commands) = blocking(&journal, |journal| {
+            Ok::<_, JournalError>((journal.load_states()?, journal.last_socket_commands()?))
+        })
+        .await?;
+        let socket_commands =
+            commands.into_iter().map(|(job, socket, at)| ((job, socket), at)).collect();
         let mut devices = DeviceTable::default();
         let mut by_job: HashMap<String, Vec<(DeviceId, JobState)>> = HashMap::new();
         for ((job, device), state) in states {
@@ -224,6 +269,8 @@ impl Engine {
             unsaved: BTreeSet::new(),
             silences: Silences::default(),
             unrecorded_results: Vec::new(),
+            socket_commands,
+            cannot_act_said: HashMap::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -337,8 +384,11 @@ impl Engine {
         let mut silenced = Vec::new();
         let mut index = Index::new(&answers);
         for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
-            let evaluation =
+            let mut evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+            if job.only_powered {
+                self.leave_unpowered_out(&rules, job, &mut evaluation);
+            }
             let job_silences = self.silences.for_job(&job.name, now);
             let devices = &self.devices;
             let silence = |device: DeviceId| {
@@ -469,6 +519,7 @@ impl Engine {
                     .collect();
             }
         }
+        self.forget_settled_cannot_act();
         report.unsaved_states = self.unsaved.len();
         report.journal_time = journalling.elapsed();
         self.forget_unused_devices();
@@ -476,6 +527,43 @@ impl Engine {
         let counts = self.states.iter().map(|(job, states)| (job.as_str(), states.phases()));
         self.metrics.record_cycle(started.elapsed(), now, counts);
         report
+    }
+
+    /// Takes the devices no socket powers out of an `only_powered` job's
+    /// evaluation: the job does not watch them. One the job remembers (it
+    /// was not `only_powered` before a reload, or the device lost its
+    /// socket) is kept with the condition false rather than left to read as
+    /// a missing series: an episode under way ends, and it is not counted
+    /// unknown cycle after cycle.
+    fn leave_unpowered_out(&self, rules: &RuleSet, job: &Job, evaluation: &mut JobEvaluation) {
+        let states = self.states.get(&job.name);
+        let default = &self.default_state;
+        evaluation.devices.retain_mut(|(device, quick)| {
+            if self.devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some()) {
+                return true;
+            }
+            let state = states.and_then(|states| states.get(*device, default));
+            let remembered = state.is_some_and(|state| state != default);
+            if remembered {
+                *quick = Quick::FALSE;
+            }
+            remembered
+        });
+    }
+
+    /// Forgets the (job, device) pairs that could not act once they are no
+    /// longer firing (resolved, or their job or device gone): a new episode
+    /// is said again.
+    fn forget_settled_cannot_act(&mut self) {
+        if self.cannot_act_said.is_empty() {
+            return;
+        }
+        let (states, devices, default) = (&self.states, &self.devices, &self.default_state);
+        self.cannot_act_said.retain(|(job, device), _| {
+            let state =
+                states.get(job).zip(devices.find(device)).and_then(|(s, id)| s.get(id, default));
+            state.is_some_and(|state| matches!(state.phase, state::Phase::Firing { .. }))
+        });
     }
 
     /// Forgets the devices no state refers to any more, once they are many
@@ -623,17 +711,76 @@ impl Engine {
 
     /// Journals the messages of every action due this cycle in one batch
     /// (one commit, however many), then hands those that may leave to the
-    /// sender: none leaves before all are committed.
+    /// sender: none leaves before all are committed. The devices of one
+    /// socket due together for a job get one message, which lists them all;
+    /// a device whose socket got a command from the job within its cooldown
+    /// keeps its action due instead, and so does every device of a message
+    /// a budget holds back.
     async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
-        let mut requests = Vec::with_capacity(dispatch.len());
-        let mut actions = Vec::with_capacity(dispatch.len());
-        for Due { job, device, verdict, due, state_after, previous } in dispatch {
-            if let Some(request) =
-                self.request(&rules.jobs[job], &device, &verdict, &due, state_after, report)
+        let now = self.clock.now();
+        let mut requests: Vec<Request> = Vec::with_capacity(dispatch.len());
+        // What each request is for, in the same order.
+        let mut messages: Vec<DueMessage> = Vec::with_capacity(dispatch.len());
+        let mut by_socket: HashMap<(usize, String), usize> = HashMap::new();
+        for pending in dispatch {
+            let job_rules = &rules.jobs[pending.job];
+            let (outgoing, who) = match self.outgoing(job_rules, &pending.device, &pending.verdict)
             {
-                requests.push(request);
-                actions.push((job, device, due, previous));
+                Ok(found) => found,
+                Err(why) => {
+                    self.cannot_act(job_rules, &pending, &why, report);
+                    continue;
+                }
+            };
+            let Due { job, device, due, state_after, previous, .. } = pending;
+            let socket = match &outgoing.to {
+                Recipient::Sms { socket, .. } => socket.clone(),
+            };
+            let action = DeviceAction {
+                device_key: device.clone(),
+                episode: due.episode,
+                attempt: due.attempt_in_episode,
+                trigger_value: due.trigger_value,
+                state_after: crate::journal::EncodedState::new(&state_after),
+            };
+            let target = Target { device, who, state_after, previous };
+            if let Some(socket) = &socket {
+                if let Some(&at) = by_socket.get(&(job, socket.clone())) {
+                    let Origin::Rule { also_for, .. } = &mut requests[at].origin else {
+                        unreachable!("a job's request has a rule's origin")
+                    };
+                    also_for.push(action);
+                    requests[at].by.push_str(&format!(", device {}", target.who));
+                    messages[at].targets.push(target);
+                    continue;
+                }
+                let last = self.socket_commands.get(&(job_rules.name.clone(), socket.clone()));
+                if let Some(&last) = last.filter(|_| due.attempt_in_episode == 1) {
+                    if crate::clock::elapsed(last, now) < job_rules.cooldown {
+                        self.hold_for_socket(job_rules, socket, last, target);
+                        continue;
+                    }
+                }
+                by_socket.insert((job, socket.clone()), requests.len());
             }
+            let DeviceAction { device_key, episode, attempt, trigger_value, state_after } = action;
+            let origin = Origin::Rule {
+                job: job_rules.name.clone(),
+                device_key,
+                episode,
+                attempt,
+                trigger_value,
+                state_after,
+                also_for: Vec::new(),
+            };
+            let by = format!("job {:?}: device {}", job_rules.name, target.who);
+            requests.push(Request { origin, outgoing, by });
+            messages.push(DueMessage {
+                job,
+                socket,
+                targets: vec![target],
+                first: (episode, attempt),
+            });
         }
         if requests.is_empty() {
             return;
@@ -643,27 +790,43 @@ impl Engine {
             Err(err) => {
                 tracing::error!(
                     "cannot journal {} messages: {}; nothing was sent; the actions stay due for the next cycle",
-                    actions.len(),
+                    messages.len(),
                     with_causes(&err)
                 );
-                actions.iter().map(|_| None).collect()
+                messages.iter().map(|_| None).collect()
             }
         };
-        for ((job, device, due, previous), outcome) in actions.into_iter().zip(outcomes) {
+        for (DueMessage { job, socket, targets, first }, outcome) in
+            messages.into_iter().zip(outcomes)
+        {
+            let name = &rules.jobs[job].name;
             match outcome {
-                Some(Ok(Ok(dispatch))) => {
-                    report.sends_started += 1;
-                    tracing::info!(
-                        "{}: sending (episode {}, action {})",
-                        dispatch.what(),
-                        due.episode,
-                        due.attempt_in_episode
-                    );
-                    self.outbox.deliver(dispatch);
+                Some(Ok(Err(NotSent::OverBudget { journalled_now, .. }))) => {
+                    // Not sent, so not the episode's action: it stays due,
+                    // and leaves once the budget allows if the device is
+                    // still bad.
+                    report.suppressed += usize::from(journalled_now);
+                    for Target { device, state_after, previous, .. } in targets {
+                        self.restore(name, &device, state_after.without_action(&previous));
+                    }
                     continue;
                 }
-                Some(Ok(Err(_suppressed))) => {
-                    report.suppressed += 1;
+                Some(Ok(journalled)) => {
+                    if let Some(socket) = socket {
+                        self.socket_commands.insert((name.clone(), socket), now);
+                    }
+                    match journalled {
+                        Ok(dispatch) => {
+                            report.sends_started += 1;
+                            let (episode, attempt) = first;
+                            tracing::info!(
+                                "{}: sending (episode {episode}, action {attempt})",
+                                dispatch.what()
+                            );
+                            self.outbox.deliver(dispatch);
+                        }
+                        Err(_dry_run) => report.suppressed += 1,
+                    }
                     continue;
                 }
                 Some(Err(err)) => {
@@ -677,14 +840,39 @@ impl Engine {
             // The journal could not record the message, so it was not sent:
             // step back so that the action is due again next cycle rather
             // than lost for the whole episode.
-            let name = &rules.jobs[job].name;
             self.action_error(name, report);
-            if let (Some(states), Some(id)) =
-                (self.states.get_mut(name), self.devices.find(&device))
-            {
-                states.restore(id, previous);
+            for target in targets {
+                self.restore(name, &target.device, target.previous);
             }
         }
+    }
+
+    /// Puts a (job, device)'s state back to `state`.
+    fn restore(&mut self, job: &str, device: &str, state: JobState) {
+        if let (Some(states), Some(id)) = (self.states.get_mut(job), self.devices.find(device)) {
+            states.restore(id, state);
+        }
+    }
+
+    /// Keeps a device's action due because its socket got a command from
+    /// the job at `last`, within the job's cooldown: the device keeps the
+    /// state the step left it in, but for the action.
+    fn hold_for_socket(&mut self, job: &Job, socket: &str, last: jiff::Timestamp, target: Target) {
+        let Target { device, who, state_after, previous } = target;
+        let until = crate::clock::after(last, job.cooldown);
+        // Said once, as the episode starts; later cycles only at debug level.
+        if matches!(previous.phase, state::Phase::Firing { .. }) {
+            tracing::debug!(
+                "job {:?}: device {who}: action waits: socket {socket} got a command at {last}; until {until}",
+                job.name
+            );
+        } else {
+            tracing::info!(
+                "job {:?}: device {who}: action waits: socket {socket} got a command from this job at {last}, within its cooldown (until {until})",
+                job.name
+            );
+        }
+        self.restore(&job.name, &device, state_after.without_action(&previous));
     }
 
     /// Counts an action that could not be carried out, in the cycle's report
@@ -694,43 +882,41 @@ impl Engine {
         self.metrics.action_error(job);
     }
 
-    /// The request to send the message an action due on `device` sends; or
-    /// `None`, an action error logged, when it cannot become one.
-    fn request(
-        &mut self,
+    /// The message an action due on `device` sends, and the device in
+    /// words for logs; or why it cannot become one.
+    fn outgoing(
+        &self,
         job: &Job,
         device: &str,
         verdict: &DeviceVerdict,
-        due: &state::ActionDue,
-        state_after: JobState,
-        report: &mut CycleReport,
-    ) -> Option<Request> {
-        let who = describe(device, verdict);
+    ) -> Result<(Outgoing, String), String> {
         let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
+            return Err("its labels lack the device key".to_string());
+        };
+        match self.rules.outgoing(job, &key, &verdict.labels) {
+            Ok(outgoing) => Ok((outgoing, describe(device, verdict))),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// An action that cannot become a message (no socket powers the device,
+    /// most often): it stays due, so that a reload that gives the device a
+    /// socket acts on it while it is still bad. Said (an ERROR, and
+    /// `jobctl_action_errors_total`) once per (job, device) episode; the
+    /// cycles after that, while it stays due, only at debug level.
+    fn cannot_act(&mut self, job: &Job, due: &Due, why: &str, report: &mut CycleReport) {
+        let who = describe(&due.device, &due.verdict);
+        let pair = (job.name.clone(), due.device.clone());
+        if self.cannot_act_said.insert(pair, due.due.episode) == Some(due.due.episode) {
+            tracing::debug!("job {:?}: device {who}: still cannot act: {why}", job.name);
+        } else {
             self.action_error(&job.name, report);
             tracing::error!(
-                "job {:?}: device {who}: cannot act: its labels lack the device key",
+                "job {:?}: device {who}: cannot act: {why}; the action stays due (said once per episode)",
                 job.name
             );
-            return None;
-        };
-        let outgoing = match self.rules.outgoing(job, &key, &verdict.labels) {
-            Ok(outgoing) => outgoing,
-            Err(err) => {
-                self.action_error(&job.name, report);
-                tracing::error!("job {:?}: device {who}: cannot act: {err}", job.name);
-                return None;
-            }
-        };
-        let origin = Origin::Rule {
-            job: job.name.clone(),
-            device_key: device.to_string(),
-            episode: due.episode,
-            attempt: due.attempt_in_episode,
-            trigger_value: due.trigger_value,
-            state_after: crate::journal::EncodedState::new(&state_after),
-        };
-        Some(Request { origin, outgoing, by: format!("job {:?}: device {who}", job.name) })
+        }
+        self.restore(&job.name, &due.device, due.state_after.without_action(&due.previous));
     }
 }
 

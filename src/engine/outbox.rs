@@ -8,7 +8,9 @@
 //! may make it leave (after a modem's lock, say: [`crate::sms::Departure`]),
 //! so a restart sends what was still `planned` and never what was `sending`;
 //! one over a budget (counted from the journal, so it survives restarts) or
-//! sent in a dry run is journalled too, and never leaves. A message that may
+//! sent in a dry run is journalled too, and never leaves (a rule's action
+//! held by a budget stays due: the engine hands it over again each cycle,
+//! and it is journalled as `suppressed` the first time only). A message that may
 //! leave is handed to its channel in a task of its own, retried with backoff
 //! only when it certainly did not leave, and every backend's attempt becomes
 //! one row of the journal as it ends. The writes of tasks that end together
@@ -133,9 +135,34 @@ impl Dispatch {
 }
 
 /// What became of one message given to the journal: its dispatch when it may
-/// leave, its execution id when it was journalled but may not (budget, dry
-/// run), or why the journal did not take it (then it did not leave).
-pub(super) type Journalled = Result<Result<Dispatch, ExecutionId>, JournalError>;
+/// leave, why it may not (budget, dry run), or why the journal did not take
+/// it (then it did not leave).
+pub(super) type Journalled = Result<Result<Dispatch, NotSent>, JournalError>;
+
+/// A message journalled that may not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotSent {
+    /// A budget holds it back. A rule's action stays due, so the same action
+    /// comes back each cycle while the budget is spent: it is journalled
+    /// (`suppressed`) the first time only, and `id` is that row.
+    OverBudget {
+        /// The `suppressed` row that records it.
+        id: ExecutionId,
+        /// Whether that row was written now (not in an earlier cycle).
+        journalled_now: bool,
+    },
+    /// `--dry-run`: journalled as `dry_run` under this id.
+    DryRun(ExecutionId),
+}
+
+impl NotSent {
+    /// The execution that records it.
+    pub(super) fn id(self) -> ExecutionId {
+        match self {
+            NotSent::OverBudget { id, .. } | NotSent::DryRun(id) => id,
+        }
+    }
+}
 
 /// Where messages go: journalled (or suppressed by budget or dry run), then
 /// handed to their channel in tasks of their own, retried within limits,
@@ -230,9 +257,11 @@ impl Outbox {
 
     /// Journals messages — each suppressed (budget, dry run) or about to
     /// leave — in one batch, so that they cost one commit, and returns for
-    /// each its dispatch when it may leave, or the id it was journalled
-    /// under when it may not, or why the journal did not take it. Budgets
-    /// count the batch's earlier messages. The error is the batch's own: its
+    /// each its dispatch when it may leave, or why it may not ([`NotSent`]),
+    /// or why the journal did not take it. Budgets count the batch's earlier
+    /// messages. A rule's action a budget already held back in an earlier
+    /// cycle (same job, devices, episode and action number) is not
+    /// journalled again. The error is the batch's own: its
     /// commit failed and none of the messages was kept.
     pub(super) async fn journal_messages(
         &self,
@@ -255,15 +284,19 @@ impl Outbox {
                     let over = over_budget(journal, &budgets, &planned.socket, now)?;
                     match (over, mode) {
                         (Some(reason), _) => {
+                            if let Some(id) = journal.earlier_suppression(planned)? {
+                                let held = NotSent::OverBudget { id, journalled_now: false };
+                                return Ok::<_, JournalError>((Err(held), reason));
+                            }
                             let why = Suppression::OverBudget { reason: reason.clone() };
                             let id = journal.record_suppressed(planned, &why)?;
-                            Ok::<_, JournalError>((id, Some(format!("suppressed: {reason}"))))
+                            Ok((Err(NotSent::OverBudget { id, journalled_now: true }), reason))
                         }
                         (None, Mode::DryRun) => {
                             let id = journal.record_suppressed(planned, &Suppression::DryRun)?;
-                            Ok((id, Some("dry run: not sent".to_string())))
+                            Ok((Err(NotSent::DryRun(id)), String::new()))
                         }
-                        (None, Mode::Live) => Ok((journal.plan_send(planned)?, None)),
+                        (None, Mode::Live) => Ok((Ok(journal.plan_send(planned)?), String::new())),
                     }
                 };
                 planned.iter().map(record).collect::<Vec<_>>()
@@ -274,14 +307,22 @@ impl Outbox {
             .into_iter()
             .zip(leaving)
             .map(|(recorded, (outgoing, what))| {
-                let (id, suppressed) = recorded?;
-                if let Some(why) = suppressed {
-                    let label = if why.starts_with("dry") { "dry_run" } else { "suppressed" };
-                    self.metrics.sms_outcome(label);
-                    tracing::warn!("{what}: {why} (execution {id})");
-                    return Ok(Err(id));
+                let (recorded, reason) = recorded?;
+                match recorded {
+                    Ok(id) => return Ok(Ok(Dispatch { id, outgoing, what })),
+                    Err(NotSent::DryRun(id)) => {
+                        self.metrics.sms_outcome("dry_run");
+                        tracing::warn!("{what}: dry run: not sent (execution {id})");
+                    }
+                    Err(NotSent::OverBudget { id, journalled_now: true }) => {
+                        self.metrics.sms_outcome("suppressed");
+                        tracing::warn!("{what}: suppressed: {reason} (execution {id})");
+                    }
+                    Err(NotSent::OverBudget { id, journalled_now: false }) => {
+                        tracing::debug!("{what}: still suppressed: {reason} (execution {id})");
+                    }
                 }
-                Ok(Ok(Dispatch { id, outgoing, what }))
+                Ok(recorded.map(|id| Dispatch { id, outgoing, what }))
             })
             .collect())
     }
@@ -344,7 +385,7 @@ impl Outbox {
                 self.finish_sends().await;
                 id
             }
-            Err(suppressed) => suppressed,
+            Err(not_sent) => not_sent.id(),
         };
         blocking(&self.journal, move |journal| journal.execution(id)).await
     }

@@ -11,15 +11,23 @@
 //! a warning, the modem may be unplugged; not a character device: an
 //! error), and a token or key that would cross the network in clear text
 //! (`http://` to a host other than this one: a warning).
+//!
+//! Which devices a job watches is only known from Prometheus's answers, and
+//! the rules know only the devices a socket powers. So when Prometheus
+//! answers, `check` runs each query once and says, for each job whose
+//! action is a socket command, how many of the devices it watches now have
+//! no socket (a warning: the daemon cannot act on them), or, with
+//! `only_powered`, how many it leaves out. `--offline` says nothing of it.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::error::Error;
 use super::{build_sender, count, load_rules, prometheus_client};
 use crate::config_file::{ConfigError, ConfigErrors};
 use crate::exit::Exit;
-use crate::prometheus_api::PromError;
-use crate::rules::RuleSet;
+use crate::prometheus_api::{PromClient, PromError};
+use crate::rules::{Action, DeviceKey, RuleSet, Sample};
 use crate::secret::SecretSource;
 
 /// `jobctl check` flags.
@@ -43,6 +51,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     }
 
     let mut promql_note = "PromQL not checked (--offline)".to_string();
+    let mut powered = HashMap::new();
     if !args.offline {
         let mut errors = Vec::new();
         let mut unreachable = None;
@@ -71,6 +80,9 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         if !errors.is_empty() {
             return Err(Error::Rules(ConfigErrors(errors)));
         }
+        if unreachable.is_none() {
+            powered = powered_devices(&rules, &prometheus).await;
+        }
         promql_note = match unreachable {
             None => format!("PromQL checked by {}", rules.prometheus.url),
             Some(err) => {
@@ -78,6 +90,20 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
                 "PromQL NOT checked (Prometheus did not answer)".to_string()
             }
         };
+    }
+
+    for job in &rules.jobs {
+        let Some(found) = powered.get(&job.name).filter(|f| !f.unpowered.is_empty()) else {
+            continue;
+        };
+        if !job.only_powered {
+            eprintln!(
+                "jobctl: warning: job {:?}: {}; the daemon cannot act on them (it logs each once per episode): add them to a socket's powers, or set only_powered = true to watch only the {} that have one",
+                job.name,
+                found.no_socket(),
+                found.total - found.unpowered.len()
+            );
+        }
     }
 
     for warning in rules.sms.iter().flat_map(crate::sms::SmsConfig::warnings) {
@@ -95,8 +121,80 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     );
     for job in &rules.jobs {
         crate::exit::outln!("\n{job}");
+        if let Some(found) = powered.get(&job.name) {
+            let without = found.unpowered.len();
+            if job.only_powered {
+                crate::exit::outln!(
+                    "  sockets:  {} of {} in Prometheus now have a socket; only those are watched",
+                    found.total - without,
+                    count(found.total, "device", "devices")
+                );
+            } else if without == 0 {
+                crate::exit::outln!(
+                    "  sockets:  every device this job watches has one ({} in Prometheus now)",
+                    found.total
+                );
+            } else {
+                crate::exit::outln!("  sockets:  {} (Prometheus now)", found.no_socket());
+            }
+        }
     }
     Ok(Exit::Ok)
+}
+
+/// What Prometheus says now of one job's devices and their sockets.
+struct Powered {
+    /// Devices in the job's answers, before `only_powered`.
+    total: usize,
+    /// Those no socket powers, in key order.
+    unpowered: Vec<DeviceKey>,
+}
+
+impl Powered {
+    /// `12 of 40 devices this job watches have no socket (first: …)`.
+    fn no_socket(&self) -> String {
+        const SHOWN: usize = 3;
+        let mut first: Vec<String> =
+            self.unpowered.iter().take(SHOWN).map(ToString::to_string).collect();
+        if self.unpowered.len() > SHOWN {
+            first.push("…".to_string());
+        }
+        let verb = if self.unpowered.len() == 1 { "has" } else { "have" };
+        format!(
+            "{} of {} this job watches {verb} no socket ({})",
+            self.unpowered.len(),
+            count(self.total, "device", "devices"),
+            first.join(", ")
+        )
+    }
+}
+
+/// For each enabled job whose action is a socket command and whose queries
+/// all answer now: its devices, and those no socket powers. Each distinct
+/// query is sent once.
+async fn powered_devices(rules: &RuleSet, prometheus: &PromClient) -> HashMap<String, Powered> {
+    let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
+    for query in rules.queries() {
+        if let Ok(samples) = prometheus.query(&query).await {
+            answers.insert(query, samples);
+        }
+    }
+    let mut found = HashMap::new();
+    for job in rules.jobs.iter().filter(|j| j.enabled) {
+        let commands = matches!(job.action, Action::Command { .. });
+        if !commands || job.queries().iter().any(|q| !answers.contains_key(q)) {
+            continue;
+        }
+        let evaluation = job.evaluate(&answers, &rules.device_key);
+        let unpowered: Vec<DeviceKey> = evaluation
+            .devices
+            .keys()
+            .filter(|key| rules.socket_for(key).is_none())
+            .cloned()
+            .collect();
+        found.insert(job.name.clone(), Powered { total: evaluation.devices.len(), unpowered });
+    }
+    found
 }
 
 /// What would otherwise only show when a message is sent: errors, then

@@ -41,6 +41,9 @@ struct Row<'a> {
     time: String,
     job: Option<&'a str>,
     device: Option<&'a str>,
+    /// Every device the message was for: one, or several on one socket
+    /// that fell due together.
+    devices: Vec<&'a str>,
     socket: &'a str,
     phone: &'a str,
     text: &'a str,
@@ -63,6 +66,17 @@ struct Row<'a> {
     result_time: Option<String>,
     /// For `recovered`: seconds from the action to the first evaluation
     /// that found the condition false.
+    recovered_after_seconds: Option<u64>,
+    /// For a message several devices shared: each device's result (the
+    /// fields above are its first device's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    device_results: Vec<DeviceResultRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct DeviceResultRow<'a> {
+    device: &'a str,
+    result: Option<&'static str>,
     recovered_after_seconds: Option<u64>,
 }
 
@@ -92,6 +106,7 @@ impl<'a> Row<'a> {
             time: e.created_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             job: e.job.as_deref(),
             device: e.device_key.as_deref(),
+            devices: e.devices.iter().map(String::as_str).collect(),
             socket: &e.socket,
             phone: &e.phone,
             text: &e.text,
@@ -107,6 +122,15 @@ impl<'a> Row<'a> {
             result: e.result.map(ActionResult::as_str),
             result_time: e.result_at.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
             recovered_after_seconds: e.recovered_after.map(|d| d.as_secs()),
+            device_results: e
+                .device_results
+                .iter()
+                .map(|d| DeviceResultRow {
+                    device: &d.device_key,
+                    result: d.result.map(ActionResult::as_str),
+                    recovered_after_seconds: d.recovered_after.map(|d| d.as_secs()),
+                })
+                .collect(),
         }
     }
 }
@@ -156,7 +180,11 @@ fn table(rows: &[Row<'_>]) -> String {
                 r.id.to_string(),
                 r.time.clone(),
                 r.job.unwrap_or("(manual)").to_string(),
-                r.device.unwrap_or("-").to_string(),
+                if r.devices.len() > 1 {
+                    r.devices.join(" + ")
+                } else {
+                    r.device.unwrap_or("-").to_string()
+                },
                 r.socket.to_string(),
                 format!("{:?}", r.text),
                 r.outcome.to_string(),
@@ -169,14 +197,93 @@ fn table(rows: &[Row<'_>]) -> String {
     render_table(&header, &cells)
 }
 
-/// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing.
+/// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing; for a
+/// message several devices shared, each device's in the order of `DEVICE`,
+/// joined by ` + ` (`-` for one not known yet).
 fn result_text(row: &Row<'_>) -> String {
-    match (row.result, row.recovered_after_seconds) {
+    if row.device_results.is_empty() {
+        return one_result(row.result, row.recovered_after_seconds);
+    }
+    let each: Vec<String> = row
+        .device_results
+        .iter()
+        .map(|d| match one_result(d.result, d.recovered_after_seconds) {
+            known if !known.is_empty() => known,
+            _ => "-".to_string(),
+        })
+        .collect();
+    if each.iter().all(|r| r == "-") {
+        return String::new();
+    }
+    each.join(" + ")
+}
+
+fn one_result(result: Option<&str>, recovered_after_seconds: Option<u64>) -> String {
+    match (result, recovered_after_seconds) {
         (Some(result), Some(seconds)) => {
             let after = std::time::Duration::from_secs(seconds);
             format!("{result} after {}", humantime::format_duration(after))
         }
         (Some(result), None) => result.to_string(),
         (None, _) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::journal::{DeviceResult, ExecutionId, ExecutionStatus};
+
+    fn shared(results: [Option<(ActionResult, Option<u64>)>; 2]) -> Execution {
+        let devices = ["{d=\"1\"}".to_string(), "{d=\"2\"}".to_string()];
+        Execution {
+            id: ExecutionId(7),
+            job: Some("offline".into()),
+            device_key: Some(devices[0].clone()),
+            devices: devices.to_vec(),
+            socket: "strip".into(),
+            phone: "+79990000501".into(),
+            text: "#12#0#1#1#".into(),
+            episode: Some(1),
+            attempt: Some(1),
+            trigger_value: Some(0.0),
+            status: ExecutionStatus::Sent,
+            backend: Some("log".into()),
+            detail: None,
+            manual: false,
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            updated_at: jiff::Timestamp::UNIX_EPOCH,
+            attempts: Vec::new(),
+            result: results[0].map(|(r, _)| r),
+            result_at: None,
+            recovered_after: results[0].and_then(|(_, s)| s).map(Duration::from_secs),
+            device_results: devices
+                .iter()
+                .zip(results)
+                .map(|(device, known)| DeviceResult {
+                    device_key: device.clone(),
+                    result: known.map(|(r, _)| r),
+                    recovered_after: known.and_then(|(_, s)| s).map(Duration::from_secs),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_shared_message_shows_each_devices_result_in_device_order() {
+        let both = shared([
+            Some((ActionResult::Recovered, Some(240))),
+            Some((ActionResult::NotRecovered, None)),
+        ]);
+        assert_eq!(result_text(&Row::of(&both)), "recovered after 4m + not_recovered");
+        let one = shared([None, Some((ActionResult::Unverified, None))]);
+        assert_eq!(result_text(&Row::of(&one)), "- + unverified");
+        assert_eq!(result_text(&Row::of(&shared([None, None]))), "");
+
+        let json = serde_json::to_value(Row::of(&both)).unwrap();
+        assert_eq!(json["device_results"][1]["result"], "not_recovered");
+        assert_eq!(json["device_results"][0]["recovered_after_seconds"], 240);
     }
 }

@@ -51,7 +51,12 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
             }
         }
     }
-    let evaluation = job.evaluate(&answers, &rules.device_key);
+    let mut evaluation = job.evaluate(&answers, &rules.device_key);
+    let before = evaluation.devices.len();
+    if job.only_powered {
+        evaluation.devices.retain(|key, _| rules.socket_for(key).is_some());
+    }
+    let unpowered = before - evaluation.devices.len();
     let states: HashMap<String, JobState> = match Journal::open_read_only(&rules.journal.path) {
         Ok(journal) => journal
             .load_states()?
@@ -70,6 +75,12 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         job.condition,
         humantime::format_duration(job.hold_for)
     );
+    if unpowered > 0 {
+        crate::exit::outln!(
+            "  only_powered: {} without a socket left out",
+            count(unpowered, "device", "devices")
+        );
+    }
     if evaluation.devices.is_empty() {
         crate::exit::outln!("\nno device in Prometheus's answers");
     }

@@ -191,8 +191,11 @@ pub struct Execution {
     pub id: ExecutionId,
     /// The job, or `None` for a manual send.
     pub job: Option<String>,
-    /// The device, or `None` for a manual send.
+    /// The (first) device, or `None` for a manual send.
     pub device_key: Option<String>,
+    /// Every device a rule's message was for, in key order (several when
+    /// devices on one socket fell due together); empty for a manual send.
+    pub devices: Vec<String>,
     /// The socket's name.
     pub socket: String,
     /// The number it went to.
@@ -226,6 +229,21 @@ pub struct Execution {
     /// For `recovered`: from the action to the first evaluation that found
     /// the condition false.
     pub recovered_after: Option<std::time::Duration>,
+    /// For a message several devices shared: what became of the action on
+    /// each, in the order of `devices` (the execution's own result is its
+    /// first device's). Empty for a message for one device.
+    pub device_results: Vec<DeviceResult>,
+}
+
+/// What became of a shared message's action on one of its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceResult {
+    /// The device.
+    pub device_key: String,
+    /// Its result, once known.
+    pub result: Option<ActionResult>,
+    /// For `recovered`: from the action to its recovery.
+    pub recovered_after: Option<std::time::Duration>,
 }
 
 /// The columns [`execution_from_row`] reads, in its order.
@@ -234,12 +252,14 @@ pub(super) const EXECUTION_COLUMNS: &str =
      trigger_value, status, backend, detail, manual, created_at, updated_at, \
      result, result_at, recovered_after_ms";
 
-/// An execution from a row of [`EXECUTION_COLUMNS`], its attempts not yet read.
+/// An execution from a row of [`EXECUTION_COLUMNS`], its attempts and
+/// devices not yet read.
 pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
     Ok(Execution {
         id: ExecutionId(row.get(0)?),
         job: row.get(1)?,
         device_key: row.get(2)?,
+        devices: Vec::new(),
         socket: row.get(3)?,
         phone: row.get(4)?,
         text: row.get(5)?,
@@ -260,6 +280,7 @@ pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ex
         recovered_after: row
             .get::<_, Option<i64>>(17)?
             .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        device_results: Vec::new(),
     })
 }
 

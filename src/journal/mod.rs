@@ -94,12 +94,12 @@ use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
 pub use execution::{
-    ActionResult, Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
+    ActionResult, Attempt, DeviceResult, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
 };
 pub use history::HistoryFilter;
 pub use results::ActionRef;
 pub use schema::SCHEMA_VERSION;
-pub use sends::{Origin, PlannedSend, SendResult, Suppression};
+pub use sends::{DeviceAction, Origin, PlannedSend, SendResult, Suppression};
 pub use silences::{
     ActiveHold, Expired, HeldAction, NewSilence, Silence, SilenceId, SilenceWriter,
 };

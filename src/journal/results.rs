@@ -49,8 +49,9 @@ impl Journal {
         let tx = begin(&mut self.connection, self.in_batch, path, doing)?;
         let id: Option<i64> = tx
             .query_row(
-                "SELECT id FROM executions WHERE job = ?1 AND device_key = ?2 AND episode = ?3 \
-                 AND attempt = ?4 AND status NOT IN (?5, ?6) ORDER BY id DESC LIMIT 1",
+                "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
+                 WHERE e.job = ?1 AND d.device_key = ?2 AND d.episode = ?3 AND d.attempt = ?4 \
+                 AND e.status NOT IN (?5, ?6) ORDER BY e.id DESC LIMIT 1",
                 params![
                     action.job,
                     action.device_key,
@@ -65,13 +66,22 @@ impl Journal {
             .map_err(sqlite_error(path, doing))?;
         let Some(id) = id else { return Ok(None) };
         let after = recovered_after.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // The device's own result; the execution's columns take its first
+        // device's, so that a message for one device reads as before.
         let changed = tx
             .execute(
-                "UPDATE executions SET result = ?1, result_at = ?2, recovered_after_ms = ?3 \
-                 WHERE id = ?4 AND result IS NULL",
-                params![result, now, after, id],
+                "UPDATE execution_devices SET result = ?1, result_at = ?2, \
+                 recovered_after_ms = ?3 WHERE execution_id = ?4 AND device_key = ?5 \
+                 AND result IS NULL",
+                params![result, now, after, id, action.device_key],
             )
             .map_err(sqlite_error(path, doing))?;
+        tx.execute(
+            "UPDATE executions SET result = ?1, result_at = ?2, recovered_after_ms = ?3 \
+             WHERE id = ?4 AND device_key = ?5 AND result IS NULL",
+            params![result, now, after, id, action.device_key],
+        )
+        .map_err(sqlite_error(path, doing))?;
         tx.commit().map_err(sqlite_error(path, "committing an action's result"))?;
         Ok((changed == 1).then_some(ExecutionId(id)))
     }
@@ -90,7 +100,9 @@ impl Journal {
         let doing = "journalling a refused action";
         let tx = begin(&mut self.connection, self.in_batch, path, doing)?;
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
-            Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
+            Origin::Rule {
+                job, device_key, episode, attempt, trigger_value, state_after, ..
+            } => {
                 let mut upsert = prepare_upsert(&tx, path)?;
                 save_state(&mut upsert, path, job, device_key, state_after, now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
@@ -119,6 +131,22 @@ impl Journal {
         )
         .map_err(sqlite_error(path, doing))?;
         let id = ExecutionId(tx.last_insert_rowid());
+        if let (Some(device_key), Some(episode), Some(attempt)) = (device_key, episode, attempt) {
+            tx.execute(
+                "INSERT INTO execution_devices (execution_id, device_key, episode, attempt, \
+                 trigger_value, result, result_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id.0,
+                    device_key,
+                    episode,
+                    attempt,
+                    trigger_value,
+                    ActionResult::GaveUp,
+                    now
+                ],
+            )
+            .map_err(sqlite_error(path, doing))?;
+        }
         tx.commit().map_err(sqlite_error(path, "committing a refused action"))?;
         Ok(id)
     }
@@ -143,9 +171,12 @@ impl Journal {
             .connection
             .query_row(
                 &format!(
-                    "SELECT coalesce(sum(device_key = ?3), 0), coalesce(sum(socket = ?4), 0) \
-                     FROM executions WHERE job = ?1 AND created_at >= ?2 AND status IN ({}) \
-                     AND (device_key = ?3 OR socket = ?4)",
+                    "SELECT coalesce(sum(EXISTS (SELECT 1 FROM execution_devices d \
+                     WHERE d.execution_id = e.id AND d.device_key = ?3)), 0), \
+                     coalesce(sum(socket = ?4), 0) \
+                     FROM executions e WHERE job = ?1 AND created_at >= ?2 AND status IN ({}) \
+                     AND (socket = ?4 OR e.id IN \
+                     (SELECT execution_id FROM execution_devices WHERE device_key = ?3))",
                     counted.join(", ")
                 ),
                 params![job, since.as_millisecond(), device_key, socket],
@@ -183,6 +214,7 @@ mod tests {
                 attempt,
                 trigger_value: Some(0.0),
                 state_after: EncodedState::new(&Firing),
+                also_for: Vec::new(),
             },
             socket: socket.into(),
             phone: "+79991234567".into(),

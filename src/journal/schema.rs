@@ -68,7 +68,7 @@ CREATE TABLE job_state (
 ",
     r"
 -- Version 2: silences and the actions they held; what became of a rule's
--- action (verify, limit).
+-- action (verify, limit); the devices an execution was for.
 CREATE TABLE silences (
     id         INTEGER PRIMARY KEY,
     job        TEXT,               -- NULL: every job
@@ -102,6 +102,29 @@ ALTER TABLE executions ADD COLUMN result TEXT
 ALTER TABLE executions ADD COLUMN result_at INTEGER;          -- Unix milliseconds
 ALTER TABLE executions ADD COLUMN recovered_after_ms INTEGER; -- action to recovery
 CREATE INDEX executions_by_job_socket ON executions (job, socket, created_at);
+
+-- A rule's execution may be for several devices (the devices of
+-- one socket that fired together get one command). Each device it was for
+-- is a row here; executions.device_key, episode, attempt and trigger_value
+-- keep the first one's.
+CREATE TABLE execution_devices (
+    execution_id  INTEGER NOT NULL REFERENCES executions (id),
+    device_key    TEXT NOT NULL,
+    episode       INTEGER NOT NULL,
+    attempt       INTEGER NOT NULL,
+    trigger_value REAL,
+    -- What became of the action on this device (verify, limit); the
+    -- execution's own result columns hold its first device's.
+    result        TEXT
+        CHECK (result IN ('recovered', 'not_recovered', 'unverified', 'gave_up')),
+    result_at     INTEGER,           -- Unix milliseconds
+    recovered_after_ms INTEGER,      -- action to recovery
+    PRIMARY KEY (execution_id, device_key)
+) WITHOUT ROWID;
+CREATE INDEX execution_devices_by_device ON execution_devices (device_key, execution_id);
+INSERT INTO execution_devices (execution_id, device_key, episode, attempt, trigger_value)
+    SELECT id, device_key, coalesce(episode, 0), coalesce(attempt, 0), trigger_value
+    FROM executions WHERE device_key IS NOT NULL;
 ",
 ];
 
@@ -219,7 +242,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::journal::{ExecutionId, ExecutionStatus};
+    use crate::journal::{ExecutionId, ExecutionStatus, HistoryFilter};
 
     #[test]
     fn a_version_1_journal_upgrades_and_keeps_its_rows_without_results() {
@@ -248,5 +271,33 @@ mod tests {
         );
         let refused = journal.connection.execute("UPDATE executions SET result = 'fixed'", []);
         assert!(refused.is_err(), "only known results are stored");
+    }
+
+    #[test]
+    fn a_version_1_journal_upgrades_and_keeps_each_executions_device() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(MIGRATIONS[0]).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+                 trigger_value, status, manual, created_at, updated_at) VALUES \
+                 ('offline', 'd=1', 'hall', '+79997654321', '#01#0#', 3, 1, 0.0, 'sent', 0, 1, 1), \
+                 (NULL, NULL, 'hall', '+79997654321', '#02#0#', NULL, NULL, NULL, 'sent', 1, 2, 2);",
+            )
+            .unwrap();
+        let mut journal = Journal::new(connection, Path::new(":memory:"), None);
+        journal.prepare(true).unwrap();
+
+        let version: i64 =
+            journal.connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let all = journal.history(&HistoryFilter::default()).unwrap();
+        let devices: Vec<Vec<String>> = all.iter().map(|e| e.devices.clone()).collect();
+        assert_eq!(devices, [vec![], vec!["d=1".to_string()]]);
+        let filter = HistoryFilter { device_key: Some("d=1".into()), ..HistoryFilter::default() };
+        let found = journal.history(&filter).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].episode, found[0].text.as_str()), (Some(3), "#01#0#"));
     }
 }

@@ -42,9 +42,28 @@ pub enum Origin {
         /// The job's state after the step that decided this message, saved in
         /// the same transaction as the execution row.
         state_after: EncodedState,
+        /// The job's other devices this one message is for (devices on the
+        /// same socket whose action fell due together), each with its own
+        /// episode and state, saved in the same transaction.
+        also_for: Vec<DeviceAction>,
     },
     /// `jobctl send` or `jobctl test-rule --send`.
     Manual,
+}
+
+/// One more device a rule's message is for ([`Origin::Rule::also_for`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceAction {
+    /// The device, as its key labels.
+    pub device_key: String,
+    /// The episode on this (job, device).
+    pub episode: u64,
+    /// The action's number within that episode.
+    pub attempt: u32,
+    /// The value that made the condition true on this device.
+    pub trigger_value: Option<f64>,
+    /// The job's state on this device after the step, saved with the row.
+    pub state_after: EncodedState,
 }
 
 /// A message about to be journalled.
@@ -203,10 +222,11 @@ impl Journal {
     }
 
     /// Journals a message that will not be sent, with the reason: over
-    /// budget (`suppressed`, with the job's state after the action, as a
-    /// sent one) or `--dry-run` (`dry_run`, a row for `history` only: the
-    /// job's state is left alone, and neither budgets nor the state machine
-    /// look at such rows).
+    /// budget (`suppressed`) or `--dry-run` (`dry_run`, a row for `history`
+    /// only, which neither budgets nor the state machine look at). Either
+    /// way the job's state is left alone: a rule's action held by a budget
+    /// stays due (the engine saves the state that says so with the cycle's
+    /// states), and a dry run's state is not the live run's.
     pub fn record_suppressed(
         &mut self,
         planned: &PlannedSend,
@@ -231,12 +251,31 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
+        let mut devices = Vec::new();
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
-            Origin::Rule { job, device_key, episode, attempt, trigger_value, state_after } => {
-                // A dry run's state is not the live run's: it is never saved.
-                if status != ExecutionStatus::DryRun {
+            Origin::Rule {
+                job,
+                device_key,
+                episode,
+                attempt,
+                trigger_value,
+                state_after,
+                also_for,
+            } => {
+                devices.push((device_key, *episode, *attempt, *trigger_value));
+                devices.extend(
+                    also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt, d.trigger_value)),
+                );
+                // Only a message that may leave decides the state: one held
+                // by a budget leaves the action due, and a dry run's state is
+                // not the live run's.
+                if matches!(status, ExecutionStatus::Planned | ExecutionStatus::Sending) {
                     let mut upsert = prepare_upsert(&tx, path)?;
                     save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                    for device in also_for {
+                        let (key, state) = (&device.device_key, &device.state_after);
+                        save_state(&mut upsert, path, job, key, state, now)?;
+                    }
                 }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
@@ -263,8 +302,58 @@ impl Journal {
         )
         .map_err(sqlite_error(path, "journalling a message"))?;
         let id = ExecutionId(tx.last_insert_rowid());
+        for (device_key, episode, attempt, trigger_value) in devices {
+            tx.execute(
+                "INSERT OR IGNORE INTO execution_devices \
+                 (execution_id, device_key, episode, attempt, trigger_value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.0, device_key, episode, attempt, trigger_value],
+            )
+            .map_err(sqlite_error(path, "journalling a message's devices"))?;
+        }
         tx.commit().map_err(sqlite_error(path, "committing a journalled message"))?;
         Ok(id)
+    }
+
+    /// The execution that already journalled this rule's action as held by
+    /// a budget: a `suppressed` row of the same job for each of its devices,
+    /// with the same episode and action number (the latest such row for its
+    /// first device). An action a budget holds stays due cycle after cycle,
+    /// and the journal says so once, not once a cycle. `None` for a manual
+    /// message, and when any of its devices has no such row yet.
+    pub fn earlier_suppression(
+        &self,
+        planned: &PlannedSend,
+    ) -> Result<Option<ExecutionId>, JournalError> {
+        let Origin::Rule { job, device_key, episode, attempt, also_for, .. } = &planned.origin
+        else {
+            return Ok(None);
+        };
+        let doing = "looking for an earlier suppression";
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
+                 WHERE d.device_key = ?1 AND d.episode = ?2 AND d.attempt = ?3 \
+                 AND e.job = ?4 AND e.status = 'suppressed' ORDER BY e.id DESC LIMIT 1",
+            )
+            .map_err(sqlite_error(&self.path, doing))?;
+        let mut first = None;
+        let devices = std::iter::once((device_key, *episode, *attempt))
+            .chain(also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt)));
+        for (device, episode, attempt) in devices {
+            let found: Option<i64> = statement
+                .query_row(params![device, episode, attempt, job], |row| row.get(0))
+                .optional()
+                .map_err(sqlite_error(&self.path, doing))?;
+            match found {
+                None => return Ok(None),
+                Some(id) => {
+                    first.get_or_insert(ExecutionId(id));
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// At start-up, settles what a previous run left unfinished: `sending`

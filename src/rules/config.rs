@@ -218,6 +218,8 @@ pub(crate) struct RawJob {
     pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
     /// Default true.
     pub(crate) enabled: Option<bool>,
+    /// Watch only the devices a socket powers. Default false.
+    pub(crate) only_powered: Option<Spanned<bool>>,
 }
 
 /// One element of `all`/`any`.

@@ -128,6 +128,11 @@ pub struct Job {
     pub guards: Vec<Guard>,
     /// Disabled jobs are checked but not run.
     pub enabled: bool,
+    /// Watch only the devices a socket powers (`only_powered`): a job over
+    /// a whole platform where only some players are on GSM sockets leaves
+    /// the others alone instead of finding, each episode, that it cannot
+    /// act on them.
+    pub only_powered: bool,
 }
 
 impl Job {
@@ -170,7 +175,11 @@ impl fmt::Display for Job {
         }
         writeln!(f)?;
         writeln!(f, "  defined:  {}", self.origin)?;
-        writeln!(f, "  devices:  {}", self.devices)?;
+        write!(f, "  devices:  {}", self.devices)?;
+        if self.only_powered {
+            f.write_str(", only those a socket powers (only_powered)")?;
+        }
+        writeln!(f)?;
         write!(f, "  when:     {}", self.condition)?;
         if !self.hold_for.is_zero() {
             write!(f, " for {}", humantime::format_duration(self.hold_for))?;

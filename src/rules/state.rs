@@ -480,6 +480,23 @@ impl JobState {
     }
 }
 
+impl JobState {
+    /// This state, the result of a step that made an action due, with that
+    /// action not taken: what the (job, device) keeps when something outside
+    /// it holds the action back (its socket got a command from the job
+    /// within the cooldown, or a budget is spent). The action stays due, as
+    /// one held by the cooldown does. `before` is the state the step started from.
+    pub(crate) fn without_action(&self, before: &JobState) -> JobState {
+        let mut state = self.clone();
+        if let Phase::Firing { since, episode, actions_taken } = state.phase {
+            let actions_taken = actions_taken.saturating_sub(1);
+            state.phase = Phase::Firing { since, episode, actions_taken };
+            state.last_action_at = before.last_action_at;
+        }
+        state
+    }
+}
+
 /// The journal keeps a state as JSON next to its phase's name.
 impl crate::journal::JournalState for JobState {
     fn phase_name(&self) -> &'static str {

@@ -12,6 +12,7 @@ pub(crate) mod exposition;
 pub(crate) mod fake_gateway;
 pub(crate) mod fake_modem;
 pub(crate) mod limited_server;
+pub(crate) mod logs;
 pub(crate) mod process;
 pub(crate) mod prometheus;
 pub(crate) mod rules_file;

@@ -116,6 +116,13 @@ pub(crate) struct Quick {
     pub(crate) first_value: Option<f64>,
 }
 
+impl Quick {
+    /// The condition does not hold, with no value behind it: what the engine
+    /// gives a device a job stops watching, so that an episode under way
+    /// ends.
+    pub(crate) const FALSE: Quick = Quick { verdict: Verdict::False, why: None, first_value: None };
+}
+
 /// A term's outcome, with its reason when unknown.
 #[derive(Clone, Copy)]
 struct Outcome {

@@ -175,6 +175,20 @@ fn job(
         (Some(action), Some(devices)) => job_action(ck, &label, action, devices, env),
         (Some(_), None) => None,
     };
+    let only_powered = r.only_powered.as_ref().is_some_and(|o| *o.get_ref());
+    if let (Some(o), Some(devices), Some(Action::Sms { .. })) = (&r.only_powered, &devices, &action)
+    {
+        let powered = env.sockets.iter().any(|s| s.powers.iter().any(|k| devices.may_select(k)));
+        if *o.get_ref() && !powered && !env.sockets_rejected {
+            ck.at(
+                o.span(),
+                format!(
+                    "{label}: only_powered = true watches only devices a socket powers, but no socket powers a device matching {devices}; add a [[sockets]] entry whose powers names such a device, or remove only_powered"
+                ),
+            );
+            ok = false;
+        }
+    }
     if !ok {
         return None;
     }
@@ -198,6 +212,7 @@ fn job(
         schedule: schedule?,
         guards,
         enabled: r.enabled.unwrap_or(true),
+        only_powered,
     })
 }
 
