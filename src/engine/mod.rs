@@ -40,6 +40,7 @@
 
 mod metrics;
 mod outbox;
+pub mod replay;
 mod states;
 
 pub use crate::rules::Budgets;

@@ -9,7 +9,7 @@
 
 use crate::rules::condition::JobEvaluation;
 use crate::rules::device::DeviceId;
-use crate::rules::state::{self, JobState, PhaseName, Timing, Transition};
+use crate::rules::state::{self, ActionHeld, JobState, PhaseName, Timing, Transition};
 use crate::rules::{Job, Verdict};
 
 /// What the engine remembers of one job's devices between cycles.
@@ -129,6 +129,8 @@ pub(super) struct DeviceEvent {
     pub(super) transitions: Vec<Transition>,
     /// The action due, the state after it and the state before.
     pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
+    /// Why an action that would be due waits (cooldown, schedule window).
+    pub(super) held: Option<ActionHeld>,
 }
 
 /// Advances each (job, device) the engine knows by one evaluation: every
@@ -207,13 +209,18 @@ pub(super) fn advance_job(
         if step.state != *previous {
             changed(device);
         }
-        if unknown_in.is_some() || !step.transitions.is_empty() || step.action.is_some() {
+        if unknown_in.is_some()
+            || !step.transitions.is_empty()
+            || step.action.is_some()
+            || step.held.is_some()
+        {
             events.push(DeviceEvent {
                 device,
                 present: current.is_some(),
                 unknown_in,
                 transitions: step.transitions,
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
+                held: step.held,
             });
         }
         let phase = step.state.phase.name();
