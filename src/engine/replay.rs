@@ -284,20 +284,26 @@ pub async fn replay(
         let querying = Instant::now();
         for query in &queries {
             requests += 1;
-            let series = prometheus
-                .query_range(query, range.at(first), range.at(last), range.step)
+            let failed = |source| ReplayError::Prometheus { query: query.clone(), source };
+            let answer = prometheus
+                .query_range_answer(query, range.at(first), range.at(last), range.step)
                 .await
-                .map_err(|source| ReplayError::Prometheus { query: query.clone(), source })?;
-            let series = series.into_iter().map(|series| ChunkSeries {
-                labels: series
-                    .labels
-                    .into_iter()
-                    .map(|(name, value)| (Cow::Owned(name), Cow::Owned(value)))
-                    .collect(),
-                points: series.points.iter().map(|p| (p.time.as_second(), p.value)).collect(),
-                next: 0,
-            });
-            chunk.push((query, series.collect()));
+                .map_err(failed)?;
+            let mut series = Vec::new();
+            answer
+                .for_each_series(|labels, points| {
+                    let labels = labels.iter().map(|(name, value)| {
+                        (Cow::Owned(name.to_string()), Cow::Owned(value.to_string()))
+                    });
+                    series.push(ChunkSeries {
+                        labels: labels.collect(),
+                        points: points.iter().map(|p| (p.time.as_second(), p.value)).collect(),
+                        next: 0,
+                    });
+                })
+                .map_err(failed)?;
+            drop(answer);
+            chunk.push((query, series));
         }
         query_time += querying.elapsed();
         let series: usize = chunk.iter().map(|(_, series)| series.len()).sum();
