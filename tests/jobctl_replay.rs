@@ -40,7 +40,9 @@ fn minute(hh_mm: &str) -> i64 {
 /// - 30785 (Lobby) is offline 02:00–02:20 (fires), 08:00–08:03 (back
 ///   before `for`) and 12:00–12:30 (fires within the cooldown);
 /// - 30786 (Hall) is always online, but Prometheus has nothing from it
-///   20:00–20:30 (its scrapes failed).
+///   20:00–20:30 (its scrapes failed);
+///
+/// and `addreality_platform_up` of platform 12, 0 from 02:10 to 02:15.
 fn history() -> String {
     let day = at(DAY).as_second();
     let offline = [("02:00", "02:20"), ("08:00", "08:03"), ("12:00", "12:30")];
@@ -65,6 +67,13 @@ fn history() -> String {
             "addreality_device_online{{platform_id=\"12\",device_id=\"30786\",name=\"Hall\"}} 1 {time}"
         )
         .unwrap();
+    }
+    // The platform's API answers all day but 02:10–02:15.
+    text.push_str("# TYPE addreality_platform_up gauge\n");
+    for m in 0..24 * 60 {
+        let value = if (minute("02:10")..minute("02:15")).contains(&m) { 0 } else { 1 };
+        let time = day + m * 60 + 10;
+        writeln!(text, "addreality_platform_up{{platform_id=\"12\"}} {value} {time}").unwrap();
     }
     text.push_str("# EOF\n");
     text
@@ -170,6 +179,33 @@ totals
 "##
     );
     assert_eq!(site.files(), Vec::<String>::new(), "a replay writes nothing");
+}
+
+#[tokio::test]
+async fn guards_hold_the_replay_as_they_hold_the_daemon() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // With the platform guard, Lobby's first outage fires as before, then
+    // is unknown (held, neither resolved nor acted on) while the platform
+    // is down: 02:10:30 to 02:15:00, ten steps.
+    let guard = "guards = [{ expr = \"addreality_platform_up == 1\", on = [\"platform_id\"] }]\n";
+    let site = Site::new(&(rules(prometheus.url(), "12h", "") + guard));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "  2026-11-01T02:00:30Z  condition true\n\
+             \x20 2026-11-01T02:05:30Z  fired (episode 1)\n\
+             \x20 2026-11-01T02:05:30Z  would send \"#12#0#1#1#\" to socket lobby (+79991234567)\n\
+             \x20 2026-11-01T02:20:30Z  condition false after 20m: resolved (10 evaluations unknown)\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+    // Hall's ten steps too, and Hall's gap: 20 unknown plus 1.
+    assert!(ran.stdout.contains("  unknown:    21 evaluations\n"), "{}", ran.stdout);
 }
 
 #[tokio::test]
