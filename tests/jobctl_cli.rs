@@ -539,7 +539,7 @@ async fn check_lists_a_broken_sms_table_with_the_other_errors() {
     );
     assert_rejected(
         &site,
-        "jobctl: rules.toml:12:6: unknown field `log`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`\n",
+        "jobctl: rules.toml:12:6: unknown field `log`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`, `price`\n",
     )
     .await;
 }

@@ -823,10 +823,18 @@ fn a_broken_sms_table_is_reported_with_the_other_errors() {
         errors(&format!("{}[sms]\nbackend = \"gammu\"\n[sms.gammu]\ntimeout = \"0s\"\n", head())),
         "rules.toml:13:11: sms.gammu.timeout: must be longer than zero"
     );
+    assert_eq!(
+        errors(&format!(
+            "{}[sms]\nbackend = \"log\"\nprice = {{ per_message = -3.5, currency = \"RUB\" }}\n",
+            head()
+        )),
+        "rules.toml:12:25: sms.price.per_message: must be a number from 0 to 1000000: \
+         the price of one SMS segment, e.g. 3.5"
+    );
     // toml places an unknown key itself, and then only syntax is reported.
     assert_eq!(
         errors(&format!("{}[sms]\nbackend = \"log\"\nspeed = 1\n", head())),
-        "rules.toml:12:1: unknown field `speed`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`"
+        "rules.toml:12:1: unknown field `speed`, expected one of `backend`, `backends`, `retry_uncertain`, `http`, `modem`, `smstools`, `gammu`, `command`, `max_segments`, `price`"
     );
     // What needs the machine is left to the sender: a missing key file or
     // spool directory loads, and `jobctl check` reports it when it builds

@@ -48,6 +48,7 @@ mod closed_loop;
 mod escalation;
 mod metrics;
 mod outbox;
+pub mod replay;
 mod silences;
 mod states;
 
@@ -422,6 +423,14 @@ impl Engine {
             // Logs and actions in device order, as a reader expects them.
             events.sort_by(|a, b| self.devices.text(a.device).cmp(self.devices.text(b.device)));
             for event in events {
+                // A held action only (cooldown, window) is for the replay's
+                // timeline; a live cycle has nothing to log or do about it.
+                if event.unknown_in.is_none()
+                    && event.transitions.is_empty()
+                    && event.action.is_none()
+                {
+                    continue;
+                }
                 let verdict = evaluation.device_verdict(event.present.then_some(event.device));
                 let device = self.devices.text(event.device);
                 if let Some(phase) = event.unknown_in {

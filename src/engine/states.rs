@@ -135,6 +135,8 @@ pub(super) struct DeviceEvent {
     pub(super) silenced: Option<HeldBySilence>,
     /// The verification of an earlier action that ended.
     pub(super) concluded: Option<state::Concluded>,
+    /// Why an action that would be due waits (cooldown, schedule window).
+    pub(super) held: Option<ActionHeld>,
 }
 
 /// An action a silence holds back, found in a cycle, to be logged and
@@ -252,6 +254,7 @@ pub(super) fn advance_job(
             || step.action.is_some()
             || silenced.is_some()
             || step.concluded.is_some()
+            || step.held.is_some()
         {
             events.push(DeviceEvent {
                 device,
@@ -261,6 +264,7 @@ pub(super) fn advance_job(
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
                 silenced,
                 concluded: step.concluded,
+                held: step.held,
             });
         }
         let phase = step.state.phase.name();

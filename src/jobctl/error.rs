@@ -80,6 +80,12 @@ pub(crate) enum Error {
     /// `history --since` is neither a duration nor a time.
     #[error("--since: {0}")]
     Since(String),
+    /// `test-rule --replay`: the range asked for cannot be replayed.
+    #[error("{0}")]
+    Replay(String),
+    /// `test-rule --replay`: Prometheus did not answer, or has no data.
+    #[error(transparent)]
+    ReplayFailed(crate::engine::replay::ReplayError),
     /// `test-rule --send` without `--yes`, and nobody at a terminal to ask.
     #[error("refusing to send without confirmation: stdin is not a terminal; add --yes")]
     Unconfirmed,
@@ -140,12 +146,14 @@ impl CliError for Error {
             | Error::Command { .. }
             | Error::Since(_)
             | Error::Unconfirmed
+            | Error::Replay(_)
             | Error::SilenceMatchesNothing
             | Error::SilenceDevice { .. }
             | Error::SilenceDuration { .. }
             | Error::SilenceText { .. }
             | Error::SilenceId(_)
             | Error::UnknownSilence(_) => Exit::Usage,
+            Error::ReplayFailed(_) => Exit::Upstream,
             Error::NotSent(_) => Exit::NotSent,
         }
     }

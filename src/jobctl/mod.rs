@@ -8,6 +8,7 @@
 mod check;
 mod error;
 mod history;
+mod replay;
 mod send;
 mod serve;
 mod silence;

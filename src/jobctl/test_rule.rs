@@ -4,7 +4,8 @@
 //! It reads the daemon's states from the journal (read-only) to say where
 //! each device stands, and never changes them. `--send` sends the action
 //! once, by hand, to every device whose condition holds now, through the
-//! journal and budgets like `jobctl send`.
+//! journal and budgets like `jobctl send`. `--replay 7d` (or `--from`)
+//! replays the job over Prometheus's history instead (`replay.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal};
@@ -28,6 +29,9 @@ pub(crate) struct TestRuleArgs {
     /// With --send: do not ask for confirmation.
     #[arg(long, requires = "send")]
     pub(crate) yes: bool,
+    /// Replay over history instead of evaluating now.
+    #[command(flatten)]
+    pub(crate) replay: super::replay::ReplayArgs,
 }
 
 pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error> {
@@ -36,6 +40,9 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         let known = rules.jobs.iter().map(|j| j.name.clone()).collect();
         return Err(Error::UnknownJob { job: args.job, known });
     };
+    if args.replay.wanted() {
+        return super::replay::run(&rules, job, &args.replay).await;
+    }
     let prometheus = prometheus_client(&rules)?;
 
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();

@@ -66,21 +66,6 @@ impl Success {
     fn bad(&self, err: serde_json::Error) -> PromError {
         PromError::BadResponse { url: self.url.to_string(), reason: format!("\"data\": {err}") }
     }
-
-    /// `data` of a range query's answer, as one [`Series`] per series.
-    pub(super) fn range_series(&self) -> Result<Vec<Series>, PromError> {
-        match self.data()? {
-            RangeData::Matrix(items) => {
-                items.into_iter().map(|item| item.into_series(&self.url)).collect()
-            }
-            RangeData::Vector(_) | RangeData::Scalar(_) | RangeData::String(_) => {
-                Err(PromError::BadResponse {
-                    url: self.url.to_string(),
-                    reason: "a range query answered something other than a range vector".into(),
-                })
-            }
-        }
-    }
 }
 
 /// One label of a series in an answer, as (name, value). The text is
@@ -303,43 +288,175 @@ impl<'de> Visitor<'de> for LabelsSeed<'_, 'de> {
     }
 }
 
-/// `data` of a range query's answer.
-#[derive(Deserialize)]
-#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
-enum RangeData {
-    Vector(IgnoredAny),
-    Matrix(Vec<MatrixItem>),
-    Scalar(IgnoredAny),
-    String(IgnoredAny),
-}
+/// The answer to a range query, as Prometheus sent it (a successful API
+/// answer; its series not yet decoded).
+///
+/// [`RangeAnswer::for_each_series`] decodes the series one at a time
+/// straight from the answer's bytes into one reused list of points, so a
+/// chunk of history costs the answer's bytes and one series' points, not a
+/// string per point and a label map per series on top.
+pub struct RangeAnswer(pub(super) Success);
 
-#[derive(Deserialize)]
-struct MatrixItem {
-    #[serde(default)]
-    metric: BTreeMap<String, String>,
-    values: Option<Vec<(f64, String)>>,
-    histograms: Option<IgnoredAny>,
-}
-
-impl MatrixItem {
-    fn into_series(self, url: &Url) -> Result<Series, PromError> {
-        let values = match (self.values, self.histograms) {
-            (Some(values), _) => values,
-            (None, Some(_)) => {
-                return Err(PromError::WrongResultType {
-                    expected: "numbers per series",
-                    found: "a native histogram",
-                })
-            }
-            (None, None) => Vec::new(),
+impl RangeAnswer {
+    /// Calls `each` with the labels and points (oldest first, only at steps
+    /// where the series has a value) of every series, in Prometheus's
+    /// order, and returns how many there were.
+    ///
+    /// A series of native histograms, a value that is not a number, an
+    /// answer that is not a range vector or a malformed `data` is an error;
+    /// `each` may have been called for the series before it, which a caller
+    /// keeping them must then drop.
+    pub(crate) fn for_each_series(
+        &self,
+        mut each: impl FnMut(&[Label<'_>], &[Point]),
+    ) -> Result<usize, PromError> {
+        let answer = &self.0;
+        let data: InstantData<'_> = answer.data()?;
+        if data.result_type.0 != "matrix" {
+            return Err(PromError::BadResponse {
+                url: answer.url.to_string(),
+                reason: "a range query answered something other than a range vector".into(),
+            });
+        }
+        let mut walk = RangeWalk {
+            url: &answer.url,
+            each: &mut each,
+            labels: Vec::new(),
+            points: Vec::new(),
+            count: 0,
+            problem: None,
         };
-        let points = values
-            .into_iter()
-            .map(|(time, value)| {
-                Ok(Point { time: parse_time(time, url)?, value: parse_value(&value, url)? })
-            })
-            .collect::<Result<_, PromError>>()?;
-        Ok(Series { labels: self.metric, points })
+        let mut json = serde_json::Deserializer::from_str(data.result.get());
+        match serde::Deserializer::deserialize_seq(&mut json, &mut walk) {
+            Ok(()) => Ok(walk.count),
+            Err(err) => Err(walk.problem.take().unwrap_or_else(|| answer.bad(err))),
+        }
+    }
+
+    /// Every series as a [`Series`] with its own label map.
+    pub(crate) fn series(&self) -> Result<Vec<Series>, PromError> {
+        let mut all = Vec::new();
+        self.for_each_series(|labels, points| {
+            let labels = labels.iter().map(|(name, text)| (name.to_string(), text.to_string()));
+            all.push(Series { labels: labels.collect(), points: points.to_vec() });
+        })?;
+        Ok(all)
+    }
+}
+
+/// Walks a range vector's `result`, handing each series to `each` as soon
+/// as its object ends; one label list and one point list serve them all.
+struct RangeWalk<'de, 'w, F> {
+    url: &'w Url,
+    each: &'w mut F,
+    labels: Vec<Label<'de>>,
+    points: Vec<Point>,
+    count: usize,
+    /// Why the walk stopped, when it is more than a JSON shape error.
+    problem: Option<PromError>,
+}
+
+impl<F> RangeWalk<'_, '_, F> {
+    /// Stops the walk for `problem`.
+    fn stop<E: de::Error>(&mut self, problem: PromError) -> E {
+        let error = E::custom(&problem);
+        self.problem = Some(problem);
+        error
+    }
+}
+
+impl<'de, F: FnMut(&[Label<'_>], &[Point])> Visitor<'de> for &mut RangeWalk<'de, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of series")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(RangeSeriesSeed(&mut *self))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// One series object: `metric`, and `values` or `histograms`, in any order.
+struct RangeSeriesSeed<'s, 'de, 'w, F>(&'s mut RangeWalk<'de, 'w, F>);
+
+impl<'de, F: FnMut(&[Label<'_>], &[Point])> DeserializeSeed<'de>
+    for RangeSeriesSeed<'_, 'de, '_, F>
+{
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(&[Label<'_>], &[Point])> Visitor<'de> for RangeSeriesSeed<'_, 'de, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a series")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let walk = self.0;
+        walk.labels.clear();
+        walk.points.clear();
+        let mut histograms = false;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "metric" => map.next_value_seed(LabelsSeed(&mut walk.labels))?,
+                "values" => map.next_value_seed(PointsSeed(&mut *walk))?,
+                "histograms" => {
+                    map.next_value::<IgnoredAny>()?;
+                    histograms = true;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if histograms {
+            return Err(walk.stop(PromError::WrongResultType {
+                expected: "numbers per series",
+                found: "a native histogram",
+            }));
+        }
+        (walk.each)(&walk.labels, &walk.points);
+        walk.count += 1;
+        Ok(())
+    }
+}
+
+/// A series' `values`: `[[time, "value"], …]`, appended to the walk's points.
+struct PointsSeed<'s, 'de, 'w, F>(&'s mut RangeWalk<'de, 'w, F>);
+
+impl<'de, F> DeserializeSeed<'de> for PointsSeed<'_, 'de, '_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, F> Visitor<'de> for PointsSeed<'_, 'de, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of [time, \"value\"] pairs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let walk = self.0;
+        while let Some((time, text)) = seq.next_element::<(f64, Text<'de>)>()? {
+            let point = parse_time(time, walk.url)
+                .and_then(|time| Ok(Point { time, value: parse_value(&text.0, walk.url)? }));
+            match point {
+                Ok(point) => walk.points.push(point),
+                Err(problem) => return Err(walk.stop(problem)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -461,6 +578,57 @@ mod tests {
         let scalar = r#"{"resultType":"scalar","result":[1,"+Inf"]}"#;
         let samples = answer(scalar).samples().unwrap();
         assert_eq!(samples, [Sample { labels: BTreeMap::new(), value: f64::INFINITY }]);
+    }
+
+    #[test]
+    fn range_answers_are_walked_series_by_series_in_any_key_order() {
+        let data = r#"{"result":[
+            {"values":[[1700000000,"1"],[1700000030.5,"NaN"]],"metric":{"device_id":"7","name":"A\"b"}},
+            {"metric":{},"values":[]},
+            {"metric":{"device_id":"8"},"extra":1,"values":[[1700000060,"-Inf"]]}
+        ],"resultType":"matrix"}"#;
+        let range = RangeAnswer(answer(data).0);
+        let mut seen = Vec::new();
+        let count = range
+            .for_each_series(|labels, points| {
+                let labels: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                let points: Vec<(i64, String)> =
+                    points.iter().map(|p| (p.time.as_millisecond(), p.value.to_string())).collect();
+                seen.push((labels.join(","), points));
+            })
+            .unwrap();
+        assert_eq!(count, 3);
+        assert_eq!(
+            seen,
+            [
+                (
+                    "device_id=7,name=A\"b".to_string(),
+                    vec![(1_700_000_000_000, "1".to_string()), (1_700_000_030_500, "NaN".into())]
+                ),
+                (String::new(), vec![]),
+                ("device_id=8".to_string(), vec![(1_700_000_060_000, "-inf".to_string())]),
+            ]
+        );
+        let series = range.series().unwrap();
+        assert_eq!(series[0].labels["name"], "A\"b");
+        assert_eq!(series[2].points[0].value, f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn unusable_range_answers_are_errors() {
+        let range = |data: &str| RangeAnswer(answer(data).0).series().unwrap_err().to_string();
+        assert_eq!(
+            range(r#"{"resultType":"vector","result":[]}"#),
+            "Prometheus at http://127.0.0.1:9/prom/api/v1/query sent an answer that is not a valid \
+             Prometheus API response: a range query answered something other than a range vector; \
+             check that the URL points at Prometheus"
+        );
+        let histograms = r#"{"resultType":"matrix","result":[{"metric":{},"histograms":[]}]}"#;
+        assert!(range(histograms).contains("a native histogram"), "{}", range(histograms));
+        let text = r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1,"one"]]}]}"#;
+        assert!(range(text).contains("sample value \"one\" is not a number"), "{}", range(text));
+        let cut = r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1]]}]}"#;
+        assert!(range(cut).contains("\"data\": "), "{}", range(cut));
     }
 
     #[test]

@@ -15,14 +15,15 @@
 //!
 //! Three files: this one is the client (the URL and credentials, the HTTP
 //! exchange, the API envelope with its `status`, `error` and `warnings`);
-//! `answer.rs` decodes what a successful answer holds in `data`, series by
-//! series, without ever seeing a credential; `error.rs` has the one error
+//! `answer.rs` decodes what a successful answer holds in `data` (instant
+//! and range answers alike), series by series, without ever seeing a
+//! credential; `error.rs` has the one error
 //! type both return.
 
 mod answer;
 mod error;
 
-pub use answer::{InstantAnswer, Label, Point, Sample, Series};
+pub use answer::{InstantAnswer, Label, Point, RangeAnswer, Sample, Series};
 pub use error::PromError;
 
 use std::fmt;
@@ -221,6 +222,20 @@ impl PromClient {
         end: jiff::Timestamp,
         step: Duration,
     ) -> Result<Vec<Series>, PromError> {
+        self.query_range_answer(expr, start, end, step).await?.series()
+    }
+
+    /// Range query, its answer kept as Prometheus sent it:
+    /// [`RangeAnswer::for_each_series`] then walks the series without a
+    /// label map or a string per point. This is what `jobctl test-rule
+    /// --replay` uses, where a chunk of history holds up to a million points.
+    pub(crate) async fn query_range_answer(
+        &self,
+        expr: &str,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+        step: Duration,
+    ) -> Result<RangeAnswer, PromError> {
         let form = [
             ("query", expr.to_string()),
             ("start", start.to_string()),
@@ -228,7 +243,7 @@ impl PromClient {
             ("step", step.as_secs_f64().to_string()),
             ("timeout", self.timeout_param()),
         ];
-        self.post(&self.query_range_url, &form, expr).await?.range_series()
+        Ok(RangeAnswer(self.post(&self.query_range_url, &form, expr).await?))
     }
 
     /// Asks Prometheus whether `expr` parses, without evaluating it, and

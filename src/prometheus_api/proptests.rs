@@ -12,7 +12,7 @@ use proptest::sample::Index;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::{Answer, InstantAnswer, PromClient, Sample};
+use super::{Answer, InstantAnswer, PromClient, RangeAnswer, Sample};
 
 static CLIENT: LazyLock<PromClient> = LazyLock::new(|| {
     PromClient::new("http://127.0.0.1:9/prom", Duration::from_secs(2), None).unwrap()
@@ -94,10 +94,16 @@ fn decode_all(answer: Answer) {
     match client.decode(&client.query_url, answer) {
         Ok((success, warnings)) => {
             drop(warnings);
-            if let Err(err) = success.range_series() {
-                assert!(!err.to_string().is_empty());
+            let range = RangeAnswer(success);
+            let mut walked = 0;
+            match range.for_each_series(|_, _| walked += 1) {
+                Ok(count) => {
+                    assert_eq!(count, walked);
+                    assert_eq!(range.series().unwrap().len(), count);
+                }
+                Err(err) => assert!(!err.to_string().is_empty()),
             }
-            let instant = InstantAnswer(success);
+            let instant = InstantAnswer(range.0);
             let mut walked = 0;
             match instant.for_each_sample(|_, _| walked += 1) {
                 Ok(count) => {

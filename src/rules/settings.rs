@@ -72,3 +72,37 @@ pub struct Budgets {
     /// All sockets together, per rolling day.
     pub global_day: Option<u32>,
 }
+
+impl Budgets {
+    /// The budget a message to `socket` at `now` would go over, in words,
+    /// if any. `used(socket, since)` counts the messages that may have left
+    /// since then, to that socket or (`None`) to all: the journal's count
+    /// for a live run, the simulated sends for `jobctl test-rule --replay`.
+    pub(crate) fn exceeded<E>(
+        &self,
+        socket: &str,
+        now: jiff::Timestamp,
+        mut used: impl FnMut(Option<&str>, jiff::Timestamp) -> Result<u32, E>,
+    ) -> Result<Option<String>, E> {
+        let hour = now - jiff::SignedDuration::from_secs(3600);
+        let day = now - jiff::SignedDuration::from_secs(86_400);
+        let checks = [
+            (self.socket_hour, Some(socket), hour, "per socket per hour"),
+            (self.socket_day, Some(socket), day, "per socket per day"),
+            (self.global_hour, None, hour, "in all per hour"),
+            (self.global_day, None, day, "in all per day"),
+        ];
+        for (limit, scope, since, label) in checks {
+            let Some(limit) = limit else { continue };
+            let used = used(scope, since)?;
+            if used >= limit {
+                let whose =
+                    scope.map_or_else(|| "all sockets".to_string(), |s| format!("socket {s}"));
+                return Ok(Some(format!(
+                    "budget of {limit} messages {label} reached ({whose}: {used})"
+                )));
+            }
+        }
+        Ok(None)
+    }
+}

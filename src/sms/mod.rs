@@ -36,11 +36,13 @@ pub(crate) mod http;
 pub mod log;
 pub(crate) mod modem;
 pub mod phone;
+mod price;
 pub(crate) mod smstools;
 mod template;
 pub(crate) mod text;
 
 pub use failover::{AttemptChain, AttemptOutcome, FailoverSender};
+pub use price::Price;
 
 use std::fmt;
 use std::future::Future;
@@ -262,6 +264,9 @@ pub struct SmsConfig {
     /// [`DEFAULT_MAX_SEGMENTS`]: one, which every backend can send (the
     /// modem sends single segments only). Socket commands are always one.
     pub(crate) max_segments: Option<Spanned<u32>>,
+    /// What one SMS segment costs (`{ per_message = 3.5, currency = "RUB" }`),
+    /// for the cost estimate of `jobctl test-rule --replay`; no default.
+    pub(crate) price: Option<price::RawPrice>,
 }
 
 /// Default of `[sms] max_segments`.
@@ -330,6 +335,11 @@ impl SmsConfig {
         }
     }
 
+    /// `price`, checked, when the table has one.
+    pub(crate) fn price(&self) -> Result<Option<Price>, SmsConfigError> {
+        self.price.as_ref().map(price::RawPrice::check).transpose()
+    }
+
     /// Every check of [`SmsConfig::build`] that needs no secret, file or
     /// device: `max_segments`, the backends named, their tables and the
     /// settings in them (URLs, templates, timeouts, which key or PIN source).
@@ -339,6 +349,7 @@ impl SmsConfig {
     /// not there) is found by `build`.
     pub(crate) fn check(&self) -> Vec<SmsConfigError> {
         let mut errors: Vec<SmsConfigError> = self.max_segments().err().into_iter().collect();
+        errors.extend(self.price().err());
         match self.selected() {
             Err(err) => errors.push(err),
             Ok((key, kinds)) => errors.extend(

@@ -205,6 +205,15 @@ pub(crate) struct PrometheusOptions {
     /// last sample when no staleness marker ends it (Prometheus was stopped,
     /// say). Default 5 s, against Prometheus's 5 minutes.
     pub lookback_delta: Duration,
+    /// History to load before Prometheus starts: an OpenMetrics text with
+    /// timestamps (Unix seconds), written into blocks of its data directory
+    /// by `promtool tsdb create-blocks-from openmetrics`. Default none.
+    ///
+    /// Blocks from any past date load: Prometheus's time retention counts
+    /// back from the newest block, not from the wall clock (and the
+    /// retention is set to 100 years anyway). The text must end with
+    /// `# EOF`; a series' samples must be in time order.
+    pub history: Option<String>,
 }
 
 impl Default for PrometheusOptions {
@@ -212,6 +221,7 @@ impl Default for PrometheusOptions {
         PrometheusOptions {
             scrape_interval: Duration::from_millis(100),
             lookback_delta: Duration::from_secs(5),
+            history: None,
         }
     }
 }
@@ -226,6 +236,9 @@ impl PrometheusOptions {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, self.config(targets)).expect("write prometheus.yml");
         let instances: Vec<String> = targets.iter().map(|t| t.instance()).collect();
+        if let Some(history) = &self.history {
+            backfill(dir.path(), history);
+        }
         let mut prometheus = TestPrometheus {
             options: self,
             binary: prometheus_binary(),
@@ -489,6 +502,7 @@ impl TestPrometheus {
             .arg(arg("config.file", &self.config.display()))
             .arg(arg("storage.tsdb.path", &self.data.display()))
             .arg(arg("web.listen-address", &format!("127.0.0.1:{}", self.port)))
+            .arg(arg("storage.tsdb.retention.time", &"100y"))
             .arg(arg(
                 "query.lookback-delta",
                 &format!("{}ms", self.options.lookback_delta.as_millis()),
@@ -529,6 +543,26 @@ impl Drop for TestPrometheus {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes `history` (OpenMetrics with timestamps) into blocks of the data
+/// directory under `dir`, with the `promtool` next to the Prometheus binary.
+fn backfill(dir: &std::path::Path, history: &str) {
+    let input = dir.join("history.om");
+    std::fs::write(&input, history).expect("write the history file");
+    let promtool = prometheus_binary().with_file_name("promtool");
+    let output = Command::new(&promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.join("data"))
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", promtool.display()));
+    assert!(
+        output.status.success(),
+        "promtool could not load the history: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn prometheus_binary() -> PathBuf {

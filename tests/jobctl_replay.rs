@@ -1,0 +1,416 @@
+//! `jobctl test-rule JOB --replay`: what a job would have done over history,
+//! against a real Prometheus loaded with a day chosen by the test.
+//!
+//! The history is written as OpenMetrics with timestamps and loaded into
+//! Prometheus's data directory with `promtool tsdb create-blocks-from
+//! openmetrics` before it starts ([`PrometheusOptions::history`]), so a
+//! day of data is there at once. Samples are at ten seconds past each
+//! minute and the replay steps on the minute and the half minute, so no
+//! step falls on the edge of Prometheus's lookback window.
+
+mod support;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use signage_watchdog::engine::replay::{self, ReplayOptions, ReplayRange};
+use support::process::{run_async as run, Ran};
+use support::prometheus::{PrometheusOptions, TestPrometheus};
+use support::rules_file::{self, POWER_CYCLE_ACTION};
+
+const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
+
+/// The day replayed.
+const DAY: &str = "2026-11-01T00:00:00Z";
+
+fn at(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+/// `HH:MM` of [`DAY`] as a minute number.
+fn minute(hh_mm: &str) -> i64 {
+    let (h, m) = hh_mm.split_once(':').unwrap();
+    h.parse::<i64>().unwrap() * 60 + m.parse::<i64>().unwrap()
+}
+
+/// A day of `addreality_device_online` for two players of platform 12,
+/// one sample a minute (at ten seconds past it):
+///
+/// - 30785 (Lobby) is offline 02:00–02:20 (fires), 08:00–08:03 (back
+///   before `for`) and 12:00–12:30 (fires within the cooldown);
+/// - 30786 (Hall) is always online, but Prometheus has nothing from it
+///   20:00–20:30 (its scrapes failed);
+///
+/// and `addreality_platform_up` of platform 12, 0 from 02:10 to 02:15.
+fn history() -> String {
+    let day = at(DAY).as_second();
+    let offline = [("02:00", "02:20"), ("08:00", "08:03"), ("12:00", "12:30")];
+    let mut text = String::from("# TYPE addreality_device_online gauge\n");
+    for m in 0..24 * 60 {
+        let down = offline.iter().any(|(from, to)| (minute(from)..minute(to)).contains(&m));
+        let value = if down { 0 } else { 1 };
+        let time = day + m * 60 + 10;
+        writeln!(
+            text,
+            "addreality_device_online{{platform_id=\"12\",device_id=\"30785\",name=\"Lobby\"}} {value} {time}"
+        )
+        .unwrap();
+    }
+    for m in 0..24 * 60 {
+        if (minute("20:00")..minute("20:30")).contains(&m) {
+            continue;
+        }
+        let time = day + m * 60 + 10;
+        writeln!(
+            text,
+            "addreality_device_online{{platform_id=\"12\",device_id=\"30786\",name=\"Hall\"}} 1 {time}"
+        )
+        .unwrap();
+    }
+    // The platform's API answers all day but 02:10–02:15.
+    text.push_str("# TYPE addreality_platform_up gauge\n");
+    for m in 0..24 * 60 {
+        let value = if (minute("02:10")..minute("02:15")).contains(&m) { 0 } else { 1 };
+        let time = day + m * 60 + 10;
+        writeln!(text, "addreality_platform_up{{platform_id=\"12\"}} {value} {time}").unwrap();
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+/// A Prometheus holding [`history`], with Prometheus's own lookback (5m).
+async fn prometheus_with_history() -> TestPrometheus {
+    let options = PrometheusOptions {
+        lookback_delta: Duration::from_secs(300),
+        history: Some(history()),
+        ..PrometheusOptions::default()
+    };
+    options.start(&[]).await
+}
+
+/// A rules file: socket `lobby` powers 30785 (30786 has none), the job
+/// "reboot frozen" power-cycles a player offline for 5m, with a cooldown
+/// of `cooldown`, and `more` lines at the top (`[budgets]`…).
+fn rules(prometheus: &str, cooldown: &str, more: &str) -> String {
+    rules_file::head(prometheus, "30s", "5s", "journal.db")
+        + more
+        + "[sms]\nbackend = \"log\"\nprice = { per_message = 3.5, currency = \"RUB\" }\n\n"
+        + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
+        + &rules_file::offline_job("reboot frozen", "12", Some("5m"), POWER_CYCLE_ACTION)
+        + &format!("cooldown = \"{cooldown}\"\n")
+}
+
+/// A directory with `rules.toml`, where jobctl runs.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(rules: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        Site { dir }
+    }
+
+    async fn jobctl(&self, args: &[&str]) -> Ran {
+        let mut command = support::process::command(JOBCTL, self.dir.path());
+        command.args(["--config", "rules.toml"]).args(args);
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
+        run(command).await
+    }
+
+    /// What jobctl left in the directory besides the rules.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "rules.toml")
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+const DAY_ARGS: [&str; 7] = [
+    "test-rule",
+    "reboot frozen",
+    "--from",
+    "2026-11-01T00:00:00Z",
+    "--to",
+    "2026-11-02T00:00:00Z",
+    "--step=30s",
+];
+
+#[tokio::test]
+async fn a_day_replayed_gives_each_episode_and_the_totals() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    let site = Site::new(&rules(prometheus.url(), "12h", ""));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert_eq!(
+        ran.stdout,
+        r##"job "reboot frozen": replay from 2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z every 30s (2881 evaluations)
+  when addreality_device_online == 0 for 5m, cooldown 12h
+  simulated: nothing was sent, nothing written
+
+{platform_id="12", device_id="30785"} (Lobby)
+  2026-11-01T02:00:30Z  condition true
+  2026-11-01T02:05:30Z  fired (episode 1)
+  2026-11-01T02:05:30Z  would send "#12#0#1#1#" to socket lobby (+79991234567)
+  2026-11-01T02:20:30Z  condition false after 20m: resolved
+  2026-11-01T08:00:30Z  condition true
+  2026-11-01T08:03:30Z  condition false after 3m: recovered on its own before `for` (5m)
+  2026-11-01T12:00:30Z  condition true
+  2026-11-01T12:05:30Z  fired (episode 2)
+  2026-11-01T12:05:30Z  action waits for the cooldown until 2026-11-01T14:05:30Z
+  2026-11-01T12:30:30Z  condition false after 30m: resolved, nothing sent
+
+totals
+  episodes:   3 (2 fired, 1 recovered on their own before `for`, 0 still open at the end)
+  messages:   1 would have left (socket lobby: 1); 0 suppressed by budgets
+  devices:    1 with an episode, of 2 seen
+  unknown:    1 evaluation
+  cost:       3.50 RUB (1 segment at 3.50 RUB)
+"##
+    );
+    assert_eq!(site.files(), Vec::<String>::new(), "a replay writes nothing");
+}
+
+#[tokio::test]
+async fn guards_hold_the_replay_as_they_hold_the_daemon() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // With the platform guard, Lobby's first outage fires as before, then
+    // is unknown (held, neither resolved nor acted on) while the platform
+    // is down: 02:10:30 to 02:15:00, ten steps.
+    let guard = "guards = [{ expr = \"addreality_platform_up == 1\", on = [\"platform_id\"] }]\n";
+    let site = Site::new(&(rules(prometheus.url(), "12h", "") + guard));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "  2026-11-01T02:00:30Z  condition true\n\
+             \x20 2026-11-01T02:05:30Z  fired (episode 1)\n\
+             \x20 2026-11-01T02:05:30Z  would send \"#12#0#1#1#\" to socket lobby (+79991234567)\n\
+             \x20 2026-11-01T02:20:30Z  condition false after 20m: resolved (10 evaluations unknown)\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+    // Hall's ten steps too, and Hall's gap: 20 unknown plus 1.
+    assert!(ran.stdout.contains("  unknown:    21 evaluations\n"), "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn budgets_apply_in_the_replay_and_json_says_the_same() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // With a 1h cooldown the third outage would be acted on, but the
+    // socket's daily budget is spent by the first.
+    let site = Site::new(&rules(prometheus.url(), "1h", "[budgets]\nsocket_per_day = 1\n\n"));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "  2026-11-01T12:05:30Z  would send \"#12#0#1#1#\" to socket lobby (+79991234567), but suppressed: \
+             budget of 1 messages per socket per day reached (socket lobby: 1)\n\
+             \x20 2026-11-01T12:30:30Z  condition false after 30m: resolved\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains(
+            "  messages:   1 would have left (socket lobby: 1); 1 suppressed by budgets\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+
+    let mut args = DAY_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(
+        json["totals"],
+        serde_json::json!({
+            "episodes": 3, "fired": 2, "recovered_before_for": 1, "open": 0,
+            "messages": 1, "messages_per_socket": { "lobby": 1 }, "suppressed_by_budgets": 1,
+            "action_errors": 0, "segments": 1, "devices": 1, "devices_seen": 2,
+            "unknown_evaluations": 1,
+            "cost": { "amount": 3.5, "currency": "RUB", "per_segment": 3.5 },
+        })
+    );
+    let episodes = &json["devices"][0]["episodes"];
+    assert_eq!(json["devices"][0]["device"], r#"{platform_id="12", device_id="30785"}"#);
+    assert_eq!(
+        episodes[1],
+        serde_json::json!({
+            "started": "2026-11-01T08:00:30Z", "fired": null, "episode": null, "held": null,
+            "messages": [], "action_errors": [], "unknown_evaluations": 0,
+            "end": "recovered_before_for", "ended": "2026-11-01T08:03:30Z",
+        })
+    );
+    assert_eq!(
+        episodes[2]["messages"],
+        serde_json::json!([{
+            "at": "2026-11-01T12:05:30Z", "attempt": 1, "socket": "lobby", "phone": "+79991234567",
+            "text": "#12#0#1#1#", "segments": 1,
+            "suppressed": "budget of 1 messages per socket per day reached (socket lobby: 1)",
+        }])
+    );
+    assert_eq!(site.files(), Vec::<String>::new(), "a replay writes nothing");
+}
+
+#[tokio::test]
+async fn a_range_longer_than_a_query_may_ask_is_fetched_in_chunks_with_the_same_outcome() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    let rules =
+        signage_watchdog::rules::parse(&rules(prometheus.url(), "12h", ""), "rules.toml").unwrap();
+    let job = rules.jobs.iter().find(|job| job.name == "reboot frozen").unwrap();
+    let day = at(DAY);
+    let range =
+        ReplayRange::new(day, day + SignedDuration::from_hours(24), Duration::from_secs(30))
+            .unwrap();
+    let whole = replay::replay(&rules, job, prometheus.client(), range, ReplayOptions::default())
+        .await
+        .unwrap();
+    let small = ReplayOptions { max_steps_per_query: 100, ..ReplayOptions::default() };
+    let chunked = replay::replay(&rules, job, prometheus.client(), range, small).await.unwrap();
+    // 2881 steps: 60, then as many as the options allow (11,000 or 100).
+    assert_eq!((whole.requests, chunked.requests), (2, 30));
+    assert_eq!(whole.devices, chunked.devices);
+    assert_eq!(chunked.devices[0].episodes.len(), 3);
+    assert_eq!((whole.devices_seen, whole.unknown_evaluations), (2, 1));
+    // Chunks bounded by memory rather than by Prometheus: 50 points in
+    // all, so 25 steps per request while both devices answer, and 50 for
+    // the one after a chunk in which only Lobby did (Hall's gap at 20:00):
+    // 60 + 25 × 112 + 50 > 2881 in 1 + 112 requests.
+    let tight = ReplayOptions { points_per_chunk: 50, ..ReplayOptions::default() };
+    let bounded = replay::replay(&rules, job, prometheus.client(), range, tight).await.unwrap();
+    assert_eq!(bounded.requests, 113);
+    assert_eq!(bounded.devices, whole.devices);
+}
+
+#[tokio::test]
+async fn bad_ranges_are_refused_with_why() {
+    let site = Site::new(&rules("http://127.0.0.1:9", "12h", ""));
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--replay", "0"],
+            "jobctl: --replay 0: the history to replay must be longer than zero, e.g. 7d\n",
+        ),
+        (
+            &["--replay", "7x"],
+            "jobctl: --replay 7x: not a duration; write one such as 30s, 5m, 12h or 7d\n",
+        ),
+        (
+            &["--from", "2026-11-01T00:00:00Z", "--to", "2026-11-01T01:00:00Z", "--step", "2h"],
+            "jobctl: --step 2h is longer than the range (1h): shorten the step or widen the range\n",
+        ),
+        (
+            &["--from", "2026-11-02T00:00:00Z", "--to", "2026-11-01T00:00:00Z"],
+            "jobctl: the range is empty: it starts at 2026-11-02T00:00:00Z and ends at \
+             2026-11-01T00:00:00Z; the start must come before the end\n",
+        ),
+        (
+            &["--replay", "1h", "--step", "500ms"],
+            "jobctl: --step 500ms: the step must be a whole number of seconds, at least 1s\n",
+        ),
+        (
+            &["--from", "yesterday"],
+            "jobctl: --from: invalid time \"yesterday\": write a duration back from now (\"2h\", \"7d\") \
+             or a time like 2026-11-28T12:00:00Z\n",
+        ),
+    ];
+    for (extra, stderr) in cases {
+        let mut args = vec!["test-rule", "reboot frozen"];
+        args.extend_from_slice(extra);
+        let ran = site.jobctl(&args).await;
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (2, "", stderr),
+            "{args:?}"
+        );
+    }
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--replay", "1d", "--send"]).await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("'--replay <DURATION>' cannot be used with '--send'"), "{ran:?}");
+    let ran = site.jobctl(&["test-rule", "reboot frozen", "--step", "1m"]).await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("--replay <DURATION>|--from <TIME>"), "{ran:?}");
+    assert_eq!(site.files(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn no_data_and_prometheus_errors_exit_6_with_a_clear_message() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    let site = Site::new(&rules(prometheus.url(), "12h", ""));
+    let ran = site
+        .jobctl(&[
+            "test-rule",
+            "reboot frozen",
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2020-01-08T00:00:00Z",
+        ])
+        .await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            6,
+            "",
+            "jobctl: Prometheus has no data for \"addreality_device_online{platform_id=\\\"12\\\"}\" \
+             between 2020-01-01T00:00:00Z and 2020-01-08T00:00:00Z: the range may be older than Prometheus \
+             keeps data (its --storage.tsdb.retention.time, 15d by default) or the metric is not there; \
+             nothing to replay\n"
+        )
+    );
+
+    // A guard Prometheus refuses to evaluate (an invalid regular expression).
+    let guard =
+        "guards = [{ expr = 'label_replace(vector(1), \"a\", \"$1\", \"b\", \"(\")', on = [] }]\n";
+    let site = Site::new(&(rules(prometheus.url(), "12h", "") + guard));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (6, ""), "{ran:?}");
+    let url = prometheus.url();
+    assert!(
+        ran.stderr.eq(&format!(
+            "jobctl: replaying \"label_replace(vector(1), \\\"a\\\", \\\"$1\\\", \\\"b\\\", \\\"(\\\")\": \
+             Prometheus at {url}/api/v1/query_range refused the query (execution): invalid regular \
+             expression in label_replace(): (\n"
+        )),
+        "{}",
+        ran.stderr
+    );
+
+    let site = Site::new(&rules(&support::closed_url(), "12h", ""));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (6, ""), "{ran:?}");
+    assert!(
+        ran.stderr.starts_with(
+            "jobctl: replaying \"addreality_device_online{platform_id=\\\"12\\\"}\": cannot reach Prometheus at "
+        ),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("/api/v1/query_range"), "{}", ran.stderr);
+    assert_eq!(site.files(), Vec::<String>::new());
+}
