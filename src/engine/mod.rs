@@ -425,10 +425,7 @@ impl Engine {
             for event in events {
                 // A held action only (cooldown, window) is for the replay's
                 // timeline; a live cycle has nothing to log or do about it.
-                if event.unknown_in.is_none()
-                    && event.transitions.is_empty()
-                    && event.action.is_none()
-                {
+                if event.only_held() {
                     continue;
                 }
                 let verdict = evaluation.device_verdict(event.present.then_some(event.device));

@@ -139,6 +139,19 @@ pub(super) struct DeviceEvent {
     pub(super) held: Option<ActionHeld>,
 }
 
+impl DeviceEvent {
+    /// Whether all the event says is that an action waits for its cooldown
+    /// or window: of use to the replay's timeline, nothing for a live cycle
+    /// to log or do.
+    pub(super) fn only_held(&self) -> bool {
+        self.unknown_in.is_none()
+            && self.transitions.is_empty()
+            && self.action.is_none()
+            && self.silenced.is_none()
+            && self.concluded.is_none()
+    }
+}
+
 /// An action a silence holds back, found in a cycle, to be logged and
 /// journalled (once) by the engine.
 #[derive(Debug, Clone)]
