@@ -297,7 +297,8 @@ async fn check_prints_every_job_and_what_it_watches() {
              when:     addreality_device_online == 0\n  \
              queries:  addreality_device_online{platform_id=\"12\"}\n  \
              action:   power_cycle minutes=1 to the socket powering the device\n  \
-             limits:   cooldown 1h, once per episode\n",
+             limits:   cooldown 1h, once per episode\n  \
+             outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once\n",
             ""
         )
     );
@@ -315,7 +316,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `enabled`\n",
     )
     .await;
 }
@@ -1392,12 +1393,24 @@ async fn a_corrupt_journal_exits_4_with_sqlites_reason_everywhere() {
     let ran = site.jobctl(&["run", "--once"]).await;
     assert_eq!(ran.code, 6, "{ran:?}");
     assert!(!site.path("journal.db-wal").exists(), "checkpointed at exit");
-    // Every page but the first (the schema) overwritten, as a failing disk would.
+    // Every table's and index's root page overwritten, as a failing disk
+    // would; the schema's own pages (more than the first since the schema
+    // grew past one page) are left readable.
     let path = site.path("journal.db");
+    let roots: Vec<usize> = {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let mut query =
+            db.prepare("SELECT rootpage FROM sqlite_master WHERE rootpage > 0").unwrap();
+        let roots = query.query_map([], |row| row.get::<_, i64>(0)).unwrap();
+        roots.map(|page| usize::try_from(page.unwrap()).unwrap()).collect()
+    };
+    assert!(roots.len() > 10, "{roots:?}");
     let mut bytes = std::fs::read(&path).unwrap();
-    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
-    for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
-        *byte = u8::try_from(i * 37 % 251).unwrap();
+    for page in roots {
+        let start = (page - 1) * 4096;
+        for (i, byte) in bytes[start..start + 4096].iter_mut().enumerate() {
+            *byte = u8::try_from((start + i) * 37 % 251).unwrap();
+        }
     }
     std::fs::write(&path, bytes).unwrap();
 

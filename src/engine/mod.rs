@@ -12,7 +12,9 @@
 //!    machine ([`crate::rules::state`]): unknown never moves anything
 //!    towards an action, and an action a silence matches stays due
 //!    (`silences`: read from the journal when a `jobctl silence` command
-//!    changed it, each hold journalled once);
+//!    changed it, each hold journalled once), as does every action of a job
+//!    in a mass outage (`mass_outage`: decided per job from the cycle's
+//!    verdicts before its states advance, escalated once);
 //! 3. hands the message of every action due to the [`Outbox`], which
 //!    journals them all *before* any of them leaves, in one transaction (one
 //!    commit to disk, not one per message: a busy cycle has dozens), then
@@ -41,11 +43,14 @@
 //! a message goes over); `silences` the silences in force and the actions
 //! they hold; `closed_loop` what happens between evaluating and acting to
 //! close the loop (limits checked against the journal, the results of
-//! verifications recorded); `escalation` what a person should hear about;
-//! `metrics` jobctl's own metrics.
+//! verifications recorded); `mass_outage` the jobs whose devices went bad
+//! together, whose socket commands are held and escalated once;
+//! `escalation` what a person should hear about; `metrics` jobctl's own
+//! metrics.
 
 mod closed_loop;
 mod escalation;
+mod mass_outage;
 mod metrics;
 mod outbox;
 mod silences;
@@ -72,6 +77,7 @@ use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, RuleSet};
 use crate::sms::{text, Sender};
+use mass_outage::{MassOutages, Share};
 use outbox::{blocking, Journalled, Request};
 use silences::Silences;
 use states::{advance_job, JobStates};
@@ -178,6 +184,8 @@ pub struct Engine {
     /// Results of verifications the journal could not take, recorded with
     /// the next cycle's.
     unrecorded_results: Vec<closed_loop::Conclusion>,
+    /// The jobs in a mass outage, and what of them is still to journal.
+    outages: MassOutages,
 }
 
 impl Engine {
@@ -200,6 +208,7 @@ impl Engine {
         }
         let journal = outbox.journal();
         let states = blocking(&journal, |journal| journal.load_states()).await?;
+        let outages = MassOutages::load(&journal).await;
         let mut devices = DeviceTable::default();
         let mut by_job: HashMap<String, Vec<(DeviceId, JobState)>> = HashMap::new();
         for ((job, device), state) in states {
@@ -224,6 +233,7 @@ impl Engine {
             unsaved: BTreeSet::new(),
             silences: Silences::default(),
             unrecorded_results: Vec::new(),
+            outages,
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -278,6 +288,8 @@ impl Engine {
     fn forget_removed_jobs(&mut self) {
         let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
         self.states.retain(|job, _| names.contains(job));
+        let running = self.rules.jobs.iter().filter(|j| j.enabled).map(|j| j.name.as_str());
+        self.outages.keep_jobs(&running.collect(), self.clock.now(), &self.metrics);
         if self.dry_run {
             return;
         }
@@ -349,6 +361,7 @@ impl Engine {
                 let labels = evaluation.device_verdict(Some(device)).labels;
                 job_silences.holding(&labels, socket.map(|s| s.name.as_str()))
             };
+            let outage = self.outages.assess(job, Share::of(&evaluation), now, &self.metrics);
             let states = match self.states.get_mut(&job.name) {
                 Some(states) => states,
                 None => self.states.entry(job.name.clone()).or_default(),
@@ -363,6 +376,7 @@ impl Engine {
                 &mut events,
                 |device| changed.push((job_index, device)),
                 silence,
+                outage,
             );
             report.evaluations += evaluated;
             report.unknown += unknown as usize;
@@ -398,6 +412,10 @@ impl Engine {
                 if let Some(held) = event.silenced {
                     silenced.push((job.name.clone(), device.to_string(), held));
                 }
+                if let Some(action) = event.outage_held {
+                    let who = describe(device, &verdict);
+                    self.outages.held(&job.name, device, &who, action, &self.metrics);
+                }
                 if let Some(done) = event.concluded {
                     concluded.push(closed_loop::Conclusion {
                         job: job.name.clone(),
@@ -426,6 +444,7 @@ impl Engine {
             let dry_run = self.dry_run;
             self.silences.record(silenced, &self.journal, &self.metrics, dry_run).await;
         }
+        self.outages.record(&self.journal, &self.metrics, self.dry_run).await;
 
         let journalling = Instant::now();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
