@@ -148,6 +148,13 @@ impl Scenario {
         Scenario { dir, prometheus_url, gateway, clock, engine }
     }
 
+    /// `jobctl status ARGS…` beside the engine, as a sysadmin runs it.
+    fn status(&self, args: &[&str]) -> support::process::Ran {
+        let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), self.dir.path());
+        command.args(["--config", "rules.toml", "status"]).args(args);
+        support::process::run(&mut command)
+    }
+
     fn journal(&self) -> Journal {
         Journal::open_read_only(&self.dir.path().join("journal.db")).unwrap()
     }
@@ -188,6 +195,8 @@ async fn start_engine(
     let text = rules_file::head(prometheus_url, "30s", "2s", &journal.display().to_string())
         + &rules_file::gateway_sms(&gateway.url(), "")
         + &body();
+    // Written too, for `jobctl status` beside the engine.
+    std::fs::write(dir.path().join("rules.toml"), &text).unwrap();
     let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
         .unwrap_or_else(|errors| panic!("{errors}\n{text}"));
     let sender = support::sms::sender(&text, dir.path());
@@ -287,6 +296,29 @@ async fn thirty_of_forty_offline_hold_every_socket_command_and_escalate_once() {
     assert_eq!(s.journal().outages_of("offline").unwrap().len(), 1);
     assert_eq!(s.journal().outage_holds().unwrap().len(), 30);
     assert_eq!(s.sockets_sent_to(), small);
+    let ran = s.status(&[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "Mass outages (socket commands held until fewer devices are bad):\n\
+             JOB      SINCE (UTC)           DEVICES BAD\n\
+             offline  2026-11-28T09:01:00Z  30 of 40\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+    let ran = s.status(&["--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let jobs = json["jobs"].as_array().unwrap();
+    let outages: Vec<(&str, &serde_json::Value)> =
+        jobs.iter().filter_map(|j| Some((j["job"].as_str()?, j.get("mass_outage")?))).collect();
+    assert_eq!(
+        outages,
+        [(
+            "offline",
+            &serde_json::json!({"since": "2026-11-28T09:01:00Z", "bad": 30, "known": 40})
+        )]
+    );
 
     // The uplink comes back but for devices 7 and 8: 2 of 40 is no outage,
     // and those two, still bad well past their `for`, get their command.
@@ -301,6 +333,7 @@ async fn thirty_of_forty_offline_hold_every_socket_command_and_escalate_once() {
     let outages = s.journal().outages_of("offline").unwrap();
     assert_eq!((outages.len(), outages[0].ended_at, outages[0].bad), (1, Some(minutes(8)), 2));
     assert!(s.journal().open_outages().unwrap().is_empty());
+    assert!(!s.status(&[]).stdout.contains("Mass outages"), "over");
     let history = s.journal().history(&HistoryFilter::default()).unwrap();
     let offline_rows = history.iter().filter(|e| e.job.as_deref() == Some("offline")).count();
     assert_eq!(offline_rows, 2, "only the two commands that left");
