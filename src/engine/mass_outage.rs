@@ -317,6 +317,72 @@ mod tests {
     use super::*;
     use crate::rules::job::MassOutage;
 
+    fn t(minute: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + minute * 60).unwrap()
+    }
+
+    /// A job over platform 12 with `mass_outage` as written.
+    fn job(mass_outage: &str) -> Job {
+        let text = format!(
+            "[prometheus]\nurl = \"http://127.0.0.1:9090\"\n\n\
+             [[sockets]]\nname = \"lobby\"\nphone = \"+79991234567\"\nmodel = \"simpal-d210\"\n\
+             powers = {{ platform_id = \"12\", device_id = \"1\" }}\n\n\
+             [[jobs]]\nname = \"offline\"\ndevices = {{ platform_id = \"12\" }}\n\
+             metric = \"addreality_device_online\"\nop = \"==\"\nvalue = 0\n\
+             action = {{ command = \"power_cycle\", minutes = 1 }}\n{mass_outage}"
+        );
+        crate::rules::parse(&text, "rules.toml").unwrap().jobs.remove(0)
+    }
+
+    fn share(bad: usize, known: usize) -> Share {
+        Share { bad, known }
+    }
+
+    #[test]
+    fn an_outage_begins_once_lasts_through_blind_cycles_and_ends_when_seen_below() {
+        let job = job("");
+        let metrics = EngineMetrics::new();
+        let mut outages = MassOutages::default();
+        assert_eq!(outages.assess(&job, share(4, 40), t(0), &metrics), None);
+        assert_eq!(outages.assess(&job, share(30, 40), t(1), &metrics), Some(t(1)));
+        assert_eq!(outages.assess(&job, share(31, 40), t(2), &metrics), Some(t(1)), "one outage");
+        // Prometheus down: nothing known, the outage stays open.
+        assert_eq!(outages.assess(&job, share(0, 0), t(3), &metrics), Some(t(1)));
+        outages.held("offline", "d=1", "d=1", (1, 1), &metrics);
+        outages.held("offline", "d=1", "d=1", (1, 1), &metrics);
+        assert_eq!(outages.held.len(), 1, "each hold noted once");
+        assert_eq!(outages.assess(&job, share(2, 40), t(4), &metrics), None, "seen below");
+        assert_eq!(outages.assess(&job, share(25, 40), t(5), &metrics), Some(t(5)), "a new one");
+        let kinds: Vec<&str> = outages
+            .changes
+            .iter()
+            .map(|c| match c {
+                OutageChange::Began { .. } => "began",
+                OutageChange::Counts { .. } => "counts",
+                OutageChange::Ended { .. } => "ended",
+            })
+            .collect();
+        assert_eq!(kinds, ["began", "counts", "ended", "began"]);
+    }
+
+    #[test]
+    fn switched_off_or_gone_an_outage_ends() {
+        let metrics = EngineMetrics::new();
+        let mut outages = MassOutages::default();
+        assert!(outages.assess(&job(""), share(30, 40), t(0), &metrics).is_some());
+        assert_eq!(
+            outages.assess(&job("mass_outage = false\n"), share(30, 40), t(1), &metrics),
+            None
+        );
+        assert!(outages.open.is_empty());
+        assert!(outages.assess(&job(""), share(30, 40), t(2), &metrics).is_some());
+        outages.keep_jobs(&HashSet::new(), t(3), &metrics);
+        assert!(outages.open.is_empty());
+        assert!(
+            matches!(outages.changes.last(), Some(OutageChange::Ended { at, .. }) if *at == t(3))
+        );
+    }
+
     #[test]
     fn unknown_devices_are_neither_bad_nor_known() {
         let verdicts = [Verdict::True, Verdict::Unknown, Verdict::False, Verdict::True];
