@@ -297,7 +297,8 @@ async fn check_prints_every_job_and_what_it_watches() {
              when:     addreality_device_online == 0\n  \
              queries:  addreality_device_online{platform_id=\"12\"}\n  \
              action:   power_cycle minutes=1 to the socket powering the device\n  \
-             limits:   cooldown 1h, once per episode\n",
+             limits:   cooldown 1h, once per episode\n  \
+             outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once\n",
             ""
         )
     );
@@ -315,7 +316,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`, `only_powered`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `enabled`, `only_powered`\n",
     )
     .await;
 }

@@ -877,7 +877,9 @@ async fn messages_that_waited_for_the_modem_are_sent_after_a_restart_and_none_tw
             modem.path().display()
         )
         + &sockets
-        + &offline_now_job("81");
+        + &offline_now_job("81")
+        // Six of six offline would be a mass outage: this is about the modem.
+        + "mass_outage = false\n";
     let offline: Vec<Series> = (1..=6).map(|id| online("81", &id.to_string(), 0.0)).collect();
     publish(&prometheus, &target, &offline).await;
 

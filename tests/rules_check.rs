@@ -193,7 +193,7 @@ fn jobs_get_stable_generated_names_and_shared_queries() {
     );
     assert_eq!(
         rules.jobs[1].to_string(),
-        "second\n  defined:  rules.toml:16:1\n  devices:  platform_id=12\n  when:     addreality_device_online < 1\n  queries:  addreality_device_online{platform_id=\"12\"}\n  action:   power_off to the socket powering the device\n  limits:   cooldown 1h, once per episode"
+        "second\n  defined:  rules.toml:16:1\n  devices:  platform_id=12\n  when:     addreality_device_online < 1\n  queries:  addreality_device_online{platform_id=\"12\"}\n  action:   power_off to the socket powering the device\n  limits:   cooldown 1h, once per episode\n  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
     );
 }
 
@@ -307,7 +307,7 @@ fn syntax_errors_keep_toml_position() {
 fn unknown_keys_name_the_accepted_ones() {
     assert_eq!(
         errors(&with_job(&format!("metrc = \"x\"\n{BODY}"))),
-        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`, `only_powered`"
+        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `enabled`, `only_powered`"
     );
 }
 
@@ -741,10 +741,75 @@ fn check_shows_verify_and_limit_in_the_job_summary() {
     let summary = rules.jobs[0].to_string();
     assert!(
         summary.ends_with(
-            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends"
+            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends\n  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
         ),
         "{summary}"
     );
+}
+
+#[test]
+fn mass_outage_needs_a_share_up_to_one_and_at_least_one_device() {
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}mass_outage = {{ share = 0, min_devices = 0 }}\n"))),
+        "rules.toml:15:25: job #1: mass_outage.share must be more than 0 and at most 1 (0.5 = half of the job's devices); write mass_outage = false to switch the hold off\nrules.toml:15:42: job #1: mass_outage.min_devices must be a whole number from 1 to 4294967295"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}mass_outage = {{ share = 1.5 }}\n"))),
+        "rules.toml:15:25: job #1: mass_outage.share must be more than 0 and at most 1 (0.5 = half of the job's devices); write mass_outage = false to switch the hold off"
+    );
+    assert_eq!(
+        errors(&with_job(&format!("{BODY}mass_outage = {{ share = 0.5, devices = 3 }}\n"))),
+        "rules.toml:15:30: unknown field `devices`, expected `share` or `min_devices`"
+    );
+    assert_eq!(errors(&with_job(&format!("{BODY}mass_outage = \"off\"\n"))), "rules.toml:15:15: invalid type: string \"off\", expected a table like { share = 0.5, min_devices = 5 }, or false to switch the hold off");
+    assert_eq!(
+        errors(&format!("mass_outage = {{ min_devices = -1 }}\n{}", with_job(BODY))),
+        "rules.toml:1:31: mass_outage.min_devices must be a whole number from 1 to 4294967295"
+    );
+    let person = BODY.replace(
+        "{ command = \"power_cycle\", minutes = 1 }",
+        "{ sms = \"{name} is offline\", to = \"+79990001122\" }",
+    );
+    assert_eq!(errors(&with_job(&format!("{person}mass_outage = {{ share = 0.3 }}\n"))), "rules.toml:15:15: job #1: mass_outage holds socket commands only, and this job's action is an SMS to a person, which is never held; remove mass_outage");
+}
+
+#[test]
+fn mass_outage_defaults_at_the_top_and_per_job() {
+    let whole = |text: &str| {
+        let rules = rules::parse(text, "rules.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        rules.jobs[0].to_string()
+    };
+    let summary = |text: &str| whole(text).lines().last().unwrap().to_string();
+    assert_eq!(
+        summary(&with_job(BODY)),
+        "  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
+    );
+    assert_eq!(
+        summary(&with_job(&format!("{BODY}mass_outage = false\n"))),
+        "  outage:   no mass-outage hold"
+    );
+    let top = format!(
+        "mass_outage = {{ share = 0.3 }}\n{}",
+        with_job(&format!("{BODY}mass_outage = {{ min_devices = 10 }}\n"))
+    );
+    assert_eq!(
+        summary(&top),
+        "  outage:   hold socket commands while at least 30% of the known devices (and at least 10) are bad at once",
+        "a job's table takes the keys it lacks from the top-level one"
+    );
+    let off = format!("mass_outage = false\n{}", with_job(BODY));
+    assert_eq!(summary(&off), "  outage:   no mass-outage hold");
+    let back_on =
+        format!("mass_outage = false\n{}", with_job(&format!("{BODY}mass_outage = true\n")));
+    assert_eq!(
+        summary(&back_on),
+        "  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
+    );
+    let person = BODY.replace(
+        "{ command = \"power_cycle\", minutes = 1 }",
+        "{ sms = \"{name} is offline\", to = \"+79990001122\" }",
+    );
+    assert!(!whole(&with_job(&person)).contains("outage:"), "a person's job has no hold");
 }
 
 #[test]

@@ -351,8 +351,9 @@ impl Engine {
                     value: due.due.trigger_value,
                     in_window: true,
                     limit_reached: true,
-                    // The action was due, so no silence held it.
+                    // The action was due, so no silence or outage held it.
                     silence: None,
+                    mass_outage: None,
                 },
             );
             debug_assert!(step.action.is_none(), "a reached limit makes no action due");

@@ -1,5 +1,5 @@
 //! What a person should hear about, as the engine finds it: an action that
-//! did not help, a job that gave up on a device.
+//! did not help, a job that gave up on a device, a job in a mass outage.
 //!
 //! This is the seam escalations hook to: the engine produces an
 //! [`Escalation`] at the one place each of these is decided (and journalled,
@@ -46,6 +46,20 @@ pub(crate) enum Escalation {
         /// Which limit, in words.
         reason: String,
     },
+    /// Many of the job's devices went bad at once (the site's uplink or the
+    /// AddReality platform is down, most likely): the job holds its socket
+    /// commands until the share falls below its threshold. Raised once per
+    /// outage, restarts included.
+    MassOutage {
+        /// The job.
+        job: String,
+        /// Devices bad (condition true) when it began.
+        bad: u64,
+        /// Devices with a known verdict then.
+        known: u64,
+        /// When it began.
+        since: jiff::Timestamp,
+    },
 }
 
 impl fmt::Display for Escalation {
@@ -66,6 +80,10 @@ impl fmt::Display for Escalation {
                 f,
                 "job {job:?}: device {device}: gave up: {reason}; no more actions in episode {episode}{}",
                 row(execution)
+            ),
+            Escalation::MassOutage { job, bad, known, since } => write!(
+                f,
+                "job {job:?}: mass outage since {since}: {bad} of {known} devices bad at once; no socket commands until fewer are"
             ),
         }
     }
@@ -106,6 +124,16 @@ mod tests {
         assert_eq!(
             gave_up.to_string(),
             "job \"offline\": device {device_id=\"1\"}: gave up: 3 actions in 24h on this device; no more actions in episode 4"
+        );
+        let outage = Escalation::MassOutage {
+            job: "offline".into(),
+            bad: 30,
+            known: 40,
+            since: "2026-11-28T09:00:00Z".parse().unwrap(),
+        };
+        assert_eq!(
+            outage.to_string(),
+            "job \"offline\": mass outage since 2026-11-28T09:00:00Z: 30 of 40 devices bad at once; no socket commands until fewer are"
         );
     }
 }

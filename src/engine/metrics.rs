@@ -40,6 +40,10 @@ pub struct EngineMetrics {
     silences_active: prometheus::IntGauge,
     /// Actions held back, by job and reason, each once per episode.
     held: IntCounterVec,
+    /// Per job, 1 while it is in a mass outage (its socket commands held).
+    mass_outage: prometheus::IntGaugeVec,
+    /// Mass outages begun (each escalated once), by job.
+    mass_outages: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -131,12 +135,30 @@ impl EngineMetrics {
         let held = IntCounterVec::new(
             Opts::new(
                 "jobctl_held_actions_total",
-                "Due actions held back, by job and reason (silenced), each once per (job, device, episode, silence).",
+                "Due actions held back, by job and reason (silenced, mass_outage), each once per (job, device, episode) and silence.",
             ),
             &["job", "reason"],
         )
         .expect("valid");
         register(Box::new(held.clone()));
+        let mass_outage = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "jobctl_mass_outage",
+                "1 while the job is in a mass outage and holds its socket commands, else 0.",
+            ),
+            &["job"],
+        )
+        .expect("valid");
+        register(Box::new(mass_outage.clone()));
+        let mass_outages = IntCounterVec::new(
+            Opts::new(
+                "jobctl_mass_outages_total",
+                "Mass outages begun, by job; each is escalated once.",
+            ),
+            &["job"],
+        )
+        .expect("valid");
+        register(Box::new(mass_outages.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         EngineMetrics {
@@ -155,6 +177,8 @@ impl EngineMetrics {
             prometheus_up,
             silences_active,
             held,
+            mass_outage,
+            mass_outages,
         }
     }
 
@@ -245,7 +269,23 @@ impl EngineMetrics {
         self.silences_active.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// Counts an action held back for `reason` (`silenced`), once per hold.
+    /// Sets whether `job` is in a mass outage now.
+    pub(super) fn set_mass_outage(&self, job: &str, held: bool) {
+        self.mass_outage.with_label_values(&[job]).set(i64::from(held));
+    }
+
+    /// Counts a mass outage of `job` that began.
+    pub(super) fn mass_outage_began(&self, job: &str) {
+        self.mass_outages.with_label_values(&[job]).inc();
+    }
+
+    /// Drops the series of a job that is gone.
+    pub(super) fn forget_mass_outage(&self, job: &str) {
+        let _ = self.mass_outage.remove_label_values(&[job]);
+    }
+
+    /// Counts an action held back for `reason` (`silenced`, `mass_outage`),
+    /// once per hold.
     pub(super) fn action_held(&self, job: &str, reason: &str) {
         self.held.with_label_values(&[job, reason]).inc();
     }

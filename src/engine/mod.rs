@@ -12,7 +12,9 @@
 //!    machine ([`crate::rules::state`]): unknown never moves anything
 //!    towards an action, and an action a silence matches stays due
 //!    (`silences`: read from the journal when a `jobctl silence` command
-//!    changed it, each hold journalled once);
+//!    changed it, each hold journalled once), as does every action of a job
+//!    in a mass outage (`mass_outage`: decided per job from the cycle's
+//!    verdicts before its states advance, escalated once);
 //! 3. hands the message of every action due to the [`Outbox`], which
 //!    journals them all *before* any of them leaves, in one transaction (one
 //!    commit to disk, not one per message: a busy cycle has dozens), then
@@ -41,11 +43,14 @@
 //! a message goes over); `silences` the silences in force and the actions
 //! they hold; `closed_loop` what happens between evaluating and acting to
 //! close the loop (limits checked against the journal, the results of
-//! verifications recorded); `escalation` what a person should hear about;
-//! `metrics` jobctl's own metrics.
+//! verifications recorded); `mass_outage` the jobs whose devices went bad
+//! together, whose socket commands are held and escalated once;
+//! `escalation` what a person should hear about; `metrics` jobctl's own
+//! metrics.
 
 mod closed_loop;
 mod escalation;
+mod mass_outage;
 mod metrics;
 mod outbox;
 pub mod replay;
@@ -73,6 +78,7 @@ use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
 use crate::sms::{text, Sender};
+use mass_outage::{MassOutages, Share};
 use outbox::{blocking, Journalled, NotSent, Request};
 use silences::Silences;
 use states::{advance_job, JobStates};
@@ -219,6 +225,8 @@ pub struct Engine {
     /// once per episode, not once a cycle. A pair is dropped once it is no
     /// longer firing, so this stays as small as the pairs it is about.
     cannot_act_said: HashMap<(String, String), u64>,
+    /// The jobs in a mass outage, and what of them is still to journal.
+    outages: MassOutages,
 }
 
 impl Engine {
@@ -246,6 +254,7 @@ impl Engine {
         .await?;
         let socket_commands =
             commands.into_iter().map(|(job, socket, at)| ((job, socket), at)).collect();
+        let outages = MassOutages::load(&journal).await;
         let mut devices = DeviceTable::default();
         let mut by_job: HashMap<String, Vec<(DeviceId, JobState)>> = HashMap::new();
         for ((job, device), state) in states {
@@ -272,6 +281,7 @@ impl Engine {
             unrecorded_results: Vec::new(),
             socket_commands,
             cannot_act_said: HashMap::new(),
+            outages,
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -326,6 +336,8 @@ impl Engine {
     fn forget_removed_jobs(&mut self) {
         let names: BTreeSet<String> = self.rules.jobs.iter().map(|j| j.name.clone()).collect();
         self.states.retain(|job, _| names.contains(job));
+        let running = self.rules.jobs.iter().filter(|j| j.enabled).map(|j| j.name.as_str());
+        self.outages.keep_jobs(&running.collect(), self.clock.now(), &self.metrics);
         if self.dry_run {
             return;
         }
@@ -400,6 +412,7 @@ impl Engine {
                 let labels = evaluation.device_verdict(Some(device)).labels;
                 job_silences.holding(&labels, socket.map(|s| s.name.as_str()))
             };
+            let outage = self.outages.assess(job, Share::of(&evaluation), now, &self.metrics);
             let states = match self.states.get_mut(&job.name) {
                 Some(states) => states,
                 None => self.states.entry(job.name.clone()).or_default(),
@@ -414,6 +427,7 @@ impl Engine {
                 &mut events,
                 |device| changed.push((job_index, device)),
                 silence,
+                outage,
             );
             report.evaluations += evaluated;
             report.unknown += unknown as usize;
@@ -454,6 +468,10 @@ impl Engine {
                 if let Some(held) = event.silenced {
                     silenced.push((job.name.clone(), device.to_string(), held));
                 }
+                if let Some(action) = event.outage_held {
+                    let who = describe(device, &verdict);
+                    self.outages.held(&job.name, device, &who, action, &self.metrics);
+                }
                 if let Some(done) = event.concluded {
                     concluded.push(closed_loop::Conclusion {
                         job: job.name.clone(),
@@ -482,6 +500,7 @@ impl Engine {
             let dry_run = self.dry_run;
             self.silences.record(silenced, &self.journal, &self.metrics, dry_run).await;
         }
+        self.outages.record(&self.journal, &self.metrics, self.dry_run).await;
 
         let journalling = Instant::now();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;

@@ -407,6 +407,7 @@ impl<'r> Simulation<'r> {
             &mut events,
             |_| {},
             |_| None,
+            None,
         );
         self.unknown += unknown;
         events.sort_by(|a, b| self.devices.text(a.device).cmp(self.devices.text(b.device)));

@@ -133,6 +133,9 @@ pub(super) struct DeviceEvent {
     pub(super) action: Option<(state::ActionDue, JobState, JobState)>,
     /// The action a silence holds back instead, if one does.
     pub(super) silenced: Option<HeldBySilence>,
+    /// The action the job's mass outage holds back instead, if it does:
+    /// (episode, action number in it).
+    pub(super) outage_held: Option<(u64, u32)>,
     /// The verification of an earlier action that ended.
     pub(super) concluded: Option<state::Concluded>,
     /// Why an action that would be due waits (cooldown, schedule window).
@@ -176,7 +179,9 @@ pub(super) fn timing(job: &Job) -> Timing {
 /// were evaluated and how many of their verdicts were unknown; `changed` is
 /// told each device whose state changed, `events` gets what must be logged
 /// or done. `silence` says which silence, if any, holds a device's actions
-/// back; it is asked only about a device whose action would be due.
+/// back; it is asked only about a device whose action would be due (or is
+/// held by the job's mass outage, which a silence comes before).
+/// `mass_outage` is since when the job is in a mass outage, if it is.
 #[allow(clippy::too_many_arguments, reason = "one call site, each argument a distinct role")]
 pub(super) fn advance_job(
     job: &Job,
@@ -187,6 +192,7 @@ pub(super) fn advance_job(
     events: &mut Vec<DeviceEvent>,
     mut changed: impl FnMut(DeviceId),
     silence: impl Fn(DeviceId) -> Option<SilenceHold>,
+    mass_outage: Option<jiff::Timestamp>,
 ) -> (usize, u64) {
     let timing = timing(job);
     let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
@@ -238,9 +244,10 @@ pub(super) fn advance_job(
             in_window,
             limit_reached: false,
             silence: None,
+            mass_outage,
         };
         let mut step = previous.advance(&timing, &inputs);
-        if step.action.is_some() {
+        if step.action.is_some() || matches!(step.held, Some(ActionHeld::MassOutage { .. })) {
             // Rare (an action due), so only now is the device matched
             // against the silences, and the pure step taken again with it.
             inputs.silence = silence(device);
@@ -251,6 +258,12 @@ pub(super) fn advance_job(
         let silenced = match (step.held, &step.state.phase) {
             (Some(ActionHeld::Silenced(hold)), Phase::Firing { episode, actions_taken, .. }) => {
                 Some(HeldBySilence { hold, episode: *episode, attempt: actions_taken + 1 })
+            }
+            _ => None,
+        };
+        let outage_held = match (step.held, &step.state.phase) {
+            (Some(ActionHeld::MassOutage { .. }), Phase::Firing { episode, actions_taken, .. }) => {
+                Some((*episode, actions_taken + 1))
             }
             _ => None,
         };
@@ -266,6 +279,7 @@ pub(super) fn advance_job(
             || !step.transitions.is_empty()
             || step.action.is_some()
             || silenced.is_some()
+            || outage_held.is_some()
             || step.concluded.is_some()
             || step.held.is_some()
         {
@@ -276,6 +290,7 @@ pub(super) fn advance_job(
                 transitions: step.transitions,
                 action: step.action.map(|due| (due, step.state.clone(), previous.clone())),
                 silenced,
+                outage_held,
                 concluded: step.concluded,
                 held: step.held,
             });

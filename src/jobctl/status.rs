@@ -1,6 +1,7 @@
 //! `jobctl status`: where every job stands on every device, which firing
-//! devices a silence holds back, and how much of each message budget is
-//! used, read from the journal without disturbing a running daemon.
+//! devices a silence holds back, which jobs a mass outage holds, and how
+//! much of each message budget is used, read from the journal without
+//! disturbing a running daemon.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,6 +68,18 @@ struct JobRow {
     job: String,
     enabled: bool,
     counts: BTreeMap<&'static str, usize>,
+    /// The job's mass outage, while one lasts: its socket commands are held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mass_outage: Option<OutageRow>,
+}
+
+#[derive(Serialize)]
+struct OutageRow {
+    /// When it began.
+    since: String,
+    /// Bad and known devices at the daemon's latest count.
+    bad: u64,
+    known: u64,
 }
 
 #[derive(Serialize)]
@@ -171,6 +184,11 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
             });
         }
     }
+    let mut outages: BTreeMap<String, OutageRow> = journal
+        .open_outages()?
+        .into_iter()
+        .map(|o| (o.job, OutageRow { since: time(o.since), bad: o.bad, known: o.known }))
+        .collect();
     let jobs: Vec<JobRow> = rules
         .jobs
         .iter()
@@ -179,7 +197,8 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
             for row in devices.iter().filter(|d| d.job == job.name) {
                 *counts.entry(row.state).or_default() += 1;
             }
-            JobRow { job: job.name.clone(), enabled: job.enabled, counts }
+            let mass_outage = outages.remove(&job.name);
+            JobRow { job: job.name.clone(), enabled: job.enabled, counts, mass_outage }
         })
         .collect();
     let mut budgets = Vec::new();
@@ -231,6 +250,18 @@ fn render(status: &Status) -> String {
         })
         .collect();
     out.push_str(&render_table(&["JOB", "ENABLED", "DEVICES"], &jobs));
+    let outages: Vec<[String; 3]> = status
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let o = j.mass_outage.as_ref()?;
+            Some([j.job.clone(), o.since.clone(), format!("{} of {}", o.bad, o.known)])
+        })
+        .collect();
+    if !outages.is_empty() {
+        out.push_str("\nMass outages (socket commands held until fewer devices are bad):\n");
+        out.push_str(&render_table(&["JOB", "SINCE (UTC)", "DEVICES BAD"], &outages));
+    }
     let active: Vec<[String; 6]> = status
         .devices
         .iter()
@@ -297,6 +328,47 @@ fn used(count: u32, limit: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_in_a_mass_outage_is_listed_with_since_and_counts() {
+        let status = Status {
+            jobs: vec![
+                JobRow {
+                    job: "offline".into(),
+                    enabled: true,
+                    counts: BTreeMap::from([("firing", 30)]),
+                    mass_outage: Some(OutageRow {
+                        since: "2026-11-28T09:01:00Z".into(),
+                        bad: 30,
+                        known: 40,
+                    }),
+                },
+                JobRow {
+                    job: "frozen".into(),
+                    enabled: true,
+                    counts: BTreeMap::new(),
+                    mass_outage: None,
+                },
+            ],
+            devices: Vec::new(),
+            budgets: Vec::new(),
+        };
+        let text = render(&status);
+        assert!(
+            text.contains(
+                "Mass outages (socket commands held until fewer devices are bad):\n\
+                 JOB      SINCE (UTC)           DEVICES BAD\n\
+                 offline  2026-11-28T09:01:00Z  30 of 40\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["jobs"][0]["mass_outage"],
+            serde_json::json!({"since": "2026-11-28T09:01:00Z", "bad": 30, "known": 40})
+        );
+        assert!(json["jobs"][1].get("mass_outage").is_none());
+    }
 
     #[test]
     fn an_open_verification_reads_as_how_far_it_is() {

@@ -72,10 +72,13 @@
 //! - `history` — the queries behind `jobctl history` and `jobctl status`.
 //! - `silences` — silences and the actions they held back, with the one
 //!   write path that works beside the daemon's lock (`SilenceWriter`).
+//! - `outages` — jobs' mass outages (one open row per job, so one
+//!   escalation per outage across restarts) and the actions they held.
 
 mod execution;
 mod history;
 mod lock;
+mod outages;
 mod results;
 mod schema;
 mod sends;
@@ -97,6 +100,7 @@ pub use execution::{
     ActionResult, Attempt, DeviceResult, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
 };
 pub use history::HistoryFilter;
+pub use outages::{MassOutageRecord, OutageChange, OutageHeldAction};
 pub use results::ActionRef;
 pub use schema::SCHEMA_VERSION;
 pub use sends::{DeviceAction, Origin, PlannedSend, SendResult, Suppression};

@@ -67,8 +67,8 @@ CREATE TABLE job_state (
 ) WITHOUT ROWID;
 ",
     r"
--- Version 2: silences and the actions they held; what became of a rule's
--- action (verify, limit); the devices an execution was for.
+-- Version 2: silences and the actions they held; mass outages; what became
+-- of a rule's action (verify, limit); the devices an execution was for.
 CREATE TABLE silences (
     id         INTEGER PRIMARY KEY,
     job        TEXT,               -- NULL: every job
@@ -88,13 +88,23 @@ CREATE TABLE held_actions (
     device_key TEXT NOT NULL,
     episode    INTEGER NOT NULL,
     attempt    INTEGER NOT NULL,   -- the action number within the episode that waits
-    reason     TEXT NOT NULL,      -- 'silenced'
+    reason     TEXT NOT NULL,      -- 'silenced' or 'mass_outage'
     silence_id INTEGER REFERENCES silences (id),
     at         INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX held_actions_once
     ON held_actions (job, device_key, episode, reason, IFNULL(silence_id, 0));
 CREATE INDEX held_actions_by_silence ON held_actions (silence_id);
+
+-- Mass outages: a row per outage of a job, inserted when it begins (its
+-- one escalation), ended (Unix milliseconds, as since) by the first cycle
+-- that finds it over; bad and known are the latest counts. Comments kept
+-- outside the statement: SQLite stores its text in the schema page.
+CREATE TABLE mass_outages (
+    id INTEGER PRIMARY KEY, job TEXT NOT NULL, since INTEGER NOT NULL,
+    bad INTEGER NOT NULL, known INTEGER NOT NULL, ended_at INTEGER
+);
+CREATE UNIQUE INDEX mass_outages_open ON mass_outages (job) WHERE ended_at IS NULL;
 
 -- What became of a rule's action (verify, limit).
 ALTER TABLE executions ADD COLUMN result TEXT

@@ -45,6 +45,56 @@ pub(crate) struct RawRulesFile {
     /// `[[jobs]]`.
     #[serde(default)]
     pub(crate) jobs: Vec<Spanned<RawJob>>,
+    /// The mass-outage hold of every job without its own. Default
+    /// `{ share = 0.5, min_devices = 5 }`.
+    pub(crate) mass_outage: Option<Spanned<RawMassOutage>>,
+}
+
+/// `mass_outage = { share, min_devices }`, or `false` (off) / `true` (on
+/// with the defaults).
+#[derive(Debug)]
+pub(crate) enum RawMassOutage {
+    /// `mass_outage = true` or `false`.
+    Switch(bool),
+    /// `mass_outage = { … }`.
+    Table(RawMassOutageTable),
+}
+
+/// The table form of `mass_outage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMassOutageTable {
+    /// Share of the job's known devices that must be bad at once, in (0, 1].
+    /// Default the top-level one's, else 0.5.
+    pub(crate) share: Option<Spanned<f64>>,
+    /// Fewest bad devices that make an outage, at least 1. Default the
+    /// top-level one's, else 5.
+    pub(crate) min_devices: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawMassOutage {
+    // Hand-written rather than `#[serde(untagged)]`, which buffers the value
+    // and would lose the spans inside it (as for `powers`).
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct MassOutageVisitor;
+        impl<'de> Visitor<'de> for MassOutageVisitor {
+            type Value = RawMassOutage;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table like { share = 0.5, min_devices = 5 }, or false to switch the hold off")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawMassOutage, E> {
+                Ok(RawMassOutage::Switch(on))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMassOutage, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawMassOutage::Table)
+            }
+        }
+        de.deserialize_any(MassOutageVisitor)
+    }
 }
 
 /// `[budgets]`: most messages that may leave per rolling window.
@@ -216,6 +266,8 @@ pub(crate) struct RawJob {
     pub(crate) schedule: Option<Spanned<RawSchedule>>,
     /// Guards. Default the file's top-level `guards`.
     pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
+    /// Mass-outage hold. Default the file's top-level `mass_outage`.
+    pub(crate) mass_outage: Option<Spanned<RawMassOutage>>,
     /// Default true.
     pub(crate) enabled: Option<bool>,
     /// Watch only the devices a socket powers. Default false.

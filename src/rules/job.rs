@@ -94,6 +94,49 @@ pub(crate) struct Limit {
     pub(crate) per: Duration,
 }
 
+/// The default mass-outage hold: half of a job's known devices, and at
+/// least five of them, bad at once. Five, because two or three players of
+/// one site freezing together happens; half, because a site's uplink or the
+/// AddReality platform takes every player it serves down together.
+pub(crate) const DEFAULT_MASS_OUTAGE: MassOutage = MassOutage { share: 0.5, min_devices: 5 };
+
+/// When many of a job's devices go bad together, the cause is upstream of
+/// them (the site's uplink, the AddReality platform), and power-cycling
+/// each is wrong: the job holds its socket commands back and escalates
+/// once (`mass_outage`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MassOutage {
+    /// The share of the job's known devices that must be bad at once, in
+    /// (0, 1].
+    pub(crate) share: f64,
+    /// The fewest bad devices that make an outage, at least 1.
+    pub(crate) min_devices: u32,
+}
+
+impl MassOutage {
+    /// Whether `bad` of `known` devices make an outage: at least
+    /// `min_devices` of them, and at least `share` of the known ones (so
+    /// `share = 1` means every one). Known devices are those whose verdict
+    /// is true or false this cycle; an unknown one is neither bad nor good.
+    pub(crate) fn holds(&self, bad: usize, known: usize) -> bool {
+        // `bad / known >= share` without dividing by zero; exact for any
+        // fleet size an f64 counts exactly.
+        known > 0 && bad >= self.min_devices as usize && bad as f64 >= self.share * known as f64
+    }
+}
+
+impl fmt::Display for MassOutage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One decimal at most: 0.3 reads 30%, not 30.000000000000004%.
+        let percent = (self.share * 1000.0).round() / 10.0;
+        write!(
+            f,
+            "hold socket commands while at least {percent}% of the known devices (and at least {}) are bad at once",
+            self.min_devices
+        )
+    }
+}
+
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -124,6 +167,10 @@ pub struct Job {
     pub(crate) limit: Option<Limit>,
     /// When the job may act; `None` = any time.
     pub(crate) schedule: Option<Schedule>,
+    /// When many of its devices going bad together holds its socket
+    /// commands back; `None` = never (`mass_outage = false`, or an action
+    /// that goes to a person, which is never held).
+    pub(crate) mass_outage: Option<MassOutage>,
     /// Expressions that must hold for a device before its data is believed.
     pub guards: Vec<Guard>,
     /// Disabled jobs are checked but not run.
@@ -219,6 +266,11 @@ impl fmt::Display for Job {
                 if limit.actions == 1 { "" } else { "s" },
                 humantime::format_duration(limit.per)
             )?;
+        }
+        match (&self.mass_outage, &self.action) {
+            (Some(outage), _) => write!(f, "\n  outage:   {outage}")?,
+            (None, Action::Command { .. }) => f.write_str("\n  outage:   no mass-outage hold")?,
+            (None, Action::Sms { .. }) => {}
         }
         Ok(())
     }

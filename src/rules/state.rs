@@ -42,7 +42,16 @@
 //!
 //! 1. the **cooldown** since the previous action (first actions only);
 //! 2. the job's **schedule window** is closed;
-//! 3. a **silence** (`jobctl silence add`) matches the (job, device).
+//! 3. a **silence** (`jobctl silence add`) matches the (job, device);
+//! 4. a **mass outage** of the job: so many of its devices are bad at once
+//!    that the cause is upstream of them (`mass_outage`; the engine decides
+//!    it per job and cycle and hands it in as [`Evaluation::mass_outage`]).
+//!
+//! The per-device, deliberate reasons come first: a silenced device in an
+//! outage is reported (and journalled) as silenced, because that is what a
+//! person asked for and what will still hold it when the outage ends. A
+//! limit is checked only after all of them, so a held action never gives
+//! an episode up.
 //!
 //! Whatever holds it, the action stays due and nothing about the episode
 //! changes: it leaves at the first evaluation that finds the condition
@@ -162,6 +171,9 @@ pub struct Evaluation {
     pub(crate) limit_reached: bool,
     /// The silence in force on this (job, device) at `now`, if one is.
     pub(crate) silence: Option<SilenceHold>,
+    /// Since when the job is in a mass outage, if it is at `now`: its
+    /// socket commands are held.
+    pub(crate) mass_outage: Option<Timestamp>,
 }
 
 /// A silence that holds a (job, device)'s actions back, as the engine
@@ -396,6 +408,12 @@ pub(crate) enum ActionHeld {
     OutsideWindow,
     /// A silence holds the (job, device)'s actions back.
     Silenced(SilenceHold),
+    /// The job is in a mass outage: so many of its devices are bad at once
+    /// that it sends no socket command.
+    MassOutage {
+        /// When the outage began.
+        since: Timestamp,
+    },
 }
 
 impl fmt::Display for ActionHeld {
@@ -407,6 +425,9 @@ impl fmt::Display for ActionHeld {
             ActionHeld::OutsideWindow => f.write_str("action waits for the schedule window"),
             ActionHeld::Silenced(SilenceHold { id, until }) => {
                 write!(f, "action held by silence {id} until {until}")
+            }
+            ActionHeld::MassOutage { since } => {
+                write!(f, "action held by the job's mass outage since {since}")
             }
         }
     }
@@ -604,6 +625,10 @@ impl Step {
             self.held = Some(ActionHeld::Silenced(silence));
             return;
         }
+        if let Some(since) = evaluation.mass_outage {
+            self.held = Some(ActionHeld::MassOutage { since });
+            return;
+        }
         if evaluation.limit_reached {
             self.state.gave_up_in = Some(episode);
             self.gave_up = Some(episode);
@@ -668,6 +693,8 @@ mod tests {
         gave_up: Vec<(u64, u64)>,
         /// Whether the limit is reached, as the engine would say.
         limit_reached: bool,
+        /// Since when the job is in a mass outage, as the engine would say.
+        mass_outage: Option<Timestamp>,
     }
 
     const ORIGIN: i64 = 1_700_000_000;
@@ -687,6 +714,7 @@ mod tests {
                 concluded: Vec::new(),
                 gave_up: Vec::new(),
                 limit_reached: false,
+                mass_outage: None,
             }
         }
 
@@ -708,6 +736,7 @@ mod tests {
                 in_window,
                 silence,
                 limit_reached: self.limit_reached,
+                mass_outage: self.mass_outage,
             };
             let step = self.state.advance(&self.timing, &evaluation);
             self.state = step.state.clone();
@@ -953,6 +982,59 @@ mod tests {
         assert_eq!(device.last_held, Some(ActionHeld::OutsideWindow));
         device.eval(63, Verdict::True);
         assert_eq!(device.action_minutes(), vec![0, 63]);
+    }
+
+    #[test]
+    fn a_mass_outage_holds_the_action_and_its_end_releases_it_in_the_same_episode() {
+        let mut device = Device::new(timing(10, 60));
+        device.mass_outage = Some(at_minute(5));
+        device.run(0..=30, Verdict::True);
+        assert!(device.actions.is_empty(), "nothing leaves during the outage");
+        assert_eq!(
+            device.state.phase,
+            Phase::Firing { since: at_minute(10), episode: 1, actions_taken: 0 },
+            "for elapsed and the episode began as usual"
+        );
+        assert_eq!(device.last_held, Some(ActionHeld::MassOutage { since: at_minute(5) }));
+        assert_eq!(
+            device.last_held.unwrap().to_string(),
+            "action held by the job's mass outage since 2023-11-14T22:18:20Z"
+        );
+        device.mass_outage = None;
+        device.run(31..=40, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![31], "released at the first cycle after it");
+        let (_, action) = device.actions[0];
+        assert_eq!((action.episode, action.attempt_in_episode), (1, 1));
+    }
+
+    #[test]
+    fn a_device_back_before_the_outage_ends_gets_nothing_and_a_held_action_gives_nothing_up() {
+        let mut device = Device::new(timing(0, 0));
+        device.mass_outage = Some(at_minute(0));
+        device.limit_reached = true;
+        device.run(0..=10, Verdict::True);
+        assert!(device.gave_up.is_empty(), "held, so the limit is not even looked at");
+        device.eval(11, Verdict::False);
+        device.mass_outage = None;
+        device.run(12..=13, Verdict::False);
+        assert!(device.actions.is_empty());
+        assert_eq!(device.state.phase, Phase::Resolved { at: at_minute(11), episode: 1 });
+    }
+
+    #[test]
+    fn a_silence_comes_before_a_mass_outage_and_a_mass_outage_before_the_limit() {
+        let mut device = Device::new(timing(0, 0));
+        device.mass_outage = Some(at_minute(0));
+        device.eval_held(0, Verdict::True, true, silence(4, 60));
+        assert_eq!(device.last_held, Some(ActionHeld::Silenced(silence(4, 60).unwrap())));
+        device.eval_held(1, Verdict::True, false, silence(4, 60));
+        assert_eq!(device.last_held, Some(ActionHeld::OutsideWindow));
+        device.eval(2, Verdict::True);
+        assert_eq!(device.last_held, Some(ActionHeld::MassOutage { since: at_minute(0) }));
+        device.mass_outage = None;
+        device.limit_reached = true;
+        device.eval(3, Verdict::True);
+        assert_eq!(device.gave_up, vec![(3, 1)]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::conditions::{guards_of, job_condition};
-use super::settings::Settings;
+use super::settings::{mass_outage, Settings};
 use crate::config_file::ConfigError;
 use crate::rules::checker::{labels, Checker};
 use crate::rules::condition::Guard;
@@ -24,8 +24,8 @@ use crate::rules::config::{
 };
 use crate::rules::device::{DeviceKeyLabels, LabelMatchers};
 use crate::rules::job::{
-    Action, Job, Limit, Repeat, SourcePosition, DEFAULT_COOLDOWN, MAX_LIMIT_ACTIONS, MAX_LIMIT_PER,
-    MAX_VERIFY_WITHIN,
+    Action, Job, Limit, MassOutage, Repeat, SourcePosition, DEFAULT_COOLDOWN, MAX_LIMIT_ACTIONS,
+    MAX_LIMIT_PER, MAX_VERIFY_WITHIN,
 };
 use crate::rules::naming;
 use crate::rules::schedule::{self, HourWindow, Schedule};
@@ -46,6 +46,7 @@ pub(crate) fn jobs(
         device_key: &settings.device_key,
         sockets: &sockets.sockets,
         default_guards: &settings.default_guards,
+        mass_outage: settings.mass_outage,
         sockets_rejected: sockets.rejected,
     };
     let mut jobs: Vec<Job> = Vec::new();
@@ -99,6 +100,8 @@ struct JobEnv<'a> {
     device_key: &'a DeviceKeyLabels,
     sockets: &'a [Socket],
     default_guards: &'a [Guard],
+    /// The top-level `mass_outage`, for jobs without their own.
+    mass_outage: Option<MassOutage>,
     /// Some `[[sockets]]` entry had errors of its own: a job that finds no
     /// socket may be missing that one, so it does not add a second,
     /// misleading error.
@@ -162,6 +165,7 @@ fn job(
             guards
         }
     };
+    let outage = mass_outage(ck, r.mass_outage.as_ref(), env.mass_outage, &format!("{label}: "));
     let action = match (&r.action, &devices) {
         (None, _) => {
             ck.at(
@@ -193,6 +197,21 @@ fn job(
         return None;
     }
     let (devices, condition, action) = (devices?, condition?, action?);
+    let outage = match (&action, &r.mass_outage) {
+        (Action::Command { .. }, _) => outage,
+        // A message to a person is never held: nothing to hold.
+        (Action::Sms { .. }, None) => None,
+        (Action::Sms { .. }, Some(raw)) => {
+            if outage.is_some() {
+                ck.at(
+                    raw.span(),
+                    format!("{label}: mass_outage holds socket commands only, and this job's action is an SMS to a person, which is never held; remove mass_outage"),
+                );
+                return None;
+            }
+            None
+        }
+    };
     let (name, auto_named) = match name {
         Some(name) => (name, false),
         None => (naming::job_name(&devices, &condition), true),
@@ -210,6 +229,7 @@ fn job(
         verify: verify?,
         limit: limit?,
         schedule: schedule?,
+        mass_outage: outage,
         guards,
         enabled: r.enabled.unwrap_or(true),
         only_powered,

@@ -15,8 +15,9 @@ use super::conditions::guards_of;
 use crate::config_file::{ConfigError, HumanDuration, SourceFile};
 use crate::rules::checker::{not_a_label, Checker};
 use crate::rules::condition::Guard;
-use crate::rules::config::{RawBudgets, RawJournal, RawPrometheus, RawRulesFile};
+use crate::rules::config::{RawBudgets, RawJournal, RawMassOutage, RawPrometheus, RawRulesFile};
 use crate::rules::device::{is_label_name, DeviceKeyLabels};
+use crate::rules::job::{MassOutage, DEFAULT_MASS_OUTAGE};
 use crate::rules::settings::{
     Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, DEFAULT_INTERVAL,
     DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
@@ -42,6 +43,10 @@ pub(crate) struct Settings {
     pub(crate) sms: Option<SmsConfig>,
     /// The top-level `guards`: those of every job without its own.
     pub(crate) default_guards: Vec<Guard>,
+    /// The top-level `mass_outage`: that of every job without its own;
+    /// [`DEFAULT_MASS_OUTAGE`] when the file has none, `None` when it says
+    /// `false`.
+    pub(crate) mass_outage: Option<MassOutage>,
 }
 
 /// Checks the settings of the main file `main` (relative paths are taken
@@ -63,7 +68,64 @@ pub(crate) fn settings(
         Some(guards) => guards_of(&mut ck, guards, &device_key, ""),
         None => Vec::new(),
     };
-    Settings { device_key, prometheus, journal, budgets, sms, default_guards }
+    let mass_outage = mass_outage(&mut ck, raw.mass_outage.as_ref(), Some(DEFAULT_MASS_OUTAGE), "");
+    Settings { device_key, prometheus, journal, budgets, sms, default_guards, mass_outage }
+}
+
+/// A `mass_outage` value (the top-level one, or a job's with `prefix`
+/// naming it): `false` switches the hold off, `true` switches it on with
+/// `base`'s values (or the defaults), and a table's missing keys take
+/// `base`'s. `None` (absent) is `base`. A wrong value is recorded and
+/// `base` is returned.
+pub(super) fn mass_outage(
+    ck: &mut Checker<'_>,
+    raw: Option<&Spanned<RawMassOutage>>,
+    base: Option<MassOutage>,
+    prefix: &str,
+) -> Option<MassOutage> {
+    let Some(raw) = raw else { return base };
+    let from = base.unwrap_or(DEFAULT_MASS_OUTAGE);
+    let table = match raw.get_ref() {
+        RawMassOutage::Switch(false) => return None,
+        RawMassOutage::Switch(true) => return Some(from),
+        RawMassOutage::Table(table) => table,
+    };
+    let mut ok = true;
+    let share = match &table.share {
+        None => from.share,
+        Some(share) => {
+            let value = *share.get_ref();
+            // Written so that NaN fails too.
+            if !(value > 0.0 && value <= 1.0) {
+                ck.at(
+                    share.span(),
+                    format!("{prefix}mass_outage.share must be more than 0 and at most 1 (0.5 = half of the job's devices); write mass_outage = false to switch the hold off"),
+                );
+                ok = false;
+            }
+            value
+        }
+    };
+    let min_devices = match &table.min_devices {
+        None => Some(from.min_devices),
+        Some(min) => {
+            let value = u32::try_from(*min.get_ref()).ok().filter(|&m| m >= 1);
+            if value.is_none() {
+                ck.at(
+                    min.span(),
+                    format!(
+                        "{prefix}mass_outage.min_devices must be a whole number from 1 to {}",
+                        u32::MAX
+                    ),
+                );
+            }
+            value
+        }
+    };
+    match (ok, min_devices) {
+        (true, Some(min_devices)) => Some(MassOutage { share, min_devices }),
+        _ => base,
+    }
 }
 
 /// `[sms]`, checked by the SMS module without reading any secret.
