@@ -210,7 +210,7 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     let labels: BTreeMap<String, String> =
         [("name".to_string(), "Arzamas\n\u{1a}1".to_string())].into_iter().collect();
     let sms = rules.outgoing(&rules.jobs[0], &device, &labels).unwrap();
-    let Recipient::Sms { socket, phone } = &sms.to;
+    let Recipient::Sms { socket, phone } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!(
         (socket.as_deref(), phone.as_str(), sms.text.as_str()),
         (Some("lobby"), "+79991234567", "#12#0#1#1#")
@@ -220,12 +220,12 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     // whatever the device is called.
     let sms = rules.outgoing(&rules.jobs[1], &device, &labels).unwrap();
     assert_eq!(sms.text, "Arzamas  1 down\u{1a}");
-    let Recipient::Sms { socket, phone } = &sms.to;
+    let Recipient::Sms { socket, phone } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!((socket.as_deref(), phone.as_str()), (None, "+79990001122"));
     let renamed: BTreeMap<String, String> =
         [("name".to_string(), "#02#0#".to_string())].into_iter().collect();
     let sms = rules.outgoing(&rules.jobs[1], &device, &renamed).unwrap();
-    let Recipient::Sms { socket, .. } = &sms.to;
+    let Recipient::Sms { socket, .. } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!((socket.as_deref(), sms.text.as_str()), (None, "#02#0# down\u{1a}"));
     let stranger =
         DeviceKey::new(vec![("platform_id".into(), "13".into()), ("device_id".into(), "1".into())]);
@@ -307,7 +307,7 @@ fn syntax_errors_keep_toml_position() {
 fn unknown_keys_name_the_accepted_ones() {
     assert_eq!(
         errors(&with_job(&format!("metrc = \"x\"\n{BODY}"))),
-        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `enabled`"
+        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `escalate`, `webhooks_on_action`, `enabled`"
     );
 }
 
@@ -715,7 +715,7 @@ fn check_shows_verify_and_limit_in_the_job_summary() {
     let summary = rules.jobs[0].to_string();
     assert!(
         summary.ends_with(
-            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends"
+            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends\n  escalate: nobody (logged only)"
         ),
         "{summary}"
     );

@@ -41,8 +41,9 @@
 //! a message goes over); `silences` the silences in force and the actions
 //! they hold; `closed_loop` what happens between evaluating and acting to
 //! close the loop (limits checked against the journal, the results of
-//! verifications recorded); `escalation` what a person should hear about;
-//! `metrics` jobctl's own metrics.
+//! verifications recorded); `escalation` what a person should hear about
+//! and the messages that tell them (escalations, action notices);
+//! `webhook` the webhook channel's backend; `metrics` jobctl's own metrics.
 
 mod closed_loop;
 mod escalation;
@@ -50,6 +51,7 @@ mod metrics;
 mod outbox;
 mod silences;
 mod states;
+mod webhook;
 
 pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
@@ -178,6 +180,8 @@ pub struct Engine {
     /// Results of verifications the journal could not take, recorded with
     /// the next cycle's.
     unrecorded_results: Vec<closed_loop::Conclusion>,
+    /// Escalations found this cycle, sent once its actions are journalled.
+    escalations: Vec<escalation::Escalation>,
 }
 
 impl Engine {
@@ -194,6 +198,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let dry_run = options.mode == Mode::DryRun;
         let mut outbox = Outbox::new(journal, sender, clock.clone(), options);
+        outbox.set_webhooks(&rules);
         // A dry run leaves a live run's unfinished sends to the live run.
         if !dry_run {
             outbox.recover_in_flight().await?;
@@ -224,6 +229,7 @@ impl Engine {
             unsaved: BTreeSet::new(),
             silences: Silences::default(),
             unrecorded_results: Vec::new(),
+            escalations: Vec::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -255,6 +261,7 @@ impl Engine {
     /// gone are dropped.
     pub fn replace_rules(&mut self, rules: RuleSet) {
         self.outbox.set_budgets(rules.budgets);
+        self.outbox.set_webhooks(&rules);
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
     }
@@ -403,6 +410,7 @@ impl Engine {
                         job: job.name.clone(),
                         device: device.to_string(),
                         who: describe(device, &verdict),
+                        labels: verdict.labels.clone(),
                         concluded: done,
                     });
                 }
@@ -429,8 +437,13 @@ impl Engine {
 
         let journalling = Instant::now();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
+        let mut notices = Vec::new();
         if !dispatch.is_empty() {
-            self.act(&rules, dispatch, &mut report).await;
+            notices = self.act(&rules, dispatch, &mut report).await;
+        }
+        let escalations = std::mem::take(&mut self.escalations);
+        if !escalations.is_empty() || !notices.is_empty() {
+            self.notify(&rules, escalations, notices, now).await;
         }
 
         // `changed` is in job order: look each job's states up once. Thousands
@@ -623,20 +636,35 @@ impl Engine {
 
     /// Journals the messages of every action due this cycle in one batch
     /// (one commit, however many), then hands those that may leave to the
-    /// sender: none leaves before all are committed.
-    async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
+    /// sender: none leaves before all are committed. Returns the notices of
+    /// the actions taken by jobs with `webhooks_on_action`.
+    async fn act(
+        &mut self,
+        rules: &RuleSet,
+        dispatch: Vec<Due>,
+        report: &mut CycleReport,
+    ) -> Vec<escalation::Notice> {
         let mut requests = Vec::with_capacity(dispatch.len());
         let mut actions = Vec::with_capacity(dispatch.len());
+        let mut notices = Vec::new();
         for Due { job, device, verdict, due, state_after, previous } in dispatch {
+            let told = (!rules.jobs[job].webhooks_on_action.is_empty()).then(|| {
+                let who = describe(&device, &verdict);
+                escalation::EscalatedDevice {
+                    key: device.clone(),
+                    who,
+                    labels: verdict.labels.clone(),
+                }
+            });
             if let Some(request) =
                 self.request(&rules.jobs[job], &device, &verdict, &due, state_after, report)
             {
                 requests.push(request);
-                actions.push((job, device, due, previous));
+                actions.push((job, device, due, previous, told));
             }
         }
         if requests.is_empty() {
-            return;
+            return notices;
         }
         let outcomes: Vec<Option<Journalled>> = match self.outbox.journal_messages(requests).await {
             Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
@@ -649,10 +677,23 @@ impl Engine {
                 actions.iter().map(|_| None).collect()
             }
         };
-        for ((job, device, due, previous), outcome) in actions.into_iter().zip(outcomes) {
+        for ((job, device, due, previous, told), outcome) in actions.into_iter().zip(outcomes) {
             match outcome {
                 Some(Ok(Ok(dispatch))) => {
                     report.sends_started += 1;
+                    if let Some(told) = told {
+                        let (to, text) = dispatch.outgoing();
+                        notices.push(escalation::action_notice(
+                            &rules.jobs[job],
+                            told,
+                            due.episode,
+                            due.attempt_in_episode,
+                            dispatch.id(),
+                            due.trigger_value,
+                            to,
+                            text,
+                        ));
+                    }
                     tracing::info!(
                         "{}: sending (episode {}, action {})",
                         dispatch.what(),
@@ -685,6 +726,7 @@ impl Engine {
                 states.restore(id, previous);
             }
         }
+        notices
     }
 
     /// Counts an action that could not be carried out, in the cycle's report

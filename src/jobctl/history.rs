@@ -64,6 +64,14 @@ struct Row<'a> {
     /// For `recovered`: seconds from the action to the first evaluation
     /// that found the condition false.
     recovered_after_seconds: Option<u64>,
+    /// The channel: `sms`, or `webhook` (then `socket` is the webhook's
+    /// name, `phone` its URL without credentials, `text` the payload).
+    channel: &'static str,
+    /// For a message about a rule's event: `not_recovered`, `gave_up`
+    /// (escalations) or `action` (`webhooks_on_action`).
+    event: Option<&'a str>,
+    /// The execution that event is about.
+    about: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -107,6 +115,9 @@ impl<'a> Row<'a> {
             result: e.result.map(ActionResult::as_str),
             result_time: e.result_at.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
             recovered_after_seconds: e.recovered_after.map(|d| d.as_secs()),
+            channel: e.channel.as_str(),
+            event: e.event.as_deref(),
+            about: e.about.map(|id| id.0),
         }
     }
 }
@@ -157,8 +168,14 @@ fn table(rows: &[Row<'_>]) -> String {
                 r.time.clone(),
                 r.job.unwrap_or("(manual)").to_string(),
                 r.device.unwrap_or("-").to_string(),
-                r.socket.to_string(),
-                format!("{:?}", r.text),
+                match r.channel {
+                    "webhook" => format!("webhook {}", r.socket),
+                    _ => r.socket.to_string(),
+                },
+                match r.channel {
+                    "webhook" => format!("(JSON payload, {} bytes)", r.text.len()),
+                    _ => format!("{:?}", r.text),
+                },
                 r.outcome.to_string(),
                 result_text(r),
                 r.backend.unwrap_or("-").to_string(),
@@ -169,8 +186,16 @@ fn table(rows: &[Row<'_>]) -> String {
     render_table(&header, &cells)
 }
 
-/// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing.
+/// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing; for a
+/// message about an event, the event and its execution (`not_recovered of
+/// #7`).
 fn result_text(row: &Row<'_>) -> String {
+    if let Some(event) = row.event {
+        return match row.about {
+            Some(id) => format!("{event} of #{id}"),
+            None => event.to_string(),
+        };
+    }
     match (row.result, row.recovered_after_seconds) {
         (Some(result), Some(seconds)) => {
             let after = std::time::Duration::from_secs(seconds);

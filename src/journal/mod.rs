@@ -94,7 +94,7 @@ use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
 pub use execution::{
-    ActionResult, Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
+    ActionResult, Attempt, Channel, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
 };
 pub use history::HistoryFilter;
 pub use results::ActionRef;

@@ -50,7 +50,7 @@ impl Journal {
         let id: Option<i64> = tx
             .query_row(
                 "SELECT id FROM executions WHERE job = ?1 AND device_key = ?2 AND episode = ?3 \
-                 AND attempt = ?4 AND status NOT IN (?5, ?6) ORDER BY id DESC LIMIT 1",
+                 AND attempt = ?4 AND status NOT IN (?5, ?6) AND event IS NULL ORDER BY id DESC LIMIT 1",
                 params![
                     action.job,
                     action.device_key,
@@ -95,7 +95,7 @@ impl Journal {
                 save_state(&mut upsert, path, job, device_key, state_after, now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
-            Origin::Manual => (None, None, None, None, None),
+            Origin::Manual | Origin::Notice { .. } => (None, None, None, None, None),
         };
         tx.execute(
             "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
@@ -145,7 +145,7 @@ impl Journal {
                 &format!(
                     "SELECT coalesce(sum(device_key = ?3), 0), coalesce(sum(socket = ?4), 0) \
                      FROM executions WHERE job = ?1 AND created_at >= ?2 AND status IN ({}) \
-                     AND (device_key = ?3 OR socket = ?4)",
+                     AND (device_key = ?3 OR socket = ?4) AND event IS NULL",
                     counted.join(", ")
                 ),
                 params![job, since.as_millisecond(), device_key, socket],
@@ -163,7 +163,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::journal::{EncodedState, HistoryFilter, JournalState, SendResult};
+    use crate::journal::{Channel, EncodedState, HistoryFilter, JournalState, SendResult};
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Firing;
@@ -176,6 +176,7 @@ mod tests {
 
     fn action(device: &str, socket: &str, episode: u64, attempt: u32) -> PlannedSend {
         PlannedSend {
+            channel: Channel::Sms,
             origin: Origin::Rule {
                 job: "offline".into(),
                 device_key: device.into(),

@@ -23,6 +23,7 @@ use crate::rules::config::{
     RawEntries, RawJob, RawLabels, RawLimit, RawRepeat, RawSchedule, RawVerify,
 };
 use crate::rules::device::{DeviceKeyLabels, LabelMatchers};
+use crate::rules::escalate::{Escalate, EscalationTarget, Webhook};
 use crate::rules::job::{
     Action, Job, Limit, Repeat, SourcePosition, DEFAULT_COOLDOWN, MAX_LIMIT_ACTIONS, MAX_LIMIT_PER,
     MAX_VERIFY_WITHIN,
@@ -47,6 +48,8 @@ pub(crate) fn jobs(
         sockets: &sockets.sockets,
         default_guards: &settings.default_guards,
         sockets_rejected: sockets.rejected,
+        webhooks: &settings.webhooks,
+        default_escalate: &settings.default_escalate,
     };
     let mut jobs: Vec<Job> = Vec::new();
     let mut job_names: HashMap<String, String> = HashMap::new();
@@ -103,6 +106,10 @@ struct JobEnv<'a> {
     /// socket may be missing that one, so it does not add a second,
     /// misleading error.
     sockets_rejected: bool,
+    /// `[[webhooks]]`, which `escalate` and `webhooks_on_action` name.
+    webhooks: &'a [Webhook],
+    /// The top-level `escalate`.
+    default_escalate: &'a [EscalationTarget],
 }
 
 fn job(
@@ -162,6 +169,22 @@ fn job(
             guards
         }
     };
+    let escalate = match &r.escalate {
+        None => Some(Escalate { targets: env.default_escalate.to_vec(), inherited: true }),
+        Some(list) => {
+            super::escalate::escalate_list(ck, &format!("{label}: escalate"), list, env.webhooks)
+                .map(|targets| Escalate { targets, inherited: false })
+        }
+    };
+    let webhooks_on_action = match &r.webhooks_on_action {
+        None => Some(Vec::new()),
+        Some(names) => super::escalate::webhooks_on_action(
+            ck,
+            &format!("{label}: webhooks_on_action"),
+            names,
+            env.webhooks,
+        ),
+    };
     let action = match (&r.action, &devices) {
         (None, _) => {
             ck.at(
@@ -197,6 +220,8 @@ fn job(
         limit: limit?,
         schedule: schedule?,
         guards,
+        escalate: escalate?,
+        webhooks_on_action: webhooks_on_action?,
         enabled: r.enabled.unwrap_or(true),
     })
 }

@@ -1,6 +1,6 @@
 //! The checks of the main file's daemon-wide settings: `device_key`,
-//! `[prometheus]`, `[journal]`, `[budgets]`, `[sms]` and the top-level
-//! `guards`.
+//! `[prometheus]`, `[journal]`, `[budgets]`, `[sms]`, `[[webhooks]]` and
+//! the top-level `guards` and `escalate`.
 //!
 //! `[sms]` is checked here too, by the SMS module's own
 //! [`SmsConfig::check`], so that a broken `[sms]` is reported with the rest
@@ -17,6 +17,7 @@ use crate::rules::checker::{not_a_label, Checker};
 use crate::rules::condition::Guard;
 use crate::rules::config::{RawBudgets, RawJournal, RawPrometheus, RawRulesFile};
 use crate::rules::device::{is_label_name, DeviceKeyLabels};
+use crate::rules::escalate::{EscalationTarget, Webhook};
 use crate::rules::settings::{
     Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, DEFAULT_INTERVAL,
     DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
@@ -42,6 +43,10 @@ pub(crate) struct Settings {
     pub(crate) sms: Option<SmsConfig>,
     /// The top-level `guards`: those of every job without its own.
     pub(crate) default_guards: Vec<Guard>,
+    /// `[[webhooks]]`.
+    pub(crate) webhooks: Vec<Webhook>,
+    /// The top-level `escalate`: that of every job without its own.
+    pub(crate) default_escalate: Vec<EscalationTarget>,
 }
 
 /// Checks the settings of the main file `main` (relative paths are taken
@@ -63,7 +68,22 @@ pub(crate) fn settings(
         Some(guards) => guards_of(&mut ck, guards, &device_key, ""),
         None => Vec::new(),
     };
-    Settings { device_key, prometheus, journal, budgets, sms, default_guards }
+    let webhooks = super::escalate::webhooks(&mut ck, &raw.webhooks);
+    let default_escalate = raw
+        .escalate
+        .as_ref()
+        .and_then(|list| super::escalate::escalate_list(&mut ck, "escalate", list, &webhooks))
+        .unwrap_or_default();
+    Settings {
+        device_key,
+        prometheus,
+        journal,
+        budgets,
+        sms,
+        default_guards,
+        webhooks,
+        default_escalate,
+    }
 }
 
 /// `[sms]`, checked by the SMS module without reading any secret.
