@@ -1688,3 +1688,40 @@ async fn silence_refuses_bad_input_with_exit_2_and_writes_nothing() {
         (&2.into(), &"carol".into(), &serde_json::Value::Null)
     );
 }
+
+#[tokio::test]
+async fn check_reads_each_webhook_key_and_shows_who_hears_of_escalations() {
+    let webhook = |url: &str| {
+        rules(&closed_url(), &closed_url())
+            + "verify = { within = \"10m\" }\nescalate = [{ webhook = \"ops\" }]\n\n"
+            + &format!(
+                "[[webhooks]]\nname = \"ops\"\nurl = \"{url}\"\nsecret_file = \"hook.key\"\n"
+            )
+    };
+    let site = Site::with_rules(&webhook("https://ops.example/hooks"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (3, "", "jobctl: rules.toml:39:15: webhook \"ops\": secret_file: cannot read secret file ./hook.key: No such file or directory (os error 2); the payload cannot be signed\n")
+    );
+
+    site.write("hook.key", "k3y\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(site.path("hook.key"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: rules.toml:39:15: webhook \"ops\": secret_file: secret file ./hook.key is open to other users (mode 644); run chmod o-rwx on it (600, or 640 for a group that must read it)\n")
+    );
+    assert!(ran.stdout.contains("\n  escalate: webhook \"ops\"\n"), "{}", ran.stdout);
+
+    write_secret(&site.path("hook.key"), "k3y\n");
+    site.write("rules.toml", &webhook("http://jobctl:s3cret@ops.example/hooks"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: rules.toml:38:7: webhook \"ops\": url: the credentials would travel unencrypted to ops.example; use https:// (or a receiver on this host)\n")
+    );
+    assert!(!ran.stdout.contains("s3cret"), "{}", ran.stdout);
+}
