@@ -1545,6 +1545,15 @@ async fn a_receiver_down_or_hanging_is_retried_or_left_uncertain(
     s.cycle_at(120).await;
     hook.set_fault(None);
     s.cycle_at(121).await;
+    let metrics = s.engine.metrics_text();
+    for series in [
+        "jobctl_webhooks_total{outcome=\"failed\"} 3",
+        "jobctl_webhooks_total{outcome=\"uncertain\"} 2",
+        "jobctl_webhooks_total{outcome=\"sent\"} 0",
+        "jobctl_sms_total{outcome=\"sent\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "no {series} in:\n{metrics}");
+    }
     let mut s = s.restart(&body).await;
     s.cycle_at(122).await;
 

@@ -312,8 +312,9 @@ impl Outbox {
                 let (id, suppressed) = recorded?;
                 if let Some(why) = suppressed {
                     let label = if why.starts_with("dry") { "dry_run" } else { "suppressed" };
-                    if matches!(outgoing.to, Recipient::Sms { .. }) {
-                        self.metrics.sms_outcome(label);
+                    match outgoing.to {
+                        Recipient::Sms { .. } => self.metrics.sms_outcome(label),
+                        Recipient::Webhook { .. } => self.metrics.webhook_outcome(label),
                     }
                     tracing::warn!("{what}: {why} (execution {id})");
                     return Ok(Err(id));
@@ -607,6 +608,10 @@ impl Delivery {
             Delivery::Webhook { webhooks, name, body } => {
                 let departure = JournalledDeparture { id, writes };
                 let outcome = webhooks.post(name, body, id, &departure).await;
+                metrics.webhook_outcome(match &outcome {
+                    Ok(_) => "sent",
+                    Err(err) => err.label(),
+                });
                 let result = SendResult::from(&AttemptOutcome {
                     backend: WEBHOOK_BACKEND.to_string(),
                     outcome: outcome.clone(),
