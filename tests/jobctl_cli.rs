@@ -1725,3 +1725,62 @@ async fn check_reads_each_webhook_key_and_shows_who_hears_of_escalations() {
     );
     assert!(!ran.stdout.contains("s3cret"), "{}", ran.stdout);
 }
+
+#[tokio::test]
+async fn history_shows_an_escalation_webhook_by_name_url_and_event() {
+    use signage_watchdog::journal::{
+        Channel, ExecutionId, Journal, Origin, PlannedSend, SendResult,
+    };
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    {
+        let mut journal = Journal::open(&site.path("journal.db")).unwrap();
+        let action = journal
+            .plan_send(&PlannedSend {
+                origin: Origin::Manual,
+                channel: Channel::Sms,
+                socket: "lobby".into(),
+                phone: "+79991234567".into(),
+                text: "#01#0#".into(),
+            })
+            .unwrap();
+        assert_eq!(action, ExecutionId(1));
+        let id = journal
+            .begin_send(&PlannedSend {
+                origin: Origin::Notice {
+                    job: "reboot frozen".into(),
+                    device_key: Some(DEVICE.into()),
+                    event: "not_recovered".into(),
+                    about: Some(action),
+                    episode: Some(1),
+                    attempt: Some(1),
+                },
+                channel: Channel::Webhook,
+                socket: "ops".into(),
+                phone: "https://ops.example/hooks".into(),
+                text: r#"{"version":1}"#.into(),
+            })
+            .unwrap();
+        let sent =
+            SendResult::Sent { backend: "webhook".into(), reference: Some("HTTP 200".into()) };
+        journal.finish_send(id, &sent).unwrap();
+    }
+    let history = site.history(&[]).await;
+    let row = &history[0];
+    assert_eq!(
+        (&row["channel"], &row["event"], &row["about"], &row["socket"], &row["phone"]),
+        (
+            &"webhook".into(),
+            &"not_recovered".into(),
+            &1.into(),
+            &"ops".into(),
+            &"https://ops.example/hooks".into()
+        )
+    );
+    let ran = site.jobctl(&["history"]).await;
+    let line = ran.stdout.lines().nth(1).unwrap_or_default().to_string();
+    for cell in
+        ["webhook ops", "(JSON payload, 13 bytes)", "sent", "not_recovered of #1", "HTTP 200"]
+    {
+        assert!(line.contains(cell), "no {cell:?} in {line:?}");
+    }
+}
