@@ -138,6 +138,64 @@ pub(crate) fn sign(key: &[u8], timestamp: &str, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::secret::SecretSource;
+    use crate::sms::Unrecorded;
+
+    /// A webhook `ops` at `url`, its key in `key` (relative to `dir`).
+    fn webhooks(url: &str, key: &str, dir: &std::path::Path) -> Webhooks {
+        let hook = Webhook {
+            name: "ops".into(),
+            url: reqwest::Url::parse(url).unwrap(),
+            secret: SecretSource::File(key.into()),
+            secret_span: 0..0,
+            url_span: 0..0,
+            timeout: std::time::Duration::from_secs(2),
+        };
+        let clock = Arc::new(ManualClock::at_unix_seconds(1_764_640_800));
+        Webhooks::new(vec![hook], dir.to_path_buf(), clock)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_or_an_unreadable_key_certainly_did_not_send() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ops.key"), "k3y").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let url = format!("http://user:pa55@{closed}/hooks?token=t0ken");
+        let refused = webhooks(&url, "ops.key", dir.path())
+            .post("ops", "{}", ExecutionId(1), &Unrecorded)
+            .await
+            .unwrap_err();
+        let SendError::Definite { reason } = &refused else { panic!("{refused:?}") };
+        assert!(
+            reason.starts_with(&format!("cannot connect to http://{closed}/hooks: ")),
+            "{reason}"
+        );
+        assert!(!reason.contains("pa55") && !reason.contains("t0ken"), "{reason}");
+
+        let unreadable = webhooks(&url, "missing.key", dir.path())
+            .post("ops", "{}", ExecutionId(1), &Unrecorded)
+            .await
+            .unwrap_err();
+        let SendError::Definite { reason } = &unreadable else { panic!("{unreadable:?}") };
+        assert!(
+            reason.starts_with("webhook \"ops\": signing key: cannot read secret file"),
+            "{reason}"
+        );
+
+        let gone = webhooks(&url, "ops.key", dir.path())
+            .post("pager", "{}", ExecutionId(1), &Unrecorded)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            gone,
+            SendError::Definite {
+                reason:
+                    "webhook \"pager\" is no longer in the rules; add it back to send this message"
+                        .into()
+            }
+        );
+    }
 
     #[test]
     fn the_signature_is_what_openssl_computes_over_timestamp_dot_body() {
