@@ -10,6 +10,10 @@
 //! it may have, never sent twice. An SMS to a person counts against the
 //! `[budgets]`; a webhook does not.
 //!
+//! The escalation's messages are journalled in the same cycle as the result
+//! that raised it, but in a transaction of their own: should jobctl die
+//! between the two commits, that escalation is lost (never sent twice).
+//!
 //! A new kind of escalation is one more variant of [`Escalation`] and one
 //! more arm in [`Escalation::notice`], which says what its messages carry;
 //! the payload, the targets and the outbox stay as they are.

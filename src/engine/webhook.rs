@@ -13,6 +13,9 @@
 //! - `X-Signage-Watchdog-Delivery`: the journal's execution id, the same on
 //!   every retry of one message, for a receiver to drop duplicates.
 //!
+//! A connection not made within 5 s is a failure that is retried; no answer
+//! within the webhook's `timeout` once connected is `uncertain`.
+//!
 //! A receiver recomputes the HMAC over `timestamp + "." + body`, compares it
 //! in constant time, and refuses a timestamp more than a few minutes from
 //! its own clock, so that a recorded request cannot be replayed later. The
@@ -38,6 +41,12 @@ pub(crate) const SIGNATURE_HEADER: &str = "X-Signage-Watchdog-Signature";
 /// The header with the execution id, the same on every retry.
 pub(crate) const DELIVERY_HEADER: &str = "X-Signage-Watchdog-Delivery";
 
+/// How long a connection to a receiver may take. A connection not made
+/// certainly carried nothing (a failure to retry), whereas the request's
+/// own `timeout` running out may come after the request left (uncertain):
+/// keeping this shorter lets an unreachable receiver be retried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The backend name journalled on a webhook's attempts.
 pub(super) const BACKEND: &str = "webhook";
 
@@ -56,6 +65,7 @@ impl Webhooks {
         // Redirects are not followed: the signature was made for this URL.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("signage-watchdog/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
