@@ -1704,6 +1704,13 @@ async fn check_reads_each_webhook_key_and_shows_who_hears_of_escalations() {
         (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
         (3, "", "jobctl: rules.toml:39:15: webhook \"ops\": secret_file: cannot read secret file ./hook.key: No such file or directory (os error 2); the payload cannot be signed\n")
     );
+    // `run` refuses to start with a webhook that could not sign.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(
+        ran.stderr.contains("webhook \"ops\": secret_file: cannot read secret file ./hook.key"),
+        "{ran:?}"
+    );
 
     site.write("hook.key", "k3y\n");
     use std::os::unix::fs::PermissionsExt;
