@@ -316,7 +316,7 @@ async fn check_rejects_an_unknown_key_and_names_the_accepted_ones() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()).replace("for = ", "fro = "));
     assert_rejected(
         &site,
-        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `enabled`, `only_powered`\n",
+        "jobctl: rules.toml:31:1: unknown field `fro`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `escalate`, `webhooks_on_action`, `enabled`, `only_powered`\n",
     )
     .await;
 }
@@ -1770,4 +1770,107 @@ async fn silence_refuses_bad_input_with_exit_2_and_writes_nothing() {
         (&listed[0]["id"], &listed[0]["author"], &listed[0]["job"]),
         (&2.into(), &"carol".into(), &serde_json::Value::Null)
     );
+}
+
+#[tokio::test]
+async fn check_reads_each_webhook_key_and_shows_who_hears_of_escalations() {
+    let webhook = |url: &str| {
+        rules(&closed_url(), &closed_url())
+            + "verify = { within = \"10m\" }\nescalate = [{ webhook = \"ops\" }]\n\n"
+            + &format!(
+                "[[webhooks]]\nname = \"ops\"\nurl = \"{url}\"\nsecret_file = \"hook.key\"\n"
+            )
+    };
+    let site = Site::with_rules(&webhook("https://ops.example/hooks"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (3, "", "jobctl: rules.toml:39:15: webhook \"ops\": secret_file: cannot read secret file ./hook.key: No such file or directory (os error 2); the payload cannot be signed\n")
+    );
+    // `run` refuses to start with a webhook that could not sign.
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(
+        ran.stderr.contains("webhook \"ops\": secret_file: cannot read secret file ./hook.key"),
+        "{ran:?}"
+    );
+
+    site.write("hook.key", "k3y\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(site.path("hook.key"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: rules.toml:39:15: webhook \"ops\": secret_file: secret file ./hook.key is open to other users (mode 644); run chmod o-rwx on it (600, or 640 for a group that must read it)\n")
+    );
+    assert!(ran.stdout.contains("\n  escalate: webhook \"ops\"\n"), "{}", ran.stdout);
+
+    write_secret(&site.path("hook.key"), "k3y\n");
+    site.write("rules.toml", &webhook("http://jobctl:s3cret@ops.example/hooks"));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (0, "jobctl: warning: rules.toml:38:7: webhook \"ops\": url: the credentials would travel unencrypted to ops.example; use https:// (or a receiver on this host)\n")
+    );
+    assert!(!ran.stdout.contains("s3cret"), "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn history_shows_an_escalation_webhook_by_name_url_and_event() {
+    use signage_watchdog::journal::{
+        Channel, ExecutionId, Journal, Origin, PlannedSend, SendResult,
+    };
+    let site = Site::with_rules(&rules(&closed_url(), &closed_url()));
+    {
+        let mut journal = Journal::open(&site.path("journal.db")).unwrap();
+        let action = journal
+            .plan_send(&PlannedSend {
+                origin: Origin::Manual,
+                channel: Channel::Sms,
+                socket: "lobby".into(),
+                phone: "+79991234567".into(),
+                text: "#01#0#".into(),
+            })
+            .unwrap();
+        assert_eq!(action, ExecutionId(1));
+        let id = journal
+            .begin_send(&PlannedSend {
+                origin: Origin::Notice {
+                    job: "reboot frozen".into(),
+                    device_key: Some(DEVICE.into()),
+                    event: "not_recovered".into(),
+                    about: Some(action),
+                    episode: Some(1),
+                    attempt: Some(1),
+                },
+                channel: Channel::Webhook,
+                socket: "ops".into(),
+                phone: "https://ops.example/hooks".into(),
+                text: r#"{"version":1}"#.into(),
+            })
+            .unwrap();
+        let sent =
+            SendResult::Sent { backend: "webhook".into(), reference: Some("HTTP 200".into()) };
+        journal.finish_send(id, &sent).unwrap();
+    }
+    let history = site.history(&[]).await;
+    let row = &history[0];
+    assert_eq!(
+        (&row["channel"], &row["event"], &row["about"], &row["socket"], &row["phone"]),
+        (
+            &"webhook".into(),
+            &"not_recovered".into(),
+            &1.into(),
+            &"ops".into(),
+            &"https://ops.example/hooks".into()
+        )
+    );
+    let ran = site.jobctl(&["history"]).await;
+    let line = ran.stdout.lines().nth(1).unwrap_or_default().to_string();
+    for cell in
+        ["webhook ops", "(JSON payload, 13 bytes)", "sent", "not_recovered of #1", "HTTP 200"]
+    {
+        assert!(line.contains(cell), "no {cell:?} in {line:?}");
+    }
 }

@@ -22,13 +22,14 @@ use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
 use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
 use signage_watchdog::journal::{
-    ActionResult, Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence,
-    SilenceId, SilenceWriter,
+    ActionResult, Channel, Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence,
+    Origin, PlannedSend, SilenceId, SilenceWriter,
 };
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
+use support::fake_webhook::FakeWebhook;
 use support::logs::Logs;
 use support::prometheus::{TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
@@ -1594,4 +1595,321 @@ async fn one_message_for_two_devices_has_a_result_and_a_count_for_each(
         refused.detail.as_deref(),
         Some("limit reached: 1 actions on this device in the last 1day (limit 1 per 1day)")
     );
+}
+
+/// The key the test webhook receiver shares with jobctl.
+const HOOK_KEY: &str = "hook-key-3f9a27c1";
+
+/// The person escalations go to by SMS.
+const ON_CALL: &str = "+79990009999";
+
+/// A `[[webhooks]]` table `ops` posting to `hook`, its key in `key_file`,
+/// answering within 1 s.
+fn webhook_table(hook: &FakeWebhook, key_file: &std::path::Path) -> String {
+    format!(
+        "[[webhooks]]\nname = \"ops\"\nurl = \"{}\"\nsecret_file = \"{}\"\ntimeout = \"1s\"\n\n",
+        hook.url(),
+        key_file.display()
+    )
+}
+
+/// A key file for [`HOOK_KEY`], and the directory that holds it.
+fn hook_key() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hook.key");
+    support::write_secret(&path, HOOK_KEY);
+    (dir, path)
+}
+
+/// (channel, event, about, socket, status) of an execution.
+type ChannelRow = (&'static str, Option<String>, Option<i64>, String, ExecutionStatus);
+
+/// [`ChannelRow`] of each execution.
+fn channel_rows(history: &[Execution]) -> Vec<ChannelRow> {
+    history
+        .iter()
+        .map(|e| {
+            (
+                e.channel.as_str(),
+                e.event.clone(),
+                e.about.map(|id| id.0),
+                e.socket.clone(),
+                e.status,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn escalations_and_webhooks_leave_once_through_the_outbox() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let targets: Vec<TestTarget> = (0..4).map(|_| TestTarget::start()).collect();
+    let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
+
+    a_device_that_never_recovers_escalates_once_by_webhook_and_sms(&prometheus, &targets[0]).await;
+    the_refused_fourth_action_is_escalated(&prometheus, &targets[1]).await;
+    a_receiver_down_or_hanging_is_retried_or_left_uncertain(&prometheus, &targets[2]).await;
+    a_webhook_journalled_before_a_restart_leaves_once_after_it(&prometheus, &targets[3]).await;
+}
+
+/// Scenario E1: a player power-cycled at once is still offline when
+/// `verify.within` ends: `not_recovered`, then exactly one SMS to the
+/// person on call and one signed webhook, never again.
+async fn a_device_that_never_recovers_escalates_once_by_webhook_and_sms(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let hook = FakeWebhook::start().await;
+    let (_keys, key_file) = hook_key();
+    let d1 = device("201", "1");
+    let job = offline_now_job("201")
+        + "verify = { within = \"10m\" }\n"
+        + &format!("escalate = [{{ sms = \"{{job}}: {{name}} {{event}}\", to = [\"{ON_CALL}\"] }}, {{ webhook = \"ops\" }}]\n");
+    let body = webhook_table(&hook, &key_file)
+        + &rules_file::socket("lobby", LOBBY, "simpal-d210", "201", "1")
+        + &job;
+    publish(prometheus, target, &[online("201", "1", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+
+    s.cycle_at(0).await;
+    s.cycle_at(5).await;
+    assert!(hook.received().is_empty(), "nothing to escalate while the window is open");
+    s.cycle_at(10).await;
+    for m in [11, 20, 70] {
+        s.cycle_at(m).await;
+    }
+
+    assert_eq!(
+        s.sent(),
+        [sms(LOBBY, POWER_CYCLE_1), sms(ON_CALL, "offline now: Lesnaia_1 not_recovered")]
+    );
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "exactly one escalation webhook");
+    let request = &received[0];
+    assert!(request.signed_with(HOOK_KEY), "signature does not verify: {request:?}");
+    assert!(!request.signed_with("another key"));
+    assert_eq!(request.request_line, "POST /hooks/watchdog HTTP/1.1");
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(
+        request.header("x-signage-watchdog-timestamp"),
+        Some(minutes(10).as_second().to_string().as_str())
+    );
+    let history = s.history();
+    let action = history[0].id.0;
+    assert_eq!(
+        request.header("x-signage-watchdog-delivery"),
+        Some(history[2].id.0.to_string().as_str())
+    );
+    let payload = request.json();
+    assert_eq!(payload["version"], 1);
+    assert_eq!(payload["event"], "not_recovered");
+    assert_eq!(payload["outcome"], "not_recovered");
+    assert_eq!(payload["job"], "offline now");
+    assert_eq!(payload["devices"][0]["key"], d1.as_str());
+    assert_eq!(payload["devices"][0]["labels"]["name"], "Lesnaia_1");
+    assert_eq!((payload["episode"].as_u64(), payload["attempt"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(payload["execution_id"].as_i64(), Some(action));
+    assert_eq!(payload["details"]["verify_within_seconds"], 600);
+    assert_eq!(payload["at"], minutes(10).to_string());
+
+    use ExecutionStatus::Sent;
+    let event = Some("not_recovered".to_string());
+    assert_eq!(
+        channel_rows(&history),
+        [
+            ("sms", None, None, "lobby".to_string(), Sent),
+            ("sms", event.clone(), Some(action), "-".to_string(), Sent),
+            ("webhook", event, Some(action), "ops".to_string(), Sent),
+        ]
+    );
+    assert_eq!(history[2].phone, hook.url(), "the webhook's row names its URL");
+    assert_eq!(history[0].result, Some(ActionResult::NotRecovered));
+    assert!(!history[2].text.contains(HOOK_KEY));
+}
+
+/// Scenario E2: the 4th action in a day is refused by `limit` and the
+/// episode given up: one escalation, about the `gave_up` row. The webhook
+/// counts against no budget: with one SMS per socket per day allowed, the
+/// limit (not the budget) is what stops the fourth action.
+async fn the_refused_fourth_action_is_escalated(prometheus: &TestPrometheus, target: &TestTarget) {
+    let hook = FakeWebhook::start().await;
+    let (_keys, key_file) = hook_key();
+    let job = offline_now_job("202")
+        + "repeat = { every = \"1h\", max = 10 }\nlimit = { actions = 3, per = \"24h\" }\n"
+        + "escalate = [{ webhook = \"ops\" }]\n";
+    let body = webhook_table(&hook, &key_file)
+        + &rules_file::socket("lobby", LOBBY, "simpal-d210", "202", "1")
+        + &job;
+    publish(prometheus, target, &[online("202", "1", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+
+    for m in [0, 60, 120] {
+        s.cycle_at(m).await;
+    }
+    assert!(hook.received().is_empty());
+    let report = s.cycle_at(180).await;
+    assert_eq!(report.gave_up, 1);
+    for m in [181, 240] {
+        s.cycle_at(m).await;
+    }
+
+    assert_eq!(s.gateway.received().len(), 3);
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "given up once, escalated once");
+    assert!(received[0].signed_with(HOOK_KEY));
+    let payload = received[0].json();
+    let history = s.history();
+    let gave_up = &history[3];
+    assert_eq!(gave_up.result, Some(ActionResult::GaveUp));
+    assert_eq!(payload["event"], "gave_up");
+    assert_eq!(payload["execution_id"].as_i64(), Some(gave_up.id.0));
+    assert_eq!(
+        payload["details"]["reason"],
+        "limit reached: 3 actions on this device in the last 1day (limit 3 per 1day)"
+    );
+    assert_eq!(payload["value"].as_f64(), Some(0.0));
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.channel.as_str(), last.event.as_deref(), last.about, last.status),
+        ("webhook", Some("gave_up"), Some(gave_up.id), ExecutionStatus::Sent)
+    );
+}
+
+/// Scenario E3: a job tells the webhook of each action. A receiver
+/// answering 500 is tried 3 times and the message journalled failed; one
+/// that reads the request and hangs or closes without answering leaves it
+/// uncertain, never sent again, not even after a restart.
+async fn a_receiver_down_or_hanging_is_retried_or_left_uncertain(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    use support::fake_webhook::WebhookFault;
+    use ExecutionStatus::{Failed, Sent, Uncertain};
+    let hook = FakeWebhook::start().await;
+    let (_keys, key_file) = hook_key();
+    let job = offline_now_job("203")
+        + "repeat = { every = \"1h\", max = 10 }\n"
+        + "webhooks_on_action = [\"ops\"]\n";
+    let body = webhook_table(&hook, &key_file)
+        + &rules_file::socket("lobby", LOBBY, "simpal-d210", "203", "1")
+        + &job;
+    publish(prometheus, target, &[online("203", "1", 0.0)]).await;
+    let mut s = Scenario::start(prometheus, &body).await;
+
+    hook.set_fault(Some(WebhookFault::ServerError));
+    s.cycle_at(0).await;
+    let history = s.history();
+    assert_eq!(attempts(&history[1]), [Failed, Failed, Failed], "{:?}", history[1]);
+    assert_eq!(history[1].status, Failed);
+    assert_eq!(
+        history[1].detail.as_deref(),
+        Some(format!("{} answered HTTP 500 Internal Server Error", hook.url()).as_str())
+    );
+    let received = hook.received();
+    assert_eq!(received.len(), 3);
+    let delivery = received[0].header("x-signage-watchdog-delivery").map(str::to_string);
+    assert!(received
+        .iter()
+        .all(|r| r.header("x-signage-watchdog-delivery").map(str::to_string) == delivery));
+    let payload = received[0].json();
+    assert_eq!(payload["event"], "action");
+    assert_eq!(payload["execution_id"].as_i64(), Some(history[0].id.0));
+    assert_eq!(payload["details"]["text"], POWER_CYCLE_1);
+    assert_eq!(payload["details"]["socket"], "lobby");
+
+    hook.set_fault(Some(WebhookFault::Hang));
+    s.cycle_at(60).await;
+    hook.set_fault(Some(WebhookFault::Close));
+    s.cycle_at(120).await;
+    hook.set_fault(None);
+    s.cycle_at(121).await;
+    let metrics = s.engine.metrics_text();
+    for series in [
+        "jobctl_webhooks_total{outcome=\"failed\"} 3",
+        "jobctl_webhooks_total{outcome=\"uncertain\"} 2",
+        "jobctl_webhooks_total{outcome=\"sent\"} 0",
+        "jobctl_sms_total{outcome=\"sent\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "no {series} in:\n{metrics}");
+    }
+    let mut s = s.restart(&body).await;
+    s.cycle_at(122).await;
+
+    assert_eq!(hook.received().len(), 5, "a hang and a close are never retried");
+    let rows: Vec<(Option<String>, ExecutionStatus, usize)> =
+        s.history().iter().map(|e| (e.event.clone(), e.status, e.attempts.len())).collect();
+    let action = || Some("action".to_string());
+    assert_eq!(
+        rows,
+        [
+            (None, Sent, 1),
+            (action(), Failed, 3),
+            (None, Sent, 1),
+            (action(), Uncertain, 1),
+            (None, Sent, 1),
+            (action(), Uncertain, 1),
+        ]
+    );
+    let hung = &s.history()[3];
+    assert_eq!(
+        hung.detail.as_deref(),
+        Some(
+            format!("{} did not answer within 1s; it may have received the request", hook.url())
+                .as_str()
+        )
+    );
+    assert_eq!(s.gateway.received().len(), 3, "webhooks never go to the SMS gateway");
+}
+
+/// Scenario E4: jobctl stopped after an escalation was journalled and
+/// before it left (`planned`): the next start sends it, once.
+async fn a_webhook_journalled_before_a_restart_leaves_once_after_it(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let hook = FakeWebhook::start().await;
+    let (_keys, key_file) = hook_key();
+    let body = webhook_table(&hook, &key_file)
+        + &rules_file::socket("lobby", LOBBY, "simpal-d210", "204", "1")
+        + &offline_now_job("204");
+    publish(prometheus, target, &[online("204", "1", 1.0)]).await;
+    let s = Scenario::start(prometheus, &body).await;
+    let Scenario { dir, prometheus_url, gateway, clock, mode, engine } = s;
+    drop(engine);
+    released(&dir.path().join("journal.db")).await;
+    let payload = r#"{"version":1,"event":"not_recovered","job":"offline now"}"#;
+    {
+        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        journal
+            .plan_send(&PlannedSend {
+                origin: Origin::Notice {
+                    job: "offline now".into(),
+                    device_key: Some(device("204", "1")),
+                    event: "not_recovered".into(),
+                    about: None,
+                    episode: Some(1),
+                    attempt: Some(1),
+                },
+                channel: Channel::Webhook,
+                socket: "ops".into(),
+                phone: hook.url(),
+                text: payload.into(),
+            })
+            .unwrap();
+    }
+    let text = rules_text(&dir, &prometheus_url, &gateway, &body);
+    let engine = start_engine(&dir, &text, clock.clone(), mode).await;
+    let mut s = Scenario { dir, prometheus_url, gateway, clock, mode, engine };
+    s.engine.finish_sends().await;
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "the planned webhook is sent at start");
+    assert_eq!(received[0].body, payload);
+    assert!(received[0].signed_with(HOOK_KEY));
+    let mut s = s.restart(&body).await;
+    s.cycle_at(1).await;
+    assert_eq!(hook.received().len(), 1, "and never again");
+    let history = s.history();
+    assert_eq!((history.len(), history[0].status), (1, ExecutionStatus::Sent));
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use signage_watchdog::clock::{Clock, ManualClock};
 use signage_watchdog::journal::{
-    EncodedState, Execution, ExecutionStatus, HistoryFilter, Journal, JournalError, Origin,
-    PlannedSend, SendResult, Suppression, SCHEMA_VERSION,
+    Channel, EncodedState, Execution, ExecutionStatus, HistoryFilter, Journal, JournalError,
+    Origin, PlannedSend, SendResult, Suppression, SCHEMA_VERSION,
 };
 use signage_watchdog::rules::state::{JobState, Phase};
 
@@ -34,6 +34,7 @@ fn firing(episode: u64, actions_taken: u32, since: i64) -> JobState {
 
 fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> PlannedSend {
     PlannedSend {
+        channel: Channel::Sms,
         origin: Origin::Rule {
             job: job.to_string(),
             device_key: device_key.to_string(),
@@ -51,6 +52,7 @@ fn rule_send(job: &str, device_key: &str, socket: &str, episode: u64) -> Planned
 
 fn manual_send(socket: &str) -> PlannedSend {
     PlannedSend {
+        channel: Channel::Sms,
         origin: Origin::Manual,
         socket: socket.to_string(),
         phone: "+79990000000".to_string(),

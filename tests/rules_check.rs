@@ -210,7 +210,7 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     let labels: BTreeMap<String, String> =
         [("name".to_string(), "Arzamas\n\u{1a}1".to_string())].into_iter().collect();
     let sms = rules.outgoing(&rules.jobs[0], &device, &labels).unwrap();
-    let Recipient::Sms { socket, phone } = &sms.to;
+    let Recipient::Sms { socket, phone } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!(
         (socket.as_deref(), phone.as_str(), sms.text.as_str()),
         (Some("lobby"), "+79991234567", "#12#0#1#1#")
@@ -220,12 +220,12 @@ fn an_action_becomes_the_exact_sms_for_the_device_socket() {
     // whatever the device is called.
     let sms = rules.outgoing(&rules.jobs[1], &device, &labels).unwrap();
     assert_eq!(sms.text, "Arzamas  1 down\u{1a}");
-    let Recipient::Sms { socket, phone } = &sms.to;
+    let Recipient::Sms { socket, phone } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!((socket.as_deref(), phone.as_str()), (None, "+79990001122"));
     let renamed: BTreeMap<String, String> =
         [("name".to_string(), "#02#0#".to_string())].into_iter().collect();
     let sms = rules.outgoing(&rules.jobs[1], &device, &renamed).unwrap();
-    let Recipient::Sms { socket, .. } = &sms.to;
+    let Recipient::Sms { socket, .. } = &sms.to else { panic!("an action is an SMS") };
     assert_eq!((socket.as_deref(), sms.text.as_str()), (None, "#02#0# down\u{1a}"));
     let stranger =
         DeviceKey::new(vec![("platform_id".into(), "13".into()), ("device_id".into(), "1".into())]);
@@ -307,7 +307,7 @@ fn syntax_errors_keep_toml_position() {
 fn unknown_keys_name_the_accepted_ones() {
     assert_eq!(
         errors(&with_job(&format!("metrc = \"x\"\n{BODY}"))),
-        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `enabled`, `only_powered`"
+        "rules.toml:11:1: unknown field `metrc`, expected one of `name`, `devices`, `metric`, `op`, `value`, `expr`, `all`, `any`, `for`, `action`, `cooldown`, `repeat`, `verify`, `limit`, `schedule`, `guards`, `mass_outage`, `escalate`, `webhooks_on_action`, `enabled`, `only_powered`"
     );
 }
 
@@ -741,7 +741,7 @@ fn check_shows_verify_and_limit_in_the_job_summary() {
     let summary = rules.jobs[0].to_string();
     assert!(
         summary.ends_with(
-            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends\n  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
+            "  limits:   cooldown 1h, once per episode\n  verify:   recovered if the condition is false within 10m\n  limit:    at most 3 actions per device and per socket in 1day, then give up until the episode ends\n  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once\n  escalate: nobody (logged only)"
         ),
         "{summary}"
     );
@@ -910,4 +910,89 @@ fn a_broken_sms_table_is_reported_with_the_other_errors() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(rules.sms.is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Escalations and webhooks.
+
+/// A `[[webhooks]]` table named `ops`, then `body`'s job.
+fn with_webhook(webhook: &str, job: &str) -> String {
+    format!("escalate = []\n{}[[webhooks]]\n{webhook}\n[[jobs]]\n{job}", head())
+}
+
+const OPS: &str =
+    "name = \"ops\"\nurl = \"https://ops.example/hooks\"\nsecret_file = \"ops.key\"\n";
+
+#[test]
+fn escalate_targets_and_webhooks_are_checked_and_shown() {
+    let job = format!(
+        "name = \"offline\"\n{BODY}verify = {{ within = \"10m\" }}\nescalate = [{{ sms = \"{{name}} {{event}}\", to = [\"+79990001122\", \"+79990003344\"] }}, {{ webhook = \"ops\" }}]\nwebhooks_on_action = [\"ops\"]\n"
+    );
+    let rules =
+        rules::parse(&with_webhook(OPS, &job), "rules.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.webhooks[0].shown_url(), "https://ops.example/hooks");
+    let summary = rules.jobs[0].to_string();
+    assert!(
+        summary.ends_with(
+            "  escalate: SMS \"{name} {event}\" to +79990001122, +79990003344; webhook \"ops\"\n  on each action: webhook \"ops\""
+        ),
+        "{summary}"
+    );
+    // A job without escalate takes the top-level one.
+    let top = format!(
+        "escalate = [{{ webhook = \"ops\" }}]\n{}[[webhooks]]\n{OPS}\n[[jobs]]\n{BODY}limit = {{ actions = 3, per = \"1d\" }}\n",
+        head()
+    );
+    let rules = rules::parse(&top, "rules.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        rules.jobs[0]
+            .to_string()
+            .ends_with("  escalate: webhook \"ops\" (the file's top-level escalate)"),
+        "{}",
+        rules.jobs[0]
+    );
+}
+
+#[test]
+fn an_unknown_webhook_is_an_error_at_its_name() {
+    let job = format!(
+        "{BODY}escalate = [{{ webhook = \"opz\" }}]\nwebhooks_on_action = [\"ops\", \"pager\"]\n"
+    );
+    assert_eq!(
+        errors(&with_webhook(OPS, &job)),
+        "rules.toml:21:25: job #1: escalate[0]: unknown webhook \"opz\"; the webhooks are \"ops\"\n\
+         rules.toml:22:30: job #1: webhooks_on_action: unknown webhook \"pager\"; the webhooks are \"ops\""
+    );
+    let top = format!("escalate = [{{ webhook = \"ops\" }}]\n{}[[jobs]]\n{BODY}", head());
+    assert_eq!(
+        errors(&top),
+        "rules.toml:1:25: escalate[0]: unknown webhook \"ops\"; no [[webhooks]] entry is configured in the main file"
+    );
+}
+
+#[test]
+fn bad_webhooks_and_targets_say_what_to_write() {
+    let bad = "name = \"ops\"\nurl = \"ftp://ops.example/hooks\"\nsecret_file = \"a\"\nsecret_env = \"B\"\ntimeout = \"0s\"\n";
+    assert_eq!(
+        errors(&with_webhook(bad, BODY)),
+        "rules.toml:13:7: webhook \"ops\": url: only http:// and https:// URLs with a host are posted to\n\
+         rules.toml:15:14: webhook \"ops\": secret_file and secret_env are both set; keep one\n\
+         rules.toml:16:11: webhook \"ops\": timeout must be longer than 0s"
+    );
+    let unsigned = "name = \"ops\"\nurl = \"not a url\"\n";
+    assert_eq!(
+        errors(&with_webhook(unsigned, BODY)),
+        "rules.toml:11:1: webhook \"ops\": no signing key; add secret_file = \"/etc/signage-watchdog/ops.key\" (or secret_env) holding a random key that the receiver shares\n\
+         rules.toml:13:7: webhook \"ops\": url is not a URL (relative URL without a base); write it like \"https://ops.example/hooks/watchdog\""
+    );
+    let job = format!(
+        "{BODY}escalate = [{{ sms = \"x\" }}, {{ sms = \"y\", to = [] }}, {{ webhook = \"ops\", to = \"+79990001122\" }}, {{ page = \"me\" }}]\n"
+    );
+    assert_eq!(
+        errors(&with_webhook(OPS, &job)),
+        "rules.toml:21:13: job #1: escalate[0]: sms needs to = [\"+79991234567\"], the people to tell\n\
+         rules.toml:21:41: job #1: escalate[1].to is empty; name at least one phone number\n\
+         rules.toml:21:71: job #1: escalate[2]: to only goes with sms\n\
+         rules.toml:21:96: job #1: escalate[3]: no key \"page\"; a target is { sms, to } or { webhook }, like escalate = [{ sms = \"{job}: {name} still offline\", to = [\"+79991234567\"] }, { webhook = \"ops\" }]"
+    );
 }

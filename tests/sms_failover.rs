@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 
 use signage_watchdog::journal::{
-    Attempt, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend, SendResult,
+    Attempt, Channel, ExecutionStatus, HistoryFilter, Journal, Origin, PlannedSend, SendResult,
 };
 use signage_watchdog::sms::{AttemptChain, Message, SendError, Sender};
 use support::fake_gateway::{FakeGateway, Fault};
@@ -52,6 +52,7 @@ fn message() -> Message {
 async fn send_journalled(sender: &dyn Sender, journal: &mut Journal) -> Vec<Attempt> {
     let message = message();
     let planned = PlannedSend {
+        channel: Channel::Sms,
         origin: Origin::Manual,
         socket: "lobby".into(),
         phone: message.phone.clone(),

@@ -21,18 +21,19 @@
 //!   nothing twice. A result the journal could not take is retried with the
 //!   next cycle.
 //!
-//! What a person should hear about becomes an [`Escalation`]; every result
+//! What a person should hear about becomes an [`Escalation`], sent with
+//! the cycle's messages once its actions are journalled; every result
 //! is counted in `jobctl_executions_total{job,outcome}`.
 
 use std::collections::HashSet;
 
-use super::escalation::Escalation;
+use super::escalation::{EscalatedDevice, Escalation};
 use super::outbox::blocking;
 use super::states::timing;
 use super::{CycleReport, Due, Engine};
 use crate::error::with_causes;
 use crate::journal::{
-    ActionRef, ActionResult, EncodedState, ExecutionId, JournalError, Origin, PlannedSend,
+    ActionRef, ActionResult, Channel, EncodedState, ExecutionId, JournalError, Origin, PlannedSend,
 };
 use crate::rules::state::{Concluded, Evaluation, JobState, Recovery, Verdict};
 use crate::rules::{Recipient, RuleSet};
@@ -45,6 +46,8 @@ pub(super) struct Conclusion {
     pub(super) device: String,
     /// The device in words, for logs.
     pub(super) who: String,
+    /// The device's labels, for the escalation's messages.
+    pub(super) labels: std::collections::BTreeMap<String, String>,
     /// What the state machine concluded.
     pub(super) concluded: Concluded,
 }
@@ -197,14 +200,18 @@ impl Engine {
             states.restore(id, refusal.state);
             report.gave_up += 1;
             self.metrics.action_result(job, ActionResult::GaveUp.as_str());
-            Escalation::GaveUp {
+            self.escalations.push(Escalation::GaveUp {
                 job: job.clone(),
-                device: super::describe(&due.device, &due.verdict),
+                device: EscalatedDevice {
+                    key: due.device.clone(),
+                    who: super::describe(&due.device, &due.verdict),
+                    labels: due.verdict.labels.clone(),
+                },
                 episode: refusal.episode,
                 execution,
+                value: due.due.trigger_value,
                 reason: refusal.reason,
-            }
-            .raise();
+            });
         }
         let mut at = 0;
         dispatch.retain(|_| {
@@ -237,8 +244,8 @@ impl Engine {
     }
 
     /// Logs, counts and escalates a result just recorded on `execution`.
-    fn announce(&self, conclusion: &Conclusion, execution: Option<ExecutionId>) {
-        let Conclusion { job, who, concluded, .. } = conclusion;
+    fn announce(&mut self, conclusion: &Conclusion, execution: Option<ExecutionId>) {
+        let Conclusion { job, device, who, labels, concluded } = conclusion;
         self.metrics.action_result(job, conclusion.result().as_str());
         let row = execution.map(|id| format!(" (execution {id})")).unwrap_or_default();
         let action = format!("action {} of episode {}{row}", concluded.attempt, concluded.episode);
@@ -254,15 +261,18 @@ impl Engine {
                 "job {job:?}: device {who}: unverified: its condition was unknown throughout the {} after {action}",
                 humantime::format_duration(concluded.window)
             ),
-            Recovery::NotRecovered => Escalation::NotRecovered {
+            Recovery::NotRecovered => self.escalations.push(Escalation::NotRecovered {
                 job: job.clone(),
-                device: who.clone(),
+                device: EscalatedDevice {
+                    key: device.clone(),
+                    who: who.clone(),
+                    labels: labels.clone(),
+                },
                 episode: concluded.episode,
                 attempt: concluded.attempt,
                 execution,
                 window: concluded.window,
-            }
-            .raise(),
+            }),
         }
     }
 
@@ -282,7 +292,8 @@ impl Engine {
             // acted upon; there is nothing to limit.
             let Some(key) = rules.device_key.key_of(&due.verdict.labels) else { continue };
             let Ok(outgoing) = rules.outgoing(job, &key, &due.verdict.labels) else { continue };
-            let Recipient::Sms { socket, phone } = &outgoing.to;
+            // A job's action is always an SMS; a webhook is never limited.
+            let Recipient::Sms { socket, phone } = &outgoing.to else { continue };
             checks.push(LimitCheck {
                 at,
                 job: job.name.clone(),
@@ -358,6 +369,7 @@ impl Engine {
             );
             debug_assert!(step.action.is_none(), "a reached limit makes no action due");
             let planned = PlannedSend {
+                channel: Channel::Sms,
                 origin: Origin::Rule {
                     job: check.job,
                     device_key: check.device,

@@ -257,38 +257,36 @@ impl MassOutages {
         });
     }
 
-    /// Journals the cycle's outage changes and holds, then raises the
+    /// Journals the cycle's outage changes and holds, then returns the
     /// escalation of each outage whose row was written now (once per
     /// outage: a replayed beginning writes nothing). A dry run journals
-    /// nothing and only logs. A write that fails is tried again with the
-    /// next cycle's, and its escalations wait for it.
+    /// nothing. A write that fails is tried again with the next cycle's,
+    /// and its escalations wait for it.
     pub(super) async fn record(
         &mut self,
         journal: &Arc<Mutex<Journal>>,
         metrics: &EngineMetrics,
         dry_run: bool,
-    ) {
+    ) -> Vec<Escalation> {
         if self.changes.is_empty() && self.held.is_empty() {
-            return;
+            return Vec::new();
         }
         let changes = std::mem::take(&mut self.changes);
         let held = std::mem::take(&mut self.held);
         if dry_run {
-            changes.iter().for_each(|change| escalate(change, metrics));
-            return;
+            return changes.iter().filter_map(|change| escalate(change, metrics)).collect();
         }
         let (result, changes, held) = blocking(journal, move |journal| {
             (journal.record_outages(&changes, &held), changes, held)
         })
         .await;
         match result {
-            Ok(applied) => {
-                for (change, applied) in changes.iter().zip(applied) {
-                    if applied {
-                        escalate(change, metrics);
-                    }
-                }
-            }
+            Ok(applied) => changes
+                .iter()
+                .zip(applied)
+                .filter(|(_, applied)| *applied)
+                .filter_map(|(change, _)| escalate(change, metrics))
+                .collect(),
             Err(err) => {
                 tracing::error!(
                     "cannot journal {} mass-outage changes and {} held actions: {}; tried again next cycle",
@@ -298,18 +296,17 @@ impl MassOutages {
                 );
                 self.changes = changes;
                 self.held = held;
+                Vec::new()
             }
         }
     }
 }
 
-/// Raises the escalation of an outage that began.
-fn escalate(change: &OutageChange, metrics: &EngineMetrics) {
-    if let OutageChange::Began { job, since, bad, known } = change {
-        metrics.mass_outage_began(job);
-        Escalation::MassOutage { job: job.clone(), bad: *bad, known: *known, since: *since }
-            .raise();
-    }
+/// The escalation of an outage that began, counted.
+fn escalate(change: &OutageChange, metrics: &EngineMetrics) -> Option<Escalation> {
+    let OutageChange::Began { job, since, bad, known } = change else { return None };
+    metrics.mass_outage_began(job);
+    Some(Escalation::MassOutage { job: job.clone(), bad: *bad, known: *known, since: *since })
 }
 
 #[cfg(test)]

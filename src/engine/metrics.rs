@@ -25,6 +25,8 @@ pub struct EngineMetrics {
     unknown: IntCounterVec,
     /// SMS outcomes.
     sms: IntCounterVec,
+    /// Webhook outcomes.
+    webhooks: IntCounterVec,
     /// Actions that could not become an SMS, by job.
     action_errors: IntCounterVec,
     /// What became of actions (recovered, not recovered, unverified, gave
@@ -83,6 +85,18 @@ impl EngineMetrics {
         register(Box::new(sms.clone()));
         for outcome in ["sent", "failed", "uncertain", "suppressed", "dry_run"] {
             sms.with_label_values(&[outcome]);
+        }
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "jobctl_webhooks_total",
+                "Webhook attempts and decisions by outcome (sent, failed, uncertain, dry_run).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
+        register(Box::new(webhooks.clone()));
+        for outcome in ["sent", "failed", "uncertain", "dry_run"] {
+            webhooks.with_label_values(&[outcome]);
         }
         let action_errors = IntCounterVec::new(
             Opts::new(
@@ -168,6 +182,7 @@ impl EngineMetrics {
             query_failures,
             unknown,
             sms,
+            webhooks,
             action_errors,
             executions,
             devices,
@@ -262,6 +277,12 @@ impl EngineMetrics {
     /// `uncertain`, `suppressed`, `dry_run`).
     pub(super) fn sms_outcome(&self, outcome: &str) {
         self.sms.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a webhook attempt or decision by outcome (`sent`, `failed`,
+    /// `uncertain`, `dry_run`).
+    pub(super) fn webhook_outcome(&self, outcome: &str) {
+        self.webhooks.with_label_values(&[outcome]).inc();
     }
 
     /// Sets how many silences are in force.

@@ -38,16 +38,19 @@
 //!
 //! The rooms: this file holds the [`Engine`], its cycle and its queries;
 //! `states` the sparse per-job states and how one evaluation advances them;
-//! `outbox` everything between "an action is due" and "its outcome is
+//! `act` how the actions due become messages (one per socket, held ones
+//! kept due); `outbox` everything between "an action is due" and "its outcome is
 //! journalled" (budgets, retries, one journal row per attempt, the channels
 //! a message goes over); `silences` the silences in force and the actions
 //! they hold; `closed_loop` what happens between evaluating and acting to
 //! close the loop (limits checked against the journal, the results of
 //! verifications recorded); `mass_outage` the jobs whose devices went bad
 //! together, whose socket commands are held and escalated once;
-//! `escalation` what a person should hear about; `metrics` jobctl's own
-//! metrics.
+//! `escalation` what a person should hear about and the messages that tell
+//! them (escalations, action notices); `webhook` the webhook channel's
+//! backend; `metrics` jobctl's own metrics.
 
+mod act;
 mod closed_loop;
 mod escalation;
 mod mass_outage;
@@ -56,6 +59,7 @@ mod outbox;
 pub mod replay;
 mod silences;
 mod states;
+mod webhook;
 
 pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
@@ -71,15 +75,15 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::error::with_causes;
-use crate::journal::{DeviceAction, Journal, JournalError, Origin};
+use crate::journal::{Journal, JournalError};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation, Quick};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
-use crate::rules::{DeviceVerdict, Job, Outgoing, Recipient, RuleSet};
+use crate::rules::{DeviceVerdict, Job, RuleSet};
 use crate::sms::{text, Sender};
 use mass_outage::{MassOutages, Share};
-use outbox::{blocking, Journalled, NotSent, Request};
+use outbox::blocking;
 use silences::Silences;
 use states::{advance_job, JobStates};
 
@@ -128,31 +132,6 @@ pub struct CycleReport {
     /// (job, device) pairs whose state the journal could not save this
     /// cycle, kept in memory to be saved with the next cycle's (one each).
     pub unsaved_states: usize,
-}
-
-/// A device a message of this cycle is for.
-struct Target {
-    /// The device's text form.
-    device: String,
-    /// The device in words, for logs.
-    who: String,
-    /// Its state after the step that made the action due.
-    state_after: JobState,
-    /// Its state before that step.
-    previous: JobState,
-}
-
-/// One message of this cycle: a job's action, for one device or for the
-/// devices of one socket due together.
-struct DueMessage {
-    /// Index of the job in the rules.
-    job: usize,
-    /// The socket it goes to; `None` for a person.
-    socket: Option<String>,
-    /// The devices it is for, the first one's labels in its text.
-    targets: Vec<Target>,
-    /// The first device's episode and action number, for logs.
-    first: (u64, u32),
 }
 
 /// An action that became due in a cycle, sent once every job is evaluated.
@@ -227,6 +206,8 @@ pub struct Engine {
     cannot_act_said: HashMap<(String, String), u64>,
     /// The jobs in a mass outage, and what of them is still to journal.
     outages: MassOutages,
+    /// Escalations found this cycle, sent once its actions are journalled.
+    escalations: Vec<escalation::Escalation>,
 }
 
 impl Engine {
@@ -243,6 +224,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let dry_run = options.mode == Mode::DryRun;
         let mut outbox = Outbox::new(journal, sender, clock.clone(), options);
+        outbox.set_webhooks(&rules);
         // A dry run leaves a live run's unfinished sends to the live run.
         if !dry_run {
             outbox.recover_in_flight().await?;
@@ -282,6 +264,7 @@ impl Engine {
             socket_commands,
             cannot_act_said: HashMap::new(),
             outages,
+            escalations: Vec::new(),
         };
         engine.forget_removed_jobs();
         Ok(engine)
@@ -313,6 +296,7 @@ impl Engine {
     /// gone are dropped.
     pub fn replace_rules(&mut self, rules: RuleSet) {
         self.outbox.set_budgets(rules.budgets);
+        self.outbox.set_webhooks(&rules);
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
     }
@@ -477,6 +461,7 @@ impl Engine {
                         job: job.name.clone(),
                         device: device.to_string(),
                         who: describe(device, &verdict),
+                        labels: verdict.labels.clone(),
                         concluded: done,
                     });
                 }
@@ -500,12 +485,18 @@ impl Engine {
             let dry_run = self.dry_run;
             self.silences.record(silenced, &self.journal, &self.metrics, dry_run).await;
         }
-        self.outages.record(&self.journal, &self.metrics, self.dry_run).await;
+        let outages = self.outages.record(&self.journal, &self.metrics, self.dry_run).await;
+        self.escalations.extend(outages);
 
         let journalling = Instant::now();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
+        let mut notices = Vec::new();
         if !dispatch.is_empty() {
-            self.act(&rules, dispatch, &mut report).await;
+            notices = self.act(&rules, dispatch, &mut report).await;
+        }
+        let escalations = std::mem::take(&mut self.escalations);
+        if !escalations.is_empty() || !notices.is_empty() {
+            self.notify(&rules, escalations, notices, now).await;
         }
 
         // `changed` is in job order: look each job's states up once. Thousands
@@ -732,216 +723,6 @@ impl Engine {
                 to_save.push((index, device, state.clone()));
             }
         }
-    }
-
-    /// Journals the messages of every action due this cycle in one batch
-    /// (one commit, however many), then hands those that may leave to the
-    /// sender: none leaves before all are committed. The devices of one
-    /// socket due together for a job get one message, which lists them all;
-    /// a device whose socket got a command from the job within its cooldown
-    /// keeps its action due instead, and so does every device of a message
-    /// a budget holds back.
-    async fn act(&mut self, rules: &RuleSet, dispatch: Vec<Due>, report: &mut CycleReport) {
-        let now = self.clock.now();
-        let mut requests: Vec<Request> = Vec::with_capacity(dispatch.len());
-        // What each request is for, in the same order.
-        let mut messages: Vec<DueMessage> = Vec::with_capacity(dispatch.len());
-        let mut by_socket: HashMap<(usize, String), usize> = HashMap::new();
-        for pending in dispatch {
-            let job_rules = &rules.jobs[pending.job];
-            let (outgoing, who) = match self.outgoing(job_rules, &pending.device, &pending.verdict)
-            {
-                Ok(found) => found,
-                Err(why) => {
-                    self.cannot_act(job_rules, &pending, &why, report);
-                    continue;
-                }
-            };
-            let Due { job, device, due, state_after, previous, .. } = pending;
-            let socket = match &outgoing.to {
-                Recipient::Sms { socket, .. } => socket.clone(),
-            };
-            let action = DeviceAction {
-                device_key: device.clone(),
-                episode: due.episode,
-                attempt: due.attempt_in_episode,
-                trigger_value: due.trigger_value,
-                state_after: crate::journal::EncodedState::new(&state_after),
-            };
-            let target = Target { device, who, state_after, previous };
-            if let Some(socket) = &socket {
-                if let Some(&at) = by_socket.get(&(job, socket.clone())) {
-                    let Origin::Rule { also_for, .. } = &mut requests[at].origin else {
-                        unreachable!("a job's request has a rule's origin")
-                    };
-                    also_for.push(action);
-                    requests[at].by.push_str(&format!(", device {}", target.who));
-                    messages[at].targets.push(target);
-                    continue;
-                }
-                let last = self.socket_commands.get(&(job_rules.name.clone(), socket.clone()));
-                if let Some(&last) = last.filter(|_| due.attempt_in_episode == 1) {
-                    if crate::clock::elapsed(last, now) < job_rules.cooldown {
-                        self.hold_for_socket(job_rules, socket, last, target);
-                        continue;
-                    }
-                }
-                by_socket.insert((job, socket.clone()), requests.len());
-            }
-            let DeviceAction { device_key, episode, attempt, trigger_value, state_after } = action;
-            let origin = Origin::Rule {
-                job: job_rules.name.clone(),
-                device_key,
-                episode,
-                attempt,
-                trigger_value,
-                state_after,
-                also_for: Vec::new(),
-            };
-            let by = format!("job {:?}: device {}", job_rules.name, target.who);
-            requests.push(Request { origin, outgoing, by });
-            messages.push(DueMessage {
-                job,
-                socket,
-                targets: vec![target],
-                first: (episode, attempt),
-            });
-        }
-        if requests.is_empty() {
-            return;
-        }
-        let outcomes: Vec<Option<Journalled>> = match self.outbox.journal_messages(requests).await {
-            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
-            Err(err) => {
-                tracing::error!(
-                    "cannot journal {} messages: {}; nothing was sent; the actions stay due for the next cycle",
-                    messages.len(),
-                    with_causes(&err)
-                );
-                messages.iter().map(|_| None).collect()
-            }
-        };
-        for (DueMessage { job, socket, targets, first }, outcome) in
-            messages.into_iter().zip(outcomes)
-        {
-            let name = &rules.jobs[job].name;
-            match outcome {
-                Some(Ok(Err(NotSent::OverBudget { journalled_now, .. }))) => {
-                    // Not sent, so not the episode's action: it stays due,
-                    // and leaves once the budget allows if the device is
-                    // still bad.
-                    report.suppressed += usize::from(journalled_now);
-                    for Target { device, state_after, previous, .. } in targets {
-                        self.restore(name, &device, state_after.without_action(&previous));
-                    }
-                    continue;
-                }
-                Some(Ok(journalled)) => {
-                    if let Some(socket) = socket {
-                        self.socket_commands.insert((name.clone(), socket), now);
-                    }
-                    match journalled {
-                        Ok(dispatch) => {
-                            report.sends_started += 1;
-                            let (episode, attempt) = first;
-                            tracing::info!(
-                                "{}: sending (episode {episode}, action {attempt})",
-                                dispatch.what()
-                            );
-                            self.outbox.deliver(dispatch);
-                        }
-                        Err(_dry_run) => report.suppressed += 1,
-                    }
-                    continue;
-                }
-                Some(Err(err)) => {
-                    tracing::error!(
-                        "{}; nothing was sent; the action stays due for the next cycle",
-                        with_causes(&err)
-                    );
-                }
-                None => {}
-            }
-            // The journal could not record the message, so it was not sent:
-            // step back so that the action is due again next cycle rather
-            // than lost for the whole episode.
-            self.action_error(name, report);
-            for target in targets {
-                self.restore(name, &target.device, target.previous);
-            }
-        }
-    }
-
-    /// Puts a (job, device)'s state back to `state`.
-    fn restore(&mut self, job: &str, device: &str, state: JobState) {
-        if let (Some(states), Some(id)) = (self.states.get_mut(job), self.devices.find(device)) {
-            states.restore(id, state);
-        }
-    }
-
-    /// Keeps a device's action due because its socket got a command from
-    /// the job at `last`, within the job's cooldown: the device keeps the
-    /// state the step left it in, but for the action.
-    fn hold_for_socket(&mut self, job: &Job, socket: &str, last: jiff::Timestamp, target: Target) {
-        let Target { device, who, state_after, previous } = target;
-        let until = crate::clock::after(last, job.cooldown);
-        // Said once, as the episode starts; later cycles only at debug level.
-        if matches!(previous.phase, state::Phase::Firing { .. }) {
-            tracing::debug!(
-                "job {:?}: device {who}: action waits: socket {socket} got a command at {last}; until {until}",
-                job.name
-            );
-        } else {
-            tracing::info!(
-                "job {:?}: device {who}: action waits: socket {socket} got a command from this job at {last}, within its cooldown (until {until})",
-                job.name
-            );
-        }
-        self.restore(&job.name, &device, state_after.without_action(&previous));
-    }
-
-    /// Counts an action that could not be carried out, in the cycle's report
-    /// and in `jobctl_action_errors_total`.
-    fn action_error(&self, job: &str, report: &mut CycleReport) {
-        report.action_errors += 1;
-        self.metrics.action_error(job);
-    }
-
-    /// The message an action due on `device` sends, and the device in
-    /// words for logs; or why it cannot become one.
-    fn outgoing(
-        &self,
-        job: &Job,
-        device: &str,
-        verdict: &DeviceVerdict,
-    ) -> Result<(Outgoing, String), String> {
-        let Some(key) = self.rules.device_key.key_of(&verdict.labels) else {
-            return Err("its labels lack the device key".to_string());
-        };
-        match self.rules.outgoing(job, &key, &verdict.labels) {
-            Ok(outgoing) => Ok((outgoing, describe(device, verdict))),
-            Err(err) => Err(err.to_string()),
-        }
-    }
-
-    /// An action that cannot become a message (no socket powers the device,
-    /// most often): it stays due, so that a reload that gives the device a
-    /// socket acts on it while it is still bad. Said (an ERROR, and
-    /// `jobctl_action_errors_total`) once per (job, device) episode; the
-    /// cycles after that, while it stays due, only at debug level.
-    fn cannot_act(&mut self, job: &Job, due: &Due, why: &str, report: &mut CycleReport) {
-        let who = describe(&due.device, &due.verdict);
-        let pair = (job.name.clone(), due.device.clone());
-        if self.cannot_act_said.insert(pair, due.due.episode) == Some(due.due.episode) {
-            tracing::debug!("job {:?}: device {who}: still cannot act: {why}", job.name);
-        } else {
-            self.action_error(&job.name, report);
-            tracing::error!(
-                "job {:?}: device {who}: cannot act: {why}; the action stays due (said once per episode)",
-                job.name
-            );
-        }
-        self.restore(&job.name, &due.device, due.state_after.without_action(&due.previous));
     }
 }
 

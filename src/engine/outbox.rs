@@ -18,30 +18,31 @@
 //!
 //! # Channels
 //!
-//! A message goes out over the channel its [`Recipient`] names. SMS is the
-//! only one today, through the configured [`Sender`] (one backend or a
-//! failover chain). A new channel (a webhook) is one more `Recipient`
-//! variant, and then one more arm in each `match` on it here: how its text
-//! is shaped ([`Outbox::shape`]), what the journal's `socket` and `phone`
-//! columns hold for it ([`journal_row`]), and how one try delivers it
-//! ([`Delivery`]), over a backend kept beside `sms` in the [`Outbox`]. The
-//! journal before the send, the budgets and the retries stay as they are,
-//! and the SMS backends never see it.
+//! A message goes out over the channel its [`Recipient`] names: SMS through
+//! the configured [`Sender`] (one backend or a failover chain), or a webhook
+//! (`super::webhook`: a signed HTTP POST). Each channel has one arm in each
+//! `match` on it here: how its text is shaped ([`Outbox::shape`]), what the
+//! journal's `socket` and `phone` columns hold for it ([`journal_row`]), and
+//! how one try delivers it ([`Delivery`]). The journal before the send and
+//! the retries are the same for both; budgets count SMS only, and the SMS
+//! backends never see a webhook.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::journal::{
-    Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult, Suppression,
+    Channel, Execution, ExecutionId, Journal, JournalError, Origin, PlannedSend, SendResult,
+    Suppression,
 };
-use crate::rules::{Budgets, Outgoing, Recipient};
+use crate::rules::{Budgets, Outgoing, Recipient, RuleSet};
 use crate::sms::{
     text, AttemptChain, AttemptOutcome, Departure, DepartureFuture, Message, SendError,
     SendOutcome, Sender,
 };
 
 use super::metrics::EngineMetrics;
+use super::webhook::{Webhooks, BACKEND as WEBHOOK_BACKEND};
 
 /// How failed sends are retried. Only definite failures are retried; a send
 /// that may have left is never repeated automatically.
@@ -132,6 +133,16 @@ impl Dispatch {
     pub(super) fn what(&self) -> &str {
         &self.what
     }
+
+    /// Its execution row.
+    pub(super) fn id(&self) -> ExecutionId {
+        self.id
+    }
+
+    /// Where it goes and its text as it leaves.
+    pub(super) fn outgoing(&self) -> (&Recipient, &str) {
+        (&self.outgoing.to, &self.outgoing.text)
+    }
 }
 
 /// What became of one message given to the journal: its dispatch when it may
@@ -175,6 +186,8 @@ pub struct Outbox {
     send_writes: Arc<SendWrites>,
     /// The SMS channel: the configured backend, or a failover chain.
     sms: Arc<dyn Sender>,
+    /// The webhook channel: the rules' `[[webhooks]]`.
+    webhooks: Arc<Webhooks>,
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     sends: tokio::task::JoinSet<()>,
@@ -198,6 +211,7 @@ impl Outbox {
             send_writes: Arc::new(SendWrites { journal: journal.clone(), queue: Mutex::default() }),
             journal,
             sms: sender,
+            webhooks: Arc::new(Webhooks::new(Vec::new(), ".".into(), clock.clone())),
             clock,
             options,
             sends: tokio::task::JoinSet::new(),
@@ -215,6 +229,13 @@ impl Outbox {
     /// Budgets from now on (the rules were reloaded).
     pub(super) fn set_budgets(&mut self, budgets: Budgets) {
         self.options.budgets = budgets;
+    }
+
+    /// The webhooks of `rules` from now on. Deliveries under way finish
+    /// with the webhooks they started with.
+    pub(super) fn set_webhooks(&mut self, rules: &RuleSet) {
+        let hooks = rules.webhooks.clone();
+        self.webhooks = Arc::new(Webhooks::new(hooks, rules.base_dir.clone(), self.clock.clone()));
     }
 
     /// The SMS sender and segment limit from now on (`[sms]` was reloaded).
@@ -239,8 +260,18 @@ impl Outbox {
                 execution.id, execution.text, execution.socket, execution.phone
             );
             tracing::info!("{what}: sending it now");
-            let message = Message { phone: execution.phone, text: execution.text };
-            self.spawn_send(execution.id, message, what);
+            let delivery = match execution.channel {
+                Channel::Sms => Delivery::Sms {
+                    sender: self.sms.clone(),
+                    message: Message { phone: execution.phone, text: execution.text },
+                },
+                Channel::Webhook => Delivery::Webhook {
+                    webhooks: self.webhooks.clone(),
+                    name: execution.socket,
+                    body: execution.text,
+                },
+            };
+            self.spawn_delivery(execution.id, delivery, what);
         }
         for execution in &recovered {
             tracing::warn!(
@@ -281,7 +312,11 @@ impl Outbox {
         let recorded = blocking(&self.journal, move |journal| {
             journal.batch("journalling messages", |journal| {
                 let record = |planned: &PlannedSend| {
-                    let over = over_budget(journal, &budgets, &planned.socket, now)?;
+                    // Budgets are SMS budgets: a webhook costs nothing.
+                    let over = match planned.channel {
+                        Channel::Sms => over_budget(journal, &budgets, &planned.socket, now)?,
+                        Channel::Webhook => None,
+                    };
                     match (over, mode) {
                         (Some(reason), _) => {
                             if let Some(id) = journal.earlier_suppression(planned)? {
@@ -308,14 +343,18 @@ impl Outbox {
             .zip(leaving)
             .map(|(recorded, (outgoing, what))| {
                 let (recorded, reason) = recorded?;
+                let outcome = |label| match outgoing.to {
+                    Recipient::Sms { .. } => self.metrics.sms_outcome(label),
+                    Recipient::Webhook { .. } => self.metrics.webhook_outcome(label),
+                };
                 match recorded {
                     Ok(id) => return Ok(Ok(Dispatch { id, outgoing, what })),
                     Err(NotSent::DryRun(id)) => {
-                        self.metrics.sms_outcome("dry_run");
+                        outcome("dry_run");
                         tracing::warn!("{what}: dry run: not sent (execution {id})");
                     }
                     Err(NotSent::OverBudget { id, journalled_now: true }) => {
-                        self.metrics.sms_outcome("suppressed");
+                        outcome("suppressed");
                         tracing::warn!("{what}: suppressed: {reason} (execution {id})");
                     }
                     Err(NotSent::OverBudget { id, journalled_now: false }) => {
@@ -332,18 +371,20 @@ impl Outbox {
     /// it.
     pub(super) fn deliver(&mut self, dispatch: Dispatch) {
         let Dispatch { id, outgoing: Outgoing { to, text }, what } = dispatch;
-        match to {
-            Recipient::Sms { phone, .. } => {
-                let message = Message { phone: phone.as_str().to_string(), text };
-                self.spawn_send(id, message, what);
+        let delivery = match to {
+            Recipient::Sms { phone, .. } => Delivery::Sms {
+                sender: self.sms.clone(),
+                message: Message { phone: phone.as_str().to_string(), text },
+            },
+            Recipient::Webhook { name, .. } => {
+                Delivery::Webhook { webhooks: self.webhooks.clone(), name, body: text }
             }
-        }
+        };
+        self.spawn_delivery(id, delivery, what);
     }
 
-    /// Sends the SMS of execution `id` (journalled `planned`) in a task of
-    /// its own.
-    fn spawn_send(&mut self, id: ExecutionId, message: Message, what: String) {
-        let delivery = Delivery::Sms { sender: self.sms.clone(), message };
+    /// Delivers execution `id` (journalled `planned`) in a task of its own.
+    fn spawn_delivery(&mut self, id: ExecutionId, delivery: Delivery, what: String) {
         let task =
             SendTask { id, what, writes: self.send_writes.clone(), metrics: self.metrics.clone() };
         let stopping = self.stopping.subscribe();
@@ -365,6 +406,8 @@ impl Outbox {
                     text::fit_segments(&text, self.options.max_segments)
                 }
             }
+            // A payload the engine made, JSON: it leaves as it is.
+            Recipient::Webhook { .. } => text,
         };
         Outgoing { to, text }
     }
@@ -420,9 +463,17 @@ impl Outbox {
 fn journal_row(origin: Origin, outgoing: &Outgoing) -> PlannedSend {
     match &outgoing.to {
         Recipient::Sms { socket, phone } => PlannedSend {
+            channel: Channel::Sms,
             origin,
             socket: socket.clone().unwrap_or_else(|| "-".to_string()),
             phone: phone.as_str().to_string(),
+            text: outgoing.text.clone(),
+        },
+        Recipient::Webhook { name, url } => PlannedSend {
+            channel: Channel::Webhook,
+            origin,
+            socket: name.clone(),
+            phone: url.clone(),
             text: outgoing.text.clone(),
         },
     }
@@ -533,6 +584,8 @@ impl SendWrites {
 enum Delivery {
     /// An SMS, through the configured sender.
     Sms { sender: Arc<dyn Sender>, message: Message },
+    /// A JSON payload, posted to the named webhook.
+    Webhook { webhooks: Arc<Webhooks>, name: String, body: String },
 }
 
 /// What a send task needs besides the message: its execution, its words
@@ -593,6 +646,25 @@ impl Delivery {
                     }
                 }
                 chain.outcome().expect("a chain makes at least one attempt")
+            }
+            Delivery::Webhook { webhooks, name, body } => {
+                let departure = JournalledDeparture { id, writes };
+                let outcome = webhooks.post(name, body, id, &departure).await;
+                metrics.webhook_outcome(match &outcome {
+                    Ok(_) => "sent",
+                    Err(err) => err.label(),
+                });
+                let result = SendResult::from(&AttemptOutcome {
+                    backend: WEBHOOK_BACKEND.to_string(),
+                    outcome: outcome.clone(),
+                });
+                if let Err(err) = writes.write(SendWrite::Outcome(id, result)).await {
+                    tracing::error!(
+                        "{what}: cannot journal the outcome of execution {id}: {}",
+                        crate::error::with_causes(&*err)
+                    );
+                }
+                outcome
             }
         }
     }

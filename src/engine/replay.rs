@@ -251,6 +251,8 @@ impl SimulatedMessage {
     pub fn socket(&self) -> &str {
         match &self.to {
             Recipient::Sms { socket, .. } => socket.as_deref().unwrap_or("-"),
+            // A rule's action is an SMS; a webhook is named as its row is.
+            Recipient::Webhook { name, .. } => name,
         }
     }
 }
@@ -531,6 +533,7 @@ fn shape(to: &Recipient, text: &str, max_segments: usize) -> String {
     match to {
         Recipient::Sms { socket: Some(_), .. } => text,
         Recipient::Sms { socket: None, .. } => text::fit_segments(&text, max_segments),
+        Recipient::Webhook { .. } => text,
     }
 }
 

@@ -208,6 +208,9 @@ fn at_send_time(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
             host(&rules.prometheus.url)
         )));
     }
+    let (webhook_errors, webhook_warnings) = webhook_problems(rules);
+    errors.extend(webhook_errors);
+    warnings.extend(webhook_warnings);
     let Some(sms) = &rules.sms else { return (errors, warnings) };
     if let Some(http) = &sms.http {
         let key = match (&http.key_file, &http.key_env) {
@@ -266,6 +269,45 @@ fn at_send_time(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
                     ));
                 }
             }
+        }
+    }
+    (errors, warnings)
+}
+
+/// What is wrong with the `[[webhooks]]` that only shows when one is posted
+/// to: a signing key that cannot be read (an error), a key file others may
+/// read, credentials in an `http://` URL to another host (warnings). `run`
+/// checks the same at start and on reload.
+pub(super) fn webhook_problems(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let file = &rules.main_file;
+    for hook in &rules.webhooks {
+        let key = match hook.secret {
+            SecretSource::File(_) => "secret_file",
+            SecretSource::Env(_) => "secret_env",
+        };
+        let what = format!("webhook {:?}: {key}", hook.name);
+        match hook.secret.load(&rules.base_dir) {
+            Err(err) => errors.push(file.error_at(
+                hook.secret_span.clone(),
+                format!("{what}: {err}; the payload cannot be signed"),
+            )),
+            Ok(loaded) => {
+                if let Some(loose) = loaded.loose_permissions {
+                    warnings
+                        .push(file.error_at(hook.secret_span.clone(), format!("{what}: {loose}")));
+                }
+            }
+        }
+        if !hook.url.username().is_empty() && in_clear(&hook.url) {
+            warnings.push(file.error_at(
+                hook.url_span.clone(),
+                format!(
+                    "webhook {:?}: url: the credentials would travel unencrypted to {}; use https:// (or a receiver on this host)",
+                    hook.name,
+                    host(&hook.url)
+                ),
+            ));
         }
     }
     (errors, warnings)

@@ -71,6 +71,14 @@ struct Row<'a> {
     /// fields above are its first device's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     device_results: Vec<DeviceResultRow<'a>>,
+    /// The channel: `sms`, or `webhook` (then `socket` is the webhook's
+    /// name, `phone` its URL without credentials, `text` the payload).
+    channel: &'static str,
+    /// For a message about a rule's event: `not_recovered`, `gave_up`
+    /// (escalations) or `action` (`webhooks_on_action`).
+    event: Option<&'a str>,
+    /// The execution that event is about.
+    about: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +139,9 @@ impl<'a> Row<'a> {
                     recovered_after_seconds: d.recovered_after.map(|d| d.as_secs()),
                 })
                 .collect(),
+            channel: e.channel.as_str(),
+            event: e.event.as_deref(),
+            about: e.about.map(|id| id.0),
         }
     }
 }
@@ -185,8 +196,14 @@ fn table(rows: &[Row<'_>]) -> String {
                 } else {
                     r.device.unwrap_or("-").to_string()
                 },
-                r.socket.to_string(),
-                format!("{:?}", r.text),
+                match r.channel {
+                    "webhook" => format!("webhook {}", r.socket),
+                    _ => r.socket.to_string(),
+                },
+                match r.channel {
+                    "webhook" => format!("(JSON payload, {} bytes)", r.text.len()),
+                    _ => format!("{:?}", r.text),
+                },
                 r.outcome.to_string(),
                 result_text(r),
                 r.backend.unwrap_or("-").to_string(),
@@ -199,8 +216,15 @@ fn table(rows: &[Row<'_>]) -> String {
 
 /// `recovered after 4m`, `not_recovered`, `gave_up`, or nothing; for a
 /// message several devices shared, each device's in the order of `DEVICE`,
-/// joined by ` + ` (`-` for one not known yet).
+/// joined by ` + ` (`-` for one not known yet); for a message about an
+/// event, the event and its execution (`not_recovered of #7`).
 fn result_text(row: &Row<'_>) -> String {
+    if let Some(event) = row.event {
+        return match row.about {
+            Some(id) => format!("{event} of #{id}"),
+            None => event.to_string(),
+        };
+    }
     if row.device_results.is_empty() {
         return one_result(row.result, row.recovered_after_seconds);
     }
@@ -234,7 +258,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::journal::{DeviceResult, ExecutionId, ExecutionStatus};
+    use crate::journal::{Channel, DeviceResult, ExecutionId, ExecutionStatus};
 
     fn shared(results: [Option<(ActionResult, Option<u64>)>; 2]) -> Execution {
         let devices = ["{d=\"1\"}".to_string(), "{d=\"2\"}".to_string()];
@@ -268,6 +292,9 @@ mod tests {
                     recovered_after: known.and_then(|(_, s)| s).map(Duration::from_secs),
                 })
                 .collect(),
+            channel: Channel::Sms,
+            event: None,
+            about: None,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::engine::replay::{
     self, DeviceTimeline, Episode, EpisodeEnd, Replay, ReplayOptions, ReplayRange, SimulatedMessage,
 };
 use crate::exit::{outln, Exit};
-use crate::rules::{Job, Recipient, RuleSet};
+use crate::rules::{Job, RuleSet};
 use crate::sms::Price;
 
 /// The `test-rule` options that make it a replay.
@@ -367,12 +367,11 @@ fn episode_json(episode: &Episode) -> serde_json::Value {
         .messages
         .iter()
         .map(|message| {
-            let Recipient::Sms { phone, .. } = &message.to;
             json!({
                 "at": time(message.at),
                 "attempt": message.attempt,
                 "socket": message.socket(),
-                "phone": phone.as_str(),
+                "phone": message.to.address(),
                 "text": message.text,
                 "segments": message.segments,
                 "suppressed": message.suppressed,

@@ -53,6 +53,7 @@ pub(super) async fn run(
     mut reloads: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
+    webhooks_usable(&rules)?;
     let (sms, prometheus) = connections(&rules)?;
     let journal = open_journal(&rules)?;
     let interval = rules.prometheus.interval;
@@ -182,7 +183,7 @@ fn read(config: &Path) -> Loaded {
             return None;
         }
     };
-    match connections(&rules) {
+    match webhooks_usable(&rules).and_then(|()| connections(&rules)) {
         Ok((sms, prometheus)) => Some((rules, sms, prometheus)),
         Err(err) => {
             tracing::error!(
@@ -216,6 +217,20 @@ fn swap(loaded: Loaded, engine: &mut Engine, ticker: &mut tokio::time::Interval)
         after.len() - kept,
         before.len() - kept
     );
+}
+
+/// Whether every webhook's signing key can be read (warnings logged): a
+/// webhook that cannot sign would fail each message it is given.
+fn webhooks_usable(rules: &RuleSet) -> Result<(), Error> {
+    let (errors, warnings) = super::check::webhook_problems(rules);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Rules(crate::config_file::ConfigErrors(errors)))
+    }
 }
 
 /// The SMS sender and the Prometheus client of `rules`, both or neither.

@@ -170,6 +170,35 @@ impl FromSql for ActionResult {
     }
 }
 
+/// The channel a message goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// An SMS: `socket` is the socket's name (`-` for a person), `phone`
+    /// the number.
+    Sms,
+    /// A webhook: `socket` is its name, `phone` its URL without
+    /// credentials, the text the JSON payload.
+    Webhook,
+}
+
+impl Channel {
+    /// The journal's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// The channel the journal's word names; an unknown word is an SMS.
+    pub(crate) fn parse(word: &str) -> Channel {
+        match word {
+            "webhook" => Channel::Webhook,
+            _ => Channel::Sms,
+        }
+    }
+}
+
 /// One backend's attempt at one execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -233,6 +262,13 @@ pub struct Execution {
     /// each, in the order of `devices` (the execution's own result is its
     /// first device's). Empty for a message for one device.
     pub device_results: Vec<DeviceResult>,
+    /// The channel it went over.
+    pub channel: Channel,
+    /// For a message about a rule's event (an escalation, an action told
+    /// to a webhook): the event (`not_recovered`, `gave_up`, `action`).
+    pub event: Option<String>,
+    /// The execution that event is about.
+    pub about: Option<ExecutionId>,
 }
 
 /// What became of a shared message's action on one of its devices.
@@ -250,7 +286,7 @@ pub struct DeviceResult {
 pub(super) const EXECUTION_COLUMNS: &str =
     "id, job, device_key, socket, phone, text, episode, attempt, \
      trigger_value, status, backend, detail, manual, created_at, updated_at, \
-     result, result_at, recovered_after_ms";
+     result, result_at, recovered_after_ms, channel, event, about";
 
 /// An execution from a row of [`EXECUTION_COLUMNS`], its attempts and
 /// devices not yet read.
@@ -281,6 +317,9 @@ pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ex
             .get::<_, Option<i64>>(17)?
             .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         device_results: Vec::new(),
+        channel: Channel::parse(&row.get::<_, String>(18)?),
+        event: row.get(19)?,
+        about: row.get::<_, Option<i64>>(20)?.map(ExecutionId),
     })
 }
 

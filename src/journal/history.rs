@@ -90,7 +90,8 @@ impl Journal {
             .connection
             .prepare(
                 "SELECT job, socket, max(created_at) FROM executions \
-                 WHERE job IS NOT NULL AND socket != '-' AND status NOT IN ('dry_run', 'suppressed') \
+                 WHERE job IS NOT NULL AND event IS NULL AND socket != '-' \
+                 AND status NOT IN ('dry_run', 'suppressed') \
                  GROUP BY job, socket",
             )
             .map_err(sqlite_error(&self.path, doing))?;

@@ -97,7 +97,8 @@ use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
 pub use execution::{
-    ActionResult, Attempt, DeviceResult, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
+    ActionResult, Attempt, Channel, DeviceResult, Execution, ExecutionId, ExecutionStatus,
+    UnknownStatus,
 };
 pub use history::HistoryFilter;
 pub use outages::{MassOutageRecord, OutageChange, OutageHeldAction};

@@ -51,7 +51,7 @@ impl Journal {
             .query_row(
                 "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
                  WHERE e.job = ?1 AND d.device_key = ?2 AND d.episode = ?3 AND d.attempt = ?4 \
-                 AND e.status NOT IN (?5, ?6) ORDER BY e.id DESC LIMIT 1",
+                 AND e.status NOT IN (?5, ?6) AND e.event IS NULL ORDER BY e.id DESC LIMIT 1",
                 params![
                     action.job,
                     action.device_key,
@@ -107,7 +107,7 @@ impl Journal {
                 save_state(&mut upsert, path, job, device_key, state_after, now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
-            Origin::Manual => (None, None, None, None, None),
+            Origin::Manual | Origin::Notice { .. } => (None, None, None, None, None),
         };
         tx.execute(
             "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
@@ -176,7 +176,8 @@ impl Journal {
                      coalesce(sum(socket = ?4), 0) \
                      FROM executions e WHERE job = ?1 AND created_at >= ?2 AND status IN ({}) \
                      AND (socket = ?4 OR e.id IN \
-                     (SELECT execution_id FROM execution_devices WHERE device_key = ?3))",
+                     (SELECT execution_id FROM execution_devices WHERE device_key = ?3)) \
+                     AND event IS NULL",
                     counted.join(", ")
                 ),
                 params![job, since.as_millisecond(), device_key, socket],
@@ -194,7 +195,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::journal::{EncodedState, HistoryFilter, JournalState, SendResult};
+    use crate::journal::{Channel, EncodedState, HistoryFilter, JournalState, SendResult};
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Firing;
@@ -207,6 +208,7 @@ mod tests {
 
     fn action(device: &str, socket: &str, episode: u64, attempt: u32) -> PlannedSend {
         PlannedSend {
+            channel: Channel::Sms,
             origin: Origin::Rule {
                 job: "offline".into(),
                 device_key: device.into(),

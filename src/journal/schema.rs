@@ -112,6 +112,14 @@ ALTER TABLE executions ADD COLUMN result TEXT
 ALTER TABLE executions ADD COLUMN result_at INTEGER;          -- Unix milliseconds
 ALTER TABLE executions ADD COLUMN recovered_after_ms INTEGER; -- action to recovery
 CREATE INDEX executions_by_job_socket ON executions (job, socket, created_at);
+-- Escalations and webhooks: the channel a message went over (a webhook's
+-- row holds its name in socket and its URL, without credentials, in phone)
+-- and, for a message about a rule's event (an escalation, an action told to
+-- a webhook), the event and the execution it is about.
+ALTER TABLE executions ADD COLUMN channel TEXT NOT NULL DEFAULT 'sms'
+    CHECK (channel IN ('sms', 'webhook'));
+ALTER TABLE executions ADD COLUMN event TEXT;                 -- NULL for an action or a manual send
+ALTER TABLE executions ADD COLUMN about INTEGER REFERENCES executions (id);
 
 -- A rule's execution may be for several devices (the devices of
 -- one socket that fired together get one command). Each device it was for

@@ -16,7 +16,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::execution::{Execution, ExecutionId, ExecutionStatus};
+use super::execution::{Channel, Execution, ExecutionId, ExecutionStatus};
 use super::states::{prepare_upsert, save_state, EncodedState};
 use super::{begin, sqlite_error, Journal, JournalError};
 
@@ -49,6 +49,24 @@ pub enum Origin {
     },
     /// `jobctl send` or `jobctl test-rule --send`.
     Manual,
+    /// A message about a rule's event: an escalation (`not_recovered`,
+    /// `gave_up`…) or an action told to a webhook (`action`). It is no
+    /// action: limits and results never count it, and no state is saved
+    /// with it.
+    Notice {
+        /// The job's name.
+        job: String,
+        /// The device, as its key labels, when the event is about one.
+        device_key: Option<String>,
+        /// The event, as the payload names it (`not_recovered`).
+        event: String,
+        /// The execution the event is about, when there is one.
+        about: Option<ExecutionId>,
+        /// The episode, when the event is about one.
+        episode: Option<u64>,
+        /// The action's number within it, when the event is about one.
+        attempt: Option<u32>,
+    },
 }
 
 /// One more device a rule's message is for ([`Origin::Rule::also_for`]).
@@ -71,6 +89,8 @@ pub struct DeviceAction {
 pub struct PlannedSend {
     /// Why it is sent.
     pub origin: Origin,
+    /// The channel it goes over.
+    pub channel: Channel,
     /// The socket's name.
     pub socket: String,
     /// The socket's phone number (E.164).
@@ -252,6 +272,7 @@ impl Journal {
         let path = &self.path;
         let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
         let mut devices = Vec::new();
+        let (mut event, mut about) = (None, None);
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
             Origin::Rule {
                 job,
@@ -279,12 +300,16 @@ impl Journal {
                 }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
+            Origin::Notice { job, device_key, event: what, about: of, episode, attempt } => {
+                (event, about) = (Some(what.as_str()), of.map(|id| id.0));
+                (Some(job), device_key.as_ref(), *episode, *attempt, None)
+            }
             Origin::Manual => (None, None, None, None, None),
         };
         tx.execute(
             "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
-             trigger_value, status, detail, manual, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+             trigger_value, status, detail, manual, created_at, updated_at, channel, event, about) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
             params![
                 job,
                 device_key,
@@ -298,6 +323,9 @@ impl Journal {
                 detail,
                 matches!(planned.origin, Origin::Manual),
                 now,
+                planned.channel.as_str(),
+                event,
+                about,
             ],
         )
         .map_err(sqlite_error(path, "journalling a message"))?;
@@ -390,9 +418,9 @@ impl Journal {
     }
 
     /// How many messages journalled at or after `since` may have left or are
-    /// about to (planned, sending, sent, uncertain), for budgets: to one
-    /// socket, or to all sockets when `socket` is `None`. Failed, suppressed
-    /// and dry-run messages do not count.
+    /// about to (planned, sending, sent, uncertain), for budgets: SMS to one
+    /// socket, or all SMS when `socket` is `None`. Failed, suppressed and
+    /// dry-run messages do not count, nor do webhooks.
     pub fn count_sent_since(
         &self,
         socket: Option<&str>,
@@ -408,7 +436,7 @@ impl Journal {
             .query_row(
                 &format!(
                     "SELECT count(*) FROM executions WHERE created_at >= ?1 \
-                     AND status IN ({}) AND (?2 IS NULL OR socket = ?2)",
+                     AND status IN ({}) AND (?2 IS NULL OR socket = ?2) AND channel = 'sms'",
                     counted.join(", ")
                 ),
                 params![since.as_millisecond(), socket],

@@ -48,6 +48,11 @@ pub(crate) struct RawRulesFile {
     /// The mass-outage hold of every job without its own. Default
     /// `{ share = 0.5, min_devices = 5 }`.
     pub(crate) mass_outage: Option<Spanned<RawMassOutage>>,
+    /// `[[webhooks]]`: where escalations and action notices may be posted.
+    #[serde(default)]
+    pub(crate) webhooks: Vec<Spanned<RawWebhook>>,
+    /// Who hears of an escalation, for every job without its own `escalate`.
+    pub(crate) escalate: Option<Spanned<Vec<Spanned<RawLabels>>>>,
 }
 
 /// `mass_outage = { share, min_devices }`, or `false` (off) / `true` (on
@@ -268,6 +273,10 @@ pub(crate) struct RawJob {
     pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
     /// Mass-outage hold. Default the file's top-level `mass_outage`.
     pub(crate) mass_outage: Option<Spanned<RawMassOutage>>,
+    /// Who hears of an escalation. Default the file's top-level `escalate`.
+    pub(crate) escalate: Option<Spanned<Vec<Spanned<RawLabels>>>>,
+    /// Webhooks told of every action the job takes. Default none.
+    pub(crate) webhooks_on_action: Option<Spanned<Vec<Spanned<String>>>>,
     /// Default true.
     pub(crate) enabled: Option<bool>,
     /// Watch only the devices a socket powers. Default false.
@@ -336,4 +345,20 @@ pub(crate) struct RawGuard {
     pub(crate) expr: Option<Spanned<String>>,
     /// Join labels. Default the device key.
     pub(crate) on: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[[webhooks]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    /// Unique name, used by `escalate` and `webhooks_on_action`. Required.
+    pub(crate) name: Option<Spanned<String>>,
+    /// `http://` or `https://` URL the JSON payload is posted to. Required.
+    pub(crate) url: Option<Spanned<String>>,
+    /// File holding the HMAC-SHA256 key. This or `secret_env` is required.
+    pub(crate) secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the HMAC-SHA256 key.
+    pub(crate) secret_env: Option<Spanned<String>>,
+    /// How long one request may take. Default 10s.
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
 }

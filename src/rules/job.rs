@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::condition::{self, Condition, Evaluation, Guard, Sample};
 use super::device::{DeviceKeyLabels, LabelMatchers};
+use super::escalate::Escalate;
 use super::schedule::Schedule;
 use super::socket::ArgValue;
 use super::template::Template;
@@ -173,6 +174,11 @@ pub struct Job {
     pub(crate) mass_outage: Option<MassOutage>,
     /// Expressions that must hold for a device before its data is believed.
     pub guards: Vec<Guard>,
+    /// Who hears when an action did not help or the job gave up
+    /// (`escalate`, or the file's top-level one).
+    pub escalate: Escalate,
+    /// Webhooks told of every action the job takes (`webhooks_on_action`).
+    pub webhooks_on_action: Vec<String>,
     /// Disabled jobs are checked but not run.
     pub enabled: bool,
     /// Watch only the devices a socket powers (`only_powered`): a job over
@@ -271,6 +277,14 @@ impl fmt::Display for Job {
             (Some(outage), _) => write!(f, "\n  outage:   {outage}")?,
             (None, Action::Command { .. }) => f.write_str("\n  outage:   no mass-outage hold")?,
             (None, Action::Sms { .. }) => {}
+        }
+        if self.verify.is_some() || self.limit.is_some() || !self.escalate.targets.is_empty() {
+            write!(f, "\n  escalate: {}", self.escalate)?;
+        }
+        if !self.webhooks_on_action.is_empty() {
+            let names: Vec<String> =
+                self.webhooks_on_action.iter().map(|n| format!("{n:?}")).collect();
+            write!(f, "\n  on each action: webhook {}", names.join(", "))?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod checker;
 pub(crate) mod condition;
 pub(crate) mod config;
 pub(crate) mod device;
+pub mod escalate;
 pub(crate) mod job;
 pub(crate) mod naming;
 pub(crate) mod schedule;
@@ -72,6 +73,8 @@ pub struct RuleSet {
     pub sockets: Vec<Socket>,
     /// Every job, main file first, in file order.
     pub jobs: Vec<Job>,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<escalate::Webhook>,
     socket_by_device: HashMap<DeviceKey, usize>,
 }
 
@@ -95,10 +98,9 @@ impl Outgoing {
 
 /// Where an [`Outgoing`] message goes: the channel, and the address on it.
 ///
-/// SMS is the only channel today. Another one (a webhook) is one more
-/// variant here, made by its rule action in [`RuleSet::outgoing`] and
-/// delivered by the engine's outbox over a backend of its own: the SMS
-/// backends never see it.
+/// A rule's action is an SMS ([`RuleSet::outgoing`]); escalations and
+/// action notices may also go to a webhook, which the engine's outbox
+/// delivers over a backend of its own: the SMS backends never see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {
     /// An SMS, sent by the configured `[sms]` backend(s).
@@ -110,6 +112,13 @@ pub enum Recipient {
         /// The phone number.
         phone: PhoneNumber,
     },
+    /// A JSON payload posted to a `[[webhooks]]` entry, signed.
+    Webhook {
+        /// The entry's name.
+        name: String,
+        /// Its URL without credentials ([`escalate::Webhook::shown_url`]).
+        url: String,
+    },
 }
 
 impl Recipient {
@@ -117,18 +126,20 @@ impl Recipient {
     pub(crate) fn address(&self) -> &str {
         match self {
             Recipient::Sms { phone, .. } => phone.as_str(),
+            Recipient::Webhook { url, .. } => url,
         }
     }
 }
 
 /// As logs and `jobctl test-rule` name it: `socket lobby (+79991234567)`,
-/// `socket - (+79991234567)` for a person.
+/// `socket - (+79991234567)` for a person, `webhook ops (https://…)`.
 impl fmt::Display for Recipient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Recipient::Sms { socket, phone } => {
                 write!(f, "socket {} ({phone})", socket.as_deref().unwrap_or("-"))
             }
+            Recipient::Webhook { name, url } => write!(f, "webhook {name} ({url})"),
         }
     }
 }
@@ -158,6 +169,11 @@ impl RuleSet {
     /// A job by name.
     pub(crate) fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// A `[[webhooks]]` entry by name.
+    pub(crate) fn webhook(&self, name: &str) -> Option<&escalate::Webhook> {
+        self.webhooks.iter().find(|w| w.name == name)
     }
 
     /// A socket by name.
@@ -314,6 +330,7 @@ pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleS
         budgets: settings.budgets,
         sockets: sockets.sockets,
         jobs,
+        webhooks: settings.webhooks,
         socket_by_device: sockets.by_device,
     })
 }

@@ -23,6 +23,7 @@ use crate::rules::config::{
     RawEntries, RawJob, RawLabels, RawLimit, RawRepeat, RawSchedule, RawVerify,
 };
 use crate::rules::device::{DeviceKeyLabels, LabelMatchers};
+use crate::rules::escalate::{Escalate, EscalationTarget, Webhook};
 use crate::rules::job::{
     Action, Job, Limit, MassOutage, Repeat, SourcePosition, DEFAULT_COOLDOWN, MAX_LIMIT_ACTIONS,
     MAX_LIMIT_PER, MAX_VERIFY_WITHIN,
@@ -48,6 +49,8 @@ pub(crate) fn jobs(
         default_guards: &settings.default_guards,
         mass_outage: settings.mass_outage,
         sockets_rejected: sockets.rejected,
+        webhooks: &settings.webhooks,
+        default_escalate: &settings.default_escalate,
     };
     let mut jobs: Vec<Job> = Vec::new();
     let mut job_names: HashMap<String, String> = HashMap::new();
@@ -106,6 +109,10 @@ struct JobEnv<'a> {
     /// socket may be missing that one, so it does not add a second,
     /// misleading error.
     sockets_rejected: bool,
+    /// `[[webhooks]]`, which `escalate` and `webhooks_on_action` name.
+    webhooks: &'a [Webhook],
+    /// The top-level `escalate`.
+    default_escalate: &'a [EscalationTarget],
 }
 
 fn job(
@@ -166,6 +173,22 @@ fn job(
         }
     };
     let outage = mass_outage(ck, r.mass_outage.as_ref(), env.mass_outage, &format!("{label}: "));
+    let escalate = match &r.escalate {
+        None => Some(Escalate { targets: env.default_escalate.to_vec(), inherited: true }),
+        Some(list) => {
+            super::escalate::escalate_list(ck, &format!("{label}: escalate"), list, env.webhooks)
+                .map(|targets| Escalate { targets, inherited: false })
+        }
+    };
+    let webhooks_on_action = match &r.webhooks_on_action {
+        None => Some(Vec::new()),
+        Some(names) => super::escalate::webhooks_on_action(
+            ck,
+            &format!("{label}: webhooks_on_action"),
+            names,
+            env.webhooks,
+        ),
+    };
     let action = match (&r.action, &devices) {
         (None, _) => {
             ck.at(
@@ -231,6 +254,8 @@ fn job(
         schedule: schedule?,
         mass_outage: outage,
         guards,
+        escalate: escalate?,
+        webhooks_on_action: webhooks_on_action?,
         enabled: r.enabled.unwrap_or(true),
         only_powered,
     })

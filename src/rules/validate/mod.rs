@@ -10,6 +10,7 @@
 //! sockets, jobs).
 
 mod conditions;
+mod escalate;
 mod jobs;
 mod settings;
 

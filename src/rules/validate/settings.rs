@@ -1,6 +1,6 @@
 //! The checks of the main file's daemon-wide settings: `device_key`,
-//! `[prometheus]`, `[journal]`, `[budgets]`, `[sms]` and the top-level
-//! `guards`.
+//! `[prometheus]`, `[journal]`, `[budgets]`, `[sms]`, `[[webhooks]]` and
+//! the top-level `guards` and `escalate`.
 //!
 //! `[sms]` is checked here too, by the SMS module's own
 //! [`SmsConfig::check`], so that a broken `[sms]` is reported with the rest
@@ -17,6 +17,7 @@ use crate::rules::checker::{not_a_label, Checker};
 use crate::rules::condition::Guard;
 use crate::rules::config::{RawBudgets, RawJournal, RawMassOutage, RawPrometheus, RawRulesFile};
 use crate::rules::device::{is_label_name, DeviceKeyLabels};
+use crate::rules::escalate::{EscalationTarget, Webhook};
 use crate::rules::job::{MassOutage, DEFAULT_MASS_OUTAGE};
 use crate::rules::settings::{
     Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, DEFAULT_INTERVAL,
@@ -47,6 +48,10 @@ pub(crate) struct Settings {
     /// [`DEFAULT_MASS_OUTAGE`] when the file has none, `None` when it says
     /// `false`.
     pub(crate) mass_outage: Option<MassOutage>,
+    /// `[[webhooks]]`.
+    pub(crate) webhooks: Vec<Webhook>,
+    /// The top-level `escalate`: that of every job without its own.
+    pub(crate) default_escalate: Vec<EscalationTarget>,
 }
 
 /// Checks the settings of the main file `main` (relative paths are taken
@@ -69,7 +74,23 @@ pub(crate) fn settings(
         None => Vec::new(),
     };
     let mass_outage = mass_outage(&mut ck, raw.mass_outage.as_ref(), Some(DEFAULT_MASS_OUTAGE), "");
-    Settings { device_key, prometheus, journal, budgets, sms, default_guards, mass_outage }
+    let webhooks = super::escalate::webhooks(&mut ck, &raw.webhooks);
+    let default_escalate = raw
+        .escalate
+        .as_ref()
+        .and_then(|list| super::escalate::escalate_list(&mut ck, "escalate", list, &webhooks))
+        .unwrap_or_default();
+    Settings {
+        device_key,
+        prometheus,
+        journal,
+        budgets,
+        sms,
+        default_guards,
+        webhooks,
+        default_escalate,
+        mass_outage,
+    }
 }
 
 /// A `mass_outage` value (the top-level one, or a job's with `prefix`
