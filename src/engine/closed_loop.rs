@@ -33,6 +33,7 @@ use crate::error::with_causes;
 use crate::journal::{
     ActionRef, ActionResult, EncodedState, ExecutionId, JournalError, Origin, PlannedSend,
 };
+use crate::rules::job::Limit;
 use crate::rules::state::{Concluded, Evaluation, JobState, Recovery, Verdict};
 use crate::rules::{Recipient, RuleSet};
 
@@ -95,7 +96,7 @@ struct LimitCheck {
     phone: String,
     text: String,
     since: jiff::Timestamp,
-    limit: crate::rules::job::Limit,
+    limit: Limit,
 }
 
 /// A due action its job's limit refuses.
@@ -289,9 +290,7 @@ impl Engine {
                 socket: socket.clone(),
                 phone: phone.as_str().to_string(),
                 text: outgoing.text.clone(),
-                since: now
-                    - jiff::SignedDuration::try_from(limit.per)
-                        .unwrap_or(jiff::SignedDuration::MAX),
+                since: limit_window_start(&limit, now),
                 limit,
             });
         }
@@ -324,16 +323,12 @@ impl Engine {
         let mut allowed: HashMap<(String, String), u32> = HashMap::new();
         let mut refusals = Vec::new();
         for (check, (on_device, to_socket)) in checks.into_iter().zip(counted) {
-            let per = humantime::format_duration(check.limit.per);
-            let max = check.limit.actions;
             let socket_key = check.socket.clone().map(|s| (check.job.clone(), s));
             let to_socket =
                 to_socket + socket_key.as_ref().and_then(|k| allowed.get(k)).copied().unwrap_or(0);
-            let reason = if on_device >= max {
-                format!("limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})")
-            } else if let (Some(socket), true) = (&check.socket, to_socket >= max) {
-                format!("limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})")
-            } else {
+            let refused =
+                limit_refusal(&check.limit, on_device, to_socket, check.socket.as_deref());
+            let Some(reason) = refused else {
                 if let Some(key) = socket_key {
                     *allowed.entry(key).or_default() += 1;
                 }
@@ -370,5 +365,36 @@ impl Engine {
             refusals.push(Refusal { at: check.at, planned, reason, state: step.state, episode });
         }
         refusals
+    }
+}
+
+/// Where a job's `limit` window starts at `now`: actions journalled at or
+/// after it count ([`crate::journal::Journal::count_actions_since`]).
+pub(crate) fn limit_window_start(limit: &Limit, now: jiff::Timestamp) -> jiff::Timestamp {
+    now - jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// Why `limit` refuses one more action, in words, given the actions counted
+/// in its window on the device and to its `socket` (none for an action that
+/// goes to a person); `None` when it allows one. The engine decides with
+/// this, and `jobctl explain` says what it would decide.
+pub(crate) fn limit_refusal(
+    limit: &Limit,
+    on_device: u32,
+    to_socket: u32,
+    socket: Option<&str>,
+) -> Option<String> {
+    let per = humantime::format_duration(limit.per);
+    let max = limit.actions;
+    if on_device >= max {
+        Some(format!(
+            "limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})"
+        ))
+    } else if let (Some(socket), true) = (socket, to_socket >= max) {
+        Some(format!(
+            "limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})"
+        ))
+    } else {
+        None
     }
 }

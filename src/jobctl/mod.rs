@@ -7,6 +7,7 @@
 
 mod check;
 mod error;
+mod explain;
 mod history;
 mod send;
 mod serve;
@@ -69,6 +70,9 @@ pub(crate) enum Command {
     /// Hold actions back for a while (maintenance), list and end silences;
     /// works beside the running daemon, which honours them at its next cycle.
     Silence(silence::SilenceArgs),
+    /// Say why the daemon would or would not act on one device now: the
+    /// condition, guards, state, cooldown, limit, silences and budgets.
+    Explain(explain::ExplainArgs),
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -84,6 +88,7 @@ pub async fn run(
         Command::TestRule(test) => test_rule::run(&args.config, test).await,
         Command::History(history) => history::run(&args.config, history),
         Command::Status(status) => status::run(&args.config, status),
+        Command::Explain(explain) => explain::run(&args.config, explain).await,
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
     };
