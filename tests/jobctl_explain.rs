@@ -51,10 +51,16 @@ fn jobs(closed_hours: &str) -> String {
         )
         + &job("quiet", "")
         + &job("limited", "cooldown = \"1m\"\nlimit = { actions = 1, per = \"24h\" }\n")
+        + &job("spent", "")
+        + &job(
+            "guarded",
+            "guards = [{ expr = \"addreality_platform_up == 1\", on = [\"platform_id\"] }]\n",
+        )
 }
 
 fn rules(prometheus: &str, closed_hours: &str) -> String {
     rules_file::head(prometheus, "1s", "1s", "journal.db")
+        + "[budgets]\nsocket_per_hour = 1\n\n"
         + &rules_file::gateway_sms("http://127.0.0.1:9", "")
         + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "1")
         + &rules_file::socket("hall", "+7 999 765-43-21", "simpal-d210", "12", "2")
@@ -150,6 +156,13 @@ fn record(dir: &Path, now: Timestamp) {
         last_action_at: Some(now - minutes(90)),
         ..JobState::default()
     };
+    // Firing, its first action waiting for the cooldown.
+    let waiting = JobState {
+        phase: Phase::Firing { since: now - minutes(1), episode: 2, actions_taken: 0 },
+        episodes_started: 2,
+        last_action_at: Some(now - SignedDuration::from_secs(30)),
+        ..JobState::default()
+    };
     let (one, hall) = (device("1"), device("2"));
     journal
         .save_states([
@@ -157,6 +170,7 @@ fn record(dir: &Path, now: Timestamp) {
             ("hold", hall.as_str(), &pending),
             ("now", one.as_str(), &cooling),
             ("limited", one.as_str(), &limited),
+            ("limited", hall.as_str(), &waiting),
         ])
         .unwrap();
     let id = journal
@@ -256,6 +270,25 @@ async fn explain_gives_the_first_reason_nothing_would_happen() {
         "{ran:?}"
     );
 
+    // Nothing holds job "spent" on device 1, but its socket's budget is
+    // spent by job "limited"'s message.
+    let ran = explain(dir, "spent", "1").await;
+    assert_eq!(
+        reason(&ran),
+        "the SMS would be suppressed: budget of 1 messages per socket per hour reached (socket lobby: 1)"
+    );
+
+    let ran = explain(dir, "guarded", "1").await;
+    assert!(
+        ran.stdout
+            .contains("  guard addreality_platform_up == 1 on (platform_id): does not hold\n"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        reason(&ran),
+        "guard addreality_platform_up == 1 on (platform_id) does not hold; an unknown verdict never moves towards an action"
+    );
+
     let ran = explain(dir, "limited", "2").await;
     assert_eq!(reason(&ran), "the condition addreality_device_online == 0 does not hold");
 
@@ -288,6 +321,52 @@ async fn explain_gives_the_first_reason_nothing_would_happen() {
     assert_eq!(json["state"]["for_seconds"], 600);
     assert_eq!(json["terms"][0]["value"], 0.0);
     assert_eq!(json["terms"][0]["result"], "true");
+
+    // `status` shows the same: `for` held, the cooldown left, the limit used.
+    let ran = jobctl(dir, &["status"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let (_, waiting) = ran
+        .stdout
+        .split_once("\nJOB      DEVICE                             FOR HELD   COOLDOWN LEFT")
+        .unwrap_or_else(|| panic!("{}", ran.stdout));
+    let lines: Vec<&str> = waiting.lines().collect();
+    assert_eq!(
+        lines[1], r#"hold     {platform_id="12", device_id="1"}  4m of 10m"#,
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(
+        lines[2], r#"hold     {platform_id="12", device_id="2"}  4m of 10m"#,
+        "{}",
+        ran.stdout
+    );
+    let until = time(now + SignedDuration::from_secs(30));
+    assert!(
+        lines[3].starts_with(r#"limited  {platform_id="12", device_id="2"}             "#),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        lines[3].ends_with(&format!("s (until {until})  0 of 1 in 1day (0 to socket hall)")),
+        "{}",
+        ran.stdout
+    );
+    let ran = jobctl(dir, &["status", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let devices = json["devices"].as_array().unwrap();
+    let row = |job: &str, id: &str| {
+        devices.iter().find(|d| d["job"] == job && d["device"] == device(id)).unwrap().clone()
+    };
+    assert_eq!(
+        (&row("hold", "1")["held_seconds"], &row("hold", "1")["for_seconds"]),
+        (&240.into(), &600.into())
+    );
+    assert_eq!(row("limited", "2")["cooldown_until"], until.as_str());
+    assert_eq!(
+        row("limited", "2")["limit"],
+        serde_json::json!({ "on_device": 0, "to_socket": 0, "socket": "hall", "actions": 1, "per_seconds": 86400 })
+    );
+    assert_eq!(row("now", "1").get("cooldown_until"), None, "resolved: nothing waits");
 
     assert_eq!(journal_bytes(dir), before, "explain changed the journal");
 }
@@ -340,7 +419,7 @@ async fn explain_refuses_bad_jobs_devices_and_formats() {
     let cases: [(&[&str], &str); 5] = [
         (
             &["explain", "nope", "--device", "platform_id=12", "--device", "device_id=1"],
-            "jobctl: no job \"nope\" in the rules; jobs: \"hold\", \"now\", \"night\", \"quiet\", \"limited\"\n",
+            "jobctl: no job \"nope\" in the rules; jobs: \"hold\", \"now\", \"night\", \"quiet\", \"limited\", \"spent\", \"guarded\"\n",
         ),
         (
             &["explain", "now", "--device", "platform_id"],

@@ -55,7 +55,7 @@ use crate::engine::{
 };
 use crate::exit::{outln, Exit};
 use crate::journal::{Journal, JournalError, Silence};
-use crate::rules::condition::{evaluate, Condition, DeviceVerdict, Term};
+use crate::rules::condition::{evaluate, Condition, DeviceVerdict, Term, UnknownReason};
 use crate::rules::device::{is_label_name, DeviceKey};
 use crate::rules::state::{self, ActionHeld, JobState, Phase, SilenceHold, Step};
 use crate::rules::{ActionError, Job, Recipient, RuleSet, Sample, Verdict};
@@ -325,14 +325,16 @@ fn explain(
             let seen = alone.devices.get(key).unwrap_or(&alone.absent);
             let query = guard.expr.trim().to_string();
             let result = match (&seen.verdict, &seen.unknown_because) {
-                (Verdict::True | Verdict::False, _) => "holds".to_string(),
-                (Verdict::Unknown, Some(why)) => match why.to_string() {
-                    text if text.starts_with("guard ") => "does not hold".to_string(),
-                    _ if failures.iter().any(|(q, _)| *q == query) => "no answer".to_string(),
-                    _ => "not checked: the condition is unknown".to_string(),
-                },
-                (Verdict::Unknown, None) => "not checked".to_string(),
+                (Verdict::True | Verdict::False, _) => "holds",
+                (Verdict::Unknown, Some(UnknownReason::GuardNotMet { .. })) => "does not hold",
+                (Verdict::Unknown, Some(UnknownReason::QueryFailed { query: failed }))
+                    if *failed == query =>
+                {
+                    "no answer"
+                }
+                (Verdict::Unknown, _) => "not checked: the condition is unknown",
             };
+            let result = result.to_string();
             GuardRow { guard: guard.to_string(), query, result }
         })
         .collect();
@@ -533,8 +535,11 @@ fn reason(inputs: ReasonInputs<'_>) -> Result<Reason, Error> {
         );
     }
     if verdict.verdict == Verdict::Unknown {
+        let code = match &verdict.unknown_because {
+            Some(UnknownReason::GuardNotMet { .. }) => "guard_not_met",
+            _ => "series_missing",
+        };
         let why = verdict.unknown_because.as_ref().map(ToString::to_string).unwrap_or_default();
-        let code = if why.starts_with("guard ") { "guard_not_met" } else { "series_missing" };
         return because(code, format!("{why}; an unknown verdict never moves towards an action"));
     }
     if verdict.verdict == Verdict::False {

@@ -9,6 +9,7 @@ mod check;
 mod error;
 mod explain;
 mod history;
+mod report;
 mod send;
 mod serve;
 mod silence;
@@ -73,6 +74,9 @@ pub(crate) enum Command {
     /// Say why the daemon would or would not act on one device now: the
     /// condition, guards, state, cooldown, limit, silences and budgets.
     Explain(explain::ExplainArgs),
+    /// What each job did over a period, per job and device: episodes,
+    /// actions, recoveries, messages and holds, and the most-cycled devices.
+    Report(report::ReportArgs),
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -89,6 +93,7 @@ pub async fn run(
         Command::History(history) => history::run(&args.config, history),
         Command::Status(status) => status::run(&args.config, status),
         Command::Explain(explain) => explain::run(&args.config, explain).await,
+        Command::Report(report) => report::run(&args.config, report),
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
     };

@@ -76,6 +76,7 @@
 mod execution;
 mod history;
 mod lock;
+mod report;
 mod results;
 mod schema;
 mod sends;
@@ -97,6 +98,7 @@ pub use execution::{
     ActionResult, Attempt, Execution, ExecutionId, ExecutionStatus, UnknownStatus,
 };
 pub use history::HistoryFilter;
+pub use report::DeviceActivity;
 pub use results::ActionRef;
 pub use schema::SCHEMA_VERSION;
 pub use sends::{Origin, PlannedSend, SendResult, Suppression};
