@@ -245,7 +245,18 @@ async fn help_lists_every_subcommand() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "test-rule", "history", "status", "send", "silence", "help"]
+        [
+            "run",
+            "check",
+            "test-rule",
+            "history",
+            "status",
+            "send",
+            "silence",
+            "explain",
+            "report",
+            "help"
+        ]
     );
 }
 

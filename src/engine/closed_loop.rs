@@ -35,6 +35,7 @@ use crate::error::with_causes;
 use crate::journal::{
     ActionRef, ActionResult, Channel, EncodedState, ExecutionId, JournalError, Origin, PlannedSend,
 };
+use crate::rules::job::Limit;
 use crate::rules::state::{Concluded, Evaluation, JobState, Recovery, Verdict};
 use crate::rules::{Recipient, RuleSet};
 
@@ -99,7 +100,7 @@ struct LimitCheck {
     phone: String,
     text: String,
     since: jiff::Timestamp,
-    limit: crate::rules::job::Limit,
+    limit: Limit,
 }
 
 /// A due action its job's limit refuses.
@@ -301,9 +302,7 @@ impl Engine {
                 socket: socket.clone(),
                 phone: phone.as_str().to_string(),
                 text: outgoing.text.clone(),
-                since: now
-                    - jiff::SignedDuration::try_from(limit.per)
-                        .unwrap_or(jiff::SignedDuration::MAX),
+                since: limit_window_start(&limit, now),
                 limit,
             });
         }
@@ -339,15 +338,13 @@ impl Engine {
         let mut allowed: HashSet<(String, String)> = HashSet::new();
         let mut refusals = Vec::new();
         for (check, (on_device, to_socket)) in checks.into_iter().zip(counted) {
-            let per = humantime::format_duration(check.limit.per);
-            let max = check.limit.actions;
             let socket_key = check.socket.clone().map(|s| (check.job.clone(), s));
             let rides_along = socket_key.as_ref().is_some_and(|k| allowed.contains(k));
-            let reason = if on_device >= max {
-                format!("limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})")
-            } else if let (Some(socket), true) = (&check.socket, !rides_along && to_socket >= max) {
-                format!("limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})")
-            } else {
+            // A device riding along is no further command to the socket.
+            let to_socket = if rides_along { 0 } else { to_socket };
+            let refused =
+                limit_refusal(&check.limit, on_device, to_socket, check.socket.as_deref());
+            let Some(reason) = refused else {
                 if let Some(key) = socket_key {
                     allowed.insert(key);
                 }
@@ -387,5 +384,36 @@ impl Engine {
             refusals.push(Refusal { at: check.at, planned, reason, state: step.state, episode });
         }
         refusals
+    }
+}
+
+/// Where a job's `limit` window starts at `now`: actions journalled at or
+/// after it count ([`crate::journal::Journal::count_actions_since`]).
+pub(crate) fn limit_window_start(limit: &Limit, now: jiff::Timestamp) -> jiff::Timestamp {
+    now - jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// Why `limit` refuses one more action, in words, given the actions counted
+/// in its window on the device and to its `socket` (none for an action that
+/// goes to a person); `None` when it allows one. The engine decides with
+/// this, and `jobctl explain` says what it would decide.
+pub(crate) fn limit_refusal(
+    limit: &Limit,
+    on_device: u32,
+    to_socket: u32,
+    socket: Option<&str>,
+) -> Option<String> {
+    let per = humantime::format_duration(limit.per);
+    let max = limit.actions;
+    if on_device >= max {
+        Some(format!(
+            "limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})"
+        ))
+    } else if let (Some(socket), true) = (socket, to_socket >= max) {
+        Some(format!(
+            "limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})"
+        ))
+    } else {
+        None
     }
 }

@@ -64,6 +64,11 @@ mod webhook;
 pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
 pub use outbox::{EngineOptions, Mode, Outbox, SendRetry, MAX_TEXT_CHARS};
+// What `jobctl explain` asks the engine's own rules about one (job, device).
+pub(crate) use closed_loop::{limit_refusal, limit_window_start};
+pub(crate) use outbox::over_budget;
+pub(crate) use silences::silence_holding;
+pub(crate) use states::{in_window, timing};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;

@@ -479,8 +479,9 @@ fn journal_row(origin: Origin, outgoing: &Outgoing) -> PlannedSend {
     }
 }
 
-/// The budget a message to `socket` would go over now, in words, if any.
-fn over_budget(
+/// The budget a message to `socket` would go over now, in words, if any
+/// (what the outbox suppresses a message for; `jobctl explain` asks too).
+pub(crate) fn over_budget(
     journal: &Journal,
     budgets: &Budgets,
     socket: &str,

@@ -84,12 +84,7 @@ impl Silences {
 
     /// The silences in force at `now` that may hold `job`'s actions.
     pub(super) fn for_job(&self, job: &str, now: Timestamp) -> JobSilences<'_> {
-        let silences = self
-            .unended
-            .iter()
-            .filter(|s| s.is_active(now) && s.job.as_deref().is_none_or(|j| j == job))
-            .collect();
-        JobSilences { silences }
+        JobSilences::of(&self.unended, job, now)
     }
 
     /// Whether a hold is new (not yet logged and journalled); remembers it.
@@ -164,7 +159,30 @@ pub(super) struct JobSilences<'s> {
     silences: Vec<&'s Silence>,
 }
 
-impl JobSilences<'_> {
+/// The silence of `unended` that holds `job`'s actions on a device with
+/// these labels, powered by `socket`, at `now`, if one does: the engine's
+/// own matching, for `jobctl explain`.
+pub(crate) fn silence_holding(
+    unended: &[Silence],
+    job: &str,
+    labels: &BTreeMap<String, String>,
+    socket: Option<&str>,
+    now: Timestamp,
+) -> Option<SilenceHold> {
+    JobSilences::of(unended, job, now).holding(labels, socket)
+}
+
+impl<'s> JobSilences<'s> {
+    /// The silences of `unended` in force at `now` that may hold `job`'s
+    /// actions.
+    fn of(unended: &'s [Silence], job: &str, now: Timestamp) -> JobSilences<'s> {
+        let silences = unended
+            .iter()
+            .filter(|s| s.is_active(now) && s.job.as_deref().is_none_or(|j| j == job))
+            .collect();
+        JobSilences { silences }
+    }
+
     /// Whether none may.
     pub(super) fn is_empty(&self) -> bool {
         self.silences.is_empty()

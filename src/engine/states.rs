@@ -168,8 +168,14 @@ pub(super) struct HeldBySilence {
 }
 
 /// The limits of the state machine that `job` states.
-pub(super) fn timing(job: &Job) -> Timing {
+pub(crate) fn timing(job: &Job) -> Timing {
     Timing { for_: job.hold_for, cooldown: job.cooldown, repeat: job.repeat, verify: job.verify }
+}
+
+/// Whether `job`'s schedule window allows actions at `now` (always, without
+/// a schedule): the state machine's [`state::Evaluation::in_window`].
+pub(crate) fn in_window(job: &Job, now: jiff::Timestamp) -> bool {
+    job.schedule.as_ref().is_none_or(|s| s.allows(now))
 }
 
 /// Advances each (job, device) the engine knows by one evaluation: every
@@ -195,7 +201,7 @@ pub(super) fn advance_job(
     mass_outage: Option<jiff::Timestamp>,
 ) -> (usize, u64) {
     let timing = timing(job);
-    let in_window = job.schedule.as_ref().is_none_or(|s| s.allows(now));
+    let in_window = in_window(job, now);
     let answered = &evaluation.devices;
     let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
     let mut was_stored = std::mem::take(&mut states.stored);

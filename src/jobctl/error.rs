@@ -106,6 +106,15 @@ pub(crate) enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// `explain --device`: not a usable LABEL=VALUE, or not naming one
+    /// device by the device key.
+    #[error("--device {matcher:?}: {why}")]
+    Device {
+        /// What was typed.
+        matcher: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// `silence add --for`: not a usable duration.
     #[error("--for {text:?}: {why}")]
     SilenceDuration {
@@ -149,6 +158,7 @@ impl CliError for Error {
             | Error::Replay(_)
             | Error::SilenceMatchesNothing
             | Error::SilenceDevice { .. }
+            | Error::Device { .. }
             | Error::SilenceDuration { .. }
             | Error::SilenceText { .. }
             | Error::SilenceId(_)

@@ -7,8 +7,10 @@
 
 mod check;
 mod error;
+mod explain;
 mod history;
 mod replay;
+mod report;
 mod send;
 mod serve;
 mod silence;
@@ -70,6 +72,12 @@ pub(crate) enum Command {
     /// Hold actions back for a while (maintenance), list and end silences;
     /// works beside the running daemon, which honours them at its next cycle.
     Silence(silence::SilenceArgs),
+    /// Say why the daemon would or would not act on one device now: the
+    /// condition, guards, state, cooldown, limit, silences and budgets.
+    Explain(explain::ExplainArgs),
+    /// What each job did over a period, per job and device: episodes,
+    /// actions, recoveries, messages and holds, and the most-cycled devices.
+    Report(report::ReportArgs),
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -85,6 +93,8 @@ pub async fn run(
         Command::TestRule(test) => test_rule::run(&args.config, test).await,
         Command::History(history) => history::run(&args.config, history),
         Command::Status(status) => status::run(&args.config, status),
+        Command::Explain(explain) => explain::run(&args.config, explain).await,
+        Command::Report(report) => report::run(&args.config, report),
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
     };

@@ -1,7 +1,8 @@
 //! `jobctl status`: where every job stands on every device, which firing
-//! devices a silence holds back, which jobs a mass outage holds, and how
-//! much of each message budget is used, read from the journal without
-//! disturbing a running daemon.
+//! devices a silence holds back, which jobs a mass outage holds, for each
+//! pending or firing device how long `for` has held, the cooldown left and
+//! the `limit` used, and how much of each message budget is used, read from
+//! the journal without disturbing a running daemon.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,8 +12,11 @@ use serde::Serialize;
 use super::error::Error;
 use super::table::{render_table, Format};
 use super::{load_rules, read_journal};
+use crate::engine::limit_window_start;
 use crate::exit::Exit;
+use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase, Verifying};
+use crate::rules::{Job, RuleSet};
 
 /// `jobctl status` flags.
 #[derive(Debug, clap::Args)]
@@ -38,6 +42,33 @@ struct DeviceRow {
     verifying: Option<VerifyingRow>,
     /// Whether the job gave up on the device in this episode (`limit`).
     gave_up: bool,
+    /// Pending: how long the condition has held, and the job's `for`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    for_seconds: Option<u64>,
+    /// Pending, or firing before the episode's first action: when the
+    /// cooldown since the last action ends, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown_remaining_seconds: Option<u64>,
+    /// Pending or firing under a job `limit`: the actions counted in its
+    /// window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<LimitUse>,
+}
+
+#[derive(Serialize)]
+struct LimitUse {
+    /// Actions on the device, and to its socket, in the window.
+    on_device: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_socket: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<String>,
+    actions: u32,
+    per_seconds: u64,
 }
 
 #[derive(Serialize)]
@@ -133,15 +164,29 @@ fn verifying_row(v: &Verifying, now: jiff::Timestamp) -> VerifyingRow {
     }
 }
 
-fn describe(device: String, job: String, state: &JobState, now: jiff::Timestamp) -> DeviceRow {
+fn describe(device: String, job: &Job, state: &JobState, now: jiff::Timestamp) -> DeviceRow {
     let (since, episode) = match &state.phase {
         Phase::Inactive => (None, None),
         Phase::Pending { since, .. } => (Some(time(*since)), None),
         Phase::Firing { since, episode, .. } => (Some(time(*since)), Some(*episode)),
         Phase::Resolved { at, episode } => (Some(time(*at)), Some(*episode)),
     };
+    let held_seconds = match &state.phase {
+        Phase::Pending { held, .. } => Some(held.as_secs()),
+        _ => None,
+    };
+    // The cooldown gates an episode's first action only.
+    let gated = match &state.phase {
+        Phase::Pending { .. } => true,
+        Phase::Firing { actions_taken, .. } => *actions_taken == 0,
+        Phase::Inactive | Phase::Resolved { .. } => false,
+    };
+    let cooldown_until = state
+        .last_action_at
+        .map(|last| crate::clock::after(last, job.cooldown))
+        .filter(|until| gated && *until > now);
     DeviceRow {
-        job,
+        job: job.name.clone(),
         device,
         state: state.phase.name().as_str(),
         since,
@@ -153,7 +198,50 @@ fn describe(device: String, job: String, state: &JobState, now: jiff::Timestamp)
             (Phase::Firing { episode, .. }, Some(gave_up)) => *episode == gave_up,
             _ => false,
         },
+        held_seconds,
+        for_seconds: held_seconds.map(|_| job.hold_for.as_secs()),
+        cooldown_until: cooldown_until.map(time),
+        cooldown_remaining_seconds: cooldown_until
+            .map(|until| u64::try_from(until.duration_since(now).as_secs()).unwrap_or(0)),
+        limit: None,
     }
+}
+
+/// The actions a pending or firing device's job `limit` counts now, from
+/// the journal as the engine counts them.
+fn limit_use(
+    rules: &RuleSet,
+    journal: &Journal,
+    job: &Job,
+    device: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<LimitUse>, Error> {
+    let Some(limit) = job.limit else { return Ok(None) };
+    // The journal keeps a device by its text form, which the sockets'
+    // `powers` keys display as.
+    let socket = rules
+        .sockets
+        .iter()
+        .find(|s| s.powers.iter().any(|key| key.to_string() == device))
+        .map(|s| s.name.clone());
+    let (on_device, to_socket) = journal.count_actions_since(
+        &job.name,
+        device,
+        socket.as_deref(),
+        limit_window_start(&limit, now),
+    )?;
+    Ok(Some(LimitUse {
+        on_device,
+        to_socket: socket.as_ref().map(|_| to_socket),
+        socket,
+        actions: limit.actions,
+        per_seconds: limit.per.as_secs(),
+    }))
+}
+
+/// `4m 20s`, to the second.
+fn span(seconds: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
 }
 
 pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
@@ -161,11 +249,15 @@ pub(super) fn run(config: &Path, args: StatusArgs) -> Result<Exit, Error> {
     let journal = read_journal(&rules)?;
     let states = journal.load_states()?;
     let now = jiff::Timestamp::now();
-    let mut devices: Vec<DeviceRow> = states
-        .iter()
-        .filter(|((job, _), _)| rules.job(job).is_some())
-        .map(|((job, device), state)| describe(device.clone(), job.clone(), state, now))
-        .collect();
+    let mut devices: Vec<DeviceRow> = Vec::new();
+    for ((job, device), state) in &states {
+        let Some(job) = rules.job(job) else { continue };
+        let mut row = describe(device.clone(), job, state, now);
+        if matches!(state.phase, Phase::Pending { .. } | Phase::Firing { .. }) {
+            row.limit = limit_use(&rules, &journal, job, device, now)?;
+        }
+        devices.push(row);
+    }
     devices.sort_by(|a, b| (&a.job, &a.device).cmp(&(&b.job, &b.device)));
     let now = jiff::Timestamp::now();
     for hold in journal.active_holds(now)? {
@@ -306,6 +398,39 @@ fn render(status: &Status) -> String {
     if !held.is_empty() {
         out.push('\n');
         out.push_str(&render_table(&["JOB", "DEVICE", "HELD BY", "UNTIL (UTC)"], &held));
+    }
+    let waiting: Vec<[String; 5]> = status
+        .devices
+        .iter()
+        .filter(|d| d.held_seconds.is_some() || d.cooldown_until.is_some() || d.limit.is_some())
+        .map(|d| {
+            let held = match (d.held_seconds, d.for_seconds) {
+                (Some(held), Some(for_)) => format!("{} of {}", span(held), span(for_)),
+                _ => String::new(),
+            };
+            let cooldown = match (&d.cooldown_until, d.cooldown_remaining_seconds) {
+                (Some(until), Some(left)) => format!("{} (until {until})", span(left)),
+                _ => String::new(),
+            };
+            let limit = d.limit.as_ref().map_or_else(String::new, |l| {
+                let per = span(l.per_seconds);
+                match (&l.socket, l.to_socket) {
+                    (Some(socket), Some(n)) => format!(
+                        "{} of {} in {per} ({n} to socket {socket})",
+                        l.on_device, l.actions
+                    ),
+                    _ => format!("{} of {} in {per}", l.on_device, l.actions),
+                }
+            });
+            [d.job.clone(), d.device.clone(), held, cooldown, limit]
+        })
+        .collect();
+    if !waiting.is_empty() {
+        out.push('\n');
+        out.push_str(&render_table(
+            &["JOB", "DEVICE", "FOR HELD", "COOLDOWN LEFT", "LIMIT USED"],
+            &waiting,
+        ));
     }
     out.push('\n');
     let budgets: Vec<[String; 3]> = status

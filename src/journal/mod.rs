@@ -79,6 +79,7 @@ mod execution;
 mod history;
 mod lock;
 mod outages;
+mod report;
 mod results;
 mod schema;
 mod sends;
@@ -102,6 +103,7 @@ pub use execution::{
 };
 pub use history::HistoryFilter;
 pub use outages::{MassOutageRecord, OutageChange, OutageHeldAction};
+pub use report::DeviceActivity;
 pub use results::ActionRef;
 pub use schema::SCHEMA_VERSION;
 pub use sends::{DeviceAction, Origin, PlannedSend, SendResult, Suppression};

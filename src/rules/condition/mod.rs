@@ -42,6 +42,6 @@ mod term;
 /// One series of an instant-query answer, as the Prometheus client returns it.
 pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
-pub(crate) use evaluation::{evaluate, JobEvaluation, Quick};
+pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
 pub use term::{Condition, Guard, Op, Term, Verdict};
