@@ -290,9 +290,7 @@ impl Engine {
                 socket: socket.clone(),
                 phone: phone.as_str().to_string(),
                 text: outgoing.text.clone(),
-                since: now
-                    - jiff::SignedDuration::try_from(limit.per)
-                        .unwrap_or(jiff::SignedDuration::MAX),
+                since: limit_since(limit, now),
                 limit,
             });
         }
@@ -328,34 +326,17 @@ impl Engine {
         let mut allowed: HashSet<(String, String)> = HashSet::new();
         let mut refusals = Vec::new();
         for (check, (on_device, to_socket)) in checks.into_iter().zip(counted) {
-            let per = humantime::format_duration(check.limit.per);
-            let max = check.limit.actions;
             let socket_key = check.socket.clone().map(|s| (check.job.clone(), s));
             let rides_along = socket_key.as_ref().is_some_and(|k| allowed.contains(k));
-            let reason = if on_device >= max {
-                format!("limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})")
-            } else if let (Some(socket), true) = (&check.socket, !rides_along && to_socket >= max) {
-                format!("limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})")
-            } else {
+            let counted = LimitCount { on_device, to_socket, rides_along };
+            let Some(reason) = limit_refusal(check.limit, counted, check.socket.as_deref()) else {
                 if let Some(key) = socket_key {
                     allowed.insert(key);
                 }
                 continue;
             };
             let due = &dispatch[check.at];
-            let step = due.previous.advance(
-                &timing(&rules.jobs[due.job]),
-                &Evaluation {
-                    now,
-                    verdict: Verdict::True,
-                    value: due.due.trigger_value,
-                    in_window: true,
-                    limit_reached: true,
-                    // The action was due, so no silence held it.
-                    silence: None,
-                },
-            );
-            debug_assert!(step.action.is_none(), "a reached limit makes no action due");
+            let step = give_up(&rules.jobs[due.job], &due.previous, &due.due, now);
             let planned = PlannedSend {
                 origin: Origin::Rule {
                     job: check.job,
@@ -375,4 +356,75 @@ impl Engine {
         }
         refusals
     }
+}
+
+/// What a due action's job has done within its `limit.per`, as
+/// [`limit_refusal`] weighs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LimitCount {
+    /// Actions of the job on the device.
+    pub(super) on_device: u32,
+    /// Commands of the job to the device's socket.
+    pub(super) to_socket: u32,
+    /// Whether the action rides along on a message to its socket already
+    /// allowed in the same cycle (so it is no further command to the socket).
+    pub(super) rides_along: bool,
+}
+
+/// Why the job's `limit` refuses an action, given what was counted; `None`
+/// when it allows it. The live engine counts from the journal, the replay
+/// from what it simulated; both decide here.
+pub(super) fn limit_refusal(
+    limit: crate::rules::job::Limit,
+    counted: LimitCount,
+    socket: Option<&str>,
+) -> Option<String> {
+    let per = humantime::format_duration(limit.per);
+    let max = limit.actions;
+    let LimitCount { on_device, to_socket, rides_along } = counted;
+    if on_device >= max {
+        Some(format!(
+            "limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})"
+        ))
+    } else if let (Some(socket), true) = (socket, !rides_along && to_socket >= max) {
+        Some(format!(
+            "limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The step that gives an episode up instead of taking the action `due`
+/// that `previous` was advanced to: the same evaluation, told the limit is
+/// reached.
+pub(super) fn give_up(
+    job: &crate::rules::Job,
+    previous: &JobState,
+    due: &crate::rules::state::ActionDue,
+    now: jiff::Timestamp,
+) -> crate::rules::state::Step {
+    let step = previous.advance(
+        &timing(job),
+        &Evaluation {
+            now,
+            verdict: Verdict::True,
+            value: due.trigger_value,
+            in_window: true,
+            limit_reached: true,
+            // The action was due, so no silence held it.
+            silence: None,
+        },
+    );
+    debug_assert!(step.action.is_none(), "a reached limit makes no action due");
+    step
+}
+
+/// The start of a job's `limit.per` window ending at `now`.
+pub(super) fn limit_since(
+    limit: crate::rules::job::Limit,
+    now: jiff::Timestamp,
+) -> jiff::Timestamp {
+    now.checked_sub(jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MIN)
 }
