@@ -669,3 +669,49 @@ totals
 "##
     );
 }
+
+#[tokio::test]
+async fn a_socket_gets_no_other_first_action_within_the_cooldown_in_the_replay() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // Both players of socket `lobby` fire at 00:05:30 (online for 5m), but
+    // a silence holds Hall until 00:10: by then the socket got Lobby's
+    // command, so Hall's waits for the job's 1h cooldown from it.
+    let socket =
+        "[[sockets]]\nname = \"lobby\"\nphone = \"+7 999 123-45-67\"\nmodel = \"simpal-d210\"\n\
+                  powers = [{ platform_id = \"12\", device_id = \"30785\" }, \
+                  { platform_id = \"12\", device_id = \"30786\" }]\n\n";
+    let body = rules_file::head(prometheus.url(), "30s", "5s", "journal.db")
+        + "[sms]\nbackend = \"log\"\n\n"
+        + socket
+        + &rules_file::offline_job("reboot frozen", "12", Some("5m"), POWER_CYCLE_ACTION)
+            .replace("value = 0", "value = 1")
+        + "cooldown = \"1h\"\n";
+    let site = Site::new(&body);
+    add_silence(&site, "30786", "2026-11-01T00:00:00Z", Duration::from_secs(600));
+    let mut args = DAY_ARGS.to_vec();
+    args[5] = "2026-11-01T01:30:00Z";
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let start = ran.stdout.find("\n{platform_id=\"12\", device_id=\"30786\"}").unwrap();
+    let end = ran.stdout.find("\ntotals\n").unwrap();
+    assert_eq!(
+        &ran.stdout[start..end],
+        r##"
+{platform_id="12", device_id="30786"} (Hall)
+  2026-11-01T00:00:30Z  condition true
+  2026-11-01T00:05:30Z  fired (episode 1)
+  2026-11-01T00:05:30Z  action held by silence #1 until 2026-11-01T00:10:00Z
+  2026-11-01T00:10:00Z  action waits: socket lobby got a command from this job at 2026-11-01T00:05:30Z, within its cooldown (until 2026-11-01T01:05:30Z)
+  2026-11-01T01:05:30Z  would send "#12#0#1#1#" to socket lobby (+79991234567)
+  still true at the end of the range
+"##
+    );
+    assert!(
+        ran.stdout.contains("  messages:   2 would have left (socket lobby: 2);"),
+        "{}",
+        ran.stdout
+    );
+}

@@ -428,3 +428,43 @@ pub(super) fn limit_since(
     now.checked_sub(jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(jiff::Timestamp::MIN)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rules::job::Limit;
+
+    const LIMIT: Limit = Limit { actions: 3, per: Duration::from_secs(24 * 3600) };
+
+    fn refusal(
+        on_device: u32,
+        to_socket: u32,
+        rides_along: bool,
+        socket: Option<&str>,
+    ) -> Option<String> {
+        limit_refusal(LIMIT, LimitCount { on_device, to_socket, rides_along }, socket)
+    }
+
+    #[test]
+    fn the_device_count_refuses_first_then_the_socket_count_unless_riding_along() {
+        assert_eq!(refusal(2, 2, false, Some("hall")), None);
+        assert_eq!(
+            refusal(3, 5, false, Some("hall")).as_deref(),
+            Some("limit reached: 3 actions on this device in the last 1day (limit 3 per 1day)")
+        );
+        assert_eq!(
+            refusal(1, 3, false, Some("hall")).as_deref(),
+            Some("limit reached: 3 actions to socket hall in the last 1day (limit 3 per 1day)")
+        );
+        assert_eq!(refusal(1, 3, true, Some("hall")), None, "no further command to the socket");
+        assert_eq!(refusal(1, 3, false, None), None, "a message to a person has no socket");
+    }
+
+    #[test]
+    fn the_window_starts_per_before_now() {
+        let now: jiff::Timestamp = "2026-11-02T12:00:00Z".parse().unwrap();
+        assert_eq!(limit_since(LIMIT, now), "2026-11-01T12:00:00Z".parse().unwrap());
+    }
+}
