@@ -715,3 +715,18 @@ async fn a_socket_gets_no_other_first_action_within_the_cooldown_in_the_replay()
         ran.stdout
     );
 }
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_read_for_its_silences_stops_the_replay_with_why() {
+    let site = Site::new(&rules("http://127.0.0.1:9", "12h", ""));
+    std::fs::write(site.dir.path().join("journal.db"), "not a journal\n").unwrap();
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (4, ""), "{ran:?}");
+    // Read before Prometheus is asked anything (it is not there).
+    assert_eq!(
+        ran.stderr,
+        "jobctl: ./journal.db: not an SQLite database, so not a jobctl journal; it was left untouched \
+         (move it away or set [journal] path to another file)\n"
+    );
+    assert_eq!(std::fs::read(site.dir.path().join("journal.db")).unwrap(), b"not a journal\n");
+}
