@@ -246,7 +246,8 @@ async fn budgets_apply_in_the_replay_and_json_says_the_same() {
         serde_json::json!({
             "episodes": 3, "fired": 2, "recovered_before_for": 1, "open": 0,
             "messages": 1, "messages_per_socket": { "lobby": 1 }, "suppressed_by_budgets": 1,
-            "action_errors": 0, "segments": 1, "devices": 1, "devices_seen": 2,
+            "action_errors": 0, "recovered": 0, "not_recovered": 0, "unverified": 0,
+            "gave_up": 0, "segments": 1, "devices": 1, "devices_seen": 2,
             "unknown_evaluations": 1,
             "cost": { "amount": 3.5, "currency": "RUB", "per_segment": 3.5 },
         })
@@ -256,7 +257,8 @@ async fn budgets_apply_in_the_replay_and_json_says_the_same() {
     assert_eq!(
         episodes[1],
         serde_json::json!({
-            "started": "2026-11-01T08:00:30Z", "fired": null, "episode": null, "held": null,
+            "started": "2026-11-01T08:00:30Z", "fired": null, "episode": null, "held": [],
+            "gave_up": null,
             "messages": [], "action_errors": [], "unknown_evaluations": 0,
             "end": "recovered_before_for", "ended": "2026-11-01T08:03:30Z",
         })
@@ -267,6 +269,7 @@ async fn budgets_apply_in_the_replay_and_json_says_the_same() {
             "at": "2026-11-01T12:05:30Z", "attempt": 1, "socket": "lobby", "phone": "+79991234567",
             "text": "#12#0#1#1#", "segments": 1,
             "suppressed": "budget of 1 messages per socket per day reached (socket lobby: 1)",
+            "with": null, "also_for": [], "result": null,
         }])
     );
     assert_eq!(site.files(), Vec::<String>::new(), "a replay writes nothing");
@@ -285,11 +288,19 @@ async fn a_range_longer_than_a_query_may_ask_is_fetched_in_chunks_with_the_same_
     let range =
         ReplayRange::new(day, day + SignedDuration::from_hours(24), Duration::from_secs(30))
             .unwrap();
-    let whole = replay::replay(&rules, job, prometheus.client(), range, ReplayOptions::default())
-        .await
-        .unwrap();
+    let whole = replay::replay(
+        &rules,
+        job,
+        prometheus.client(),
+        range,
+        ReplayOptions::default(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     let small = ReplayOptions { max_steps_per_query: 100, ..ReplayOptions::default() };
-    let chunked = replay::replay(&rules, job, prometheus.client(), range, small).await.unwrap();
+    let chunked =
+        replay::replay(&rules, job, prometheus.client(), range, small, Vec::new()).await.unwrap();
     // 2881 steps: 60, then as many as the options allow (11,000 or 100).
     assert_eq!((whole.requests, chunked.requests), (2, 30));
     assert_eq!(whole.devices, chunked.devices);
@@ -300,7 +311,8 @@ async fn a_range_longer_than_a_query_may_ask_is_fetched_in_chunks_with_the_same_
     // the one after a chunk in which only Lobby did (Hall's gap at 20:00):
     // 60 + 25 × 112 + 50 > 2881 in 1 + 112 requests.
     let tight = ReplayOptions { points_per_chunk: 50, ..ReplayOptions::default() };
-    let bounded = replay::replay(&rules, job, prometheus.client(), range, tight).await.unwrap();
+    let bounded =
+        replay::replay(&rules, job, prometheus.client(), range, tight, Vec::new()).await.unwrap();
     assert_eq!(bounded.requests, 113);
     assert_eq!(bounded.devices, whole.devices);
 }
@@ -413,4 +425,308 @@ async fn no_data_and_prometheus_errors_exit_6_with_a_clear_message() {
     );
     assert!(ran.stderr.contains("/api/v1/query_range"), "{}", ran.stderr);
     assert_eq!(site.files(), Vec::<String>::new());
+}
+
+/// Adds a silence to the site's journal through the path `jobctl silence
+/// add` uses, as if added at `added` (a time of [`DAY`]) for `length`.
+fn add_silence(site: &Site, device_id: &str, added: &str, length: Duration) -> i64 {
+    use signage_watchdog::journal::{NewSilence, SilenceWriter};
+    let clock = std::sync::Arc::new(signage_watchdog::clock::ManualClock::new(at(added)));
+    let silence = SilenceWriter::open(&site.dir.path().join("journal.db"))
+        .unwrap()
+        .with_clock(clock)
+        .add(&NewSilence {
+            job: Some("reboot frozen".into()),
+            socket: None,
+            devices: [("device_id".to_string(), device_id.to_string())].into(),
+            author: "anna".into(),
+            comment: "lobby rewiring".into(),
+            duration: length,
+        })
+        .unwrap();
+    silence.id.0
+}
+
+/// The lines of Lobby's timeline (the first device's), without the header.
+fn lobby(stdout: &str) -> String {
+    let start = stdout.find("{platform_id=\"12\", device_id=\"30785\"} (Lobby)\n").unwrap();
+    let end = stdout.find("\ntotals\n").unwrap();
+    stdout[start..end].to_string()
+}
+
+#[tokio::test]
+async fn silences_in_force_then_hold_the_replay_and_their_end_releases_it() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    let site = Site::new(&rules(prometheus.url(), "1h", ""));
+    // #1 from 01:00 to 02:10: the first outage's action waits for its end.
+    // #2 from 11:00 to 13:00: the third outage ends before it does.
+    // #3 from 05:00 to 06:00 covers no outage, and #4, on the other
+    // player, none of Lobby's.
+    assert_eq!(
+        add_silence(&site, "30785", "2026-11-01T01:00:00Z", Duration::from_secs(70 * 60)),
+        1
+    );
+    assert_eq!(add_silence(&site, "30785", "2026-11-01T11:00:00Z", Duration::from_secs(7200)), 2);
+    assert_eq!(add_silence(&site, "30785", "2026-11-01T05:00:00Z", Duration::from_secs(3600)), 3);
+    assert_eq!(add_silence(&site, "30786", "2026-11-01T00:00:00Z", Duration::from_secs(86400)), 4);
+    let journal = std::fs::read(site.dir.path().join("journal.db")).unwrap();
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert_eq!(
+        lobby(&ran.stdout),
+        r##"{platform_id="12", device_id="30785"} (Lobby)
+  2026-11-01T02:00:30Z  condition true
+  2026-11-01T02:05:30Z  fired (episode 1)
+  2026-11-01T02:05:30Z  action held by silence #1 until 2026-11-01T02:10:00Z
+  2026-11-01T02:10:00Z  would send "#12#0#1#1#" to socket lobby (+79991234567)
+  2026-11-01T02:20:30Z  condition false after 20m: resolved
+  2026-11-01T08:00:30Z  condition true
+  2026-11-01T08:03:30Z  condition false after 3m: recovered on its own before `for` (5m)
+  2026-11-01T12:00:30Z  condition true
+  2026-11-01T12:05:30Z  fired (episode 2)
+  2026-11-01T12:05:30Z  action held by silence #2 until 2026-11-01T13:00:00Z
+  2026-11-01T12:30:30Z  condition false after 30m: resolved, nothing sent
+"##
+    );
+    assert!(
+        ran.stdout.contains("  messages:   1 would have left (socket lobby: 1);"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(
+        std::fs::read(site.dir.path().join("journal.db")).unwrap(),
+        journal,
+        "the journal is only read"
+    );
+}
+
+/// [`rules`] with `verify` and `limit` on the job.
+fn closed_loop_rules(prometheus: &str, verify: &str) -> String {
+    rules(prometheus, "1h", "")
+        + &format!(
+            "verify = {{ within = \"{verify}\" }}\nlimit = {{ actions = 1, per = \"24h\" }}\n"
+        )
+}
+
+#[tokio::test]
+async fn verify_results_and_limits_are_replayed_as_the_daemon_decides_them() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // Within 20m Lobby comes back (02:20:30, 15m after the action); the
+    // third outage's action would be the second in 24h: given up.
+    let site = Site::new(&closed_loop_rules(prometheus.url(), "20m"));
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert_eq!(
+        lobby(&ran.stdout),
+        r##"{platform_id="12", device_id="30785"} (Lobby)
+  2026-11-01T02:00:30Z  condition true
+  2026-11-01T02:05:30Z  fired (episode 1)
+  2026-11-01T02:05:30Z  would send "#12#0#1#1#" to socket lobby (+79991234567)
+  2026-11-01T02:20:30Z  recovered 15m after the action
+  2026-11-01T02:20:30Z  condition false after 20m: resolved
+  2026-11-01T08:00:30Z  condition true
+  2026-11-01T08:03:30Z  condition false after 3m: recovered on its own before `for` (5m)
+  2026-11-01T12:00:30Z  condition true
+  2026-11-01T12:05:30Z  fired (episode 2)
+  2026-11-01T12:05:30Z  gave up: limit reached: 1 actions on this device in the last 1day (limit 1 per 1day)
+  2026-11-01T12:30:30Z  condition false after 30m: resolved, nothing sent
+"##
+    );
+    assert!(
+        ran.stdout.contains(
+            "  messages:   1 would have left (socket lobby: 1); 0 suppressed by budgets\n\
+             \x20 results:    1 recovered, 0 not recovered, 0 unverified, 1 gave up\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+
+    // Within 10m it does not: still offline at 02:15:30, the deadline.
+    let site = Site::new(&closed_loop_rules(prometheus.url(), "10m"));
+    let mut args = DAY_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let episodes = &json["devices"][0]["episodes"];
+    assert_eq!(
+        episodes[0]["messages"][0]["result"],
+        serde_json::json!({ "at": "2026-11-01T02:15:30Z", "result": "not_recovered" })
+    );
+    assert_eq!(
+        episodes[2]["gave_up"],
+        serde_json::json!({
+            "at": "2026-11-01T12:05:30Z",
+            "reason": "limit reached: 1 actions on this device in the last 1day (limit 1 per 1day)",
+        })
+    );
+    let totals = &json["totals"];
+    assert_eq!(
+        [&totals["recovered"], &totals["not_recovered"], &totals["unverified"], &totals["gave_up"]],
+        [0, 1, 0, 1]
+    );
+}
+
+#[tokio::test]
+async fn two_players_of_one_socket_due_together_get_one_message() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // Socket `lobby` powers both players, and the job fires on players
+    // *online* for 5m: both are, from the first sample of the day.
+    let socket =
+        "[[sockets]]\nname = \"lobby\"\nphone = \"+7 999 123-45-67\"\nmodel = \"simpal-d210\"\n\
+                  powers = [{ platform_id = \"12\", device_id = \"30785\" }, \
+                  { platform_id = \"12\", device_id = \"30786\" }]\n\n";
+    let body = rules_file::head(prometheus.url(), "30s", "5s", "journal.db")
+        + "[sms]\nbackend = \"log\"\nprice = { per_message = 3.5, currency = \"RUB\" }\n\n"
+        + socket
+        + &rules_file::offline_job("reboot frozen", "12", Some("5m"), POWER_CYCLE_ACTION)
+            .replace("value = 0", "value = 1")
+        + "cooldown = \"12h\"\n";
+    let site = Site::new(&body);
+    let mut args = DAY_ARGS.to_vec();
+    args[5] = "2026-11-01T00:30:00Z";
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let start = ran.stdout.find("\n{platform_id").unwrap();
+    assert_eq!(
+        &ran.stdout[start..],
+        r##"
+{platform_id="12", device_id="30785"} (Lobby)
+  2026-11-01T00:00:30Z  condition true
+  2026-11-01T00:05:30Z  fired (episode 1)
+  2026-11-01T00:05:30Z  would send "#12#0#1#1#" to socket lobby (+79991234567), also for {platform_id="12", device_id="30786"}
+  still true at the end of the range
+
+{platform_id="12", device_id="30786"} (Hall)
+  2026-11-01T00:00:30Z  condition true
+  2026-11-01T00:05:30Z  fired (episode 1)
+  2026-11-01T00:05:30Z  action rides along on the message for {platform_id="12", device_id="30785"} (one message per socket)
+  still true at the end of the range
+
+totals
+  episodes:   2 (2 fired, 0 recovered on their own before `for`, 2 still open at the end)
+  messages:   1 would have left (socket lobby: 1); 0 suppressed by budgets
+  devices:    2 with an episode, of 2 seen
+  unknown:    0 evaluations
+  cost:       3.50 RUB (1 segment at 3.50 RUB)
+"##
+    );
+}
+
+#[tokio::test]
+async fn an_action_a_budget_holds_stays_due_and_leaves_when_the_budget_allows() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // The job acts on Hall, online all day, every 10m; its socket may get
+    // 2 messages an hour. Lobby has no socket and the job is only_powered:
+    // left out, as the daemon leaves it out.
+    let body = rules_file::head(prometheus.url(), "30s", "5s", "journal.db")
+        + "[budgets]\nsocket_per_hour = 2\n\n"
+        + "[sms]\nbackend = \"log\"\n\n"
+        + &rules_file::socket("hall", "+7 999 123-45-67", "simpal-d210", "12", "30786")
+        + &rules_file::offline_job("reboot frozen", "12", Some("5m"), POWER_CYCLE_ACTION)
+            .replace("value = 0", "value = 1")
+        + "only_powered = true\nrepeat = { every = \"10m\", max = 5 }\n";
+    let site = Site::new(&body);
+    let mut args = DAY_ARGS.to_vec();
+    args[5] = "2026-11-01T01:30:00Z";
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let start = ran.stdout.find("\n{platform_id").unwrap();
+    // Repeat 2 waits for the 00:05:30 message to leave the hour; repeat 4
+    // waits beyond the range. Each suppression is shown once.
+    assert_eq!(
+        &ran.stdout[start..],
+        r##"
+{platform_id="12", device_id="30786"} (Hall)
+  2026-11-01T00:00:30Z  condition true
+  2026-11-01T00:05:30Z  fired (episode 1)
+  2026-11-01T00:05:30Z  would send "#12#0#1#1#" to socket hall (+79991234567)
+  2026-11-01T00:15:30Z  would send "#12#0#1#1#" to socket hall (+79991234567) (repeat 1)
+  2026-11-01T00:25:30Z  would send "#12#0#1#1#" to socket hall (+79991234567) (repeat 2), but suppressed: budget of 2 messages per socket per hour reached (socket hall: 2)
+  2026-11-01T01:06:00Z  would send "#12#0#1#1#" to socket hall (+79991234567) (repeat 2)
+  2026-11-01T01:16:00Z  would send "#12#0#1#1#" to socket hall (+79991234567) (repeat 3)
+  2026-11-01T01:26:00Z  would send "#12#0#1#1#" to socket hall (+79991234567) (repeat 4), but suppressed: budget of 2 messages per socket per hour reached (socket hall: 2)
+  still true at the end of the range
+
+totals
+  episodes:   1 (1 fired, 0 recovered on their own before `for`, 1 still open at the end)
+  messages:   4 would have left (socket hall: 4); 2 suppressed by budgets
+  devices:    1 with an episode, of 1 seen
+  unknown:    0 evaluations
+  cost:       unknown; set [sms] price = { per_message = …, currency = "…" }
+"##
+    );
+}
+
+#[tokio::test]
+async fn a_socket_gets_no_other_first_action_within_the_cooldown_in_the_replay() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let prometheus = prometheus_with_history().await;
+    // Both players of socket `lobby` fire at 00:05:30 (online for 5m), but
+    // a silence holds Hall until 00:10: by then the socket got Lobby's
+    // command, so Hall's waits for the job's 1h cooldown from it.
+    let socket =
+        "[[sockets]]\nname = \"lobby\"\nphone = \"+7 999 123-45-67\"\nmodel = \"simpal-d210\"\n\
+                  powers = [{ platform_id = \"12\", device_id = \"30785\" }, \
+                  { platform_id = \"12\", device_id = \"30786\" }]\n\n";
+    let body = rules_file::head(prometheus.url(), "30s", "5s", "journal.db")
+        + "[sms]\nbackend = \"log\"\n\n"
+        + socket
+        + &rules_file::offline_job("reboot frozen", "12", Some("5m"), POWER_CYCLE_ACTION)
+            .replace("value = 0", "value = 1")
+        + "cooldown = \"1h\"\n";
+    let site = Site::new(&body);
+    add_silence(&site, "30786", "2026-11-01T00:00:00Z", Duration::from_secs(600));
+    let mut args = DAY_ARGS.to_vec();
+    args[5] = "2026-11-01T01:30:00Z";
+    let ran = site.jobctl(&args).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    let start = ran.stdout.find("\n{platform_id=\"12\", device_id=\"30786\"}").unwrap();
+    let end = ran.stdout.find("\ntotals\n").unwrap();
+    assert_eq!(
+        &ran.stdout[start..end],
+        r##"
+{platform_id="12", device_id="30786"} (Hall)
+  2026-11-01T00:00:30Z  condition true
+  2026-11-01T00:05:30Z  fired (episode 1)
+  2026-11-01T00:05:30Z  action held by silence #1 until 2026-11-01T00:10:00Z
+  2026-11-01T00:10:00Z  action waits: socket lobby got a command from this job at 2026-11-01T00:05:30Z, within its cooldown (until 2026-11-01T01:05:30Z)
+  2026-11-01T01:05:30Z  would send "#12#0#1#1#" to socket lobby (+79991234567)
+  still true at the end of the range
+"##
+    );
+    assert!(
+        ran.stdout.contains("  messages:   2 would have left (socket lobby: 2);"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_read_for_its_silences_stops_the_replay_with_why() {
+    let site = Site::new(&rules("http://127.0.0.1:9", "12h", ""));
+    std::fs::write(site.dir.path().join("journal.db"), "not a journal\n").unwrap();
+    let ran = site.jobctl(&DAY_ARGS).await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (4, ""), "{ran:?}");
+    // Read before Prometheus is asked anything (it is not there).
+    assert_eq!(
+        ran.stderr,
+        "jobctl: ./journal.db: not an SQLite database, so not a jobctl journal; it was left untouched \
+         (move it away or set [journal] path to another file)\n"
+    );
+    assert_eq!(std::fs::read(site.dir.path().join("journal.db")).unwrap(), b"not a journal\n");
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::escalation;
 use super::outbox::{Journalled, NotSent, Request};
-use super::{describe, CycleReport, Due, Engine};
+use super::{describe, socket_waits, CycleReport, Due, Engine};
 use crate::error::with_causes;
 use crate::journal::{DeviceAction, Origin};
 use crate::rules::state::{self, JobState};
@@ -108,11 +108,9 @@ impl Engine {
                     continue;
                 }
                 let last = self.socket_commands.get(&(job_rules.name.clone(), socket.clone()));
-                if let Some(&last) = last.filter(|_| due.attempt_in_episode == 1) {
-                    if crate::clock::elapsed(last, now) < job_rules.cooldown {
-                        self.hold_for_socket(job_rules, socket, last, target);
-                        continue;
-                    }
+                if let Some(last) = socket_waits(job_rules, last.copied(), &due, now) {
+                    self.hold_for_socket(job_rules, socket, last, target);
+                    continue;
                 }
                 by_socket.insert((job, socket.clone()), requests.len());
             }

@@ -302,7 +302,7 @@ impl Engine {
                 socket: socket.clone(),
                 phone: phone.as_str().to_string(),
                 text: outgoing.text.clone(),
-                since: limit_window_start(&limit, now),
+                since: limit_since(limit, now),
                 limit,
             });
         }
@@ -340,31 +340,15 @@ impl Engine {
         for (check, (on_device, to_socket)) in checks.into_iter().zip(counted) {
             let socket_key = check.socket.clone().map(|s| (check.job.clone(), s));
             let rides_along = socket_key.as_ref().is_some_and(|k| allowed.contains(k));
-            // A device riding along is no further command to the socket.
-            let to_socket = if rides_along { 0 } else { to_socket };
-            let refused =
-                limit_refusal(&check.limit, on_device, to_socket, check.socket.as_deref());
-            let Some(reason) = refused else {
+            let counted = LimitCount { on_device, to_socket, rides_along };
+            let Some(reason) = limit_refusal(check.limit, counted, check.socket.as_deref()) else {
                 if let Some(key) = socket_key {
                     allowed.insert(key);
                 }
                 continue;
             };
             let due = &dispatch[check.at];
-            let step = due.previous.advance(
-                &timing(&rules.jobs[due.job]),
-                &Evaluation {
-                    now,
-                    verdict: Verdict::True,
-                    value: due.due.trigger_value,
-                    in_window: true,
-                    limit_reached: true,
-                    // The action was due, so no silence or outage held it.
-                    silence: None,
-                    mass_outage: None,
-                },
-            );
-            debug_assert!(step.action.is_none(), "a reached limit makes no action due");
+            let step = give_up(&rules.jobs[due.job], &due.previous, &due.due, now);
             let planned = PlannedSend {
                 channel: Channel::Sms,
                 origin: Origin::Rule {
@@ -387,33 +371,114 @@ impl Engine {
     }
 }
 
-/// Where a job's `limit` window starts at `now`: actions journalled at or
-/// after it count ([`crate::journal::Journal::count_actions_since`]).
-pub(crate) fn limit_window_start(limit: &Limit, now: jiff::Timestamp) -> jiff::Timestamp {
-    now - jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX)
+/// What a due action's job has done within its `limit.per`, as
+/// [`limit_refusal`] weighs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LimitCount {
+    /// Actions of the job on the device.
+    pub(crate) on_device: u32,
+    /// Commands of the job to the device's socket.
+    pub(crate) to_socket: u32,
+    /// Whether the action rides along on a message to its socket already
+    /// allowed in the same cycle (so it is no further command to the socket).
+    pub(crate) rides_along: bool,
 }
 
-/// Why `limit` refuses one more action, in words, given the actions counted
-/// in its window on the device and to its `socket` (none for an action that
-/// goes to a person); `None` when it allows one. The engine decides with
-/// this, and `jobctl explain` says what it would decide.
+/// Why the job's `limit` refuses an action, given what was counted; `None`
+/// when it allows it. The live engine counts from the journal, the replay
+/// from what it simulated; both decide here.
 pub(crate) fn limit_refusal(
-    limit: &Limit,
-    on_device: u32,
-    to_socket: u32,
+    limit: crate::rules::job::Limit,
+    counted: LimitCount,
     socket: Option<&str>,
 ) -> Option<String> {
     let per = humantime::format_duration(limit.per);
     let max = limit.actions;
+    let LimitCount { on_device, to_socket, rides_along } = counted;
     if on_device >= max {
         Some(format!(
             "limit reached: {on_device} actions on this device in the last {per} (limit {max} per {per})"
         ))
-    } else if let (Some(socket), true) = (socket, to_socket >= max) {
+    } else if let (Some(socket), true) = (socket, !rides_along && to_socket >= max) {
         Some(format!(
             "limit reached: {to_socket} actions to socket {socket} in the last {per} (limit {max} per {per})"
         ))
     } else {
         None
+    }
+}
+
+/// The step that gives an episode up instead of taking the action `due`
+/// that `previous` was advanced to: the same evaluation, told the limit is
+/// reached.
+pub(super) fn give_up(
+    job: &crate::rules::Job,
+    previous: &JobState,
+    due: &crate::rules::state::ActionDue,
+    now: jiff::Timestamp,
+) -> crate::rules::state::Step {
+    let step = previous.advance(
+        &timing(job),
+        &Evaluation {
+            now,
+            verdict: Verdict::True,
+            value: due.trigger_value,
+            in_window: true,
+            limit_reached: true,
+            // The action was due, so no silence or outage held it.
+            silence: None,
+            mass_outage: None,
+        },
+    );
+    debug_assert!(step.action.is_none(), "a reached limit makes no action due");
+    step
+}
+
+/// The start of a job's `limit.per` window ending at `now`.
+pub(crate) fn limit_since(
+    limit: crate::rules::job::Limit,
+    now: jiff::Timestamp,
+) -> jiff::Timestamp {
+    now.checked_sub(jiff::SignedDuration::try_from(limit.per).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rules::job::Limit;
+
+    const LIMIT: Limit = Limit { actions: 3, per: Duration::from_secs(24 * 3600) };
+
+    fn refusal(
+        on_device: u32,
+        to_socket: u32,
+        rides_along: bool,
+        socket: Option<&str>,
+    ) -> Option<String> {
+        limit_refusal(LIMIT, LimitCount { on_device, to_socket, rides_along }, socket)
+    }
+
+    #[test]
+    fn the_device_count_refuses_first_then_the_socket_count_unless_riding_along() {
+        assert_eq!(refusal(2, 2, false, Some("hall")), None);
+        assert_eq!(
+            refusal(3, 5, false, Some("hall")).as_deref(),
+            Some("limit reached: 3 actions on this device in the last 1day (limit 3 per 1day)")
+        );
+        assert_eq!(
+            refusal(1, 3, false, Some("hall")).as_deref(),
+            Some("limit reached: 3 actions to socket hall in the last 1day (limit 3 per 1day)")
+        );
+        assert_eq!(refusal(1, 3, true, Some("hall")), None, "no further command to the socket");
+        assert_eq!(refusal(1, 3, false, None), None, "a message to a person has no socket");
+    }
+
+    #[test]
+    fn the_window_starts_per_before_now() {
+        let now: jiff::Timestamp = "2026-11-02T12:00:00Z".parse().unwrap();
+        assert_eq!(limit_since(LIMIT, now), "2026-11-01T12:00:00Z".parse().unwrap());
     }
 }

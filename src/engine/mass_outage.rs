@@ -142,7 +142,7 @@ impl MassOutages {
         metrics: &EngineMetrics,
     ) -> Option<Timestamp> {
         let name = job.name.as_str();
-        let Some(threshold) = job.mass_outage else {
+        let Some(_) = job.mass_outage else {
             // Switched off by a reload: an outage in course ends now.
             if self.open.contains_key(name) {
                 self.end(name, now, share, "the job's mass-outage hold was switched off", metrics);
@@ -152,7 +152,8 @@ impl MassOutages {
         if share.known == 0 {
             return self.open.get(name).map(|open| open.since);
         }
-        let holds = threshold.holds(share.bad, share.known);
+        let since = self.open.get(name).map(|open| open.since);
+        let holds = outage_after(job.mass_outage, share, since, now).is_some();
         match (self.open.get_mut(name), holds) {
             (None, true) => {
                 self.open.insert(name.to_string(), Open { since: now, share, held: 0 });
@@ -302,6 +303,23 @@ impl MassOutages {
     }
 }
 
+/// Whether a job whose hold is `threshold` is in a mass outage after a
+/// cycle that found `share`, given since when it was in one (`open`): since
+/// when, if it is. A cycle that knows none of its devices changes nothing.
+/// The daemon ([`MassOutages::assess`]) and the replay decide with this.
+pub(super) fn outage_after(
+    threshold: Option<crate::rules::job::MassOutage>,
+    share: Share,
+    open: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let threshold = threshold?;
+    if share.known == 0 {
+        return open;
+    }
+    threshold.holds(share.bad, share.known).then(|| open.unwrap_or(now))
+}
+
 /// The escalation of an outage that began, counted.
 fn escalate(change: &OutageChange, metrics: &EngineMetrics) -> Option<Escalation> {
     let OutageChange::Began { job, since, bad, known } = change else { return None };
@@ -316,6 +334,18 @@ mod tests {
 
     fn t(minute: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + minute * 60).unwrap()
+    }
+
+    #[test]
+    fn the_shared_decision_begins_keeps_and_ends_an_outage() {
+        let hold = Some(MassOutage { share: 0.5, min_devices: 5 });
+        let share = |bad, known| Share { bad, known };
+        assert_eq!(outage_after(hold, share(6, 10), None, t(0)), Some(t(0)), "begins");
+        assert_eq!(outage_after(hold, share(7, 10), Some(t(0)), t(1)), Some(t(0)), "goes on");
+        assert_eq!(outage_after(hold, share(0, 0), Some(t(0)), t(2)), Some(t(0)), "nothing known");
+        assert_eq!(outage_after(hold, share(4, 10), Some(t(0)), t(3)), None, "below the share");
+        assert_eq!(outage_after(hold, share(4, 4), None, t(4)), None, "below min_devices");
+        assert_eq!(outage_after(None, share(10, 10), Some(t(0)), t(5)), None, "switched off");
     }
 
     /// A job over platform 12 with `mass_outage` as written.

@@ -65,7 +65,7 @@ pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
 pub use outbox::{EngineOptions, Mode, Outbox, SendRetry, MAX_TEXT_CHARS};
 // What `jobctl explain` asks the engine's own rules about one (job, device).
-pub(crate) use closed_loop::{limit_refusal, limit_window_start};
+pub(crate) use closed_loop::{limit_refusal, limit_since, LimitCount};
 pub(crate) use outbox::over_budget;
 pub(crate) use silences::silence_holding;
 pub(crate) use states::{in_window, timing};
@@ -389,7 +389,9 @@ impl Engine {
             let mut evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
             if job.only_powered {
-                self.leave_unpowered_out(&rules, job, &mut evaluation);
+                let states = self.states.get(&job.name);
+                let devices = &self.devices;
+                leave_unpowered_out(&rules, devices, states, &self.default_state, &mut evaluation);
             }
             let job_silences = self.silences.for_job(&job.name, now);
             let devices = &self.devices;
@@ -550,28 +552,6 @@ impl Engine {
         report
     }
 
-    /// Takes the devices no socket powers out of an `only_powered` job's
-    /// evaluation: the job does not watch them. One the job remembers (it
-    /// was not `only_powered` before a reload, or the device lost its
-    /// socket) is kept with the condition false rather than left to read as
-    /// a missing series: an episode under way ends, and it is not counted
-    /// unknown cycle after cycle.
-    fn leave_unpowered_out(&self, rules: &RuleSet, job: &Job, evaluation: &mut JobEvaluation) {
-        let states = self.states.get(&job.name);
-        let default = &self.default_state;
-        evaluation.devices.retain_mut(|(device, quick)| {
-            if self.devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some()) {
-                return true;
-            }
-            let state = states.and_then(|states| states.get(*device, default));
-            let remembered = state.is_some_and(|state| state != default);
-            if remembered {
-                *quick = Quick::FALSE;
-            }
-            remembered
-        });
-    }
-
     /// Forgets the (job, device) pairs that could not act once they are no
     /// longer firing (resolved, or their job or device gone): a new episode
     /// is said again.
@@ -729,6 +709,48 @@ impl Engine {
             }
         }
     }
+}
+
+/// Takes the devices no socket powers out of an `only_powered` job's
+/// evaluation: the job does not watch them. One the job remembers (it was
+/// not `only_powered` before a reload, or the device lost its socket) is
+/// kept with the condition false rather than left to read as a missing
+/// series: an episode under way ends, and it is not counted unknown cycle
+/// after cycle. The live cycle and the replay both call it.
+fn leave_unpowered_out(
+    rules: &RuleSet,
+    devices: &DeviceTable,
+    states: Option<&JobStates>,
+    default: &JobState,
+    evaluation: &mut JobEvaluation,
+) {
+    evaluation.devices.retain_mut(|(device, quick)| {
+        if devices.key(*device).is_some_and(|key| rules.socket_for(key).is_some()) {
+            return true;
+        }
+        let state = states.and_then(|states| states.get(*device, default));
+        let remembered = state.is_some_and(|state| state != default);
+        if remembered {
+            *quick = Quick::FALSE;
+        }
+        remembered
+    });
+}
+
+/// Whether an action `due` on a device waits because the device's socket
+/// got a command from the job at `last`, within the job's cooldown: a
+/// socket gets no other first action from a job within its cooldown
+/// (repeats are spaced by `every` instead). Returns that command's time
+/// when the action waits. The live engine and the replay both ask here.
+fn socket_waits(
+    job: &Job,
+    last: Option<jiff::Timestamp>,
+    due: &state::ActionDue,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    last.filter(|&last| {
+        due.attempt_in_episode == 1 && crate::clock::elapsed(last, now) < job.cooldown
+    })
 }
 
 /// `{platform_id="12", device_id="30785"} (Arzamas_Lesnaia_1)`: the key and,

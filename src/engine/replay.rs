@@ -9,11 +9,18 @@
 //! range is one engine cycle on a simulated clock (the step's time is
 //! "now"): the answers Prometheus gives for that instant go through the
 //! same [`Answers`]/[`JobEvaluation`] as a live cycle's (guards, `all`/`any`,
-//! missing series as unknown), and the same [`advance_job`] moves the same
-//! state machine (`for`, cooldown, repeat, schedule window). Budgets apply
-//! to the simulated sends as [`Budgets::exceeded`] says, counting what the
-//! simulation sent. What this file adds is only the bookkeeping: fetching
-//! the history, and turning the engine's events into a timeline per device.
+//! `only_powered`, missing series as unknown), and the same [`advance_job`]
+//! moves the same state machine (`for`, cooldown, repeat, schedule window,
+//! verify), asking the engine's own silence matching about the silences
+//! in force at that step. The actions found due then go through the live
+//! cycle's decisions in its order, each asked of the function the engine
+//! asks: the job's limit ([`closed_loop::limit_refusal`], counted over the
+//! simulated sends, per device and per socket), one message per socket
+//! and no other first action to a socket within the cooldown
+//! ([`super::socket_waits`]), the budgets ([`Budgets::exceeded`]). What
+//! this file adds is only the bookkeeping: fetching the history, counting
+//! what it sent, and turning the engine's events into a timeline per
+//! device.
 //!
 //! History comes from `/api/v1/query_range`, one request per query and
 //! chunk of steps. A chunk never asks for more than Prometheus's 11,000
@@ -24,21 +31,29 @@
 //! would have been live.
 //!
 //! The replay starts as a daemon with an empty journal does (every device
-//! inactive, no cooldown running), sends nothing and writes nothing.
+//! inactive, no cooldown running, nothing counted against a limit), sends
+//! nothing and writes nothing. The silences are the caller's to give
+//! (`jobctl` reads them from the journal, read-only): each holds over its
+//! own [created_at, ends_at).
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::closed_loop;
+use super::mass_outage;
 use super::outbox::MAX_TEXT_CHARS;
+use super::silences::Silences;
 use super::states::{advance_job, JobStates};
+use crate::journal::Silence;
 use crate::prometheus_api::{Label, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
 use crate::rules::device::{DeviceId, DeviceTable};
-use crate::rules::state::{JobState, PhaseName};
-use crate::rules::{Budgets, Job, Recipient, RuleSet};
+use crate::rules::state::{self, ActionDue, Concluded, JobState, PhaseName};
+use crate::rules::{Budgets, Job, Outgoing, Recipient, RuleSet};
 use crate::sms::text;
 
 /// Prometheus refuses a range query of more than this many points per
@@ -199,9 +214,12 @@ pub struct Episode {
     pub fired: Option<(Timestamp, u64)>,
     /// The messages the episode's actions would have sent.
     pub messages: Vec<SimulatedMessage>,
-    /// Why the first action waited, when one did (the cooldown, the
-    /// schedule window), and since when.
-    pub held: Option<(Timestamp, String)>,
+    /// Each time an action started waiting (the cooldown, the schedule
+    /// window, a silence, its socket's cooldown) or waited for another
+    /// reason: since when, and why.
+    pub held: Vec<(Timestamp, String)>,
+    /// When and why the job's `limit` gave the episode up.
+    pub gave_up: Option<(Timestamp, String)>,
     /// Actions that could not become a message (no socket…).
     pub action_errors: Vec<(Timestamp, String)>,
     /// Steps of the episode whose verdict was unknown.
@@ -241,8 +259,87 @@ pub struct SimulatedMessage {
     pub text: String,
     /// SMS segments the text takes.
     pub segments: usize,
-    /// Why a budget would have held it back, when one would have.
+    /// Why a budget would have held it back, when one would have (it
+    /// stayed due, and a later message shows when it left).
     pub suppressed: Option<String>,
+    /// The device whose message this device's action rode along on (one
+    /// message per socket for the devices due together): not a message
+    /// of its own.
+    pub with: Option<String>,
+    /// The devices that rode along on this message.
+    pub also_for: Vec<String>,
+    /// What `verify` concluded about the action, once it did.
+    pub result: Option<(Timestamp, ActionResult)>,
+}
+
+/// What `verify` concluded about an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionResult {
+    /// The condition went false this long after the action.
+    Recovered {
+        /// From the action to the evaluation that found it false.
+        after: Duration,
+    },
+    /// Still bad when the verification window ended.
+    NotRecovered,
+    /// Unknown throughout the window.
+    Unverified,
+}
+
+impl Episode {
+    /// Notes that an action waits for `why`, unless it already waited for
+    /// just that at the last note.
+    fn note_held(&mut self, now: Timestamp, why: String) {
+        if self.held.last().is_none_or(|(_, said)| *said != why) {
+            self.held.push((now, why));
+        }
+    }
+}
+
+/// Writes a verification's result on the message of the action it verified.
+fn conclude(timeline: &mut DeviceTimeline, now: Timestamp, done: Concluded) {
+    let result = match done.recovery {
+        state::Recovery::Recovered { after } => ActionResult::Recovered { after },
+        state::Recovery::NotRecovered => ActionResult::NotRecovered,
+        state::Recovery::Unverified => ActionResult::Unverified,
+    };
+    let episode = timeline
+        .episodes
+        .iter_mut()
+        .rev()
+        .find(|e| e.fired.is_some_and(|(_, number)| number == done.episode));
+    let message = episode.and_then(|e| {
+        e.messages.iter_mut().rev().find(|m| m.attempt == done.attempt && m.suppressed.is_none())
+    });
+    if let Some(message) = message {
+        message.result = Some((now, result));
+    }
+}
+
+/// The socket a message goes to, if it goes to one.
+fn socket_of(to: &Recipient) -> Option<&str> {
+    match to {
+        Recipient::Sms { socket, .. } => socket.as_deref(),
+        Recipient::Webhook { .. } => None,
+    }
+}
+
+/// An action the state machine found due in a step.
+struct SimulatedDue {
+    device: DeviceId,
+    labels: std::collections::BTreeMap<String, String>,
+    due: ActionDue,
+    state_after: JobState,
+    previous: JobState,
+}
+
+/// A message the simulation sent.
+struct Sent {
+    at: Timestamp,
+    /// `None` for a message to a person.
+    socket: Option<String>,
+    /// The devices it was for.
+    devices: Vec<DeviceId>,
 }
 
 impl SimulatedMessage {
@@ -266,17 +363,20 @@ struct ChunkSeries {
     next: usize,
 }
 
-/// Replays `job` of `rules` over `range`, reading history from `prometheus`.
+/// Replays `job` of `rules` over `range`, reading history from `prometheus`,
+/// with `silences` (every silence the journal holds; each holds the actions
+/// it matches over its own span).
 pub async fn replay(
     rules: &RuleSet,
     job: &Job,
     prometheus: &PromClient,
     range: ReplayRange,
     options: ReplayOptions,
+    silences: Vec<Silence>,
 ) -> Result<Replay, ReplayError> {
     let queries = job.queries();
     let max_steps = options.max_steps_per_query.clamp(1, PROMETHEUS_MAX_POINTS);
-    let mut simulation = Simulation::new(rules, job);
+    let mut simulation = Simulation::new(rules, job, silences);
     let mut chunk_steps = FIRST_CHUNK_STEPS.min(max_steps);
     let (mut requests, mut query_time, mut any_sample) = (0, Duration::ZERO, false);
     let mut first = 0;
@@ -339,15 +439,24 @@ struct Simulation<'r> {
     timelines: Vec<Option<DeviceTimeline>>,
     /// By device index: whether it was ever in the answers.
     seen: Vec<bool>,
-    /// (time, socket) of every simulated message that would have left.
-    sent: Vec<(Timestamp, String)>,
+    /// Every simulated message that would have left.
+    sent: Vec<Sent>,
+    /// The silences of the journal, each in force over its own span.
+    silences: Silences,
+    /// Since when the job is in a mass outage, if it is: decided each step
+    /// as the daemon decides it ([`mass_outage::outage_after`]).
+    outage: Option<Timestamp>,
+    /// By socket: when the job last sent it a command.
+    socket_commands: HashMap<String, Timestamp>,
+    /// (device, episode, attempt) of the actions a budget suppressed.
+    suppressed: HashSet<(DeviceId, u64, u32)>,
     budgets: Budgets,
     max_segments: usize,
     unknown: u64,
 }
 
 impl<'r> Simulation<'r> {
-    fn new(rules: &'r RuleSet, job: &'r Job) -> Simulation<'r> {
+    fn new(rules: &'r RuleSet, job: &'r Job, silences: Vec<Silence>) -> Simulation<'r> {
         let max_segments = rules
             .sms
             .as_ref()
@@ -363,6 +472,10 @@ impl<'r> Simulation<'r> {
             timelines: Vec::new(),
             seen: Vec::new(),
             sent: Vec::new(),
+            silences: Silences::fixed(silences),
+            outage: None,
+            socket_commands: HashMap::new(),
+            suppressed: HashSet::new(),
             budgets: rules.budgets,
             max_segments,
             unknown: 0,
@@ -390,16 +503,43 @@ impl<'r> Simulation<'r> {
             });
             filled.unwrap_or_else(|never| match never {});
         }
-        let job = self.job;
+        let (job, rules) = (self.job, self.rules);
         let mut index = Index::new(&answers);
-        let evaluation = JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+        let mut evaluation =
+            JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+        if job.only_powered {
+            let (devices, states) = (&self.devices, Some(&self.states));
+            super::leave_unpowered_out(
+                rules,
+                devices,
+                states,
+                &self.default_state,
+                &mut evaluation,
+            );
+        }
         if self.seen.len() < self.devices.len() {
             self.seen.resize(self.devices.len(), false);
         }
         for (device, _) in &evaluation.devices {
             self.seen[device.index()] = true;
         }
+        self.outage = mass_outage::outage_after(
+            job.mass_outage,
+            mass_outage::Share::of(&evaluation),
+            self.outage,
+            now,
+        );
         let mut events = Vec::new();
+        let job_silences = self.silences.for_job(&job.name, now);
+        let devices = &self.devices;
+        let silence = |device: DeviceId| {
+            if job_silences.is_empty() {
+                return None;
+            }
+            let socket = devices.key(device).and_then(|key| rules.socket_for(key));
+            let labels = evaluation.device_verdict(Some(device)).labels;
+            job_silences.holding(&labels, socket.map(|s| s.name.as_str()))
+        };
         let (_, unknown) = advance_job(
             job,
             &evaluation,
@@ -408,11 +548,13 @@ impl<'r> Simulation<'r> {
             &self.default_state,
             &mut events,
             |_| {},
-            |_| None,
-            None,
+            silence,
+            self.outage,
         );
+        drop(job_silences);
         self.unknown += unknown;
         events.sort_by(|a, b| self.devices.text(a.device).cmp(self.devices.text(b.device)));
+        let mut dues = Vec::new();
         for event in events {
             let verdict = evaluation.device_verdict(event.present.then_some(event.device));
             let timeline = self.timeline(event.device, verdict.labels.get("name"));
@@ -422,7 +564,8 @@ impl<'r> Simulation<'r> {
                         started: transition.at,
                         fired: None,
                         messages: Vec::new(),
-                        held: None,
+                        held: Vec::new(),
+                        gave_up: None,
                         action_errors: Vec::new(),
                         unknown_steps: 0,
                         end: EpisodeEnd::Open,
@@ -445,49 +588,169 @@ impl<'r> Simulation<'r> {
                     _ => {}
                 }
             }
+            if let Some(done) = event.concluded {
+                conclude(timeline, now, done);
+            }
             let Some(episode) = timeline.episodes.last_mut() else { continue };
             episode.unknown_steps += u64::from(event.unknown_in.is_some());
-            if let (Some(held), None) = (event.held, &episode.held) {
-                episode.held = Some((now, held.to_string()));
+            if let Some(held) = event.held {
+                episode.note_held(now, held.to_string());
             }
-            let Some((due, _, _)) = event.action else { continue };
-            let message = match self.rules.device_key.key_of(&verdict.labels) {
-                None => Err("its labels lack the device key".to_string()),
-                Some(key) => {
-                    self.rules.outgoing(job, &key, &verdict.labels).map_err(|e| e.to_string())
-                }
-            };
-            let timeline = self.timelines[event.device.index()].as_mut().expect("made above");
-            let episode = timeline.episodes.last_mut().expect("an episode is under way");
-            match message {
-                Err(why) => episode.action_errors.push((now, why)),
-                Ok(outgoing) => {
-                    let text = shape(&outgoing.to, &outgoing.text, self.max_segments);
-                    let mut message = SimulatedMessage {
-                        at: now,
-                        attempt: due.attempt_in_episode,
-                        segments: text::segments(&text).segments,
-                        to: outgoing.to,
-                        text,
-                        suppressed: None,
-                    };
-                    let sent = &self.sent;
-                    let over = self.budgets.exceeded(message.socket(), now, |socket, since| {
-                        let used = sent.iter().filter(|(at, to)| {
-                            *at >= since && socket.is_none_or(|socket| socket == to)
-                        });
-                        Ok::<u32, Infallible>(used.count() as u32)
-                    });
-                    message.suppressed = over.unwrap_or_else(|never| match never {});
-                    if message.suppressed.is_none() {
-                        self.sent.push((now, message.socket().to_string()));
-                    }
-                    episode.messages.push(message);
-                }
+            if let Some((due, state_after, previous)) = event.action {
+                dues.push(SimulatedDue {
+                    device: event.device,
+                    labels: verdict.labels,
+                    due,
+                    state_after,
+                    previous,
+                });
             }
         }
         drop(index);
         self.answers = answers;
+        self.act(now, dues);
+    }
+
+    /// What the live cycle does with the actions due, in its order: the
+    /// job's `limit` ([`closed_loop::limit_refusal`], counted over the
+    /// simulated sends), then one message per socket for the devices due
+    /// together and no other first action to a socket within the cooldown
+    /// ([`super::socket_waits`]), then the budgets. An action held by a
+    /// socket's cooldown, a budget or an error stays due, as live.
+    fn act(&mut self, now: Timestamp, dues: Vec<SimulatedDue>) {
+        let job = self.job;
+        let mut planned: Vec<(SimulatedDue, Outgoing)> = Vec::with_capacity(dues.len());
+        for due in dues {
+            let outgoing = match self.rules.device_key.key_of(&due.labels) {
+                None => Err("its labels lack the device key".to_string()),
+                Some(key) => self.rules.outgoing(job, &key, &due.labels).map_err(|e| e.to_string()),
+            };
+            match outgoing {
+                Ok(outgoing) => planned.push((due, outgoing)),
+                Err(why) => {
+                    let episode = self.episode(due.device);
+                    if episode.action_errors.last().is_none_or(|(_, said)| *said != why) {
+                        episode.action_errors.push((now, why));
+                    }
+                    self.states.restore(due.device, due.state_after.without_action(&due.previous));
+                }
+            }
+        }
+        if let Some(limit) = job.limit {
+            let since = closed_loop::limit_since(limit, now);
+            let mut allowed: HashSet<String> = HashSet::new();
+            let mut kept = Vec::with_capacity(planned.len());
+            for (due, outgoing) in planned {
+                let socket = socket_of(&outgoing.to).map(str::to_string);
+                let recent = self.sent.iter().filter(|sent| sent.at >= since);
+                let (mut on_device, mut to_socket) = (0u32, 0u32);
+                for sent in recent {
+                    on_device += u32::from(sent.devices.contains(&due.device));
+                    to_socket += u32::from(socket.is_some() && sent.socket == socket);
+                }
+                let rides_along = socket.as_ref().is_some_and(|s| allowed.contains(s));
+                let counted = closed_loop::LimitCount { on_device, to_socket, rides_along };
+                match closed_loop::limit_refusal(limit, counted, socket.as_deref()) {
+                    None => {
+                        allowed.extend(socket);
+                        kept.push((due, outgoing));
+                    }
+                    Some(reason) => {
+                        let step = closed_loop::give_up(job, &due.previous, &due.due, now);
+                        self.states.restore(due.device, step.state);
+                        self.episode(due.device).gave_up = Some((now, reason));
+                    }
+                }
+            }
+            planned = kept;
+        }
+        // One message per socket: the first device due makes it, the others
+        // ride along on it.
+        let mut messages: Vec<(Outgoing, Vec<SimulatedDue>)> = Vec::new();
+        let mut by_socket: HashMap<String, usize> = HashMap::new();
+        for (due, outgoing) in planned {
+            if let Some(socket) = socket_of(&outgoing.to) {
+                if let Some(&at) = by_socket.get(socket) {
+                    messages[at].1.push(due);
+                    continue;
+                }
+                let last = self.socket_commands.get(socket).copied();
+                if let Some(last) = super::socket_waits(job, last, &due.due, now) {
+                    let until = crate::clock::after(last, job.cooldown);
+                    let why = format!(
+                        "action waits: socket {socket} got a command from this job at {last}, within its cooldown (until {until})"
+                    );
+                    self.episode(due.device).note_held(now, why);
+                    self.states.restore(due.device, due.state_after.without_action(&due.previous));
+                    continue;
+                }
+                by_socket.insert(socket.to_string(), messages.len());
+            }
+            messages.push((outgoing, vec![due]));
+        }
+        for (outgoing, targets) in messages {
+            let text = shape(&outgoing.to, &outgoing.text, self.max_segments);
+            let socket = socket_of(&outgoing.to).unwrap_or("-").to_string();
+            let sent = &self.sent;
+            let over = self.budgets.exceeded(&socket, now, |scope, since| {
+                let used = sent.iter().filter(|sent| {
+                    sent.at >= since
+                        && scope.is_none_or(|scope| sent.socket.as_deref().unwrap_or("-") == scope)
+                });
+                Ok::<u32, Infallible>(used.count() as u32)
+            });
+            let suppressed = over.unwrap_or_else(|never| match never {});
+            let first = self.devices.text(targets[0].device).to_string();
+            let riders: Vec<String> =
+                targets[1..].iter().map(|t| self.devices.text(t.device).to_string()).collect();
+            if suppressed.is_some() {
+                // Not sent, so not the episode's action: it stays due. Shown
+                // once, as the journal records a suppressed message once.
+                let new = self.suppressed.insert((
+                    targets[0].device,
+                    targets[0].due.episode,
+                    targets[0].due.attempt_in_episode,
+                ));
+                for target in &targets {
+                    self.states.restore(
+                        target.device,
+                        target.state_after.without_action(&target.previous),
+                    );
+                }
+                if !new {
+                    continue;
+                }
+            } else {
+                self.sent.push(Sent {
+                    at: now,
+                    socket: socket_of(&outgoing.to).map(str::to_string),
+                    devices: targets.iter().map(|t| t.device).collect(),
+                });
+                if socket != "-" {
+                    self.socket_commands.insert(socket.clone(), now);
+                }
+            }
+            for (at, target) in targets.iter().enumerate() {
+                let message = SimulatedMessage {
+                    at: now,
+                    attempt: target.due.attempt_in_episode,
+                    segments: text::segments(&text).segments,
+                    to: outgoing.to.clone(),
+                    text: text.clone(),
+                    suppressed: suppressed.clone(),
+                    with: (at > 0).then(|| first.clone()),
+                    also_for: if at == 0 { riders.clone() } else { Vec::new() },
+                    result: None,
+                };
+                self.episode(target.device).messages.push(message);
+            }
+        }
+    }
+
+    /// The episode under way on a device something is due for.
+    fn episode(&mut self, device: DeviceId) -> &mut Episode {
+        let timeline = self.timelines[device.index()].as_mut().expect("made by its event");
+        timeline.episodes.last_mut().expect("an action is due within an episode")
     }
 
     /// A device's timeline, made when something first happens to it.

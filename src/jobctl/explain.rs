@@ -51,7 +51,7 @@ use super::error::Error;
 use super::table::Format;
 use super::{load_rules, prometheus_client};
 use crate::engine::{
-    in_window, limit_refusal, limit_window_start, over_budget, silence_holding, timing,
+    in_window, limit_refusal, limit_since, over_budget, silence_holding, timing, LimitCount,
 };
 use crate::exit::{outln, Exit};
 use crate::journal::{Journal, JournalError, MassOutageRecord, Silence};
@@ -382,9 +382,10 @@ fn explain(
                 &job.name,
                 &device,
                 recipient_socket.as_deref(),
-                limit_window_start(&limit, now),
+                limit_since(limit, now),
             )?;
-            let refused = limit_refusal(&limit, on_device, to_socket, recipient_socket.as_deref());
+            let counted = LimitCount { on_device, to_socket, rides_along: false };
+            let refused = limit_refusal(limit, counted, recipient_socket.as_deref());
             let row = LimitRow {
                 on_device,
                 to_socket: recipient_socket.as_ref().map(|_| to_socket),

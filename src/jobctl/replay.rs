@@ -4,8 +4,9 @@
 //! The simulation is the engine's ([`crate::engine::replay`]); this file
 //! reads the range from the command line and prints the outcome, as a
 //! timeline or as JSON. Like the rest of `test-rule` without `--send`, it
-//! sends nothing and writes nothing: no journal is opened, no lock taken,
-//! no SMS backend built.
+//! sends nothing and writes nothing: the journal, when there is one, is
+//! opened read-only for its silences (each held over its own span), no
+//! lock is taken, no SMS backend built.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,9 +18,11 @@ use super::error::Error;
 use super::table::Format;
 use super::{count, parse_since, prometheus_client};
 use crate::engine::replay::{
-    self, DeviceTimeline, Episode, EpisodeEnd, Replay, ReplayOptions, ReplayRange, SimulatedMessage,
+    self, ActionResult, DeviceTimeline, Episode, EpisodeEnd, Replay, ReplayOptions, ReplayRange,
+    SimulatedMessage,
 };
 use crate::exit::{outln, Exit};
+use crate::journal::{Journal, JournalError};
 use crate::rules::{Job, RuleSet};
 use crate::sms::Price;
 
@@ -101,9 +104,16 @@ pub(super) async fn run(rules: &RuleSet, job: &Job, args: &ReplayArgs) -> Result
         Some(sms) => sms.price().map_err(|err| Error::Sms(err.in_file(&rules.main_file)))?,
         None => None,
     };
+    let silences = match Journal::open_read_only(&rules.journal.path) {
+        Ok(journal) => journal.silences(Timestamp::now(), true)?,
+        // No daemon or `jobctl silence` has run yet: no silence ever held.
+        Err(JournalError::Missing { .. }) => Vec::new(),
+        Err(err) => return Err(Error::Journal(err)),
+    };
     let prometheus = prometheus_client(rules)?;
     let started = std::time::Instant::now();
-    let replayed = replay::replay(rules, job, &prometheus, range, ReplayOptions::default())
+    let options = ReplayOptions::default();
+    let replayed = replay::replay(rules, job, &prometheus, range, options, silences)
         .await
         .map_err(Error::ReplayFailed)?;
     tracing::debug!(
@@ -147,6 +157,10 @@ struct Totals {
     suppressed: usize,
     segments: usize,
     action_errors: usize,
+    recovered: usize,
+    not_recovered: usize,
+    unverified: usize,
+    gave_up: usize,
     /// The price and what the messages that would have left cost.
     cost: Option<(Price, f64)>,
 }
@@ -163,6 +177,10 @@ impl Totals {
             suppressed: 0,
             segments: 0,
             action_errors: 0,
+            recovered: 0,
+            not_recovered: 0,
+            unverified: 0,
+            gave_up: 0,
             cost: None,
         };
         for episode in replayed.devices.iter().flat_map(|d| &d.episodes) {
@@ -174,7 +192,18 @@ impl Totals {
                 EpisodeEnd::Resolved { .. } => {}
             }
             totals.action_errors += episode.action_errors.len();
+            totals.gave_up += usize::from(episode.gave_up.is_some());
             for message in &episode.messages {
+                match message.result {
+                    Some((_, ActionResult::Recovered { .. })) => totals.recovered += 1,
+                    Some((_, ActionResult::NotRecovered)) => totals.not_recovered += 1,
+                    Some((_, ActionResult::Unverified)) => totals.unverified += 1,
+                    None => {}
+                }
+                if message.with.is_some() {
+                    // Rode along on another device's message.
+                    continue;
+                }
                 if message.suppressed.is_some() {
                     totals.suppressed += 1;
                     continue;
@@ -233,6 +262,15 @@ fn print_timeline(job: &Job, replayed: &Replay, totals: &Totals) {
         totals.messages,
         totals.suppressed
     );
+    if job.verify.is_some() || job.limit.is_some() {
+        outln!(
+            "  results:    {} recovered, {} not recovered, {} unverified, {} gave up",
+            totals.recovered,
+            totals.not_recovered,
+            totals.unverified,
+            totals.gave_up
+        );
+    }
     if totals.action_errors > 0 {
         outln!("  errors:     {} actions could not become a message", totals.action_errors);
     }
@@ -268,11 +306,22 @@ fn print_device(job: &Job, device: &DeviceTimeline) {
         if let Some((at, number)) = episode.fired {
             outln!("  {}  fired (episode {number})", time(at));
         }
-        if let Some((at, why)) = &episode.held {
-            outln!("  {}  {why}", time(*at));
-        }
+        // Holds, messages and results in time order (a hold before the
+        // message it delayed, a result after its message).
+        let mut lines: Vec<(Timestamp, u8, String)> = Vec::new();
+        lines.extend(episode.held.iter().map(|(at, why)| (*at, 0, why.clone())));
         for message in &episode.messages {
-            outln!("  {}  {}", time(message.at), describe_message(message));
+            lines.push((message.at, 1, describe_message(message)));
+            if let Some((at, result)) = message.result {
+                lines.push((at, 2, describe_result(message, result)));
+            }
+        }
+        if let Some((at, why)) = &episode.gave_up {
+            lines.push((*at, 1, format!("gave up: {why}")));
+        }
+        lines.sort_by_key(|(at, order, _)| (*at, *order));
+        for (at, _, line) in lines {
+            outln!("  {}  {line}", time(at));
         }
         for (at, why) in &episode.action_errors {
             outln!("  {}  cannot act: {why}", time(*at));
@@ -307,10 +356,53 @@ fn describe_message(message: &SimulatedMessage) -> String {
     } else {
         String::new()
     };
-    let base = format!("would send {:?} to {}{repeat}", message.text, message.to);
+    let base = match &message.with {
+        Some(first) => format!(
+            "action{repeat} rides along on the message for {first} (one message per socket)"
+        ),
+        None if message.also_for.is_empty() => {
+            format!("would send {:?} to {}{repeat}", message.text, message.to)
+        }
+        None => format!(
+            "would send {:?} to {}{repeat}, also for {}",
+            message.text,
+            message.to,
+            message.also_for.join(", ")
+        ),
+    };
     match &message.suppressed {
         Some(why) => format!("{base}, but suppressed: {why}"),
         None => base,
+    }
+}
+
+fn describe_result(message: &SimulatedMessage, result: ActionResult) -> String {
+    let action = match message.attempt {
+        1 => "the action".to_string(),
+        n => format!("repeat {}", n - 1),
+    };
+    match result {
+        ActionResult::Recovered { after } => format!(
+            "recovered {} after {action}",
+            humantime::format_duration(Duration::from_secs(after.as_secs()))
+        ),
+        ActionResult::NotRecovered => format!("not recovered after {action}"),
+        ActionResult::Unverified => {
+            format!("unverified: the condition was unknown throughout the window after {action}")
+        }
+    }
+}
+
+fn result_json(result: Option<(Timestamp, ActionResult)>) -> serde_json::Value {
+    match result {
+        None => serde_json::Value::Null,
+        Some((at, ActionResult::Recovered { after })) => {
+            json!({ "at": time(at), "result": "recovered", "after_seconds": after.as_secs() })
+        }
+        Some((at, ActionResult::NotRecovered)) => {
+            json!({ "at": time(at), "result": "not_recovered" })
+        }
+        Some((at, ActionResult::Unverified)) => json!({ "at": time(at), "result": "unverified" }),
     }
 }
 
@@ -344,6 +436,10 @@ fn to_json(job: &Job, replayed: &Replay, totals: &Totals) -> serde_json::Value {
             "messages_per_socket": totals.per_socket,
             "suppressed_by_budgets": totals.suppressed,
             "action_errors": totals.action_errors,
+            "recovered": totals.recovered,
+            "not_recovered": totals.not_recovered,
+            "unverified": totals.unverified,
+            "gave_up": totals.gave_up,
             "segments": totals.segments,
             "devices": replayed.devices.len(),
             "devices_seen": replayed.devices_seen,
@@ -375,6 +471,9 @@ fn episode_json(episode: &Episode) -> serde_json::Value {
                 "text": message.text,
                 "segments": message.segments,
                 "suppressed": message.suppressed,
+                "with": message.with,
+                "also_for": message.also_for,
+                "result": result_json(message.result),
             })
         })
         .collect();
@@ -382,7 +481,10 @@ fn episode_json(episode: &Episode) -> serde_json::Value {
         "started": time(episode.started),
         "fired": episode.fired.map(|(at, _)| time(at)),
         "episode": episode.fired.map(|(_, number)| number),
-        "held": episode.held.as_ref().map(|(at, why)| json!({ "at": time(*at), "reason": why })),
+        "held": episode.held.iter()
+            .map(|(at, why)| json!({ "at": time(*at), "reason": why }))
+            .collect::<Vec<_>>(),
+        "gave_up": episode.gave_up.as_ref().map(|(at, why)| json!({ "at": time(*at), "reason": why })),
         "messages": messages,
         "action_errors": episode.action_errors.iter()
             .map(|(at, why)| json!({ "at": time(*at), "error": why }))

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::error::Error;
 use super::table::{render_table, Format};
 use super::{load_rules, read_journal};
-use crate::engine::limit_window_start;
+use crate::engine::limit_since;
 use crate::exit::Exit;
 use crate::journal::Journal;
 use crate::rules::state::{JobState, Phase, Verifying};
@@ -228,7 +228,7 @@ fn limit_use(
         &job.name,
         device,
         socket.as_deref(),
-        limit_window_start(&limit, now),
+        limit_since(limit, now),
     )?;
     Ok(Some(LimitUse {
         on_device,
