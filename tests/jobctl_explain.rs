@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use signage_watchdog::journal::{
-    Channel, EncodedState, Journal, NewSilence, Origin, PlannedSend, SendResult, SilenceWriter,
+    Channel, EncodedState, Journal, NewSilence, Origin, OutageChange, PlannedSend, SendResult,
+    SilenceWriter,
 };
 use signage_watchdog::rules::state::{JobState, Phase};
 use support::fake_gateway::DEFAULT_KEY;
@@ -390,6 +391,23 @@ async fn explain_says_it_would_act_and_what_it_would_send() {
     assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
     assert_eq!(reason(&ran), r##"would act now: "#12#0#1#1#" to socket lobby (+79991234567)"##);
     assert!(!dir.join("journal.db").exists(), "explain created the journal");
+
+    // The daemon recorded the job in a mass outage: the action it would
+    // take is held, and explain says so with the daemon's counts.
+    let since = whole_second(now - minutes(3));
+    let mut journal = Journal::open(&dir.join("journal.db")).unwrap();
+    let began = OutageChange::Began { job: "now".into(), since, bad: 30, known: 40 };
+    assert_eq!(journal.record_outages(&[began], &[]).unwrap(), [true]);
+    drop(journal);
+    let ran = explain(dir, "now", "1").await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert_eq!(
+        reason(&ran),
+        format!(
+            "held by the job's mass outage since {}: 30 of 40 devices bad (as of the daemon's last cycle); it leaves when fewer devices are bad",
+            time(since)
+        )
+    );
 }
 
 #[tokio::test]
