@@ -396,12 +396,7 @@ impl Engine {
             let job_silences = self.silences.for_job(&job.name, now);
             let devices = &self.devices;
             let silence = |device: DeviceId| {
-                if job_silences.is_empty() {
-                    return None;
-                }
-                let socket = devices.key(device).and_then(|key| rules.socket_for(key));
-                let labels = evaluation.device_verdict(Some(device)).labels;
-                job_silences.holding(&labels, socket.map(|s| s.name.as_str()))
+                job_silences.holding_device(&rules, devices, &evaluation, device)
             };
             let outage = self.outages.assess(job, Share::of(&evaluation), now, &self.metrics);
             let states = match self.states.get_mut(&job.name) {

@@ -487,25 +487,7 @@ pub(crate) fn over_budget(
     socket: &str,
     now: jiff::Timestamp,
 ) -> Result<Option<String>, JournalError> {
-    let hour = now - jiff::SignedDuration::from_secs(3600);
-    let day = now - jiff::SignedDuration::from_secs(86_400);
-    let checks = [
-        (budgets.socket_hour, Some(socket), hour, "per socket per hour"),
-        (budgets.socket_day, Some(socket), day, "per socket per day"),
-        (budgets.global_hour, None, hour, "in all per hour"),
-        (budgets.global_day, None, day, "in all per day"),
-    ];
-    for (limit, scope, since, label) in checks {
-        let Some(limit) = limit else { continue };
-        let used = journal.count_sent_since(scope, since)?;
-        if used >= limit {
-            let whose = scope.map_or_else(|| "all sockets".to_string(), |s| format!("socket {s}"));
-            return Ok(Some(format!(
-                "budget of {limit} messages {label} reached ({whose}: {used})"
-            )));
-        }
-    }
-    Ok(None)
+    budgets.exceeded(socket, now, |scope, since| journal.count_sent_since(scope, since))
 }
 
 /// What a send task journals as it goes.

@@ -23,7 +23,10 @@ use super::outbox::blocking;
 use super::states::HeldBySilence;
 use crate::error::with_causes;
 use crate::journal::{HeldAction, Journal, Silence, SilenceId};
+use crate::rules::condition::JobEvaluation;
+use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::SilenceHold;
+use crate::rules::RuleSet;
 
 /// The engine's view of the journal's silences.
 #[derive(Debug, Default)]
@@ -208,6 +211,24 @@ impl<'s> JobSilences<'s> {
             .filter(|s| s.devices.iter().all(|(name, value)| labels.get(name) == Some(value)))
             .max_by_key(|s| (s.ends_at, std::cmp::Reverse(s.id)))
             .map(|s| SilenceHold { id: s.id, until: s.ends_at })
+    }
+
+    /// The silence holding `device` of this cycle's `evaluation`, matched on
+    /// its series' labels and the socket that powers it: what the cycle and
+    /// the replay hand `advance_job`.
+    pub(super) fn holding_device(
+        &self,
+        rules: &RuleSet,
+        devices: &DeviceTable,
+        evaluation: &JobEvaluation<'_>,
+        device: DeviceId,
+    ) -> Option<SilenceHold> {
+        if self.is_empty() {
+            return None;
+        }
+        let socket = devices.key(device).and_then(|key| rules.socket_for(key));
+        let labels = evaluation.device_verdict(Some(device)).labels;
+        self.holding(&labels, socket.map(|s| s.name.as_str()))
     }
 }
 
