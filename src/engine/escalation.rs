@@ -445,6 +445,18 @@ mod tests {
             outage.to_string(),
             "job \"offline\": mass outage since 2026-11-28T09:00:00Z: 30 of 40 devices bad at once; no socket commands until fewer are"
         );
+        let at: jiff::Timestamp = "2026-11-28T09:01:00Z".parse().unwrap();
+        let payload: serde_json::Value =
+            serde_json::from_str(&outage.notice().payload(at)).unwrap();
+        assert_eq!(
+            (&payload["event"], &payload["devices"], &payload["episode"], &payload["details"]),
+            (
+                &json!("mass_outage"),
+                &json!([]),
+                &json!(null),
+                &json!({ "bad": 30, "known": 40, "since": "2026-11-28T09:00:00Z" })
+            )
+        );
     }
 
     #[test]
