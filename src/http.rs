@@ -196,8 +196,11 @@ where
                                 suppressed_note(suppressed, "accept errors")
                             );
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        // A shutdown ends the back-off too.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                            () = &mut shutdown => break,
+                        }
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {

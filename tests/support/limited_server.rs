@@ -3,15 +3,13 @@
 //! connection from an answered one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use signage_watchdog::http::{Exposition, Health, Limits, Pages};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long a test waits for something that must happen: generous, since
-/// tests never assert speed.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+use super::wait::wait_until_async;
+use super::wait::DEADLINE;
 
 struct Fixed;
 
@@ -102,16 +100,9 @@ pub(crate) async fn closed_by_server(stream: &mut TcpStream, what: &str) -> Vec<
 /// within [`DEADLINE`] (a refused connection is closed at once, so each try
 /// ends by itself). Panics at the deadline.
 pub(crate) async fn metrics_answered(addr: std::net::SocketAddr) -> String {
-    let started = tokio::time::Instant::now();
-    loop {
-        if let Ok(mut stream) = TcpStream::connect(addr).await {
-            if let Ok(Some(answer)) =
-                tokio::time::timeout(DEADLINE, get(&mut stream, "/metrics")).await
-            {
-                return answer;
-            }
-        }
-        assert!(started.elapsed() < DEADLINE, "/metrics was not answered within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async("an answer to /metrics", || async move {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        tokio::time::timeout(DEADLINE, get(&mut stream, "/metrics")).await.ok().flatten()
+    })
+    .await
 }
