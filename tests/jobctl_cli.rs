@@ -14,10 +14,11 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
 use support::process::{run_async as run, Ran};
-use support::prometheus::{TestPrometheus, TestTarget};
+use support::prometheus::{PrometheusOptions, TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
 use support::wait::{wait_until_async, DEADLINE};
 use support::{closed_url, write_secret};
@@ -1246,6 +1247,64 @@ async fn the_daemon_verifies_its_action_and_status_history_and_metrics_show_it()
     let (_, metrics) = daemon.get("/metrics").await;
     let series = "jobctl_executions_total{job=\"reboot frozen\",outcome=\"recovered\"}";
     assert_eq!(support::exposition::value::<u64>(&metrics, series), Some(1), "{metrics}");
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
+/// Makes [`DEVICE`] offline on `target` for `lasting`, starting `after` a
+/// scrape (so the test chooses where the change falls between two scrapes:
+/// that decides how many samples show it).
+async fn offline_for(target: &TestTarget, after: Duration, lasting: Duration) {
+    target.wait_scrapes(1).await;
+    tokio::time::sleep(after).await;
+    target.set(device_page(0));
+    tokio::time::sleep(lasting).await;
+    target.set(device_page(1));
+}
+
+/// `for = "3s"` against a Prometheus scraping every second. A condition
+/// true for 2.5 s shows in two or three samples, never in four, and never
+/// fires, even when it starts just before a scrape (three samples, the
+/// most it can have: 3 s from the first to the first good one). One true
+/// for 4 s, one scrape interval longer than `for`, shows in four samples
+/// wherever it starts, and always fires: the daemon dates its onset from
+/// Prometheus's history and wakes when `for` has held, before the next
+/// scrape ends it. (A condition true for 3.5 s shows in three or four
+/// samples, and three are what 2.5 s can show too: no rule can tell them
+/// apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    target.set(device_page(1));
+    let options = PrometheusOptions {
+        scrape_interval: Duration::from_secs(1),
+        ..PrometheusOptions::default()
+    };
+    let prometheus = options.start(&[&target]).await;
+    wait_for_value(&prometheus, 1).await;
+    let gateway = FakeGateway::start().await;
+    let text = rules_file::head(prometheus.url(), "1s", "1s", "journal.db")
+        + &rules_file::gateway_sms(&gateway.url(), "")
+        + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
+        + &rules_file::offline_job("reboot frozen", "12", Some("3s"), POWER_CYCLE_ACTION)
+        + "cooldown = \"1s\"\n";
+    let site = Site::with_rules(&text);
+    let mut daemon = Daemon::start(&site).await;
+
+    let millis = Duration::from_millis;
+    for after in [millis(900), millis(450)] {
+        offline_for(&target, after, millis(2_500)).await;
+        daemon.wait_for(": pending → inactive after ").await;
+        assert!(gateway.received().is_empty(), "fired on 2.5 s; log:\n{}", daemon.log());
+    }
+    for (round, after) in [millis(50), millis(950)].into_iter().enumerate() {
+        offline_for(&target, after, millis(4_000)).await;
+        daemon.wait_for(": firing → resolved after ").await;
+        assert_eq!(gateway.received().len(), round + 1, "log:\n{}", daemon.log());
+    }
     let (code, _) = daemon.stop().await;
     assert_eq!(code, 0);
 }

@@ -336,7 +336,7 @@ async fn rules_fire_once_after_for_and_hold_to_cooldown_repeat_guards_and_reload
     if !TestPrometheus::available() {
         return;
     }
-    let targets: Vec<TestTarget> = (0..7).map(|_| TestTarget::start()).collect();
+    let targets: Vec<TestTarget> = (0..8).map(|_| TestTarget::start()).collect();
     let prometheus = TestPrometheus::start(&targets.iter().collect::<Vec<_>>()).await;
 
     one_sms_after_for_and_none_after_early_recovery(&prometheus, &targets[0]).await;
@@ -346,6 +346,8 @@ async fn rules_fire_once_after_for_and_hold_to_cooldown_repeat_guards_and_reload
     dry_run_journals_and_sends_nothing(&prometheus, &targets[4]).await;
     reload_keeps_unchanged_jobs_and_drops_removed_ones(&prometheus, &targets[5]).await;
     a_state_save_that_failed_is_made_with_the_next_cycle(&prometheus, &targets[6]).await;
+    for_counts_from_the_first_bad_sample_and_the_engine_wakes_when_due(&prometheus, &targets[7])
+        .await;
 }
 
 /// Scenario 1: bad from t; cycles at t, t+5m send nothing, t+10m sends one
@@ -398,6 +400,57 @@ async fn one_sms_after_for_and_none_after_early_recovery(
     assert_eq!((execution.socket.as_str(), execution.phone.as_str()), ("lobby", LOBBY));
     assert_eq!((execution.text.as_str(), execution.trigger_value), (POWER_CYCLE_1, Some(0.0)));
     assert_eq!(attempts(execution), [ExecutionStatus::Sent]);
+}
+
+/// Scenario 8, in real time (Prometheus dates its samples by the wall
+/// clock, so the engine's clock is set to it): a device's `for` counts from
+/// the first sample that showed it offline, as Prometheus's history shows
+/// it, not from the cycle that saw it; and the engine wakes for it when
+/// `for` has held, rather than at the next cycle.
+async fn for_counts_from_the_first_bad_sample_and_the_engine_wakes_when_due(
+    prometheus: &TestPrometheus,
+    target: &TestTarget,
+) {
+    let d1 = device("13", "1");
+    publish(prometheus, target, &[online("13", "1", 1.0), platform_up("13", 1.0)]).await;
+    let job = rules_file::offline_job("offline", "13", Some("2s"), POWER_CYCLE_ACTION);
+    let mut s = Scenario::start(prometheus, &(sockets("13") + &job)).await;
+    s.clock.set(Timestamp::now());
+    let report = s.engine.cycle().await;
+    assert_eq!((report.evaluations, report.onset_queries), (1, 0), "{report:?}");
+    assert_eq!(s.engine.until_wake(), None, "nothing pending");
+
+    // A scrape is stamped when it starts, and may read the page just
+    // after it changes: the first offline sample can be up to one scrape
+    // interval (100 ms) older than the change.
+    let changed = Timestamp::now() - jiff::SignedDuration::from_millis(100);
+    publish(prometheus, target, &[online("13", "1", 0.0), platform_up("13", 1.0)]).await;
+    // A few more scrapes, so that the cycle comes well after the change.
+    target.wait_scrapes(3).await;
+    let seen = Timestamp::now();
+    s.clock.set(seen);
+    let report = s.engine.cycle().await;
+    assert_eq!((report.onset_queries, report.actions_due), (1, 0), "{report:?}");
+    let (since, _) = pending_of(&s.state("offline", &d1));
+    assert!(changed <= since && since < seen, "{changed} <= {since} < {seen}");
+    // Due 2 s after the onset, plus the 100 ms a scrape may take to be
+    // stored: the engine asks to be woken then.
+    let due = since + jiff::SignedDuration::from_millis(2_100);
+    assert_eq!(s.engine.until_wake(), Some(due.duration_since(seen).unsigned_abs()));
+    let report = s.engine.wake().await;
+    assert_eq!(report, CycleReport::default(), "nothing is due yet");
+
+    s.clock.set(due);
+    let report = s.engine.wake().await;
+    s.engine.finish_sends().await;
+    let counts = (report.queries, report.evaluations, report.actions_due, report.sends_started);
+    assert_eq!(counts, (1, 1, 1, 1), "{report:?}");
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(s.engine.until_wake(), None, "firing counts nothing");
+    let metrics = s.engine.metrics_text();
+    assert!(metrics.contains("jobctl_wakeups_total 1\n"), "{metrics}");
+    assert!(metrics.contains("jobctl_cycles_total 2\n"), "{metrics}");
 }
 
 /// Scenario 2: one job with a 1 h cooldown, another repeating every 30

@@ -17,6 +17,8 @@ use super::states::PHASES;
 pub struct EngineMetrics {
     registry: Registry,
     cycles: IntCounter,
+    /// Evaluations between cycles, of jobs whose `for` elapsed.
+    wakeups: IntCounter,
     /// Prometheus queries sent.
     queries: IntCounter,
     /// Failed queries by reason.
@@ -56,6 +58,12 @@ impl EngineMetrics {
         let cycles =
             IntCounter::new("jobctl_cycles_total", "Evaluation cycles run.").expect("valid");
         register(Box::new(cycles.clone()));
+        let wakeups = IntCounter::new(
+            "jobctl_wakeups_total",
+            "Evaluations between cycles, of the jobs one of whose pending devices had just held `for`.",
+        )
+        .expect("valid");
+        register(Box::new(wakeups.clone()));
         let queries =
             IntCounter::new("jobctl_queries_total", "Prometheus queries sent.").expect("valid");
         register(Box::new(queries.clone()));
@@ -178,6 +186,7 @@ impl EngineMetrics {
         EngineMetrics {
             registry,
             cycles,
+            wakeups,
             queries,
             query_failures,
             unknown,
@@ -197,7 +206,17 @@ impl EngineMetrics {
         }
     }
 
-    /// Records a cycle; `counts` are each job's (job, device) pairs per
+    /// Counts a cycle begun.
+    pub(super) fn cycle_started(&self) {
+        self.cycles.inc();
+    }
+
+    /// Counts an evaluation between cycles ([`super::Engine::wake`]).
+    pub(super) fn woke(&self) {
+        self.wakeups.inc();
+    }
+
+    /// Records a cycle or a wake-up; `counts` are each job's (job, device) pairs per
     /// phase (in the order of [`PHASES`]). A (job, phase) with none has no
     /// series.
     pub(super) fn record_cycle<'j>(
@@ -206,7 +225,6 @@ impl EngineMetrics {
         now: jiff::Timestamp,
         counts: impl Iterator<Item = (&'j str, [u64; 4])>,
     ) {
-        self.cycles.inc();
         self.cycle_duration.set(took.as_secs_f64());
         self.last_cycle.set(now.as_millisecond() as f64 / 1000.0);
         // Set and removed child by child rather than reset and made anew:

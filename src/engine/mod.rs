@@ -55,6 +55,7 @@ mod closed_loop;
 mod escalation;
 mod mass_outage;
 mod metrics;
+mod onset;
 mod outbox;
 pub mod replay;
 mod silences;
@@ -112,6 +113,9 @@ pub struct CycleReport {
     /// before they leave, and changed states saved. The rest of the cycle is
     /// evaluation.
     pub journal_time: Duration,
+    /// Range queries sent to date when newly pending devices became bad
+    /// (counted in `query_time` too).
+    pub onset_queries: usize,
     /// Queries that failed, with why.
     pub failed_queries: Vec<(String, String)>,
     /// (job, device) pairs evaluated.
@@ -361,13 +365,61 @@ impl Engine {
 
     /// Runs one evaluation cycle.
     pub async fn cycle(&mut self) -> CycleReport {
+        self.metrics.cycle_started();
+        self.evaluate(None).await
+    }
+
+    /// How long until a pending (job, device) will have held its job's
+    /// `for` (zero when that moment has passed), if one is counting: when
+    /// to [`Engine::wake`] rather than wait for the next cycle.
+    pub fn until_wake(&self) -> Option<Duration> {
+        let enabled = self.rules.jobs.iter().filter(|job| job.enabled);
+        let states = enabled.filter_map(|job| self.states.get(&job.name));
+        let due = states.filter_map(JobStates::for_elapses_at).min()?;
+        Some(crate::clock::elapsed(self.clock.now(), due))
+    }
+
+    /// Evaluates, between two cycles, the jobs one of whose pending devices
+    /// has by now held `for`, with only those jobs' queries: a job fires
+    /// when `for` has elapsed, not at the first cycle after. Otherwise as a
+    /// cycle: every device of those jobs advances, and what falls due is
+    /// sent.
+    pub async fn wake(&mut self) -> CycleReport {
+        let now = self.clock.now();
+        let due: BTreeSet<usize> = (self.rules.jobs.iter().enumerate())
+            .filter(|(_, job)| job.enabled)
+            .filter(|(_, job)| {
+                let states = self.states.get(&job.name);
+                states.and_then(JobStates::for_elapses_at).is_some_and(|at| at <= now)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if due.is_empty() {
+            return CycleReport::default();
+        }
+        self.metrics.woke();
+        self.evaluate(Some(&due)).await
+    }
+
+    /// Evaluates the enabled jobs (those of `only`, when given) once, sends
+    /// what falls due and saves what changed.
+    async fn evaluate(&mut self, only: Option<&BTreeSet<usize>>) -> CycleReport {
         let started = Instant::now();
         let now = self.clock.now();
         let mut report = CycleReport::default();
         // Reap sends that finished since the last cycle.
         self.outbox.reap_finished();
 
-        let queries = self.rules.queries();
+        let queries = match only {
+            None => self.rules.queries(),
+            Some(jobs) => {
+                let mut queries: Vec<String> =
+                    jobs.iter().flat_map(|&job| self.rules.jobs[job].queries()).collect();
+                queries.sort();
+                queries.dedup();
+                queries
+            }
+        };
         report.queries = queries.len();
         let querying = Instant::now();
         let mut answers = std::mem::take(&mut self.answers);
@@ -385,7 +437,11 @@ impl Engine {
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
         let mut silenced = Vec::new();
         let mut index = Index::new(&answers);
-        for (job_index, job) in rules.jobs.iter().enumerate().filter(|(_, j)| j.enabled) {
+        let mut newly_pending: Vec<onset::NewlyPending> = Vec::new();
+        let chosen = |index: &usize| only.is_none_or(|jobs| jobs.contains(index));
+        for (job_index, job) in
+            rules.jobs.iter().enumerate().filter(|(i, j)| j.enabled && chosen(i))
+        {
             let mut evaluation =
                 JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
             if job.only_powered {
@@ -403,6 +459,7 @@ impl Engine {
                 Some(states) => states,
                 None => self.states.entry(job.name.clone()).or_default(),
             };
+            let previous_at = states.evaluated_at();
             let mut events = Vec::new();
             let (evaluated, unknown) = advance_job(
                 job,
@@ -419,6 +476,9 @@ impl Engine {
             report.unknown += unknown as usize;
             if unknown > 0 {
                 self.metrics.unknown_verdicts(&job.name, unknown);
+            }
+            if let Some(newly) = onset::NewlyPending::of(job_index, job, previous_at, &events) {
+                newly_pending.push(newly);
             }
             // Logs and actions in device order, as a reader expects them.
             events.sort_by(|a, b| self.devices.text(a.device).cmp(self.devices.text(b.device)));
@@ -499,6 +559,10 @@ impl Engine {
         let escalations = std::mem::take(&mut self.escalations);
         if !escalations.is_empty() || !notices.is_empty() {
             self.notify(&rules, escalations, notices, now).await;
+        }
+
+        if !newly_pending.is_empty() {
+            self.date_onsets(&rules, newly_pending, now, &mut report).await;
         }
 
         // `changed` is in job order: look each job's states up once. Thousands

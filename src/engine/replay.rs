@@ -36,7 +36,6 @@
 //! (`jobctl` reads them from the journal, read-only): each holds over its
 //! own [created_at, ends_at).
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -45,11 +44,12 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::closed_loop;
 use super::mass_outage;
+use super::onset::History;
 use super::outbox::MAX_TEXT_CHARS;
 use super::silences::Silences;
 use super::states::{advance_job, JobStates};
 use crate::journal::Silence;
-use crate::prometheus_api::{Label, PromClient, PromError};
+use crate::prometheus_api::{PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, ActionDue, Concluded, JobState, PhaseName};
@@ -354,15 +354,6 @@ impl SimulatedMessage {
     }
 }
 
-/// One query's series over one chunk, ready to be read step by step.
-struct ChunkSeries {
-    labels: Vec<Label<'static>>,
-    /// (time in Unix seconds, value), oldest first.
-    points: Vec<(i64, f64)>,
-    /// The first point not yet read.
-    next: usize,
-}
-
 /// Replays `job` of `rules` over `range`, reading history from `prometheus`,
 /// with `silences` (every silence the journal holds; each holds the actions
 /// it matches over its own span).
@@ -382,34 +373,15 @@ pub async fn replay(
     let mut first = 0;
     while first < range.steps {
         let last = (first + chunk_steps).min(range.steps) - 1;
-        let mut chunk: Vec<(&String, Vec<ChunkSeries>)> = Vec::with_capacity(queries.len());
         let querying = Instant::now();
-        for query in &queries {
-            requests += 1;
-            let failed = |source| ReplayError::Prometheus { query: query.clone(), source };
-            let answer = prometheus
-                .query_range_answer(query, range.at(first), range.at(last), range.step)
+        requests += queries.len();
+        let mut chunk =
+            History::fetch(prometheus, &queries, range.at(first), range.at(last), range.step)
                 .await
-                .map_err(failed)?;
-            let mut series = Vec::new();
-            answer
-                .for_each_series(|labels, points| {
-                    let labels = labels.iter().map(|(name, value)| {
-                        (Cow::Owned(name.to_string()), Cow::Owned(value.to_string()))
-                    });
-                    series.push(ChunkSeries {
-                        labels: labels.collect(),
-                        points: points.iter().map(|p| (p.time.as_second(), p.value)).collect(),
-                        next: 0,
-                    });
-                })
-                .map_err(failed)?;
-            drop(answer);
-            chunk.push((query, series));
-        }
+                .map_err(|(query, source)| ReplayError::Prometheus { query, source })?;
         query_time += querying.elapsed();
-        let series: usize = chunk.iter().map(|(_, series)| series.len()).sum();
-        any_sample |= chunk.iter().any(|(_, s)| s.iter().any(|s| !s.points.is_empty()));
+        let series = chunk.series();
+        any_sample |= chunk.has_points();
         for step in first..=last {
             simulation.step(range.at(step), &mut chunk);
         }
@@ -483,26 +455,9 @@ impl<'r> Simulation<'r> {
     }
 
     /// One cycle at `now`, on the chunk's answers for that instant.
-    fn step(&mut self, now: Timestamp, chunk: &mut [(&String, Vec<ChunkSeries>)]) {
-        let second = now.as_second();
+    fn step(&mut self, now: Timestamp, chunk: &mut History) {
         let mut answers = std::mem::take(&mut self.answers);
-        answers.reset(&self.rules.device_key);
-        for (query, series) in chunk.iter_mut() {
-            let filled = answers.insert((*query).clone(), &mut self.devices, |add| {
-                for series in series.iter_mut() {
-                    while series.points.get(series.next).is_some_and(|(t, _)| *t < second) {
-                        series.next += 1;
-                    }
-                    if let Some(&(t, value)) = series.points.get(series.next) {
-                        if t == second {
-                            add(&series.labels, value);
-                        }
-                    }
-                }
-                Ok::<(), Infallible>(())
-            });
-            filled.unwrap_or_else(|never| match never {});
-        }
+        chunk.answers_at(now, &mut answers, self.rules, &mut self.devices);
         let (job, rules) = (self.job, self.rules);
         let mut index = Index::new(&answers);
         let mut evaluation =

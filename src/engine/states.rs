@@ -33,6 +33,11 @@ pub(super) struct JobStates {
     /// How many known devices are in each phase (by [`phase_slot`]), for
     /// the `jobctl_job_devices` gauge.
     phases: [u64; 4],
+    /// When the job was last evaluated.
+    evaluated_at: Option<jiff::Timestamp>,
+    /// The earliest moment one of its pending devices will have held the
+    /// job's `for` ([`JobState::for_elapses_at`]), if one is counting.
+    for_elapses_at: Option<jiff::Timestamp>,
 }
 
 /// The phases in the order of [`JobStates::phases`].
@@ -83,6 +88,37 @@ impl JobStates {
         let mut states = JobStates { stored, ..JobStates::default() };
         states.count_phases();
         states
+    }
+
+    /// When the job was last evaluated (`None` before its first evaluation
+    /// since the engine started).
+    pub(super) fn evaluated_at(&self) -> Option<jiff::Timestamp> {
+        self.evaluated_at
+    }
+
+    /// The earliest moment one of the job's pending devices will have held
+    /// its `for`, if the condition keeps holding: when to evaluate the job
+    /// again rather than wait for the next cycle.
+    pub(super) fn for_elapses_at(&self) -> Option<jiff::Timestamp> {
+        self.for_elapses_at
+    }
+
+    /// Replaces a stored state by `update`'s result, if it has one: for the
+    /// engine's corrections after a cycle (the onset of a new pending).
+    /// Returns whether the state changed.
+    pub(super) fn update(
+        &mut self,
+        device: DeviceId,
+        timing: &Timing,
+        update: impl FnOnce(&JobState) -> Option<JobState>,
+    ) -> bool {
+        let Ok(at) = self.stored.binary_search_by_key(&device, |(d, _)| *d) else { return false };
+        let Some(new) = update(&self.stored[at].1) else { return false };
+        if let Some(due) = new.for_elapses_at(timing) {
+            self.for_elapses_at = Some(self.for_elapses_at.map_or(due, |d| d.min(due)));
+        }
+        self.stored[at].1 = new;
+        true
     }
 
     /// How many known devices are in each phase, in the order of [`PHASES`].
@@ -208,6 +244,8 @@ pub(super) fn advance_job(
     let (mut a, mut p, mut s) = (0, 0, 0);
     let (mut evaluated, mut unknown) = (0, 0);
     states.phases = [0; 4];
+    states.evaluated_at = Some(now);
+    states.for_elapses_at = None;
     loop {
         // The next device of the three lists, each in id order.
         let mut next = answered.get(a).map(|(device, _)| *device);
@@ -300,6 +338,9 @@ pub(super) fn advance_job(
                 concluded: step.concluded,
                 held: step.held,
             });
+        }
+        if let Some(due) = step.state.for_elapses_at(&timing) {
+            states.for_elapses_at = Some(states.for_elapses_at.map_or(due, |d| d.min(due)));
         }
         let phase = step.state.phase.name();
         if current.is_some() {

@@ -118,6 +118,9 @@ pub(super) async fn run(
     let mut reading: Option<tokio::task::JoinHandle<Loaded>> = None;
     let mut again = false;
     loop {
+        // A pending device whose `for` elapses before the next tick is
+        // evaluated then, not at the tick after.
+        let wake = engine.until_wake().map(|wait| tokio::time::Instant::now() + wait);
         tokio::select! {
             // Shutdown is only looked at between cycles: a cycle in progress
             // finishes, so no state is left half-advanced.
@@ -141,6 +144,9 @@ pub(super) async fn run(
             }
             _ = ticker.tick() => {
                 engine.cycle().await;
+            }
+            () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                engine.wake().await;
             }
         }
     }

@@ -502,6 +502,44 @@ impl JobState {
 }
 
 impl JobState {
+    /// When this pending (job, device) will have held `for`, if the
+    /// condition keeps holding from now on: the moment an evaluation would
+    /// fire it. `None` unless pending and counting (after an unknown, the
+    /// timer waits for the next true evaluation).
+    pub(crate) fn for_elapses_at(&self, timing: &Timing) -> Option<Timestamp> {
+        match self.phase {
+            Phase::Pending { held, counting_from: Some(from), .. } => {
+                Some(after(from, timing.for_.saturating_sub(held)))
+            }
+            _ => None,
+        }
+    }
+
+    /// This state, which has just entered pending, with the condition known
+    /// to have held since `onset` (Prometheus's data says so): pending
+    /// since `onset`, its `for` timer counting from `counting_from` (the
+    /// onset, or a little after it; never later than `since`). `None` when
+    /// the state is not a pending that has counted nothing yet, or the
+    /// onset is not earlier than the evaluation that saw the condition.
+    pub(crate) fn pending_from(
+        &self,
+        onset: Timestamp,
+        counting_from: Timestamp,
+    ) -> Option<JobState> {
+        let Phase::Pending { since, held, counting_from: Some(from) } = self.phase else {
+            return None;
+        };
+        if held != Duration::ZERO || from != since || onset >= since {
+            return None;
+        }
+        let mut state = self.clone();
+        let counting_from = Some(counting_from.clamp(onset, since));
+        state.phase = Phase::Pending { since: onset, held: Duration::ZERO, counting_from };
+        Some(state)
+    }
+}
+
+impl JobState {
     /// This state, the result of a step that made an action due, with that
     /// action not taken: what the (job, device) keeps when something outside
     /// it holds the action back (its socket got a command from the job
@@ -1383,5 +1421,45 @@ mod tests {
         let state: JobState = serde_json::from_str(json).unwrap();
         assert_eq!((state.verifying, state.gave_up_in), (None, None));
         assert_eq!(serde_json::to_string(&state).unwrap(), json, "nothing new is written");
+    }
+
+    #[test]
+    fn a_pending_counted_from_its_onset_fires_when_for_has_held_since_then() {
+        let mut device = Device::new(timing(10, 60));
+        device.eval(4, Verdict::True);
+        assert_eq!(device.state.for_elapses_at(&device.timing), Some(at_minute(14)));
+        // Prometheus's data shows the condition true since minute 1; the
+        // timer counts from a little after it.
+        let counting = at_minute(1) + jiff::SignedDuration::from_millis(100);
+        device.state = device.state.pending_from(at_minute(1), counting).unwrap();
+        assert!(
+            matches!(device.state.phase, Phase::Pending { since, .. } if since == at_minute(1))
+        );
+        let due = counting + jiff::SignedDuration::from_mins(10);
+        assert_eq!(device.state.for_elapses_at(&device.timing), Some(due));
+        // Only a state that has just entered pending is dated, once, and
+        // only to an earlier onset.
+        assert_eq!(device.state.pending_from(at_minute(0), at_minute(0)), None);
+        device.eval(11, Verdict::True);
+        assert!(device.actions.is_empty(), "10 minutes less 100 ms since the onset: not yet");
+        device.eval(12, Verdict::True);
+        assert_eq!(device.actions.len(), 1, "{:?}", device.transitions);
+        assert_eq!(device.state.for_elapses_at(&device.timing), None, "firing counts nothing");
+        let fresh = Device::new(timing(10, 60)).eval(3, Verdict::True).state;
+        assert_eq!(fresh.pending_from(at_minute(3), at_minute(3)), None, "not earlier");
+        assert_eq!(fresh.pending_from(at_minute(5), at_minute(5)), None, "later");
+    }
+
+    #[test]
+    fn an_unknown_stops_the_for_clock_until_the_next_true_evaluation() {
+        let mut device = Device::new(timing(10, 60));
+        device.eval(0, Verdict::True);
+        device.eval(2, Verdict::True);
+        assert_eq!(device.state.for_elapses_at(&device.timing), Some(at_minute(10)));
+        device.eval(3, Verdict::Unknown);
+        assert_eq!(device.state.for_elapses_at(&device.timing), None);
+        device.eval(5, Verdict::True);
+        // Two minutes held; eight to go from minute 5.
+        assert_eq!(device.state.for_elapses_at(&device.timing), Some(at_minute(13)));
     }
 }
