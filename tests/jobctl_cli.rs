@@ -1262,16 +1262,17 @@ async fn offline_for(target: &TestTarget, after: Duration, lasting: Duration) {
     target.set(device_page(1));
 }
 
-/// `for = "3s"` against a Prometheus scraping every second. A condition
-/// true for 2.5 s shows in two or three samples, never in four, and never
-/// fires, even when it starts just before a scrape (three samples, the
-/// most it can have: 3 s from the first to the first good one). One true
-/// for 4 s, one scrape interval longer than `for`, shows in four samples
-/// wherever it starts, and always fires: the daemon dates its onset from
-/// Prometheus's history and wakes when `for` has held, before the next
-/// scrape ends it. (A condition true for 3.5 s shows in three or four
-/// samples, and three are what 2.5 s can show too: no rule can tell them
-/// apart.)
+/// `for = "3s"` against a Prometheus scraping every second, evaluated
+/// every 2 s. A condition true for 2.5 s shows in two or three samples,
+/// never four, and never fires, even when it starts just before a scrape
+/// (three samples, the most it can have: 3 s from the first to the first
+/// good one). One true for 4 s, one scrape interval longer than `for`,
+/// shows in four samples wherever it starts, and always fires: the daemon
+/// dates its onset from Prometheus's history and wakes when `for` has
+/// held, before the next scrape ends it. Counted from the cycles, it would
+/// fire at the cycle 4 s after the one that first saw it, after the end.
+/// (A condition true for 3.5 s shows in three or four samples, and three
+/// are what 2.5 s can show too: no rule can tell them apart.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
     if !TestPrometheus::available() {
@@ -1286,7 +1287,7 @@ async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
     let prometheus = options.start(&[&target]).await;
     wait_for_value(&prometheus, 1).await;
     let gateway = FakeGateway::start().await;
-    let text = rules_file::head(prometheus.url(), "1s", "1s", "journal.db")
+    let text = rules_file::head(prometheus.url(), "2s", "1s", "journal.db")
         + &rules_file::gateway_sms(&gateway.url(), "")
         + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
         + &rules_file::offline_job("reboot frozen", "12", Some("3s"), POWER_CYCLE_ACTION)
@@ -1295,11 +1296,13 @@ async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
     let mut daemon = Daemon::start(&site).await;
 
     let millis = Duration::from_millis;
-    for after in [millis(900), millis(450)] {
+    // Just before a scrape: three samples, both times.
+    for after in [millis(900), millis(600)] {
         offline_for(&target, after, millis(2_500)).await;
         daemon.wait_for(": pending → inactive after ").await;
         assert!(gateway.received().is_empty(), "fired on 2.5 s; log:\n{}", daemon.log());
     }
+    // Just after a scrape, and just before one: four samples.
     for (round, after) in [millis(50), millis(950)].into_iter().enumerate() {
         offline_for(&target, after, millis(4_000)).await;
         daemon.wait_for(": firing → resolved after ").await;
