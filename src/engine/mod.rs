@@ -21,7 +21,15 @@
 //!    delivers each in a task of its own (a slow gateway or a retry never
 //!    holds up other jobs or the next cycle), and records each attempt's
 //!    outcome;
-//! 4. saves every changed state in one transaction.
+//! 4. dates the onset of each device that turned pending from Prometheus's
+//!    history (`onset`: `for` counts from when the data shows the device
+//!    went bad, not from when this cycle looked);
+//! 5. saves every changed state in one transaction.
+//!
+//! Between cycles, [`Engine::wake`] evaluates a job alone (only its
+//! queries) at the moment one of its pending devices will have held `for`
+//! ([`Engine::until_wake`] says when), so an action does not wait for the
+//! next cycle.
 //!
 //! A thousand jobs over ten thousand devices are a third of a million
 //! (job, device) pairs per cycle, nearly all inactive: the engine keeps a
@@ -42,7 +50,8 @@
 //! kept due); `outbox` everything between "an action is due" and "its outcome is
 //! journalled" (budgets, retries, one journal row per attempt, the channels
 //! a message goes over); `silences` the silences in force and the actions
-//! they hold; `closed_loop` what happens between evaluating and acting to
+//! they hold; `onset` when a new pending device turned bad, from
+//! Prometheus's history; `closed_loop` what happens between evaluating and acting to
 //! close the loop (limits checked against the journal, the results of
 //! verifications recorded); `mass_outage` the jobs whose devices went bad
 //! together, whose socket commands are held and escalated once;

@@ -14,7 +14,10 @@
 //!
 //! - **Inactive** — nothing wrong seen. `True` → pending.
 //! - **Pending** — the condition has been seen true; it must keep holding for
-//!   the job's `for` before anything happens. `False` → inactive, nothing
+//!   the job's `for` before anything happens. It counts from the evaluation
+//!   that saw it, or, once the engine has dated the onset from Prometheus's
+//!   history, from that onset ([`JobState::pending_from`]); the engine
+//!   evaluates again when `for` will have held ([`JobState::for_elapses_at`]). `False` → inactive, nothing
 //!   sent. Once it has held for `for` (see *Unknown* below), the evaluation
 //!   that observes this moves to firing and a new *episode* begins. With
 //!   `for = 0` the first `True` goes straight to firing.
