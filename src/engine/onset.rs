@@ -25,6 +25,7 @@
 //! by step.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use crate::error::with_causes;
 use crate::prometheus_api::{Label, PromClient, PromError};
 use crate::rules::condition::{Answers, Index, JobEvaluation};
 use crate::rules::device::{DeviceId, DeviceTable};
-use crate::rules::state::PhaseName;
+use crate::rules::state::{JobState, PhaseName};
 use crate::rules::{Job, RuleSet, Verdict};
 
 /// Steps into which the time since a job's previous evaluation is cut to
@@ -165,35 +166,43 @@ pub(super) fn step_for(window: Duration) -> Option<Duration> {
     (step >= MIN_ONSET_STEP).then_some(step)
 }
 
-/// For each of `wanted` (devices in id order, each found newly true by the
-/// evaluation just after the last step), since when `history` shows
-/// `job`'s condition true at every step up to the last. A device that is
-/// not true at the last step is left out: the history does not confirm it.
+/// For each job of `jobs` and each of its wanted devices (in id order,
+/// each found newly true by the evaluation just after the last step), since
+/// when `history` shows the job's condition true at every step up to the
+/// last. A device that is not true at the last step is left out: the
+/// history does not confirm it. The answers of each step are indexed once
+/// for every job, as a cycle's are.
 pub(super) fn onsets(
     rules: &RuleSet,
-    job: &Job,
+    jobs: &[(&Job, &[DeviceId])],
     history: &mut History,
     steps: &[Timestamp],
     devices: &mut DeviceTable,
-    wanted: &[DeviceId],
-) -> Vec<(DeviceId, Timestamp)> {
+) -> Vec<Vec<(DeviceId, Timestamp)>> {
     let mut answers = Answers::new(&rules.device_key);
-    let mut runs: Vec<Option<Timestamp>> = vec![None; wanted.len()];
+    let mut runs: Vec<Vec<Option<Timestamp>>> =
+        jobs.iter().map(|(_, wanted)| vec![None; wanted.len()]).collect();
     for &at in steps {
         history.answers_at(at, &mut answers, rules, devices);
         let mut index = Index::new(&answers);
-        let evaluation = JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
-        for (device, run) in wanted.iter().zip(&mut runs) {
-            let found = evaluation.devices.binary_search_by_key(device, |(d, _)| *d);
-            let quick = found.map_or(evaluation.absent, |at| evaluation.devices[at].1);
-            if quick.verdict == Verdict::True {
-                run.get_or_insert(at);
-            } else {
-                *run = None;
+        for ((job, wanted), runs) in jobs.iter().zip(&mut runs) {
+            let evaluation =
+                JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+            for (device, run) in wanted.iter().zip(runs) {
+                let found = evaluation.devices.binary_search_by_key(device, |(d, _)| *d);
+                let quick = found.map_or(evaluation.absent, |at| evaluation.devices[at].1);
+                if quick.verdict == Verdict::True {
+                    run.get_or_insert(at);
+                } else {
+                    *run = None;
+                }
             }
         }
     }
-    wanted.iter().zip(runs).filter_map(|(device, run)| Some((*device, run?))).collect()
+    let found = jobs.iter().zip(runs).map(|((_, wanted), runs)| {
+        wanted.iter().zip(runs).filter_map(|(device, run)| Some((*device, run?))).collect()
+    });
+    found.collect()
 }
 
 /// The devices of a job that a cycle found newly true and left pending,
@@ -233,8 +242,10 @@ impl NewlyPending {
 impl Engine {
     /// Dates the onset of every newly pending device from Prometheus's
     /// history since its job's previous evaluation (at most one `interval`
-    /// back) and counts its `for` from there (see the module docs). A job
-    /// whose history cannot be read keeps counting from now.
+    /// back) and counts its `for` from there (see the module docs). The
+    /// jobs of one cycle were evaluated together before too, so they share
+    /// one window: each distinct query is asked once for all of them. Jobs
+    /// whose history cannot be read keep counting from now.
     pub(super) async fn date_onsets(
         &mut self,
         rules: &RuleSet,
@@ -242,20 +253,25 @@ impl Engine {
         now: Timestamp,
         report: &mut CycleReport,
     ) {
-        let interval = rules.prometheus.interval;
-        let back = jiff::SignedDuration::try_from(interval).unwrap_or_default();
+        let back = jiff::SignedDuration::try_from(rules.prometheus.interval).unwrap_or_default();
         let earliest = now.checked_sub(back).ok();
-        for NewlyPending { job: index, previous_at, devices } in newly {
-            let job = &rules.jobs[index];
-            let from = match (previous_at, earliest) {
+        let mut windows: BTreeMap<Timestamp, Vec<NewlyPending>> = BTreeMap::new();
+        for newly in newly {
+            let from = match (newly.previous_at, earliest) {
                 (Some(previous), Some(earliest)) => previous.max(earliest),
                 (Some(previous), None) => previous,
                 (None, Some(earliest)) => earliest,
                 (None, None) => continue,
             };
-            let (from, to) = (to_millis(from), to_millis(now));
+            windows.entry(to_millis(from)).or_default().push(newly);
+        }
+        let to = to_millis(now);
+        for (from, group) in windows {
             let Some(step) = step_for(crate::clock::elapsed(from, to)) else { continue };
-            let queries = job.queries();
+            let mut queries: Vec<String> =
+                group.iter().flat_map(|newly| rules.jobs[newly.job].queries()).collect();
+            queries.sort_unstable();
+            queries.dedup();
             let querying = std::time::Instant::now();
             let fetched = History::fetch(&self.prometheus, &queries, from, to, step).await;
             report.onset_queries += queries.len();
@@ -265,28 +281,31 @@ impl Engine {
                 Ok(history) => history,
                 Err((query, err)) => {
                     self.metrics.query_failed(err.label());
+                    let devices: usize = group.iter().map(|newly| newly.devices.len()).sum();
                     tracing::debug!(
-                        "job {:?}: cannot date the onset of {} pending devices ({query:?}: {}); their `for` counts from now",
-                        job.name,
-                        devices.len(),
+                        "cannot date the onset of {devices} newly pending devices ({query:?}: {}); their `for` counts from now",
                         with_causes(&err)
                     );
                     continue;
                 }
             };
             let steps = steps(from, to, step);
-            let found = onsets(rules, job, &mut history, &steps, &mut self.devices, &devices);
-            let timing = super::timing(job);
-            let Some(states) = self.states.get_mut(&job.name) else { continue };
-            for (device, onset) in found {
-                let counting_from = crate::clock::after(onset, INGESTION_GRACE);
-                if states.update(device, &timing, |state| state.pending_from(onset, counting_from))
-                {
-                    tracing::debug!(
-                        "job {:?}: device {}: pending since {onset}, as Prometheus's data shows",
-                        job.name,
-                        self.devices.text(device)
-                    );
+            let jobs: Vec<(&Job, &[DeviceId])> =
+                group.iter().map(|newly| (&rules.jobs[newly.job], &newly.devices[..])).collect();
+            let found = onsets(rules, &jobs, &mut history, &steps, &mut self.devices);
+            for ((job, _), found) in jobs.iter().zip(found) {
+                let timing = super::timing(job);
+                let Some(states) = self.states.get_mut(&job.name) else { continue };
+                for (device, onset) in found {
+                    let counting_from = crate::clock::after(onset, INGESTION_GRACE);
+                    let dated = |state: &JobState| state.pending_from(onset, counting_from);
+                    if states.update(device, &timing, dated) {
+                        tracing::debug!(
+                            "job {:?}: device {}: pending since {onset}, as Prometheus's data shows",
+                            job.name,
+                            self.devices.text(device)
+                        );
+                    }
                 }
             }
         }
@@ -366,14 +385,14 @@ mod tests {
             .collect();
         let steps = steps(at(0), at(500), Duration::from_millis(100));
         assert_eq!(steps.len(), 6);
-        let found = onsets(&rules, job, &mut history, &steps, &mut devices, &wanted);
+        let found = onsets(&rules, &[(job, &wanted[..])], &mut history, &steps, &mut devices);
         let expected = vec![
             (wanted[0], at(200)),
             (wanted[1], at(200)),
             (wanted[2], at(0)),
             (wanted[3], at(500)),
         ];
-        assert_eq!(found, expected, "device 5 not true at the end, device 6 never seen");
+        assert_eq!(found, [expected], "device 5 not true at the end, device 6 never seen");
     }
 
     #[test]
@@ -399,8 +418,8 @@ mod tests {
         let mut devices = DeviceTable::default();
         let wanted = [devices.intern_text("{platform_id=\"12\", device_id=\"1\"}")];
         let steps = steps(at(0), at(300), Duration::from_millis(100));
-        let found = onsets(&rules, job, &mut history, &steps, &mut devices, &wanted);
-        assert_eq!(found, vec![(wanted[0], at(200))], "the platform was down at step 1");
+        let found = onsets(&rules, &[(job, &wanted[..])], &mut history, &steps, &mut devices);
+        assert_eq!(found, [vec![(wanted[0], at(200))]], "the platform was down at step 1");
         assert_eq!(step_for(Duration::from_secs(1)), Some(Duration::from_millis(50)));
         assert_eq!(step_for(Duration::from_secs(60)), Some(Duration::from_secs(3)));
         assert_eq!(step_for(Duration::from_millis(100)), None, "too short to date within");
