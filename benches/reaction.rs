@@ -63,7 +63,7 @@ use test_support::{exposition, write_secret};
 const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
 
 /// Rounds unless `--rounds` says otherwise: odd, so the median is a round's.
-const DEFAULT_ROUNDS: usize = 15;
+const DEFAULT_ROUNDS: usize = 31;
 
 /// How long a round may wait for both requests before the bench fails.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
