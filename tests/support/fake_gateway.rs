@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -73,6 +74,8 @@ pub(crate) struct ReceivedRequest {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// When the gateway had read it, for a benchmark timing what it caused.
+    pub at: Instant,
 }
 
 impl ReceivedRequest {
@@ -216,6 +219,7 @@ async fn handle(
             })
             .collect(),
         body,
+        at: Instant::now(),
     };
     let fault = {
         let mut state = state.lock().unwrap();

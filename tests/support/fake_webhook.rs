@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -37,6 +38,8 @@ pub(crate) struct WebhookRequest {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: String,
+    /// When the receiver had read it, for a benchmark timing what it caused.
+    pub at: Instant,
 }
 
 impl WebhookRequest {
@@ -200,5 +203,6 @@ async fn read_request(stream: &mut TcpStream) -> Option<WebhookRequest> {
         request_line,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        at: Instant::now(),
     })
 }

@@ -1,13 +1,15 @@
 //! What the integration tests share: real servers on loopback standing in
 //! for the services signage-watchdog talks to, and the helpers that more
 //! than one test file needs (running the binaries, waiting, rules files,
-//! SMS senders), so that each is written once.
+//! SMS senders), so that each is written once. `benches/reaction.rs`
+//! includes it too, for the same servers.
 #![allow(
     dead_code,
     reason = "each integration test binary compiles this module and uses only part of it"
 )]
 
 pub(crate) mod addreality;
+pub(crate) mod alertmanager;
 pub(crate) mod exposition;
 pub(crate) mod fake_gateway;
 pub(crate) mod fake_modem;

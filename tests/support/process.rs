@@ -1,7 +1,8 @@
 //! Running this package's binaries the way a sysadmin does, so that tests
 //! check their exit codes and exact words: an environment that does not
 //! depend on the shell running the tests, a finished run read back as code,
-//! stdout and stderr, and signals sent as systemd or Ctrl-C send them.
+//! stdout and stderr, signals sent as systemd or Ctrl-C send them, and the
+//! end of a server's log for a failure message.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -75,4 +76,12 @@ pub(crate) fn signal(pid: u32, name: &str) {
     let pid = pid.to_string();
     let status = Command::new("kill").args(["-s", name, &pid]).status().expect("kill runs");
     assert!(status.success(), "kill -s {name} {pid}: {status}");
+}
+
+/// The last `lines` lines of the log file at `path` (empty if there is
+/// none), for the failure message of a server a test started.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -7,7 +7,10 @@
 //! interval, scraping [`TestTarget`]s that serve whatever text the test sets.
 //! Tests never sleep for Prometheus: [`TestTarget::wait_scrapes`] waits on a
 //! notification, and [`TestPrometheus::wait_until_query`] polls the query API
-//! until Prometheus has ingested what the test expects.
+//! until Prometheus has ingested what the test expects. It can also evaluate
+//! alerting rules and send the alerts to an Alertmanager
+//! ([`PrometheusOptions::rules`], [`PrometheusOptions::alertmanager`]), as
+//! the reaction bench's stack does.
 //!
 //! Targets serve from a thread of their own, so a test that blocks its
 //! runtime (waiting on a child process, say) does not make scrapes fail.
@@ -36,10 +39,13 @@ use hyper::{Response, StatusCode};
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 use tokio::sync::{oneshot, watch};
 
-use super::wait::{poll_for_async, DEADLINE};
+use super::wait::{poll_for_async, wait_ready, DEADLINE};
 
 /// The Prometheus binary used unless `SIGNAGE_TEST_PROMETHEUS` names another.
 pub(crate) const DEFAULT_PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// Where [`PrometheusOptions::rules`] are written, next to the configuration.
+const RULES_FILE: &str = "rules.yml";
 
 /// An HTTP server on `127.0.0.1` serving `/metrics` with text the test sets.
 pub(crate) struct TestTarget {
@@ -214,6 +220,12 @@ pub(crate) struct PrometheusOptions {
     /// retention is set to 100 years anyway). The text must end with
     /// `# EOF`; a series' samples must be in time order.
     pub history: Option<String>,
+    /// A rules file (YAML, alerting or recording rules) for Prometheus to
+    /// evaluate every `scrape_interval`. Default none.
+    pub rules: Option<String>,
+    /// The `host:port` of an Alertmanager that Prometheus sends its alerts
+    /// to. Default none.
+    pub alertmanager: Option<String>,
 }
 
 impl Default for PrometheusOptions {
@@ -222,6 +234,8 @@ impl Default for PrometheusOptions {
             scrape_interval: Duration::from_millis(100),
             lookback_delta: Duration::from_secs(5),
             history: None,
+            rules: None,
+            alertmanager: None,
         }
     }
 }
@@ -238,6 +252,9 @@ impl PrometheusOptions {
         let instances: Vec<String> = targets.iter().map(|t| t.instance()).collect();
         if let Some(history) = &self.history {
             backfill(dir.path(), history);
+        }
+        if let Some(rules) = &self.rules {
+            std::fs::write(dir.path().join(RULES_FILE), rules).expect("write the rules file");
         }
         let mut prometheus = TestPrometheus {
             options: self,
@@ -284,6 +301,16 @@ impl PrometheusOptions {
                 config,
                 "  - job_name: '{job}'\n    honor_labels: true\n    static_configs:\n      - targets: [{}]",
                 instances.join(", ")
+            )
+            .unwrap();
+        }
+        if self.rules.is_some() {
+            writeln!(config, "rule_files: ['{RULES_FILE}']").unwrap();
+        }
+        if let Some(alertmanager) = &self.alertmanager {
+            writeln!(
+                config,
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']"
             )
             .unwrap();
         }
@@ -421,9 +448,7 @@ impl TestPrometheus {
 
     /// The last `lines` lines of Prometheus's log, for failure messages.
     pub(crate) fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        super::process::log_tail(&self.log, lines)
     }
 
     /// Each target's health and last scrape error, from `/api/v1/targets`.
@@ -517,25 +542,8 @@ impl TestPrometheus {
 
     /// Polls `/-/ready` until it answers 200; fails early if the process exits.
     async fn wait_ready(&mut self) -> Result<(), String> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .expect("build a readiness client");
-        let ready = format!("{}/-/ready", self.url);
         let child = self.child.as_mut().expect("Prometheus was just spawned");
-        let outcome = poll_for_async(DEADLINE, || {
-            let exited = child.try_wait().expect("poll the Prometheus process");
-            let answer = http.get(&ready).send();
-            async move {
-                if let Some(status) = exited {
-                    return Some(Err(format!("exited ({status}) while starting")));
-                }
-                let ready = answer.await.is_ok_and(|response| response.status().is_success());
-                ready.then_some(Ok(()))
-            }
-        });
-        outcome.await.unwrap_or_else(|| Err(format!("was not ready after {DEADLINE:?}")))
+        wait_ready(child, &format!("{}/-/ready", self.url)).await
     }
 }
 

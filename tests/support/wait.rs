@@ -1,11 +1,15 @@
 //! Waiting for what a test cannot be told about directly: a poll of the
 //! exporter, a daemon's cycle, a request reaching a fake, a process ending.
 //!
+//! A server started as a child process is waited for the same way
+//! whatever it is ([`wait_ready`]): its readiness page answers, or it exits.
+//!
 //! Every test waits with the same patience ([`DEADLINE`]) and looks again
 //! after the same pause ([`POLL`]), so that a slow machine is given the same
 //! time everywhere and no test sleeps a fixed time instead of looking.
 
 use std::future::Future;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How long anything a test waits for may take before the test fails.
@@ -70,4 +74,26 @@ where
         Some(value) => value,
         None => panic!("{what} did not happen within {DEADLINE:?}"),
     }
+}
+
+/// Polls `ready_url` until it answers 2xx, for at most [`DEADLINE`]; fails
+/// early, saying how, if `child` (the server) exits meanwhile.
+pub(crate) async fn wait_ready(child: &mut Child, ready_url: &str) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("build a readiness client");
+    let outcome = poll_for_async(DEADLINE, || {
+        let exited = child.try_wait().expect("poll the server process");
+        let answer = http.get(ready_url).send();
+        async move {
+            if let Some(status) = exited {
+                return Some(Err(format!("exited ({status}) while starting")));
+            }
+            let ready = answer.await.is_ok_and(|response| response.status().is_success());
+            ready.then_some(Ok(()))
+        }
+    });
+    outcome.await.unwrap_or_else(|| Err(format!("was not ready after {DEADLINE:?}")))
 }
