@@ -235,6 +235,8 @@ impl Daemon {
 async fn help_lists_every_subcommand() {
     let ran = run(command_in(Path::new("."), &[], &["--help"])).await;
     assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let first = ran.stdout.lines().next().unwrap_or_default();
+    assert_eq!(first, "Watches Prometheus and power-cycles frozen signage players by SMS");
     let commands: Vec<&str> = ran
         .stdout
         .split("Commands:\n")

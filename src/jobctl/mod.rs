@@ -39,7 +39,9 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
 
 /// Watches Prometheus and power-cycles frozen signage players by SMS.
 #[derive(Debug, Parser)]
-#[command(name = "jobctl", version, about, long_about = None)]
+// No bare `about`: it would show the package's description (both daemons)
+// instead of the doc comment above, which is about this binary.
+#[command(name = "jobctl", version, long_about = None)]
 pub struct Args {
     /// The rules file; `rules.d/*.toml` next to it is read too.
     #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
