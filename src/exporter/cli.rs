@@ -62,6 +62,9 @@ pub struct Args {
         value_parser = ["error", "warn", "info", "debug", "trace"]
     )]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// Runs the command line until done or until `shutdown` completes.

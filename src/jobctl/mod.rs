@@ -49,6 +49,9 @@ pub struct Args {
     /// Log level (error, warn, info, debug); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
