@@ -698,3 +698,37 @@ fn log_format_json_writes_one_object_per_line_and_no_time_under_the_journal() {
         assert_eq!(last["message"], "SIGTERM received, shutting down");
     }
 }
+
+#[test]
+fn completions_and_manual_pages_are_made_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let ran = run(exporter(dir.path()).args(["completions", shell]));
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{shell}");
+        for flag in ["check-config", "once", "demo", "listen", "log-format"] {
+            assert!(ran.stdout.contains(flag), "{shell} does not complete --{flag}");
+        }
+    }
+    let man = dir.path().join("man1");
+    let ran = run(exporter(dir.path()).args(["man", man.to_str().unwrap()]));
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let names =
+        ["addreality-exporter", "addreality-exporter-completions", "addreality-exporter-man"];
+    let pages: Vec<String> = names.iter().map(|n| format!("{}/{n}.1", man.display())).collect();
+    assert_eq!(ran.stdout.lines().collect::<Vec<_>>(), pages);
+    let main = std::fs::read_to_string(&pages[0]).unwrap();
+    for flag in ["check\\-config", "once", "demo", "listen", "log\\-format"] {
+        assert!(main.contains(&format!("\\-\\-{flag}")), "the page lacks --{flag}:\n{main}");
+    }
+    for page in &pages {
+        if let Some(warnings) = support::groff_warnings(Path::new(page)) {
+            assert_eq!(warnings, "", "{page}");
+        }
+    }
+    let ran = run(exporter(dir.path()).args(["man", "/proc/self/no/such"]));
+    assert_fails(
+        &ran,
+        1,
+        "addreality-exporter: cannot write the manual pages into /proc/self/no/such: No such file or directory (os error 2)\n",
+    );
+}

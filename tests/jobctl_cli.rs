@@ -258,8 +258,66 @@ async fn help_lists_every_subcommand() {
             "silence",
             "explain",
             "report",
+            "completions",
+            "man",
             "help"
         ]
+    );
+}
+
+#[tokio::test]
+async fn completions_and_manual_pages_cover_every_subcommand() {
+    let subcommands = [
+        "run",
+        "check",
+        "test-rule",
+        "history",
+        "status",
+        "send",
+        "silence",
+        "explain",
+        "report",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let ran = run(command_in(Path::new("."), &[], &["completions", shell])).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{shell}");
+        for subcommand in subcommands {
+            assert!(ran.stdout.contains(subcommand), "{shell} does not complete {subcommand}");
+        }
+    }
+    let ran = run(command_in(Path::new("."), &[], &["completions", "tcsh"])).await;
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.starts_with("error: invalid value 'tcsh' for '<SHELL>'"), "{}", ran.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let ran = run(command_in(Path::new("."), &[], &["man", man.to_str().unwrap()])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let mut expected: Vec<String> = vec!["jobctl".into()];
+    for subcommand in subcommands {
+        expected.push(format!("jobctl-{subcommand}"));
+        if subcommand == "silence" {
+            expected.extend(["add", "list", "expire"].map(|s| format!("jobctl-silence-{s}")));
+        }
+    }
+    let listed: Vec<String> = ran.stdout.lines().map(String::from).collect();
+    let wanted: Vec<String> =
+        expected.iter().map(|name| format!("{}/{name}.1", man.display())).collect();
+    assert_eq!(listed, wanted);
+    for (name, page) in expected.iter().zip(&listed) {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(text.contains(&format!(".TH {name} 1")), "{page}:\n{text}");
+        if let Some(warnings) = support::groff_warnings(Path::new(page)) {
+            assert_eq!(warnings, "", "{page}");
+        }
+    }
+    let ran = run(command_in(Path::new("."), &[], &["man", "/proc/self/no/such"])).await;
+    assert_eq!(ran.code, 1);
+    assert_eq!(
+        ran.stderr,
+        "jobctl: cannot write the manual pages into /proc/self/no/such: No such file or directory (os error 2)\n"
     );
 }
 

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::clock::SystemClock;
 use crate::config_file::ConfigError;
@@ -83,6 +83,17 @@ pub(crate) enum Command {
     /// What each job did over a period, per job and device: episodes,
     /// actions, recoveries, messages and holds, and the most-cycled devices.
     Report(report::ReportArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: crate::manual::Shell,
+    },
+    /// Write the manual pages (jobctl.1, jobctl-run.1, …) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -102,8 +113,23 @@ pub async fn run(
         Command::Report(report) => report::run(&args.config, report),
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
+        Command::Completions { shell } => {
+            crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
+            Ok(Exit::Ok)
+        }
+        Command::Man { dir } => man_pages(&dir),
     };
     crate::exit::finish(ran)
+}
+
+/// `jobctl man DIR`: writes the pages and lists them.
+fn man_pages(dir: &Path) -> Result<Exit, Error> {
+    let pages = crate::manual::man_pages(Args::command(), dir)
+        .map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+    for page in pages {
+        crate::exit::outln!("{}", page.display());
+    }
+    Ok(Exit::Ok)
 }
 
 /// `1 job`, `3 jobs`: a count for a sentence a sysadmin reads.
