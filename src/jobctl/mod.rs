@@ -5,6 +5,7 @@
 //! Every problem a sysadmin can cause is an `error::Error`, reported once,
 //! on stderr, with a distinct exit code ([`Exit`]).
 
+mod backup;
 mod check;
 mod error;
 mod explain;
@@ -83,6 +84,8 @@ pub(crate) enum Command {
     /// What each job did over a period, per job and device: episodes,
     /// actions, recoveries, messages and holds, and the most-cycled devices.
     Report(report::ReportArgs),
+    /// The journal itself: `backup FILE` copies it beside the daemon.
+    Journal(backup::JournalArgs),
     /// Print the shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions {
@@ -113,6 +116,7 @@ pub async fn run(
         Command::Report(report) => report::run(&args.config, report),
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
+        Command::Journal(journal) => backup::run(&args.config, journal),
         Command::Completions { shell } => {
             crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
             Ok(Exit::Ok)
