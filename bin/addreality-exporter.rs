@@ -9,7 +9,7 @@ use signage_watchdog::exporter::cli::{run, Args};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    signage_watchdog::telemetry::init(&args.log_level);
+    signage_watchdog::telemetry::init(&args.log_level, args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -26,6 +26,8 @@ pub mod exporter;
 pub mod http;
 pub mod jobctl;
 pub mod journal;
+pub mod manual;
+pub mod notify;
 pub mod prometheus_api;
 pub mod rules;
 pub mod secret;

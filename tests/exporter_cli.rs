@@ -192,6 +192,7 @@ fn help_names_every_flag_and_version_prints_the_version() {
         "--demo",
         "--listen",
         "--log-level",
+        "--log-format",
         "--help",
         "--version",
     ] {
@@ -668,4 +669,66 @@ fn the_demo_serves_273_players_and_cleans_up_after_itself() {
     assert!(stopped.stderr.contains("SIGTERM received, shutting down"), "{}", stopped.stderr);
     assert!(!work.exists(), "{} left behind", work.display());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing left in TMPDIR");
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line_and_no_time_under_the_journal() {
+    for (journal, timestamped) in [(false, true), (true, false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut command = exporter(tmp.path());
+        command.args(["--log-format", "json", "--demo", "--listen", "127.0.0.1:0"]);
+        command.env("TMPDIR", tmp.path());
+        if journal {
+            command.env("JOURNAL_STREAM", "8:1");
+        }
+        let mut demo = Daemon::spawn(&mut command);
+        demo.listening();
+        let stopped = demo.stop_with("TERM");
+        assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+        let lines: Vec<Value> = (stopped.stderr.lines())
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+            .collect();
+        assert!(lines.len() >= 3, "{}", stopped.stderr);
+        for line in &lines {
+            assert_eq!(line["level"], "INFO", "{line}");
+            assert!(line["message"].is_string(), "{line}");
+            assert_eq!(line.get("timestamp").is_some(), timestamped, "{line}");
+        }
+        let last = lines.last().unwrap();
+        assert_eq!(last["message"], "SIGTERM received, shutting down");
+    }
+}
+
+#[test]
+fn completions_and_manual_pages_are_made_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let ran = run(exporter(dir.path()).args(["completions", shell]));
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{shell}");
+        for flag in ["check-config", "once", "demo", "listen", "log-format"] {
+            assert!(ran.stdout.contains(flag), "{shell} does not complete --{flag}");
+        }
+    }
+    let man = dir.path().join("man1");
+    let ran = run(exporter(dir.path()).args(["man", man.to_str().unwrap()]));
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let names =
+        ["addreality-exporter", "addreality-exporter-completions", "addreality-exporter-man"];
+    let pages: Vec<String> = names.iter().map(|n| format!("{}/{n}.1", man.display())).collect();
+    assert_eq!(ran.stdout.lines().collect::<Vec<_>>(), pages);
+    let main = std::fs::read_to_string(&pages[0]).unwrap();
+    for flag in ["check\\-config", "once", "demo", "listen", "log\\-format"] {
+        assert!(main.contains(&format!("\\-\\-{flag}")), "the page lacks --{flag}:\n{main}");
+    }
+    for page in &pages {
+        if let Some(warnings) = support::groff_warnings(Path::new(page)) {
+            assert_eq!(warnings, "", "{page}");
+        }
+    }
+    let ran = run(exporter(dir.path()).args(["man", "/proc/self/no/such"]));
+    assert_fails(
+        &ran,
+        1,
+        "addreality-exporter: cannot write the manual pages into /proc/self/no/such: No such file or directory (os error 2)\n",
+    );
 }

@@ -235,6 +235,8 @@ impl Daemon {
 async fn help_lists_every_subcommand() {
     let ran = run(command_in(Path::new("."), &[], &["--help"])).await;
     assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let first = ran.stdout.lines().next().unwrap_or_default();
+    assert_eq!(first, "Watches Prometheus and power-cycles frozen signage players by SMS");
     let commands: Vec<&str> = ran
         .stdout
         .split("Commands:\n")
@@ -256,8 +258,71 @@ async fn help_lists_every_subcommand() {
             "silence",
             "explain",
             "report",
+            "journal",
+            "completions",
+            "man",
             "help"
         ]
+    );
+}
+
+#[tokio::test]
+async fn completions_and_manual_pages_cover_every_subcommand() {
+    let subcommands = [
+        "run",
+        "check",
+        "test-rule",
+        "history",
+        "status",
+        "send",
+        "silence",
+        "explain",
+        "report",
+        "journal",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let ran = run(command_in(Path::new("."), &[], &["completions", shell])).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{shell}");
+        for subcommand in subcommands {
+            assert!(ran.stdout.contains(subcommand), "{shell} does not complete {subcommand}");
+        }
+    }
+    let ran = run(command_in(Path::new("."), &[], &["completions", "tcsh"])).await;
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.starts_with("error: invalid value 'tcsh' for '<SHELL>'"), "{}", ran.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let ran = run(command_in(Path::new("."), &[], &["man", man.to_str().unwrap()])).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""));
+    let mut expected: Vec<String> = vec!["jobctl".into()];
+    for subcommand in subcommands {
+        expected.push(format!("jobctl-{subcommand}"));
+        if subcommand == "silence" {
+            expected.extend(["add", "list", "expire"].map(|s| format!("jobctl-silence-{s}")));
+        }
+        if subcommand == "journal" {
+            expected.push("jobctl-journal-backup".into());
+        }
+    }
+    let listed: Vec<String> = ran.stdout.lines().map(String::from).collect();
+    let wanted: Vec<String> =
+        expected.iter().map(|name| format!("{}/{name}.1", man.display())).collect();
+    assert_eq!(listed, wanted);
+    for (name, page) in expected.iter().zip(&listed) {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(text.contains(&format!(".TH {name} 1")), "{page}:\n{text}");
+        if let Some(warnings) = support::groff_warnings(Path::new(page)) {
+            assert_eq!(warnings, "", "{page}");
+        }
+    }
+    let ran = run(command_in(Path::new("."), &[], &["man", "/proc/self/no/such"])).await;
+    assert_eq!(ran.code, 1);
+    assert_eq!(
+        ran.stderr,
+        "jobctl: cannot write the manual pages into /proc/self/no/such: No such file or directory (os error 2)\n"
     );
 }
 
@@ -1308,6 +1373,58 @@ async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
         daemon.wait_for(": firing → resolved after ").await;
         assert_eq!(gateway.received().len(), round + 1, "log:\n{}", daemon.log());
     }
+    let (code, _) = daemon.stop().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_backup_is_taken_beside_the_daemon_and_never_overwrites() {
+    let site = Site::with_rules(&rules(&support::closed_url(), &support::closed_url()));
+    let ran = site.jobctl(&["journal", "backup", "backup.db"]).await;
+    assert_eq!(ran.code, 4);
+    assert_eq!(
+        ran.stderr,
+        "jobctl: ./journal.db: no journal there yet; `jobctl run` creates it when it first starts (the rules' [journal] path says where it is)\n"
+    );
+    assert!(!site.path("backup.db").exists());
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    site.write("rules.toml", &rules(prometheus.url(), &gateway.url()));
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_for("sent via http (execution #1)").await;
+
+    let ran = site.jobctl(&["journal", "backup", "backup.db"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{ran:?}");
+    assert!(
+        ran.stdout.starts_with("backup.db: backup of ./journal.db (1 execution, "),
+        "{}",
+        ran.stdout
+    );
+    let copy = site.path("backup.db");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&copy).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "phone numbers and texts are for the owner only");
+    let journal = signage_watchdog::journal::Journal::open_read_only(&copy).unwrap();
+    let history = journal.history(&signage_watchdog::journal::HistoryFilter::default()).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].text, support::rules_file::POWER_CYCLE_1);
+
+    let again = site.jobctl(&["journal", "backup", "backup.db"]).await;
+    assert_eq!(again.code, 4);
+    assert_eq!(
+        again.stderr,
+        "jobctl: backup.db: already exists; a backup never overwrites a file (choose a new name)\n"
+    );
+    let nowhere = site.jobctl(&["journal", "backup", "no/such/dir/backup.db"]).await;
+    assert_eq!(nowhere.code, 4);
+    assert_eq!(
+        nowhere.stderr,
+        "jobctl: no/such/dir/backup.db: cannot write the backup there: No such file or directory (os error 2)\n"
+    );
+    assert!(!site.path("no").exists());
     let (code, _) = daemon.stop().await;
     assert_eq!(code, 0);
 }

@@ -195,6 +195,12 @@ fn jobs_get_stable_generated_names_and_shared_queries() {
         rules.jobs[1].to_string(),
         "second\n  defined:  rules.toml:16:1\n  devices:  platform_id=12\n  when:     addreality_device_online < 1\n  queries:  addreality_device_online{platform_id=\"12\"}\n  action:   power_off to the socket powering the device\n  limits:   cooldown 1h, once per episode\n  outage:   hold socket commands while at least 50% of the known devices (and at least 5) are bad at once"
     );
+    // A repeat is counted in words: "up to 1 time", "up to 2 times".
+    for (max, said) in [(1, "up to 1 time\n"), (2, "up to 2 times\n")] {
+        let text = with_job(&format!("{BODY}repeat = {{ every = \"30m\", max = {max} }}\n"));
+        let job = rules::parse(&text, "rules.toml").unwrap().jobs.remove(0).to_string();
+        assert!(job.contains(&format!("repeat every 30m {said}")), "{job}");
+    }
 }
 
 #[test]

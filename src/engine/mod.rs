@@ -288,6 +288,20 @@ impl Engine {
         Ok(engine)
     }
 
+    /// What `systemctl status` shows of the daemon: `41 jobs, last cycle 3
+    /// s ago, 2 firing`.
+    pub fn status_line(&self) -> String {
+        let jobs = self.rules.jobs.iter().filter(|job| job.enabled).count();
+        let firing = states::PHASES.iter().position(|&p| p == state::PhaseName::Firing);
+        let firing: u64 = firing.map_or(0, |at| self.states.values().map(|s| s.phases()[at]).sum());
+        let last = match self.metrics.seconds_since_last_cycle() {
+            Some(age) => format!("last cycle {age:.0} s ago"),
+            None => "no cycle yet".to_string(),
+        };
+        let jobs = if jobs == 1 { "1 job".to_string() } else { format!("{jobs} jobs") };
+        format!("{jobs}, {last}, {firing} firing")
+    }
+
     /// The rules in force.
     pub(crate) fn rules(&self) -> &RuleSet {
         &self.rules

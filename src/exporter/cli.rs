@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::Poll;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use super::cache::Cache;
 use super::cli_error::{Error, TokenError, TokenErrors};
@@ -62,6 +62,28 @@ pub struct Args {
         value_parser = ["error", "warn", "info", "debug", "trace"]
     )]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Instead of running: shell completions or manual pages.
+    #[command(subcommand)]
+    pub(crate) command: Option<Extra>,
+}
+
+/// What the exporter does instead of running.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Extra {
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: crate::manual::Shell,
+    },
+    /// Write the manual pages (addreality-exporter.1, …) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line until done or until `shutdown` completes.
@@ -77,6 +99,21 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
 }
 
 async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
+    match args.command {
+        Some(Extra::Completions { shell }) => {
+            crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
+            return Ok(Exit::Ok);
+        }
+        Some(Extra::Man { dir }) => {
+            let pages = crate::manual::man_pages(Args::command(), &dir)
+                .map_err(|source| Error::Man { dir: dir.clone(), source })?;
+            for page in pages {
+                crate::exit::outln!("{}", page.display());
+            }
+            return Ok(Exit::Ok);
+        }
+        None => {}
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     if args.demo {
         if completes_at_once(shutdown.as_mut()).await {

@@ -72,6 +72,15 @@ pub(crate) enum Error {
     /// The HTTP server stopped with an error.
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
+    /// `man DIR`: the pages cannot be written there.
+    #[error("cannot write the manual pages into {}", dir.display())]
+    Man {
+        /// The directory.
+        dir: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError for Error {
@@ -88,7 +97,8 @@ impl CliError for Error {
             Error::Start(StartError::Client(_))
             | Error::Stdout(_)
             | Error::DemoApi(_)
-            | Error::Http(_) => Exit::Runtime,
+            | Error::Http(_)
+            | Error::Man { .. } => Exit::Runtime,
         }
     }
 }

@@ -41,6 +41,15 @@ pub(crate) enum Error {
     /// The engine could not start (it reads the journal).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// `man DIR`: the pages cannot be written there.
+    #[error("cannot write the manual pages into {}", path.display())]
+    Write {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// `run --listen`: the address cannot be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -164,6 +173,7 @@ impl CliError for Error {
             | Error::SilenceId(_)
             | Error::UnknownSilence(_) => Exit::Usage,
             Error::ReplayFailed(_) => Exit::Upstream,
+            Error::Write { .. } => Exit::Runtime,
             Error::NotSent(_) => Exit::NotSent,
         }
     }

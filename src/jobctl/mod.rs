@@ -5,6 +5,7 @@
 //! Every problem a sysadmin can cause is an `error::Error`, reported once,
 //! on stderr, with a distinct exit code ([`Exit`]).
 
+mod backup;
 mod check;
 mod error;
 mod explain;
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::clock::SystemClock;
 use crate::config_file::ConfigError;
@@ -39,7 +40,9 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/jobctl/rules.toml";
 
 /// Watches Prometheus and power-cycles frozen signage players by SMS.
 #[derive(Debug, Parser)]
-#[command(name = "jobctl", version, about, long_about = None)]
+// No bare `about`: it would show the package's description (both daemons)
+// instead of the doc comment above, which is about this binary.
+#[command(name = "jobctl", version, long_about = None)]
 pub struct Args {
     /// The rules file; `rules.d/*.toml` next to it is read too.
     #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
@@ -47,6 +50,9 @@ pub struct Args {
     /// Log level (error, warn, info, debug); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -78,6 +84,19 @@ pub(crate) enum Command {
     /// What each job did over a period, per job and device: episodes,
     /// actions, recoveries, messages and holds, and the most-cycled devices.
     Report(report::ReportArgs),
+    /// The journal itself: `backup FILE` copies it beside the daemon.
+    Journal(backup::JournalArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: crate::manual::Shell,
+    },
+    /// Write the manual pages (jobctl.1, jobctl-run.1, …) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line. `shutdown` completes on SIGTERM/SIGINT and
@@ -97,8 +116,24 @@ pub async fn run(
         Command::Report(report) => report::run(&args.config, report),
         Command::Send(send) => send::run(&args.config, send).await,
         Command::Silence(silence) => silence::run(&args.config, silence),
+        Command::Journal(journal) => backup::run(&args.config, journal),
+        Command::Completions { shell } => {
+            crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
+            Ok(Exit::Ok)
+        }
+        Command::Man { dir } => man_pages(&dir),
     };
     crate::exit::finish(ran)
+}
+
+/// `jobctl man DIR`: writes the pages and lists them.
+fn man_pages(dir: &Path) -> Result<Exit, Error> {
+    let pages = crate::manual::man_pages(Args::command(), dir)
+        .map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+    for page in pages {
+        crate::exit::outln!("{}", page.display());
+    }
+    Ok(Exit::Ok)
 }
 
 /// `1 job`, `3 jobs`: a count for a sentence a sysadmin reads.

@@ -24,6 +24,7 @@ use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
 use crate::error::with_causes;
 use crate::exit::Exit;
 use crate::http::{Exposition, Health, Pages};
+use crate::notify::Notifier;
 use crate::prometheus_api::PromClient;
 use crate::rules::RuleSet;
 
@@ -45,6 +46,10 @@ pub(crate) struct RunArgs {
 
 /// How long SIGTERM waits for sends already under way.
 const SEND_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the status systemd shows is renewed when no watchdog asks for
+/// pings more often.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(
     config: &Path,
@@ -113,6 +118,12 @@ pub(super) async fn run(
     );
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // systemd hears from this loop, the one that runs the cycles: a cycle
+    // that hangs stops the watchdog pings, and systemd restarts jobctl.
+    let notifier = Notifier::from_env();
+    notifier.ready(&engine.status_line());
+    let mut alive = tokio::time::interval(notifier.watchdog_every().unwrap_or(STATUS_EVERY));
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // The reload being read, and whether another SIGHUP came meanwhile.
     let mut reading: Option<tokio::task::JoinHandle<Loaded>> = None;
@@ -129,6 +140,7 @@ pub(super) async fn run(
                 if reading.is_some() {
                     again = true;
                 } else {
+                    notifier.reloading();
                     reading = Some(start_reading(config));
                 }
             }
@@ -140,16 +152,20 @@ pub(super) async fn run(
                 }
                 if std::mem::take(&mut again) {
                     reading = Some(start_reading(config));
+                } else {
+                    notifier.ready(&engine.status_line());
                 }
             }
             _ = ticker.tick() => {
                 engine.cycle().await;
             }
+            _ = alive.tick() => notifier.alive(&engine.status_line()),
             () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 engine.wake().await;
             }
         }
     }
+    notifier.stopping();
     // A retry waiting for its backoff would only hold the shutdown up.
     engine.stop_retries();
     if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {

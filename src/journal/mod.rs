@@ -75,6 +75,7 @@
 //! - `outages` — jobs' mass outages (one open row per job, so one
 //!   escalation per outage across restarts) and the actions they held.
 
+mod backup;
 mod execution;
 mod history;
 mod lock;
@@ -97,6 +98,7 @@ use crate::clock::{Clock, SystemClock};
 use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
+pub use backup::Backup;
 pub use execution::{
     ActionResult, Attempt, Channel, DeviceResult, Execution, ExecutionId, ExecutionStatus,
     UnknownStatus,
@@ -211,6 +213,21 @@ pub enum JournalError {
     #[error("{path}: cannot take the journal's writer lock")]
     Lock {
         /// The lock file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `jobctl journal backup`: the file to write exists already.
+    #[error("{path}: already exists; a backup never overwrites a file (choose a new name)")]
+    BackupExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `jobctl journal backup`: the file to write cannot be created.
+    #[error("{path}: cannot write the backup there")]
+    BackupTarget {
+        /// The file.
         path: PathBuf,
         /// What the operating system said.
         #[source]

@@ -248,9 +248,10 @@ impl fmt::Display for Job {
         match self.repeat {
             Some(r) => write!(
                 f,
-                ", repeat every {} up to {} times",
+                ", repeat every {} up to {} {}",
                 humantime::format_duration(r.every),
-                r.max
+                r.max,
+                if r.max == 1 { "time" } else { "times" }
             )?,
             None => f.write_str(", once per episode")?,
         }

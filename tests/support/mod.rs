@@ -66,3 +66,18 @@ pub(crate) fn unused_addr() -> SocketAddr {
 pub(crate) fn closed_url() -> String {
     format!("http://{}", unused_addr())
 }
+
+/// What `groff` says about a manual page (nothing when it is well formed),
+/// or `None` when groff is not installed (`.ci/run` installs it). `-k`
+/// reads the page as UTF-8, as `man` does.
+pub(crate) fn groff_warnings(page: &Path) -> Option<String> {
+    let rendered = std::process::Command::new("groff")
+        .args(["-k", "-man", "-Tutf8", "-ww", "-z"])
+        .arg(page)
+        .output();
+    let found = rendered.as_ref().is_ok_and(|out| out.status.success());
+    if !installed(found, "groff not found; install Debian's groff-base package") {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&rendered.unwrap().stderr).into_owned())
+}
