@@ -298,3 +298,63 @@ async fn vonage_statuses_fail_and_server_errors_are_uncertain() {
         ]
     );
 }
+
+/// `jobctl send` through a provider preset: the provider's id is the
+/// journalled reference, and a provider quoting the request back (key
+/// included) reaches neither the journal nor `jobctl history` with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobctl_journals_the_providers_reference_and_never_its_secret() {
+    use support::rules_file;
+    for (kind, reference) in
+        [(Kind::Twilio, "SM0123456789abcdef0123456789abcdef"), (Kind::Smsc, "4242")]
+    {
+        let fake = FakeProvider::start(kind).await;
+        let dir = tempfile::tempdir().unwrap();
+        support::write_secret(&dir.path().join("sms.key"), &format!("{SECRET}\n"));
+        let mut http = format!("preset = \"{}\"\nurl = \"{}\"\n", kind.preset(), fake.url());
+        if let Some(account) = kind.account() {
+            http += &format!("account = \"{account}\"\n");
+        }
+        if let Some(from) = from(kind) {
+            http += &format!("from = \"{from}\"\n");
+        }
+        let rules = rules_file::head(&support::closed_url(), "1s", "1s", "journal.db")
+            + &format!("[sms]\nbackend = \"http\"\n\n[sms.http]\n{http}key_file = \"sms.key\"\n\n")
+            + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785");
+        std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        let jobctl = |args: &[&str]| {
+            let mut command = support::process::command(env!("CARGO_BIN_EXE_jobctl"), dir.path());
+            command.args(["--config", "rules.toml"]).args(args).env("JOURNAL_STREAM", "8:1");
+            support::process::run(&mut command)
+        };
+        let mut shown = Vec::new();
+
+        let sent = jobctl(&["send", "lobby", "power_cycle", "minutes=1"]);
+        assert_eq!(sent.code, 0, "{sent:?}");
+        fake.set_fault(Some(ProviderFault::Echo));
+        let refused = jobctl(&["send", "lobby", "power_cycle", "minutes=1"]);
+        assert!(refused.stderr.contains("answered HTTP 400 Bad Request: got "), "{refused:?}");
+        shown.extend([sent.stdout, sent.stderr, refused.stdout, refused.stderr]);
+
+        let history = jobctl(&["history", "--format", "json"]);
+        assert_eq!(history.code, 0, "{history:?}");
+        let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        let first = rows.iter().find(|r| r["outcome"] == "sent").expect("a sent row");
+        assert_eq!(first["detail"], reference, "{first}");
+        let failed = rows.iter().find(|r| r["outcome"] == "failed").expect("a failed row");
+        let detail = failed["detail"].as_str().unwrap();
+        assert!(detail.contains("***"), "{detail}");
+        shown.push(history.stdout);
+        for name in ["journal.db", "journal.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+                shown.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        let basic = base64(&format!("{TWILIO_SID}:{SECRET}"));
+        for text in &shown {
+            assert!(!text.contains("s3cr") && !text.contains(&basic), "{kind:?}: {text}");
+        }
+        assert_eq!(fake.sent().len(), 1);
+    }
+}
