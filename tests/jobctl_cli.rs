@@ -507,6 +507,73 @@ async fn check_rejects_bad_http_gateway_settings() {
     .await;
 }
 
+/// A rules file like [`rules`] whose `[sms.http]` table (on line 12) holds
+/// `http`, from line 13 on.
+fn provider_rules(http: &str) -> String {
+    rules_file::head(&closed_url(), "1s", "1s", "journal.db")
+        + &format!("[sms]\nbackend = \"http\"\n\n[sms.http]\n{http}\n")
+        + &rules_file::socket("lobby", "+7 999 123-45-67", "simpal-d210", "12", "30785")
+        + &rules_file::offline_job("reboot frozen", "12", Some("0s"), POWER_CYCLE_ACTION)
+}
+
+#[tokio::test]
+async fn check_requires_what_each_provider_preset_needs() {
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    let cases = [
+        (
+            "preset = \"twilio\"\nkey_file = \"sms.key\"".to_string(),
+            "13:10: sms.http.account: preset \"twilio\" needs account: the Account SID (AC followed by 32 hex digits, on the Twilio Console), like account = \"ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"",
+        ),
+        (
+            "preset = \"twilio\"\naccount = \"AC123\"\nfrom = \"+15005550006\"".to_string(),
+            "14:11: sms.http.account: \"AC123\" is not a Twilio Account SID: AC followed by 32 hex digits, as the Twilio Console shows it",
+        ),
+        (
+            format!("preset = \"twilio\"\naccount = \"{SID}\"\nkey_file = \"sms.key\""),
+            "13:10: sms.http.from: preset \"twilio\" needs from: the sender, a Twilio number like from = \"+15005550006\", an alphanumeric sender ID, or a Messaging Service SID (MG…)",
+        ),
+        (
+            format!("preset = \"twilio\"\naccount = \"{SID}\"\nfrom = \"+15005550006\""),
+            "13:10: sms.http.key_file: preset \"twilio\" needs the Auth Token: set key_file (a file of mode 600) or key_env",
+        ),
+        (
+            "preset = \"smsru\"\naccount = \"me\"\nkey_env = \"SMSRU_API_ID\"".to_string(),
+            "14:11: sms.http.account: preset \"smsru\" has no account: the key (key_file or key_env) identifies it",
+        ),
+        (
+            "preset = \"smsc\"\nfrom = \"\"\naccount = \"login\"\nkey_file = \"sms.key\"".to_string(),
+            "14:8: sms.http.from: is empty",
+        ),
+        (
+            "preset = \"vonage\"\naccount = \"a1b2c3d4\"\nfrom = \"WATCHDOG\"\nkey_file = \"sms.key\"\nsuccess_json = { pointer = \"/ok\" }".to_string(),
+            "17:16: sms.http.success_json: preset \"vonage\" judges Vonage's answers as Vonage documents them; remove success_json, or drop the preset to describe the answers yourself",
+        ),
+        (
+            "preset = \"gateway\"\nurl = \"https://gw.example\"\nfrom = \"WATCHDOG\"\nkey_file = \"sms.key\"".to_string(),
+            "15:8: sms.http.from: only the provider presets (twilio, smsru, smsc, vonage) use from; without one, write it in query, form or json",
+        ),
+        (
+            "preset = \"gateway\"\nkey_file = \"sms.key\"".to_string(),
+            "13:10: sms.http.url: missing: write where requests go, like url = \"https://sms-gateway.example:8443\"",
+        ),
+    ];
+    for (http, error) in cases {
+        let site = Site::with_rules(&provider_rules(&http));
+        assert_rejected(&site, &format!("jobctl: rules.toml:{error}\n")).await;
+    }
+    // Complete, each is accepted without a word (their URLs are https://).
+    for http in [
+        format!("preset = \"twilio\"\naccount = \"{SID}\"\nfrom = \"+15005550006\"\nkey_file = \"sms.key\""),
+        "preset = \"smsru\"\nkey_file = \"sms.key\"".to_string(),
+        "preset = \"smsc\"\naccount = \"login\"\nfrom = \"Watchdog\"\nkey_file = \"sms.key\"".to_string(),
+        "preset = \"vonage\"\naccount = \"a1b2c3d4\"\nfrom = \"WATCHDOG\"\nkey_file = \"sms.key\"".to_string(),
+    ] {
+        let site = Site::with_rules(&provider_rules(&http));
+        let ran = site.jobctl(&["check", "--offline"]).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{http}");
+    }
+}
+
 #[tokio::test]
 async fn check_rejects_a_gateway_key_that_no_request_can_carry() {
     let site = Site::with_rules(&rules(&closed_url(), &closed_url()));

@@ -232,9 +232,13 @@ fn at_send_time(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
                     "sms.http.{name}: the key contains a line break or another control character, which no request can carry; write the key on one line"
                 )));
             }
-            if let Ok(url) = reqwest::Url::parse(http.url.get_ref().trim()) {
+            // A provider preset without url uses the provider's https:// address.
+            let written = http.url.as_ref();
+            if let Some((written, Ok(url))) =
+                written.map(|w| (w, reqwest::Url::parse(w.get_ref().trim())))
+            {
                 if in_clear(&url) {
-                    warnings.push(file.error_at(http.url.span(), format!(
+                    warnings.push(file.error_at(written.span(), format!(
                         "sms.http.url: the gateway key would travel unencrypted to {}; use https:// (or a gateway on this host)",
                         host(&url)
                     )));

@@ -13,6 +13,7 @@ pub(crate) mod alertmanager;
 pub(crate) mod exposition;
 pub(crate) mod fake_gateway;
 pub(crate) mod fake_modem;
+pub(crate) mod fake_provider;
 pub(crate) mod fake_webhook;
 pub(crate) mod limited_server;
 pub(crate) mod logs;

@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::config::{err, preset_template, HttpConfig, JsonCheck, PresetFields};
+use super::config::{err, preset_template, HttpConfig, JsonCheck, PresetAnswer, PresetFields};
+use super::provider::Provider;
 use crate::sms::template::{Template, Values, Var};
 use crate::sms::SmsConfigError;
 
@@ -24,6 +25,9 @@ pub(super) struct AnswerRules {
     pub(super) failure_json: Option<ResolvedCheck>,
     pub(super) message_pointers: Vec<Template>,
     pub(super) reference_pointer: Option<Template>,
+    /// A provider preset's: the provider judges the answer, and the rules
+    /// above are empty.
+    pub(super) provider: Option<Provider>,
 }
 
 /// A [`JsonCheck`] with its pointer parsed as a template.
@@ -117,24 +121,27 @@ impl AnswerRules {
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
-        let failure_json = match (&config.failure_json, preset) {
+        let (preset_failure, preset_pointers) = match preset.map(|p| &p.answer) {
+            Some(PresetAnswer::Rules { failure_json, message_pointers }) => {
+                (Some(*failure_json), *message_pointers)
+            }
+            Some(PresetAnswer::Provider) | None => (None, &[][..]),
+        };
+        let failure_json = match (&config.failure_json, preset_failure) {
             (Some(c), _) => Some(check("failure_json", c)?),
-            (None, Some(preset)) => Some(ResolvedCheck {
-                pointer: preset_template(preset.failure_json.0),
-                equals: Some(Value::String(preset.failure_json.1.to_string())),
+            (None, Some((pointer, equals))) => Some(ResolvedCheck {
+                pointer: preset_template(pointer),
+                equals: Some(Value::String(equals.to_string())),
             }),
             (None, None) => None,
         };
-        let message_pointers = match (&config.message_pointers, preset) {
-            (Some(list), _) => list
+        let message_pointers = match &config.message_pointers {
+            Some(list) => list
                 .get_ref()
                 .iter()
                 .map(|p| pointer("message_pointers", p, list.span()))
                 .collect::<Result<_, _>>()?,
-            (None, Some(preset)) => {
-                preset.message_pointers.iter().map(|p| preset_template(p)).collect()
-            }
-            (None, None) => Vec::new(),
+            None => preset_pointers.iter().map(|p| preset_template(p)).collect(),
         };
         Ok(AnswerRules {
             success_status,
@@ -152,6 +159,7 @@ impl AnswerRules {
                 .as_ref()
                 .map(|p| pointer("reference_pointer", p.get_ref(), p.span()))
                 .transpose()?,
+            provider: preset.and_then(|p| Provider::of(p.preset)),
         })
     }
 }

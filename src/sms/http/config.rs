@@ -26,13 +26,22 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The method when neither the file nor a preset names one.
 pub(crate) const DEFAULT_METHOD: &str = "POST";
 
-/// Known HTTP gateways whose settings need not be spelled out.
+/// Known HTTP gateways and SMS providers whose settings need not be
+/// spelled out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum HttpPreset {
     /// The gateway of the older system: `POST {url}/send?number=&text=` with
     /// `Authorization: <key>`.
     Gateway,
+    /// Twilio's Messages API; the key is the Auth Token.
+    Twilio,
+    /// SMS.RU's `sms/send`; the key is the `api_id`.
+    Smsru,
+    /// SMSC.RU's `send.php`; the key is the password.
+    Smsc,
+    /// Vonage's (Nexmo's) SMS API; the key is the API secret.
+    Vonage,
 }
 
 /// A check on the JSON answer of a gateway.
@@ -63,11 +72,21 @@ pub(crate) struct BasicAuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HttpConfig {
-    /// Start from a known gateway's settings (`"gateway"`); fields written
+    /// Start from a known gateway's or provider's settings (`"gateway"`,
+    /// `"twilio"`, `"smsru"`, `"smsc"`, `"vonage"`); request fields written
     /// here override the preset's.
     pub(crate) preset: Option<Spanned<HttpPreset>>,
-    /// Where requests go (`https://…`). With a preset, the gateway's base URL.
-    pub(crate) url: Spanned<String>,
+    /// Where requests go (`https://…`). With a preset, the base URL; a
+    /// provider preset has its provider's (a proxy or a test fake may
+    /// replace it). Required otherwise.
+    pub(crate) url: Option<Spanned<String>>,
+    /// The part of a provider's credentials that is not secret: Twilio's
+    /// Account SID, SMSC.RU's login, Vonage's API key. Provider presets only.
+    pub(crate) account: Option<Spanned<String>>,
+    /// The sender a provider shows: a number or an alphanumeric name the
+    /// provider approved (Twilio: a number or a Messaging Service SID `MG…`).
+    /// Provider presets only; Twilio and Vonage require it.
+    pub(crate) from: Option<Spanned<String>>,
     /// Appended to `url` (preset "gateway": `"/send"`). Default: nothing.
     pub(crate) path: Option<Spanned<String>>,
     /// HTTP method. Default: the preset's, else [`DEFAULT_METHOD`].
@@ -113,30 +132,79 @@ pub(crate) struct HttpConfig {
     pub(crate) connect_timeout: Option<Spanned<HumanDuration>>,
 }
 
-/// What a preset fills in.
+/// What a preset fills in. Values are templates: a value taken from the
+/// file (`account`, `from`) has its braces doubled ([`literal`]).
 pub(super) struct PresetFields {
-    pub(super) path: &'static str,
+    /// The preset these fields are of.
+    pub(super) preset: HttpPreset,
+    /// The base URL when the file names none.
+    pub(super) url: Option<&'static str>,
+    pub(super) path: String,
     pub(super) method: &'static str,
-    pub(super) headers: &'static [(&'static str, &'static str)],
-    pub(super) query: &'static [(&'static str, &'static str)],
-    pub(super) failure_json: (&'static str, &'static str),
-    pub(super) message_pointers: &'static [&'static str],
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) query: Vec<(String, String)>,
+    pub(super) form: Vec<(String, String)>,
+    pub(super) basic_auth: Option<(String, String)>,
+    /// A form field whose value depends on the text (Vonage's `type`).
+    pub(super) text_kind: Option<TextKindField>,
+    /// How the answer is judged.
+    pub(super) answer: PresetAnswer,
+}
+
+/// A form field saying how the text is encoded, chosen per message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TextKindField {
+    pub(super) name: &'static str,
+    /// The value when every character fits GSM-7.
+    pub(super) gsm7: &'static str,
+    /// The value otherwise.
+    pub(super) unicode: &'static str,
+}
+
+/// How a preset's answers are judged.
+pub(super) enum PresetAnswer {
+    /// By the answer rules, with these defaults: a failure check and where
+    /// the gateway's words are.
+    Rules { failure_json: (&'static str, &'static str), message_pointers: &'static [&'static str] },
+    /// By the provider's documented answers, in code (`provider`).
+    Provider,
 }
 
 impl HttpPreset {
-    /// The settings this preset fills in.
-    pub(super) fn fields(self) -> PresetFields {
+    /// The preset's name as the file writes it.
+    pub(super) fn name(self) -> &'static str {
         match self {
-            HttpPreset::Gateway => PresetFields {
-                path: "/send",
-                method: "POST",
-                headers: &[("Authorization", "{key}")],
-                query: &[("number", "{phone}"), ("text", "{text}")],
-                failure_json: ("/status", "error"),
-                message_pointers: &["/message"],
-            },
+            HttpPreset::Gateway => "gateway",
+            HttpPreset::Twilio => "twilio",
+            HttpPreset::Smsru => "smsru",
+            HttpPreset::Smsc => "smsc",
+            HttpPreset::Vonage => "vonage",
         }
     }
+}
+
+/// What `preset = "gateway"` fills in.
+pub(super) fn gateway_fields() -> PresetFields {
+    PresetFields {
+        preset: HttpPreset::Gateway,
+        url: None,
+        path: "/send".into(),
+        method: "POST",
+        headers: vec![("Authorization".into(), "{key}".into())],
+        query: vec![("number".into(), "{phone}".into()), ("text".into(), "{text}".into())],
+        form: Vec::new(),
+        basic_auth: None,
+        text_kind: None,
+        answer: PresetAnswer::Rules {
+            failure_json: ("/status", "error"),
+            message_pointers: &["/message"],
+        },
+    }
+}
+
+/// `text` as a template that stands for itself: braces doubled.
+pub(super) fn literal(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
 }
 
 /// Where in the rules file a value was written, when it was.

@@ -47,47 +47,36 @@
 //! key_file = "/etc/jobctl/sms.key"
 //! ```
 //!
-//! # Two public SMS APIs
-//!
-//! Twilio (form POST with basic auth; answers 201 with the message `sid`,
-//! errors as JSON with a `message`):
-//!
-//! ```toml
-//! [sms.http]
-//! url = "https://api.twilio.com/2010-04-01/Accounts/ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx/Messages.json"
-//! method = "POST"
-//! key_file = "/etc/jobctl/twilio.token"          # the Auth Token
-//! basic_auth = { username = "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", password = "{key}" }
-//! form = { To = "{phone}", From = "+15005550006", Body = "{text}" }
-//! message_pointers = ["/message"]
-//! reference_pointer = "/sid"
-//! ```
-//!
-//! SMS.RU (GET with query; HTTP 200 even for errors, so the JSON status of the
-//! number decides):
+//! `twilio`, `smsru`, `smsc` and `vonage` are SMS providers (`provider`):
+//! the preset knows the provider's URL, request and answers; the file
+//! gives the key (Auth Token, api_id, password, API secret), `account`
+//! where the credentials have a second, public part (Account SID, login,
+//! API key) and `from`. Their answers are judged as each provider documents
+//! them, so the answer rules (`success_*`, `failure_*`, `message_pointers`,
+//! `reference_pointer`) are refused next to them; and for them an HTTP 5xx
+//! is uncertain, not a failure.
 //!
 //! ```toml
 //! [sms.http]
-//! url = "https://sms.ru/sms/send"
-//! method = "GET"
-//! key_env = "SMSRU_API_ID"
-//! query = { api_id = "{key}", to = "{phone_digits}", msg = "{text}", json = "1" }
-//! success_json = { pointer = "/sms/{phone_digits}/status", equals = "OK" }
-//! message_pointers = ["/sms/{phone_digits}/status_text", "/status_text"]
-//! reference_pointer = "/sms/{phone_digits}/sms_id"
+//! preset = "twilio"
+//! account = "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+//! from = "+15005550006"
+//! key_file = "/etc/jobctl/twilio.token"
 //! ```
 //!
 //! # The parts
 //!
 //! `config` is the `[sms.http]` table as written, with its presets;
-//! `request` and `answer` turn it into the request's templates and the
-//! rules an answer is judged by; `settings` checks the whole table before
+//! `provider` fills in and judges the providers' presets; `request` and
+//! `answer` turn it into the request's templates and the rules an answer
+//! is judged by; `settings` checks the whole table before
 //! the key is read; `mask` hides the key in what is quoted. This file
 //! sends: one request per message, its answer read up to a cap and judged.
 
 mod answer;
 mod config;
 mod mask;
+mod provider;
 mod request;
 mod settings;
 
@@ -102,6 +91,7 @@ use self::answer::{scalar_text, AnswerRules};
 use self::config::err;
 pub(crate) use self::config::HttpConfig;
 use self::mask::KeyMask;
+use self::provider::{Advice, Provider, Refusal, Verdict};
 use self::request::RequestTemplate;
 use self::settings::{load_key, Settings};
 use super::template::Values;
@@ -218,6 +208,9 @@ impl HttpSender {
         mask: &KeyMask,
     ) -> SendOutcome {
         let rules = &self.answer;
+        if let Some(provider) = rules.provider {
+            return self.judge_by(provider, status, body, values, mask);
+        }
         let accepted = if rules.success_status.is_empty() {
             status.is_success()
         } else {
@@ -291,6 +284,90 @@ impl HttpSender {
         Ok(Delivered { backend: Self::NAME.to_string(), reference })
     }
 
+    /// The outcome a provider's answer means; see [`provider`].
+    fn judge_by(
+        &self,
+        provider: Provider,
+        status: StatusCode,
+        body: Result<Vec<u8>, reqwest::Error>,
+        values: &Values<'_>,
+        mask: &KeyMask,
+    ) -> SendOutcome {
+        let url = &self.request.shown_url;
+        let name = provider.name();
+        let body = match body {
+            Ok(body) => body,
+            Err(e) if status.is_success() || status.is_server_error() => {
+                return Err(self.uncertain(format!(
+                    "{url} answered HTTP {status} but its answer could not be read ({}); {name} may have sent the message",
+                    crate::error::innermost_cause(&e)
+                )))
+            }
+            Err(_) => Vec::new(),
+        };
+        let quoted = |words: Option<&str>| match words {
+            Some(words) => self.quote(words, mask),
+            None => self.quote(&String::from_utf8_lossy(&body), mask),
+        };
+        if status.is_server_error() {
+            return Err(self.uncertain(format!(
+                "{url} answered HTTP {status}{}; {name} may have sent the message",
+                quoted(None)
+            )));
+        }
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let explain = |refusal: &Refusal| {
+            let code = refusal
+                .code
+                .as_ref()
+                .map(|code| format!(" ({} {code})", provider.code_label()))
+                .unwrap_or_default();
+            let advice = match refusal.advice {
+                Advice::None => String::new(),
+                Advice::Say(words) => words.to_string(),
+                Advice::CheckKey => {
+                    let what = provider.key_is();
+                    let what = if provider.has_account() {
+                        format!("account and {what}")
+                    } else {
+                        what.to_string()
+                    };
+                    match &self.key_source {
+                        Some(source) => format!("; check {what} ({source})"),
+                        None => format!("; check {what}"),
+                    }
+                }
+            };
+            format!(
+                "{url} answered HTTP {status}{}{code}{advice}",
+                quoted(refusal.words.as_deref())
+            )
+        };
+        match provider.judge(status, json.as_ref(), values) {
+            Verdict::Sent { reference } => {
+                Ok(Delivered { backend: Self::NAME.to_string(), reference })
+            }
+            Verdict::Refused(refusal) => Err(self.definite(explain(&refusal))),
+            Verdict::Unsure(refusal) => Err(self.uncertain(explain(&refusal))),
+            Verdict::Unrecognised => Err(self.uncertain(format!(
+                "{url} answered HTTP {status} but not as {name} documents, so the message may have left{}",
+                quoted(None)
+            ))),
+        }
+    }
+
+    /// `": <words>"` with the key masked (before the words are cut to
+    /// length, so that no part of it is left at the cut), or nothing when
+    /// there are no words.
+    fn quote(&self, words: &str, mask: &KeyMask) -> String {
+        let words = super::text::sanitize(mask.apply(words).trim(), false, MAX_DETAIL_CHARS);
+        if words.is_empty() {
+            String::new()
+        } else {
+            format!(": {words}")
+        }
+    }
+
     /// `": <the gateway's words>"`, or nothing when the answer is empty.
     /// The key is masked before the words are cut to length, so that no
     /// part of it is left at the cut.
@@ -305,12 +382,7 @@ impl HttpSender {
                 || String::from_utf8_lossy(body).into_owned(),
                 |v| scalar_text(v).unwrap_or_else(|| v.to_string()),
             );
-        let words = super::text::sanitize(mask.apply(&words).trim(), false, MAX_DETAIL_CHARS);
-        if words.is_empty() {
-            String::new()
-        } else {
-            format!(": {words}")
-        }
+        self.quote(&words, mask)
     }
 
     fn request_failed(&self, error: &reqwest::Error) -> SendError {

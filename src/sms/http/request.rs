@@ -12,8 +12,11 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 use toml::Spanned;
 
-use super::config::{err, preset_template, HttpConfig, PresetFields, Span, DEFAULT_METHOD};
+use super::config::{
+    err, preset_template, HttpConfig, PresetFields, Span, TextKindField, DEFAULT_METHOD,
+};
 use crate::sms::template::{Template, Values, Var};
+use crate::sms::text::gsm7_septets;
 use crate::sms::SmsConfigError;
 
 /// A JSON body whose strings are templates.
@@ -80,7 +83,8 @@ pub(super) struct RequestTemplate {
 #[derive(Debug)]
 enum Body {
     None,
-    Form(Vec<(String, Template)>),
+    /// Fields, and one whose value depends on the text (a preset's).
+    Form(Vec<(String, Template)>, Option<TextKindField>),
     Json(JsonTemplate),
 }
 
@@ -88,7 +92,7 @@ enum Body {
 fn table(
     key: &str,
     written: &Option<Spanned<BTreeMap<String, String>>>,
-    preset: &[(&str, &str)],
+    preset: &[(String, String)],
 ) -> Result<Vec<(String, Template)>, SmsConfigError> {
     match written {
         Some(map) => map
@@ -100,7 +104,7 @@ fn table(
                 Ok((name.clone(), template))
             })
             .collect(),
-        None => Ok(preset.iter().map(|(n, v)| (n.to_string(), preset_template(v))).collect()),
+        None => Ok(preset.iter().map(|(n, v)| (n.clone(), preset_template(v))).collect()),
     }
 }
 
@@ -137,7 +141,7 @@ impl RequestTemplate {
         let header_span = config.headers.as_ref().map(Spanned::span).or(preset_span.clone());
         let mut headers = Vec::new();
         for (name, template) in
-            table("headers", &config.headers, preset.map_or(&[], |p| p.headers))?
+            table("headers", &config.headers, preset.map_or(&[], |p| &p.headers))?
         {
             let key = format!("headers.{name}");
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -154,7 +158,8 @@ impl RequestTemplate {
             headers.push((header, template));
         }
 
-        let query = table("query", &config.query, preset.map_or(&[], |p| p.query))?;
+        let query = table("query", &config.query, preset.map_or(&[], |p| &p.query))?;
+        let preset_form = preset.map_or(&[][..], |p| &p.form);
         let body = match (&config.form, &config.json) {
             (Some(_), Some(json)) => {
                 return Err(err(
@@ -163,7 +168,10 @@ impl RequestTemplate {
                     Some(json.span()),
                 ))
             }
-            (Some(_), None) => Body::Form(table("form", &config.form, &[])?),
+            (Some(_), None) => Body::Form(table("form", &config.form, &[])?, None),
+            (None, None) if !preset_form.is_empty() => {
+                Body::Form(table("form", &None, preset_form)?, preset.and_then(|p| p.text_kind))
+            }
             (None, Some(json)) => Body::Json(
                 JsonTemplate::parse(json.get_ref())
                     .map_err(|m| err("json", m, Some(json.span())))?,
@@ -172,7 +180,7 @@ impl RequestTemplate {
         };
         if method == Method::GET && !matches!(body, Body::None) {
             return Err(err(
-                if config.form.is_some() { "form" } else { "json" },
+                if config.json.is_some() { "json" } else { "form" },
                 "a GET request carries no body; use query, or method = \"POST\"",
                 method_span,
             ));
@@ -185,11 +193,13 @@ impl RequestTemplate {
                 };
                 Some((parse(&auth.get_ref().username)?, parse(&auth.get_ref().password)?))
             }
-            None => None,
+            None => preset
+                .and_then(|p| p.basic_auth.as_ref())
+                .map(|(user, password)| (preset_template(user), preset_template(password))),
         };
 
         let request = RequestTemplate { method, url, shown_url, headers, query, body, basic_auth };
-        let whole = preset_span.clone().or(Some(config.url.span()));
+        let whole = preset_span.clone().or(config.url.as_ref().map(Spanned::span));
         if request.place_using(|t| t.uses(Var::Text)).is_none() {
             return Err(err(
                 "url",
@@ -215,16 +225,23 @@ impl RequestTemplate {
     ) -> Result<(Url, String), SmsConfigError> {
         let path = match (&config.path, preset) {
             (Some(path), _) => path.get_ref().as_str(),
-            (None, Some(preset)) => preset.path,
+            (None, Some(preset)) => preset.path.as_str(),
             (None, None) => "",
         };
-        let base = config.url.get_ref();
+        let (base, span) = match (&config.url, preset.and_then(|p| p.url)) {
+            (Some(url), _) => (url.get_ref().as_str(), Some(url.span())),
+            (None, Some(default)) => (default, None),
+            (None, None) => return Err(err(
+                "url",
+                "missing: write where requests go, like url = \"https://sms-gateway.example:8443\"",
+                config.preset.as_ref().map(Spanned::span),
+            )),
+        };
         let joined = if path.is_empty() {
-            base.clone()
+            base.to_string()
         } else {
             format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
         };
-        let span = Some(config.url.span());
         let url = Url::parse(&joined)
             .map_err(|e| err("url", format!("{joined:?} is not a URL: {e}"), span.clone()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -253,7 +270,7 @@ impl RequestTemplate {
         places.extend(self.headers.iter().map(|(n, t)| (format!("header {n}"), t)));
         places.extend(self.query.iter().map(|(n, t)| (format!("query parameter {n}"), t)));
         match &self.body {
-            Body::Form(pairs) => {
+            Body::Form(pairs, _) => {
                 places.extend(pairs.iter().map(|(n, t)| (format!("form field {n}"), t)));
             }
             Body::Json(json) => {
@@ -299,7 +316,15 @@ impl RequestTemplate {
         }
         match &self.body {
             Body::None => {}
-            Body::Form(fields) => request = request.form(&render(fields)),
+            Body::Form(fields, text_kind) => {
+                let mut fields = render(fields);
+                if let Some(kind) = text_kind {
+                    let gsm7 = values.text.chars().all(|c| gsm7_septets(c).is_some());
+                    let value = if gsm7 { kind.gsm7 } else { kind.unicode };
+                    fields.push((kind.name.to_string(), value.to_string()));
+                }
+                request = request.form(&fields);
+            }
             Body::Json(json) => request = request.json(&json.render(values)),
         }
         if let Some((user, password)) = &self.basic_auth {

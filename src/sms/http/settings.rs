@@ -11,7 +11,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::answer::AnswerRules;
-use super::config::{err, HttpConfig, Span, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
+use super::config::{
+    err, HttpConfig, PresetFields, Span, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
+};
+use super::provider::{no_provider_fields, preset_fields, Provider};
 use super::request::RequestTemplate;
 use crate::secret::{Secret, SecretSource};
 use crate::sms::template::Var;
@@ -33,11 +36,17 @@ impl Settings {
         config: &HttpConfig,
         base_dir: &Path,
     ) -> Result<Settings, SmsConfigError> {
-        let preset = config.preset.as_ref().map(|p| p.get_ref().fields());
         let preset_span = config.preset.as_ref().map(Spanned::span);
+        let preset = match &config.preset {
+            Some(preset) => Some(preset_fields(*preset.get_ref(), config, preset_span.clone())?),
+            None => {
+                no_provider_fields(config)?;
+                None
+            }
+        };
         let request = RequestTemplate::from_config(config, preset.as_ref(), &preset_span)?;
         let answer = AnswerRules::from_config(config, preset.as_ref())?;
-        let key_source = key_source(config, &request, base_dir, preset_span)?;
+        let key_source = key_source(config, &request, base_dir, preset.as_ref(), preset_span)?;
         let (timeout, connect_timeout) = timeouts(config)?;
         Ok(Settings { request, answer, key_source, timeout, connect_timeout })
     }
@@ -57,6 +66,7 @@ fn key_source(
     config: &HttpConfig,
     request: &RequestTemplate,
     base_dir: &Path,
+    preset: Option<&PresetFields>,
     preset_span: Span,
 ) -> Result<Option<KeySource>, SmsConfigError> {
     let (source, key, span) = match (&config.key_file, &config.key_env) {
@@ -70,16 +80,26 @@ fn key_source(
         (None, Some(env)) => {
             (SecretSource::Env(env.get_ref().clone()), "key_env", Some(env.span()))
         }
-        (None, None) => match request.place_using(|t| t.uses(Var::Key)) {
-            Some(place) => {
-                return Err(err(
+        (None, None) => {
+            let provider = preset.and_then(|p| Some((p.preset, Provider::of(p.preset)?)));
+            return match (request.place_using(|t| t.uses(Var::Key)), provider) {
+                (Some(_), Some((preset, provider))) => Err(err(
+                    "key_file",
+                    format!(
+                        "preset \"{}\" needs {}: set key_file (a file of mode 600) or key_env",
+                        preset.name(),
+                        provider.key_is()
+                    ),
+                    preset_span,
+                )),
+                (Some(place), None) => Err(err(
                     "key_file",
                     format!("{place} uses {{key}}, but neither key_file nor key_env is set"),
-                    preset_span.or(Some(config.url.span())),
-                ))
-            }
-            None => return Ok(None),
-        },
+                    preset_span.or(config.url.as_ref().map(Spanned::span)),
+                )),
+                (None, _) => Ok(None),
+            };
+        }
     };
     if request.place_using(|t| t.uses(Var::Key)).is_none() {
         return Err(err(
