@@ -171,6 +171,7 @@ async fn handle(kind: Kind, req: Request<Incoming>, state: &Mutex<State>) -> Res
             })
             .collect(),
         body,
+        at: std::time::Instant::now(),
     };
     let fault = {
         let mut state = state.lock().unwrap();
