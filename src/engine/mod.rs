@@ -21,7 +21,11 @@
 //!    delivers each in a task of its own (a slow gateway or a retry never
 //!    holds up other jobs or the next cycle), and records each attempt's
 //!    outcome;
-//! 4. saves every changed state in one transaction.
+//! 4. saves every state that changed in one transaction, and only those: a
+//!    state changes when something happens to it, not as time passes (a
+//!    pending state's growing time held is not journalled, see
+//!    [`crate::rules::state`]), so a cycle in which nothing happened writes
+//!    nothing and starts no transaction.
 //!
 //! A thousand jobs over ten thousand devices are a third of a million
 //! (job, device) pairs per cycle, nearly all inactive: the engine keeps a
@@ -501,8 +505,9 @@ impl Engine {
             self.notify(&rules, escalations, notices, now).await;
         }
 
-        // `changed` is in job order: look each job's states up once. Thousands
-        // of pending states change every cycle (their time held grows).
+        // `changed` is in job order: look each job's states up once. Most
+        // cycles, few states change (pending ones only when a run starts or
+        // ends), but the first after a start may change thousands.
         let mut to_save: Vec<(usize, String, JobState)> = Vec::with_capacity(changed.len());
         for devices in changed.chunk_by(|(a, _), (b, _)| a == b) {
             let job = devices[0].0;
