@@ -1591,13 +1591,23 @@ async fn a_device_without_a_socket_is_reported_once_per_episode_or_left_out() {
     let said = format!(
         "ERROR job \"offline now\": device {d3} (Lesnaia_3): cannot act: no socket powers device {d3}; add a [[sockets]] entry whose powers names it; the action stays due (said once per episode)"
     );
+    let db = rusqlite::Connection::open(s.journal_path()).unwrap();
+    let version = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("PRAGMA data_version", [], |row| row.get(0)).unwrap()
+    };
     let mut action_errors = Vec::new();
+    let mut versions = Vec::new();
     for m in 0..7 {
         action_errors.push(s.cycle_at(m).await.action_errors);
+        versions.push(version(&db));
     }
     assert_eq!(action_errors, [1, 0, 0, 0, 0, 0, 0]);
     assert_eq!(errors(&logs.take()), std::slice::from_ref(&said));
     assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 0), "the action stays due");
+    // Its state, firing with the action due, is written once: the action
+    // due again each cycle and held again changes nothing.
+    assert!(versions[1..].iter().all(|&v| v == versions[0]), "{versions:?}");
+    drop(db);
 
     publish(&prometheus, &target, &page(1.0, 1.0)).await;
     s.cycle_at(7).await;

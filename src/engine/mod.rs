@@ -495,6 +495,16 @@ impl Engine {
         self.escalations.extend(outages);
 
         let journalling = Instant::now();
+        // An action due and then held back (no socket for the device, its
+        // socket commanded within the cooldown, a budget spent…) leaves its
+        // state as it was, cycle after cycle: nothing to save then.
+        let before_due: HashMap<(usize, DeviceId), JobState> = dispatch
+            .iter()
+            .filter_map(|due| {
+                let id = self.devices.find(&due.device)?;
+                Some(((due.job, id), due.previous.clone()))
+            })
+            .collect();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
         let mut notices = Vec::new();
         if !dispatch.is_empty() {
@@ -513,9 +523,11 @@ impl Engine {
             let job = devices[0].0;
             let Some(states) = self.states.get(&rules.jobs[job].name) else { continue };
             for &(_, device) in devices {
-                if let Some(state) = states.get(device, &self.default_state) {
-                    to_save.push((job, self.devices.text(device).to_string(), state.clone()));
+                let Some(state) = states.get(device, &self.default_state) else { continue };
+                if before_due.get(&(job, device)).is_some_and(|before| state.saves_as(before)) {
+                    continue;
                 }
+                to_save.push((job, self.devices.text(device).to_string(), state.clone()));
             }
         }
         self.add_unsaved(&rules, &mut to_save);
