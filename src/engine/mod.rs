@@ -169,6 +169,10 @@ const QUERIES_IN_FLIGHT: usize = 4;
 /// The evaluation engine of `jobctl run`.
 pub struct Engine {
     rules: Arc<RuleSet>,
+    /// The distinct queries of the rules' enabled jobs
+    /// ([`RuleSet::queries`]), built when the rules are set rather than
+    /// every cycle.
+    queries: Vec<String>,
     prometheus: Arc<PromClient>,
     clock: Arc<dyn Clock>,
     /// The last cycle's answers, kept for their buffers.
@@ -254,6 +258,7 @@ impl Engine {
         }
         let by_job = by_job.into_iter().map(|(job, saved)| (job, JobStates::loaded(saved)));
         let mut engine = Engine {
+            queries: rules.queries(),
             rules: Arc::new(rules),
             prometheus,
             clock,
@@ -306,6 +311,7 @@ impl Engine {
     pub fn replace_rules(&mut self, rules: RuleSet) {
         self.outbox.set_budgets(rules.budgets);
         self.outbox.set_webhooks(&rules);
+        self.queries = rules.queries();
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
     }
@@ -371,12 +377,13 @@ impl Engine {
         // Reap sends that finished since the last cycle.
         self.outbox.reap_finished();
 
-        let queries = self.rules.queries();
+        let queries = std::mem::take(&mut self.queries);
         report.queries = queries.len();
         let querying = Instant::now();
         let mut answers = std::mem::take(&mut self.answers);
         answers.reset(&self.rules.device_key);
         self.query_all(&queries, &mut answers, &mut report).await;
+        self.queries = queries;
         report.query_time = querying.elapsed();
         self.log_query_failures(&report);
 
