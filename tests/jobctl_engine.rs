@@ -980,9 +980,10 @@ async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() 
 /// because time passed. Cycles in which a pending device stays pending write
 /// nothing at all (no transaction: another connection sees no new data);
 /// an unknown gap starting and ending each writes the state once; a restart
-/// resumes the pending state with the time it held before its run.
+/// after a kill resumes the pending state with the time it held before its
+/// run, one after a clean stop with all it held.
 #[tokio::test]
-async fn cycles_without_change_write_nothing_and_a_restart_keeps_the_time_held_before_the_run() {
+async fn cycles_without_change_write_nothing_and_a_restart_keeps_the_time_held() {
     if !TestPrometheus::available() {
         return;
     }
@@ -1048,6 +1049,21 @@ async fn cycles_without_change_write_nothing_and_a_restart_keeps_the_time_held_b
     s.cycle_at(15).await;
     assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
     assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+
+    // Stopped cleanly at 15 (SIGTERM), device 2's run from 9 is journalled
+    // first: after the restart it needs only the rest of its 10 minutes.
+    let d2 = device("57", "2");
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 6));
+    s.engine.stop().await;
+    let mut s = s.restart(&body).await;
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 6));
+    s.cycle_at(20).await;
+    s.cycle_at(23).await;
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 9));
+    assert_eq!(s.gateway.received().len(), 1);
+    s.cycle_at(24).await;
+    assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1));
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
 }
 
 /// A silence written beside the engine, through the write path `jobctl

@@ -364,6 +364,40 @@ impl Engine {
         self.outbox.finish_sends().await;
     }
 
+    /// Journals, as the daemon stops, the time each pending run of true
+    /// evaluations has held up to its latest evaluation, so that the next
+    /// start carries it on: cycles do not journal a run's growing time, and
+    /// only a crash loses it (see [`crate::rules::state`]). Call it after
+    /// the last cycle; a dry run writes nothing.
+    pub async fn stop(&mut self) {
+        if self.dry_run {
+            return;
+        }
+        let mut folded: Vec<(String, String, JobState)> = Vec::new();
+        for (job, states) in &mut self.states {
+            for (device, state) in states.fold_runs() {
+                folded.push((job.clone(), self.devices.text(device).to_string(), state));
+            }
+        }
+        if folded.is_empty() {
+            return;
+        }
+        let count = folded.len();
+        let result = blocking(&self.journal, move |journal| {
+            let named =
+                folded.iter().map(|(job, device, state)| (job.as_str(), device.as_str(), state));
+            journal.save_states(named)
+        })
+        .await;
+        match result {
+            Ok(()) => tracing::info!("journalled the time held by {count} pending (job, device) pairs"),
+            Err(err) => tracing::warn!(
+                "cannot journal the time held by {count} pending (job, device) pairs: {}; their current runs will start afresh at the next start",
+                with_causes(&err)
+            ),
+        }
+    }
+
     /// See [`Outbox::stop_retries`]; for shutdown.
     pub(crate) fn stop_retries(&self) {
         self.outbox.stop_retries();

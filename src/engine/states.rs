@@ -85,6 +85,20 @@ impl JobStates {
         states
     }
 
+    /// Folds each pending run of true evaluations into its state's time
+    /// held ([`JobState::at_stop`]), as the daemon stops, and returns the
+    /// states that changed, to be journalled.
+    pub(super) fn fold_runs(&mut self) -> Vec<(DeviceId, JobState)> {
+        let mut folded = Vec::new();
+        for (device, state) in &mut self.stored {
+            if let Some(stopped) = state.at_stop() {
+                *state = stopped;
+                folded.push((*device, state.clone()));
+            }
+        }
+        folded
+    }
+
     /// How many known devices are in each phase, in the order of [`PHASES`].
     pub(super) fn phases(&self) -> [u64; 4] {
         self.phases

@@ -121,12 +121,14 @@
 //! growing total ([`Phase::Pending`]). So a cycle that changes nothing
 //! writes nothing.
 //!
-//! The price is paid at a restart: the journal knows when the current run
+//! The price is paid at a crash: the journal knows when the current run
 //! began but not when it was last seen true, so the run is lost, and the
 //! first true evaluation after the restart starts a new one. The time held
-//! before the run (up to the latest Unknown) is kept. A restart can thus
+//! before the run (up to the latest Unknown) is kept. A crash can thus
 //! delay an action by up to the run's length, and never hastens one: the
-//! daemon's downtime is never counted as held.
+//! daemon's downtime is never counted as held. A daemon that stops
+//! cleanly journals each run's time first ([`JobState::at_stop`]), so a
+//! restart loses nothing but its downtime.
 //!
 //! If the wall clock steps backwards, elapsed times count as zero rather than
 //! negative, so a clock step can delay an action but never hasten one.
@@ -603,6 +605,21 @@ impl JobState {
             state
         }
         saved(self) == saved(other)
+    }
+
+    /// The state to journal when the daemon stops: a pending run this
+    /// process watched is folded into the time held, up to its latest true
+    /// evaluation, so that the next start carries it on (as after an
+    /// Unknown, the next true evaluation starts a new run; the time the
+    /// daemon is stopped is not counted). `None` when there is no such run.
+    pub(crate) fn at_stop(&self) -> Option<JobState> {
+        let Phase::Pending { since, counting_from: Some(_), last_true: Some(_), .. } = self.phase
+        else {
+            return None;
+        };
+        let held = self.phase.held_observed()?;
+        let phase = Phase::Pending { since, held, counting_from: None, last_true: None };
+        Some(JobState { phase, ..self.clone() })
     }
 
     /// A state read from the journal as the running daemon holds it: a
@@ -1372,6 +1389,29 @@ mod tests {
         device.eval(8, Verdict::True);
         assert!(!device.state.saves_as(&gap), "a run starts: journalled");
         assert_eq!(device.state.phase.held_at(at_minute(8)), Some(minutes(5)));
+    }
+
+    #[test]
+    fn a_clean_stop_journals_the_run_so_the_restart_loses_only_the_downtime() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=6, Verdict::True);
+        let stopped = device.state.at_stop().expect("a run under way");
+        assert_eq!(
+            stopped.phase,
+            Phase::Pending {
+                since: at_minute(0),
+                held: minutes(6),
+                counting_from: None,
+                last_true: None
+            }
+        );
+        assert_eq!(stopped.at_stop(), None, "nothing more to fold");
+        device.state = reloaded(&stopped);
+        device.run(20..=23, Verdict::True); // 6 + 3 minutes
+        assert!(device.actions.is_empty());
+        device.eval(24, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![24]);
+        assert_eq!(device.state.at_stop(), None, "only pending runs are folded");
     }
 
     #[test]
