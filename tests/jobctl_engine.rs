@@ -176,6 +176,25 @@ impl Scenario {
         self.engine.state(job, device).cloned().unwrap_or_default()
     }
 
+    /// `(since, time held)` of a pending state as the engine counts it
+    /// (the time held before its run, and the run up to the latest true
+    /// evaluation this engine saw), for comparing with [`pending`].
+    fn pending_of(&self, job: &str, device: &str) -> (Timestamp, Duration) {
+        match self.state(job, device).phase {
+            Phase::Pending { since, held, counting_from, last_true } => {
+                let run = counting_from.zip(last_true).map(|(from, last)| {
+                    let run = last.duration_since(from).unsigned_abs();
+                    // What `jobctl status` shows agrees at that evaluation.
+                    let phase = self.state(job, device).phase;
+                    assert_eq!(phase.held_at(last), Some(held + run));
+                    run
+                });
+                (since, held + run.unwrap_or_default())
+            }
+            other => panic!("expected pending, found {other:?}"),
+        }
+    }
+
     fn phase(&self, job: &str, device: &str) -> PhaseName {
         self.state(job, device).phase.name()
     }
@@ -265,14 +284,6 @@ fn sms(number: &str, text: &str) -> (String, String) {
 
 fn pending(since: u64, held_minutes: u64) -> (Timestamp, Duration) {
     (minutes(since), Duration::from_secs(held_minutes * 60))
-}
-
-/// `(since, held)` of a pending state, for comparing with [`pending`].
-fn pending_of(state: &JobState) -> (Timestamp, Duration) {
-    match state.phase {
-        Phase::Pending { since, held, .. } => (since, held),
-        ref other => panic!("expected pending, found {other:?}"),
-    }
 }
 
 /// `(episode, actions_taken)` of a firing state.
@@ -368,8 +379,8 @@ async fn one_sms_after_for_and_none_after_early_recovery(
 
     let report = s.cycle_at(0).await;
     assert_eq!((report.queries, report.evaluations, report.actions_due), (1, 2, 0), "{report:?}");
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 0));
-    assert_eq!(pending_of(&s.state("offline", &d2)), pending(0, 0));
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 0));
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 0));
 
     // Device 2 comes back before its 10 minutes are up.
     publish(
@@ -380,7 +391,7 @@ async fn one_sms_after_for_and_none_after_early_recovery(
     .await;
     let report = s.cycle_at(5).await;
     assert_eq!(report.actions_due, 0, "{report:?}");
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 5));
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 5));
     assert_eq!(s.phase("offline", &d2), PhaseName::Inactive);
     assert!(s.gateway.received().is_empty());
 
@@ -431,7 +442,7 @@ async fn for_counts_from_the_first_bad_sample_and_the_engine_wakes_when_due(
     s.clock.set(seen);
     let report = s.engine.cycle().await;
     assert_eq!((report.onset_queries, report.actions_due), (1, 0), "{report:?}");
-    let (since, _) = pending_of(&s.state("offline", &d1));
+    let (since, _) = s.pending_of("offline", &d1);
     assert!(changed <= since && since < seen, "{changed} <= {since} < {seen}");
     // Due 2 s after the onset, plus the 100 ms a scrape may take to be
     // stored: the engine asks to be woken then.
@@ -550,7 +561,7 @@ cooldown = "1h"
 
     publish(prometheus, target, &page(0.0, 0.0)).await;
     s.cycle_at(1).await;
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(1, 0));
+    assert_eq!(s.pending_of("offline", &d1), pending(1, 0));
     assert_eq!(firing_of(&s.state("not playing", &d1)), (1, 1));
     s.cycle_at(11).await;
     assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
@@ -631,16 +642,16 @@ async fn reload_keeps_unchanged_jobs_and_drops_removed_ones(
     let mut s = Scenario::start(prometheus, &before).await;
     s.cycle_at(0).await;
     s.cycle_at(5).await;
-    assert_eq!(pending_of(&s.state("old", &d1)), pending(0, 5));
+    assert_eq!(s.pending_of("old", &d1), pending(0, 5));
 
     let after = sockets("92") + &offline_job("92") + &job("new", "power_on");
     s.engine.replace_rules(s.rules(&after));
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(0, 5));
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 5));
     assert!(s.engine.state("old", &d1).is_none());
 
     s.cycle_at(10).await;
     assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
-    assert_eq!(pending_of(&s.state("new", &d1)), pending(10, 0));
+    assert_eq!(s.pending_of("new", &d1), pending(10, 0));
     assert!(s.engine.state("old", &d1).is_none());
     s.cycle_at(20).await;
     assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(LOBBY, "#01#0#")]);
@@ -768,11 +779,11 @@ async fn a_state_save_that_failed_is_made_with_the_next_cycle(
 
     s.cycle_at(10).await;
     let held = (minutes(0), Duration::ZERO);
-    assert_eq!(pending_of(&s.state("offline", &d1)), held, "unknown holds the timer");
+    assert_eq!(s.pending_of("offline", &d1), held, "unknown holds the timer");
     assert_eq!(saved(&db), 1);
 
     let s = s.restart(&body).await;
-    assert_eq!(pending_of(&s.state("offline", &d1)), held);
+    assert_eq!(s.pending_of("offline", &d1), held);
     assert!(s.sent().is_empty());
 }
 
@@ -813,15 +824,20 @@ async fn restart_keeps_states_and_never_resends(prometheus: &TestPrometheus, tar
     assert!(in_flight.attempts.is_empty());
     assert!(in_flight.detail.as_deref().unwrap_or_default().contains("stopped while"));
     assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
-    assert_eq!(pending_of(&s.state("offline", &d2)), pending(15, 5));
+    // The journal kept device 2's run of true evaluations from 15, not
+    // when it was last seen true (that would be a write every cycle): the
+    // run is lost with the kill.
+    assert_eq!(s.pending_of("offline", &d2), pending(15, 0));
     assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 1));
 
-    // The time the daemon was down does not count towards `for`: device 2
-    // needs two more cycles 5 minutes apart.
+    // The time the daemon was down does not count towards `for` either:
+    // device 2 starts a run at 25 and needs the job's 10 minutes from there.
     s.cycle_at(25).await;
-    assert_eq!(pending_of(&s.state("offline", &d2)), pending(15, 5));
-    assert_eq!(s.gateway.received().len(), 2);
+    assert_eq!(s.pending_of("offline", &d2), pending(15, 0));
     s.cycle_at(30).await;
+    assert_eq!(s.pending_of("offline", &d2), pending(15, 5));
+    assert_eq!(s.gateway.received().len(), 2);
+    s.cycle_at(35).await;
     assert_eq!(s.gateway.received().len(), 3);
     assert_eq!(s.sent()[2], sms(HALL, POWER_CYCLE_1));
 
@@ -874,7 +890,7 @@ async fn prometheus_outage_holds_every_state_and_sends_nothing() {
     publish(&prometheus, &target, &page(0.0, 0.0)).await;
     s.cycle_at(15).await;
     s.cycle_at(20).await;
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5));
+    assert_eq!(s.pending_of("offline", &d1), pending(15, 5));
 
     prometheus.stop();
     for m in [25, 30, 40, 60] {
@@ -882,7 +898,7 @@ async fn prometheus_outage_holds_every_state_and_sends_nothing() {
         let failed: Vec<&str> = report.failed_queries.iter().map(|(q, _)| q.as_str()).collect();
         assert_eq!(failed, ["addreality_device_online{platform_id=\"42\"}"], "{report:?}");
         assert_eq!((report.unknown, report.transitions, report.actions_due), (2, 0, 0));
-        assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5), "at {m} min");
+        assert_eq!(s.pending_of("offline", &d1), pending(15, 5), "at {m} min");
         assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1), "at {m} min");
     }
     assert_eq!(s.gateway.received().len(), 1);
@@ -893,7 +909,7 @@ async fn prometheus_outage_holds_every_state_and_sends_nothing() {
     publish(&prometheus, &target, &page(0.0, 0.0)).await;
     let report = s.cycle_at(65).await;
     assert!(report.failed_queries.is_empty(), "{report:?}");
-    assert_eq!(pending_of(&s.state("offline", &d1)), pending(15, 5));
+    assert_eq!(s.pending_of("offline", &d1), pending(15, 5));
     s.cycle_at(70).await;
     assert_eq!(s.sent(), [sms(HALL, POWER_CYCLE_1), sms(LOBBY, POWER_CYCLE_1)]);
     assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1));
@@ -997,8 +1013,9 @@ async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() 
     .unwrap();
     let mut unsaved = Vec::new();
     for cycle in 0..8 {
-        // Pending for 10 minutes: the time held grows, so each state
-        // changes every cycle, and no action falls due.
+        // Pending for 10 minutes, so no action falls due: the states new
+        // at the first cycle do not change again, and each cycle tries to
+        // save them anew.
         let report = s.cycle_at(cycle).await;
         assert_eq!(report.evaluations, 6, "{report:?}");
         unsaved.push(report.unsaved_states);
@@ -1010,6 +1027,96 @@ async fn unsaved_states_stay_one_per_pair_while_the_journal_cannot_be_written() 
     assert_eq!(report.unsaved_states, 0);
     let saved: i64 = db.query_row("SELECT count(*) FROM job_state", [], |row| row.get(0)).unwrap();
     assert_eq!(saved, 6);
+}
+
+/// Issue 11: a state is journalled when something happens to it, not
+/// because time passed. Cycles in which a pending device stays pending write
+/// nothing at all (no transaction: another connection sees no new data);
+/// an unknown gap starting and ending each writes the state once; a restart
+/// after a kill resumes the pending state with the time it held before its
+/// run, one after a clean stop with all it held.
+#[tokio::test]
+async fn cycles_without_change_write_nothing_and_a_restart_keeps_the_time_held() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let target = TestTarget::start();
+    let prometheus = TestPrometheus::start(&[&target]).await;
+    let d1 = device("57", "1");
+    let body = sockets("57") + &offline_job("57");
+    let both_offline = [online("57", "1", 0.0), online("57", "2", 0.0)];
+    publish(&prometheus, &target, &both_offline).await;
+    let mut s = Scenario::start(&prometheus, &body).await;
+    let db = rusqlite::Connection::open(s.journal_path()).unwrap();
+    let version = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("PRAGMA data_version", [], |row| row.get(0)).unwrap()
+    };
+    let rows = |db: &rusqlite::Connection| -> Vec<(String, String)> {
+        let mut statement =
+            db.prepare("SELECT device_key, state FROM job_state ORDER BY device_key").unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+
+    let report = s.cycle_at(0).await;
+    assert_eq!(report.transitions, 2, "{report:?}");
+    let (written, pending_rows) = (version(&db), rows(&db));
+    assert_eq!(pending_rows.len(), 2);
+    for m in 1..=4 {
+        let report = s.cycle_at(m).await;
+        assert_eq!((report.evaluations, report.transitions), (2, 0), "{report:?}");
+        assert_eq!(version(&db), written, "minute {m}: nothing happened, nothing written");
+    }
+    assert_eq!(rows(&db), pending_rows);
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 4));
+
+    // Device 1's series goes missing: its run ends (4 minutes, kept) and
+    // that is written; the gap itself writes nothing more.
+    publish(&prometheus, &target, &both_offline[1..]).await;
+    s.cycle_at(5).await;
+    let gap_began = version(&db);
+    assert_ne!(gap_began, written, "the end of a run is journalled");
+    s.cycle_at(6).await;
+    assert_eq!(version(&db), gap_began, "nothing happens while unknown lasts");
+    publish(&prometheus, &target, &both_offline).await;
+    s.cycle_at(7).await;
+    let run_began = version(&db);
+    assert_ne!(run_began, gap_began, "the start of a run is journalled");
+    s.cycle_at(8).await;
+    assert_eq!(version(&db), run_began);
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 5));
+    drop(db);
+
+    // Killed at 8: device 1's run from 7 is lost, its 4 minutes before the
+    // gap are not. Counting resumes at 9, so `for` (10m) is held at 15.
+    let mut s = s.restart(&body).await;
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 4));
+    for m in 9..=14 {
+        s.cycle_at(m).await;
+    }
+    assert_eq!(s.pending_of("offline", &d1), pending(0, 9));
+    assert!(s.gateway.received().is_empty());
+    s.cycle_at(15).await;
+    assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
+
+    // Stopped cleanly at 15 (SIGTERM), device 2's run from 9 is journalled
+    // first: after the restart it needs only the rest of its 10 minutes.
+    let d2 = device("57", "2");
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 6));
+    s.engine.stop().await;
+    let mut s = s.restart(&body).await;
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 6));
+    s.cycle_at(20).await;
+    s.cycle_at(23).await;
+    assert_eq!(s.pending_of("offline", &d2), pending(0, 9));
+    assert_eq!(s.gateway.received().len(), 1);
+    s.cycle_at(24).await;
+    assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1));
+    assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1), sms(HALL, POWER_CYCLE_1)]);
 }
 
 /// A silence written beside the engine, through the write path `jobctl
@@ -1553,13 +1660,23 @@ async fn a_device_without_a_socket_is_reported_once_per_episode_or_left_out() {
     let said = format!(
         "ERROR job \"offline now\": device {d3} (Lesnaia_3): cannot act: no socket powers device {d3}; add a [[sockets]] entry whose powers names it; the action stays due (said once per episode)"
     );
+    let db = rusqlite::Connection::open(s.journal_path()).unwrap();
+    let version = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("PRAGMA data_version", [], |row| row.get(0)).unwrap()
+    };
     let mut action_errors = Vec::new();
+    let mut versions = Vec::new();
     for m in 0..7 {
         action_errors.push(s.cycle_at(m).await.action_errors);
+        versions.push(version(&db));
     }
     assert_eq!(action_errors, [1, 0, 0, 0, 0, 0, 0]);
     assert_eq!(errors(&logs.take()), std::slice::from_ref(&said));
     assert_eq!(firing_of(&s.state("offline now", &d3)), (1, 0), "the action stays due");
+    // Its state, firing with the action due, is written once: the action
+    // due again each cycle and held again changes nothing.
+    assert!(versions[1..].iter().all(|&v| v == versions[0]), "{versions:?}");
+    drop(db);
 
     publish(&prometheus, &target, &page(1.0, 1.0)).await;
     s.cycle_at(7).await;

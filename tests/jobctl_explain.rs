@@ -141,6 +141,7 @@ fn record(dir: &Path, now: Timestamp) {
             since: now - minutes(4),
             held: Duration::from_secs(240),
             counting_from: None,
+            last_true: None,
         },
         ..JobState::default()
     };
@@ -232,10 +233,7 @@ async fn explain_gives_the_first_reason_nothing_would_happen() {
 
     let ran = explain(dir, "hold", "1").await;
     assert!(ran.stdout.contains("  state:     pending since "), "{ran:?}");
-    assert_eq!(
-        reason(&ran),
-        "waiting for `for`: the condition held 4m of 10m (as of the daemon's last evaluation)"
-    );
+    assert_eq!(reason(&ran), "waiting for `for`: the condition held 4m of 10m");
 
     let ran = explain(dir, "hold", "9").await;
     assert_eq!(

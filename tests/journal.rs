@@ -247,6 +247,7 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
             since: at(100),
             held: Duration::from_secs(90),
             counting_from: None,
+            last_true: None,
         },
         episodes_started: 4,
         last_action_at: Some(at(50)),

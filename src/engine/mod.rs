@@ -24,7 +24,11 @@
 //! 4. dates the onset of each device that turned pending from Prometheus's
 //!    history (`onset`: `for` counts from when the data shows the device
 //!    went bad, not from when this cycle looked);
-//! 5. saves every changed state in one transaction.
+//! 5. saves every state that changed in one transaction, and only those: a
+//!    state changes when something happens to it, not as time passes (a
+//!    pending state's growing time held is not journalled, see
+//!    [`crate::rules::state`]), so a cycle in which nothing happened writes
+//!    nothing and starts no transaction.
 //!
 //! Between cycles, [`Engine::wake`] evaluates a job alone (only its
 //! queries) at the moment one of its pending devices will have held `for`
@@ -178,6 +182,10 @@ const QUERIES_IN_FLIGHT: usize = 4;
 /// The evaluation engine of `jobctl run`.
 pub struct Engine {
     rules: Arc<RuleSet>,
+    /// The distinct queries of the rules' enabled jobs
+    /// ([`RuleSet::queries`]), built when the rules are set rather than
+    /// every cycle.
+    queries: Vec<String>,
     prometheus: Arc<PromClient>,
     clock: Arc<dyn Clock>,
     /// The last cycle's answers, kept for their buffers.
@@ -263,6 +271,7 @@ impl Engine {
         }
         let by_job = by_job.into_iter().map(|(job, saved)| (job, JobStates::loaded(saved)));
         let mut engine = Engine {
+            queries: rules.queries(),
             rules: Arc::new(rules),
             prometheus,
             clock,
@@ -329,6 +338,7 @@ impl Engine {
     pub fn replace_rules(&mut self, rules: RuleSet) {
         self.outbox.set_budgets(rules.budgets);
         self.outbox.set_webhooks(&rules);
+        self.queries = rules.queries();
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
     }
@@ -379,6 +389,40 @@ impl Engine {
     /// Waits for every send in progress to finish (retries included).
     pub async fn finish_sends(&mut self) {
         self.outbox.finish_sends().await;
+    }
+
+    /// Journals, as the daemon stops, the time each pending run of true
+    /// evaluations has held up to its latest evaluation, so that the next
+    /// start carries it on: cycles do not journal a run's growing time, and
+    /// only a crash loses it (see [`crate::rules::state`]). Call it after
+    /// the last cycle; a dry run writes nothing.
+    pub async fn stop(&mut self) {
+        if self.dry_run {
+            return;
+        }
+        let mut folded: Vec<(String, String, JobState)> = Vec::new();
+        for (job, states) in &mut self.states {
+            for (device, state) in states.fold_runs() {
+                folded.push((job.clone(), self.devices.text(device).to_string(), state));
+            }
+        }
+        if folded.is_empty() {
+            return;
+        }
+        let count = folded.len();
+        let result = blocking(&self.journal, move |journal| {
+            let named =
+                folded.iter().map(|(job, device, state)| (job.as_str(), device.as_str(), state));
+            journal.save_states(named)
+        })
+        .await;
+        match result {
+            Ok(()) => tracing::info!("journalled the time held by {count} pending (job, device) pairs"),
+            Err(err) => tracing::warn!(
+                "cannot journal the time held by {count} pending (job, device) pairs: {}; their current runs will start afresh at the next start",
+                with_causes(&err)
+            ),
+        }
     }
 
     /// See [`Outbox::stop_retries`]; for shutdown.
@@ -433,8 +477,10 @@ impl Engine {
         // Reap sends that finished since the last cycle.
         self.outbox.reap_finished();
 
+        // A cycle sends the queries built when the rules were set; a
+        // wake-up only those of the jobs it evaluates.
         let queries = match only {
-            None => self.rules.queries(),
+            None => std::mem::take(&mut self.queries),
             Some(jobs) => {
                 let mut queries: Vec<String> =
                     jobs.iter().flat_map(|&job| self.rules.jobs[job].queries()).collect();
@@ -448,6 +494,9 @@ impl Engine {
         let mut answers = std::mem::take(&mut self.answers);
         answers.reset(&self.rules.device_key);
         self.query_all(&queries, &mut answers, &mut report).await;
+        if only.is_none() {
+            self.queries = queries;
+        }
         report.query_time = querying.elapsed();
         self.log_query_failures(&report);
 
@@ -574,6 +623,16 @@ impl Engine {
         self.escalations.extend(outages);
 
         let journalling = Instant::now();
+        // An action due and then held back (no socket for the device, its
+        // socket commanded within the cooldown, a budget spent…) leaves its
+        // state as it was, cycle after cycle: nothing to save then.
+        let before_due: HashMap<(usize, DeviceId), JobState> = dispatch
+            .iter()
+            .filter_map(|due| {
+                let id = self.devices.find(&due.device)?;
+                Some(((due.job, id), due.previous.clone()))
+            })
+            .collect();
         self.close_loop(&rules, &mut dispatch, concluded, now, &mut report).await;
         let mut notices = Vec::new();
         if !dispatch.is_empty() {
@@ -588,16 +647,19 @@ impl Engine {
             self.date_onsets(&rules, newly_pending, now, &mut report).await;
         }
 
-        // `changed` is in job order: look each job's states up once. Thousands
-        // of pending states change every cycle (their time held grows).
+        // `changed` is in job order: look each job's states up once. Most
+        // cycles, few states change (pending ones only when a run starts or
+        // ends), but the first after a start may change thousands.
         let mut to_save: Vec<(usize, String, JobState)> = Vec::with_capacity(changed.len());
         for devices in changed.chunk_by(|(a, _), (b, _)| a == b) {
             let job = devices[0].0;
             let Some(states) = self.states.get(&rules.jobs[job].name) else { continue };
             for &(_, device) in devices {
-                if let Some(state) = states.get(device, &self.default_state) {
-                    to_save.push((job, self.devices.text(device).to_string(), state.clone()));
+                let Some(state) = states.get(device, &self.default_state) else { continue };
+                if before_due.get(&(job, device)).is_some_and(|before| state.saves_as(before)) {
+                    continue;
                 }
+                to_save.push((job, self.devices.text(device).to_string(), state.clone()));
             }
         }
         self.add_unsaved(&rules, &mut to_save);

@@ -121,6 +121,20 @@ impl JobStates {
         true
     }
 
+    /// Folds each pending run of true evaluations into its state's time
+    /// held ([`JobState::at_stop`]), as the daemon stops, and returns the
+    /// states that changed, to be journalled.
+    pub(super) fn fold_runs(&mut self) -> Vec<(DeviceId, JobState)> {
+        let mut folded = Vec::new();
+        for (device, state) in &mut self.stored {
+            if let Some(stopped) = state.at_stop() {
+                *state = stopped;
+                folded.push((*device, state.clone()));
+            }
+        }
+        folded
+    }
+
     /// How many known devices are in each phase, in the order of [`PHASES`].
     pub(super) fn phases(&self) -> [u64; 4] {
         self.phases
@@ -219,8 +233,9 @@ pub(crate) fn in_window(job: &Job, now: jiff::Timestamp) -> bool {
 /// `states` holds with the verdict for absent devices. A device that left
 /// the answers and never did anything is forgotten. Returns how many devices
 /// were evaluated and how many of their verdicts were unknown; `changed` is
-/// told each device whose state changed, `events` gets what must be logged
-/// or done. `silence` says which silence, if any, holds a device's actions
+/// told each device whose state changed as the journal keeps it
+/// ([`JobState::saves_as`]: not a pending run merely going on), `events`
+/// gets what must be logged or done. `silence` says which silence, if any, holds a device's actions
 /// back; it is asked only about a device whose action would be due (or is
 /// held by the job's mass outage, which a silence comes before).
 /// `mass_outage` is since when the job is in a mass outage, if it is.
@@ -316,7 +331,9 @@ pub(super) fn advance_job(
             unknown += 1;
             unknown_in = Some(previous.phase.name()).filter(|&p| p != PhaseName::Inactive);
         }
-        if step.state != *previous {
+        // Saved only when its journalled form changed: a pending state
+        // whose run goes on is not rewritten because time passed.
+        if !step.state.saves_as(previous) {
             changed(device);
         }
         if unknown_in.is_some()

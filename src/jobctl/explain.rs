@@ -342,7 +342,9 @@ fn explain(
         })
         .collect();
 
-    let saved = recorded.state.clone().unwrap_or_default();
+    // The state as the running daemon holds it: its pending run counts
+    // up to now, as its next cycle will count it.
+    let saved = recorded.state.clone().unwrap_or_default().as_the_daemon_holds_it();
     let timing = timing(job);
     let outgoing = rules.outgoing(job, key, &verdict.labels);
     let socket = rules.socket_for(key).map(|s| s.name.clone());
@@ -447,7 +449,7 @@ fn explain(
             Some(why) => format!("{} ({why})", verdict.verdict),
             None => verdict.verdict.to_string(),
         },
-        state: state_row(&saved, job.hold_for),
+        state: state_row(&saved, job.hold_for, now),
         socket,
         cooldown,
         in_window: window_open,
@@ -486,14 +488,15 @@ fn term_row(
     }
 }
 
-fn state_row(state: &JobState, hold_for: Duration) -> StateRow {
-    let (since, episode, actions, held) = match &state.phase {
-        Phase::Inactive => (None, None, None, None),
-        Phase::Pending { since, held, .. } => (Some(*since), None, None, Some(held.as_secs())),
+fn state_row(state: &JobState, hold_for: Duration, now: Timestamp) -> StateRow {
+    let held = state.phase.held_at(now).map(|held| held.as_secs());
+    let (since, episode, actions) = match &state.phase {
+        Phase::Inactive => (None, None, None),
+        Phase::Pending { since, .. } => (Some(*since), None, None),
         Phase::Firing { since, episode, actions_taken } => {
-            (Some(*since), Some(*episode), Some(*actions_taken), None)
+            (Some(*since), Some(*episode), Some(*actions_taken))
         }
-        Phase::Resolved { at, episode } => (Some(*at), Some(*episode), None, None),
+        Phase::Resolved { at, episode } => (Some(*at), Some(*episode), None),
     };
     StateRow {
         phase: state.phase.name().as_str(),
@@ -559,11 +562,11 @@ fn reason(inputs: ReasonInputs<'_>) -> Result<Reason, Error> {
             format!("the condition {} does not hold", inputs.job.condition),
         );
     }
-    if let Phase::Pending { held, .. } = &step.state.phase {
+    if let Some(held) = step.state.phase.held_at(inputs.now) {
         return because(
             "waiting_for_for",
             format!(
-                "waiting for `for`: the condition held {} of {} (as of the daemon's last evaluation)",
+                "waiting for `for`: the condition held {} of {}",
                 span(held.as_secs()),
                 span(inputs.job.hold_for.as_secs())
             ),

@@ -166,6 +166,8 @@ pub(super) async fn run(
         }
     }
     notifier.stopping();
+    // The time pending states have held, which cycles do not journal.
+    engine.stop().await;
     // A retry waiting for its backoff would only hold the shutdown up.
     engine.stop_retries();
     if tokio::time::timeout(SEND_GRACE, engine.finish_sends()).await.is_err() {

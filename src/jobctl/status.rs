@@ -42,7 +42,8 @@ struct DeviceRow {
     verifying: Option<VerifyingRow>,
     /// Whether the job gave up on the device in this episode (`limit`).
     gave_up: bool,
-    /// Pending: how long the condition has held, and the job's `for`.
+    /// Pending: how long the condition has held, its current run counted
+    /// up to now as the running daemon counts it, and the job's `for`.
     #[serde(skip_serializing_if = "Option::is_none")]
     held_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,10 +172,7 @@ fn describe(device: String, job: &Job, state: &JobState, now: jiff::Timestamp) -
         Phase::Firing { since, episode, .. } => (Some(time(*since)), Some(*episode)),
         Phase::Resolved { at, episode } => (Some(time(*at)), Some(*episode)),
     };
-    let held_seconds = match &state.phase {
-        Phase::Pending { held, .. } => Some(held.as_secs()),
-        _ => None,
-    };
+    let held_seconds = state.phase.held_at(now).map(|held| held.as_secs());
     // The cooldown gates an episode's first action only.
     let gated = match &state.phase {
         Phase::Pending { .. } => true,

@@ -92,6 +92,7 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         crate::exit::outln!("\nno device in Prometheus's answers");
     }
     let mut targets: Vec<(String, Outgoing)> = Vec::new();
+    let now = jiff::Timestamp::now();
     for (key, verdict) in &evaluation.devices {
         let device = key.to_string();
         match verdict.labels.get("name").filter(|n| !n.is_empty()) {
@@ -105,7 +106,10 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
             (Verdict::Unknown, Some(why)) => crate::exit::outln!("  condition:  unknown ({why})"),
             (verdict, _) => crate::exit::outln!("  condition:  {verdict}"),
         }
-        crate::exit::outln!("  state:      {}", describe_state(states.get(&device), job.hold_for));
+        crate::exit::outln!(
+            "  state:      {}",
+            describe_state(states.get(&device), job.hold_for, now)
+        );
         match rules.outgoing(job, key, &verdict.labels) {
             Ok(out) => {
                 crate::exit::outln!("  would send: {:?} to {}", out.text, out.to);
@@ -132,17 +136,23 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
     }
 }
 
-fn describe_state(state: Option<&JobState>, hold_for: std::time::Duration) -> String {
+fn describe_state(
+    state: Option<&JobState>,
+    hold_for: std::time::Duration,
+    now: jiff::Timestamp,
+) -> String {
     let time = |ts: &jiff::Timestamp| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let Some(state) = state else { return "inactive (no saved state)".into() };
     let last =
         state.last_action_at.map(|t| format!("; last action {}", time(&t))).unwrap_or_default();
     match &state.phase {
         Phase::Inactive => format!("inactive{last}"),
-        Phase::Pending { since, held, .. } => format!(
+        Phase::Pending { since, .. } => format!(
             "pending since {} (held {} of {}){last}",
             time(since),
-            humantime::format_duration(std::time::Duration::from_secs(held.as_secs())),
+            humantime::format_duration(std::time::Duration::from_secs(
+                state.phase.held_at(now).unwrap_or_default().as_secs()
+            )),
             humantime::format_duration(hold_for)
         ),
         Phase::Firing { since, episode, actions_taken } => {

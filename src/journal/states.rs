@@ -61,8 +61,8 @@ impl Journal {
         let path = &self.path;
         let tx = begin(&mut self.connection, self.in_batch, path, "saving job states")?;
         {
-            // Thousands of states change in a busy cycle (every pending
-            // state's time held grows): look the statement up once for all.
+            // Thousands of states may change in one cycle (a fleet going
+            // bad at once): look the statement up once for all.
             let mut upsert = prepare_upsert(&tx, path)?;
             for (job, device_key, state) in states {
                 let state = EncodedState::new(state);

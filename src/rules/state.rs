@@ -101,12 +101,11 @@
 //! - In **pending**, Unknown *pauses* the `for` timer. Only time between two
 //!   consecutive evaluations that both found the condition true counts
 //!   towards `for`; an interval that begins or ends with Unknown does not
-//!   count, and neither does the time the daemon was not running (the
-//!   pairing with the previous evaluation is not persisted, see
-//!   [`Phase::Pending`]). Time already held is kept across the gap, so a
-//!   Prometheus blip does not restart a 10-minute timer, but a device is
-//!   never acted upon on the strength of minutes nobody observed. Moving to
-//!   firing always happens on an evaluation that found the condition true.
+//!   count, and neither does the time the daemon was not running. Time
+//!   already held is kept across the gap, so a Prometheus blip does not
+//!   restart a 10-minute timer, but a device is never acted upon on the
+//!   strength of minutes nobody observed. Moving to firing always happens
+//!   on an evaluation that found the condition true.
 //! - In **firing**, Unknown holds the episode: no action (first or repeat)
 //!   becomes due, and the episode does not resolve. When data comes back,
 //!   `True` makes any waiting action due, `False` resolves.
@@ -115,6 +114,24 @@
 //! Because Unknown never resolves an episode, a device whose series vanishes
 //! for good stays firing, but is not acted upon again; the engine reports
 //! unknowns separately.
+//!
+//! # What is journalled, and restarts
+//!
+//! A state is journalled when something happens to it (a phase change, a
+//! pending run starting or ending, an action, a step of a verification),
+//! never because time passed: a pending state keeps the time held before
+//! its current run of true evaluations and when that run began, not the
+//! growing total ([`Phase::Pending`]). So a cycle that changes nothing
+//! writes nothing.
+//!
+//! The price is paid at a crash: the journal knows when the current run
+//! began but not when it was last seen true, so the run is lost, and the
+//! first true evaluation after the restart starts a new one. The time held
+//! before the run (up to the latest Unknown) is kept. A crash can thus
+//! delay an action by up to the run's length, and never hastens one: the
+//! daemon's downtime is never counted as held. A daemon that stops
+//! cleanly journals each run's time first ([`JobState::at_stop`]), so a
+//! restart loses nothing but its downtime.
 //!
 //! If the wall clock steps backwards, elapsed times count as zero rather than
 //! negative, so a clock step can delay an action but never hasten one.
@@ -280,19 +297,45 @@ pub enum Phase {
     #[default]
     Inactive,
     /// The condition is true and must keep holding for `for`.
+    ///
+    /// The time held is kept as what changes only when something happens,
+    /// never because the clock moved, so that a pending state is journalled
+    /// when it starts, pauses or resumes and not at every evaluation: the
+    /// time held *before* the current run of consecutive true evaluations
+    /// (`held`), and when that run began (`counting_from`). The time held
+    /// at the run's latest evaluation is their sum with the run's length
+    /// ([`Phase::held_at`]).
     Pending {
         /// When the condition was first seen true.
         #[serde(with = "crate::clock::unix_millis")]
         since: Timestamp,
-        /// Time observed true so far: the sum of the intervals between
-        /// consecutive evaluations that both found the condition true.
+        /// Time observed true before the current run: the sum of the
+        /// intervals between consecutive evaluations that both found the
+        /// condition true, up to the latest Unknown. (A state journalled
+        /// before runs were saved has its time held here; it counts as
+        /// time before the run, which it is.)
         #[serde(with = "millis")]
         held: Duration,
-        /// When the previous evaluation found the condition true, if the
-        /// previous evaluation did; `None` after an Unknown. Not persisted:
-        /// after a restart the downtime is not counted as observed.
-        #[serde(skip)]
+        /// When the current run of true evaluations began (the evaluation
+        /// that first found the condition true after pending started or
+        /// after an Unknown); `None` while no run is under way (after an
+        /// Unknown). Journalled, so that `jobctl status` and `explain` can
+        /// tell the time held now; a run read back from the journal after a
+        /// restart is not counted, see `last_true`.
+        #[serde(
+            default,
+            with = "crate::clock::unix_millis_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         counting_from: Option<Timestamp>,
+        /// When the latest evaluation of the current run found the
+        /// condition true, as this process saw it. Not journalled: a run
+        /// without it was read back after a restart, nobody watched it
+        /// between the last evaluation before the restart and the first
+        /// after it, and it is not counted (the next true evaluation starts
+        /// a run afresh), so the daemon's downtime never counts as held.
+        #[serde(skip)]
+        last_true: Option<Timestamp>,
     },
     /// The condition held for `for`: an episode is under way.
     Firing {
@@ -346,6 +389,33 @@ impl fmt::Display for PhaseName {
 }
 
 impl Phase {
+    /// Pending: how long the condition has held by `now`, counting the
+    /// current run up to `now` (as the daemon will when its next evaluation
+    /// finds the condition still true); `None` in other phases. What
+    /// `jobctl status` shows from the journal.
+    pub fn held_at(&self, now: Timestamp) -> Option<Duration> {
+        match self {
+            Phase::Pending { held, counting_from, .. } => {
+                Some(*held + counting_from.map_or(Duration::ZERO, |from| elapsed(from, now)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Pending: how long the condition has held as this process observed
+    /// it, up to the latest true evaluation it saw; `None` in other phases.
+    /// A run read back from the journal (not watched to its end) adds
+    /// nothing.
+    fn held_observed(&self) -> Option<Duration> {
+        match self {
+            Phase::Pending { held, counting_from, last_true, .. } => {
+                let run = counting_from.zip(*last_true).map(|(from, last)| elapsed(from, last));
+                Some(*held + run.unwrap_or_default())
+            }
+            _ => None,
+        }
+    }
+
     /// This phase's name.
     pub fn name(&self) -> PhaseName {
         match self {
@@ -470,7 +540,12 @@ impl JobState {
         match (self.phase.clone(), evaluation.verdict) {
             (Phase::Inactive | Phase::Resolved { .. }, Verdict::True) => {
                 step.enter(
-                    Phase::Pending { since: now, held: Duration::ZERO, counting_from: Some(now) },
+                    Phase::Pending {
+                        since: now,
+                        held: Duration::ZERO,
+                        counting_from: Some(now),
+                        last_true: Some(now),
+                    },
                     now,
                     Duration::ZERO,
                     None,
@@ -478,16 +553,31 @@ impl JobState {
                 step.fire_if_held_long_enough(timing, evaluation);
             }
             (Phase::Inactive | Phase::Resolved { .. }, Verdict::False | Verdict::Unknown) => {}
-            (Phase::Pending { since, held, counting_from }, Verdict::True) => {
-                let held = held + counting_from.map_or(Duration::ZERO, |from| elapsed(from, now));
-                step.state.phase = Phase::Pending { since, held, counting_from: Some(now) };
+            (Phase::Pending { since, held, counting_from, last_true }, Verdict::True) => {
+                let (held, counting_from) = match (counting_from, last_true) {
+                    // The run this process watched goes on.
+                    (Some(from), Some(last)) if last <= now => (held, from),
+                    // The clock stepped back: what the run held is kept, and
+                    // a run starts afresh (the step counts as no time).
+                    (Some(from), Some(last)) => (held + elapsed(from, last), now),
+                    // No run (after an Unknown), or one read back after a
+                    // restart that nobody watched to its end.
+                    _ => (held, now),
+                };
+                let counting_from = Some(counting_from);
+                step.state.phase =
+                    Phase::Pending { since, held, counting_from, last_true: Some(now) };
                 step.fire_if_held_long_enough(timing, evaluation);
             }
             (Phase::Pending { since, .. }, Verdict::False) => {
                 step.enter(Phase::Inactive, now, elapsed(since, now), None);
             }
-            (Phase::Pending { since, held, .. }, Verdict::Unknown) => {
-                step.state.phase = Phase::Pending { since, held, counting_from: None };
+            (Phase::Pending { since, .. }, Verdict::Unknown) => {
+                // The run ends at its last true evaluation: what it held is
+                // kept, the time up to this evaluation is not counted.
+                let held = self.phase.held_observed().unwrap_or_default();
+                step.state.phase =
+                    Phase::Pending { since, held, counting_from: None, last_true: None };
             }
             (Phase::Firing { .. }, Verdict::True) => step.act_if_allowed(timing, evaluation),
             (Phase::Firing { since, episode, .. }, Verdict::False) => {
@@ -505,13 +595,59 @@ impl JobState {
 }
 
 impl JobState {
+    /// Whether `self` and `other` are journalled alike: equal but for what
+    /// only the running process keeps (the latest true evaluation of a
+    /// pending run). The engine saves a state only when this is false, so
+    /// a state is written when something happens, not as time passes.
+    pub(crate) fn saves_as(&self, other: &JobState) -> bool {
+        fn saved(state: &JobState) -> JobState {
+            let mut state = state.clone();
+            if let Phase::Pending { last_true, .. } = &mut state.phase {
+                *last_true = None;
+            }
+            state
+        }
+        saved(self) == saved(other)
+    }
+
+    /// The state to journal when the daemon stops: a pending run this
+    /// process watched is folded into the time held, up to its latest true
+    /// evaluation, so that the next start carries it on (as after an
+    /// Unknown, the next true evaluation starts a new run; the time the
+    /// daemon is stopped is not counted). `None` when there is no such run.
+    pub(crate) fn at_stop(&self) -> Option<JobState> {
+        let Phase::Pending { since, counting_from: Some(_), last_true: Some(_), .. } = self.phase
+        else {
+            return None;
+        };
+        let held = self.phase.held_observed()?;
+        let phase = Phase::Pending { since, held, counting_from: None, last_true: None };
+        Some(JobState { phase, ..self.clone() })
+    }
+
+    /// A state read from the journal as the running daemon holds it: a
+    /// pending run is taken as watched, so that an evaluation finding the
+    /// condition true now counts the run up to now, as the daemon's next
+    /// cycle will. For `jobctl explain`, which predicts that cycle; the
+    /// daemon itself never does this (after a restart, the run was not
+    /// watched).
+    pub(crate) fn as_the_daemon_holds_it(&self) -> JobState {
+        let mut state = self.clone();
+        if let Phase::Pending { counting_from: Some(from), last_true, .. } = &mut state.phase {
+            last_true.get_or_insert(*from);
+        }
+        state
+    }
+
     /// When this pending (job, device) will have held `for`, if the
     /// condition keeps holding from now on: the moment an evaluation would
     /// fire it. `None` unless pending and counting (after an unknown, the
     /// timer waits for the next true evaluation).
     pub(crate) fn for_elapses_at(&self, timing: &Timing) -> Option<Timestamp> {
         match self.phase {
-            Phase::Pending { held, counting_from: Some(from), .. } => {
+            // A run read back from the journal (no latest true evaluation
+            // seen by this process) is not counted: nothing is due.
+            Phase::Pending { held, counting_from: Some(from), last_true: Some(_), .. } => {
                 Some(after(from, timing.for_.saturating_sub(held)))
             }
             _ => None,
@@ -529,7 +665,8 @@ impl JobState {
         onset: Timestamp,
         counting_from: Timestamp,
     ) -> Option<JobState> {
-        let Phase::Pending { since, held, counting_from: Some(from) } = self.phase else {
+        let Phase::Pending { since, held, counting_from: Some(from), last_true } = self.phase
+        else {
             return None;
         };
         if held != Duration::ZERO || from != since || onset >= since {
@@ -537,12 +674,11 @@ impl JobState {
         }
         let mut state = self.clone();
         let counting_from = Some(counting_from.clamp(onset, since));
-        state.phase = Phase::Pending { since: onset, held: Duration::ZERO, counting_from };
+        state.phase =
+            Phase::Pending { since: onset, held: Duration::ZERO, counting_from, last_true };
         Some(state)
     }
-}
 
-impl JobState {
     /// This state, the result of a step that made an action due, with that
     /// action not taken: what the (job, device) keeps when something outside
     /// it holds the action back (its socket got a command from the job
@@ -617,8 +753,8 @@ impl Step {
 
     /// Pending, just observed true: fire once `for` has been held.
     fn fire_if_held_long_enough(&mut self, timing: &Timing, evaluation: &Evaluation) {
-        let Phase::Pending { since, held, .. } = self.state.phase else { return };
-        if held < timing.for_ {
+        let Phase::Pending { since, .. } = self.state.phase else { return };
+        if self.state.phase.held_observed().is_none_or(|held| held < timing.for_) {
             return;
         }
         let now = evaluation.now;
@@ -1211,32 +1347,152 @@ mod tests {
         assert_eq!(device.action_minutes(), vec![5]);
     }
 
+    fn json(state: &JobState) -> String {
+        serde_json::to_string(state).unwrap()
+    }
+
+    /// `state` as the journal gives it back after a restart.
+    fn reloaded(state: &JobState) -> JobState {
+        serde_json::from_str(&json(state)).unwrap()
+    }
+
     #[test]
-    fn state_survives_serialisation_but_downtime_is_not_observed_time() {
+    fn state_survives_serialisation_but_a_restart_loses_the_run_and_the_downtime() {
         let mut device = Device::new(timing(10, 60));
-        device.run(0..=6, Verdict::True);
-        let json = serde_json::to_string(&device.state).unwrap();
-        let restored: JobState = serde_json::from_str(&json).unwrap();
+        device.run(0..=4, Verdict::True); // 4 minutes held
+        device.eval(5, Verdict::Unknown); // kept as held before the next run
+        device.run(6..=8, Verdict::True); // a run of 2 more minutes
+        assert_eq!(device.state.phase.held_at(at_minute(8)), Some(minutes(6)));
+        let restored = reloaded(&device.state);
         assert_eq!(
             restored.phase,
-            Phase::Pending { since: at_minute(0), held: minutes(6), counting_from: None }
+            Phase::Pending {
+                since: at_minute(0),
+                held: minutes(4),
+                counting_from: Some(at_minute(6)),
+                last_true: None,
+            }
         );
+        assert_eq!(restored.phase.held_at(at_minute(8)), Some(minutes(6)), "what status shows");
 
-        // The daemon was down from 6 to 20: counting resumes at 20.
+        // The daemon was down from 8 to 20: the run from 6 is lost, the 4
+        // minutes before it are kept, and counting resumes at 20.
         device.state = restored;
-        device.run(20..=23, Verdict::True);
+        device.run(20..=25, Verdict::True);
+        assert!(device.actions.is_empty());
+        device.eval(26, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![26]);
+
+        let restored = reloaded(&device.state);
+        assert_eq!(restored, device.state);
+        assert_eq!(restored.last_action_at, Some(at_minute(26)));
+        assert_eq!(
+            restored.phase,
+            Phase::Firing { since: at_minute(26), episode: 1, actions_taken: 1 }
+        );
+    }
+
+    #[test]
+    fn a_pending_state_is_journalled_alike_while_true_and_differently_once_unknown() {
+        let mut device = Device::new(timing(10, 60));
+        device.eval(0, Verdict::True);
+        let started = json(&device.state);
+        assert_eq!(
+            started,
+            format!(
+                r#"{{"phase":{{"phase":"pending","since":{ms},"held":0,"counting_from":{ms}}},"episodes_started":0,"last_action_at":null}}"#,
+                ms = at_minute(0).as_millisecond()
+            )
+        );
+        for minute in 1..=5 {
+            let before = device.state.clone();
+            device.eval(minute, Verdict::True);
+            assert!(device.state.saves_as(&before), "minute {minute}: only the clock moved");
+            assert_ne!(device.state, before, "the run's latest evaluation is kept in memory");
+            assert_eq!(json(&device.state), started);
+        }
+        assert_eq!(device.state.phase.held_at(at_minute(5)), Some(minutes(5)));
+
+        let before = device.state.clone();
+        device.eval(6, Verdict::Unknown);
+        assert!(!device.state.saves_as(&before), "the run ended: journalled");
+        assert_eq!(
+            device.state.phase,
+            Phase::Pending {
+                since: at_minute(0),
+                held: minutes(5),
+                counting_from: None,
+                last_true: None
+            },
+            "the run's 5 minutes are kept; the minute ending in unknown is not counted"
+        );
+        let gap = device.state.clone();
+        device.eval(7, Verdict::Unknown);
+        assert!(device.state.saves_as(&gap), "nothing happens while unknown lasts");
+        device.eval(8, Verdict::True);
+        assert!(!device.state.saves_as(&gap), "a run starts: journalled");
+        assert_eq!(device.state.phase.held_at(at_minute(8)), Some(minutes(5)));
+    }
+
+    #[test]
+    fn a_clean_stop_journals_the_run_so_the_restart_loses_only_the_downtime() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=6, Verdict::True);
+        let stopped = device.state.at_stop().expect("a run under way");
+        assert_eq!(
+            stopped.phase,
+            Phase::Pending {
+                since: at_minute(0),
+                held: minutes(6),
+                counting_from: None,
+                last_true: None
+            }
+        );
+        assert_eq!(stopped.at_stop(), None, "nothing more to fold");
+        device.state = reloaded(&stopped);
+        device.run(20..=23, Verdict::True); // 6 + 3 minutes
         assert!(device.actions.is_empty());
         device.eval(24, Verdict::True);
         assert_eq!(device.action_minutes(), vec![24]);
+        assert_eq!(device.state.at_stop(), None, "only pending runs are folded");
+    }
 
-        let json = serde_json::to_string(&device.state).unwrap();
-        let restored: JobState = serde_json::from_str(&json).unwrap();
-        assert_eq!(restored, device.state);
-        assert_eq!(restored.last_action_at, Some(at_minute(24)));
-        assert_eq!(
-            restored.phase,
-            Phase::Firing { since: at_minute(24), episode: 1, actions_taken: 1 }
+    #[test]
+    fn a_pending_state_journalled_before_runs_were_saved_keeps_its_time_held() {
+        // What jobctl wrote before: the time held so far, no run.
+        let json = format!(
+            r#"{{"phase":{{"phase":"pending","since":{},"held":360000}},"episodes_started":0,"last_action_at":null}}"#,
+            at_minute(0).as_millisecond()
         );
+        let mut device = Device::new(timing(10, 60));
+        device.state = serde_json::from_str(&json).unwrap();
+        assert_eq!(device.state.phase.held_at(at_minute(30)), Some(minutes(6)));
+        device.run(30..=33, Verdict::True);
+        assert!(device.actions.is_empty());
+        device.eval(34, Verdict::True);
+        assert_eq!(device.action_minutes(), vec![34], "6 minutes before and 4 after the restart");
+    }
+
+    #[test]
+    fn explain_counts_a_journalled_run_as_the_running_daemon_does() {
+        let mut device = Device::new(timing(10, 60));
+        device.run(0..=8, Verdict::True);
+        let as_held = reloaded(&device.state).as_the_daemon_holds_it();
+        let at_ten = Evaluation {
+            now: at_minute(10),
+            verdict: Verdict::True,
+            value: None,
+            in_window: true,
+            limit_reached: false,
+            silence: None,
+            mass_outage: None,
+        };
+        let daemon = device.state.advance(&device.timing, &at_ten);
+        let explained = as_held.advance(&device.timing, &at_ten);
+        assert_eq!(explained.action, daemon.action);
+        assert!(explained.action.is_some(), "10 minutes held at minute 10");
+        let after_restart = reloaded(&device.state).advance(&device.timing, &at_ten);
+        assert_eq!(after_restart.action, None, "a restarted daemon does not count the run");
     }
 
     #[test]
