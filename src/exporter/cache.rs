@@ -225,7 +225,7 @@ pub struct CachedPlatform {
 /// What [`Cache::store_poll`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredPoll {
-    /// Devices written (distinct ids in the poll).
+    /// Devices the poll listed (distinct ids), written or not.
     pub(crate) stored: usize,
     /// Devices deleted because they were absent for longer than `forget_after`.
     pub(crate) forgotten: usize,
