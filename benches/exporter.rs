@@ -6,15 +6,26 @@
 //! size runs in two fresh processes (the bench re-runs itself), so that each
 //! peak RSS belongs to one job alone:
 //!
-//! - `--ingest N DIR` is a poll: the API's answer (every device with its raw
-//!   JSON) in memory, stored in an on-disk cache in `DIR`, twice (the first
-//!   poll inserts, the next one updates).
+//! - `--ingest N DIR` is polls: the API's answer (every device with its raw
+//!   JSON) in memory, stored in an on-disk cache in `DIR`: the first poll
+//!   inserts every device, the next one changes every device, then ten
+//!   polls change 1% of the devices each (a random hundredth: their
+//!   connection state, last-online time and JSON), and a last one changes
+//!   nothing. For each it measures the time and what the process wrote
+//!   (`wchar` of `/proc/self/io`: every byte SQLite handed the kernel, the
+//!   write-ahead log and the checkpoints that copy it into the database).
 //! - `--serve N DIR` is an exporter restarted on that cache: open it (which
 //!   checks it), load it, render
 //!   the exposition (the previous one kept alive meanwhile, as a running
 //!   exporter keeps serving it), compress it once for gzip scrapes, and serve
 //!   `/metrics` through the real HTTP server over loopback, plain and gzip,
-//!   many times on one keep-alive connection.
+//!   many times on one keep-alive connection. Then it compares throughput
+//!   with nginx (`/usr/sbin/nginx`, or `$NGINX`) serving the same bytes as
+//!   static files from a temporary prefix, `metrics` and, for
+//!   `Accept-Encoding: gzip`, `metrics.gz` through `gzip_static`: four
+//!   keep-alive connections scrape each server as fast as they can for two
+//!   seconds, plain and gzip, and the bench prints scrapes per second and
+//!   the exporter's ratio to nginx.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -78,9 +89,10 @@ fn main() -> ExitCode {
     }
 
     println!(
-        "{:>7} | {:>16} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
+        "{:>7} | {:>22} | {:>20} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
         "devices",
-        "store 1st/next",
+        "store 1st/all/1%",
+        "written all/1%/0%",
         "cache",
         "poll RSS",
         "open/load",
@@ -92,9 +104,10 @@ fn main() -> ExitCode {
         "serve RSS"
     );
     println!(
-        "{:>7} | {:>16} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
+        "{:>7} | {:>22} | {:>20} | {:>8} | {:>8} | {:>13} | {:>6} | {:>6} | {:>11} | {:>15} | {:>15} | {:>8}",
         "",
-        "ms",
+        "ms (1%: median)",
+        "MB (1%: mean)",
         "MB",
         "peak MB",
         "ms",
@@ -107,9 +120,13 @@ fn main() -> ExitCode {
     );
     for (size, f) in &rows {
         println!(
-            "{size:>7} | {:>7.1} /{:>7.1} | {:>8.1} | {:>8.1} | {:>5.1} /{:>6.1} | {:>6.1} | {:>6.2} | {:>5.1} ({:>4.2}) | {:>6.3} /{:>7.3} | {:>6.3} /{:>7.3} | {:>8.1}",
+            "{size:>7} | {:>6.1} /{:>6.1} /{:>6.1} | {:>6.2} /{:>5.2} /{:>5.3} | {:>8.1} | {:>8.1} | {:>5.1} /{:>6.1} | {:>6.1} | {:>6.2} | {:>5.1} ({:>4.2}) | {:>6.3} /{:>7.3} | {:>6.3} /{:>7.3} | {:>8.1}",
             f["store_first_ms"],
-            f["store_next_ms"],
+            f["store_all_ms"],
+            f["store_1pct_ms"],
+            f["written_all_mb"],
+            f["written_1pct_mb"],
+            f["written_none_mb"],
             f["cache_mb"],
             f["ingest_peak_rss_mb"],
             f["open_ms"],
@@ -126,33 +143,123 @@ fn main() -> ExitCode {
         );
     }
 
+    println!();
+    println!(
+        "scrapes per second, {SCRAPERS} connections for {} s each: exporter / nginx (ratio)",
+        THROUGHPUT_FOR.as_secs()
+    );
+    println!("{:>7} | {:>26} | {:>26}", "devices", "plain", "Accept-Encoding: gzip");
+    for (size, f) in &rows {
+        println!(
+            "{size:>7} | {:>8.0} / {:>8.0} ({:>4.2}×) | {:>8.0} / {:>8.0} ({:>4.2}×)",
+            f["exporter_plain_per_s"],
+            f["nginx_plain_per_s"],
+            f["exporter_plain_per_s"] / f["nginx_plain_per_s"],
+            f["exporter_gzip_per_s"],
+            f["nginx_gzip_per_s"],
+            f["exporter_gzip_per_s"] / f["nginx_gzip_per_s"],
+        );
+    }
+    println!();
+
     let of = |size: usize| &rows.iter().find(|(s, _)| *s == size).unwrap().1;
+    let gzip_ratio = |size: usize| of(size)["exporter_gzip_per_s"] / of(size)["nginx_gzip_per_s"];
+    println!(
+        "100,000 devices, a poll with 1% changed: {:.2} MB written (mean of {CHANGED_POLLS} polls, \
+         checkpoints included; max {:.2} MB), stored in {:.1} ms (median)",
+        of(100_000)["written_1pct_mb"],
+        of(100_000)["written_1pct_max_mb"],
+        of(100_000)["store_1pct_ms"],
+    );
     let targets = [
+        (
+            "100,000 devices: a poll with 1% changed writes under 2 MB",
+            of(100_000)["written_1pct_mb"] < 2.0,
+        ),
         ("273 devices: a scrape served in under 1 ms (median)", of(273)["plain_median_ms"] < 1.0),
+        (
+            "273 devices: gzip scrapes at least as fast as nginx's gzip_static",
+            gzip_ratio(273) >= 1.0,
+        ),
+        (
+            "10,000 devices: gzip scrapes at least as fast as nginx's gzip_static",
+            gzip_ratio(10_000) >= 1.0,
+        ),
         ("100,000 devices: rendered in under 200 ms", of(100_000)["render_ms"] < 200.0),
         ("100,000 devices: served with under 150 MB RSS", of(100_000)["serve_peak_rss_mb"] < 150.0),
     ];
     report(&targets)
 }
 
-/// Two polls of `size` devices stored in a cache in `dir`.
+/// Polls with 1% of the devices changed, measured one by one.
+const CHANGED_POLLS: usize = 10;
+
+/// Polls of `size` devices stored in a cache in `dir`.
 fn ingest(size: usize, dir: &Path) -> Figures {
     let path = dir.join("cache.sqlite");
     let mut cache = Cache::open(&path).unwrap();
-    let now = 1_750_000_000.0;
+    let mut now = 1_750_000_000.0;
     let mut figures = Figures::new();
-    for (round, figure) in ["store_first_ms", "store_next_ms"].into_iter().enumerate() {
-        let polled = fleet(size, round as u64);
+    let mut store = |cache: &mut Cache, polled: &[Listed]| {
+        now += 60.0;
+        let written = bytes_written();
         let started = Instant::now();
-        cache.store_poll("12", &polled, now + 60.0 * round as f64, true, FORGET_AFTER).unwrap();
-        figures.insert(figure.into(), ms(started.elapsed()));
+        cache.store_poll("12", polled, now, true, FORGET_AFTER).unwrap();
+        (ms(started.elapsed()), (bytes_written() - written) as f64 / 1e6)
+    };
+    let (first_ms, _) = store(&mut cache, &fleet(size, 0));
+    figures.insert("store_first_ms".into(), first_ms);
+    let mut polled = fleet(size, 1);
+    let (all_ms, all_mb) = store(&mut cache, &polled);
+    figures.insert("store_all_ms".into(), all_ms);
+    figures.insert("written_all_mb".into(), all_mb);
+    let (mut times, mut written) = (Vec::new(), Vec::new());
+    for round in 0..CHANGED_POLLS {
+        change_one_percent(&mut polled, round as u64);
+        let (ms, mb) = store(&mut cache, &polled);
+        times.push(ms);
+        written.push(mb);
     }
+    figures.insert("store_1pct_ms".into(), percentile(&mut times, 0.5));
+    figures.insert("written_1pct_mb".into(), written.iter().sum::<f64>() / written.len() as f64);
+    figures.insert("written_1pct_max_mb".into(), percentile(&mut written, 1.0));
+    let (_, none_mb) = store(&mut cache, &polled);
+    figures.insert("written_none_mb".into(), none_mb);
     drop(cache);
     let cache_bytes: u64 =
         std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().metadata().unwrap().len()).sum();
     figures.insert("cache_mb".into(), cache_bytes as f64 / 1e6);
     figures.insert("ingest_peak_rss_mb".into(), peak_rss_mb());
     figures
+}
+
+/// Bytes this process has handed to `write` and its kind so far
+/// (`wchar` of `/proc/self/io`).
+fn bytes_written() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("/proc/self/io has wchar")
+}
+
+/// A random hundredth of `polled` (at least one device) goes offline or
+/// comes back, with a new last-online time, in its fields and its JSON.
+fn change_one_percent(polled: &mut [Listed], round: u64) {
+    let mut rng = fastrand::Rng::with_seed(1_000 + round);
+    for at in rng.choose_multiple(0..polled.len(), (polled.len() / 100).max(1)) {
+        let Listed { device, raw } = &mut polled[at];
+        let (was, now) = match device.connection_state.as_deref() {
+            Some("online") => ("online", "offline"),
+            _ => ("offline", "online"),
+        };
+        device.connection_state = Some(now.into());
+        device.last_online = device.last_online.map(|at| at + 60.0);
+        *raw = raw.replace(
+            &format!("\"connection_state\":\"{was}\""),
+            &format!("\"connection_state\":\"{now}\""),
+        );
+    }
 }
 
 /// A restarted exporter: load the cache in `dir`, render, serve.
@@ -193,12 +300,14 @@ fn serve_from_cache(size: usize, dir: &Path) -> Figures {
     let scrapes = (5_000_000 / size).clamp(30, 2000);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (mut plain, mut gzip) = runtime.block_on(scrape(exposition, scrapes));
+    let (mut plain, mut gzip) = runtime.block_on(scrape(exposition.clone(), scrapes));
     figures.insert("plain_median_ms".into(), percentile(&mut plain, 0.5));
     figures.insert("plain_p90_ms".into(), percentile(&mut plain, 0.9));
     figures.insert("gzip_median_ms".into(), percentile(&mut gzip, 0.5));
     figures.insert("gzip_p90_ms".into(), percentile(&mut gzip, 0.9));
     figures.insert("serve_peak_rss_mb".into(), peak_rss_mb());
+    drop(runtime);
+    throughput(&exposition, &mut figures);
     figures
 }
 
@@ -284,7 +393,8 @@ async fn scrape(exposition: Arc<Exposition>, count: usize) -> (Vec<f64>, Vec<f64
         for round in 0..count + 5 {
             let started = Instant::now();
             conn.write_all(request.as_bytes()).await.unwrap();
-            read_response(&mut conn, &mut buffer).await;
+            let gzip = read_response(&mut conn, &mut buffer).await;
+            assert_eq!(gzip, kind == 1, "Content-Encoding: gzip is {gzip}");
             if round >= 5 {
                 times[kind].push(ms(started.elapsed()));
             }
@@ -298,10 +408,11 @@ async fn scrape(exposition: Arc<Exposition>, count: usize) -> (Vec<f64>, Vec<f64
 }
 
 /// Reads one response with a `Content-Length` body, discarding the body so
-/// that the client does not inflate the RSS being measured.
-async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) {
+/// that the client does not inflate the RSS being measured; whether it said
+/// `Content-Encoding: gzip`.
+async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) -> bool {
     let mut filled = 0;
-    let (header_end, length) = loop {
+    let (header_end, length, gzip) = loop {
         let n = conn.read(&mut buffer[filled..]).await.unwrap();
         assert!(n > 0, "the server closed the connection");
         filled += n;
@@ -316,7 +427,12 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) {
                         .then(|| value.trim().parse().ok())?
                 })
                 .expect("a Content-Length header");
-            break (at + 4, length);
+            let gzip = head.lines().any(|line| {
+                line.split_once(':').is_some_and(|(name, value)| {
+                    name.eq_ignore_ascii_case("content-encoding") && value.trim() == "gzip"
+                })
+            });
+            break (at + 4, length, gzip);
         }
     };
     let mut remaining: usize = length - (filled - header_end);
@@ -325,5 +441,149 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) {
         let n = conn.read(&mut buffer[..chunk]).await.unwrap();
         assert!(n > 0, "the server closed the connection mid-body");
         remaining -= n;
+    }
+    gzip
+}
+
+/// Connections that scrape at once in the throughput comparison.
+const SCRAPERS: usize = 4;
+/// How long each throughput case runs.
+const THROUGHPUT_FOR: Duration = Duration::from_secs(2);
+
+/// Scrapes per second from the exporter's server and from nginx serving the
+/// same bytes as static files (`gzip_static` for the compressed one), each
+/// with [`SCRAPERS`] keep-alive connections for [`THROUGHPUT_FOR`], plain
+/// and with `Accept-Encoding: gzip`. The scrapers run on a thread and
+/// runtime of their own, the same for both servers.
+fn throughput(exposition: &Arc<Exposition>, figures: &mut Figures) {
+    let server =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = server.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let exporter = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.spawn(serve(listener, Arc::new(Fixed(exposition.clone())), async {
+        stopped.await.unwrap_or(());
+    }));
+    let nginx = Nginx::start(exposition);
+    let scrapers = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (name, addr) in [("exporter", exporter), ("nginx", nginx.addr)] {
+        for (kind, gzip) in [("plain", false), ("gzip", true)] {
+            let rate = scrapers.block_on(scrapes_per_second(addr, gzip));
+            figures.insert(format!("{name}_{kind}_per_s"), rate);
+        }
+    }
+    drop(nginx);
+    stop.send(()).unwrap();
+    server.block_on(serving).unwrap().unwrap();
+}
+
+/// Completed scrapes per second of `/metrics` at `addr`.
+async fn scrapes_per_second(addr: std::net::SocketAddr, gzip: bool) -> f64 {
+    let request: &'static str = if gzip {
+        "GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: gzip\r\n\r\n"
+    } else {
+        "GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n"
+    };
+    let started = Instant::now();
+    let deadline = started + THROUGHPUT_FOR;
+    let mut scrapers = tokio::task::JoinSet::new();
+    for _ in 0..SCRAPERS {
+        scrapers.spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut buffer = vec![0u8; 256 * 1024];
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                conn.write_all(request.as_bytes()).await.unwrap();
+                let encoded = read_response(&mut conn, &mut buffer).await;
+                assert_eq!(encoded, gzip, "{addr}: Content-Encoding: gzip is {encoded}");
+                done += 1;
+            }
+            done
+        });
+    }
+    let mut done = 0;
+    while let Some(count) = scrapers.join_next().await {
+        done += count.unwrap();
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// nginx (`/usr/sbin/nginx`, or `$NGINX`) serving the exposition as
+/// `metrics` and `metrics.gz` from a temporary prefix on loopback, in the
+/// foreground, as a child of the bench; stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(exposition: &Exposition) -> Nginx {
+        let prefix = tempfile::tempdir().unwrap();
+        let root = prefix.path().join("html");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(prefix.path().join("logs")).unwrap();
+        std::fs::write(root.join("metrics"), exposition.plain()).unwrap();
+        std::fs::write(root.join("metrics.gz"), exposition.gzip()).unwrap();
+        // A port the kernel picked, freed for nginx to bind.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = format!(
+            "worker_processes 2;
+             pid {prefix}/nginx.pid;
+             error_log {prefix}/logs/error.log;
+             events {{ worker_connections 64; }}
+             http {{
+                 access_log off;
+                 sendfile on;
+                 tcp_nopush on;
+                 keepalive_requests 1000000;
+                 open_file_cache max=16;
+                 client_body_temp_path {prefix}/tmp;
+                 proxy_temp_path {prefix}/tmp;
+                 fastcgi_temp_path {prefix}/tmp;
+                 uwsgi_temp_path {prefix}/tmp;
+                 scgi_temp_path {prefix}/tmp;
+                 server {{
+                     listen 127.0.0.1:{port};
+                     root {root};
+                     gzip_static on;
+                     location = /metrics {{
+                         default_type \"text/plain; version=0.0.4; charset=utf-8\";
+                     }}
+                 }}
+             }}\n",
+            prefix = prefix.path().display(),
+            root = root.display(),
+        );
+        let config_path = prefix.path().join("nginx.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let program = std::env::var_os("NGINX").unwrap_or_else(|| "/usr/sbin/nginx".into());
+        let child = std::process::Command::new(&program)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.to_string_lossy()));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Nginx { child, addr, _prefix: prefix }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers, then itself (SIGKILL
+        // would leave the workers running).
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
     }
 }

@@ -217,8 +217,14 @@ where
                     }
                     continue;
                 };
-                let (activity, quiet) = watch::channel(Activity { busy: 0, since: Instant::now() });
-                let activity = Arc::new(activity);
+                // Each answer is written whole at once: Nagle's algorithm
+                // would only hold its last segment back until the client's
+                // acknowledgement (nginx serves keep-alive connections the
+                // same way). Failing to set it changes nothing else.
+                let _ = stream.set_nodelay(true);
+                let activity =
+                    Arc::new(std::sync::Mutex::new(Activity { busy: 0, since: Instant::now() }));
+                let quiet = activity.clone();
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let busy = Busy::start(activity.clone());
@@ -244,9 +250,14 @@ where
 
 /// Drives one connection until it ends, goes quiet for too long, or the
 /// server stops; `_slot` goes back to the server when it returns.
+///
+/// Requests only write down what they do in `activity`; this task is not
+/// woken by them (at thousands of scrapes a second, two wake-ups and a new
+/// timer per request were a measurable share of a scrape). It wakes when the
+/// connection could first have been quiet for `idle_timeout`, and looks.
 async fn run_connection<S>(
     conn: hyper::server::conn::http1::Connection<TokioIo<TcpStream>, S>,
-    mut activity: watch::Receiver<Activity>,
+    activity: Arc<std::sync::Mutex<Activity>>,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
@@ -255,14 +266,24 @@ async fn run_connection<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tokio::pin!(conn);
+    let look_again = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(look_again);
     let ended = loop {
-        let now = *activity.borrow_and_update();
-        // While a request is being answered the connection is not idle.
-        let quiet_until = (now.busy == 0).then(|| now.since + limits.idle_timeout);
         tokio::select! {
             ended = conn.as_mut() => break Some(ended),
-            () = sleep_until_or_never(quiet_until) => break None,
-            changed = activity.changed() => if changed.is_err() { break None },
+            () = look_again.as_mut() => {
+                let now = *activity.lock().expect("activity lock poisoned");
+                // While a request is being answered the connection is not idle.
+                let quiet_until = if now.busy == 0 {
+                    now.since + limits.idle_timeout
+                } else {
+                    Instant::now() + limits.idle_timeout
+                };
+                if quiet_until <= Instant::now() {
+                    break None;
+                }
+                look_again.as_mut().reset(quiet_until);
+            }
             _ = stopping.wait_for(|stop| *stop) => break None,
         }
     };
@@ -284,13 +305,6 @@ async fn run_connection<S>(
     }
 }
 
-async fn sleep_until_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What one connection is doing: how many requests it is answering, and
 /// since when it has been quiet (the last answer handed over, or its start).
 #[derive(Debug, Clone, Copy)]
@@ -301,21 +315,21 @@ struct Activity {
 
 /// A request being answered; dropping it (answer ready, or the connection
 /// gone) marks the connection quiet from now.
-struct Busy(Arc<watch::Sender<Activity>>);
+struct Busy(Arc<std::sync::Mutex<Activity>>);
 
 impl Busy {
-    fn start(activity: Arc<watch::Sender<Activity>>) -> Busy {
-        activity.send_modify(|now| now.busy += 1);
+    fn start(activity: Arc<std::sync::Mutex<Activity>>) -> Busy {
+        activity.lock().expect("activity lock poisoned").busy += 1;
         Busy(activity)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|now| {
-            now.busy = now.busy.saturating_sub(1);
-            now.since = Instant::now();
-        });
+        // Never panics in a drop: nothing panics while holding the lock.
+        let mut now = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        now.busy = now.busy.saturating_sub(1);
+        now.since = Instant::now();
     }
 }
 
@@ -373,7 +387,7 @@ fn respond(pages: &dyn Pages, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 
 fn metrics(pages: &dyn Pages, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let exposition = pages.exposition();
-    let gzip = accepts_gzip(req);
+    let gzip = prefers_gzip(req.headers());
     let body = if gzip { exposition.gzip().clone() } else { exposition.plain().clone() };
     let mut resp = Response::new(Full::new(body));
     let headers = resp.headers_mut();
@@ -385,17 +399,52 @@ fn metrics(pages: &dyn Pages, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     resp
 }
 
-fn accepts_gzip(req: &Request<Incoming>) -> bool {
-    req.headers().get_all(header::ACCEPT_ENCODING).iter().any(|value| {
-        value.to_str().unwrap_or("").split(',').any(|coding| {
+/// Whether the request's `Accept-Encoding` asks for gzip rather than the
+/// plain text (RFC 9110, section 12.5.3): gzip (`gzip`, `x-gzip`, or `*`
+/// when neither is named) must weigh more than `q=0`, and no less than the
+/// plain text when the header weighs that too (`identity`, or `*` when it
+/// is not named). A coding with a malformed weight is ignored; no header,
+/// or nothing usable in it, means plain.
+fn prefers_gzip(headers: &hyper::HeaderMap) -> bool {
+    let (mut gzip, mut identity, mut any) = (None, None, None);
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for coding in value.split(',') {
             let mut parts = coding.split(';');
             let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>() == Ok(0.0))
-            });
-            name.eq_ignore_ascii_case("gzip") && !refused
-        })
-    })
+            let mut weight = Some(1.0);
+            for parameter in parts {
+                let (key, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+                if key.trim().eq_ignore_ascii_case("q") {
+                    weight = qvalue(value.trim());
+                }
+            }
+            let Some(weight) = weight else { continue };
+            let slot = if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                &mut gzip
+            } else if name.eq_ignore_ascii_case("identity") {
+                &mut identity
+            } else if name == "*" {
+                &mut any
+            } else {
+                continue;
+            };
+            *slot = Some(slot.map_or(weight, |seen: f32| seen.max(weight)));
+        }
+    }
+    let gzip = gzip.or(any).unwrap_or(0.0);
+    let identity = identity.or(any).unwrap_or(0.0);
+    gzip > 0.0 && gzip >= identity
+}
+
+/// A weight as RFC 9110 writes it: `0` to `1` with at most three decimals.
+fn qvalue(text: &str) -> Option<f32> {
+    let (whole, decimals) = text.split_once('.').unwrap_or((text, ""));
+    let well_formed = matches!(whole, "0" | "1")
+        && decimals.len() <= 3
+        && decimals.bytes().all(|b| b.is_ascii_digit())
+        && (whole == "0" || decimals.bytes().all(|b| b == b'0'));
+    well_formed.then(|| text.parse().ok()).flatten()
 }
 
 fn landing(pages: &dyn Pages) -> Response<Full<Bytes>> {
@@ -474,6 +523,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn accept_encoding_is_read_with_its_weights() {
+        let cases: [(&[&str], bool); 22] = [
+            (&[], false),
+            (&["gzip"], true),
+            (&["GZip"], true),
+            (&["x-gzip"], true),
+            (&["gzip, deflate, br"], true),
+            (&["deflate", "gzip"], true),
+            (&["br, gzip;q=0.8"], true),
+            (&["gzip;q=0"], false),
+            (&["gzip; Q=0.000"], false),
+            (&["gzip;q=0.001"], true),
+            (&["gzip;q=0.5, identity"], false),
+            (&["gzip;q=1.0, identity;q=0.5"], true),
+            (&["identity"], false),
+            (&["deflate"], false),
+            (&["*"], true),
+            (&["*;q=0"], false),
+            (&["gzip;q=0, *"], false),
+            (&["identity;q=0, *;q=0.1"], true),
+            (&["gzip;q=abc"], false),
+            (&["gzip;q=1.5"], false),
+            (&["gzip;q=0.5, gzip;q=0"], true),
+            (&[""], false),
+        ];
+        for (values, expected) in cases {
+            let mut headers = hyper::HeaderMap::new();
+            for value in values {
+                headers.append(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            }
+            assert_eq!(prefers_gzip(&headers), expected, "Accept-Encoding: {values:?}");
+        }
+        assert_eq!(qvalue("0.25"), Some(0.25));
+        assert_eq!(qvalue("1.000"), Some(1.0));
+        for bad in ["", "1.001", "0.1234", "-0", "+1", "inf", "NaN", "1e0", ".5", "2"] {
+            assert_eq!(qvalue(bad), None, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn serves_metrics_plain_and_gzip_health_and_landing() {
         let (base, stop, task) = start(Health::Unhealthy("platform 12 failing".into())).await;
@@ -494,6 +583,17 @@ mod tests {
         let mut text = String::new();
         flate2::read::GzDecoder::new(&compressed[..]).read_to_string(&mut text).unwrap();
         assert_eq!(text, "up 1\n");
+
+        // Refused by weight: the plain text, and caches told it varies.
+        let resp = client
+            .get(format!("{base}/metrics"))
+            .header(header::ACCEPT_ENCODING, "gzip;q=0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers().get(header::CONTENT_ENCODING), None);
+        assert_eq!(resp.headers()[header::VARY], "Accept-Encoding");
+        assert_eq!(resp.text().await.unwrap(), "up 1\n");
 
         let resp = client.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(resp.status(), 503);

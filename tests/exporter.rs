@@ -433,3 +433,53 @@ async fn scrapes_are_served_over_http_plain_and_gzip() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// What Prometheus asks for by default: the same exposition, gzip-compressed.
+#[tokio::test]
+async fn a_gzip_scrape_is_the_plain_exposition_compressed_and_q0_refuses_it() {
+    use std::io::Read;
+
+    let api = api(Simulator::demo_fleet(300, 7)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter(&config(&api.url, &dir.path().join("c.db"), &["12"]), &[TOKEN]).await;
+    assert!(exporter.poll_all_once().await.is_empty());
+    // No pollers run: the exposition stays the one rendered by that poll.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pages: std::sync::Arc<dyn Pages> = exporter.state();
+    let server = tokio::spawn(signage_watchdog::http::serve(listener, pages, async {
+        stopped.await.unwrap_or(());
+    }));
+    let client = reqwest::Client::new();
+    let scrape = |accept: Option<&'static str>| {
+        let mut request = client.get(format!("{base}/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("Accept-Encoding", accept);
+        }
+        request.send()
+    };
+
+    let plain = scrape(None).await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let plain = plain.bytes().await.unwrap();
+    assert_eq!(count(std::str::from_utf8(&plain).unwrap(), "addreality_device_online"), 300);
+
+    // Prometheus's own header.
+    let gzip = scrape(Some("gzip")).await.unwrap();
+    assert_eq!(gzip.headers()["content-encoding"], "gzip");
+    assert_eq!(gzip.headers()["vary"], "Accept-Encoding");
+    let compressed = gzip.bytes().await.unwrap();
+    assert!(compressed.len() * 4 < plain.len(), "{} of {} bytes", compressed.len(), plain.len());
+    let mut decompressed = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut decompressed).unwrap();
+    assert!(decompressed == plain, "the gzip body is not the plain body compressed");
+
+    for refused in ["gzip;q=0", "identity, gzip;q=0", "*;q=0, identity"] {
+        let answer = scrape(Some(refused)).await.unwrap();
+        assert_eq!(answer.headers().get("content-encoding"), None, "{refused}");
+        assert!(answer.bytes().await.unwrap() == plain, "{refused}");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

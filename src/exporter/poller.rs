@@ -116,7 +116,7 @@ impl Poller {
         metrics.platform_last_success.with_label_values(&[id]).set(now);
         metrics.polls.with_label_values(&[id, "success"]).inc();
         self.state.update(id, |view| {
-            view.devices = Arc::new(devices);
+            view.devices = devices;
             view.last_success = Some(now);
             view.polled = true;
             view.last_error = None;
@@ -125,15 +125,16 @@ impl Poller {
     }
 
     /// Writes the poll to the cache and returns what the platform now
-    /// exports. When the cache cannot be written (disk full, say), the poll
-    /// is still served from memory and the failure is logged and counted.
+    /// exports: the cache's own copy of what it holds, shared, not read
+    /// back. When the cache cannot be written (disk full, say), the poll is
+    /// still served from memory and the failure is logged and counted.
     async fn store(
         &self,
         id: &str,
         listed: Vec<Listed>,
         now: f64,
         complete: bool,
-    ) -> Vec<CachedDevice> {
+    ) -> Arc<Vec<CachedDevice>> {
         let cache = self.cache.clone();
         let platform = id.to_string();
         let forget_after = self.forget_after;
@@ -142,7 +143,7 @@ impl Poller {
         let stored = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().expect("cache lock poisoned");
             let stored = cache.store_poll(&platform, &to_store, now, complete, forget_after)?;
-            let current = cache.load_platform(&platform)?.unwrap_or_default();
+            let current = cache.devices(&platform).unwrap_or_default();
             Ok::<_, super::cache::CacheError>((stored, current))
         })
         .await
@@ -163,14 +164,14 @@ impl Poller {
                 metrics
                     .platform_devices_missing
                     .with_label_values(&[id])
-                    .set(current.missing as f64);
-                current.devices
+                    .set(stored.missing as f64);
+                current
             }
             Err(err) => {
                 metrics.cache_write_failures.with_label_values(&[id]).inc();
                 tracing::error!("platform {id}: {err}; serving this poll from memory only");
                 let previous = self.state.platform(id).map(|view| view.devices).unwrap_or_default();
-                merge_in_memory(&previous, &listed, now)
+                Arc::new(merge_in_memory(&previous, &listed, now))
             }
         }
     }
