@@ -255,7 +255,11 @@ pub(super) fn advance_job(
     let in_window = in_window(job, now);
     let answered = &evaluation.devices;
     let was_present = std::mem::replace(&mut states.present, Vec::with_capacity(answered.len()));
-    let mut was_stored = std::mem::take(&mut states.stored);
+    // Sized for as many stored states as last cycle (most cycles, the same
+    // number): grown by doubling from nothing, the list would be
+    // reallocated many times and left with up to twice the room it needs.
+    let stored = Vec::with_capacity(states.stored.len());
+    let mut was_stored = std::mem::replace(&mut states.stored, stored);
     let (mut a, mut p, mut s) = (0, 0, 0);
     let (mut evaluated, mut unknown) = (0, 0);
     states.phases = [0; 4];
