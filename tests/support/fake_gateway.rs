@@ -79,6 +79,23 @@ pub(crate) struct ReceivedRequest {
 }
 
 impl ReceivedRequest {
+    /// Reads a whole request as a fake received it, stamped now.
+    pub(crate) async fn read(req: Request<Incoming>) -> ReceivedRequest {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+        let headers = parts.headers.iter().map(|(name, value)| {
+            (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+        });
+        ReceivedRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: headers.collect(),
+            body,
+            at: Instant::now(),
+        }
+    }
+
     /// The first value of a header (name in any case).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
@@ -205,22 +222,8 @@ async fn handle(
     key: &str,
     mut released: watch::Receiver<u64>,
 ) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    let received = ReceivedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-            })
-            .collect(),
-        body,
-        at: Instant::now(),
-    };
+    let method = req.method().clone();
+    let received = ReceivedRequest::read(req).await;
     let fault = {
         let mut state = state.lock().unwrap();
         state.received.push(received.clone());
@@ -243,7 +246,7 @@ async fn handle(
         Some(Fault::Hang) => true,
         None => false,
     };
-    let response = route(&parts.method, &received, state, key);
+    let response = route(&method, &received, state, key);
     if hang {
         let _ = released.changed().await;
     }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -157,22 +157,7 @@ impl FakeProvider {
 }
 
 async fn handle(kind: Kind, req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    let received = ReceivedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-            })
-            .collect(),
-        body,
-        at: std::time::Instant::now(),
-    };
+    let received = ReceivedRequest::read(req).await;
     let fault = {
         let mut state = state.lock().unwrap();
         state.received.push(received.clone());
