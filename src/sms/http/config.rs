@@ -151,6 +151,30 @@ pub(super) struct PresetFields {
     pub(super) answer: PresetAnswer,
 }
 
+impl PresetFields {
+    /// A provider's API: a form POSTed to `path` under `url`, its answer
+    /// judged by the provider's own rules; the other fields empty.
+    pub(super) fn provider_form(
+        preset: HttpPreset,
+        url: &'static str,
+        path: String,
+        form: Vec<(String, String)>,
+    ) -> PresetFields {
+        PresetFields {
+            preset,
+            url: Some(url),
+            path,
+            method: "POST",
+            headers: Vec::new(),
+            query: Vec::new(),
+            form,
+            basic_auth: None,
+            text_kind: None,
+            answer: PresetAnswer::Provider,
+        }
+    }
+}
+
 /// A form field saying how the text is encoded, chosen per message.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TextKindField {

@@ -16,7 +16,7 @@ use super::{
     advice_for_status, optional, required, text_of, Advice, Refusal, Verdict, CHECK_NUMBER,
     SLOW_DOWN, TOP_UP,
 };
-use crate::sms::http::config::{literal, HttpConfig, HttpPreset, PresetAnswer, PresetFields, Span};
+use crate::sms::http::config::{literal, HttpConfig, HttpPreset, PresetFields, Span};
 use crate::sms::SmsConfigError;
 
 /// What `preset = "smsc"` fills in.
@@ -40,18 +40,7 @@ pub(super) fn preset(config: &HttpConfig, span: Span) -> Result<PresetFields, Sm
     if let Some(from) = optional("from", &config.from)? {
         form.push(("sender".into(), literal(&from)));
     }
-    Ok(PresetFields {
-        preset,
-        url: Some("https://smsc.ru"),
-        path: "/sys/send.php".into(),
-        method: "POST",
-        headers: Vec::new(),
-        query: Vec::new(),
-        form,
-        basic_auth: None,
-        text_kind: None,
-        answer: PresetAnswer::Provider,
-    })
+    Ok(PresetFields::provider_form(preset, "https://smsc.ru", "/sys/send.php".into(), form))
 }
 
 /// What SMSC.RU's answer says.

@@ -19,7 +19,7 @@ use super::{
     advice_for_status, no_account, optional, text_of, Advice, Refusal, Verdict, CHECK_NUMBER,
     SLOW_DOWN, TOP_UP,
 };
-use crate::sms::http::config::{literal, HttpConfig, HttpPreset, PresetAnswer, PresetFields, Span};
+use crate::sms::http::config::{literal, HttpConfig, HttpPreset, PresetFields, Span};
 use crate::sms::template::Values;
 use crate::sms::SmsConfigError;
 
@@ -36,18 +36,7 @@ pub(super) fn preset(config: &HttpConfig, _span: Span) -> Result<PresetFields, S
     if let Some(from) = optional("from", &config.from)? {
         form.push(("from".into(), literal(&from)));
     }
-    Ok(PresetFields {
-        preset,
-        url: Some("https://sms.ru"),
-        path: "/sms/send".into(),
-        method: "POST",
-        headers: Vec::new(),
-        query: Vec::new(),
-        form,
-        basic_auth: None,
-        text_kind: None,
-        answer: PresetAnswer::Provider,
-    })
+    Ok(PresetFields::provider_form(preset, "https://sms.ru", "/sms/send".into(), form))
 }
 
 /// The advice for an SMS.RU status code.

@@ -15,9 +15,7 @@ use serde_json::Value;
 use super::{
     advice_for_status, required, text_of, Advice, Refusal, Verdict, CHECK_NUMBER, SLOW_DOWN, TOP_UP,
 };
-use crate::sms::http::config::{
-    err, literal, HttpConfig, HttpPreset, PresetAnswer, PresetFields, Span,
-};
+use crate::sms::http::config::{err, literal, HttpConfig, HttpPreset, PresetFields, Span};
 use crate::sms::SmsConfigError;
 
 /// What `preset = "twilio"` fills in.
@@ -45,22 +43,14 @@ pub(super) fn preset(config: &HttpConfig, span: Span) -> Result<PresetFields, Sm
         &span,
     )?;
     let from_field = if is_sid(&from, "MG") { "MessagingServiceSid" } else { "From" };
-    Ok(PresetFields {
-        preset,
-        url: Some("https://api.twilio.com"),
-        path: format!("/2010-04-01/Accounts/{sid}/Messages.json"),
-        method: "POST",
-        headers: Vec::new(),
-        query: Vec::new(),
-        form: vec![
-            ("To".into(), "{phone}".into()),
-            (from_field.into(), literal(&from)),
-            ("Body".into(), "{text}".into()),
-        ],
-        basic_auth: Some((sid, "{key}".into())),
-        text_kind: None,
-        answer: PresetAnswer::Provider,
-    })
+    let form = vec![
+        ("To".into(), "{phone}".into()),
+        (from_field.into(), literal(&from)),
+        ("Body".into(), "{text}".into()),
+    ];
+    let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+    let fields = PresetFields::provider_form(preset, "https://api.twilio.com", path, form);
+    Ok(PresetFields { basic_auth: Some((sid, "{key}".into())), ..fields })
 }
 
 /// Whether `text` is a Twilio SID with `prefix`: two letters and 32 hex digits.

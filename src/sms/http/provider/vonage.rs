@@ -18,7 +18,7 @@ use super::{
     advice_for_status, required, text_of, Advice, Refusal, Verdict, CHECK_NUMBER, SLOW_DOWN, TOP_UP,
 };
 use crate::sms::http::config::{
-    literal, HttpConfig, HttpPreset, PresetAnswer, PresetFields, Span, TextKindField,
+    literal, HttpConfig, HttpPreset, PresetFields, Span, TextKindField,
 };
 use crate::sms::SmsConfigError;
 
@@ -39,24 +39,18 @@ pub(super) fn preset(config: &HttpConfig, span: Span) -> Result<PresetFields, Sm
         "the sender, a Vonage number like from = \"447700900000\" or an alphanumeric sender ID",
         &span,
     )?;
-    Ok(PresetFields {
-        preset,
-        url: Some("https://rest.nexmo.com"),
-        path: "/sms/json".into(),
-        method: "POST",
-        headers: Vec::new(),
-        query: Vec::new(),
-        form: vec![
-            ("api_key".into(), literal(&api_key)),
-            ("api_secret".into(), "{key}".into()),
-            ("from".into(), literal(&from)),
-            ("to".into(), "{phone_digits}".into()),
-            ("text".into(), "{text}".into()),
-        ],
-        basic_auth: None,
-        text_kind: Some(TextKindField { name: "type", gsm7: "text", unicode: "unicode" }),
-        answer: PresetAnswer::Provider,
-    })
+    let form = vec![
+        ("api_key".into(), literal(&api_key)),
+        ("api_secret".into(), "{key}".into()),
+        ("from".into(), literal(&from)),
+        ("to".into(), "{phone_digits}".into()),
+        ("text".into(), "{text}".into()),
+    ];
+    let fields =
+        PresetFields::provider_form(preset, "https://rest.nexmo.com", "/sms/json".into(), form);
+    // Plain text unless it needs Unicode, which costs more parts.
+    let text_kind = Some(TextKindField { name: "type", gsm7: "text", unicode: "unicode" });
+    Ok(PresetFields { text_kind, ..fields })
 }
 
 /// The advice for a Vonage status.
