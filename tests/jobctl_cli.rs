@@ -1369,28 +1369,27 @@ async fn the_daemon_verifies_its_action_and_status_history_and_metrics_show_it()
     assert_eq!(code, 0);
 }
 
-/// Makes [`DEVICE`] offline on `target` for `lasting`, starting `after` a
-/// scrape (so the test chooses where the change falls between two scrapes:
-/// that decides how many samples show it).
-async fn offline_for(target: &TestTarget, after: Duration, lasting: Duration) {
+/// Makes [`DEVICE`] offline on `target` for exactly `samples` scrapes:
+/// set offline just after a scrape and back online just after the
+/// `samples`-th scrape that served it offline, so Prometheus holds that many
+/// offline samples, a scrape interval apart, and nothing waits on a clock.
+async fn offline_for_samples(target: &TestTarget, samples: u64) {
     target.wait_scrapes(1).await;
-    tokio::time::sleep(after).await;
     target.set(device_page(0));
-    tokio::time::sleep(lasting).await;
+    target.wait_scrapes(samples).await;
     target.set(device_page(1));
 }
 
 /// `for = "3s"` against a Prometheus scraping every second, evaluated
-/// every 2 s. A condition true for 2.5 s shows in two or three samples,
-/// never four, and never fires, even when it starts just before a scrape
-/// (three samples, the most it can have: 3 s from the first to the first
-/// good one). One true for 4 s, one scrape interval longer than `for`,
-/// shows in four samples wherever it starts, and always fires: the daemon
-/// dates its onset from Prometheus's history and wakes when `for` has
-/// held, before the next scrape ends it. Counted from the cycles, it would
-/// fire at the cycle 4 s after the one that first saw it, after the end.
-/// (A condition true for 3.5 s shows in three or four samples, and three
-/// are what 2.5 s can show too: no rule can tell them apart.)
+/// every 2 s. A condition seen in three samples (the most a condition true
+/// for 2.5 s can show: the first good sample comes 3 s after the first bad
+/// one) never fires. One seen in four samples (what a condition true for 4
+/// s, one scrape interval longer than `for`, always shows) always fires:
+/// the daemon dates its onset from Prometheus's history and wakes when
+/// `for` has held, before the next scrape ends it. Counted from the cycles,
+/// it would fire at the cycle 4 s after the one that first saw it, after
+/// the end. (A condition true for 3.5 s shows in three or four samples, and
+/// three are what 2.5 s can show too: no rule can tell them apart.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
     if !TestPrometheus::available() {
@@ -1413,18 +1412,15 @@ async fn shorter_than_for_never_fires_and_longer_by_a_scrape_always_does() {
     let site = Site::with_rules(&text);
     let mut daemon = Daemon::start(&site).await;
 
-    let millis = Duration::from_millis;
-    // Just before a scrape: three samples, both times.
-    for after in [millis(900), millis(600)] {
-        offline_for(&target, after, millis(2_500)).await;
+    for _ in 0..2 {
+        offline_for_samples(&target, 3).await;
         daemon.wait_for(": pending → inactive after ").await;
-        assert!(gateway.received().is_empty(), "fired on 2.5 s; log:\n{}", daemon.log());
+        assert!(gateway.received().is_empty(), "fired on 3 samples; log:\n{}", daemon.log());
     }
-    // Just after a scrape, and just before one: four samples.
-    for (round, after) in [millis(50), millis(950)].into_iter().enumerate() {
-        offline_for(&target, after, millis(4_000)).await;
+    for round in 1..=2 {
+        offline_for_samples(&target, 4).await;
         daemon.wait_for(": firing → resolved after ").await;
-        assert_eq!(gateway.received().len(), round + 1, "log:\n{}", daemon.log());
+        assert_eq!(gateway.received().len(), round, "log:\n{}", daemon.log());
     }
     let (code, _) = daemon.stop().await;
     assert_eq!(code, 0);
