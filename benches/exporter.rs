@@ -42,6 +42,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support;
+#[allow(dead_code, reason = "the tests' wait helpers, of which the bench uses one")]
+#[path = "../tests/support/wait.rs"]
+mod wait;
 use support::{ms, peak_rss_mb, percentile, print_figures, report, run_child, Figures};
 
 const SIZES: [usize; 3] = [273, 10_000, 100_000];
@@ -569,11 +572,8 @@ impl Nginx {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.to_string_lossy()));
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let listening = format!("nginx listening on {addr}");
+        wait::wait_until(&listening, || std::net::TcpStream::connect(addr).ok());
         Nginx { child, addr, _prefix: prefix }
     }
 }
