@@ -429,36 +429,12 @@ fn page(recovered: bool) -> String {
     page + "addreality_platform_up{platform_id=\"93\"} 0\n"
 }
 
-/// Serves `page` and waits until Prometheus answers it: every series
-/// with the value the page gives.
-async fn publish(prometheus: &TestPrometheus, target: &TestTarget, page: String) {
-    target.set(page.clone());
-    let expected: BTreeSet<String> = page.lines().map(str::to_string).collect();
-    let query = format!("{{instance=\"{}\",__name__=~\"addreality_.+\"}}", target.instance());
-    let answered = |samples: &[signage_watchdog::prometheus_api::Sample]| {
-        let lines: BTreeSet<String> = samples
-            .iter()
-            .map(|sample| {
-                let mut labels = sample.labels.clone();
-                let name = labels.remove("__name__").unwrap_or_default();
-                labels.remove("instance");
-                labels.remove("job");
-                let labels: Vec<String> =
-                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                format!("{name}{{{}}} {}", labels.join(","), sample.value)
-            })
-            .collect();
-        lines == expected
-    };
-    prometheus.wait_until_query(&query, answered, DEADLINE).await;
-}
-
 /// jobctl's `/metrics` (the engine's text, which `jobctl run --listen`
 /// serves as it is) after cycles in which each family got a series.
 async fn jobctl_metrics() -> String {
     let target = TestTarget::start();
     let prometheus = TestPrometheus::start(&[&target]).await;
-    publish(&prometheus, &target, page(false)).await;
+    prometheus.publish(&target, &page(false)).await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = FakeGateway::start().await;
     support::write_secret(&dir.path().join("sms.key"), &format!("{}\n", gateway.key()));
@@ -514,7 +490,7 @@ async fn jobctl_metrics() -> String {
     engine.cycle().await;
     engine.finish_sends().await;
     // Player 1 of platform 92 is back a minute after its power-cycle.
-    publish(&prometheus, &target, page(true)).await;
+    prometheus.publish(&target, &page(true)).await;
     clock.set(t0() + jiff::SignedDuration::from_secs(60));
     engine.cycle().await;
     engine.finish_sends().await;

@@ -25,7 +25,7 @@ use signage_watchdog::journal::{
     ActionResult, Channel, Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence,
     Origin, PlannedSend, SilenceId, SilenceWriter,
 };
-use signage_watchdog::prometheus_api::{PromClient, Sample};
+use signage_watchdog::prometheus_api::PromClient;
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
@@ -33,7 +33,7 @@ use support::fake_webhook::FakeWebhook;
 use support::logs::Logs;
 use support::prometheus::{TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
-use support::wait::{wait_until_async, DEADLINE};
+use support::wait::wait_until_async;
 
 /// The phone number of the socket that powers device 1 in every scenario.
 const LOBBY: &str = "+79991234567";
@@ -97,26 +97,7 @@ fn platform_up(platform: &str, value: f64) -> Series {
 
 /// Serves `page` on `target` and waits until Prometheus answers exactly it.
 async fn publish(prometheus: &TestPrometheus, target: &TestTarget, page: &[Series]) {
-    let mut expected: Vec<String> = page.iter().map(Series::line).collect();
-    target.set(expected.concat());
-    expected.sort();
-    let query = format!("{{instance=\"{}\",__name__=~\"addreality_.+\"}}", target.instance());
-    let answered = |samples: &[Sample]| {
-        let mut lines: Vec<String> = samples.iter().map(line_of).collect();
-        lines.sort();
-        lines == expected
-    };
-    prometheus.wait_until_query(&query, answered, DEADLINE).await;
-}
-
-/// A sample written back as a page line, without the labels Prometheus adds.
-fn line_of(sample: &Sample) -> String {
-    let mut labels = sample.labels.clone();
-    let metric = labels.remove("__name__").unwrap_or_default();
-    labels.remove("instance");
-    labels.remove("job");
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}} {}\n", labels.join(","), sample.value)
+    prometheus.publish(target, &page.iter().map(Series::line).collect::<String>()).await;
 }
 
 /// One scenario: its rules, gateway, clock, journal and engine.

@@ -15,12 +15,12 @@ use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
 use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
 use signage_watchdog::journal::{HistoryFilter, Journal, OutageHeldAction};
-use signage_watchdog::prometheus_api::{PromClient, Sample};
+use signage_watchdog::prometheus_api::PromClient;
 use signage_watchdog::rules::state::PhaseName;
 use support::fake_gateway::{FakeGateway, SentSms};
 use support::prometheus::{TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
-use support::wait::{wait_until_async, DEADLINE};
+use support::wait::wait_until_async;
 
 /// The number of the person a notification job writes to.
 const PERSON: &str = "+79990001122";
@@ -55,29 +55,6 @@ fn page(platforms: &[(&str, u32, &[u32])]) -> String {
         }
     }
     page
-}
-
-/// Serves `page` and waits until Prometheus answers exactly it.
-async fn publish(prometheus: &TestPrometheus, target: &TestTarget, page: String) {
-    let mut expected: Vec<String> = page.lines().map(str::to_string).collect();
-    expected.sort();
-    target.set(page);
-    let query = format!("{{instance=\"{}\",__name__=~\"addreality_.+\"}}", target.instance());
-    let answered = |samples: &[Sample]| {
-        let mut lines: Vec<String> = samples.iter().map(line_of).collect();
-        lines.sort();
-        lines == expected
-    };
-    prometheus.wait_until_query(&query, answered, DEADLINE).await;
-}
-
-fn line_of(sample: &Sample) -> String {
-    let mut labels = sample.labels.clone();
-    let metric = labels.remove("__name__").unwrap_or_default();
-    labels.remove("instance");
-    labels.remove("job");
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}} {}", labels.join(","), sample.value)
 }
 
 /// Every socket of both platforms, then the jobs: platform 91 power-cycled
@@ -226,14 +203,14 @@ async fn thirty_of_forty_offline_hold_every_socket_command_and_escalate_once() {
     let target = TestTarget::start();
     let prometheus = TestPrometheus::start(&[&target]).await;
     let offline = thirty();
-    publish(&prometheus, &target, page(&[("91", 40, &[]), ("92", 4, &[])])).await;
+    prometheus.publish(&target, &page(&[("91", 40, &[]), ("92", 4, &[])])).await;
     let mut s = Scenario::start(&prometheus).await;
     assert_eq!(s.cycle_at(0).await.actions_due, 0);
     assert_eq!(s.metric("jobctl_mass_outage{job=\"offline\"}").as_deref(), Some("0"));
 
     // 30 of 40 players go dark at once; all four of the small site too,
     // which is fewer than min_devices (5): no outage there.
-    publish(&prometheus, &target, page(&[("91", 40, &offline), ("92", 4, &[1, 2, 3, 4])])).await;
+    prometheus.publish(&target, &page(&[("91", 40, &offline), ("92", 4, &[1, 2, 3, 4])])).await;
     let report = s.cycle_at(1).await;
     assert_eq!(
         s.engine.state("offline", &device("91", 1)).unwrap().phase.name(),
@@ -322,7 +299,7 @@ async fn thirty_of_forty_offline_hold_every_socket_command_and_escalate_once() {
 
     // The uplink comes back but for devices 7 and 8: 2 of 40 is no outage,
     // and those two, still bad well past their `for`, get their command.
-    publish(&prometheus, &target, page(&[("91", 40, &[7, 8]), ("92", 4, &[1, 2, 3, 4])])).await;
+    prometheus.publish(&target, &page(&[("91", 40, &[7, 8]), ("92", 4, &[1, 2, 3, 4])])).await;
     let report = s.cycle_at(8).await;
     assert_eq!((report.actions_due, report.sends_started), (2, 2), "{report:?}");
     let mut expected = small.clone();

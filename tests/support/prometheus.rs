@@ -404,6 +404,23 @@ impl TestPrometheus {
         self.launch(false).await;
     }
 
+    /// Serves `page` (exposition lines of `addreality_*` series) on
+    /// `target` and waits until Prometheus answers exactly it: the same
+    /// series, each with the page's value, and no other.
+    pub(crate) async fn publish(&self, target: &TestTarget, page: &str) {
+        target.set(page.to_string());
+        let mut expected: Vec<&str> =
+            (page.lines()).filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
+        expected.sort_unstable();
+        let query = format!("{{instance=\"{}\",__name__=~\"addreality_.+\"}}", target.instance());
+        let answered = |samples: &[Sample]| {
+            let mut lines: Vec<String> = samples.iter().map(page_line).collect();
+            lines.sort_unstable();
+            lines == expected
+        };
+        self.wait_until_query(&query, answered, DEADLINE).await;
+    }
+
     /// Polls `expr` until `predicate` holds for its answer and returns that
     /// answer; panics after `deadline` with the last answer or error and
     /// what Prometheus says about its targets.
@@ -577,4 +594,15 @@ fn prometheus_binary() -> PathBuf {
     std::env::var_os("SIGNAGE_TEST_PROMETHEUS")
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_PROMETHEUS), PathBuf::from)
+}
+
+/// A sample written back as its page line, without the labels Prometheus
+/// adds (`instance`, `job`).
+fn page_line(sample: &Sample) -> String {
+    let mut labels = sample.labels.clone();
+    let metric = labels.remove("__name__").unwrap_or_default();
+    labels.remove("instance");
+    labels.remove("job");
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{metric}{{{}}} {}", labels.join(","), sample.value)
 }
