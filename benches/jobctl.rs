@@ -219,7 +219,8 @@ fn run_engine(url: &str, rules_path: &Path) -> Figures {
         let mut figures = Figures::new();
         let started = Instant::now();
         let rules = rules::load(rules_path).unwrap();
-        let prometheus = Arc::new(PromClient::new(url, rules.prometheus.timeout, None).unwrap());
+        let prometheus =
+            Arc::new(PromClient::new(url, rules.prometheus().unwrap().timeout, None).unwrap());
         let journal = Journal::open(&rules.journal.path).unwrap();
         let clock = Arc::new(ManualClock::at_unix_seconds(START));
         let mut engine = Engine::start(

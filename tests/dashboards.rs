@@ -469,8 +469,12 @@ async fn jobctl_metrics() -> String {
     let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
         .unwrap_or_else(|errors| panic!("{errors}\n{text}"));
     let sender = support::sms::sender(&text, dir.path());
-    let client =
-        PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
+    let client = PromClient::new(
+        rules.prometheus().unwrap().url.as_str(),
+        rules.prometheus().unwrap().timeout,
+        None,
+    )
+    .unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
     let options = EngineOptions {
         mode: Mode::Live,

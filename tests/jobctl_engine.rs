@@ -245,8 +245,12 @@ async fn start_engine(
 ) -> Engine {
     let rules = parse_rules(dir, text);
     let sender = support::sms::sender(text, dir.path());
-    let prometheus =
-        PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
+    let prometheus = PromClient::new(
+        rules.prometheus().unwrap().url.as_str(),
+        rules.prometheus().unwrap().timeout,
+        None,
+    )
+    .unwrap();
     let journal = Journal::open(&rules.journal.path).unwrap();
     let options = EngineOptions {
         mode,

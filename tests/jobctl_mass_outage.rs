@@ -177,8 +177,12 @@ async fn start_engine(
     let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
         .unwrap_or_else(|errors| panic!("{errors}\n{text}"));
     let sender = support::sms::sender(&text, dir.path());
-    let prometheus =
-        PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
+    let prometheus = PromClient::new(
+        rules.prometheus().unwrap().url.as_str(),
+        rules.prometheus().unwrap().timeout,
+        None,
+    )
+    .unwrap();
     let journal = Journal::open(&rules.journal.path).unwrap();
     let options = EngineOptions {
         mode: Mode::Live,

@@ -87,8 +87,12 @@ async fn play(dir: &Path, prometheus: &TestPrometheus, target: &TestTarget) -> F
     let clock = Arc::new(ManualClock::new(start));
     let at = |m: i64| start + SignedDuration::from_secs(m * 60);
     let sender = support::sms::sender(&text, dir);
-    let client =
-        PromClient::new(rules.prometheus.url.as_str(), rules.prometheus.timeout, None).unwrap();
+    let client = PromClient::new(
+        rules.prometheus().unwrap().url.as_str(),
+        rules.prometheus().unwrap().timeout,
+        None,
+    )
+    .unwrap();
     let journal = Journal::open(&rules.journal.path).unwrap();
     let options = EngineOptions {
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },

@@ -329,7 +329,7 @@ fn bad_durations() {
 fn missing_prometheus_section() {
     assert_eq!(
         errors("device_key = [\"mac\"]\n"),
-        "rules.toml: no [prometheus] section; add one with url = \"http://127.0.0.1:9090\""
+        "rules.toml: no [prometheus] section; add one with url = \"http://127.0.0.1:9090\", or read the exporters directly with [source] scrape = [\"http://127.0.0.1:9747/metrics\"]"
     );
 }
 
@@ -362,9 +362,9 @@ fn a_short_interval_shortens_the_default_timeout() {
     let rules =
         rules::parse("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\n", "rules.toml")
             .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(1));
+    assert_eq!(rules.prometheus().unwrap().timeout, std::time::Duration::from_secs(1));
     let rules = rules::parse("[prometheus]\nurl = \"http://prom\"\n", "rules.toml").unwrap();
-    assert_eq!(rules.prometheus.timeout, std::time::Duration::from_secs(10));
+    assert_eq!(rules.prometheus().unwrap().timeout, std::time::Duration::from_secs(10));
     // A timeout written out is still checked against the interval.
     assert_eq!(
         errors("[prometheus]\nurl = \"http://prom\"\ninterval = \"1s\"\ntimeout = \"10s\"\n"),
@@ -389,7 +389,79 @@ fn prometheus_credentials_come_in_pairs() {
     let rules =
         rules::parse("[prometheus]\nurl = \"http://prom\"\ntoken_env = \"T\"\n", "rules.toml")
             .unwrap();
-    assert_eq!(format!("{:?}", rules.prometheus.auth), "Some(Bearer { token: Env(\"T\") })");
+    assert_eq!(
+        format!("{:?}", rules.prometheus().unwrap().auth),
+        "Some(Bearer { token: Env(\"T\") })"
+    );
+}
+
+/// `[source]` with the socket of [`head`] and one job after it (`[[jobs]]`
+/// on line 10, its first key on line 11).
+fn scraping(job: &str) -> String {
+    let lobby = rules_file::socket("lobby", "+79991234567", "simpal-d210", "12", "30785");
+    format!("[source]\nscrape = [\"http://127.0.0.1:9747/metrics\"]\n\n{lobby}[[jobs]]\n{job}")
+}
+
+#[test]
+fn a_scrape_source_reads_its_targets_and_credentials() {
+    let text = "[source]\nscrape = [\"http://a:9747/metrics\", \"https://b/metrics\"]\ninterval = \"5s\"\ntoken_env = \"T\"\n";
+    let rules = rules::parse(text, "rules.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rules::SourceConfig::Scrape(scrape) = &rules.source else { panic!("{:?}", rules.source) };
+    let targets: Vec<&str> = scrape.targets.iter().map(reqwest::Url::as_str).collect();
+    assert_eq!(targets, ["http://a:9747/metrics", "https://b/metrics"]);
+    assert_eq!(scrape.interval, std::time::Duration::from_secs(5));
+    assert_eq!(scrape.timeout, std::time::Duration::from_secs(5), "the interval, being shorter");
+    assert_eq!(format!("{:?}", scrape.auth), "Some(Bearer { token: Env(\"T\") })");
+    assert!(rules.prometheus().is_none());
+}
+
+#[test]
+fn a_scrape_source_is_checked_as_prometheus_is() {
+    assert_eq!(
+        errors("[prometheus]\nurl = \"http://prom\"\n\n[source]\nscrape = [\"http://a/metrics\"]\n"),
+        "rules.toml:4:1: [source] and [prometheus] are both set; keep one: [prometheus] to evaluate the rules with Prometheus (PromQL, history), [source] to scrape the exporters directly"
+    );
+    assert_eq!(
+        errors("[source]\ninterval = \"5s\"\n"),
+        "rules.toml:1:1: [source] has no scrape; add scrape = [\"http://127.0.0.1:9747/metrics\"]"
+    );
+    assert_eq!(
+        errors("[source]\nscrape = []\n"),
+        "rules.toml:2:10: source.scrape is empty; list at least one target, e.g. scrape = [\"http://127.0.0.1:9747/metrics\"]"
+    );
+    assert_eq!(
+        errors("[source]\nscrape = [\"ftp://a/metrics\", \"http://u:p@b/metrics\", \"http://c/\", \"http://c/\"]\n"),
+        "rules.toml:2:11: source.scrape \"ftp://a/metrics\" must start with http:// or https://\n\
+         rules.toml:2:30: source.scrape must not carry a user name or password; use username with password_file or password_env\n\
+         rules.toml:2:67: source.scrape lists \"http://c/\" twice; keep one"
+    );
+    assert_eq!(
+        errors("[source]\nscrape = [\"http://a/\"]\ninterval = \"1s\"\ntimeout = \"2s\"\nusername = \"u\"\n"),
+        "rules.toml:4:11: source.timeout (2s) is longer than interval (1s); a scrape must end before the next cycle starts\n\
+         rules.toml:5:12: source.username needs password_file or password_env"
+    );
+}
+
+#[test]
+fn a_scrape_source_refuses_promql_where_it_is_written() {
+    assert_eq!(
+        errors(&scraping("name = \"frozen\"\nexpr = \"rate(x[5m]) == 0\"\naction = { command = \"power_cycle\", minutes = 1 }\n")),
+        "rules.toml:12:8: job \"frozen\": expr \"rate(x[5m]) == 0\" is PromQL, which needs [prometheus]; [source] scrape answers only metric + op + value comparisons; read Prometheus with [prometheus] instead for PromQL"
+    );
+    assert_eq!(
+        errors(&scraping("all = [{ metric = \"a\", op = \"==\", value = 0 }, { expr = \"b > 1\" }]\naction = { command = \"power_cycle\", minutes = 1 }\n")),
+        "rules.toml:11:57: job #1: all[2]: expr \"b > 1\" is PromQL, which needs [prometheus]; [source] scrape answers only metric + op + value comparisons; read Prometheus with [prometheus] instead for PromQL"
+    );
+    assert_eq!(
+        errors(&scraping(&format!("{BODY}guards = [{{ expr = \"sum(up) > 0\", on = [] }}]\n"))),
+        "rules.toml:15:20: job #1: guard \"sum(up) > 0\" needs PromQL; write it as a comparison like \"addreality_platform_up == 1\": [source] scrape answers only metric + op + value comparisons; read Prometheus with [prometheus] instead for PromQL"
+    );
+    // Comparisons, all/any of them and comparison guards are what a scrape answers.
+    let text = scraping(&format!(
+        "{BODY}for = \"2m\"\nguards = [{{ expr = \"addreality_platform_up{{platform_id=\\\"12\\\"}} == 1\", on = [\"platform_id\"] }}]\n"
+    ));
+    let rules = rules::parse(&text, "rules.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.jobs[0].queries().len(), 2);
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub struct EngineMetrics {
     mass_outage: prometheus::IntGaugeVec,
     /// Mass outages begun (each escalated once), by job.
     mass_outages: IntCounterVec,
+    /// With `[source]`, per scrape target, whether its last scrape gave a
+    /// page in the text format.
+    source_up: prometheus::IntGaugeVec,
 }
 
 impl EngineMetrics {
@@ -182,6 +185,15 @@ impl EngineMetrics {
         .expect("valid");
         register(Box::new(mass_outages.clone()));
         #[cfg(target_os = "linux")]
+        let source_up = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "jobctl_source_up",
+                "With [source] scrape: whether the target's last scrape gave a page in the text format (1) or not (0).",
+            ),
+            &["target"],
+        )
+        .expect("valid");
+        register(Box::new(source_up.clone()));
         register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         EngineMetrics {
             registry,
@@ -203,7 +215,18 @@ impl EngineMetrics {
             held,
             mass_outage,
             mass_outages,
+            source_up,
         }
+    }
+
+    /// Sets whether a scrape target answered its last scrape.
+    pub(super) fn set_source_up(&self, target: &str, up: bool) {
+        self.source_up.with_label_values(&[target]).set(i64::from(up));
+    }
+
+    /// Drops a target no longer scraped (the rules changed).
+    pub(super) fn forget_source(&self, target: &str) {
+        let _ = self.source_up.remove_label_values(&[target]);
     }
 
     /// Counts a cycle begun.

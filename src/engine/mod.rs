@@ -1,5 +1,6 @@
-//! jobctl's evaluation cycle: ask Prometheus, advance every (job, device),
-//! journal and send what is due.
+//! jobctl's evaluation cycle: ask the source (Prometheus, or the exporters
+//! scraped directly), advance every (job, device), journal and send what is
+//! due.
 //!
 //! One cycle:
 //!
@@ -61,7 +62,9 @@
 //! together, whose socket commands are held and escalated once;
 //! `escalation` what a person should hear about and the messages that tell
 //! them (escalations, action notices); `webhook` the webhook channel's
-//! backend; `metrics` jobctl's own metrics.
+//! backend; `metrics` jobctl's own metrics; `source` where the answers come
+//! from (Prometheus, or a scrape of the exporters: the only thing that
+//! differs between the two modes).
 
 mod act;
 mod closed_loop;
@@ -72,12 +75,14 @@ mod onset;
 mod outbox;
 pub mod replay;
 mod silences;
+mod source;
 mod states;
 mod webhook;
 
 pub use crate::rules::Budgets;
 pub use metrics::EngineMetrics;
 pub use outbox::{EngineOptions, Mode, Outbox, SendRetry, MAX_TEXT_CHARS};
+pub use source::Source;
 // What `jobctl explain` asks the engine's own rules about one (job, device).
 pub(crate) use closed_loop::{limit_refusal, limit_since, LimitCount};
 pub(crate) use outbox::over_budget;
@@ -186,7 +191,10 @@ pub struct Engine {
     /// ([`RuleSet::queries`]), built when the rules are set rather than
     /// every cycle.
     queries: Vec<String>,
-    prometheus: Arc<PromClient>,
+    /// Where the answers come from.
+    source: Source,
+    /// With a scrape source, the targets failing at the last scrape.
+    targets: source::TargetHealth,
     clock: Arc<dyn Clock>,
     /// The last cycle's answers, kept for their buffers.
     answers: Answers,
@@ -242,7 +250,7 @@ impl Engine {
     /// those still planned are sent now), and is ready to cycle.
     pub async fn start(
         rules: RuleSet,
-        prometheus: Arc<PromClient>,
+        source: impl Into<Source>,
         journal: Journal,
         sender: Arc<dyn Sender>,
         clock: Arc<dyn Clock>,
@@ -273,7 +281,8 @@ impl Engine {
         let mut engine = Engine {
             queries: rules.queries(),
             rules: Arc::new(rules),
-            prometheus,
+            source: source.into(),
+            targets: source::TargetHealth::default(),
             clock,
             answers: Answers::default(),
             devices,
@@ -343,16 +352,16 @@ impl Engine {
         self.forget_removed_jobs();
     }
 
-    /// Replaces the Prometheus client and the SMS sender after a reload
-    /// changed `[prometheus]` or `[sms]`. Sends under way finish with the
-    /// sender they started with.
+    /// Replaces the source and the SMS sender after a reload changed
+    /// `[prometheus]`, `[source]` or `[sms]`. Sends under way finish with
+    /// the sender they started with.
     pub(crate) fn replace_connections(
         &mut self,
-        prometheus: Arc<PromClient>,
+        source: Source,
         sender: Arc<dyn Sender>,
         max_segments: usize,
     ) {
-        self.prometheus = prometheus;
+        self.source = source;
         self.outbox.replace_sms(sender, max_segments);
     }
 
@@ -748,6 +757,13 @@ impl Engine {
         answers: &mut Answers,
         report: &mut CycleReport,
     ) {
+        let prometheus = match &self.source {
+            Source::Prometheus(client) => client.clone(),
+            Source::Scrape(client) => {
+                let client = client.clone();
+                return self.scrape_all(&client, queries, answers, report).await;
+            }
+        };
         // Polled here rather than spawned: each answer is received and
         // decoded by the thread that compacts it, so its bytes are freed
         // where they were allocated (spread over worker threads' allocator
@@ -755,7 +771,7 @@ impl Engine {
         type Pending<'q> = Pin<
             Box<dyn Future<Output = (&'q String, Result<InstantAnswer, PromError>)> + Send + 'q>,
         >;
-        let client: &PromClient = &self.prometheus;
+        let client: &PromClient = &prometheus;
         let mut waiting = queries.iter();
         let mut in_flight: Vec<Pending<'_>> = Vec::with_capacity(QUERIES_IN_FLIGHT);
         loop {
@@ -815,10 +831,11 @@ impl Engine {
         }
         match report.failed_queries.first() {
             Some((query, why)) => tracing::warn!(
-                "{failed} of {} Prometheus queries failed (first: {query:?}: {why}); devices that depend on them are unknown: nothing advances and nothing is sent until they answer",
-                report.queries
+                "{failed} of {} {} failed (first: {query:?}: {why}); devices that depend on them are unknown: nothing advances and nothing is sent until they answer",
+                report.queries,
+                self.source.queries_name()
             ),
-            None => tracing::info!("every Prometheus query answers again"),
+            None => tracing::info!("every one of the {} answers again", self.source.queries_name()),
         }
         self.failing_queries = failed;
     }

@@ -253,7 +253,11 @@ impl Engine {
         now: Timestamp,
         report: &mut CycleReport,
     ) {
-        let back = jiff::SignedDuration::try_from(rules.prometheus.interval).unwrap_or_default();
+        // A scrape source keeps no history: its scrape that first showed
+        // the condition is the onset (see `source`).
+        let super::Source::Prometheus(prometheus) = &self.source else { return };
+        let prometheus = prometheus.clone();
+        let back = jiff::SignedDuration::try_from(rules.source.interval()).unwrap_or_default();
         let earliest = now.checked_sub(back).ok();
         let mut windows: BTreeMap<Timestamp, Vec<NewlyPending>> = BTreeMap::new();
         for newly in newly {
@@ -273,7 +277,7 @@ impl Engine {
             queries.sort_unstable();
             queries.dedup();
             let querying = std::time::Instant::now();
-            let fetched = History::fetch(&self.prometheus, &queries, from, to, step).await;
+            let fetched = History::fetch(&prometheus, &queries, from, to, step).await;
             report.onset_queries += queries.len();
             report.query_time += querying.elapsed();
             (0..queries.len()).for_each(|_| self.metrics.query_sent());

@@ -109,6 +109,93 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// jobctl's scrape source reads exporter pages with its own parser:
+    /// every page the renderer writes parses, to exactly the series the
+    /// strict line reader above finds, with the same values.
+    #[test]
+    fn the_exposition_parser_reads_every_rendered_page(
+        platforms in proptest::collection::vec(
+            (label_text(), proptest::collection::vec((any::<i64>(), label_text(), label_text()), 1..4)),
+            1..3,
+        ),
+        poll in 1u64..100_000,
+    ) {
+        let cached: Vec<(String, Vec<CachedDevice>)> = platforms
+            .into_iter()
+            .map(|(platform_id, devices)| {
+                let devices = devices
+                    .into_iter()
+                    .map(|(id, name, version)| {
+                        let device = Device {
+                            player_version: Some(version),
+                            ..Device::online_for_tests(id, &name)
+                        };
+                        CachedDevice { device, first_seen: 0.0, last_seen: 0.0 }
+                    })
+                    .collect();
+                (platform_id, devices)
+            })
+            .collect();
+        let platforms: Vec<PlatformDevices<'_>> = cached
+            .iter()
+            .map(|(platform_id, devices)| PlatformDevices { platform_id, devices })
+            .collect();
+        let mut out = Vec::new();
+        render_devices(&mut out, &platforms, Duration::from_millis(poll));
+        let text = String::from_utf8(out).unwrap();
+        let expected: Vec<(String, BTreeMap<String, String>, String)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|line| {
+                let (family, labels) = read_series(line).expect("a rendered line reads");
+                let value = line.rsplit(' ').next().unwrap().to_string();
+                (family, labels, value)
+            })
+            .collect();
+        let mut parsed = Vec::new();
+        let count = crate::prometheus_api::exposition::parse(&text, |sample| {
+            let labels: BTreeMap<String, String> =
+                sample.labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            parsed.push((sample.name.to_string(), labels, sample.value, sample.timestamp));
+        });
+        prop_assert_eq!(count, Ok(expected.len()), "{}", text);
+        for ((family, labels, value), (name, read, number, stamp)) in expected.iter().zip(&parsed) {
+            prop_assert_eq!(family, name);
+            prop_assert_eq!(labels, read);
+            prop_assert_eq!(value.parse::<f64>().unwrap(), *number);
+            prop_assert_eq!(*stamp, None);
+        }
+    }
+}
+
+/// The parser never panics, whatever the page: an error names a line of it.
+#[test]
+fn the_exposition_parser_never_panics() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let page =
+        "(m|m_total|#|# HELP|# TYPE|\\{|\\}|=|\"|,|\\\\|\\\\n| |\t|\n|1|NaN|[+-]Inf|a|é|Л|0x1|e5)*";
+    runner
+        .run(&page, |page| {
+            let lines = page.split('\n').count();
+            if let Err(err) = crate::prometheus_api::exposition::parse(&page, |_| {}) {
+                prop_assert!(err.line >= 1 && err.line <= lines, "{:?} for {:?}", err, page);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn the_reader_refuses_what_the_format_does() {
     assert_eq!(read_series(r#"f{a="x\"} 1"#), None);

@@ -6,6 +6,10 @@
 //! checked by Prometheus's own parser. An unreachable Prometheus is not an
 //! error (the rules may be written before it exists) but is said plainly.
 //!
+//! With `[source] scrape` instead of `[prometheus]`, the rules themselves
+//! refuse what needs PromQL (at its `file:line:column`); `check` scrapes
+//! each target once and says which do not answer.
+//!
 //! It also looks at what only shows when a message is sent: a gateway key
 //! that cannot go into a request (a line break), the modem's device (missing:
 //! a warning, the modem may be unplugged; not a character device: an
@@ -23,10 +27,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::error::Error;
-use super::{build_sender, count, load_rules, prometheus_client};
+use super::{build_sender, count, load_rules, Reader};
 use crate::config_file::{ConfigError, ConfigErrors};
+use crate::engine::Source;
 use crate::exit::Exit;
-use crate::prometheus_api::{PromClient, PromError};
+use crate::prometheus_api::PromError;
 use crate::rules::{Action, DeviceKey, RuleSet, Sample};
 use crate::secret::SecretSource;
 
@@ -41,7 +46,7 @@ pub(crate) struct CheckArgs {
 pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
     let sender = build_sender(&rules)?;
-    let prometheus = prometheus_client(&rules)?;
+    let source = super::source(&rules)?;
     let (errors, warnings) = at_send_time(&rules);
     for warning in &warnings {
         eprintln!("jobctl: warning: {warning}");
@@ -50,9 +55,30 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         return Err(Error::Rules(ConfigErrors(errors)));
     }
 
-    let mut promql_note = "PromQL not checked (--offline)".to_string();
+    let mut promql_note = match &source {
+        Source::Prometheus(_) => "PromQL not checked (--offline)".to_string(),
+        Source::Scrape(_) => "scrape targets not scraped (--offline)".to_string(),
+    };
     let mut powered = HashMap::new();
-    if !args.offline {
+    if let (false, Source::Scrape(client)) = (args.offline, &source) {
+        let scraped = client.scrape().await;
+        let failed: Vec<_> =
+            scraped.targets.iter().filter_map(|t| t.result.as_ref().err()).collect();
+        for err in &failed {
+            eprintln!("jobctl: warning: {err}");
+        }
+        let total = scraped.targets.len();
+        promql_note = format!(
+            "{} of {} scraped (no PromQL: [source])",
+            total - failed.len(),
+            count(total, "scrape target", "scrape targets")
+        );
+        if scraped.answered() {
+            powered = powered_devices(&rules, &Reader::Scrape(scraped)).await;
+        }
+    }
+    if let (false, Source::Prometheus(prometheus)) = (args.offline, &source) {
+        let url = rules.prometheus().map(|p| p.url.clone());
         let mut errors = Vec::new();
         let mut unreachable = None;
         'jobs: for job in &rules.jobs {
@@ -81,10 +107,10 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
             return Err(Error::Rules(ConfigErrors(errors)));
         }
         if unreachable.is_none() {
-            powered = powered_devices(&rules, &prometheus).await;
+            powered = powered_devices(&rules, &Reader::Prometheus(prometheus.clone())).await;
         }
         promql_note = match unreachable {
-            None => format!("PromQL checked by {}", rules.prometheus.url),
+            None => format!("PromQL checked by {}", url.map(|u| u.to_string()).unwrap_or_default()),
             Some(err) => {
                 eprintln!("jobctl: warning: PromQL not checked: {err}");
                 "PromQL NOT checked (Prometheus did not answer)".to_string()
@@ -172,10 +198,10 @@ impl Powered {
 /// For each enabled job whose action is a socket command and whose queries
 /// all answer now: its devices, and those no socket powers. Each distinct
 /// query is sent once.
-async fn powered_devices(rules: &RuleSet, prometheus: &PromClient) -> HashMap<String, Powered> {
+async fn powered_devices(rules: &RuleSet, reader: &Reader) -> HashMap<String, Powered> {
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
     for query in rules.queries() {
-        if let Ok(samples) = prometheus.query(&query).await {
+        if let Ok(samples) = reader.query(&query).await {
             answers.insert(query, samples);
         }
     }
@@ -202,11 +228,17 @@ async fn powered_devices(rules: &RuleSet, prometheus: &PromClient) -> HashMap<St
 fn at_send_time(rules: &RuleSet) -> (Vec<ConfigError>, Vec<ConfigError>) {
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     let file = &rules.main_file;
-    if rules.prometheus.auth.is_some() && in_clear(&rules.prometheus.url) {
-        warnings.push(file.error(format!(
-            "prometheus.url: the credentials would travel unencrypted to {}; use https:// (or reach Prometheus on this host)",
-            host(&rules.prometheus.url)
-        )));
+    if rules.source.auth().is_some() {
+        for url in rules.source.urls().into_iter().filter(|url| in_clear(url)) {
+            let (key, what) = match rules.prometheus() {
+                Some(_) => ("prometheus.url", "Prometheus"),
+                None => ("source.scrape", "the exporter"),
+            };
+            warnings.push(file.error(format!(
+                "{key}: the credentials would travel unencrypted to {}; use https:// (or reach {what} on this host)",
+                host(url)
+            )));
+        }
     }
     let (webhook_errors, webhook_warnings) = webhook_problems(rules);
     errors.extend(webhook_errors);

@@ -32,9 +32,15 @@ pub(crate) enum Error {
     /// already says why, so it is shown in this message, not as a cause.
     #[error("[prometheus] {0}")]
     PrometheusSecret(SecretError),
+    /// A `[source]` credential cannot be loaded.
+    #[error("[source] {0}")]
+    SourceSecret(SecretError),
     /// The `[prometheus]` settings cannot make a client.
     #[error(transparent)]
     Prometheus(#[from] PromError),
+    /// The `[source]` settings cannot make a scrape client.
+    #[error(transparent)]
+    Scrape(crate::prometheus_api::scrape::ScrapeError),
     /// The journal cannot be opened, read or written.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -153,9 +159,12 @@ impl CliError for Error {
 
     fn code(&self) -> Exit {
         match self {
-            Error::Rules(_) | Error::Sms(_) | Error::PrometheusSecret(_) | Error::Prometheus(_) => {
-                Exit::Config
-            }
+            Error::Rules(_)
+            | Error::Sms(_)
+            | Error::PrometheusSecret(_)
+            | Error::SourceSecret(_)
+            | Error::Prometheus(_)
+            | Error::Scrape(_) => Exit::Config,
             Error::Journal(_) | Error::Engine(EngineError::Journal(_)) => Exit::Database,
             Error::Listen { .. } => Exit::Listen,
             Error::UnknownJob { .. }

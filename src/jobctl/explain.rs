@@ -49,7 +49,7 @@ use serde::Serialize;
 
 use super::error::Error;
 use super::table::Format;
-use super::{load_rules, prometheus_client};
+use super::{load_rules, Reader};
 use crate::engine::{
     in_window, limit_refusal, limit_since, over_budget, silence_holding, timing, LimitCount,
 };
@@ -190,15 +190,15 @@ pub(super) async fn run(config: &Path, args: ExplainArgs) -> Result<Exit, Error>
         return Err(Error::UnknownJob { job: args.job, known });
     };
     let key = device_key(&rules, &args.device)?;
-    let prometheus = prometheus_client(&rules)?;
+    let reader = Reader::new(&rules).await?;
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
     let mut failures: Vec<(String, String)> = Vec::new();
     for query in job.queries() {
-        match prometheus.query(&query).await {
+        match reader.query(&query).await {
             Ok(samples) => {
                 answers.insert(query, samples);
             }
-            Err(err) => failures.push((query, crate::error::with_causes(&err))),
+            Err(err) => failures.push((query, err)),
         }
     }
     let now = Timestamp::now();

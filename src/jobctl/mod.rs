@@ -27,11 +27,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::clock::SystemClock;
 use crate::config_file::ConfigError;
-use crate::engine::{EngineOptions, Outbox, SendRetry};
+use crate::engine::{EngineOptions, Outbox, SendRetry, Source};
 use crate::exit::Exit;
 use crate::journal::Journal;
+use crate::prometheus_api::scrape::{ScrapeClient, Scraped};
 use crate::prometheus_api::{Auth, PromClient};
-use crate::rules::{PrometheusAuth, RuleSet};
+use crate::rules::condition::ScrapeQuery;
+use crate::rules::{PrometheusAuth, RuleSet, Sample, SourceConfig};
 use crate::sms::Sender;
 use error::Error;
 
@@ -168,23 +170,98 @@ pub(crate) fn build_sender(rules: &RuleSet) -> Result<Sms, ConfigError> {
     Ok(Sms { sender, max_segments })
 }
 
-/// Builds the Prometheus client, loading its credentials.
-pub(crate) fn prometheus_client(rules: &RuleSet) -> Result<PromClient, Error> {
-    let prometheus = &rules.prometheus;
-    let auth = match &prometheus.auth {
+/// The credentials of `[prometheus]` or `[source]`, loaded.
+fn source_auth(rules: &RuleSet) -> Result<Option<Auth>, Error> {
+    let secret_error = |err| match &rules.source {
+        SourceConfig::Prometheus(_) => Error::PrometheusSecret(err),
+        SourceConfig::Scrape(_) => Error::SourceSecret(err),
+    };
+    Ok(match rules.source.auth() {
         None => None,
         Some(PrometheusAuth::Basic { username, password }) => {
-            let loaded = password.load(&rules.base_dir).map_err(Error::PrometheusSecret)?;
+            let loaded = password.load(&rules.base_dir).map_err(secret_error)?;
             warn_loose(&loaded);
             Some(Auth::Basic { username: username.clone(), password: loaded.secret })
         }
         Some(PrometheusAuth::Bearer { token }) => {
-            let loaded = token.load(&rules.base_dir).map_err(Error::PrometheusSecret)?;
+            let loaded = token.load(&rules.base_dir).map_err(secret_error)?;
             warn_loose(&loaded);
             Some(Auth::Bearer(loaded.secret))
         }
-    };
-    PromClient::new(prometheus.url.as_str(), prometheus.timeout, auth).map_err(Error::Prometheus)
+    })
+}
+
+/// Builds the Prometheus client, loading its credentials; `None` when the
+/// rules scrape the exporters instead (`[source]`).
+pub(crate) fn prometheus_client(rules: &RuleSet) -> Result<Option<PromClient>, Error> {
+    let Some(prometheus) = rules.prometheus() else { return Ok(None) };
+    let auth = source_auth(rules)?;
+    PromClient::new(prometheus.url.as_str(), prometheus.timeout, auth)
+        .map(Some)
+        .map_err(Error::Prometheus)
+}
+
+/// Builds the engine's source: the Prometheus client, or the scrape client
+/// of `[source]`, its credentials loaded.
+pub(crate) fn source(rules: &RuleSet) -> Result<Source, Error> {
+    match &rules.source {
+        SourceConfig::Prometheus(_) => {
+            let client = prometheus_client(rules)?.expect("the rules read Prometheus");
+            Ok(Source::Prometheus(Arc::new(client)))
+        }
+        SourceConfig::Scrape(scrape) => {
+            let auth = source_auth(rules)?;
+            let client =
+                ScrapeClient::new(&scrape.targets, scrape.timeout, auth).map_err(Error::Scrape)?;
+            Ok(Source::Scrape(Arc::new(client)))
+        }
+    }
+}
+
+/// What the one-shot commands (`check`, `test-rule`, `explain`) read
+/// answers from: Prometheus, asked query by query, or one scrape of every
+/// target, taken when the command starts and answering every query.
+pub(crate) enum Reader {
+    /// `[prometheus]`.
+    Prometheus(Arc<PromClient>),
+    /// `[source] scrape`: what the targets served.
+    Scrape(Scraped),
+}
+
+impl Reader {
+    /// A reader for `rules`; a scrape source scrapes every target now.
+    pub(crate) async fn new(rules: &RuleSet) -> Result<Reader, Error> {
+        Ok(match source(rules)? {
+            Source::Prometheus(client) => Reader::Prometheus(client),
+            Source::Scrape(client) => Reader::Scrape(client.scrape().await),
+        })
+    }
+
+    /// The answer to `query` now, or why there is none.
+    pub(crate) async fn query(&self, query: &str) -> Result<Vec<Sample>, String> {
+        match self {
+            Reader::Prometheus(client) => {
+                client.query(query).await.map_err(|err| crate::error::with_causes(&err))
+            }
+            Reader::Scrape(scraped) => {
+                if !scraped.answered() {
+                    let first = scraped.targets.iter().find_map(|t| t.result.as_ref().err());
+                    let why = first.map_or_else(String::new, |err| format!(": {err}"));
+                    return Err(format!("no scrape target answered{why}"));
+                }
+                let Some(selector) = ScrapeQuery::parse(query) else {
+                    return Err("needs PromQL, which a [source] scrape cannot evaluate".to_string());
+                };
+                let mut samples = Vec::new();
+                selector.select(scraped, &mut |labels, value| {
+                    let labels =
+                        labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+                    samples.push(Sample { labels, value });
+                });
+                Ok(samples)
+            }
+        }
+    }
 }
 
 fn warn_loose(loaded: &crate::secret::LoadedSecret) {

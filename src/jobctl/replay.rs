@@ -80,7 +80,7 @@ impl ReplayArgs {
         let step = match &self.step {
             Some(text) => parse_duration("--step", text)?,
             None => {
-                Duration::from_secs(rules.prometheus.interval.as_secs_f64().ceil().max(1.0) as u64)
+                Duration::from_secs(rules.source.interval().as_secs_f64().ceil().max(1.0) as u64)
             }
         };
         ReplayRange::new(from, to, step).map_err(bad)
@@ -110,7 +110,11 @@ pub(super) async fn run(rules: &RuleSet, job: &Job, args: &ReplayArgs) -> Result
         Err(JournalError::Missing { .. }) => Vec::new(),
         Err(err) => return Err(Error::Journal(err)),
     };
-    let prometheus = prometheus_client(rules)?;
+    let Some(prometheus) = prometheus_client(rules)? else {
+        return Err(Error::Replay(
+            "--replay reads Prometheus's history, and these rules scrape the exporters directly ([source]), which keeps none; replay with rules that have [prometheus]".to_string(),
+        ));
+    };
     let started = std::time::Instant::now();
     let options = ReplayOptions::default();
     let replayed = replay::replay(rules, job, &prometheus, range, options, silences)

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::Error;
-use super::{build_sender, count, load_rules, open_journal, prometheus_client, Sms};
+use super::{build_sender, count, load_rules, open_journal, Sms};
 use crate::clock::SystemClock;
+use crate::engine::Source;
 use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
 use crate::error::with_causes;
 use crate::exit::Exit;
 use crate::http::{Exposition, Health, Pages};
 use crate::notify::Notifier;
-use crate::prometheus_api::PromClient;
 use crate::rules::RuleSet;
 
 /// `jobctl run` flags.
@@ -59,9 +59,9 @@ pub(super) async fn run(
 ) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
     webhooks_usable(&rules)?;
-    let (sms, prometheus) = connections(&rules)?;
+    let (sms, source) = connections(&rules)?;
     let journal = open_journal(&rules)?;
-    let interval = rules.prometheus.interval;
+    let interval = rules.source.interval();
     let options = EngineOptions {
         mode: if args.dry_run { Mode::DryRun } else { Mode::Live },
         budgets: rules.budgets,
@@ -69,8 +69,7 @@ pub(super) async fn run(
         ..EngineOptions::default()
     };
     let mut engine =
-        Engine::start(rules, prometheus, journal, sms.sender, Arc::new(SystemClock), options)
-            .await?;
+        Engine::start(rules, source, journal, sms.sender, Arc::new(SystemClock), options).await?;
 
     if args.once {
         let report = engine.cycle().await;
@@ -186,7 +185,7 @@ pub(super) async fn run(
 
 /// What a reload read: the new rules and their connections, or nothing (the
 /// reasons are logged).
-type Loaded = Option<(RuleSet, Sms, Arc<PromClient>)>;
+type Loaded = Option<(RuleSet, Sms, Source)>;
 
 /// Starts reading the rules on the blocking pool.
 fn start_reading(config: &Path) -> tokio::task::JoinHandle<Loaded> {
@@ -208,7 +207,7 @@ fn read(config: &Path) -> Loaded {
         }
     };
     match webhooks_usable(&rules).and_then(|()| connections(&rules)) {
-        Ok((sms, prometheus)) => Some((rules, sms, prometheus)),
+        Ok((sms, source)) => Some((rules, sms, source)),
         Err(err) => {
             tracing::error!(
                 "reload rejected: {}; the previous rules keep running",
@@ -221,18 +220,18 @@ fn read(config: &Path) -> Loaded {
 
 /// Puts a valid reload in place, between two cycles.
 fn swap(loaded: Loaded, engine: &mut Engine, ticker: &mut tokio::time::Interval) {
-    let Some((rules, sms, prometheus)) = loaded else { return };
+    let Some((rules, sms, source)) = loaded else { return };
     let before: std::collections::BTreeSet<String> =
         engine.rules().jobs.iter().map(|j| j.name.clone()).collect();
     let after: std::collections::BTreeSet<String> =
         rules.jobs.iter().map(|j| j.name.clone()).collect();
     let kept = before.intersection(&after).count();
-    let interval = rules.prometheus.interval;
-    if interval != engine.rules().prometheus.interval {
+    let interval = rules.source.interval();
+    if interval != engine.rules().source.interval() {
         *ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    engine.replace_connections(prometheus, sms.sender, sms.max_segments);
+    engine.replace_connections(source, sms.sender, sms.max_segments);
     engine.replace_rules(rules);
     tracing::info!(
         "rules reloaded: {} jobs ({} kept with their state, {} new, {} removed)",
@@ -257,12 +256,12 @@ fn webhooks_usable(rules: &RuleSet) -> Result<(), Error> {
     }
 }
 
-/// The SMS sender and the Prometheus client of `rules`, both or neither.
-/// Both are built, so that each logs its warnings (a secret file readable
-/// by others) even when the other fails.
-fn connections(rules: &RuleSet) -> Result<(Sms, Arc<PromClient>), Error> {
-    let (sms, prometheus) = (build_sender(rules), prometheus_client(rules));
-    Ok((sms?, Arc::new(prometheus?)))
+/// The SMS sender and the source (Prometheus or the scrape targets) of
+/// `rules`, both or neither. Both are built, so that each logs its warnings
+/// (a secret file readable by others) even when the other fails.
+fn connections(rules: &RuleSet) -> Result<(Sms, Source), Error> {
+    let (sms, source) = (build_sender(rules), super::source(rules));
+    Ok((sms?, source?))
 }
 
 struct JobctlPages {

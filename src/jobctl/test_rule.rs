@@ -12,7 +12,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use super::error::Error;
-use super::{count, load_rules, manual_outbox, prometheus_client};
+use super::{count, load_rules, manual_outbox, Reader};
 use crate::exit::Exit;
 use crate::journal::{Journal, JournalError};
 use crate::rules::state::{JobState, Phase};
@@ -43,12 +43,12 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
     if args.replay.wanted() {
         return super::replay::run(&rules, job, &args.replay).await;
     }
-    let prometheus = prometheus_client(&rules)?;
+    let reader = Reader::new(&rules).await?;
 
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
     let mut failed = 0;
     for query in job.queries() {
-        match prometheus.query(&query).await {
+        match reader.query(&query).await {
             Ok(samples) => {
                 answers.insert(query, samples);
             }

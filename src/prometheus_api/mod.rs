@@ -18,10 +18,14 @@
 //! `answer.rs` decodes what a successful answer holds in `data` (instant
 //! and range answers alike), series by series, without ever seeing a
 //! credential; `error.rs` has the one error
-//! type both return.
+//! type both return. Beside it, for sites without a Prometheus:
+//! `exposition.rs` reads the text format exporters serve, and `scrape.rs`
+//! fetches their pages (the same credentials, one `Authorization` header).
 
 mod answer;
 mod error;
+pub mod exposition;
+pub mod scrape;
 
 pub use answer::{InstantAnswer, Label, Point, RangeAnswer, Sample, Series};
 pub use error::PromError;
@@ -132,35 +136,8 @@ impl PromClient {
             .build()
             .map_err(|err| config_error(&format!("cannot set up the HTTP client: {err}")))?;
 
-        let (authorization, redactions) = match &auth {
-            None => (None, Vec::new()),
-            Some(Auth::Basic { username, password }) => {
-                if username.contains(':') {
-                    return Err(config_error("the basic-auth user name may not contain ':'"));
-                }
-                // reqwest does the base64 encoding; the value is kept so that
-                // each request reuses it and error excerpts can redact it.
-                let request = http
-                    .get(url.clone())
-                    .basic_auth(username, Some(password.expose()))
-                    .build()
-                    .map_err(|_| config_error("the basic-auth credentials cannot be encoded"))?;
-                let value = request.headers()[header::AUTHORIZATION].clone();
-                let encoded = value.to_str().unwrap_or_default().trim_start_matches("Basic ");
-                let redactions = vec![password.expose().to_string(), encoded.to_string()];
-                (Some(value), redactions)
-            }
-            Some(Auth::Bearer(token)) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| {
-                        config_error(
-                            "the bearer token contains characters that cannot go in an HTTP header (a line break?)",
-                        )
-                    })?;
-                value.set_sensitive(true);
-                (Some(value), vec![token.expose().to_string()])
-            }
-        };
+        let (authorization, redactions) =
+            authorization(&http, &url, auth.as_ref()).map_err(config_error)?;
 
         Ok(PromClient {
             http,
@@ -522,6 +499,42 @@ fn redact_url(text: &str) -> String {
             }
             _ => text.to_string(),
         },
+    }
+}
+
+/// The `Authorization` header for `auth`, and the texts to redact from
+/// anything quoted back (the secret, and the encoded header value). Shared
+/// by the Prometheus client and the scrape client: one way to authenticate.
+fn authorization(
+    http: &reqwest::Client,
+    url: &Url,
+    auth: Option<&Auth>,
+) -> Result<(Option<HeaderValue>, Vec<String>), &'static str> {
+    match auth {
+        None => Ok((None, Vec::new())),
+        Some(Auth::Basic { username, password }) => {
+            if username.contains(':') {
+                return Err("the basic-auth user name may not contain ':'");
+            }
+            // reqwest does the base64 encoding; the value is kept so that
+            // each request reuses it and error excerpts can redact it.
+            let request = http
+                .get(url.clone())
+                .basic_auth(username, Some(password.expose()))
+                .build()
+                .map_err(|_| "the basic-auth credentials cannot be encoded")?;
+            let value = request.headers()[header::AUTHORIZATION].clone();
+            let encoded = value.to_str().unwrap_or_default().trim_start_matches("Basic ");
+            let redactions = vec![password.expose().to_string(), encoded.to_string()];
+            Ok((Some(value), redactions))
+        }
+        Some(Auth::Bearer(token)) => {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
+                |_| "the bearer token contains characters that cannot go in an HTTP header (a line break?)",
+            )?;
+            value.set_sensitive(true);
+            Ok((Some(value), vec![token.expose().to_string()]))
+        }
     }
 }
 

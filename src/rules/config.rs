@@ -31,8 +31,10 @@ pub(crate) struct RawRulesFile {
     pub(crate) device_key: Option<Spanned<Vec<Spanned<String>>>>,
     /// Guards for every job that has no `guards` of its own. Default none.
     pub(crate) guards: Option<Vec<Spanned<RawGuard>>>,
-    /// `[prometheus]`, required.
+    /// `[prometheus]`; this or `[source]` is required.
     pub(crate) prometheus: Option<Spanned<RawPrometheus>>,
+    /// `[source]`: exporters scraped directly instead of `[prometheus]`.
+    pub(crate) source: Option<Spanned<RawSource>>,
     /// `[journal]`, optional.
     pub(crate) journal: Option<RawJournal>,
     /// `[sms]`, as the SMS module reads it.
@@ -173,6 +175,72 @@ pub(crate) struct RawPrometheus {
     pub(crate) token_file: Option<Spanned<String>>,
     /// Environment variable holding a bearer token.
     pub(crate) token_env: Option<Spanned<String>>,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    /// `/metrics` URLs to scrape. Required, at least one.
+    pub(crate) scrape: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Evaluation (and scrape) interval. Default 30s.
+    pub(crate) interval: Option<Spanned<HumanDuration>>,
+    /// Scrape timeout. Default 10s.
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
+    /// Basic auth user name. Default none.
+    pub(crate) username: Option<Spanned<String>>,
+    /// File holding the basic auth password.
+    pub(crate) password_file: Option<Spanned<String>>,
+    /// Environment variable holding the basic auth password.
+    pub(crate) password_env: Option<Spanned<String>>,
+    /// File holding a bearer token.
+    pub(crate) token_file: Option<Spanned<String>>,
+    /// Environment variable holding a bearer token.
+    pub(crate) token_env: Option<Spanned<String>>,
+}
+
+/// The credential keys `[prometheus]` and `[source]` share.
+pub(crate) struct RawCredentials<'a> {
+    /// The table's name, for messages.
+    pub(crate) table: &'static str,
+    /// Basic auth user name.
+    pub(crate) username: &'a Option<Spanned<String>>,
+    /// File holding the basic auth password.
+    pub(crate) password_file: &'a Option<Spanned<String>>,
+    /// Environment variable holding the basic auth password.
+    pub(crate) password_env: &'a Option<Spanned<String>>,
+    /// File holding a bearer token.
+    pub(crate) token_file: &'a Option<Spanned<String>>,
+    /// Environment variable holding a bearer token.
+    pub(crate) token_env: &'a Option<Spanned<String>>,
+}
+
+impl RawPrometheus {
+    /// Its credential keys.
+    pub(crate) fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            table: "prometheus",
+            username: &self.username,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+            token_file: &self.token_file,
+            token_env: &self.token_env,
+        }
+    }
+}
+
+impl RawSource {
+    /// Its credential keys.
+    pub(crate) fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            table: "source",
+            username: &self.username,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+            token_file: &self.token_file,
+            token_env: &self.token_env,
+        }
+    }
 }
 
 /// `[journal]`.

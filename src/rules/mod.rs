@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 pub use condition::{Condition, DeviceVerdict, Evaluation, Guard, Op, Sample, Term, Verdict};
 pub use device::{DeviceKey, DeviceKeyLabels, LabelMatchers};
 pub use job::{Action, Job, Repeat, SourcePosition, DEFAULT_COOLDOWN};
-pub use settings::{Budgets, JournalConfig, PrometheusAuth, PrometheusConfig};
+pub use settings::{
+    Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, ScrapeConfig, SourceConfig,
+};
 
 use crate::config_file::{ConfigError, ConfigErrors, SourceFile};
 use crate::sms::phone::PhoneNumber;
@@ -59,8 +61,8 @@ pub struct RuleSet {
     pub(crate) main_file: SourceFile,
     /// The labels that identify a device. Default `platform_id`, `device_id`.
     pub device_key: DeviceKeyLabels,
-    /// `[prometheus]`.
-    pub prometheus: PrometheusConfig,
+    /// `[prometheus]` or `[source]`: where the data comes from.
+    pub source: SourceConfig,
     /// `[journal]`.
     pub journal: JournalConfig,
     /// `[sms]`, checked but for what needs its secrets, files or devices
@@ -166,6 +168,14 @@ pub enum ActionError {
 }
 
 impl RuleSet {
+    /// `[prometheus]`, when the rules read Prometheus rather than scrape.
+    pub fn prometheus(&self) -> Option<&PrometheusConfig> {
+        match &self.source {
+            SourceConfig::Prometheus(prometheus) => Some(prometheus),
+            SourceConfig::Scrape(_) => None,
+        }
+    }
+
     /// A job by name.
     pub(crate) fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
@@ -309,7 +319,7 @@ pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleS
         .collect();
     let sockets = socket::check::sockets(&files, &settings.device_key, &mut errors);
     let jobs = validate::jobs(&files, &settings, &sockets, &mut errors);
-    let Some(prometheus) = settings.prometheus.filter(|_| errors.is_empty()) else {
+    let Some(source) = settings.source.filter(|_| errors.is_empty()) else {
         // Each file's errors together, in the order the files were read.
         errors.sort_by_key(|e| {
             (files.iter().position(|f| f.file.path == e.path).unwrap_or(usize::MAX), e.location)
@@ -324,7 +334,7 @@ pub fn parse_files(main: SourceFile, fragments: Vec<SourceFile>) -> Result<RuleS
         base_dir,
         main_file: main,
         device_key: settings.device_key,
-        prometheus,
+        source,
         journal: settings.journal,
         sms: settings.sms,
         budgets: settings.budgets,

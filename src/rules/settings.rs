@@ -1,5 +1,6 @@
-//! The daemon-wide parts of the rules file: where Prometheus is, where the
-//! journal lives, and the budgets. (`[sms]` is the SMS module's own
+//! The daemon-wide parts of the rules file: where the data comes from
+//! (Prometheus, or the exporters scraped directly), where the journal
+//! lives, and the budgets. (`[sms]` is the SMS module's own
 //! [`crate::sms::SmsConfig`].)
 
 use std::path::PathBuf;
@@ -17,6 +18,66 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default journal path: inside systemd's `StateDirectory=jobctl`.
 pub(crate) const DEFAULT_JOURNAL_PATH: &str = "/var/lib/jobctl/journal.db";
 
+/// Where the rules read their data: `[prometheus]` or `[source]`, exactly
+/// one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// `[prometheus]`: every query is sent to the Prometheus HTTP API.
+    Prometheus(PrometheusConfig),
+    /// `[source] scrape = [...]`: jobctl scrapes the exporters itself and
+    /// answers the queries that need no PromQL.
+    Scrape(ScrapeConfig),
+}
+
+impl SourceConfig {
+    /// Time between evaluation cycles (and, scraping, between scrapes).
+    pub fn interval(&self) -> Duration {
+        match self {
+            SourceConfig::Prometheus(p) => p.interval,
+            SourceConfig::Scrape(s) => s.interval,
+        }
+    }
+
+    /// Timeout of one query or one scrape.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            SourceConfig::Prometheus(p) => p.timeout,
+            SourceConfig::Scrape(s) => s.timeout,
+        }
+    }
+
+    /// The credentials, when the source sits behind authentication.
+    pub fn auth(&self) -> Option<&PrometheusAuth> {
+        match self {
+            SourceConfig::Prometheus(p) => p.auth.as_ref(),
+            SourceConfig::Scrape(s) => s.auth.as_ref(),
+        }
+    }
+
+    /// The URLs the credentials go to.
+    pub fn urls(&self) -> Vec<&reqwest::Url> {
+        match self {
+            SourceConfig::Prometheus(p) => vec![&p.url],
+            SourceConfig::Scrape(s) => s.targets.iter().collect(),
+        }
+    }
+}
+
+/// `[source]`: exporters read directly, for sites without a Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScrapeConfig {
+    /// The `/metrics` URLs scraped every cycle, their series merged.
+    pub targets: Vec<reqwest::Url>,
+    /// Time between cycles, each of which scrapes every target once.
+    /// Default [`DEFAULT_INTERVAL`].
+    pub interval: Duration,
+    /// Timeout of one scrape, at most `interval`. Default as for
+    /// `[prometheus]`.
+    pub timeout: Duration,
+    /// Credentials sent to every target, as `[prometheus]` sends them.
+    pub auth: Option<PrometheusAuth>,
+}
+
 /// `[prometheus]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrometheusConfig {
@@ -31,7 +92,8 @@ pub struct PrometheusConfig {
     pub auth: Option<PrometheusAuth>,
 }
 
-/// How jobctl authenticates to Prometheus. Secrets are read from files or the
+/// How jobctl authenticates to Prometheus (or, with `[source]`, to the
+/// exporters it scrapes). Secrets are read from files or the
 /// environment (relative files from the main rules file's directory), never
 /// from the rules file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,10 +33,12 @@
 //!
 //! The condition's parts ([`Condition`], [`Term`], [`Guard`], [`Verdict`])
 //! are in `term.rs`; one cycle's answers, stored and indexed once for every
-//! job, in `answers.rs`; a job's verdicts per device in `evaluation.rs`.
+//! job, in `answers.rs`; a job's verdicts per device in `evaluation.rs`;
+//! the queries a scrape source answers without PromQL in `scrape_query.rs`.
 
 mod answers;
 mod evaluation;
+mod scrape_query;
 mod term;
 
 /// One series of an instant-query answer, as the Prometheus client returns it.
@@ -44,4 +46,5 @@ pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
+pub(crate) use scrape_query::ScrapeQuery;
 pub use term::{Condition, Guard, Op, Term, Verdict};

@@ -1,21 +1,29 @@
 //! The checks of a job's condition (`metric` + `op` + `value`, `expr`,
-//! `all`, `any`) and of guards, the file's and a job's.
+//! `all`, `any`) and of guards, the file's and a job's; and, when the rules
+//! scrape the exporters themselves (`[source]`), the refusal of what needs
+//! PromQL, where it is written.
 
 use std::ops::Range;
 
 use toml::Spanned;
 
 use crate::rules::checker::{not_a_label, Checker};
-use crate::rules::condition::{Condition, Guard, Op, Term};
+use crate::rules::condition::{Condition, Guard, Op, ScrapeQuery, Term};
 use crate::rules::config::{RawGuard, RawJob, RawTerm};
 use crate::rules::device::{is_label_name, is_metric_name, DeviceKeyLabels};
 
+/// What a `[source]` rules file is told about PromQL it cannot evaluate.
+const SCRAPE_HINT: &str = "[source] scrape answers only metric + op + value comparisons; read Prometheus with [prometheus] instead for PromQL";
+
 /// Guards, `prefix` naming the job they belong to (empty for the file's).
+/// With `scraping`, a guard must be a comparison a scrape can answer
+/// (`metric op number`).
 pub(super) fn guards_of(
     ck: &mut Checker<'_>,
     raw: &[Spanned<RawGuard>],
     device_key: &DeviceKeyLabels,
     prefix: &str,
+    scraping: bool,
 ) -> Vec<Guard> {
     let mut guards = Vec::new();
     for guard in raw {
@@ -31,6 +39,16 @@ pub(super) fn guards_of(
                 continue;
             }
             Some(expr) => match ck.non_empty(expr, &format!("{prefix}guard expr")) {
+                Some(e) if scraping && ScrapeQuery::parse(&e).is_none() => {
+                    ck.at(
+                        expr.span(),
+                        format!(
+                            "{prefix}guard {:?} needs PromQL; write it as a comparison like \"addreality_platform_up == 1\": {SCRAPE_HINT}",
+                            e.trim()
+                        ),
+                    );
+                    continue;
+                }
                 Some(e) => e.trim().to_string(),
                 None => continue,
             },
@@ -118,6 +136,33 @@ pub(super) fn job_condition(
             None
         }
     }
+}
+
+/// Refuses, when the rules scrape (`[source]`), every `expr` of a job's
+/// condition, at the place it is written: a scrape has no PromQL to
+/// evaluate it with. Returns whether there was none.
+pub(super) fn scrapable(ck: &mut Checker<'_>, label: &str, r: &RawJob) -> bool {
+    let mut exprs: Vec<(String, &Spanned<String>)> = Vec::new();
+    if let Some(expr) = &r.expr {
+        exprs.push((label.to_string(), expr));
+    }
+    for (which, list) in [("all", &r.all), ("any", &r.any)] {
+        for (i, t) in list.iter().flat_map(|l| l.get_ref().iter().enumerate()) {
+            if let Some(expr) = &t.get_ref().expr {
+                exprs.push((format!("{label}: {which}[{}]", i + 1), expr));
+            }
+        }
+    }
+    for (label, expr) in &exprs {
+        ck.at(
+            expr.span(),
+            format!(
+                "{label}: expr {:?} is PromQL, which needs [prometheus]; {SCRAPE_HINT}",
+                expr.get_ref().trim()
+            ),
+        );
+    }
+    exprs.is_empty()
 }
 
 fn terms(

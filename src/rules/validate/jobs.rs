@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::conditions::{guards_of, job_condition};
+use super::conditions::{guards_of, job_condition, scrapable};
 use super::settings::{mass_outage, Settings};
 use crate::config_file::ConfigError;
 use crate::rules::checker::{labels, Checker};
@@ -30,6 +30,7 @@ use crate::rules::job::{
 };
 use crate::rules::naming;
 use crate::rules::schedule::{self, HourWindow, Schedule};
+use crate::rules::settings::SourceConfig;
 use crate::rules::socket::check::Sockets;
 use crate::rules::socket::{ArgValue, CommandError, Socket};
 use crate::rules::template::Template;
@@ -51,6 +52,7 @@ pub(crate) fn jobs(
         sockets_rejected: sockets.rejected,
         webhooks: &settings.webhooks,
         default_escalate: &settings.default_escalate,
+        scraping: matches!(settings.source, Some(SourceConfig::Scrape(_))),
     };
     let mut jobs: Vec<Job> = Vec::new();
     let mut job_names: HashMap<String, String> = HashMap::new();
@@ -113,6 +115,8 @@ struct JobEnv<'a> {
     webhooks: &'a [Webhook],
     /// The top-level `escalate`.
     default_escalate: &'a [EscalationTarget],
+    /// The rules scrape the exporters (`[source]`): no PromQL.
+    scraping: bool,
 }
 
 fn job(
@@ -145,6 +149,9 @@ fn job(
         Some(d) => labels(ck, d.get_ref(), &label, "devices").map(LabelMatchers::new),
     };
     let condition = job_condition(ck, &label, job_span.clone(), r);
+    if env.scraping {
+        ok &= scrapable(ck, &label, r);
+    }
     let hold_for = r.hold_for.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
     let cooldown = r.cooldown.as_ref().map_or(DEFAULT_COOLDOWN, |d| d.get_ref().0);
     let repeat = match &r.repeat {
@@ -167,7 +174,7 @@ fn job(
         None => env.default_guards.to_vec(),
         Some(guards) => {
             let before = ck.errors.len();
-            let guards = guards_of(ck, guards, env.device_key, &format!("{label}: "));
+            let guards = guards_of(ck, guards, env.device_key, &format!("{label}: "), env.scraping);
             ok &= ck.errors.len() == before;
             guards
         }

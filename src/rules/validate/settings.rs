@@ -15,27 +15,32 @@ use super::conditions::guards_of;
 use crate::config_file::{ConfigError, HumanDuration, SourceFile};
 use crate::rules::checker::{not_a_label, Checker};
 use crate::rules::condition::Guard;
-use crate::rules::config::{RawBudgets, RawJournal, RawMassOutage, RawPrometheus, RawRulesFile};
+use crate::rules::config::{
+    RawBudgets, RawCredentials, RawJournal, RawMassOutage, RawPrometheus, RawRulesFile, RawSource,
+};
 use crate::rules::device::{is_label_name, DeviceKeyLabels};
 use crate::rules::escalate::{EscalationTarget, Webhook};
 use crate::rules::job::{MassOutage, DEFAULT_MASS_OUTAGE};
 use crate::rules::settings::{
-    Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, DEFAULT_INTERVAL,
-    DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
+    Budgets, JournalConfig, PrometheusAuth, PrometheusConfig, ScrapeConfig, SourceConfig,
+    DEFAULT_INTERVAL, DEFAULT_JOURNAL_PATH, DEFAULT_TIMEOUT,
 };
 use crate::secret::SecretSource;
 use crate::sms::SmsConfig;
 
 /// The example written in messages about `[prometheus]`.
 const URL_EXAMPLE: &str = "url = \"http://127.0.0.1:9090\"";
+/// The example written in messages about `[source]`.
+const SCRAPE_EXAMPLE: &str = "scrape = [\"http://127.0.0.1:9747/metrics\"]";
 
 /// The main file's settings, checked: what every socket and job is read
 /// against, and what the daemon needs besides them.
 pub(crate) struct Settings {
     /// `device_key`, or the default when it is missing or wrong.
     pub(crate) device_key: DeviceKeyLabels,
-    /// `[prometheus]`; `None` when it is missing or its URL is wrong.
-    pub(crate) prometheus: Option<PrometheusConfig>,
+    /// `[prometheus]` or `[source]`; `None` when neither or both are
+    /// there, or a URL is wrong.
+    pub(crate) source: Option<SourceConfig>,
     /// `[journal]`.
     pub(crate) journal: JournalConfig,
     /// `[budgets]`.
@@ -65,12 +70,15 @@ pub(crate) fn settings(
 ) -> Settings {
     let mut ck = Checker { file: main, errors };
     let device_key = device_key(&mut ck, raw.device_key.take());
-    let prometheus = prometheus(&mut ck, raw.prometheus.take());
+    let source = source(&mut ck, raw.prometheus.take(), raw.source.take());
     let journal = journal(&mut ck, raw.journal.take(), base_dir);
     let budgets = budgets(&mut ck, raw.budgets.take());
     let sms = sms(&mut ck, raw.sms.take());
     let default_guards = match &raw.guards {
-        Some(guards) => guards_of(&mut ck, guards, &device_key, ""),
+        Some(guards) => {
+            let scraping = matches!(source, Some(SourceConfig::Scrape(_)));
+            guards_of(&mut ck, guards, &device_key, "", scraping)
+        }
         None => Vec::new(),
     };
     let mass_outage = mass_outage(&mut ck, raw.mass_outage.as_ref(), Some(DEFAULT_MASS_OUTAGE), "");
@@ -82,7 +90,7 @@ pub(crate) fn settings(
         .unwrap_or_default();
     Settings {
         device_key,
-        prometheus,
+        source,
         journal,
         budgets,
         sms,
@@ -184,14 +192,84 @@ fn device_key(ck: &mut Checker<'_>, raw: Option<Spanned<Vec<Spanned<String>>>>) 
     DeviceKeyLabels::new(labels)
 }
 
-fn prometheus(
+/// `[prometheus]` or `[source]`: one of them, not both.
+fn source(
     ck: &mut Checker<'_>,
-    raw: Option<Spanned<RawPrometheus>>,
-) -> Option<PrometheusConfig> {
-    let Some(raw) = raw else {
-        ck.whole(format!("no [prometheus] section; add one with {URL_EXAMPLE}"));
-        return None;
-    };
+    raw_prometheus: Option<Spanned<RawPrometheus>>,
+    scrape: Option<Spanned<RawSource>>,
+) -> Option<SourceConfig> {
+    match (raw_prometheus, scrape) {
+        (None, None) => {
+            ck.whole(format!(
+                "no [prometheus] section; add one with {URL_EXAMPLE}, or read the exporters directly with [source] {SCRAPE_EXAMPLE}"
+            ));
+            None
+        }
+        (Some(_), Some(source)) => {
+            ck.at(
+                source.span(),
+                "[source] and [prometheus] are both set; keep one: [prometheus] to evaluate the rules with Prometheus (PromQL, history), [source] to scrape the exporters directly",
+            );
+            None
+        }
+        (Some(raw), None) => prometheus(ck, raw).map(SourceConfig::Prometheus),
+        (None, Some(raw)) => scrape_source(ck, raw).map(SourceConfig::Scrape),
+    }
+}
+
+/// `[source]`: the targets, the interval and timeout, the credentials.
+fn scrape_source(ck: &mut Checker<'_>, raw: Spanned<RawSource>) -> Option<ScrapeConfig> {
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let mut targets = Vec::new();
+    let mut valid = true;
+    match &raw.scrape {
+        None => {
+            ck.at(table_span.clone(), format!("[source] has no scrape; add {SCRAPE_EXAMPLE}"));
+            valid = false;
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            ck.at(
+                list.span(),
+                format!("source.scrape is empty; list at least one target, e.g. {SCRAPE_EXAMPLE}"),
+            );
+            valid = false;
+        }
+        Some(list) => {
+            for url in list.get_ref() {
+                match checked_url(ck, url, "source.scrape", "http://127.0.0.1:9747/metrics") {
+                    Some(parsed) if targets.contains(&parsed) => {
+                        ck.at(
+                            url.span(),
+                            format!("source.scrape lists {:?} twice; keep one", url.get_ref()),
+                        );
+                        valid = false;
+                    }
+                    Some(url) => targets.push(url),
+                    None => valid = false,
+                }
+            }
+        }
+    }
+    let interval = positive(ck, raw.interval.as_ref(), "source.interval", DEFAULT_INTERVAL);
+    let timeout =
+        positive(ck, raw.timeout.as_ref(), "source.timeout", DEFAULT_TIMEOUT.min(interval));
+    if timeout > interval {
+        let span = raw.timeout.as_ref().map_or(table_span.clone(), toml::Spanned::span);
+        ck.at(
+            span,
+            format!(
+                "source.timeout ({}) is longer than interval ({}); a scrape must end before the next cycle starts",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let auth = auth(ck, &raw.credentials());
+    valid.then_some(ScrapeConfig { targets, interval, timeout, auth })
+}
+
+fn prometheus(ck: &mut Checker<'_>, raw: Spanned<RawPrometheus>) -> Option<PrometheusConfig> {
     let table_span = raw.span();
     let raw = raw.into_inner();
     let url = match &raw.url {
@@ -199,7 +277,7 @@ fn prometheus(
             ck.at(table_span.clone(), format!("[prometheus] has no url; add {URL_EXAMPLE}"));
             None
         }
-        Some(url) => prometheus_url(ck, url),
+        Some(url) => checked_url(ck, url, "prometheus.url", "http://127.0.0.1:9090"),
     };
     let interval = positive(ck, raw.interval.as_ref(), "prometheus.interval", DEFAULT_INTERVAL);
     // Unset, the timeout is the default or the interval, whichever is
@@ -217,17 +295,24 @@ fn prometheus(
             ),
         );
     }
-    let auth = prometheus_auth(ck, &raw);
+    let auth = auth(ck, &raw.credentials());
     Some(PrometheusConfig { url: url?, interval, timeout, auth })
 }
 
-fn prometheus_url(ck: &mut Checker<'_>, url: &Spanned<String>) -> Option<reqwest::Url> {
+/// A URL of `key` (`prometheus.url`, `source.scrape`): http or https,
+/// without credentials.
+fn checked_url(
+    ck: &mut Checker<'_>,
+    url: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Option<reqwest::Url> {
     match reqwest::Url::parse(url.get_ref().trim()) {
         Err(err) => {
             ck.at(
                 url.span(),
                 format!(
-                    "prometheus.url {:?} is not a URL ({err}); write it like \"http://127.0.0.1:9090\"",
+                    "{key} {:?} is not a URL ({err}); write it like \"{example}\"",
                     url.get_ref()
                 ),
             );
@@ -237,14 +322,14 @@ fn prometheus_url(ck: &mut Checker<'_>, url: &Spanned<String>) -> Option<reqwest
             // The URL is not repeated: it holds a secret.
             ck.at(
                 url.span(),
-                "prometheus.url must not carry a user name or password; use username with password_file or password_env",
+                format!("{key} must not carry a user name or password; use username with password_file or password_env"),
             );
             None
         }
         Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
             ck.at(
                 url.span(),
-                format!("prometheus.url {:?} must start with http:// or https://", url.get_ref()),
+                format!("{key} {:?} must start with http:// or https://", url.get_ref()),
             );
             None
         }
@@ -270,6 +355,7 @@ fn positive(
 
 fn secret_source(
     ck: &mut Checker<'_>,
+    table: &str,
     file: &Option<Spanned<String>>,
     env: &Option<Spanned<String>>,
     file_key: &str,
@@ -277,48 +363,55 @@ fn secret_source(
 ) -> Option<SecretSource> {
     match (file, env) {
         (Some(_), Some(env)) => {
-            ck.at(
-                env.span(),
-                format!("prometheus: {file_key} and {env_key} are both set; keep one"),
-            );
+            ck.at(env.span(), format!("{table}: {file_key} and {env_key} are both set; keep one"));
             None
         }
-        (Some(file), None) => ck
-            .non_empty(file, &format!("prometheus.{file_key}"))
-            .map(|f| SecretSource::File(f.into())),
+        (Some(file), None) => {
+            ck.non_empty(file, &format!("{table}.{file_key}")).map(|f| SecretSource::File(f.into()))
+        }
         (None, Some(env)) => {
-            ck.non_empty(env, &format!("prometheus.{env_key}")).map(SecretSource::Env)
+            ck.non_empty(env, &format!("{table}.{env_key}")).map(SecretSource::Env)
         }
         (None, None) => None,
     }
 }
 
-fn prometheus_auth(ck: &mut Checker<'_>, raw: &RawPrometheus) -> Option<PrometheusAuth> {
+/// The credentials of `[prometheus]` or `[source]`: the same keys, the
+/// same checks.
+fn auth(ck: &mut Checker<'_>, raw: &RawCredentials<'_>) -> Option<PrometheusAuth> {
+    let table = raw.table;
+    let (password_file, password_env) = (raw.password_file, raw.password_env);
     let password =
-        secret_source(ck, &raw.password_file, &raw.password_env, "password_file", "password_env");
-    let token = secret_source(ck, &raw.token_file, &raw.token_env, "token_file", "token_env");
+        secret_source(ck, table, password_file, password_env, "password_file", "password_env");
+    let token = secret_source(ck, table, raw.token_file, raw.token_env, "token_file", "token_env");
     let password_span = raw.password_file.as_ref().or(raw.password_env.as_ref()).map(Spanned::span);
     let token_span = raw.token_file.as_ref().or(raw.token_env.as_ref()).map(Spanned::span);
     let basic = match (&raw.username, password_span) {
         (Some(user), Some(_)) => {
-            let username = ck.non_empty(user, "prometheus.username");
+            let username = ck.non_empty(user, &format!("{table}.username"));
             username
                 .zip(password)
                 .map(|(username, password)| PrometheusAuth::Basic { username, password })
         }
         (Some(user), None) => {
-            ck.at(user.span(), "prometheus.username needs password_file or password_env");
+            ck.at(user.span(), format!("{table}.username needs password_file or password_env"));
             None
         }
         (None, Some(span)) => {
-            ck.at(span, "prometheus: a password is set without username; add username = \"…\"");
+            ck.at(
+                span,
+                format!("{table}: a password is set without username; add username = \"…\""),
+            );
             None
         }
         (None, None) => None,
     };
     let bearer = token.map(|token| PrometheusAuth::Bearer { token });
     if let (Some(_), Some(span)) = (&raw.username, token_span) {
-        ck.at(span, "prometheus: basic auth (username) and a bearer token are both set; keep one");
+        ck.at(
+            span,
+            format!("{table}: basic auth (username) and a bearer token are both set; keep one"),
+        );
         return None;
     }
     basic.or(bearer)
