@@ -385,6 +385,14 @@ async fn check_refuses_promql_in_scrape_mode_and_scrapes_the_targets() {
     assert!(stdout.contains("OK: 1 job (1 enabled)"), "{stdout}");
     assert!(stdout.contains("; 1 of 1 scrape target scraped (no PromQL: [source])\n"), "{stdout}");
 
+    // The credentials are [prometheus]'s, and so are their errors.
+    let secret = head.replace("]\n\n[sms]", "]\ntoken_file = \"scrape.token\"\n\n[sms]");
+    let (code, _, stderr) = check(format!("{secret}{socket}{job}")).await;
+    assert_eq!(code, Some(3));
+    assert!(stderr.starts_with("jobctl: [source] "), "{stderr}");
+    assert!(stderr.contains("scrape.token"), "{stderr}");
+    std::fs::write(&rules, format!("{head}{socket}{job}")).unwrap();
+
     // test-rule evaluates from one scrape; --replay needs Prometheus's history.
     exporter.set_online(1, false).await;
     let (code, stdout, stderr) = jobctl(&["test-rule", "offline"]).await;
