@@ -37,6 +37,7 @@
 
 mod answers;
 mod evaluation;
+mod plan;
 mod term;
 
 /// One series of an instant-query answer, as the Prometheus client returns it.
@@ -44,4 +45,5 @@ pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
+pub(crate) use plan::Plan;
 pub use term::{Condition, Guard, Op, Term, Verdict};
