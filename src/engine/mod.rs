@@ -101,7 +101,7 @@ use crate::clock::Clock;
 use crate::error::with_causes;
 use crate::journal::{Journal, JournalError};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation, Quick};
+use crate::rules::condition::{Answers, Index, JobEvaluation, Plan, Quick};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, RuleSet};
@@ -195,6 +195,9 @@ pub struct Engine {
     source: Source,
     /// With a scrape source, the targets failing at the last scrape.
     targets: source::TargetHealth,
+    /// What each job (by index in the rules) reads from a cycle's answers,
+    /// also worked out when the rules are set.
+    plan: Arc<Plan>,
     clock: Arc<dyn Clock>,
     /// The last cycle's answers, kept for their buffers.
     answers: Answers,
@@ -280,6 +283,7 @@ impl Engine {
         let by_job = by_job.into_iter().map(|(job, saved)| (job, JobStates::loaded(saved)));
         let mut engine = Engine {
             queries: rules.queries(),
+            plan: Arc::new(plan_of(&rules)),
             rules: Arc::new(rules),
             source: source.into(),
             targets: source::TargetHealth::default(),
@@ -348,6 +352,7 @@ impl Engine {
         self.outbox.set_budgets(rules.budgets);
         self.outbox.set_webhooks(&rules);
         self.queries = rules.queries();
+        self.plan = Arc::new(plan_of(&rules));
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
     }
@@ -520,14 +525,15 @@ impl Engine {
         let mut concluded: Vec<closed_loop::Conclusion> = Vec::new();
         let mut changed: Vec<(usize, DeviceId)> = Vec::new();
         let mut silenced = Vec::new();
-        let mut index = Index::new(&answers);
+        let plan = Arc::clone(&self.plan);
+        let mut index = Index::new(&answers, &plan);
         let mut newly_pending: Vec<onset::NewlyPending> = Vec::new();
         let chosen = |index: &usize| only.is_none_or(|jobs| jobs.contains(index));
         for (job_index, job) in
             rules.jobs.iter().enumerate().filter(|(i, j)| j.enabled && chosen(i))
         {
             let mut evaluation =
-                JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+                JobEvaluation::new(&mut index, job_index, &job.condition, &job.guards);
             if job.only_powered {
                 let states = self.states.get(&job.name);
                 let devices = &self.devices;
@@ -899,6 +905,11 @@ fn leave_unpowered_out(
         }
         remembered
     });
+}
+
+/// The [`Plan`] of every job of `rules`, enabled or not, by its index.
+fn plan_of(rules: &RuleSet) -> Plan {
+    Plan::new(rules.jobs.iter().map(|job| (&job.condition, &job.devices, &job.guards[..])))
 }
 
 /// Whether an action `due` on a device waits because the device's socket

@@ -35,7 +35,7 @@ use super::states::DeviceEvent;
 use super::{CycleReport, Engine};
 use crate::error::with_causes;
 use crate::prometheus_api::{Label, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation};
+use crate::rules::condition::{Answers, Index, JobEvaluation, Plan};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{JobState, PhaseName};
 use crate::rules::{Job, RuleSet, Verdict};
@@ -182,12 +182,13 @@ pub(super) fn onsets(
     let mut answers = Answers::new(&rules.device_key);
     let mut runs: Vec<Vec<Option<Timestamp>>> =
         jobs.iter().map(|(_, wanted)| vec![None; wanted.len()]).collect();
+    let plan =
+        Plan::new(jobs.iter().map(|(job, _)| (&job.condition, &job.devices, &job.guards[..])));
     for &at in steps {
         history.answers_at(at, &mut answers, rules, devices);
-        let mut index = Index::new(&answers);
-        for ((job, wanted), runs) in jobs.iter().zip(&mut runs) {
-            let evaluation =
-                JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+        let mut index = Index::new(&answers, &plan);
+        for (nth, ((job, wanted), runs)) in jobs.iter().zip(&mut runs).enumerate() {
+            let evaluation = JobEvaluation::new(&mut index, nth, &job.condition, &job.guards);
             for (device, run) in wanted.iter().zip(runs) {
                 let found = evaluation.devices.binary_search_by_key(device, |(d, _)| *d);
                 let quick = found.map_or(evaluation.absent, |at| evaluation.devices[at].1);

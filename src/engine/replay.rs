@@ -50,7 +50,7 @@ use super::silences::Silences;
 use super::states::{advance_job, JobStates};
 use crate::journal::Silence;
 use crate::prometheus_api::{PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation};
+use crate::rules::condition::{Answers, Index, JobEvaluation, Plan};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, ActionDue, Concluded, JobState, PhaseName};
 use crate::rules::{Budgets, Job, Outgoing, Recipient, RuleSet};
@@ -404,6 +404,8 @@ struct Simulation<'r> {
     rules: &'r RuleSet,
     job: &'r Job,
     answers: Answers,
+    /// What the job reads from each step's answers.
+    plan: Plan,
     devices: DeviceTable,
     states: JobStates,
     default_state: JobState,
@@ -438,6 +440,7 @@ impl<'r> Simulation<'r> {
             rules,
             job,
             answers: Answers::new(&rules.device_key),
+            plan: Plan::new([(&job.condition, &job.devices, job.guards.as_slice())]),
             devices: DeviceTable::default(),
             states: JobStates::default(),
             default_state: JobState::default(),
@@ -459,9 +462,9 @@ impl<'r> Simulation<'r> {
         let mut answers = std::mem::take(&mut self.answers);
         chunk.answers_at(now, &mut answers, self.rules, &mut self.devices);
         let (job, rules) = (self.job, self.rules);
-        let mut index = Index::new(&answers);
-        let mut evaluation =
-            JobEvaluation::new(&mut index, &job.condition, &job.devices, &job.guards);
+        let plan = std::mem::take(&mut self.plan);
+        let mut index = Index::new(&answers, &plan);
+        let mut evaluation = JobEvaluation::new(&mut index, 0, &job.condition, &job.guards);
         if job.only_powered {
             let (devices, states) = (&self.devices, Some(&self.states));
             super::leave_unpowered_out(
@@ -557,6 +560,7 @@ impl<'r> Simulation<'r> {
         }
         drop(index);
         self.answers = answers;
+        self.plan = plan;
         self.act(now, dues);
     }
 

@@ -303,7 +303,7 @@ pub(super) fn advance_job(
         let mut inputs = state::Evaluation {
             now,
             verdict: verdict.verdict,
-            value: verdict.first_value,
+            value: evaluation.first_value(device, &verdict),
             in_window,
             limit_reached: false,
             silence: None,

@@ -115,7 +115,8 @@ impl DeviceId {
 pub(crate) struct DeviceTable {
     texts: Vec<Arc<str>>,
     keys: Vec<Option<DeviceKey>>,
-    by_text: HashMap<Arc<str>, DeviceId>,
+    /// foldhash: every device of every answer is looked up here each cycle.
+    by_text: HashMap<Arc<str>, DeviceId, foldhash::fast::RandomState>,
 }
 
 impl DeviceTable {

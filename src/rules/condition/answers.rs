@@ -5,9 +5,12 @@
 //! The evaluation ([`super::evaluation`]) reads answers only through these.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
+use super::plan::{JobPlan, Plan};
 use super::term::Guard;
 use crate::prometheus_api::Label;
 use crate::rules::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, LabelMatchers};
@@ -44,11 +47,11 @@ pub(crate) struct Answers {
     /// A run of `pairs` by the hash of its pairs (the first run seen with
     /// that hash; a different run with the same hash is not shared).
     runs: HashMap<u64, (u32, u32), BuildHasherDefault<AlreadyHashed>>,
-    by_query: HashMap<String, Answer>,
+    by_query: HashMap<String, Answer, RandomState>,
     /// The device-key labels' names, in key order.
     key_names: Vec<StrId>,
     /// The device of each tuple of device-key label values seen.
-    device_of: HashMap<Vec<StrId>, DeviceId>,
+    device_of: HashMap<Vec<StrId>, DeviceId, RandomState>,
     /// The device-key label values of each device seen, by device index
     /// (`key_names.len()` values from `key_offsets[index]`).
     key_values: Vec<StrId>,
@@ -326,7 +329,7 @@ impl View {
 pub(super) struct GuardIndex {
     /// The tuples of `on` label values its series carry; `None` when its
     /// query failed.
-    pub(super) tuples: Option<HashSet<Vec<StrId>>>,
+    pub(super) tuples: Option<HashSet<Vec<StrId>, RandomState>>,
     /// When every `on` label is a device-key label, whether the guard holds
     /// depends on the device alone: here, by device index, for every device
     /// seen this cycle.
@@ -335,27 +338,42 @@ pub(super) struct GuardIndex {
 
 impl GuardIndex {
     fn build(answers: &Answers, guard: &Guard) -> GuardIndex {
-        let tuples = answers.by_query.get(guard.expr.trim()).map(|answer| {
-            let names: Option<Vec<StrId>> = guard.on.iter().map(|l| answers.find(l)).collect();
-            let Some(names) = names else { return HashSet::new() };
-            answer
-                .series
-                .iter()
-                .filter_map(|series| {
-                    let labels = answers.labels(series);
-                    names
-                        .iter()
-                        .map(|name| labels.iter().find(|(n, _)| n == name).map(|&(_, v)| v))
-                        .collect()
-                })
-                .collect()
-        });
+        let tuples: Option<HashSet<Vec<StrId>, RandomState>> =
+            answers.by_query.get(guard.expr.trim()).map(|answer| {
+                let names: Option<Vec<StrId>> = guard.on.iter().map(|l| answers.find(l)).collect();
+                let Some(names) = names else { return HashSet::default() };
+                answer
+                    .series
+                    .iter()
+                    .filter_map(|series| {
+                        let labels = answers.labels(series);
+                        names
+                            .iter()
+                            .map(|name| labels.iter().find(|(n, _)| n == name).map(|&(_, v)| v))
+                            .collect()
+                    })
+                    .collect()
+            });
         let positions: Option<Vec<usize>> = guard
             .on
             .iter()
             .map(|label| answers.key_names.iter().position(|&k| answers.text(k) == label))
             .collect();
         let by_device = match (&tuples, positions) {
+            (Some(tuples), Some(positions)) if positions.len() == 1 => {
+                // The usual guard, on one label (`platform_id`): the values
+                // it holds for, by string id, rather than a hash lookup per
+                // device.
+                let mut held = vec![false; answers.ends.len()];
+                for tuple in tuples {
+                    held[tuple[0] as usize] = true;
+                }
+                let holds = (0..answers.key_offsets.len()).map(|index| {
+                    let key = answers.key_of(DeviceId::from_index(index));
+                    key.is_some_and(|key| held[key[positions[0]] as usize])
+                });
+                Some(holds.collect())
+            }
             (Some(tuples), Some(positions)) => {
                 let mut tuple = Vec::with_capacity(positions.len());
                 let holds = (0..answers.key_offsets.len())
@@ -378,17 +396,22 @@ impl GuardIndex {
 
 /// One cycle's [`Answers`] with what jobs derive from them, computed once
 /// for every job that needs it: a [`View`] per query and device matchers, a
-/// [`GuardIndex`] per guard.
+/// [`GuardIndex`] per guard, found by the numbers the [`Plan`] gave them.
 pub(crate) struct Index<'a> {
     answers: &'a Answers,
-    views: HashMap<(String, LabelMatchers), Arc<View>>,
-    guards: HashMap<Guard, GuardIndex>,
+    plan: &'a Plan,
+    /// By view number: built the first time a job reads it.
+    views: Vec<Option<Arc<View>>>,
+    /// By guard number: built the first time a job needs it.
+    guards: Vec<Option<GuardIndex>>,
 }
 
 impl<'a> Index<'a> {
-    /// An index over `answers`.
-    pub(crate) fn new(answers: &'a Answers) -> Index<'a> {
-        Index { answers, views: HashMap::new(), guards: HashMap::new() }
+    /// An index over `answers` for the jobs of `plan`.
+    pub(crate) fn new(answers: &'a Answers, plan: &'a Plan) -> Index<'a> {
+        let views = std::iter::repeat_with(|| None).take(plan.views.len()).collect();
+        let guards = std::iter::repeat_with(|| None).take(plan.guards.len()).collect();
+        Index { answers, plan, views, guards }
     }
 
     /// The answers indexed.
@@ -396,31 +419,33 @@ impl<'a> Index<'a> {
         self.answers
     }
 
-    /// `query`'s answer and its view through `matchers`; `None` when the
-    /// query failed.
-    pub(super) fn read(
-        &mut self,
-        query: String,
-        matchers: &LabelMatchers,
-    ) -> Option<(&'a Answer, Arc<View>)> {
-        let answers = self.answers;
-        let answer = answers.answer(&query)?;
-        let view = self
-            .views
-            .entry((query, matchers.clone()))
-            .or_insert_with(|| Arc::new(View::build(answers, answer, matchers)))
-            .clone();
-        Some((answer, view))
+    /// The plan of the `index`th job.
+    pub(super) fn job(&self, index: usize) -> &'a JobPlan {
+        self.plan.job(index)
     }
 
-    /// The index of each of `guards`, built the first time a job needs it.
-    pub(super) fn guards(&mut self, guards: &[Guard]) -> Vec<&GuardIndex> {
-        for guard in guards {
-            if !self.guards.contains_key(guard) {
-                self.guards.insert(guard.clone(), GuardIndex::build(self.answers, guard));
+    /// View `view`'s answer and the view; `None` when its query failed.
+    pub(super) fn read(&mut self, view: usize) -> Option<(&'a Answer, Arc<View>)> {
+        let answers = self.answers;
+        let (query, matchers) = &self.plan.views[view];
+        let answer = answers.answer(query)?;
+        let built = self.views[view]
+            .get_or_insert_with(|| Arc::new(View::build(answers, answer, matchers)))
+            .clone();
+        Some((answer, built))
+    }
+
+    /// The index of each of the guards numbered `guards`, built the first
+    /// time a job needs it.
+    pub(super) fn guards(&mut self, guards: &[usize]) -> Vec<&GuardIndex> {
+        for &guard in guards {
+            if self.guards[guard].is_none() {
+                let built = GuardIndex::build(self.answers, &self.plan.guards[guard]);
+                self.guards[guard] = Some(built);
             }
         }
-        guards.iter().map(|g| &self.guards[g]).collect()
+        let built = guards.iter().map(|&guard| self.guards[guard].as_ref());
+        built.map(|index| index.expect("built above")).collect()
     }
 }
 

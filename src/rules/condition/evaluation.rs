@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::answers::{Answer, Answers, GuardIndex, Index, Series, StrId, View};
+use super::plan::Plan;
 use super::term::{Condition, Guard, Term, Verdict};
 use crate::prometheus_api::{Label, Sample};
 use crate::rules::device::{DeviceId, DeviceKey, DeviceKeyLabels, DeviceTable, LabelMatchers};
@@ -97,30 +98,43 @@ impl Evaluation {
 
 /// Why a verdict is unknown, by position in the job's terms or guards;
 /// turned into an [`UnknownReason`] only when someone reads it.
+///
+/// Positions are `u32` so that a [`Quick`] stays 12 bytes: a cycle makes
+/// one per (job, device), hundreds of thousands, and one this small is
+/// passed in registers rather than built on the stack and copied.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Why {
-    QueryFailed { term: usize },
-    GuardQueryFailed { guard: usize },
-    NoSeries { term: usize },
-    NotANumber { term: usize },
-    GuardNotMet { guard: usize },
+    QueryFailed { term: u32 },
+    GuardQueryFailed { guard: u32 },
+    NoSeries { term: u32 },
+    NotANumber { term: u32 },
+    GuardNotMet { guard: u32 },
+}
+
+/// A term's or guard's position, as a [`Why`] keeps it.
+fn position(at: usize) -> u32 {
+    u32::try_from(at).expect("fewer than 4 billion terms or guards in a job")
 }
 
 /// A device's verdict without the values and labels behind it.
+///
+/// The value behind it is not kept here but read on demand
+/// ([`JobEvaluation::first_value`]): only the few devices whose state moves
+/// need it, and without it a `Quick` is 12 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Quick {
     /// The verdict.
     pub(crate) verdict: Verdict,
+    /// Whether a series of the device has a value (the trigger value).
+    valued: bool,
     why: Option<Why>,
-    /// The first value seen for the device (the trigger value).
-    pub(crate) first_value: Option<f64>,
 }
 
 impl Quick {
     /// The condition does not hold, with no value behind it: what the engine
     /// gives a device a job stops watching, so that an episode under way
     /// ends.
-    pub(crate) const FALSE: Quick = Quick { verdict: Verdict::False, why: None, first_value: None };
+    pub(crate) const FALSE: Quick = Quick { verdict: Verdict::False, why: None, valued: false };
 }
 
 /// A term's outcome, with its reason when unknown.
@@ -166,7 +180,7 @@ fn combine(condition: &Condition, mut outcomes: impl Iterator<Item = Outcome>) -
 /// One term as the evaluation reads it: its query, and its answer and view
 /// unless the query failed.
 struct TermInput<'a> {
-    query: String,
+    query: &'a str,
     read: Option<(&'a Answer, Arc<View>)>,
 }
 
@@ -187,24 +201,22 @@ pub(crate) struct JobEvaluation<'a> {
 
 impl<'a> JobEvaluation<'a> {
     /// Evaluates a condition and its guards for every device in `index`'s
-    /// answers (the semantics are in the module notes).
+    /// answers (the semantics are in the module notes): those of the
+    /// `job`th job of the index's [`Plan`](super::Plan).
     pub(crate) fn new(
         index: &mut Index<'a>,
+        job: usize,
         condition: &'a Condition,
-        devices: &LabelMatchers,
         guards: &'a [Guard],
     ) -> JobEvaluation<'a> {
         let answers = index.answers();
-        let terms: Vec<TermInput<'a>> = condition
-            .terms()
+        let plan = index.job(job);
+        let terms: Vec<TermInput<'a>> = plan
+            .terms
             .iter()
-            .map(|term| {
-                let query = term.query(devices);
-                let read = index.read(query.clone(), devices);
-                TermInput { query, read }
-            })
+            .map(|(query, view)| TermInput { query, read: index.read(*view) })
             .collect();
-        let guard_indexes = index.guards(guards);
+        let guard_indexes = index.guards(&plan.guards);
         let mut evaluation = JobEvaluation {
             condition,
             guards,
@@ -212,7 +224,7 @@ impl<'a> JobEvaluation<'a> {
             unkeyed_series: terms.iter().filter_map(|t| t.read.as_ref()).map(|r| r.1.unkeyed).sum(),
             terms,
             devices: Vec::new(),
-            absent: Quick { verdict: Verdict::Unknown, why: None, first_value: None },
+            absent: Quick { verdict: Verdict::Unknown, why: None, valued: false },
         };
 
         let absent =
@@ -221,10 +233,10 @@ impl<'a> JobEvaluation<'a> {
         evaluation.absent = match guard_failed {
             Some(guard) => Quick {
                 verdict: Verdict::Unknown,
-                why: Some(Why::GuardQueryFailed { guard }),
-                first_value: None,
+                why: Some(Why::GuardQueryFailed { guard: position(guard) }),
+                valued: false,
             },
-            None => Quick { verdict: absent.verdict, why: absent.why, first_value: None },
+            None => Quick { verdict: absent.verdict, why: absent.why, valued: false },
         };
 
         let mut found = Vec::new();
@@ -234,12 +246,12 @@ impl<'a> JobEvaluation<'a> {
             found.reserve_exact(view.devices.len());
             for at in 0..view.devices.len() {
                 let (device, run) = (view.devices[at].0, view.run(at));
-                let first_value = run.first().map(|&s| answer.series[s as usize].value);
-                let outcome = evaluation.outcome(0, run);
+                let outcome = evaluation.outcome_of(0, answer, run);
                 let runs = [run];
+                let valued = !run.is_empty();
                 found.push((
                     device,
-                    evaluation.judge(&guard_indexes, device, &runs, outcome, first_value),
+                    evaluation.judge(&guard_indexes, device, &runs, outcome, valued),
                 ));
             }
             evaluation.devices = found;
@@ -265,18 +277,12 @@ impl<'a> JobEvaluation<'a> {
                     cursors[i] += 1;
                 }
             }
-            let first_value = evaluation.terms.iter().zip(&runs).find_map(|(term, run)| {
-                let (answer, _) = term.read.as_ref()?;
-                run.first().map(|&s| answer.series[s as usize].value)
-            });
+            let valued = runs.iter().any(|run| !run.is_empty());
             let outcome = combine(
                 condition,
                 runs.iter().enumerate().map(|(i, run)| evaluation.outcome(i, run)),
             );
-            found.push((
-                device,
-                evaluation.judge(&guard_indexes, device, &runs, outcome, first_value),
-            ));
+            found.push((device, evaluation.judge(&guard_indexes, device, &runs, outcome, valued)));
         }
         evaluation.devices = found;
         evaluation
@@ -284,13 +290,18 @@ impl<'a> JobEvaluation<'a> {
 
     /// A present device's verdict: the condition's outcome, unless a guard
     /// does not hold.
+    // Inlined into the per-device loops, whatever the optimiser would
+    // choose: returned through memory, the verdict was stored field by
+    // field and read back whole, a stall per (job, device) (`perf annotate`
+    // on `cargo bench --bench jobctl`).
+    #[inline(always)]
     fn judge(
         &self,
         guards: &[&GuardIndex],
         device: DeviceId,
         runs: &[&[u32]],
         outcome: Outcome,
-        first_value: Option<f64>,
+        valued: bool,
     ) -> Quick {
         let failed =
             guards.iter().enumerate().find(|(g, index)| !self.guard_holds(*g, index, device, runs));
@@ -298,29 +309,40 @@ impl<'a> JobEvaluation<'a> {
             Some((guard, index)) => Quick {
                 verdict: Verdict::Unknown,
                 why: Some(if index.tuples.is_none() {
-                    Why::GuardQueryFailed { guard }
+                    Why::GuardQueryFailed { guard: position(guard) }
                 } else {
-                    Why::GuardNotMet { guard }
+                    Why::GuardNotMet { guard: position(guard) }
                 }),
-                first_value,
+                valued,
             },
-            None => Quick { verdict: outcome.verdict, why: outcome.why, first_value },
+            None => Quick { verdict: outcome.verdict, why: outcome.why, valued },
         }
     }
 
     /// Term `term`'s outcome for a device whose series are `run`.
     fn outcome(&self, term: usize, run: &[u32]) -> Outcome {
-        let Some((answer, _)) = &self.terms[term].read else {
-            return Outcome::unknown(Why::QueryFailed { term });
-        };
+        match &self.terms[term].read {
+            Some((answer, _)) => self.outcome_of(term, answer, run),
+            None => Outcome::unknown(Why::QueryFailed { term: position(term) }),
+        }
+    }
+
+    /// Term `term`'s outcome for a device whose series of `answer` (the
+    /// term's) are `run`.
+    // Inlined into the per-device loops, whatever the optimiser would
+    // choose: returned through memory, the verdict was stored field by
+    // field and read back whole, a stall per (job, device) (`perf annotate`
+    // on `cargo bench --bench jobctl`).
+    #[inline(always)]
+    fn outcome_of(&self, term: usize, answer: &Answer, run: &[u32]) -> Outcome {
         match &self.condition.terms()[term] {
             Term::Expr(_) => Outcome::known(!run.is_empty()),
             Term::Compare { op, value, .. } => {
                 let values = run.iter().map(|&s| answer.series[s as usize].value);
                 if run.is_empty() {
-                    Outcome::unknown(Why::NoSeries { term })
+                    Outcome::unknown(Why::NoSeries { term: position(term) })
                 } else if values.clone().any(f64::is_nan) {
-                    Outcome::unknown(Why::NotANumber { term })
+                    Outcome::unknown(Why::NotANumber { term: position(term) })
                 } else {
                     Outcome::known(values.clone().all(|v| op.holds(v, *value)))
                 }
@@ -328,9 +350,29 @@ impl<'a> JobEvaluation<'a> {
         }
     }
 
+    /// The first value seen for a device whose verdict is `quick` (the
+    /// trigger value): its first series' in the first term that has one;
+    /// `None` when it has none, or when its verdict was set without one
+    /// ([`Quick::FALSE`]).
+    pub(crate) fn first_value(&self, device: DeviceId, quick: &Quick) -> Option<f64> {
+        if !quick.valued {
+            return None;
+        }
+        self.terms.iter().find_map(|term| {
+            let (answer, view) = term.read.as_ref()?;
+            let first = view.run_of(device).first()?;
+            Some(answer.series[*first as usize].value)
+        })
+    }
+
     /// Whether guard `guard` holds for a device whose series are `runs`: its
     /// query answered, and one of its series carries the device's values of
     /// the `on` labels (taken from the device's series, see [`Self::series_of`]).
+    // Inlined into the per-device loops, whatever the optimiser would
+    // choose: returned through memory, the verdict was stored field by
+    // field and read back whole, a stall per (job, device) (`perf annotate`
+    // on `cargo bench --bench jobctl`).
+    #[inline(always)]
     fn guard_holds(
         &self,
         guard: usize,
@@ -390,7 +432,7 @@ impl<'a> JobEvaluation<'a> {
             let Some((answer, _)) = &term.read else { continue };
             for &s in *run {
                 let series = &answer.series[s as usize];
-                values.push(SeenValue { query: term.query.clone(), value: series.value });
+                values.push(SeenValue { query: term.query.to_string(), value: series.value });
                 for &(name, value) in self.answers.labels(series) {
                     labels
                         .entry(self.answers.text(name).to_string())
@@ -407,16 +449,16 @@ impl<'a> JobEvaluation<'a> {
     }
 
     fn reason(&self, why: Why) -> UnknownReason {
-        let query = |term: usize| self.terms[term].query.clone();
+        let query = |term: u32| self.terms[term as usize].query.to_string();
         match why {
             Why::QueryFailed { term } => UnknownReason::QueryFailed { query: query(term) },
-            Why::GuardQueryFailed { guard } => {
-                UnknownReason::QueryFailed { query: self.guards[guard].expr.trim().to_string() }
-            }
+            Why::GuardQueryFailed { guard } => UnknownReason::QueryFailed {
+                query: self.guards[guard as usize].expr.trim().to_string(),
+            },
             Why::NoSeries { term } => UnknownReason::NoSeries { query: query(term) },
             Why::NotANumber { term } => UnknownReason::NotANumber { query: query(term) },
             Why::GuardNotMet { guard } => {
-                UnknownReason::GuardNotMet { guard: self.guards[guard].to_string() }
+                UnknownReason::GuardNotMet { guard: self.guards[guard as usize].to_string() }
             }
         }
     }
@@ -456,8 +498,9 @@ pub(crate) fn evaluate(
             let Ok(()) = filled;
         }
     }
-    let mut index = Index::new(&answers);
-    let evaluation = JobEvaluation::new(&mut index, condition, devices, guards);
+    let plan = Plan::new([(condition, devices, guards)]);
+    let mut index = Index::new(&answers, &plan);
+    let evaluation = JobEvaluation::new(&mut index, 0, condition, guards);
     Evaluation {
         devices: evaluation
             .devices

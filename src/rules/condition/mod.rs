@@ -38,6 +38,7 @@
 
 mod answers;
 mod evaluation;
+mod plan;
 mod scrape_query;
 mod term;
 
@@ -47,4 +48,5 @@ pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
 pub(crate) use scrape_query::ScrapeQuery;
+pub(crate) use plan::Plan;
 pub use term::{Condition, Guard, Op, Term, Verdict};
