@@ -304,8 +304,11 @@ fn the_shipped_example_shows_every_key() {
     }
     assert!(keys.len() > 10, "{keys:?}");
     for key in keys {
+        // A key without a default (web_config_file) is shown commented out.
         let shown = EXAMPLE.lines().any(|line| {
-            line.starts_with(&format!("{key} =")) || line.starts_with(&format!("[[{key}]]"))
+            line.starts_with(&format!("{key} ="))
+                || line.starts_with(&format!("# {key} ="))
+                || line.starts_with(&format!("[[{key}]]"))
         });
         assert!(shown, "addreality-exporter.example.toml does not show `{key}`");
     }
@@ -326,7 +329,7 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
             Some(format!("poll_intervall = \"60s\"\n{platform}")),
             "addreality-exporter: unknown_key.toml:1:1: unknown field `poll_intervall`, expected one of \
              `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, `max_page_bytes`, \
-             `forget_after`, `platforms`\n",
+             `forget_after`, `web_config_file`, `platforms`\n",
         ),
         (
             "wrong_type.toml",

@@ -50,6 +50,10 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `run --web.config.file`: the web configuration cannot be used; its
+    /// message names the file and the key.
+    #[error(transparent)]
+    WebConfig(#[from] crate::http::WebConfigError),
     /// `run --listen`: the address cannot be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -153,9 +157,11 @@ impl CliError for Error {
 
     fn code(&self) -> Exit {
         match self {
-            Error::Rules(_) | Error::Sms(_) | Error::PrometheusSecret(_) | Error::Prometheus(_) => {
-                Exit::Config
-            }
+            Error::Rules(_)
+            | Error::Sms(_)
+            | Error::PrometheusSecret(_)
+            | Error::Prometheus(_)
+            | Error::WebConfig(_) => Exit::Config,
             Error::Journal(_) | Error::Engine(EngineError::Journal(_)) => Exit::Database,
             Error::Listen { .. } => Exit::Listen,
             Error::UnknownJob { .. }
