@@ -287,20 +287,11 @@ fn headers(written: BTreeMap<String, String>) -> Result<Vec<(HeaderName, HeaderV
         let value = HeaderValue::from_str(&value).map_err(|_| {
             KeyError::invalid(&key, "the value holds characters a header cannot carry")
         })?;
-        headers.push((HeaderName::from_static(canonical_lower(canonical)), value));
+        let name =
+            HeaderName::from_bytes(canonical.as_bytes()).expect("the allowed names are valid");
+        headers.push((name, value));
     }
     Ok(headers)
-}
-
-/// The lower-case spelling `HeaderName::from_static` wants.
-fn canonical_lower(name: &str) -> &'static str {
-    match name {
-        "Strict-Transport-Security" => "strict-transport-security",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-Frame-Options" => "x-frame-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "content-security-policy",
-    }
 }
 
 /// A listener's web configuration: the file it came from, the settings in
@@ -444,6 +435,10 @@ mod tests {
         let message = error_of("tls_server_config:\n  cert_file: a.pem\n  cert_fiel: b.pem\n");
         assert!(message.starts_with("web config /etc/x/web.yml:3:3: "), "{message}");
         assert!(message.contains("cert_fiel"), "{message}");
+        let message = error_of("basic_auth_users:\n  a: x\n  a: y\n");
+        assert!(message.starts_with("web config /etc/x/web.yml:3:3: "), "{message}");
+        assert!(message.to_lowercase().contains("duplicate"), "{message}");
+        assert!(!message.contains(": y") && !message.contains(": x"), "{message}");
         let message = error_of("rate_limit:\n  burst: 3\n");
         assert!(message.starts_with("web config /etc/x/web.yml:1:1: "), "{message}");
         assert!(message.contains("rate_limit"), "{message}");
