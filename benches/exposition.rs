@@ -47,6 +47,7 @@ async fn page(size: usize) -> String {
             token_at: "bench".into(),
         }],
         base_dir: ".".into(),
+        web_config_file: None,
     };
     let platforms = config.platforms.iter().cloned().map(|p| (p, Secret::new(TOKEN))).collect();
     let exporter =

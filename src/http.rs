@@ -13,6 +13,20 @@
 //! keep-alive timeout, a connection cap), so slow or idle clients cannot
 //! starve the scrapes; [`serve_limited`] and [`serve_with_limits`] take them
 //! as a parameter, for tests that need small values.
+//!
+//! A daemon's listener may be secured by a web configuration file
+//! ([`WebConfig`], the Prometheus exporter-toolkit's format): TLS, client
+//! certificates, basic auth and security headers. [`serve_configured`]
+//! takes it; the TLS handshake runs in the connection's own task, within the
+//! header-read timeout, so a client that never finishes one holds nothing
+//! but its own slot.
+
+mod basic_auth;
+mod key_error;
+mod tls;
+pub mod web_config;
+
+pub use web_config::{WebConfig, WebConfigError};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +39,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Duration, Instant};
 
@@ -135,16 +149,36 @@ pub async fn serve_limited(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with_limits(
-        listener,
-        move |req| {
-            let pages = pages.clone();
-            async move { respond(&*pages, &req) }
-        },
-        limits,
-        shutdown,
-    )
-    .await
+    serve_configured(listener, pages, None, limits, shutdown).await
+}
+
+/// [`serve_limited`] secured by a web configuration (TLS, basic auth,
+/// headers), when there is one. The configuration is read once per
+/// connection for TLS and once per request for the rest, so a
+/// [`WebConfig::reload`] takes effect without restarting the server.
+pub async fn serve_configured(
+    listener: TcpListener,
+    pages: Arc<dyn Pages>,
+    web: Option<Arc<WebConfig>>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let handler = move |req| {
+        let pages = pages.clone();
+        async move { respond(&*pages, &req) }
+    };
+    match web {
+        None => accept_loop(listener, handler, limits, None, shutdown).await,
+        Some(web) => {
+            let tls = web.clone();
+            let guarded = move |req| {
+                let web = web.clone();
+                let handler = handler.clone();
+                async move { web.answer(req, handler).await }
+            };
+            accept_loop(listener, guarded, limits, Some(tls), shutdown).await
+        }
+    }
 }
 
 /// The accept loop under [`serve`], for any request handler, with the default
@@ -168,6 +202,22 @@ pub async fn serve_with_limits<H, F>(
     listener: TcpListener,
     handler: H,
     limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    accept_loop(listener, handler, limits, None, shutdown).await
+}
+
+/// The accept loop: each connection in a task of its own, over TLS when
+/// `web` says so at the moment it is accepted.
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    web: Option<Arc<WebConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -235,8 +285,37 @@ where
                         Ok::<_, Infallible>(answer)
                     }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(run_connection(conn, quiet, limits, stopping.clone(), slot));
+                match web.as_ref().and_then(|web| web.current().tls.clone()) {
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        tokio::spawn(run_connection(conn, quiet, limits, stopping.clone(), slot));
+                    }
+                    Some(acceptor) => {
+                        let http = http.clone();
+                        let stopping = stopping.clone();
+                        tokio::spawn(async move {
+                            // The handshake counts against the time a client
+                            // has for its request head.
+                            let handshake = tokio::time::timeout(
+                                limits.header_read_timeout,
+                                acceptor.accept(stream),
+                            );
+                            let stream = match handshake.await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::debug!("TLS handshake failed: {err}");
+                                    return;
+                                }
+                                Err(_elapsed) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = http.serve_connection(TokioIo::new(stream), service);
+                            run_connection(conn, quiet, limits, stopping, slot).await;
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -255,13 +334,14 @@ where
 /// woken by them (at thousands of scrapes a second, two wake-ups and a new
 /// timer per request were a measurable share of a scrape). It wakes when the
 /// connection could first have been quiet for `idle_timeout`, and looks.
-async fn run_connection<S>(
-    conn: hyper::server::conn::http1::Connection<TokioIo<TcpStream>, S>,
+async fn run_connection<I, S>(
+    conn: hyper::server::conn::http1::Connection<TokioIo<I>, S>,
     activity: Arc<std::sync::Mutex<Activity>>,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -29,7 +29,7 @@ pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
         Ok(mut hangup) => {
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received, reloading the rules");
+                    tracing::info!("SIGHUP received, reloading");
                     // A reload already queued covers this one too.
                     let _ = tx.try_send(());
                 }

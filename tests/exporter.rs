@@ -47,6 +47,7 @@ fn config(url: &str, cache: &Path, platforms: &[&str]) -> ExporterConfig {
             })
             .collect(),
         base_dir: ".".into(),
+        web_config_file: None,
     }
 }
 

@@ -21,6 +21,8 @@ use signage_watchdog::exporter::cache::Cache;
 use support::addreality::{device, SimulatedApi};
 use support::exposition::count;
 use support::process::{run, Ran};
+use support::prometheus::{PrometheusOptions, TestPrometheus};
+use support::tls::{client, served_certificate, TestCa};
 use support::wait::{wait_until, DEADLINE};
 
 mod support;
@@ -94,12 +96,14 @@ impl Daemon {
         }
     }
 
-    /// The address from the `listening on http://ADDR/metrics` line, which
-    /// the daemon and the demo log once they have bound it.
+    /// The address from the `listening on http://ADDR/metrics` line (or
+    /// `https://` over TLS), which the daemon and the demo log once they
+    /// have bound it.
     fn listening(&mut self) -> SocketAddr {
-        let prefix = "listening on http://";
+        let prefix = "listening on ";
         let line = self.wait_for_line(prefix);
         let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        let rest = rest.split_once("://").map_or(rest, |(_, rest)| rest);
         rest[..rest.find('/').unwrap()].parse().unwrap_or_else(|e| panic!("{e}: {line}"))
     }
 
@@ -304,8 +308,11 @@ fn the_shipped_example_shows_every_key() {
     }
     assert!(keys.len() > 10, "{keys:?}");
     for key in keys {
+        // A key without a default (web_config_file) is shown commented out.
         let shown = EXAMPLE.lines().any(|line| {
-            line.starts_with(&format!("{key} =")) || line.starts_with(&format!("[[{key}]]"))
+            line.starts_with(&format!("{key} ="))
+                || line.starts_with(&format!("# {key} ="))
+                || line.starts_with(&format!("[[{key}]]"))
         });
         assert!(shown, "addreality-exporter.example.toml does not show `{key}`");
     }
@@ -326,7 +333,7 @@ fn every_configuration_mistake_exits_3_naming_the_place() {
             Some(format!("poll_intervall = \"60s\"\n{platform}")),
             "addreality-exporter: unknown_key.toml:1:1: unknown field `poll_intervall`, expected one of \
              `listen`, `api_url`, `poll_interval`, `request_timeout`, `cache`, `page_size`, `max_page_bytes`, \
-             `forget_after`, `platforms`\n",
+             `forget_after`, `web_config_file`, `platforms`\n",
         ),
         (
             "wrong_type.toml",
@@ -731,4 +738,178 @@ fn completions_and_manual_pages_are_made_from_the_command_line() {
         1,
         "addreality-exporter: cannot write the manual pages into /proc/self/no/such: No such file or directory (os error 2)\n",
     );
+}
+
+// --- the listener secured by a web configuration ------------------------------
+
+/// `dir/web.yml` with TLS (`server.crt`/`.key` from `ca`, made here) and
+/// basic auth for `prometheus` with `password`.
+fn write_web_config(dir: &Path, ca: &TestCa, password: &str) -> String {
+    ca.server("exporter one", 1).write(dir, "server");
+    let hash = bcrypt::hash(password, 4).unwrap();
+    let text = format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: {hash}\n"
+    );
+    std::fs::write(dir.join("web.yml"), &text).unwrap();
+    hash
+}
+
+#[test]
+fn the_web_config_is_checked_at_start_and_a_bad_one_exits_3_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:9/");
+    let ca = TestCa::new("test CA");
+    write_web_config(dir.path(), &ca, "pw");
+    // The key in the configuration: found next to it, wherever the exporter
+    // runs from, and described by --check-config.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("web_config_file = \"web.yml\"\n{text}")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let checked = run(exporter(elsewhere.path())
+        .arg("-c")
+        .arg(&config)
+        .arg("--check-config")
+        .env(TOKEN_ENV, TOKEN));
+    assert_eq!((checked.code, checked.stderr.as_str()), (0, ""));
+    let line = format!(
+        "  web config {}: TLS, basic auth for 1 user\n",
+        dir.path().join("web.yml").display()
+    );
+    assert!(checked.stdout.contains(&line), "{}", checked.stdout);
+
+    // Each mistake: exit 3, the file and the key named, no hash shown.
+    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let cases = [
+        (
+            format!("{tls}  cipher_suites: [TLS_AES_128_GCM_SHA256]\n"),
+            "addreality-exporter: web config bad.yml:4:3: unknown field `cipher_suites`, expected one of cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version\n".to_string(),
+        ),
+        (
+            "tls_server_config:\n  cert_file: nowhere.crt\n  key_file: server.key\n".to_string(),
+            "addreality-exporter: web config bad.yml: tls_server_config.cert_file: cannot read nowhere.crt: No such file or directory (os error 2)\n".to_string(),
+        ),
+        (
+            "basic_auth_users:\n  prometheus: $2y$10$0123456789abcdefghijk\n".to_string(),
+            "addreality-exporter: web config bad.yml: basic_auth_users.prometheus: not a bcrypt hash (expected $2y$…, 60 characters; make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)\n".to_string(),
+        ),
+        (
+            format!("{tls}  client_auth_type: Always\n"),
+            "addreality-exporter: web config bad.yml: tls_server_config.client_auth_type: unknown policy \"Always\": expected one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert\n".to_string(),
+        ),
+    ];
+    for (yaml, stderr) in cases {
+        std::fs::write(dir.path().join("bad.yml"), &yaml).unwrap();
+        let refused = run(exporter(dir.path())
+            .args(["-c", "config.toml", "--web.config.file", "bad.yml"])
+            .env(TOKEN_ENV, TOKEN));
+        assert_fails(&refused, 3, &stderr);
+        assert!(!refused.stderr.contains("0123456789"), "a hash was printed");
+    }
+    // Neither the demo nor --once serve, so neither takes one.
+    let refused = run(exporter(dir.path()).args(["--demo", "--web.config.file", "web.yml"]));
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+}
+
+/// The exporter's listener over TLS with basic auth, scraped by a real
+/// Prometheus as the README shows; a certificate renewed on disk is served
+/// after SIGHUP, and a broken web config at SIGHUP changes nothing.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth_and_a_renewed_certificate_is_served_after_sighup() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let api = api(three_devices());
+    // The simulator has its own runtime; this one is for the test's clients
+    // and Prometheus, while the test thread also reads the daemon's stderr.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &api.url);
+    let ca = TestCa::new("exporter test CA");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let password = "scrape-over-tls";
+    let hash = write_web_config(dir.path(), &ca, password);
+    support::write_secret(&dir.path().join("password"), password);
+    let mut daemon = Daemon::spawn(
+        exporter(dir.path())
+            .args(["-c", "config.toml", "--web.config.file", "web.yml"])
+            .env(TOKEN_ENV, TOKEN),
+    );
+    let addr = daemon.listening();
+    assert!(
+        daemon.stderr.contains(&format!(
+            "listening on https://{addr}/metrics (TLS, basic auth for 1 user, from web.yml)"
+        )),
+        "{}",
+        daemon.stderr
+    );
+    let url = format!("https://{addr}/metrics");
+    let https = client(Some(&ca), None);
+    let scrape = || {
+        let request = https.get(&url).basic_auth("prometheus", Some(password));
+        runtime.block_on(async { request.send().await.unwrap() })
+    };
+    let metrics = wait_until("the first poll over https", || {
+        let text = runtime.block_on(scrape().text()).ok()?;
+        text.contains("addreality_platform_up{platform_id=\"12\"} 1\n").then_some(text)
+    });
+    assert_eq!(count(&metrics, "addreality_device_online"), 3, "{metrics}");
+    let refused = runtime.block_on(async { https.get(&url).send().await.unwrap() });
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Basic");
+
+    // Prometheus scrapes it as the README says: https, the CA, basic auth
+    // with a password file.
+    let options = PrometheusOptions {
+        scrape_configs: Some(format!(
+            "  - job_name: 'addreality-tls'\n    scheme: https\n    tls_config:\n      ca_file: '{}'\n    basic_auth:\n      username: prometheus\n      password_file: '{}'\n    static_configs:\n      - targets: ['{addr}']\n",
+            ca_file.display(),
+            dir.path().join("password").display()
+        )),
+        ..PrometheusOptions::default()
+    };
+    runtime.block_on(async {
+        let prometheus = options.start(&[]).await;
+        prometheus
+            .wait_until_query("up{job='addreality-tls'} == 1", |up| up.len() == 1, DEADLINE)
+            .await;
+        prometheus
+            .wait_until_query(
+                "count(addreality_device_online{job='addreality-tls'})",
+                |samples| samples.len() == 1 && samples[0].value == 3.0,
+                DEADLINE,
+            )
+            .await;
+    });
+
+    // A renewed certificate on disk: served once SIGHUP has been handled.
+    let first = served_certificate(&scrape());
+    let renewed = ca.server("exporter two", 2);
+    renewed.write(dir.path(), "server");
+    assert_eq!(served_certificate(&scrape()), first, "nothing changes before the SIGHUP");
+    support::process::signal(daemon.child.id(), "HUP");
+    let line = daemon.wait_for_line("web config web.yml reloaded");
+    assert!(
+        line.ends_with(" INFO web config web.yml reloaded: TLS, basic auth for 1 user\n"),
+        "{line}"
+    );
+    assert_eq!(served_certificate(&scrape()), renewed.der, "serial 2, CN exporter two");
+
+    // A broken file at the next SIGHUP: logged, and the settings in force stay.
+    std::fs::write(dir.path().join("web.yml"), "tls_server_config:\n  cert_file: server.crt\n")
+        .unwrap();
+    support::process::signal(daemon.child.id(), "HUP");
+    let line = daemon.wait_for_line("reload rejected");
+    assert!(
+        line.ends_with(" ERROR reload rejected: web config web.yml: tls_server_config.key_file: missing: TLS needs both cert_file and key_file; the previous web config stays in force\n"),
+        "{line}"
+    );
+    let answer = scrape();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(served_certificate(&answer), renewed.der);
+
+    let stopped = daemon.stop_with("TERM");
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    for secret in [password, hash.as_str(), TOKEN] {
+        assert!(!stopped.stderr.contains(secret), "{secret} in the log:\n{}", stopped.stderr);
+    }
 }

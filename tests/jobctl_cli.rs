@@ -20,6 +20,7 @@ use support::fake_gateway::{FakeGateway, Fault, DEFAULT_KEY};
 use support::process::{run_async as run, Ran};
 use support::prometheus::{PrometheusOptions, TestPrometheus, TestTarget};
 use support::rules_file::{self, POWER_CYCLE_1, POWER_CYCLE_ACTION};
+use support::tls::{client, served_certificate, TestCa};
 use support::wait::{wait_until_async, DEADLINE};
 use support::{closed_url, write_secret};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -142,7 +143,14 @@ struct Daemon {
 impl Daemon {
     /// Starts the daemon in `site` and returns once it evaluates.
     async fn start(site: &Site) -> Daemon {
-        let mut command = site.command(&["run", "--listen", "127.0.0.1:0"]);
+        Daemon::start_with(site, &[]).await
+    }
+
+    /// [`Daemon::start`] with more `run` flags.
+    async fn start_with(site: &Site, flags: &[&str]) -> Daemon {
+        let mut args = vec!["run", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let mut command = site.command(&args);
         command.stdout(Stdio::null());
         let mut child = command.spawn().expect("start jobctl run");
         let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -151,9 +159,8 @@ impl Daemon {
         daemon.base = serving
             .split("serving jobctl metrics on ")
             .nth(1)
-            .and_then(|url| url.strip_suffix("/metrics"))
-            .unwrap_or_else(|| panic!("no URL in {serving:?}"))
-            .to_string();
+            .and_then(|url| url.split_once("/metrics"))
+            .map_or_else(|| panic!("no URL in {serving:?}"), |(base, _)| base.to_string());
         daemon.wait_for("jobctl running: ").await;
         daemon
     }
@@ -1179,7 +1186,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
 
     site.write("rules.toml", &good.replace("for = \"0s\"", "for = \"soon\""));
     daemon.signal("HUP");
-    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    daemon.wait_for("SIGHUP received, reloading").await;
     assert_eq!(
         daemon.wait_for("reload rejected").await,
         "ERROR reload rejected: rules.toml:31:7: invalid duration \"soon\": expected number at 0 (write it like \"30s\", \"10m\", \"1h30m\", \"7d\")"
@@ -1219,6 +1226,77 @@ async fn sighup_with_a_broken_file_keeps_the_old_rules_running() {
     );
 }
 
+/// `run --listen` secured by `--web.config.file`: TLS and basic auth on
+/// jobctl's own /metrics, a bad file refused at start (exit 3) and at SIGHUP
+/// (logged, the one in force kept), a renewed certificate served after
+/// SIGHUP, which reloads the rules too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_takes_a_web_config_and_reloads_it_with_the_rules() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let (prometheus, _target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
+    let ca = TestCa::new("jobctl test CA");
+    ca.server("jobctl one", 1).write(site.dir.path(), "server");
+    let password = "jobctl-metrics-pw";
+    let hash = bcrypt::hash(password, 4).unwrap();
+    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    site.write("web.yml", &format!("{tls}basic_auth_users:\n  prometheus: {hash}\n"));
+
+    site.write("bad.yml", &format!("{tls}  client_auth_type: Always\n"));
+    let ran =
+        site.jobctl(&["run", "--listen", "127.0.0.1:0", "--web.config.file", "bad.yml"]).await;
+    assert_eq!(
+        (ran.code, ran.stderr.as_str()),
+        (3, "jobctl: web config bad.yml: tls_server_config.client_auth_type: unknown policy \"Always\": expected one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert\n")
+    );
+    let ran = site.jobctl(&["run", "--web.config.file", "web.yml"]).await;
+    assert_eq!(ran.code, 2, "--web.config.file needs --listen: {}", ran.stderr);
+
+    let mut daemon = Daemon::start_with(&site, &["--web.config.file", "web.yml"]).await;
+    assert!(daemon.base.starts_with("https://127.0.0.1:"), "{}", daemon.base);
+    let url = format!("{}/metrics", daemon.base);
+    let https = client(Some(&ca), None);
+    let scrape = || https.get(&url).basic_auth("prometheus", Some(password)).send();
+    let answer = scrape().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("jobctl_cycles_total "));
+    let refused = https.get(&url).basic_auth("prometheus", Some("guess")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let renewed = ca.server("jobctl two", 2);
+    renewed.write(site.dir.path(), "server");
+    daemon.signal("HUP");
+    assert_eq!(
+        daemon.wait_for("web config").await,
+        " INFO web config web.yml reloaded: TLS, basic auth for 1 user"
+    );
+    daemon.wait_for("rules reloaded").await;
+    assert_eq!(served_certificate(&scrape().await.unwrap()), renewed.der);
+
+    site.write("web.yml", &format!("{tls}basic_auth_users:\n  prometheus: plaintext-password\n"));
+    daemon.signal("HUP");
+    assert_eq!(
+        daemon.wait_for("reload rejected").await,
+        "ERROR reload rejected: web config web.yml: basic_auth_users.prometheus: not a bcrypt hash (expected $2y$…, 60 characters; make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`); the previous web config stays in force"
+    );
+    // The rules were fine: they are reloaded all the same.
+    daemon.wait_for("rules reloaded").await;
+    let answer = scrape().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(served_certificate(&answer), renewed.der);
+
+    let mut log = daemon.log();
+    let (code, rest) = daemon.stop().await;
+    assert_eq!(code, 0);
+    log.push_str(&rest.join("\n"));
+    for secret in [password, hash.as_str(), "plaintext-password"] {
+        assert!(!log.contains(secret), "{secret} was logged:\n{log}");
+    }
+}
+
 /// A reload whose files are slow to read (here the rules file is a FIFO
 /// nobody writes to yet, so reading it blocks until the test writes) does
 /// not stall evaluation: cycles go on with the old rules, and the new ones
@@ -1240,7 +1318,7 @@ async fn a_slow_reload_does_not_stall_cycles() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success(), "mkfifo: {made}");
     daemon.signal("HUP");
-    daemon.wait_for("SIGHUP received, reloading the rules").await;
+    daemon.wait_for("SIGHUP received, reloading").await;
     // The reload is blocked on the FIFO; cycles still run.
     daemon.wait_cycles(2).await;
 

@@ -79,6 +79,7 @@ impl ServedExporter {
                 token_at: "test".into(),
             }],
             base_dir: ".".into(),
+            web_config_file: None,
         };
         let platforms = config.platforms.iter().cloned().map(|p| (p, Secret::new(TOKEN))).collect();
         let exporter =

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use clap::{CommandFactory, Parser};
@@ -21,6 +22,7 @@ use super::cli_error::{Error, TokenError, TokenErrors};
 use super::config::{ExporterConfig, PlatformConfig};
 use super::Exporter;
 use crate::exit::{finish, Exit};
+use crate::http::WebConfig;
 use crate::secret::Secret;
 
 /// Polls the AddReality API for every configured account, caches device
@@ -52,6 +54,11 @@ pub struct Args {
     /// Listen address, overriding the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) listen: Option<std::net::SocketAddr>,
+    /// TLS and basic auth for the listener: a Prometheus exporter-toolkit
+    /// web configuration file (YAML), reloaded on SIGHUP. Overrides the
+    /// configuration's `web_config_file`.
+    #[arg(long = "web.config.file", value_name = "FILE", conflicts_with_all = ["demo", "once"])]
+    pub(crate) web_config_file: Option<PathBuf>,
     /// Log level; RUST_LOG overrides it.
     // Checked here: the log filter would take any other word for a module
     // name and silently log nothing at all.
@@ -94,11 +101,22 @@ pub(crate) enum Extra {
 /// has its default action and kills the process outright. `--once` and
 /// `--check-config` never poll it: Ctrl-C stops them at once, as it does
 /// any one-shot command.
-pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
-    finish(run_until(args, shutdown).await)
+///
+/// `reloads` yields once per SIGHUP: the web configuration is read again
+/// (see [`reload_web_config`]).
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Exit {
+    finish(run_until(args, shutdown, reloads).await)
 }
 
-async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
+async fn run_until(
+    args: Args,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Result<Exit, Error> {
     match args.command {
         Some(Extra::Completions { shell }) => {
             crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
@@ -126,7 +144,14 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(path) = args.web_config_file {
+        config.web_config_file = Some(path);
+    }
     let platforms = load_tokens(&config).map_err(Error::Tokens)?;
+    let web = match &config.web_config_file {
+        Some(path) if !args.once => Some(Arc::new(WebConfig::load(path)?)),
+        _ => None,
+    };
 
     if args.check_config {
         crate::exit::outln!("{}: OK", args.config.display());
@@ -136,6 +161,9 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
             humantime::format_duration(config.poll_interval),
             config.cache.display()
         );
+        if let Some(web) = &web {
+            crate::exit::outln!("  web config {}: {}", web.path().display(), web.describe());
+        }
         for (platform, _) in &platforms {
             let name = platform.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
             crate::exit::outln!("  platform {}{name}: token from {}", platform.id, platform.token);
@@ -169,14 +197,49 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
     // The bound address, not the configured one: with port 0 the kernel
     // picks the port, and this line is the only place that says which.
     let listening = listener.local_addr().unwrap_or(config.listen);
+    let scheme = if web.as_ref().is_some_and(|web| web.tls()) { "https" } else { "http" };
+    let secured = web
+        .as_ref()
+        .map(|web| format!(" ({}, from {})", web.describe(), web.path().display()))
+        .unwrap_or_default();
     tracing::info!(
-        "listening on http://{listening}/metrics; polling {} platform(s) every {}",
+        "listening on {scheme}://{listening}/metrics{secured}; polling {} platform(s) every {}",
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );
-    exporter.run(listener, shutdown).await.map_err(Error::Http)?;
+    let reloading = tokio::spawn(reload_on_sighup(reloads, web.clone()));
+    let served = exporter.run_secured(listener, web, shutdown).await;
+    reloading.abort();
+    served.map_err(Error::Http)?;
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+/// SIGHUP: reads again what the exporter can change while it runs.
+async fn reload_on_sighup(
+    mut reloads: tokio::sync::mpsc::Receiver<()>,
+    web: Option<Arc<WebConfig>>,
+) {
+    while reloads.recv().await.is_some() {
+        reload_web_config(web.as_ref()).await;
+    }
+}
+
+/// The web configuration's part of a reload: read again on the blocking
+/// pool; a valid file takes over (new connections get its certificate), an
+/// invalid one is logged and the one in force stays. Without one, nothing.
+pub(crate) async fn reload_web_config(web: Option<&Arc<WebConfig>>) {
+    let Some(web) = web.cloned() else {
+        tracing::info!(
+            "no web config to reload (the rest of the configuration is read at start only)"
+        );
+        return;
+    };
+    // The outcome is logged by `reload`; a task that panicked is a bug worth
+    // its own line.
+    if let Err(err) = tokio::task::spawn_blocking(move || web.reload()).await {
+        tracing::error!("reloading the web config failed: {err}");
+    }
 }
 
 /// Polls `shutdown` once, letting it set itself up; true if it is already done.

@@ -24,6 +24,10 @@ pub(crate) enum Error {
     /// `file:line:column`.
     #[error(transparent)]
     Config(#[from] ConfigErrors),
+    /// The web configuration file cannot be used; the message names the
+    /// file and the key.
+    #[error(transparent)]
+    WebConfig(#[from] crate::http::WebConfigError),
     /// Platform tokens could not be loaded: one line per platform.
     #[error(transparent)]
     Tokens(TokenErrors),
@@ -88,7 +92,7 @@ impl CliError for Error {
 
     fn code(&self) -> Exit {
         match self {
-            Error::Config(_) | Error::Tokens(_) => Exit::Config,
+            Error::Config(_) | Error::Tokens(_) | Error::WebConfig(_) => Exit::Config,
             Error::Cache(_) | Error::Start(StartError::Cache(_)) | Error::DemoDir { .. } => {
                 Exit::Database
             }

@@ -59,6 +59,11 @@ pub(crate) struct RawConfig {
     pub(crate) max_page_bytes: Option<Spanned<u64>>,
     /// How long a device absent from the API is still exported. Default 7d.
     pub(crate) forget_after: Option<Spanned<HumanDuration>>,
+    /// TLS and basic auth for the listener: a Prometheus exporter-toolkit
+    /// web configuration file (YAML). Default none (plain HTTP, no
+    /// authentication); relative paths are taken from the configuration
+    /// file's directory; `--web.config.file` overrides it.
+    pub(crate) web_config_file: Option<PathBuf>,
     /// The AddReality accounts to poll.
     #[serde(default)]
     pub(crate) platforms: Vec<Spanned<RawPlatform>>,
@@ -107,6 +112,8 @@ pub struct ExporterConfig {
     pub max_page_bytes: u64,
     /// How long an absent device is kept.
     pub forget_after: Duration,
+    /// The web configuration file securing the listener, if any.
+    pub web_config_file: Option<PathBuf>,
     /// The accounts, in file order.
     pub platforms: Vec<PlatformConfig>,
     /// Directory of the configuration file, against which relative token
@@ -255,6 +262,7 @@ impl ExporterConfig {
             page_size,
             max_page_bytes,
             forget_after: raw.forget_after.map_or(DEFAULT_FORGET_AFTER, |d| d.get_ref().0),
+            web_config_file: raw.web_config_file.map(|path| base_dir.join(path)),
             platforms,
             base_dir,
         })

@@ -123,6 +123,7 @@ async fn serve(
         page_size: 100,
         max_page_bytes: super::config::DEFAULT_MAX_PAGE_BYTES,
         forget_after: Duration::from_secs(7 * 24 * 3600),
+        web_config_file: None,
         platforms: vec![],
         base_dir: PathBuf::from("."),
     };

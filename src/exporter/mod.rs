@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
 use crate::addreality::client::{Client, ClientConfig, ClientError, RetryPolicy};
+use crate::http::WebConfig;
 use crate::secret::Secret;
 use cache::{Cache, CacheError};
 use config::{ExporterConfig, PlatformConfig};
@@ -135,6 +136,17 @@ impl Exporter {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.run_secured(listener, None, shutdown).await
+    }
+
+    /// [`Exporter::run`] with the listener secured by a web configuration
+    /// (TLS, basic auth), when there is one.
+    pub async fn run_secured(
+        self,
+        listener: TcpListener,
+        web: Option<Arc<WebConfig>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let mut pollers = tokio::task::JoinSet::new();
         for (platform, token) in self.platforms.clone() {
             let poller = self.poller.clone();
@@ -149,7 +161,14 @@ impl Exporter {
             });
         }
         let pages: Arc<dyn crate::http::Pages> = self.poller.state.clone();
-        let served = crate::http::serve(listener, pages, shutdown).await;
+        let served = crate::http::serve_configured(
+            listener,
+            pages,
+            web,
+            crate::http::Limits::default(),
+            shutdown,
+        )
+        .await;
         // Dropping the set aborts the poll loops. A cache write in progress
         // runs to its end on the blocking pool: its transaction is whole or
         // absent, never half.

@@ -56,6 +56,10 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `run --web.config.file`: the web configuration cannot be used; its
+    /// message names the file and the key.
+    #[error(transparent)]
+    WebConfig(#[from] crate::http::WebConfigError),
     /// `run --listen`: the address cannot be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -164,7 +168,8 @@ impl CliError for Error {
             | Error::PrometheusSecret(_)
             | Error::SourceSecret(_)
             | Error::Prometheus(_)
-            | Error::Scrape(_) => Exit::Config,
+            | Error::Scrape(_)
+            | Error::WebConfig(_) => Exit::Config,
             Error::Journal(_) | Error::Engine(EngineError::Journal(_)) => Exit::Database,
             Error::Listen { .. } => Exit::Listen,
             Error::UnknownJob { .. }

@@ -11,6 +11,10 @@
 //! stall evaluation); the new set is swapped in between two cycles. A
 //! SIGHUP that arrives while one is being read reads the files again once
 //! it is done, so the last edit always counts.
+//!
+//! The listener (`--listen`) may be secured by a web configuration file
+//! (`--web.config.file`: TLS, basic auth); SIGHUP reads it again too, on its
+//! own: a bad one keeps the one in force, whatever became of the rules.
 
 use std::future::Future;
 use std::path::Path;
@@ -24,7 +28,7 @@ use crate::engine::Source;
 use crate::engine::{Engine, EngineMetrics, EngineOptions, Mode};
 use crate::error::with_causes;
 use crate::exit::Exit;
-use crate::http::{Exposition, Health, Pages};
+use crate::http::{Exposition, Health, Pages, WebConfig};
 use crate::notify::Notifier;
 use crate::rules::RuleSet;
 
@@ -42,6 +46,10 @@ pub(crate) struct RunArgs {
     /// Serve jobctl's own /metrics and /healthz on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) listen: Option<std::net::SocketAddr>,
+    /// TLS and basic auth for --listen: a Prometheus exporter-toolkit web
+    /// configuration file (YAML), reloaded on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE", requires = "listen")]
+    pub(crate) web_config_file: Option<std::path::PathBuf>,
 }
 
 /// How long SIGTERM waits for sends already under way.
@@ -59,6 +67,10 @@ pub(super) async fn run(
 ) -> Result<Exit, Error> {
     let rules = load_rules(config)?;
     webhooks_usable(&rules)?;
+    let web = match &args.web_config_file {
+        Some(path) if !args.once => Some(Arc::new(WebConfig::load(path)?)),
+        _ => None,
+    };
     let (sms, source) = connections(&rules)?;
     let journal = open_journal(&rules)?;
     let interval = rules.source.interval();
@@ -100,10 +112,21 @@ pub(super) async fn run(
             let addr = listener.local_addr().unwrap_or(addr);
             let pages = Arc::new(JobctlPages { metrics: engine.metrics(), interval });
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(crate::http::serve(listener, pages, async {
-                stopped.await.unwrap_or(());
-            }));
-            tracing::info!("serving jobctl metrics on http://{addr}/metrics");
+            let scheme = if web.as_ref().is_some_and(|web| web.tls()) { "https" } else { "http" };
+            let secured = web
+                .as_ref()
+                .map(|web| format!(" ({}, from {})", web.describe(), web.path().display()))
+                .unwrap_or_default();
+            let task = tokio::spawn(crate::http::serve_configured(
+                listener,
+                pages,
+                web.clone(),
+                crate::http::Limits::default(),
+                async {
+                    stopped.await.unwrap_or(());
+                },
+            ));
+            tracing::info!("serving jobctl metrics on {scheme}://{addr}/metrics{secured}");
             (Some(stop), Some(task))
         }
     };
@@ -140,7 +163,7 @@ pub(super) async fn run(
                     again = true;
                 } else {
                     notifier.reloading();
-                    reading = Some(start_reading(config));
+                    reading = Some(start_reading(config, web.clone()));
                 }
             }
             loaded = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
@@ -150,7 +173,7 @@ pub(super) async fn run(
                     Err(err) => tracing::error!("reload rejected: reading the rules failed: {err}; the previous rules keep running"),
                 }
                 if std::mem::take(&mut again) {
-                    reading = Some(start_reading(config));
+                    reading = Some(start_reading(config, web.clone()));
                 } else {
                     notifier.ready(&engine.status_line());
                 }
@@ -187,10 +210,19 @@ pub(super) async fn run(
 /// reasons are logged).
 type Loaded = Option<(RuleSet, Sms, Source)>;
 
-/// Starts reading the rules on the blocking pool.
-fn start_reading(config: &Path) -> tokio::task::JoinHandle<Loaded> {
+/// Starts reading the rules, and the web configuration if there is one, on
+/// the blocking pool.
+fn start_reading(config: &Path, web: Option<Arc<WebConfig>>) -> tokio::task::JoinHandle<Loaded> {
     let config = config.to_path_buf();
-    tokio::task::spawn_blocking(move || read(&config))
+    tokio::task::spawn_blocking(move || {
+        // Its own file, all or nothing on its own: a valid web configuration
+        // is taken even when the rules are not, and the other way round. It
+        // logs what became of it.
+        if let Some(web) = web {
+            let _ = web.reload();
+        }
+        read(&config)
+    })
 }
 
 /// SIGHUP, off the cycle: all or nothing. The new rules, SMS sender and

@@ -226,6 +226,10 @@ pub(crate) struct PrometheusOptions {
     /// The `host:port` of an Alertmanager that Prometheus sends its alerts
     /// to. Default none.
     pub alertmanager: Option<String>,
+    /// More scrape jobs, as YAML list items indented to sit under
+    /// `scrape_configs:` (`  - job_name: …`), for targets that are not a
+    /// [`TestTarget`] (a daemon over TLS, say). Default none.
+    pub scrape_configs: Option<String>,
 }
 
 impl Default for PrometheusOptions {
@@ -236,6 +240,7 @@ impl Default for PrometheusOptions {
             history: None,
             rules: None,
             alertmanager: None,
+            scrape_configs: None,
         }
     }
 }
@@ -290,7 +295,7 @@ impl PrometheusOptions {
             "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n\
              scrape_configs:\n"
         );
-        if jobs.is_empty() {
+        if jobs.is_empty() && self.scrape_configs.is_none() {
             config.push_str("  []\n");
         }
         for (job, instances) in jobs {
@@ -303,6 +308,9 @@ impl PrometheusOptions {
                 instances.join(", ")
             )
             .unwrap();
+        }
+        if let Some(extra) = &self.scrape_configs {
+            config.push_str(extra);
         }
         if self.rules.is_some() {
             writeln!(config, "rule_files: ['{RULES_FILE}']").unwrap();
