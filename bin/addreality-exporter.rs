@@ -17,5 +17,10 @@ fn main() -> ExitCode {
             return Exit::Runtime.into();
         }
     };
-    runtime.block_on(run(args, signage_watchdog::shutdown::signal())).into()
+    runtime
+        .block_on(async {
+            let reloads = signage_watchdog::shutdown::reload_requests("the configuration");
+            run(args, signage_watchdog::shutdown::signal(), reloads).await
+        })
+        .into()
 }

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use clap::{CommandFactory, Parser};
@@ -19,8 +20,9 @@ use clap::{CommandFactory, Parser};
 use super::cache::Cache;
 use super::cli_error::{Error, TokenError, TokenErrors};
 use super::config::{ExporterConfig, PlatformConfig};
-use super::Exporter;
+use super::{Exporter, PlatformTokens, Supervision};
 use crate::exit::{finish, Exit};
+use crate::notify::Notifier;
 use crate::secret::Secret;
 
 /// Polls the AddReality API for every configured account, caches device
@@ -94,11 +96,22 @@ pub(crate) enum Extra {
 /// has its default action and kills the process outright. `--once` and
 /// `--check-config` never poll it: Ctrl-C stops them at once, as it does
 /// any one-shot command.
-pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Exit {
-    finish(run_until(args, shutdown).await)
+///
+/// `reloads` yields once per SIGHUP; the daemon then runs [`reload`], the
+/// demo only says it has nothing to reload.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Exit {
+    finish(run_until(args, shutdown, reloads).await)
 }
 
-async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
+async fn run_until(
+    args: Args,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> Result<Exit, Error> {
     match args.command {
         Some(Extra::Completions { shell }) => {
             crate::exit::out!("{}", crate::manual::completions(Args::command(), shell));
@@ -119,7 +132,7 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
         if completes_at_once(shutdown.as_mut()).await {
             return Ok(Exit::Ok);
         }
-        super::demo::run(args.listen, shutdown).await?;
+        super::demo::run(args.listen, shutdown, reloads).await?;
         return Ok(Exit::Ok);
     }
     let mut config = ExporterConfig::load(&args.config)?;
@@ -174,9 +187,116 @@ async fn run_until(args: Args, shutdown: impl Future<Output = ()>) -> Result<Exi
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );
-    exporter.run(listener, shutdown).await.map_err(Error::Http)?;
+    let tokens = exporter.tokens();
+    let path = args.config.clone();
+    let running = Arc::new(config);
+    let supervision = Supervision {
+        notifier: Notifier::from_env(),
+        reloads,
+        reload: || {
+            let (path, running, tokens) = (path.clone(), running.clone(), tokens.clone());
+            async move { reload_or_keep(path, running, args.listen, tokens).await }
+        },
+    };
+    exporter.run_supervised(listener, shutdown, supervision).await.map_err(Error::Http)?;
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+/// What a successful [`reload`] changed.
+#[derive(Debug)]
+struct Reloaded {
+    /// Platforms whose token changed (now sent).
+    tokens_changed: Vec<String>,
+    /// Settings that changed in the file but take a restart.
+    restart_needed: Vec<&'static str>,
+}
+
+/// SIGHUP: [`reload`], logging what it did, or why it kept the running
+/// settings; whether the new ones are in force.
+async fn reload_or_keep(
+    path: PathBuf,
+    running: Arc<ExporterConfig>,
+    listen: Option<std::net::SocketAddr>,
+    tokens: Arc<PlatformTokens>,
+) -> bool {
+    match reload(path, &running, listen, &tokens).await {
+        Ok(reloaded) => {
+            let tokens = match reloaded.tokens_changed.as_slice() {
+                [] => "no token changed".to_string(),
+                changed => format!("new token for platform {}", changed.join(", ")),
+            };
+            tracing::info!("configuration reloaded: {tokens}");
+            if !reloaded.restart_needed.is_empty() {
+                tracing::warn!(
+                    "{} changed in the configuration: that takes a restart (systemctl restart addreality-exporter); running with the previous value until then",
+                    reloaded.restart_needed.join(", ")
+                );
+            }
+            true
+        }
+        Err(err) => {
+            for line in crate::error::with_causes(&err).lines() {
+                tracing::error!("reload rejected: {line}");
+            }
+            tracing::error!("reload rejected: the previous settings keep running");
+            false
+        }
+    }
+}
+
+/// Re-reads the configuration file and every platform's token, all or
+/// nothing, and puts in force what can change without a restart.
+///
+/// Everything is read and checked first; only then is anything replaced,
+/// so a bad file or a token that cannot be read keeps the running settings
+/// (as Prometheus does). In force today: each polled platform's token (a
+/// rotated `token_file` is sent from the platform's next poll). A new
+/// reloadable part (the web configuration, say) is read and checked in the
+/// first half and put in force in the second, beside the tokens.
+async fn reload(
+    path: PathBuf,
+    running: &ExporterConfig,
+    listen: Option<std::net::SocketAddr>,
+    tokens: &PlatformTokens,
+) -> Result<Reloaded, Error> {
+    // Read and check, on the blocking pool: token files may sit on a slow
+    // mount, and the loop that pings systemd waits for this.
+    let (config, loaded) = tokio::task::spawn_blocking(move || {
+        let mut config = ExporterConfig::load(&path)?;
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        let loaded = load_tokens(&config).map_err(Error::Tokens)?;
+        Ok::<_, Error>((config, loaded))
+    })
+    .await
+    .expect("reload task panicked")?;
+    // Put in force: nothing above failed.
+    let tokens_changed = tokens.replace(&loaded);
+    Ok(Reloaded { tokens_changed, restart_needed: restart_needed(running, &config) })
+}
+
+/// The settings that differ between the running configuration and a
+/// reloaded one and that only a restart puts in force.
+fn restart_needed(running: &ExporterConfig, new: &ExporterConfig) -> Vec<&'static str> {
+    let platforms = |config: &ExporterConfig| -> Vec<(String, Option<String>)> {
+        config.platforms.iter().map(|p| (p.id.clone(), p.name.clone())).collect()
+    };
+    [
+        ("listen", running.listen != new.listen),
+        ("api_url", running.api_url != new.api_url),
+        ("poll_interval", running.poll_interval != new.poll_interval),
+        ("request_timeout", running.request_timeout != new.request_timeout),
+        ("cache", running.cache != new.cache),
+        ("page_size", running.page_size != new.page_size),
+        ("max_page_bytes", running.max_page_bytes != new.max_page_bytes),
+        ("forget_after", running.forget_after != new.forget_after),
+        ("the platforms (ids or names)", platforms(running) != platforms(new)),
+    ]
+    .into_iter()
+    .filter_map(|(setting, changed)| changed.then_some(setting))
+    .collect()
 }
 
 /// Polls `shutdown` once, letting it set itself up; true if it is already done.
