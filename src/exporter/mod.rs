@@ -205,7 +205,7 @@ impl Exporter {
     }
 
     /// Serves HTTP on `listener` and polls every platform on its own timer
-    /// until `shutdown` completes; tells systemd nothing and ignores SIGHUP.
+    /// until `shutdown` completes; tells systemd nothing and never reloads.
     pub async fn run(
         self,
         listener: TcpListener,
