@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let reloads = signage_watchdog::shutdown::reload_requests();
+        let reloads = signage_watchdog::shutdown::reload_requests("the rules and the web config");
         run(args, signage_watchdog::shutdown::signal(), reloads).await.into()
     })
 }

@@ -67,8 +67,13 @@ impl Notifier {
     }
 
     /// A reload (SIGHUP) begins; [`Notifier::ready`] ends it.
+    ///
+    /// With the time on the monotonic clock (`MONOTONIC_USEC`), which
+    /// systemd 253 and later want beside `RELOADING=1`: it tells this
+    /// reload from one that began before `systemctl reload` asked, so the
+    /// command waits for the `READY=1` that ends its own.
     pub fn reloading(&self) {
-        self.send("RELOADING=1");
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
 
     /// The daemon is shutting down.
@@ -98,6 +103,14 @@ impl Notifier {
             }
         }
     }
+}
+
+/// Now on `CLOCK_MONOTONIC`, in microseconds, as systemd reads
+/// `MONOTONIC_USEC` (std's `Instant` uses that clock but does not show it).
+fn monotonic_usec() -> u128 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let (seconds, nanoseconds) = (now.tv_sec.unsigned_abs(), now.tv_nsec.unsigned_abs());
+    u128::from(seconds) * 1_000_000 + u128::from(nanoseconds) / 1_000
 }
 
 /// A status on one line: the protocol separates fields by newlines.
@@ -144,8 +157,12 @@ mod tests {
         assert_eq!(receive(&systemd), "READY=1\nSTATUS=3 jobs last cycle 1 s ago");
         notifier.alive("ok");
         assert_eq!(receive(&systemd), "WATCHDOG=1\nSTATUS=ok");
+        let before = monotonic_usec();
         notifier.reloading();
-        assert_eq!(receive(&systemd), "RELOADING=1");
+        let reloading = receive(&systemd);
+        let usec = reloading.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").expect(&reloading);
+        let usec: u128 = usec.parse().expect(&reloading);
+        assert!((before..=monotonic_usec()).contains(&usec), "{reloading}");
         notifier.stopping();
         assert_eq!(receive(&systemd), "STOPPING=1");
 

@@ -21,15 +21,17 @@ pub async fn signal() {
     }
 }
 
-/// Yields once per SIGHUP (`systemctl reload`). Only binaries call this.
-pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
+/// Yields once per SIGHUP (`systemctl reload`), logging that `what` (say
+/// "the rules") is being reloaded. Only binaries call this, before the
+/// daemon says it is ready: from then on SIGHUP no longer kills it.
+pub fn reload_requests(what: &'static str) -> tokio::sync::mpsc::Receiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     match signal(SignalKind::hangup()) {
         Ok(mut hangup) => {
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received, reloading");
+                    tracing::info!("SIGHUP received, reloading {what}");
                     // A reload already queued covers this one too.
                     let _ = tx.try_send(());
                 }

@@ -90,6 +90,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The longest one page can take with this policy when each request
+    /// is cut at `request_timeout`: every attempt times out and every
+    /// wait between two attempts is the longest allowed.
+    pub(crate) fn longest_page(&self, request_timeout: Duration) -> Duration {
+        let waits = self.max_attempts.saturating_sub(1);
+        request_timeout
+            .saturating_mul(self.max_attempts)
+            .saturating_add(self.max_delay.saturating_mul(waits))
+    }
+
     /// The longest wait after failed attempt `attempt` (1-based), before
     /// jitter: `min(max_delay, base_delay × 2^(attempt-1))`.
     pub(crate) fn delay_bound(&self, attempt: u32) -> Duration {
@@ -446,11 +456,27 @@ impl Client {
     /// error, and the requests and failures either way. Every failed attempt
     /// is logged as a warning; so is a [`PagingAnomaly`], once per fetch.
     pub async fn fetch_all(&self, platform_id: &str, token: &Secret) -> FetchReport {
+        self.fetch_all_noting_pages(platform_id, token, &|| {}).await
+    }
+
+    /// [`Client::fetch_all`], calling `page_read` each time a page has
+    /// been read: the exporter's watchdog takes it as proof that the poll
+    /// goes on. Between two calls (or the start and the first, or the last
+    /// and the end) one page is fetched, which takes at most
+    /// `max_attempts × request_timeout` plus the waits between attempts
+    /// (each at most `max_delay`), whatever the server does.
+    pub async fn fetch_all_noting_pages(
+        &self,
+        platform_id: &str,
+        token: &Secret,
+        page_read: &(dyn Fn() + Sync),
+    ) -> FetchReport {
         let mut tally = Tally { requests: 0, failures: Vec::new(), rng: fastrand::Rng::new() };
         let mut pager = Pager::new(self.page_size);
         let outcome = loop {
             match self.fetch_page(platform_id, token, pager.offset, &mut tally).await {
                 Ok(page) => {
+                    page_read();
                     if let Some(end) = pager.accept(page) {
                         break Ok(pager.into_fleet(end.anomaly));
                     }

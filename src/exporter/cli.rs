@@ -20,9 +20,10 @@ use clap::{CommandFactory, Parser};
 use super::cache::Cache;
 use super::cli_error::{Error, TokenError, TokenErrors};
 use super::config::{ExporterConfig, PlatformConfig};
-use super::Exporter;
+use super::{Exporter, PlatformTokens, Supervision};
 use crate::exit::{finish, Exit};
 use crate::http::WebConfig;
+use crate::notify::Notifier;
 use crate::secret::Secret;
 
 /// Polls the AddReality API for every configured account, caches device
@@ -102,8 +103,9 @@ pub(crate) enum Extra {
 /// `--check-config` never poll it: Ctrl-C stops them at once, as it does
 /// any one-shot command.
 ///
-/// `reloads` yields once per SIGHUP: the web configuration is read again
-/// (see [`reload_web_config`]).
+/// `reloads` yields once per SIGHUP; the daemon then runs [`reload`] (the
+/// configuration file, the tokens, the web configuration), the demo only
+/// says it has nothing to reload.
 pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()>,
@@ -137,15 +139,15 @@ async fn run_until(
         if completes_at_once(shutdown.as_mut()).await {
             return Ok(Exit::Ok);
         }
-        super::demo::run(args.listen, shutdown).await?;
+        super::demo::run(args.listen, shutdown, reloads).await?;
         return Ok(Exit::Ok);
     }
     let mut config = ExporterConfig::load(&args.config)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(path) = args.web_config_file {
-        config.web_config_file = Some(path);
+    if let Some(path) = &args.web_config_file {
+        config.web_config_file = Some(path.clone());
     }
     let platforms = load_tokens(&config).map_err(Error::Tokens)?;
     let web = match &config.web_config_file {
@@ -207,39 +209,147 @@ async fn run_until(
         config.platforms.len(),
         humantime::format_duration(config.poll_interval)
     );
-    let reloading = tokio::spawn(reload_on_sighup(reloads, web.clone()));
-    let served = exporter.run_secured(listener, web, shutdown).await;
-    reloading.abort();
-    served.map_err(Error::Http)?;
+    let tokens = exporter.tokens();
+    let path = args.config.clone();
+    let running = Arc::new(config);
+    let reloaded_web = web.clone();
+    let overrides = Overrides { listen: args.listen, web_config_file: args.web_config_file };
+    let supervision = Supervision {
+        notifier: Notifier::from_env(),
+        reloads,
+        reload: || {
+            let (path, running, tokens, web, overrides) = (
+                path.clone(),
+                running.clone(),
+                tokens.clone(),
+                reloaded_web.clone(),
+                overrides.clone(),
+            );
+            async move { reload_or_keep(path, running, overrides, tokens, web).await }
+        },
+    };
+    exporter.run_supervised(listener, web, shutdown, supervision).await.map_err(Error::Http)?;
     tracing::info!("stopped");
     Ok(Exit::Ok)
 }
 
-/// SIGHUP: reads again what the exporter can change while it runs.
-async fn reload_on_sighup(
-    mut reloads: tokio::sync::mpsc::Receiver<()>,
+/// What a successful [`reload`] changed.
+#[derive(Debug)]
+struct Reloaded {
+    /// Platforms whose token changed (now sent).
+    tokens_changed: Vec<String>,
+    /// Settings that changed in the file but take a restart.
+    restart_needed: Vec<&'static str>,
+}
+
+/// SIGHUP: [`reload`], logging what it did, or why it kept the running
+/// settings; whether the new ones are in force.
+async fn reload_or_keep(
+    path: PathBuf,
+    running: Arc<ExporterConfig>,
+    overrides: Overrides,
+    tokens: Arc<PlatformTokens>,
     web: Option<Arc<WebConfig>>,
-) {
-    while reloads.recv().await.is_some() {
-        reload_web_config(web.as_ref()).await;
+) -> bool {
+    match reload(path, &running, overrides, &tokens, web.as_deref()).await {
+        Ok(reloaded) => {
+            let tokens = match reloaded.tokens_changed.as_slice() {
+                [] => "no token changed".to_string(),
+                changed => format!("new token for platform {}", changed.join(", ")),
+            };
+            tracing::info!("configuration reloaded: {tokens}");
+            if !reloaded.restart_needed.is_empty() {
+                tracing::warn!(
+                    "{} changed in the configuration: that takes a restart (systemctl restart addreality-exporter); running with the previous value until then",
+                    reloaded.restart_needed.join(", ")
+                );
+            }
+            true
+        }
+        Err(err) => {
+            for line in crate::error::with_causes(&err).lines() {
+                tracing::error!("reload rejected: {line}");
+            }
+            tracing::error!("reload rejected: the previous settings keep running");
+            false
+        }
     }
 }
 
-/// The web configuration's part of a reload: read again on the blocking
-/// pool; a valid file takes over (new connections get its certificate), an
-/// invalid one is logged and the one in force stays. Without one, nothing.
-pub(crate) async fn reload_web_config(web: Option<&Arc<WebConfig>>) {
-    let Some(web) = web.cloned() else {
-        tracing::info!(
-            "no web config to reload (the rest of the configuration is read at start only)"
-        );
-        return;
-    };
-    // The outcome is logged by `reload`; a task that panicked is a bug worth
-    // its own line.
-    if let Err(err) = tokio::task::spawn_blocking(move || web.reload()).await {
-        tracing::error!("reloading the web config failed: {err}");
+/// The command line's settings that win over the configuration file's, at
+/// start and at each reload.
+#[derive(Debug, Clone)]
+struct Overrides {
+    /// `--listen`.
+    listen: Option<std::net::SocketAddr>,
+    /// `--web.config.file`.
+    web_config_file: Option<PathBuf>,
+}
+
+/// Re-reads the configuration file, every platform's token and the web
+/// configuration, all or nothing, and puts in force what can change without
+/// a restart.
+///
+/// Everything is read and checked first; only then is anything replaced,
+/// so a bad file or a token that cannot be read keeps the running settings
+/// (as Prometheus does). In force: each polled platform's token (a rotated
+/// `token_file` is sent from the platform's next poll) and the web
+/// configuration in force (new connections get its certificate, the next
+/// request its users).
+async fn reload(
+    path: PathBuf,
+    running: &ExporterConfig,
+    overrides: Overrides,
+    tokens: &PlatformTokens,
+    web: Option<&WebConfig>,
+) -> Result<Reloaded, Error> {
+    // Read and check, on the blocking pool: token files may sit on a slow
+    // mount, a web configuration may cost a bcrypt hash, and the loop that
+    // pings systemd waits for this.
+    let web_path = web.map(|web| web.path().to_path_buf());
+    let (config, loaded, web_settings) = tokio::task::spawn_blocking(move || {
+        let mut config = ExporterConfig::load(&path)?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(file) = overrides.web_config_file {
+            config.web_config_file = Some(file);
+        }
+        let loaded = load_tokens(&config).map_err(Error::Tokens)?;
+        let web_settings = web_path.as_deref().map(WebConfig::read_again).transpose()?;
+        Ok::<_, Error>((config, loaded, web_settings))
+    })
+    .await
+    .expect("reload task panicked")?;
+    // Put in force: nothing above failed.
+    let tokens_changed = tokens.replace(&loaded);
+    if let (Some(web), Some(settings)) = (web, web_settings) {
+        web.put(settings);
     }
+    Ok(Reloaded { tokens_changed, restart_needed: restart_needed(running, &config) })
+}
+
+/// The settings that differ between the running configuration and a
+/// reloaded one and that only a restart puts in force.
+fn restart_needed(running: &ExporterConfig, new: &ExporterConfig) -> Vec<&'static str> {
+    let platforms = |config: &ExporterConfig| -> Vec<(String, Option<String>)> {
+        config.platforms.iter().map(|p| (p.id.clone(), p.name.clone())).collect()
+    };
+    [
+        ("listen", running.listen != new.listen),
+        ("api_url", running.api_url != new.api_url),
+        ("poll_interval", running.poll_interval != new.poll_interval),
+        ("request_timeout", running.request_timeout != new.request_timeout),
+        ("cache", running.cache != new.cache),
+        ("page_size", running.page_size != new.page_size),
+        ("max_page_bytes", running.max_page_bytes != new.max_page_bytes),
+        ("forget_after", running.forget_after != new.forget_after),
+        ("web_config_file", running.web_config_file != new.web_config_file),
+        ("the platforms (ids or names)", platforms(running) != platforms(new)),
+    ]
+    .into_iter()
+    .filter_map(|(setting, changed)| changed.then_some(setting))
+    .collect()
 }
 
 /// Polls `shutdown` once, letting it set itself up; true if it is already done.

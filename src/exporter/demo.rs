@@ -22,8 +22,9 @@ use tokio::net::TcpListener;
 use super::cache::Cache;
 use super::cli_error::Error;
 use super::config::{ExporterConfig, PlatformConfig};
-use super::Exporter;
+use super::{Exporter, Supervision};
 use crate::addreality::simulator::Simulator;
+use crate::notify::Notifier;
 use crate::secret::{Secret, SecretSource};
 
 /// Devices in the simulated account (the size of the fleet the earlier
@@ -37,12 +38,15 @@ const DEMO_TOKEN: &str = "demo-token";
 const DEMO_DIR_PREFIX: &str = "addreality-exporter-demo-";
 
 /// Runs the demo until `shutdown` completes, with its cache in a fresh
-/// directory under the system's temporary directory.
+/// directory under the system's temporary directory. It tells systemd what
+/// the daemon tells it, so it can be tried under `systemd-run`; a SIGHUP
+/// (`reloads`) has nothing to re-read and only says so.
 pub(crate) async fn run(
     listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
-    run_in(listen, &std::env::temp_dir(), shutdown).await
+    run_in(listen, &std::env::temp_dir(), shutdown, reloads).await
 }
 
 /// A new private directory in `root` (mode 0700, random name), removed
@@ -64,6 +68,7 @@ async fn run_in(
     listen: Option<SocketAddr>,
     root: &Path,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
     let listen = listen.unwrap_or_else(|| DEMO_LISTEN.parse().expect("valid address"));
     let listener = TcpListener::bind(listen)
@@ -94,7 +99,7 @@ async fn run_in(
     let served = match fresh_dir(root) {
         Ok(dir) => {
             let api_url = Simulator::device_list_url(api_addr);
-            let served = serve(listener, dir.path(), api_url, listen, shutdown).await;
+            let served = serve(listener, dir.path(), api_url, listen, shutdown, reloads).await;
             // Removed after the exporter (and its cache connection) is gone.
             drop(dir);
             served
@@ -113,6 +118,7 @@ async fn serve(
     api_url: String,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
     let config = ExporterConfig {
         listen,
@@ -142,7 +148,15 @@ async fn serve(
     tracing::info!(
         "listening on http://{listen}/metrics (health at http://{listen}/healthz); Ctrl-C stops"
     );
-    exporter.run(listener, shutdown).await.map_err(Error::Http)
+    let supervision = Supervision {
+        notifier: Notifier::from_env(),
+        reloads,
+        reload: || async {
+            tracing::info!("the demo has no configuration to reload; nothing changed");
+            true
+        },
+    };
+    exporter.run_supervised(listener, None, shutdown, supervision).await.map_err(Error::Http)
 }
 
 #[cfg(test)]
@@ -181,7 +195,8 @@ mod tests {
         let planted_link = root.path().join(format!("{DEMO_DIR_PREFIX}{}", std::process::id() + 1));
         symlink(elsewhere.path(), &planted_link).unwrap();
 
-        run_in(Some("127.0.0.1:0".parse().unwrap()), root.path(), std::future::ready(()))
+        let (_, reloads) = tokio::sync::mpsc::channel(1);
+        run_in(Some("127.0.0.1:0".parse().unwrap()), root.path(), std::future::ready(()), reloads)
             .await
             .unwrap();
 

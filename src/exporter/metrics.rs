@@ -4,7 +4,7 @@
 //! is here is small (a few series per platform) and kept in a `prometheus`
 //! registry, encoded after the device families at each render.
 
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry};
 
 /// Every series the exporter reports about itself.
 pub(crate) struct Metrics {
@@ -36,6 +36,11 @@ pub(crate) struct Metrics {
     pub(crate) paging_anomalies: IntCounterVec,
     /// `addreality_cache_write_failures_total{platform_id}`.
     pub(crate) cache_write_failures: IntCounterVec,
+    /// `addreality_exporter_config_last_reload_successful`: 1 when the last
+    /// SIGHUP reload (or the start-up) put its settings in force.
+    config_last_reload_successful: Gauge,
+    /// `addreality_exporter_config_last_reload_success_timestamp_seconds`.
+    config_last_reload_success: Gauge,
 }
 
 impl Metrics {
@@ -63,7 +68,26 @@ impl Metrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
+        let single = |name: &str, help: &str| {
+            let gauge = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+            registry.register(Box::new(gauge.clone())).expect("unique metric");
+            gauge
+        };
+        // Named as Prometheus and Alertmanager name theirs, so the same
+        // alert covers all three. Start-up loaded the settings: a success.
+        let config_last_reload_successful = single(
+            "addreality_exporter_config_last_reload_successful",
+            "Whether the last configuration reload (SIGHUP) succeeded (1) or kept the previous settings (0).",
+        );
+        config_last_reload_successful.set(1.0);
+        let config_last_reload_success = single(
+            "addreality_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start-up or SIGHUP).",
+        );
+        config_last_reload_success.set(super::unix_now());
         Metrics {
+            config_last_reload_successful,
+            config_last_reload_success,
             platform_up: gauge(
                 "addreality_platform_up",
                 format!("Whether the last poll of the platform's API succeeded (1) or not (0); polled every {every}."),
@@ -147,6 +171,15 @@ impl Metrics {
         self.devices_skipped.with_label_values(&[platform_id]);
         self.devices_forgotten.with_label_values(&[platform_id]);
         self.cache_write_failures.with_label_values(&[platform_id]);
+    }
+
+    /// A reload (SIGHUP) ended at `now`, putting new settings in force or
+    /// (`successful` false) keeping the previous ones.
+    pub(crate) fn reloaded(&self, successful: bool, now: f64) {
+        self.config_last_reload_successful.set(if successful { 1.0 } else { 0.0 });
+        if successful {
+            self.config_last_reload_success.set(now);
+        }
     }
 
     /// Appends the registry's families in the text format.

@@ -28,12 +28,18 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    /// Polls one platform once and publishes the result. Returns whether the
-    /// poll succeeded.
-    pub(crate) async fn poll_once(&self, platform: &PlatformConfig, token: &Secret) -> bool {
+    /// Polls one platform once and publishes the result, calling
+    /// `page_read` after each page (the watchdog's proof of progress).
+    /// Returns whether the poll succeeded.
+    pub(crate) async fn poll_once(
+        &self,
+        platform: &PlatformConfig,
+        token: &Secret,
+        page_read: &(dyn Fn() + Sync),
+    ) -> bool {
         let id = platform.id.as_str();
         let started = Instant::now();
-        let report = self.client.fetch_all(id, token).await;
+        let report = self.client.fetch_all_noting_pages(id, token, page_read).await;
         let ok = self.publish(id, report).await;
         self.state
             .metrics

@@ -125,6 +125,38 @@ impl ExporterState {
         *self.exposition.write().expect("exposition lock poisoned") = Arc::new(exposition);
     }
 
+    /// The line `systemctl status` shows at `now` (Unix seconds): the
+    /// devices served and the stalest platform's last successful poll
+    /// ("273 devices, last poll 12 s ago"), then the platforms whose last
+    /// poll failed, if any.
+    pub(crate) fn status_line(&self, now: f64) -> String {
+        let platforms = self.platforms.lock().expect("state lock poisoned");
+        let devices: usize = platforms.values().map(|view| view.devices.len()).sum();
+        let devices =
+            if devices == 1 { "1 device".to_string() } else { format!("{devices} devices") };
+        let never: Vec<&str> = platforms
+            .iter()
+            .filter(|(_, view)| view.last_success.is_none())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let stalest = platforms.values().filter_map(|view| view.last_success).reduce(f64::min);
+        let last = match (stalest, never.is_empty()) {
+            (Some(at), true) => format!("last poll {:.0} s ago", (now - at).max(0.0)),
+            _ if platforms.values().all(|view| !view.polled) => "first poll in progress".into(),
+            _ => format!("no successful poll yet for platform {}", never.join(", ")),
+        };
+        let failing: Vec<&str> = platforms
+            .iter()
+            .filter(|(_, view)| view.last_error.is_some())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if failing.is_empty() {
+            format!("{devices}, {last}")
+        } else {
+            format!("{devices}, {last}; last poll failed for platform {}", failing.join(", "))
+        }
+    }
+
     /// Health as `/healthz` reports it: healthy while every platform has
     /// succeeded within three poll intervals or has cached devices to serve.
     pub(crate) fn health_at(&self, now: f64) -> Health {
@@ -176,6 +208,39 @@ impl Pages for ExporterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_line_tells_devices_the_stalest_poll_and_failures() {
+        let platforms = [("12".to_string(), None), ("14".to_string(), None)];
+        let state = ExporterState::new(&platforms, Vec::new(), Duration::from_secs(60));
+        assert_eq!(state.status_line(1000.0), "0 devices, first poll in progress");
+        let device = |id| CachedDevice {
+            device: crate::addreality::model::Device::online_for_tests(id, "player"),
+            first_seen: 0.0,
+            last_seen: 0.0,
+        };
+        state.update("12", |view| {
+            view.devices = Arc::new(vec![device(1), device(2)]);
+            view.last_success = Some(988.2);
+            view.polled = true;
+        });
+        assert_eq!(state.status_line(1000.0), "2 devices, no successful poll yet for platform 14");
+        state.update("14", |view| {
+            view.devices = Arc::new(vec![device(3)]);
+            view.last_success = Some(940.0);
+            view.polled = true;
+            view.last_error = Some("timeout".into());
+        });
+        assert_eq!(
+            state.status_line(1000.0),
+            "3 devices, last poll 60 s ago; last poll failed for platform 14"
+        );
+        state.update("14", |view| view.last_error = None);
+        state.update("12", |view| view.devices = Arc::new(vec![device(1)]));
+        state.update("14", |view| view.devices = Arc::new(Vec::new()));
+        state.update("14", |view| view.last_success = Some(999.0));
+        assert_eq!(state.status_line(1000.0), "1 device, last poll 12 s ago");
+    }
 
     /// Platforms that finish their polls together each render; whatever
     /// order the renders run in, the exposition served last has every

@@ -338,16 +338,9 @@ impl WebConfig {
     /// logged and the settings in force stay. Blocking (it reads files and
     /// may compute a bcrypt hash): call it on the blocking pool.
     pub fn reload(&self) -> Result<(), WebConfigError> {
-        match WebSettings::load(&self.path) {
+        match WebConfig::read_again(&self.path) {
             Ok(settings) => {
-                warn_if_clear_text(&settings, &self.path);
-                tracing::info!(
-                    "web config {} reloaded: {}",
-                    self.path.display(),
-                    settings.describe()
-                );
-                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Arc::new(settings);
+                self.put(settings);
                 Ok(())
             }
             Err(err) => {
@@ -360,6 +353,21 @@ impl WebConfig {
                 Err(err)
             }
         }
+    }
+
+    /// The first half of a reload that must be all or nothing with other
+    /// files (the exporter's): reads and checks the web configuration at
+    /// `path` without putting it in force. Blocking, as [`WebConfig::reload`].
+    pub(crate) fn read_again(path: &Path) -> Result<WebSettings, WebConfigError> {
+        WebSettings::load(path)
+    }
+
+    /// The second half: puts settings from [`WebConfig::read_again`] in force.
+    pub(crate) fn put(&self, settings: WebSettings) {
+        warn_if_clear_text(&settings, &self.path);
+        tracing::info!("web config {} reloaded: {}", self.path.display(), settings.describe());
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(settings);
     }
 
     /// The settings in force.

@@ -47,6 +47,6 @@ pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
-pub(crate) use scrape_query::ScrapeQuery;
 pub(crate) use plan::Plan;
+pub(crate) use scrape_query::ScrapeQuery;
 pub use term::{Condition, Guard, Op, Term, Verdict};
