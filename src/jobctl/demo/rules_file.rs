@@ -101,3 +101,42 @@ pub(crate) fn socket_name(id: i64) -> String {
 pub(crate) fn socket_phone(id: i64) -> String {
     format!("+7999{:07}", id.rem_euclid(10_000_000))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::SourceConfig;
+
+    #[test]
+    fn the_written_rules_load_scrape_the_exporter_and_send_through_the_demo() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules.d")).unwrap();
+        std::fs::write(dir.path().join("rules.d/sockets.toml"), sockets_text(&[30785, 30786]))
+            .unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, rules_text("http://127.0.0.1:40001/metrics")).unwrap();
+        let rules = crate::rules::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let SourceConfig::Scrape(scrape) = &rules.source else { panic!("{:?}", rules.source) };
+        assert_eq!(scrape.targets[0].as_str(), "http://127.0.0.1:40001/metrics");
+        assert!(rules.sms.as_ref().unwrap().is_demo());
+        assert_eq!(rules.journal.path, dir.path().join("journal.db"));
+        assert_eq!(rules.jobs.len(), 1);
+        assert_eq!(rules.jobs[0].name, JOB);
+        let sockets: Vec<(&str, String)> =
+            rules.sockets.iter().map(|s| (s.name.as_str(), s.phone.to_string())).collect();
+        assert_eq!(
+            sockets,
+            [
+                ("socket-30785", "+79990030785".to_string()),
+                ("socket-30786", "+79990030786".to_string())
+            ]
+        );
+        assert_eq!(
+            rules.sockets[0].render(
+                "power_cycle",
+                &[("minutes".into(), crate::rules::socket::ArgValue::Integer(1))].into()
+            ),
+            Ok("#12#0#1#1#".to_string())
+        );
+    }
+}

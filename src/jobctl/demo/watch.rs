@@ -266,3 +266,25 @@ fn phase_line(before: PhaseName, after: PhaseName, for_duration: Duration) -> Op
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_change_of_phase_worth_telling_has_its_line() {
+        use PhaseName::{Firing, Inactive, Pending, Resolved};
+        let for_ = Duration::from_secs(10);
+        assert_eq!(
+            phase_line(Inactive, Pending, for_).as_deref(),
+            Some("pending (condition true; fires after 10s)")
+        );
+        assert_eq!(phase_line(Pending, Firing, for_).as_deref(), Some("firing: action due"));
+        assert_eq!(
+            phase_line(Pending, Inactive, for_).as_deref(),
+            Some("no longer bad before `for` elapsed: nothing sent")
+        );
+        assert_eq!(phase_line(Firing, Resolved, for_).as_deref(), Some("resolved"));
+        assert_eq!(phase_line(Resolved, Inactive, for_), None);
+    }
+}
