@@ -110,27 +110,31 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 /// Runs the demo until `--duration` has passed or `shutdown` completes.
 pub(super) async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
     let root = std::env::temp_dir();
-    let (dir, rules_path, listener) = match &args.rules {
+    let (dir, rules_path, rules, listener) = match &args.rules {
         None => {
             let listener = bind("127.0.0.1:0".parse().expect("a valid address")).await?;
             let addr = listener.local_addr().map_err(Error::DemoIo)?;
             let dir = fresh_dir(&root)?;
-            let written = write_rules(&dir, addr);
-            if written.is_err() {
-                // Nothing in it is worth keeping.
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            (dir.clone(), written?, listener)
+            let written = write_rules(&dir, addr).and_then(|path| Ok((load_rules(&path)?, path)));
+            let (rules, path) = match written {
+                Ok(written) => written,
+                Err(err) => {
+                    // Nothing in it is worth keeping.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(err);
+                }
+            };
+            (dir, path, rules, listener)
         }
         Some(path) => {
             let rules = load_rules(path)?;
+            // Before binding: the address it names may be another
+            // program's, and the backend is the first thing to say.
             demo_sms(&rules, path)?;
             let listener = bind(exporter_address(&rules)?).await?;
-            (fresh_dir(&root)?, path.clone(), listener)
+            (fresh_dir(&root)?, path.clone(), rules, listener)
         }
     };
-    let rules = load_rules(&rules_path)?;
-    demo_sms(&rules, &rules_path)?;
     let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(Error::DemoIo)?);
     print_start(&rules_path, &dir, &rules.journal.path, &metrics_url);
 
