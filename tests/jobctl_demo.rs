@@ -105,6 +105,67 @@ async fn the_demo_power_cycles_players_back_and_leaves_a_journal_history_reads()
     assert!(after.len() >= rows.len(), "{after:#?}");
 }
 
+#[test]
+fn on_a_terminal_the_view_redraws_in_place() {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStringExt;
+    use std::process::Stdio;
+
+    use rustix::fs::OFlags;
+    use rustix::pty::OpenptFlags;
+
+    let dir = tempfile::tempdir().unwrap();
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .expect("open a pseudo-terminal");
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name.into_bytes()));
+    let terminal =
+        rustix::fs::open(&path, OFlags::RDWR | OFlags::NOCTTY, rustix::fs::Mode::empty()).unwrap();
+    let size = rustix::termios::Winsize { ws_row: 40, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(&terminal, size).unwrap();
+
+    let mut command = command(JOBCTL, dir.path());
+    command
+        .args(["demo", "--duration", "20s", "--speed", "10"])
+        .env("TMPDIR", dir.path())
+        .stdout(Stdio::from(terminal));
+    let mut child = command.spawn().unwrap();
+    // The terminal's only other end is now the child's: reading the master
+    // ends (EIO) when the demo exits.
+    drop(command);
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut seen = Vec::new();
+        let mut buffer = [0; 4096];
+        while let Ok(n @ 1..) = master.read(&mut buffer) {
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait()).unwrap());
+    let status = ended.recv_timeout(DEADLINE).expect("the demo ends by itself").unwrap();
+    let shown = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{shown}");
+    // Frames redrawn in place: back up over the last one, clear, draw.
+    let frames = shown.matches("\x1b[J").count();
+    assert!(frames >= 3, "{frames} redraws in:\n{shown}");
+    assert!(shown.matches("players 273: ").count() > frames, "{shown}");
+    assert!(shown.contains("last events:"), "{shown}");
+    // No line of a frame wider than the terminal, so none wraps and
+    // breaks the redraw (the frames between the first and the last).
+    let chunks: Vec<&str> = shown.split("\x1b[J").collect();
+    for frame in &chunks[1..chunks.len() - 1] {
+        for line in frame.split("\r\n") {
+            assert!(line.chars().count() <= 100, "{line:?} is wider than the terminal");
+        }
+    }
+    assert!(shown.contains("demo: 273 players, "), "{shown}");
+}
+
 #[tokio::test]
 async fn ctrl_c_stops_the_demo_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();
