@@ -361,6 +361,9 @@ impl Engine {
         sender: Arc<dyn Sender>,
         max_segments: usize,
     ) {
+        if matches!(source, Source::Prometheus(_)) {
+            self.targets.forget_all(&self.metrics);
+        }
         self.source = source;
         self.outbox.replace_sms(sender, max_segments);
     }
@@ -835,7 +838,7 @@ impl Engine {
                 report.queries,
                 self.source.queries_name()
             ),
-            None => tracing::info!("every one of the {} answers again", self.source.queries_name()),
+            None => tracing::info!("{}", self.source.recovered()),
         }
         self.failing_queries = failed;
     }

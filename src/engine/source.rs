@@ -60,6 +60,14 @@ impl Source {
             Source::Scrape(_) => "queries of the scrape targets",
         }
     }
+
+    /// What a log line says when every query answers again.
+    pub(super) fn recovered(&self) -> &'static str {
+        match self {
+            Source::Prometheus(_) => "every Prometheus query answers again",
+            Source::Scrape(_) => "a scrape target answers again: every query has an answer",
+        }
+    }
 }
 
 /// The scrape targets failing at the last scrape, by target, with the
@@ -69,6 +77,17 @@ pub(super) struct TargetHealth {
     failing: BTreeMap<String, &'static str>,
     /// Targets reported in `jobctl_source_up`.
     shown: Vec<String>,
+}
+
+impl TargetHealth {
+    /// Forgets every target (a reload replaced the scrape source by
+    /// Prometheus): their `jobctl_source_up` series go.
+    pub(super) fn forget_all(&mut self, metrics: &super::EngineMetrics) {
+        for target in self.shown.drain(..) {
+            metrics.forget_source(&target);
+        }
+        self.failing.clear();
+    }
 }
 
 impl Engine {
