@@ -233,7 +233,18 @@ async fn run_engine(
         }
     };
     tokio::pin!(shutdown, ends);
-    let mut status = Status { stops_at: duration, ..Status::default() };
+    let mut status = {
+        let fleet = fleet.lock().unwrap_or_else(PoisonError::into_inner);
+        // So that the first frame, whichever tick comes first, shows them.
+        Status {
+            stops_at: duration,
+            players: fleet.counts().players,
+            fleet: fleet.states(),
+            ..Status::default()
+        }
+    };
+    // The jobs' line from the first frame on, before the first cycle.
+    status.jobs = watch.engine(&engine).1;
     loop {
         let wake = engine.until_wake().map(|wait| tokio::time::Instant::now() + clock.wall(wait));
         let mut events = Vec::new();
