@@ -385,12 +385,29 @@ async fn check_refuses_promql_in_scrape_mode_and_scrapes_the_targets() {
     assert!(stdout.contains("OK: 1 job (1 enabled)"), "{stdout}");
     assert!(stdout.contains("; 1 of 1 scrape target scraped (no PromQL: [source])\n"), "{stdout}");
 
-    // test-rule evaluates from one scrape; --replay needs Prometheus's history.
+    // The credentials are [prometheus]'s, and so are their errors.
+    let secret = head.replace("]\n\n[sms]", "]\ntoken_file = \"scrape.token\"\n\n[sms]");
+    let (code, _, stderr) = check(format!("{secret}{socket}{job}")).await;
+    assert_eq!(code, Some(3));
+    assert!(stderr.starts_with("jobctl: [source] "), "{stderr}");
+    assert!(stderr.contains("scrape.token"), "{stderr}");
+    std::fs::write(&rules, format!("{head}{socket}{job}")).unwrap();
+
+    // test-rule and explain evaluate from one scrape; --replay needs
+    // Prometheus's history.
     exporter.set_online(1, false).await;
     let (code, stdout, stderr) = jobctl(&["test-rule", "offline"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("device_id=\"1\""), "{stdout}");
     assert!(stdout.contains("true"), "{stdout}");
+    const ARGS: &[&str] =
+        &["explain", "offline", "--device", "platform_id=12", "--device", "device_id=1"];
+    let (code, stdout, stderr) = jobctl(ARGS).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    // The player's name came through the exporter's escaping and back.
+    assert!(stdout.contains("device_id=\"1\"} (Лесная \"1\")"), "{stdout}");
+    assert!(stdout.contains("addreality_device_online == 0: value 0: true"), "{stdout}");
+    assert!(stdout.contains("reason: waiting for `for`"), "{stdout}");
     let (code, _, stderr) = jobctl(&["test-rule", "offline", "--replay", "1h"]).await;
     assert_eq!(code, Some(2));
     assert_eq!(
