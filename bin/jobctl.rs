@@ -9,7 +9,7 @@ use signage_watchdog::jobctl::{run, Args};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    signage_watchdog::telemetry::init(&args.log_level, args.log_format);
+    signage_watchdog::telemetry::init(args.log_level(), args.log_format);
     // One thread is plenty: jobctl waits on Prometheus, SQLite (on the
     // blocking pool) and SMS backends, and evaluates a thousand jobs in
     // tens of milliseconds. One thread also means one allocator arena:

@@ -83,6 +83,43 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that runs `speed` times faster than the wall clock from a
+/// chosen start, for `jobctl demo`: the engine, the journal and the
+/// simulated fleet all read demo time from it, so a `for` of ten seconds
+/// passes in two wall seconds at speed 5 and nothing else changes.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaledClock {
+    started: std::time::Instant,
+    start: Timestamp,
+    speed: f64,
+}
+
+impl ScaledClock {
+    /// A clock that reads `start` now and then moves `speed` seconds per
+    /// wall second (`speed` is at least 1; anything less, or not a number,
+    /// is taken as 1).
+    pub fn new(start: Timestamp, speed: f64) -> ScaledClock {
+        let speed = if speed.is_finite() && speed >= 1.0 { speed } else { 1.0 };
+        ScaledClock { started: std::time::Instant::now(), start, speed }
+    }
+
+    /// The wall time that `duration` of this clock's time takes.
+    pub fn wall(&self, duration: Duration) -> Duration {
+        duration.div_f64(self.speed)
+    }
+
+    /// This clock's time elapsed since it was made.
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed().mul_f64(self.speed)
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now(&self) -> Timestamp {
+        after(self.start, self.since_start())
+    }
+}
+
 /// How long it has been from `earlier` to `later`; zero when `later` is not
 /// after `earlier` (the wall clock was stepped back), so a clock step never
 /// makes a timer elapse early.
@@ -155,6 +192,25 @@ mod tests {
         assert_eq!(clock.now().as_second(), 1_090);
         clock.set(Timestamp::from_second(10).unwrap());
         assert_eq!(clock.now().as_second(), 10);
+    }
+
+    #[test]
+    fn a_scaled_clock_runs_faster_by_its_speed() {
+        let start = Timestamp::from_second(1_000).unwrap();
+        let clock = ScaledClock::new(start, 10.0);
+        assert_eq!(clock.wall(Duration::from_secs(60)), Duration::from_secs(6));
+        let wall = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let moved = elapsed(start, clock.now());
+        // Ten times the wall time that passed, give or take the reading.
+        assert!(moved >= Duration::from_millis(200), "{moved:?}");
+        assert!(moved <= wall.elapsed().mul_f64(10.0) + Duration::from_millis(10), "{moved:?}");
+        for odd in [0.0, 0.5, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                ScaledClock::new(start, odd).wall(Duration::from_secs(3)),
+                Duration::from_secs(3)
+            );
+        }
     }
 
     #[test]

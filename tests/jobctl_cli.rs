@@ -257,8 +257,9 @@ async fn help_lists_every_subcommand() {
 }
 
 /// jobctl's subcommands, in `--help`'s order.
-const SUBCOMMANDS: [&str; 12] = [
+const SUBCOMMANDS: [&str; 13] = [
     "run",
+    "demo",
     "check",
     "test-rule",
     "history",

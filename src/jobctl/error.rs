@@ -153,6 +153,25 @@ pub(crate) enum Error {
     /// `silence expire`: not a silence number.
     #[error("{0:?} is not a silence number; `jobctl silence list --all` shows them (#3 or 3)")]
     SilenceId(String),
+    /// `demo`: its rules cannot run in the demo (not the `demo` SMS
+    /// backend, a scrape target off loopback).
+    #[error("{0}")]
+    Demo(String),
+    /// `demo`: its directory cannot be made.
+    #[error("cannot make the demo's directory {}", dir.display())]
+    DemoDir {
+        /// The directory (its random part as `…`).
+        dir: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `demo`: a loopback socket for the simulated account cannot be made.
+    #[error("cannot serve the demo's simulated account on loopback")]
+    DemoIo(#[source] std::io::Error),
+    /// `demo`: the exporter cannot start on the simulated account.
+    #[error("cannot start the demo's exporter")]
+    DemoExporter(#[source] crate::exporter::StartError),
     /// `silence expire`: no silence of that number in the journal.
     #[error("no silence {0} in the journal; `jobctl silence list --all` shows them")]
     UnknownSilence(SilenceId),
@@ -169,7 +188,8 @@ impl CliError for Error {
             | Error::SourceSecret(_)
             | Error::Prometheus(_)
             | Error::Scrape(_)
-            | Error::WebConfig(_) => Exit::Config,
+            | Error::WebConfig(_)
+            | Error::Demo(_) => Exit::Config,
             Error::Journal(_) | Error::Engine(EngineError::Journal(_)) => Exit::Database,
             Error::Listen { .. } => Exit::Listen,
             Error::UnknownJob { .. }
@@ -187,7 +207,10 @@ impl CliError for Error {
             | Error::SilenceId(_)
             | Error::UnknownSilence(_) => Exit::Usage,
             Error::ReplayFailed(_) => Exit::Upstream,
-            Error::Write { .. } => Exit::Runtime,
+            Error::Write { .. }
+            | Error::DemoDir { .. }
+            | Error::DemoIo(_)
+            | Error::DemoExporter(_) => Exit::Runtime,
             Error::NotSent(_) => Exit::NotSent,
         }
     }

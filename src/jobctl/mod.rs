@@ -7,6 +7,7 @@
 
 mod backup;
 mod check;
+mod demo;
 mod error;
 mod explain;
 mod history;
@@ -50,8 +51,10 @@ pub struct Args {
     #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     pub(crate) config: PathBuf,
     /// Log level (error, warn, info, debug); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Default: info, or error for `demo`, whose own output tells what
+    /// happens.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// Log lines as text, or as one JSON object each (for log shippers).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
@@ -60,11 +63,25 @@ pub struct Args {
     pub(crate) command: Command,
 }
 
+impl Args {
+    /// The log level asked for, or the subcommand's default.
+    pub fn log_level(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(level), _) => level,
+            (None, Command::Demo(_)) => "error",
+            (None, _) => "info",
+        }
+    }
+}
+
 /// jobctl's subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the daemon: evaluate the rules every interval and send what is due.
     Run(serve::RunArgs),
+    /// Try the whole loop in one process: a simulated fleet and its GSM
+    /// sockets, the exporter, and jobctl with demo rules it prints.
+    Demo(demo::DemoArgs),
     /// Validate the rules (and their PromQL, when Prometheus answers) and
     /// print every job with what it watches.
     Check(check::CheckArgs),
@@ -110,6 +127,8 @@ pub async fn run(
 ) -> Exit {
     let ran = match args.command {
         Command::Run(run) => serve::run(&args.config, run, shutdown, reloads).await,
+        // Boxed: the demo holds the exporter, the simulator and an engine.
+        Command::Demo(demo) => Box::pin(demo::run(demo, shutdown)).await,
         Command::Check(check) => check::run(&args.config, check).await,
         Command::TestRule(test) => test_rule::run(&args.config, test).await,
         Command::History(history) => history::run(&args.config, history),

@@ -20,7 +20,11 @@
 //! - [`smstools`]: the outgoing spool directory of smstools3's smsd;
 //! - [`gammu`]: gammu-smsd's queue, through `gammu-smsd-inject`;
 //! - [`command`]: any program, given the phone and the text;
-//! - [`log`]: records only, to try jobctl without a way to send.
+//! - [`log`]: records only, to try jobctl without a way to send;
+//! - `demo`: the simulated sockets of `jobctl demo`, which that command
+//!   provides itself; anywhere else it is refused when the sender is built
+//!   ([`SmsConfig::is_demo`]), so a rules file written by the demo can be
+//!   read (`check`, `history`, `report`) but never sends.
 //!
 //! `backend = "modem"` selects one; `backends = ["modem", "http"]` makes a
 //! [`failover`] chain that hands a message which certainly did not leave to
@@ -214,6 +218,9 @@ pub(crate) enum BackendKind {
     Gammu,
     /// A program of your own, configured in `[sms.command]`.
     Command,
+    /// The simulated sockets of `jobctl demo`: no table, and nothing ever
+    /// leaves the process. Only the demo can build it.
+    Demo,
 }
 
 impl BackendKind {
@@ -226,6 +233,7 @@ impl BackendKind {
             BackendKind::Smstools => "smstools",
             BackendKind::Gammu => "gammu",
             BackendKind::Command => "command",
+            BackendKind::Demo => "demo",
         }
     }
 }
@@ -235,7 +243,8 @@ impl BackendKind {
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
     /// The one backend that sends: `"http"`, `"modem"`, `"smstools"`,
-    /// `"gammu"`, `"command"` or `"log"`. Write this or `backends`; one of
+    /// `"gammu"`, `"command"` or `"log"` (or `"demo"`, which only
+    /// `jobctl demo` can use). Write this or `backends`; one of
     /// them is required, because a daemon that silently sends nothing
     /// because a line was missing would be worse than one that refuses to
     /// start.
@@ -333,6 +342,12 @@ impl SmsConfig {
                 Some(n.span()),
             )),
         }
+    }
+
+    /// Whether this table selects exactly the `demo` backend (alone), the
+    /// one `jobctl demo` replaces with its simulated sockets.
+    pub(crate) fn is_demo(&self) -> bool {
+        matches!(self.selected(), Ok((_, kinds)) if kinds.len() == 1 && kinds[0].0 == BackendKind::Demo)
     }
 
     /// `price`, checked, when the table has one.
@@ -433,7 +448,16 @@ impl SmsConfig {
         span: Range<usize>,
         base_dir: &Path,
     ) -> Result<Box<dyn Sender>, SmsConfigError> {
-        Ok(match self.table(kind, key, span)? {
+        Ok(match self.table(kind, key, span.clone())? {
+            Table::Demo => {
+                return Err(SmsConfigError::new(
+                    key,
+                    "backend \"demo\" is the simulated sockets of `jobctl demo` and sends \
+                     nothing anywhere else; run this file with `jobctl demo --rules FILE`, or \
+                     choose a real backend (\"modem\", \"http\", …) or \"log\"",
+                    Some(span),
+                ))
+            }
             Table::Log => Box::new(log::LogSender::new()),
             Table::Http(config) => Box::new(http::HttpSender::from_config(config, base_dir)?),
             Table::Modem(config) => Box::new(modem::ModemSender::from_config(config, base_dir)?),
@@ -456,7 +480,7 @@ impl SmsConfig {
         span: Range<usize>,
     ) -> Result<(), SmsConfigError> {
         match self.table(kind, key, span)? {
-            Table::Log => Ok(()),
+            Table::Log | Table::Demo => Ok(()),
             Table::Http(config) => http::HttpSender::check(config),
             Table::Modem(config) => modem::ModemSender::check(config),
             Table::Smstools(config) => smstools::SmstoolsSender::check(config),
@@ -486,6 +510,7 @@ impl SmsConfig {
         };
         Ok(match kind {
             BackendKind::Log => Table::Log,
+            BackendKind::Demo => Table::Demo,
             BackendKind::Http => {
                 Table::Http(self.http.as_ref().ok_or_else(|| {
                     missing("at least `url`, or `preset` with `url` and `key_file`")
@@ -508,6 +533,7 @@ impl SmsConfig {
 /// A selected backend's settings table.
 enum Table<'a> {
     Log,
+    Demo,
     Http(&'a http::HttpConfig),
     Modem(&'a modem::ModemConfig),
     Smstools(&'a smstools::SmstoolsConfig),
@@ -530,6 +556,24 @@ mod tests {
         let file: File = toml::from_str("[sms]\nbackend = \"log\"\n").unwrap();
         let sender = file.sms.build(Path::new(".")).unwrap();
         assert_eq!(sender.name(), "log");
+    }
+
+    #[test]
+    fn the_demo_backend_is_read_but_only_the_demo_sends_through_it() {
+        let text = "[sms]\nbackend = \"demo\"\n";
+        let file: File = toml::from_str(text).unwrap();
+        assert_eq!(file.sms.check(), []);
+        assert!(file.sms.is_demo());
+        let err = file.sms.build(Path::new(".")).unwrap_err();
+        assert_eq!(
+            err.in_file(&SourceFile::from_text("rules.toml", text)).to_string(),
+            "rules.toml:2:11: sms.backend: backend \"demo\" is the simulated sockets of `jobctl demo` and sends nothing anywhere else; run this file with `jobctl demo --rules FILE`, or choose a real backend (\"modem\", \"http\", …) or \"log\""
+        );
+        let chain: File = toml::from_str("[sms]\nbackends = [\"demo\", \"log\"]\n").unwrap();
+        assert!(!chain.sms.is_demo());
+        assert!(chain.sms.build(Path::new(".")).is_err());
+        let log: File = toml::from_str("[sms]\nbackend = \"log\"\n").unwrap();
+        assert!(!log.sms.is_demo());
     }
 
     #[test]
