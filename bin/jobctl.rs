@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let reloads = signage_watchdog::shutdown::reload_requests("the rules and the web config");
+        let reloads = signage_watchdog::shutdown::reload_requests("the configuration");
         run(args, signage_watchdog::shutdown::signal(), reloads).await.into()
     })
 }

@@ -900,7 +900,12 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_renewed_certificate_is_serv
     support::process::signal(daemon.child.id(), "HUP");
     let line = daemon.wait_for_line("reload rejected");
     assert!(
-        line.ends_with(" ERROR reload rejected: web config web.yml: tls_server_config.key_file: missing: TLS needs both cert_file and key_file; the previous web config stays in force\n"),
+        line.ends_with(" ERROR reload rejected: web config web.yml: tls_server_config.key_file: missing: TLS needs both cert_file and key_file\n"),
+        "{line}"
+    );
+    let line = daemon.wait_for_line("reload rejected: the previous");
+    assert!(
+        line.ends_with(" ERROR reload rejected: the previous settings keep running\n"),
         "{line}"
     );
     let answer = scrape();
