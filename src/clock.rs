@@ -110,7 +110,13 @@ impl ScaledClock {
 
     /// This clock's time elapsed since it was made.
     pub fn since_start(&self) -> Duration {
-        self.started.elapsed().mul_f64(self.speed)
+        self.elapsed_at(std::time::Instant::now())
+    }
+
+    /// This clock's time elapsed since it was made, read at the wall
+    /// instant `wall` (a pure function of it, so tests need not wait).
+    fn elapsed_at(&self, wall: std::time::Instant) -> Duration {
+        wall.saturating_duration_since(self.started).mul_f64(self.speed)
     }
 }
 
@@ -199,12 +205,14 @@ mod tests {
         let start = Timestamp::from_second(1_000).unwrap();
         let clock = ScaledClock::new(start, 10.0);
         assert_eq!(clock.wall(Duration::from_secs(60)), Duration::from_secs(6));
-        let wall = std::time::Instant::now();
-        std::thread::sleep(Duration::from_millis(20));
-        let moved = elapsed(start, clock.now());
-        // Ten times the wall time that passed, give or take the reading.
+        // 20 ms of wall time later, without waiting for them.
+        let moved = clock.elapsed_at(clock.started + Duration::from_millis(20));
+        // Ten times the wall time that passed.
         assert!(moved >= Duration::from_millis(200), "{moved:?}");
-        assert!(moved <= wall.elapsed().mul_f64(10.0) + Duration::from_millis(10), "{moved:?}");
+        assert!(moved <= Duration::from_millis(200), "{moved:?}");
+        // Its own reading starts from `start` and never runs backwards.
+        assert!(clock.now() >= start);
+        assert_eq!(clock.elapsed_at(clock.started), Duration::ZERO);
         for odd in [0.0, 0.5, f64::NAN, f64::INFINITY] {
             assert_eq!(
                 ScaledClock::new(start, odd).wall(Duration::from_secs(3)),
