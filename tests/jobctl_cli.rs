@@ -339,7 +339,7 @@ async fn check_accepts_the_shipped_example() {
     let mut lines = ran.stdout.lines();
     assert_eq!(
         lines.next(),
-        Some("rules.example.toml: OK: 3 jobs (2 enabled), 2 sockets, 1 file; SMS via log; PromQL not checked (--offline)")
+        Some("rules.example.toml: OK: 3 jobs (2 enabled), 2 sockets, 1 file; SMS via log; PromQL checked locally (--offline)")
     );
     let headings: Vec<&str> = lines.filter(|l| !l.is_empty() && !l.starts_with(' ')).collect();
     assert_eq!(
@@ -360,7 +360,7 @@ async fn check_prints_every_job_and_what_it_watches() {
         (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
         (
             0,
-            "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL not checked (--offline)\n\
+            "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL checked locally (--offline)\n\
              \n\
              reboot frozen\n  \
              defined:  rules.toml:25:1\n  \
@@ -808,11 +808,44 @@ async fn check_passes_with_a_warning_when_prometheus_does_not_answer() {
     let ran = site.jobctl(&["check"]).await;
     assert_eq!(
         (ran.code, ran.stderr.as_str()),
-        (0, format!("jobctl: warning: PromQL not checked: cannot reach Prometheus at {prometheus}/api/v1/format_query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n").as_str()),
+        (0, format!("jobctl: warning: PromQL not checked by Prometheus: cannot reach Prometheus at {prometheus}/api/v1/format_query: Connection refused (os error 111); check that Prometheus is running and that the URL is right\n").as_str()),
     );
     assert_eq!(
         ran.stdout.lines().next().unwrap(),
-        "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL NOT checked (Prometheus did not answer)"
+        "rules.toml: OK: 1 job (1 enabled), 1 socket, 1 file; SMS via http; PromQL checked locally (Prometheus did not answer)"
+    );
+}
+
+/// Offline, or with no engine to ask, jobctl's own PromQL parser judges
+/// every query: a syntax error is an error at the job's place, exit 3, as
+/// when Prometheus rejects it.
+#[tokio::test]
+async fn check_offline_or_unanswered_refuses_what_is_not_promql() {
+    let text = format!(
+        "{}\n[[jobs]]\nname = \"broken promql\"\nexpr = \"rate(up[5m]\"\naction = {{ command = \"power_on\" }}\n\n\
+         [[jobs]]\nname = \"metricsql\"\nexpr = \"rate(up) default 0\"\naction = {{ command = \"power_on\" }}\n",
+        rules(&closed_url(), &closed_url())
+    );
+    let site = Site::with_rules(&text);
+    let refused = "jobctl: rules.toml:34:1: job \"broken promql\": \"rate(up[5m]\" is not valid PromQL: unclosed left parenthesis\n\
+                   jobctl: rules.toml:39:1: job \"metricsql\": \"rate(up) default 0\" is not valid PromQL: it does not parse\n";
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", refused));
+    let ran = site.jobctl(&["check"]).await;
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(ran.stderr.ends_with(refused), "{}", ran.stderr);
+
+    site.write("rules.toml", &rules(&closed_url(), &closed_url()));
+    let ran = site.jobctl(&["check", "--offline"]).await;
+    assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
+    assert!(
+        ran.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("; SMS via http; PromQL checked locally (--offline)"),
+        "{}",
+        ran.stdout
     );
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signage_watchdog::prometheus_api::{Auth, PromClient, PromError, Sample};
+use signage_watchdog::prometheus_api::{Auth, Parsed, PromClient, PromError, Sample};
 use signage_watchdog::secret::Secret;
 use support::prometheus::{PrometheusOptions, TestPrometheus, TestTarget};
 use support::wait::DEADLINE;
@@ -135,7 +135,8 @@ async fn bad_expressions_are_api_errors_with_prometheus_message() {
     }
     let prometheus = TestPrometheus::start(&[]).await;
     let client = prometheus.client();
-    client.check_expr("sum by (platform_id) (rate(up[5m])) > 0").await.unwrap();
+    let parsed = client.check_expr("sum by (platform_id) (rate(up[5m])) > 0").await.unwrap();
+    assert_eq!(parsed, Parsed::ByFormatQuery);
 
     let url = format!("{}/api/v1/format_query", prometheus.url());
     match client.check_expr("sum(up").await.unwrap_err() {
@@ -426,46 +427,107 @@ async fn api_errors_with_any_status_and_warnings_are_understood() {
         }
         other => panic!("{other:?}"),
     }
+}
 
-    let warned = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"device_id":"7"},"value":[1700000000,"3"]}]},"warnings":["partial response"]}"#;
+/// Engines past one Prometheus (Thanos, Mimir, VictoriaMetrics cluster)
+/// may answer from part of their data. Thanos is asked not to
+/// (`partial_response=false`, so a failing store is an API error); an
+/// answer marked partial all the same is an error, so the devices it
+/// concerns are unknown; `warnings` on a whole answer are logged and the
+/// answer used.
+#[tokio::test]
+async fn partial_answers_are_errors_and_warnings_are_logged() {
+    let (logs, _guard) = support::logs::Logs::capture();
+    let warned = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"device_id":"7"},"value":[1700000000,"3"]}]},"warnings":["quantile value should be between 0 and 1"]}"#;
     let fake = Fake::answering(&http("200 OK", "application/json", warned)).await;
     let samples = client(&fake.url, None).query("up").await.unwrap();
     assert_eq!(samples[0].labels["device_id"], "7");
     assert_eq!(samples[0].value, 3.0);
+    assert_eq!(
+        logs.take(),
+        format!(
+            " WARN Prometheus at {}/api/v1/query warned about `up`: quantile value should be between 0 and 1\n",
+            fake.url
+        )
+    );
+    assert_eq!(fake.received()[0].body, "query=up&timeout=0.5&partial_response=false");
+
+    // What Thanos answers with partial_response=false when a store fails.
+    let thanos = r#"{"status":"error","errorType":"server_error","error":"receive series from Addr: 10.0.0.7:10901: rpc error: code = Unavailable"}"#;
+    let fake = Fake::answering(&http("503 Service Unavailable", "application/json", thanos)).await;
+    let start = "2026-11-01T00:00:00Z".parse().unwrap();
+    let end = "2026-11-01T01:00:00Z".parse().unwrap();
+    let step = Duration::from_secs(60);
+    let err = client(&fake.url, None).query_range("up", start, end, step).await.unwrap_err();
+    assert!(matches!(&err, PromError::Api { error_type, .. } if error_type == "server_error"));
+    let body = &fake.received()[0].body;
+    assert!(body.ends_with("&step=60&timeout=0.5&partial_response=false"), "{body}");
+
+    // VictoriaMetrics cluster marks what some storage nodes did not answer.
+    let partial = r#"{"status":"success","isPartial":true,"data":{"resultType":"vector","result":[{"metric":{"device_id":"7"},"value":[1700000000,"1"]}]}}"#;
+    let fake = Fake::answering(&http("200 OK", "application/json", partial)).await;
+    let err = client(&fake.url, None).query("up").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the engine at {}/api/v1/query answered from part of its data only (a store or storage node did not answer); \
+             the devices this query watches are unknown until it answers whole: check the engine's stores",
+            fake.url
+        )
+    );
+    assert_eq!(err.label(), "partial");
+    let whole = partial.replace("true", "false");
+    let fake = Fake::answering(&http("200 OK", "application/json", &whole)).await;
+    assert_eq!(client(&fake.url, None).query("up").await.unwrap().len(), 1);
 }
 
+/// Engines without `/api/v1/format_query` answer there with an HTTP
+/// error and no API envelope: Prometheus before 2.38 and Thanos 404,
+/// VictoriaMetrics 400 in plain text (what 1.79 sends, verbatim). The
+/// client then evaluates at the epoch, and says so.
 #[tokio::test]
 async fn check_expr_falls_back_when_format_query_is_missing() {
-    // Prometheus before 2.38 has no /api/v1/format_query.
-    let fake = Fake::start(|request| {
-        let answer = if request.head.starts_with("POST /api/v1/format_query ") {
-            http("404 Not Found", "text/plain", "404 page not found\n")
-        } else {
-            http(
-                "200 OK",
-                "application/json",
-                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
-            )
-        };
-        Some(answer.into_bytes())
-    })
-    .await;
-    let client = client(&fake.url, None);
-    client.check_expr("up").await.unwrap();
-    client.check_expr("up == 0").await.unwrap();
-    let paths: Vec<String> = fake
-        .received()
-        .iter()
-        .map(|r| format!("{} {}", r.head.split(' ').nth(1).unwrap(), r.body))
-        .collect();
-    assert_eq!(
-        paths,
-        [
-            "/api/v1/format_query query=up",
-            "/api/v1/query query=up&time=0&timeout=0.5",
-            "/api/v1/query query=up+%3D%3D+0&time=0&timeout=0.5",
-        ]
-    );
+    let missing = [
+        http("404 Not Found", "text/plain", "404 page not found\n"),
+        http(
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "remoteAddr: \"127.0.0.1:37424\"; requestURI: /api/v1/format_query?query=up; unsupported path requested: \"/api/v1/format_query\"\n",
+        ),
+    ];
+    for answer in missing {
+        let fake = Fake::start(move |request| {
+            let answer = if request.head.starts_with("POST /api/v1/format_query ") {
+                answer.clone()
+            } else {
+                http(
+                    "200 OK",
+                    "application/json",
+                    r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                )
+            };
+            Some(answer.into_bytes())
+        })
+        .await;
+        let client = client(&fake.url, None);
+        assert!(client.has_format_query());
+        assert_eq!(client.check_expr("up").await.unwrap(), Parsed::ByEvaluation);
+        assert!(!client.has_format_query());
+        assert_eq!(client.check_expr("up == 0").await.unwrap(), Parsed::ByEvaluation);
+        let paths: Vec<String> = fake
+            .received()
+            .iter()
+            .map(|r| format!("{} {}", r.head.split(' ').nth(1).unwrap(), r.body))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/format_query query=up",
+                "/api/v1/query query=up&time=0&timeout=0.5",
+                "/api/v1/query query=up+%3D%3D+0&time=0&timeout=0.5",
+            ]
+        );
+    }
 }
 
 #[tokio::test]
@@ -492,7 +554,7 @@ async fn credentials_are_sent_and_never_shown() {
         request.head.contains("content-type: application/x-www-form-urlencoded"),
         "{request:?}"
     );
-    assert_eq!(request.body, "query=up&timeout=0.5");
+    assert_eq!(request.body, "query=up&timeout=0.5&partial_response=false");
     for shown in [err.to_string(), format!("{err:?}")] {
         assert!(
             !shown.contains("s3cret-pw") && !shown.contains("am9iY3RsOnMzY3JldC1wdw=="),

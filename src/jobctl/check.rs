@@ -2,9 +2,19 @@
 //!
 //! Syntax, schema, durations, phone numbers, sockets and commands come from
 //! [`crate::rules::load`]; the `[sms]` settings and every secret are loaded
-//! as `run` would; and when Prometheus answers, each distinct query is
-//! checked by Prometheus's own parser. An unreachable Prometheus is not an
-//! error (the rules may be written before it exists) but is said plainly.
+//! as `run` would; and each distinct query is judged as PromQL. Who judges:
+//! Prometheus's own parser through `/api/v1/format_query` when the engine
+//! has it; otherwise jobctl's local parser
+//! ([`crate::prometheus_api::check_syntax`]): offline, when the engine does
+//! not answer (not an error: the rules may be written before it exists,
+//! but said plainly), and when the engine has no `format_query`
+//! (VictoriaMetrics, Thanos, Prometheus before 2.38). There the engine
+//! also evaluates each query at the Unix epoch, which can only add a
+//! refusal (a function the engine lacks): what the local parser refuses is
+//! an error even if the engine evaluates it (a MetricsQL extension),
+//! because rules are PromQL and `check --offline`, which systemd runs
+//! before the daemon starts, must agree with `check`. A query refused
+//! either way is an error at its job's `file:line:column`, exit 3.
 //!
 //! With `[source] scrape` instead of `[prometheus]`, the rules themselves
 //! refuse what needs PromQL (at its `file:line:column`); `check` scrapes
@@ -31,14 +41,15 @@ use super::{build_sender, count, load_rules, Reader};
 use crate::config_file::{ConfigError, ConfigErrors};
 use crate::engine::Source;
 use crate::exit::Exit;
-use crate::prometheus_api::PromError;
-use crate::rules::{Action, DeviceKey, RuleSet, Sample};
+use crate::prometheus_api::{check_syntax, Parsed, PromClient, PromError};
+use crate::rules::{Action, DeviceKey, Job, RuleSet, Sample};
 use crate::secret::SecretSource;
 
 /// `jobctl check` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckArgs {
-    /// Do not ask Prometheus to check the queries.
+    /// Do not ask Prometheus to check the queries: jobctl's own PromQL
+    /// parser does.
     #[arg(long)]
     pub(crate) offline: bool,
 }
@@ -56,7 +67,7 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     }
 
     let mut promql_note = match &source {
-        Source::Prometheus(_) => "PromQL not checked (--offline)".to_string(),
+        Source::Prometheus(_) => "PromQL checked locally (--offline)".to_string(),
         Source::Scrape(_) => "scrape targets not scraped (--offline)".to_string(),
     };
     let mut powered = HashMap::new();
@@ -77,45 +88,43 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
             powered = powered_devices(&rules, &Reader::Scrape(scraped)).await;
         }
     }
-    if let (false, Source::Prometheus(prometheus)) = (args.offline, &source) {
-        let url = rules.prometheus().map(|p| p.url.clone());
-        let mut errors = Vec::new();
-        let mut unreachable = None;
-        'jobs: for job in &rules.jobs {
-            for query in job.queries() {
-                match prometheus.check_expr(&query).await {
-                    Ok(()) => {}
-                    Err(PromError::Api { error, .. }) => {
-                        let error = error.trim_start_matches("invalid parameter \"query\": ");
-                        errors.push(crate::config_file::ConfigError {
-                            path: job.origin.path.clone(),
-                            location: Some((job.origin.line, job.origin.column)),
-                            message: format!(
-                                "job {:?}: Prometheus rejects {query:?}: {error}",
-                                job.name
-                            ),
-                        });
-                    }
-                    Err(err) => {
-                        unreachable = Some(err);
-                        break 'jobs;
-                    }
-                }
+    if let Source::Prometheus(prometheus) = &source {
+        let url = rules.prometheus().map(|p| p.url.to_string()).unwrap_or_default();
+        // The local parser judges alone offline and when the engine does
+        // not answer.
+        let mut judge_locally = args.offline;
+        if !args.offline {
+            let (errors, unreachable) = engine_check(&rules, prometheus, &url).await;
+            if !errors.is_empty() {
+                return Err(Error::Rules(ConfigErrors(errors)));
+            }
+            if let Some(err) = unreachable {
+                eprintln!("jobctl: warning: PromQL not checked by Prometheus: {err}");
+                promql_note = "PromQL checked locally (Prometheus did not answer)".to_string();
+                judge_locally = true;
+            } else {
+                powered = powered_devices(&rules, &Reader::Prometheus(prometheus.clone())).await;
+                promql_note = if prometheus.has_format_query() {
+                    format!("PromQL checked by {url}")
+                } else {
+                    format!("PromQL checked locally ({url} has no format_query)")
+                };
             }
         }
-        if !errors.is_empty() {
-            return Err(Error::Rules(ConfigErrors(errors)));
-        }
-        if unreachable.is_none() {
-            powered = powered_devices(&rules, &Reader::Prometheus(prometheus.clone())).await;
-        }
-        promql_note = match unreachable {
-            None => format!("PromQL checked by {}", url.map(|u| u.to_string()).unwrap_or_default()),
-            Some(err) => {
-                eprintln!("jobctl: warning: PromQL not checked: {err}");
-                "PromQL NOT checked (Prometheus did not answer)".to_string()
+        if judge_locally {
+            let errors: Vec<ConfigError> = rules
+                .jobs
+                .iter()
+                .flat_map(|job| job.queries().into_iter().map(move |query| (job, query)))
+                .filter_map(|(job, query)| {
+                    let why = check_syntax(&query).err()?;
+                    Some(not_promql(job, &query, &why, ""))
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(Error::Rules(ConfigErrors(errors)));
             }
-        };
+        }
     }
 
     for job in &rules.jobs {
@@ -166,6 +175,70 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Has the engine judge every job's queries, each distinct query once:
+/// the errors found, or why the engine did not answer (then nothing was
+/// judged). Prometheus's `format_query` is the judge where the engine has
+/// it; where it has not, the local PromQL parser is, and the engine's
+/// evaluation at the epoch can only add a refusal (a function it lacks).
+async fn engine_check(
+    rules: &RuleSet,
+    prometheus: &PromClient,
+    url: &str,
+) -> (Vec<ConfigError>, Option<PromError>) {
+    let mut errors = Vec::new();
+    let mut verdicts: HashMap<String, Result<Parsed, String>> = HashMap::new();
+    for job in &rules.jobs {
+        for query in job.queries() {
+            let verdict = match verdicts.get(&query) {
+                Some(verdict) => verdict.clone(),
+                None => {
+                    let verdict = match prometheus.check_expr(&query).await {
+                        Ok(parsed) => Ok(parsed),
+                        Err(PromError::Api { error, .. }) => Err(error
+                            .trim_start_matches("invalid parameter \"query\": ")
+                            .to_string()),
+                        Err(err) => return (Vec::new(), Some(err)),
+                    };
+                    verdicts.insert(query.clone(), verdict.clone());
+                    verdict
+                }
+            };
+            let local = check_syntax(&query);
+            let error = match (verdict, local) {
+                (Ok(Parsed::ByFormatQuery), _) | (Ok(Parsed::ByEvaluation), Ok(())) => continue,
+                (Err(error), _) if prometheus.has_format_query() => {
+                    format!("job {:?}: Prometheus rejects {query:?}: {error}", job.name)
+                }
+                (Err(error), Ok(())) => {
+                    format!("job {:?}: {url} rejects {query:?}: {error}", job.name)
+                }
+                (Err(_), Err(why)) => not_promql(job, &query, &why, "").message,
+                (Ok(Parsed::ByEvaluation), Err(why)) => {
+                    let accepted = format!(
+                        "; {url} evaluates it, but rules must be PromQL (not an engine's dialect), as `check --offline` before the daemon starts requires"
+                    );
+                    not_promql(job, &query, &why, &accepted).message
+                }
+            };
+            errors.push(ConfigError {
+                path: job.origin.path.clone(),
+                location: Some((job.origin.line, job.origin.column)),
+                message: error,
+            });
+        }
+    }
+    (errors, None)
+}
+
+/// A query the local PromQL parser refuses, at its job's place.
+fn not_promql(job: &Job, query: &str, why: &str, more: &str) -> ConfigError {
+    ConfigError {
+        path: job.origin.path.clone(),
+        location: Some((job.origin.line, job.origin.column)),
+        message: format!("job {:?}: {query:?} is not valid PromQL: {why}{more}", job.name),
+    }
 }
 
 /// What Prometheus says now of one job's devices and their sockets.

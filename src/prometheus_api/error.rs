@@ -73,6 +73,16 @@ pub enum PromError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The engine answered from part of its data only (some of its stores
+    /// or storage nodes did not answer): what is missing is unknown, so the
+    /// answer is not used.
+    #[error(
+        "the engine at {url} answered from part of its data only (a store or storage node did not answer); the devices this query watches are unknown until it answers whole: check the engine's stores"
+    )]
+    Partial {
+        /// The endpoint.
+        url: String,
+    },
     /// The expression yields something other than what the call needs (a
     /// range vector or a string where numbers per series are expected).
     #[error("the expression yields {found} where {expected} is needed; {}", result_hint(.found))]
@@ -94,6 +104,7 @@ impl PromError {
             PromError::Http { .. } => "http",
             PromError::Api { .. } => "api",
             PromError::BadResponse { .. } => "bad_response",
+            PromError::Partial { .. } => "partial",
             PromError::WrongResultType { .. } => "wrong_result_type",
         }
     }

@@ -13,22 +13,36 @@
 //! This is not the `prometheus` crate, which the exporter uses to *expose*
 //! metrics; this module *reads* them back.
 //!
-//! Three files: this one is the client (the URL and credentials, the HTTP
-//! exchange, the API envelope with its `status`, `error` and `warnings`);
-//! `answer.rs` decodes what a successful answer holds in `data` (instant
-//! and range answers alike), series by series, without ever seeing a
-//! credential; `error.rs` has the one error
-//! type both return. Beside it, for sites without a Prometheus:
+//! The same goes for an answer built from part of the data: engines that
+//! spread series over several stores may answer with what the stores that
+//! answered hold. Thanos does unless asked not to, so every query says
+//! `partial_response=false` (Prometheus, Mimir and VictoriaMetrics ignore
+//! it) and a store that fails makes Thanos answer an error; an answer
+//! marked `"isPartial": true` (VictoriaMetrics cluster) is a
+//! [`PromError::Partial`]. Either way the devices that depend on the query
+//! are unknown, not false. `warnings` in a successful answer are logged and
+//! the answer used: Prometheus sends them for things that leave the result
+//! whole (a quantile out of range, say).
+//!
+//! The files: this one is the client (the URL and credentials, the HTTP
+//! exchange, the API envelope with its `status`, `error`, `warnings` and
+//! `isPartial`); `answer.rs` decodes what a successful answer holds in
+//! `data` (instant and range answers alike), series by series, without
+//! ever seeing a credential; `error.rs` has the one error type both
+//! return; `promql.rs` judges PromQL syntax locally, for `jobctl check`
+//! where the engine cannot. Beside it, for sites without a Prometheus:
 //! `exposition.rs` reads the text format exporters serve, and `scrape.rs`
 //! fetches their pages (the same credentials, one `Authorization` header).
 
 mod answer;
 mod error;
 pub mod exposition;
+mod promql;
 pub mod scrape;
 
 pub use answer::{InstantAnswer, Label, Point, RangeAnswer, Sample, Series};
 pub use error::PromError;
+pub use promql::check_syntax;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +78,16 @@ pub enum Auth {
     Bearer(Secret),
 }
 
+/// Which parser accepted an expression in [`PromClient::check_expr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// The engine's `/api/v1/format_query`: its own parser, the judge.
+    ByFormatQuery,
+    /// The engine has no `format_query`; it evaluated the expression at the
+    /// Unix epoch without an error, in whatever dialect it reads.
+    ByEvaluation,
+}
+
 /// A client of one Prometheus server, built once and shared.
 pub struct PromClient {
     http: reqwest::Client,
@@ -75,8 +99,9 @@ pub struct PromClient {
     /// Texts that must never be quoted back from an answer: the password or
     /// token, and the encoded `Authorization` value.
     redactions: Vec<String>,
-    /// Set once this Prometheus answered 404 to `/api/v1/format_query`
-    /// (versions before 2.38), so later checks go straight to the fallback.
+    /// Set once the engine answered `/api/v1/format_query` as one without
+    /// it (Prometheus before 2.38, VictoriaMetrics, Thanos), so later
+    /// checks go straight to the fallback.
     format_query_missing: AtomicBool,
 }
 
@@ -182,7 +207,11 @@ impl PromClient {
         expr: &str,
         time: Option<jiff::Timestamp>,
     ) -> Result<InstantAnswer, PromError> {
-        let mut form = vec![("query", expr.to_string()), ("timeout", self.timeout_param())];
+        let mut form = vec![
+            ("query", expr.to_string()),
+            ("timeout", self.timeout_param()),
+            ("partial_response", "false".to_string()),
+        ];
         if let Some(time) = time {
             form.push(("time", time.to_string()));
         }
@@ -219,28 +248,35 @@ impl PromClient {
             ("end", end.to_string()),
             ("step", step.as_secs_f64().to_string()),
             ("timeout", self.timeout_param()),
+            ("partial_response", "false".to_string()),
         ];
         Ok(RangeAnswer(self.post(&self.query_range_url, &form, expr).await?))
     }
 
-    /// Asks Prometheus whether `expr` parses, without evaluating it, and
-    /// returns Prometheus's own message (a [`PromError::Api`] with
-    /// `error_type` `bad_data`) when it does not.
+    /// Asks the engine whether `expr` parses, without evaluating it over
+    /// any data, and returns its own message (a [`PromError::Api`]) when it
+    /// does not.
     ///
-    /// Uses `/api/v1/format_query` (Prometheus 2.38 and later). Older
-    /// versions answer 404 there; the client then remembers that and asks an
-    /// instant query at the Unix epoch instead, where no data exists, so the
-    /// check costs Prometheus next to nothing either way. Only parsing is
-    /// checked: an expression that yields a range vector passes here and is
-    /// reported by [`PromClient::query`].
-    pub async fn check_expr(&self, expr: &str) -> Result<(), PromError> {
-        if !self.format_query_missing.load(Ordering::Relaxed) {
+    /// Uses `/api/v1/format_query` (Prometheus 2.38 and later), whose
+    /// parser is the judge: [`Parsed::ByFormatQuery`]. Engines without it
+    /// answer there with an HTTP error and no API envelope: Prometheus
+    /// before 2.38 and Thanos 404, VictoriaMetrics 400 `unsupported path
+    /// requested`. The client then remembers that, and evaluates the
+    /// expression at the Unix epoch instead, where no data exists, so the
+    /// check costs the engine next to nothing: [`Parsed::ByEvaluation`].
+    /// An engine evaluates what its own dialect allows (VictoriaMetrics
+    /// takes MetricsQL), so the caller then also judges the syntax with
+    /// [`check_syntax`]. Either way only parsing is checked: an expression
+    /// that yields a range vector passes here and is reported by
+    /// [`PromClient::query`].
+    pub async fn check_expr(&self, expr: &str) -> Result<Parsed, PromError> {
+        if self.has_format_query() {
             let form = [("query", expr.to_string())];
             match self.post(&self.format_query_url, &form, expr).await {
-                Err(PromError::Http { status: 404, .. }) => {
+                Err(PromError::Http { status: 400 | 404 | 405 | 501, .. }) => {
                     self.format_query_missing.store(true, Ordering::Relaxed);
                 }
-                other => return other.map(drop),
+                other => return other.map(|_| Parsed::ByFormatQuery),
             }
         }
         let form = [
@@ -248,7 +284,14 @@ impl PromClient {
             ("time", "0".to_string()),
             ("timeout", self.timeout_param()),
         ];
-        self.post(&self.query_url, &form, expr).await.map(drop)
+        self.post(&self.query_url, &form, expr).await.map(|_| Parsed::ByEvaluation)
+    }
+
+    /// False once the engine answered `/api/v1/format_query` as one that
+    /// does not have it; true before (nothing is known yet) and after it
+    /// answered there.
+    pub fn has_format_query(&self) -> bool {
+        !self.format_query_missing.load(Ordering::Relaxed)
     }
 
     /// The query timeout as Prometheus reads it: seconds, possibly fractional.
@@ -399,6 +442,9 @@ impl PromClient {
                     error: envelope.error.unwrap_or_default(),
                 })
             }
+            ApiStatus::Success if envelope.is_partial == Some(true) => {
+                Err(PromError::Partial { url: url_text() })
+            }
             ApiStatus::Success => {
                 let raw = envelope.data.ok_or_else(|| PromError::BadResponse {
                     url: url_text(),
@@ -463,6 +509,9 @@ struct Envelope<'a> {
     error_type: Option<String>,
     error: Option<String>,
     warnings: Option<Vec<String>>,
+    /// VictoriaMetrics cluster's mark of an answer some storage nodes did
+    /// not contribute to.
+    is_partial: Option<bool>,
 }
 
 #[derive(Deserialize)]
