@@ -22,6 +22,7 @@ pub(crate) mod prometheus;
 pub(crate) mod rules_file;
 pub(crate) mod sms;
 pub(crate) mod tls;
+pub(crate) mod victoria;
 pub(crate) mod wait;
 
 use std::net::SocketAddr;
