@@ -199,7 +199,12 @@ async fn a_player_gone_offline_gets_the_same_sms_through_either_engine() {
             gateway.sent().into_iter().map(|sms| (sms.number, sms.text)).collect();
         assert_eq!(sent, [("+79991234567".to_string(), POWER_CYCLE_1.to_string())], "{engine}");
     }
-    for daemon in daemons {
+    for (daemon, engine) in daemons.into_iter().zip(engines) {
+        // Nothing failed on the way: no query (the onset's query_range
+        // included), no send.
+        let troubles: Vec<&String> =
+            daemon.seen.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        assert!(troubles.is_empty(), "{engine}: {troubles:?}");
         assert_eq!(daemon.stop().await, 0);
     }
 }
