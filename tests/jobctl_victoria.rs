@@ -2,7 +2,9 @@
 //! same data: the same daemon scenario sends the same SMS, `test-rule` and
 //! the replay (`query_range`) print the same, and `check`, which has no
 //! `/api/v1/format_query` to ask there, judges PromQL with jobctl's own
-//! parser.
+//! parser. Last, what no engine here can be made to send: an answer from
+//! part of the data (VictoriaMetrics cluster's `isPartial`), from a fake
+//! engine, leaves the device unknown and sends nothing.
 //!
 //! Both engines scrape one [`TestTarget`] (live tests) or hold one
 //! history (the replay), so any difference is the engine's. Nothing
@@ -328,4 +330,55 @@ async fn a_replay_reads_the_same_history_alike_on_both_engines() {
         "{}",
         reports[1]
     );
+}
+
+/// An engine on loopback that answers every request with `body` (JSON,
+/// HTTP 200), as VictoriaMetrics cluster does when a storage node is down.
+async fn engine_answering(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request fits in one read; its content is not needed.
+                let _ = stream.read(&mut [0; 8192]).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// A partial answer shows the player offline, but what the missing part
+/// holds is unknown: the query counts as failed (exit 6), the device is
+/// unknown, nothing is sent, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_answer_is_a_failed_query_and_sends_nothing() {
+    let engine = engine_answering(
+        r#"{"status":"success","isPartial":true,"data":{"resultType":"vector","result":[{"metric":{"__name__":"addreality_device_online","platform_id":"12","device_id":"30785","name":"Lobby"},"value":[1796207549,"0"]}]}}"#,
+    )
+    .await;
+    let gateway = FakeGateway::start().await;
+    let site = Site::new(&rules(&engine, &gateway.url(), ""));
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            6,
+            "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
+            format!(
+                " WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": \
+                 the engine at {engine}/api/v1/query answered from part of its data only (a store or storage node did not answer); \
+                 the devices this query watches are unknown until it answers whole: check the engine's stores); \
+                 devices that depend on them are unknown: nothing advances and nothing is sent until they answer\n"
+            )
+        )
+    );
+    assert!(gateway.received().is_empty());
 }
