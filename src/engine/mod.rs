@@ -175,14 +175,29 @@ struct Due {
     previous: JobState,
 }
 
-/// Queries sent at once. Prometheus evaluates 20 queries at a time by
-/// default (`--query.max-concurrency`) and queues the others; each query in
-/// flight holds its whole answer (megabytes for a fleet-wide one) until it
-/// is read. In `cargo bench --bench jobctl`, peak RSS was 49.9 MB with 8,
-/// 48 MB with 4 and 42.7 MB with 2; with 2 the cycle's queries took 7%
-/// longer against an instant fake, and would take twice as long against a
-/// Prometheus slow to evaluate them.
+/// Queries sent at once, at most. Prometheus evaluates 20 queries at a
+/// time by default (`--query.max-concurrency`) and queues the others.
 const QUERIES_IN_FLIGHT: usize = 4;
+
+/// How many bytes of answers may be in flight at once, as the last cycle's
+/// answers to the same queries tell. Each query in flight holds its whole
+/// answer until it is read, and a fleet-wide answer is megabytes: four of
+/// them at once made most of jobctl's peak memory. So small answers (a
+/// platform's devices) go [`QUERIES_IN_FLIGHT`] at a time, and a large one
+/// (estimated at this or more) goes alone; a query never answered before is
+/// taken as large. In `cargo bench --bench jobctl` (10,000 devices, answers
+/// up to 2 MB), peak RSS was 51.4 MB with four queries in flight whatever
+/// their size, 47.6 MB with two and 45.4 MB with one; see the README for
+/// the figures with this budget.
+const ANSWER_BYTES_IN_FLIGHT: usize = 1 << 20;
+
+/// Whether one more query, whose answer is estimated at `bytes`, may be
+/// sent while `count` queries with `in_flight` bytes of answers are: always
+/// when none is, else within both [`QUERIES_IN_FLIGHT`] and
+/// [`ANSWER_BYTES_IN_FLIGHT`].
+fn admits(count: usize, in_flight: usize, bytes: usize) -> bool {
+    count == 0 || (count < QUERIES_IN_FLIGHT && in_flight + bytes <= ANSWER_BYTES_IN_FLIGHT)
+}
 
 /// The evaluation engine of `jobctl run`.
 pub struct Engine {
@@ -193,6 +208,9 @@ pub struct Engine {
     queries: Vec<String>,
     /// Where the answers come from.
     source: Source,
+    /// Each query's answer size (bytes) at its last answer, which bounds
+    /// the answers in flight ([`ANSWER_BYTES_IN_FLIGHT`]).
+    answer_bytes: HashMap<String, usize>,
     /// With a scrape source, the targets failing at the last scrape.
     targets: source::TargetHealth,
     /// What each job (by index in the rules) reads from a cycle's answers,
@@ -283,6 +301,7 @@ impl Engine {
         let by_job = by_job.into_iter().map(|(job, saved)| (job, JobStates::loaded(saved)));
         let mut engine = Engine {
             queries: rules.queries(),
+            answer_bytes: HashMap::new(),
             plan: Arc::new(plan_of(&rules)),
             rules: Arc::new(rules),
             source: source.into(),
@@ -352,6 +371,8 @@ impl Engine {
         self.outbox.set_budgets(rules.budgets);
         self.outbox.set_webhooks(&rules);
         self.queries = rules.queries();
+        let queries: HashSet<&String> = self.queries.iter().collect();
+        self.answer_bytes.retain(|query, _| queries.contains(query));
         self.plan = Arc::new(plan_of(&rules));
         self.rules = Arc::new(rules);
         self.forget_removed_jobs();
@@ -756,10 +777,10 @@ impl Engine {
         }
     }
 
-    /// Sends every query, [`QUERIES_IN_FLIGHT`] at a time, and reads each
-    /// answer's series straight from its bytes into [`Answers`] as it
-    /// arrives: no label map is built per series, and only a few answers'
-    /// bytes ever exist at once.
+    /// Sends every query, up to [`QUERIES_IN_FLIGHT`] at a time and within
+    /// [`ANSWER_BYTES_IN_FLIGHT`], and reads each answer's series straight
+    /// from its bytes into [`Answers`] as it arrives: no label map is built
+    /// per series, and only a few answers' bytes ever exist at once.
     async fn query_all(
         &mut self,
         queries: &[String],
@@ -781,11 +802,20 @@ impl Engine {
             Box<dyn Future<Output = (&'q String, Result<InstantAnswer, PromError>)> + Send + 'q>,
         >;
         let client: &PromClient = &prometheus;
-        let mut waiting = queries.iter();
+        let mut waiting = queries.iter().peekable();
         let mut in_flight: Vec<Pending<'_>> = Vec::with_capacity(QUERIES_IN_FLIGHT);
+        // The estimated bytes of the answers in flight, and of each.
+        let mut bytes_in_flight = 0;
+        let mut estimates: Vec<usize> = Vec::with_capacity(QUERIES_IN_FLIGHT);
         loop {
-            while in_flight.len() < QUERIES_IN_FLIGHT {
-                let Some(query) = waiting.next() else { break };
+            while let Some(&query) = waiting.peek() {
+                let bytes = self.answer_bytes.get(query).copied().unwrap_or(ANSWER_BYTES_IN_FLIGHT);
+                if !admits(in_flight.len(), bytes_in_flight, bytes) {
+                    break;
+                }
+                waiting.next();
+                bytes_in_flight += bytes;
+                estimates.push(bytes);
                 in_flight.push(Box::pin(async move { (query, client.query_answer(query).await) }));
             }
             if in_flight.is_empty() {
@@ -796,24 +826,27 @@ impl Engine {
                     // A query that panics is left out, as a panicking task
                     // would be: its answer is missing, nothing else is lost.
                     let polled = catch_unwind(AssertUnwindSafe(|| in_flight[at].as_mut().poll(cx)));
-                    match polled {
+                    let done = match polled {
                         Ok(Poll::Pending) => continue,
-                        Ok(Poll::Ready(done)) => {
-                            drop(in_flight.swap_remove(at));
-                            return Poll::Ready(Some(done));
-                        }
-                        Err(_) => {
-                            drop(in_flight.swap_remove(at));
-                            return Poll::Ready(None);
-                        }
-                    }
+                        Ok(Poll::Ready(done)) => Some(done),
+                        Err(_) => None,
+                    };
+                    drop(in_flight.swap_remove(at));
+                    bytes_in_flight -= estimates.swap_remove(at);
+                    return Poll::Ready(done);
                 }
                 Poll::Pending
             })
             .await;
             let Some((query, result)) = finished else { continue };
-            let query = query.clone();
             self.metrics.query_sent();
+            if let Ok(answer) = &result {
+                match self.answer_bytes.get_mut(query) {
+                    Some(bytes) => *bytes = answer.size(),
+                    None => drop(self.answer_bytes.insert(query.clone(), answer.size())),
+                }
+            }
+            let query = query.clone();
             let inserted = result.and_then(|answer| {
                 answers.insert(query.clone(), &mut self.devices, |add| {
                     answer.for_each_sample(add).map(drop)
@@ -934,5 +967,30 @@ fn describe(device: &str, verdict: &DeviceVerdict) -> String {
     match verdict.labels.get("name").filter(|n| !n.is_empty()) {
         Some(name) => format!("{device} ({})", text::sanitize(name, false, 80)),
         None => device.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{admits, ANSWER_BYTES_IN_FLIGHT, QUERIES_IN_FLIGHT};
+
+    #[test]
+    fn small_answers_go_several_at_a_time_and_a_large_one_alone() {
+        let small = 50_000;
+        // Small answers: up to QUERIES_IN_FLIGHT at once, not one more.
+        for count in 0..QUERIES_IN_FLIGHT {
+            assert!(admits(count, count * small, small), "small answer number {count}");
+        }
+        assert!(!admits(QUERIES_IN_FLIGHT, QUERIES_IN_FLIGHT * small, small));
+        // A large answer (or one never seen, estimated at the budget) waits
+        // for the others and then goes alone, however large.
+        assert!(!admits(1, small, ANSWER_BYTES_IN_FLIGHT));
+        assert!(admits(0, 0, ANSWER_BYTES_IN_FLIGHT));
+        assert!(admits(0, 0, 10 * ANSWER_BYTES_IN_FLIGHT));
+        assert!(!admits(1, 10 * ANSWER_BYTES_IN_FLIGHT, small));
+        // Answers that fill the budget together may go together.
+        let half = ANSWER_BYTES_IN_FLIGHT / 2;
+        assert!(admits(1, half, half));
+        assert!(!admits(2, 2 * half, 1));
     }
 }

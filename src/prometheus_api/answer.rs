@@ -81,6 +81,11 @@ pub type Label<'a> = (Cow<'a, str>, Cow<'a, str>);
 pub struct InstantAnswer(pub(super) Success);
 
 impl InstantAnswer {
+    /// The answer's size in bytes, as received (decompressed).
+    pub fn size(&self) -> usize {
+        self.0.body.len()
+    }
+
     /// Calls `each` with the labels and value of every series, in
     /// Prometheus's order, and returns how many there were. A scalar is one
     /// series without labels.
