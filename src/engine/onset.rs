@@ -35,7 +35,9 @@ use super::states::DeviceEvent;
 use super::{CycleReport, Engine};
 use crate::error::with_causes;
 use crate::prometheus_api::{Label, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation, Plan};
+use crate::rules::condition::{
+    with_freshness, Answers, Index, JobEvaluation, Plan, FRESHNESS_QUERY,
+};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{JobState, PhaseName};
 use crate::rules::{Job, RuleSet, Verdict};
@@ -105,9 +107,11 @@ impl History {
         self.queries.iter().map(|(_, series)| series.len()).sum()
     }
 
-    /// Whether any query returned any point.
+    /// Whether any query returned any point (the exporters' freshness
+    /// aside: it says nothing of a job's devices).
     pub(super) fn has_points(&self) -> bool {
-        self.queries.iter().any(|(_, series)| series.iter().any(|s| !s.points.is_empty()))
+        let jobs = self.queries.iter().filter(|(query, _)| query != FRESHNESS_QUERY);
+        jobs.into_iter().any(|(_, series)| series.iter().any(|s| !s.points.is_empty()))
     }
 
     /// Fills `answers` (reset first) with every query's answer at `at`: the
@@ -277,6 +281,7 @@ impl Engine {
                 group.iter().flat_map(|newly| rules.jobs[newly.job].queries()).collect();
             queries.sort_unstable();
             queries.dedup();
+            let queries = with_freshness(queries);
             let querying = std::time::Instant::now();
             let fetched = History::fetch(&prometheus, &queries, from, to, step).await;
             report.onset_queries += queries.len();

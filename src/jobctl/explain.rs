@@ -55,7 +55,9 @@ use crate::engine::{
 };
 use crate::exit::{outln, Exit};
 use crate::journal::{Journal, JournalError, MassOutageRecord, Silence};
-use crate::rules::condition::{evaluate, Condition, DeviceVerdict, Term, UnknownReason};
+use crate::rules::condition::{
+    evaluate, Condition, DeviceVerdict, Term, UnknownReason, FRESHNESS_QUERY,
+};
 use crate::rules::device::{is_label_name, DeviceKey};
 use crate::rules::state::{self, ActionHeld, JobState, Phase, SilenceHold, Step};
 use crate::rules::{ActionError, Job, Recipient, RuleSet, Sample, Verdict};
@@ -200,6 +202,11 @@ pub(super) async fn run(config: &Path, args: ExplainArgs) -> Result<Exit, Error>
             }
             Err(err) => failures.push((query, err)),
         }
+    }
+    // Which target's series count when several serve the device; without
+    // it, they must all agree, as in a cycle whose freshness query failed.
+    if let Ok(samples) = reader.query(FRESHNESS_QUERY).await {
+        answers.insert(FRESHNESS_QUERY.to_string(), samples);
     }
     let now = Timestamp::now();
     let journal = match Journal::open_read_only(&rules.journal.path) {

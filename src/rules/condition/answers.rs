@@ -10,6 +10,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
+use super::freshness::Freshness;
 use super::plan::{JobPlan, Plan};
 use super::term::Guard;
 use crate::prometheus_api::Label;
@@ -266,7 +267,9 @@ impl Answers {
 }
 
 /// The series of one answer that a job's device matchers select, grouped
-/// by device in [`DeviceId`] order, each device's in answer order.
+/// by device in [`DeviceId`] order, each device's in answer order; of a
+/// device served by several targets, only the freshest target's series
+/// ([`Freshness`]).
 pub(super) struct View {
     /// Each device and the end of its run in `series` (a run starts where
     /// the previous one ends).
@@ -275,10 +278,20 @@ pub(super) struct View {
     series: Vec<u32>,
     /// Selected series that lack a device-key label.
     pub(super) unkeyed: usize,
+    /// Devices with more than one series (served by several targets).
+    pub(super) several_targets: usize,
+    /// Of those, the devices whose series disagreed in freshness, so that
+    /// only the freshest target's count ([`Freshness`]).
+    pub(super) freshest_chosen: usize,
 }
 
 impl View {
-    fn build(answers: &Answers, answer: &Answer, matchers: &LabelMatchers) -> View {
+    fn build(
+        answers: &Answers,
+        answer: &Answer,
+        matchers: &LabelMatchers,
+        freshness: &Freshness,
+    ) -> View {
         // A matcher whose name or value no series has selects nothing.
         let wanted: Option<Vec<(StrId, StrId)>> = matchers
             .iter()
@@ -301,13 +314,30 @@ impl View {
         // Stable: a device's series stay in answer order.
         selected.sort_by_key(|&(device, _)| device);
         let mut devices: Vec<(DeviceId, u32)> = Vec::new();
-        for (end, &(device, _)) in selected.iter().enumerate() {
-            match devices.last_mut() {
-                Some((last, run_end)) if *last == device => *run_end = end as u32 + 1,
-                _ => devices.push((device, end as u32 + 1)),
+        let mut series: Vec<u32> = Vec::with_capacity(selected.len());
+        let (mut several_targets, mut freshest_chosen) = (0, 0);
+        let mut start = 0;
+        while start < selected.len() {
+            let device = selected[start].0;
+            let mut end = start + 1;
+            while end < selected.len() && selected[end].0 == device {
+                end += 1;
             }
+            if end - start == 1 {
+                series.push(selected[start].1);
+            } else {
+                // Rare: the same device from several targets (an HA pair
+                // of exporters); only the freshest counts.
+                several_targets += 1;
+                let run: Vec<u32> = selected[start..end].iter().map(|&(_, s)| s).collect();
+                if freshness.keep_freshest(answers, answer, &run, &mut series) {
+                    freshest_chosen += 1;
+                }
+            }
+            devices.push((device, series.len() as u32));
+            start = end;
         }
-        View { devices, series: selected.into_iter().map(|(_, index)| index).collect(), unkeyed }
+        View { devices, series, unkeyed, several_targets, freshest_chosen }
     }
 
     /// The run of `devices[at]`.
@@ -404,6 +434,8 @@ pub(crate) struct Index<'a> {
     views: Vec<Option<Arc<View>>>,
     /// By guard number: built the first time a job needs it.
     guards: Vec<Option<GuardIndex>>,
+    /// How fresh each target's data is, for devices several targets serve.
+    freshness: Freshness,
 }
 
 impl<'a> Index<'a> {
@@ -411,7 +443,7 @@ impl<'a> Index<'a> {
     pub(crate) fn new(answers: &'a Answers, plan: &'a Plan) -> Index<'a> {
         let views = std::iter::repeat_with(|| None).take(plan.views.len()).collect();
         let guards = std::iter::repeat_with(|| None).take(plan.guards.len()).collect();
-        Index { answers, plan, views, guards }
+        Index { answers, plan, views, guards, freshness: Freshness::new(answers) }
     }
 
     /// The answers indexed.
@@ -429,8 +461,9 @@ impl<'a> Index<'a> {
         let answers = self.answers;
         let (query, matchers) = &self.plan.views[view];
         let answer = answers.answer(query)?;
+        let freshness = &self.freshness;
         let built = self.views[view]
-            .get_or_insert_with(|| Arc::new(View::build(answers, answer, matchers)))
+            .get_or_insert_with(|| Arc::new(View::build(answers, answer, matchers, freshness)))
             .clone();
         Some((answer, built))
     }
