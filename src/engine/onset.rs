@@ -406,6 +406,49 @@ mod tests {
     }
 
     #[test]
+    fn with_a_pair_of_exporters_the_onset_follows_the_freshest() {
+        let rules = rules();
+        let job = &rules.jobs[0];
+        let (up, down) = (Some(1.0), Some(0.0));
+        let every_step = |labels: Vec<Label<'static>>, value: f64| HistorySeries {
+            labels,
+            points: (0..6).map(|step| (at(step * 100).as_millisecond(), value)).collect(),
+            next: 0,
+        };
+        let exporter = |instance: &str, values: &[Option<f64>]| {
+            let mut series = series("1", values);
+            series.labels.extend(labels(&[("instance", instance)]));
+            series
+        };
+        let polled = |instance: &str, at: f64| {
+            every_step(labels(&[("instance", instance), ("platform_id", "12")]), at)
+        };
+        let mut history = History {
+            queries: vec![
+                (
+                    job.queries()[0].clone(),
+                    vec![
+                        // The fresh exporter sees the device go at step 2;
+                        exporter("a:9747", &[up, up, down, down, down, down]),
+                        // the stale one still says it is there.
+                        exporter("b:9747", &[up, up, up, up, up, up]),
+                    ],
+                ),
+                (job.queries()[1].clone(), vec![every_step(labels(&[("platform_id", "12")]), 1.0)]),
+                (
+                    FRESHNESS_QUERY.to_string(),
+                    vec![polled("a:9747", 1_700_000_000.0), polled("b:9747", 1_699_990_000.0)],
+                ),
+            ],
+        };
+        let mut devices = DeviceTable::default();
+        let wanted = [devices.intern_text("{platform_id=\"12\", device_id=\"1\"}")];
+        let steps = steps(at(0), at(500), Duration::from_millis(100));
+        let found = onsets(&rules, &[(job, &wanted[..])], &mut history, &steps, &mut devices);
+        assert_eq!(found, [vec![(wanted[0], at(200))]]);
+    }
+
+    #[test]
     fn a_guard_that_fails_breaks_the_run_and_short_windows_are_not_searched() {
         let rules = rules();
         let job = &rules.jobs[0];
