@@ -232,8 +232,19 @@ impl Scenario {
 
     /// `jobctl check` on this scenario's rules file: its stdout.
     fn check(&self) -> String {
+        self.jobctl(&["check"])
+    }
+
+    /// `jobctl explain` of the job on device 1: its stdout.
+    fn explain(&self) -> String {
+        self.jobctl(&["explain", JOB, "--device", "platform_id=12", "--device", "device_id=1"])
+    }
+
+    /// `jobctl ARGS…` on this scenario's rules file, which must succeed
+    /// without a word on stderr: its stdout.
+    fn jobctl(&self, args: &[&str]) -> String {
         let mut command = support::process::command(JOBCTL, self.dir.path());
-        command.args(["--config", "rules.toml", "check"]);
+        command.args(["--config", "rules.toml"]).args(args);
         let ran = support::process::run(&mut command);
         assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "{}", ran.stdout);
         ran.stdout
@@ -340,6 +351,12 @@ async fn when_one_exporter_is_stale_the_freshest_wins() {
         ),
         "{check}"
     );
+    let explained = through_prometheus.explain();
+    let line = format!(
+        "  targets:   2 series from several targets (exporters in pairs); the freshest sample wins: only instance \"{}\"'s count",
+        fresh.instance
+    );
+    assert!(explained.contains(&line), "{line}\nin\n{explained}");
 
     // It comes back for the fresh exporter: the episode resolves though
     // the stale one still says what it said.

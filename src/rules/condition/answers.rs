@@ -283,6 +283,9 @@ pub(super) struct View {
     /// Of those, the devices whose series disagreed in freshness, so that
     /// only the freshest target's count ([`Freshness`]).
     pub(super) freshest_chosen: usize,
+    /// Each device with more than one series, in device order: how many
+    /// it had, and whether only the freshest target's were kept.
+    several: Vec<(DeviceId, u32, bool)>,
 }
 
 impl View {
@@ -316,6 +319,7 @@ impl View {
         let mut devices: Vec<(DeviceId, u32)> = Vec::new();
         let mut series: Vec<u32> = Vec::with_capacity(selected.len());
         let (mut several_targets, mut freshest_chosen) = (0, 0);
+        let mut several = Vec::new();
         let mut start = 0;
         while start < selected.len() {
             let device = selected[start].0;
@@ -330,20 +334,28 @@ impl View {
                 // of exporters); only the freshest counts.
                 several_targets += 1;
                 let run: Vec<u32> = selected[start..end].iter().map(|&(_, s)| s).collect();
-                if freshness.keep_freshest(answers, answer, &run, &mut series) {
-                    freshest_chosen += 1;
-                }
+                let chosen = freshness.keep_freshest(answers, answer, &run, &mut series);
+                freshest_chosen += usize::from(chosen);
+                several.push((device, run.len() as u32, chosen));
             }
             devices.push((device, series.len() as u32));
             start = end;
         }
-        View { devices, series, unkeyed, several_targets, freshest_chosen }
+        View { devices, series, unkeyed, several_targets, freshest_chosen, several }
     }
 
     /// The run of `devices[at]`.
     pub(super) fn run(&self, at: usize) -> &[u32] {
         let start = if at == 0 { 0 } else { self.devices[at - 1].1 as usize };
         &self.series[start..self.devices[at].1 as usize]
+    }
+
+    /// When a device had more than one series: how many, and whether only
+    /// the freshest target's count.
+    pub(super) fn several_of(&self, device: DeviceId) -> Option<(usize, bool)> {
+        let at = self.several.binary_search_by_key(&device, |&(d, _, _)| d).ok()?;
+        let (_, series, chosen) = self.several[at];
+        Some((series as usize, chosen))
     }
 
     /// A device's run; empty when it has none.

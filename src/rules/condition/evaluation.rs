@@ -74,6 +74,20 @@ pub struct DeviceVerdict {
     pub(crate) values: Vec<SeenValue>,
     /// The union of the labels of those series, for SMS templates.
     pub(crate) labels: BTreeMap<String, String>,
+    /// When several targets serve the device (a term's answer has more
+    /// than one of its series).
+    pub(crate) several_targets: Option<SeveralTargets>,
+}
+
+/// A device with several series in a term's answer, as [`DeviceVerdict`]
+/// tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeveralTargets {
+    /// The most series of the device in one term's answer.
+    pub(crate) series: usize,
+    /// Whether only the freshest target's series counted (else all did,
+    /// nothing telling them apart).
+    pub(crate) freshest_chosen: bool,
 }
 
 /// A job's verdicts for one cycle.
@@ -440,6 +454,7 @@ impl<'a> JobEvaluation<'a> {
                 unknown_because: self.absent.why.map(|why| self.reason(why)),
                 values: Vec::new(),
                 labels: BTreeMap::new(),
+                several_targets: None,
             };
         };
         let quick = match self.devices.binary_search_by_key(&device, |d| d.0) {
@@ -465,11 +480,18 @@ impl<'a> JobEvaluation<'a> {
                 }
             }
         }
+        let several = self.terms.iter().filter_map(|term| term.read.as_ref()?.1.several_of(device));
+        let several_targets =
+            several.fold(None, |found: Option<SeveralTargets>, (series, chosen)| {
+                let (most, any) = found.map_or((0, false), |f| (f.series, f.freshest_chosen));
+                Some(SeveralTargets { series: most.max(series), freshest_chosen: any || chosen })
+            });
         DeviceVerdict {
             verdict: quick.verdict,
             unknown_because: quick.why.map(|why| self.reason(why)),
             values,
             labels,
+            several_targets,
         }
     }
 
@@ -682,6 +704,8 @@ mod tests {
             assert_eq!(a.verdict, Verdict::True, "{stale} stale");
             assert_eq!(a.values, [SeenValue { query: "online".into(), value: 0.0 }]);
             assert_eq!(a.labels["instance"], fresh, "the labels are the fresh target's");
+            let several = SeveralTargets { series: 2, freshest_chosen: true };
+            assert_eq!(a.several_targets, Some(several));
             assert_eq!((eval.several_targets, eval.freshest_chosen), (1, 1));
         }
         // The stale one says offline, the fresh one online: not offline.
@@ -971,21 +995,26 @@ mod tests {
                     None
                 };
 
-            let finish =
-                |outcome: TermOutcome, guard: Option<UnknownReason>, values, labels| match guard {
-                    Some(reason) => DeviceVerdict {
-                        verdict: Verdict::Unknown,
-                        unknown_because: Some(reason),
-                        values,
-                        labels,
-                    },
-                    None => DeviceVerdict {
-                        verdict: outcome.verdict,
-                        unknown_because: outcome.reason,
-                        values,
-                        labels,
-                    },
-                };
+            let finish = |outcome: TermOutcome,
+                          guard: Option<UnknownReason>,
+                          values,
+                          labels,
+                          several_targets| match guard {
+                Some(reason) => DeviceVerdict {
+                    verdict: Verdict::Unknown,
+                    unknown_because: Some(reason),
+                    values,
+                    labels,
+                    several_targets,
+                },
+                None => DeviceVerdict {
+                    verdict: outcome.verdict,
+                    unknown_because: outcome.reason,
+                    values,
+                    labels,
+                    several_targets,
+                },
+            };
 
             let several_targets = (0..terms.len())
                 .map(|i| by_device.values().filter(|seen| seen.values[i].len() > 1).count())
@@ -998,13 +1027,17 @@ mod tests {
                         (0..terms.len()).map(|i| term_outcome(i, &seen.values[i])).collect();
                     let outcome = combine(condition, outcomes);
                     let guard = guard_failure(Some(&seen.labels));
-                    (key, finish(outcome, guard, seen.seen, seen.labels))
+                    let most = seen.values.iter().map(Vec::len).max().unwrap_or(0);
+                    let several = (most > 1)
+                        .then_some(SeveralTargets { series: most, freshest_chosen: false });
+                    (key, finish(outcome, guard, seen.seen, seen.labels, several))
                 })
                 .collect();
 
             let absent_outcome =
                 combine(condition, (0..terms.len()).map(|i| term_outcome(i, &[])).collect());
-            let absent = finish(absent_outcome, guard_failure(None), Vec::new(), BTreeMap::new());
+            let absent =
+                finish(absent_outcome, guard_failure(None), Vec::new(), BTreeMap::new(), None);
 
             Evaluation {
                 devices: devices_out,
