@@ -1,6 +1,7 @@
 //! One cycle's answers, stored once for every job: [`Answers`], and the
 //! [`Index`] of what jobs derive from them (a [`View`] per query and device
-//! matchers, a [`GuardIndex`] per guard).
+//! matchers, a [`GuardIndex`] per guard, and the exporters' [`Freshness`]
+//! that a view applies to a device several targets serve).
 //!
 //! The evaluation ([`super::evaluation`]) reads answers only through these.
 
@@ -10,7 +11,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
-use super::freshness::Freshness;
+use super::freshness::{self, FRESHNESS_QUERY};
 use super::plan::{JobPlan, Plan};
 use super::term::Guard;
 use crate::prometheus_api::Label;
@@ -433,6 +434,102 @@ impl GuardIndex {
             _ => None,
         };
         GuardIndex { tuples, by_device }
+    }
+}
+
+/// One cycle's [`FRESHNESS_QUERY`] answer, indexed for joining: the
+/// freshness series grouped by their label names, each group's times by
+/// their label values.
+#[derive(Default)]
+struct Freshness {
+    groups: Vec<FreshnessGroup>,
+}
+
+/// The freshness series that carry the same label names.
+struct FreshnessGroup {
+    /// The label names (`__name__` aside), in the series' order.
+    names: Vec<StrId>,
+    /// The newest time for each tuple of those labels' values.
+    times: HashMap<Vec<StrId>, f64, RandomState>,
+}
+
+impl Freshness {
+    /// The index of this cycle's freshness answer; empty when the query
+    /// failed or was not asked.
+    fn new(answers: &Answers) -> Freshness {
+        let mut freshness = Freshness::default();
+        let Some(answer) = answers.answer(FRESHNESS_QUERY) else { return freshness };
+        let metric_name = answers.find("__name__");
+        for series in &answer.series {
+            if series.value.is_nan() {
+                continue;
+            }
+            let labels = answers.labels(series);
+            let names: Vec<StrId> = labels
+                .iter()
+                .map(|&(name, _)| name)
+                .filter(|&name| Some(name) != metric_name)
+                .collect();
+            let values: Vec<StrId> = labels
+                .iter()
+                .filter(|&&(name, _)| Some(name) != metric_name)
+                .map(|&(_, value)| value)
+                .collect();
+            let at = match freshness.groups.iter().position(|g| g.names == names) {
+                Some(at) => at,
+                None => {
+                    freshness.groups.push(FreshnessGroup { names, times: HashMap::default() });
+                    freshness.groups.len() - 1
+                }
+            };
+            let time = freshness.groups[at].times.entry(values).or_insert(series.value);
+            *time = time.max(series.value);
+        }
+        freshness
+    }
+
+    /// The time of the newest poll behind a series with these labels;
+    /// `None` when no freshness series joins it.
+    fn of(&self, labels: &[(StrId, StrId)], tuple: &mut Vec<StrId>) -> Option<f64> {
+        let mut newest: Option<f64> = None;
+        for group in &self.groups {
+            tuple.clear();
+            for name in &group.names {
+                match labels.iter().find(|(n, _)| n == name) {
+                    Some(&(_, value)) => tuple.push(value),
+                    None => break,
+                }
+            }
+            if tuple.len() < group.names.len() {
+                continue;
+            }
+            if let Some(&time) = group.times.get(tuple.as_slice()) {
+                newest = Some(newest.map_or(time, |n| n.max(time)));
+            }
+        }
+        newest
+    }
+
+    /// Appends to `kept` those of one device's series (`run`: indices into
+    /// `answer`, more than one) that count ([`freshness::keep_freshest`]).
+    /// Returns whether some were left out.
+    fn keep_freshest(
+        &self,
+        answers: &Answers,
+        answer: &Answer,
+        run: &[u32],
+        kept: &mut Vec<u32>,
+    ) -> bool {
+        if self.groups.is_empty() {
+            kept.extend_from_slice(run);
+            return false;
+        }
+        let mut tuple = Vec::new();
+        let times: Vec<Option<f64>> = run
+            .iter()
+            .map(|&s| self.of(answers.labels(&answer.series[s as usize]), &mut tuple))
+            .collect();
+        freshness::keep_freshest(run, &times, kept)
     }
 }
 

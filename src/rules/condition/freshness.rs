@@ -15,7 +15,8 @@
 //! successful poll of that account.
 //!
 //! The rule, one for both sources and for the replay and the onset dating
-//! (they all read answers through [`super::answers::View`]): of a device's
+//! (they all read answers through `answers::View`, which applies it with
+//! the cycle's freshness answer indexed for the join): of a device's
 //! series in one answer, only those whose target polled the device's
 //! account most recently count. A series is joined to the freshness series
 //! whose labels, `__name__` aside, it all carries (`instance`, `job` and
@@ -33,12 +34,6 @@
 //! only one there: use `metric`/`op`/`value` comparisons (which query the
 //! bare selector) where exporters run in pairs.
 
-use std::collections::HashMap;
-
-use foldhash::fast::RandomState;
-
-use super::answers::{Answer, Answers, StrId};
-
 /// The query whose answer dates each target's data: the AddReality
 /// exporter's time of its last successful poll, per account. Sent with
 /// every cycle's queries (and fetched over the range the onset dating and
@@ -54,105 +49,38 @@ pub(crate) fn with_freshness(mut queries: Vec<String>) -> Vec<String> {
     queries
 }
 
-/// One cycle's [`FRESHNESS_QUERY`] answer, indexed for joining: the
-/// freshness series grouped by their label names, each group's times by
-/// their label values.
-#[derive(Default)]
-pub(super) struct Freshness {
-    groups: Vec<Group>,
+/// Appends to `kept` those of one device's series (`run`, more than one)
+/// that count, given the time of the newest poll behind each (`times`, in
+/// `run`'s order; `None` when no freshness series joins it): those of the
+/// freshest target, or every one when nothing tells them apart. Returns
+/// whether some were left out.
+pub(super) fn keep_freshest(run: &[u32], times: &[Option<f64>], kept: &mut Vec<u32>) -> bool {
+    let Some(newest) = times.iter().flatten().copied().reduce(f64::max) else {
+        kept.extend_from_slice(run);
+        return false;
+    };
+    let before = kept.len();
+    kept.extend(run.iter().zip(times).filter(|(_, t)| **t == Some(newest)).map(|(&s, _)| s));
+    kept.len() - before < run.len()
 }
 
-/// The freshness series that carry the same label names.
-struct Group {
-    /// The label names (`__name__` aside), in the series' order.
-    names: Vec<StrId>,
-    /// The newest time for each tuple of those labels' values.
-    times: HashMap<Vec<StrId>, f64, RandomState>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Freshness {
-    /// The index of this cycle's freshness answer; empty when the query
-    /// failed or was not asked.
-    pub(super) fn new(answers: &Answers) -> Freshness {
-        let mut freshness = Freshness::default();
-        let Some(answer) = answers.answer(FRESHNESS_QUERY) else { return freshness };
-        let metric_name = answers.find("__name__");
-        for series in &answer.series {
-            if series.value.is_nan() {
-                continue;
-            }
-            let labels = answers.labels(series);
-            let names: Vec<StrId> = labels
-                .iter()
-                .map(|&(name, _)| name)
-                .filter(|&name| Some(name) != metric_name)
-                .collect();
-            let values: Vec<StrId> = labels
-                .iter()
-                .filter(|&&(name, _)| Some(name) != metric_name)
-                .map(|&(_, value)| value)
-                .collect();
-            let at = match freshness.groups.iter().position(|g| g.names == names) {
-                Some(at) => at,
-                None => {
-                    freshness.groups.push(Group { names, times: HashMap::default() });
-                    freshness.groups.len() - 1
-                }
-            };
-            let time = freshness.groups[at].times.entry(values).or_insert(series.value);
-            *time = time.max(series.value);
-        }
-        freshness
-    }
-
-    /// The time of the newest poll behind a series with these labels;
-    /// `None` when no freshness series joins it.
-    fn of(&self, labels: &[(StrId, StrId)], tuple: &mut Vec<StrId>) -> Option<f64> {
-        let mut newest: Option<f64> = None;
-        for group in &self.groups {
-            tuple.clear();
-            for name in &group.names {
-                match labels.iter().find(|(n, _)| n == name) {
-                    Some(&(_, value)) => tuple.push(value),
-                    None => break,
-                }
-            }
-            if tuple.len() < group.names.len() {
-                continue;
-            }
-            if let Some(&time) = group.times.get(tuple.as_slice()) {
-                newest = Some(newest.map_or(time, |n| n.max(time)));
-            }
-        }
-        newest
-    }
-
-    /// Appends to `kept` those of one device's series (`run`: indices into
-    /// `answer`, more than one) that count: those of the freshest target,
-    /// or every one when nothing tells them apart. Returns whether some
-    /// were left out.
-    pub(super) fn keep_freshest(
-        &self,
-        answers: &Answers,
-        answer: &Answer,
-        run: &[u32],
-        kept: &mut Vec<u32>,
-    ) -> bool {
-        if self.groups.is_empty() {
-            kept.extend_from_slice(run);
-            return false;
-        }
-        let mut tuple = Vec::new();
-        let times: Vec<Option<f64>> = run
-            .iter()
-            .map(|&s| self.of(answers.labels(&answer.series[s as usize]), &mut tuple))
-            .collect();
-        let Some(newest) = times.iter().flatten().copied().reduce(f64::max) else {
-            kept.extend_from_slice(run);
-            return false;
-        };
-        let before = kept.len();
-        kept.extend(run.iter().zip(&times).filter(|(_, t)| **t == Some(newest)).map(|(&s, _)| s));
-        kept.len() - before < run.len()
+    #[test]
+    fn the_newest_poll_wins_and_ties_keep_every_series() {
+        let mut kept = Vec::new();
+        assert!(keep_freshest(&[4, 7, 9], &[Some(10.0), None, Some(20.0)], &mut kept));
+        assert_eq!(kept, [9]);
+        kept.clear();
+        assert!(!keep_freshest(&[4, 7], &[Some(20.0), Some(20.0)], &mut kept));
+        assert_eq!(kept, [4, 7], "polled at the same time: both count");
+        kept.clear();
+        assert!(!keep_freshest(&[4, 7], &[None, None], &mut kept));
+        assert_eq!(kept, [4, 7], "no freshness: both count");
+        assert_eq!(with_freshness(vec![]), Vec::<String>::new());
+        assert_eq!(with_freshness(vec!["up".into()]), ["up", FRESHNESS_QUERY]);
+        assert_eq!(with_freshness(vec![FRESHNESS_QUERY.into()]), [FRESHNESS_QUERY]);
     }
 }
