@@ -40,6 +40,9 @@
 //! - 1,000 sockets (every tenth device). About 2% of the devices are
 //!   offline and 4% not playing; actions for devices without a socket are
 //!   action errors, as they would be in production.
+//! - The exporter's `addreality_platform_last_success_timestamp_seconds`,
+//!   asked every cycle; one exporter serves the fleet, so no device has a
+//!   second series to decide between.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -83,6 +86,10 @@ const PLAYING: &str = "addreality_device_playing";
 const LAST_ONLINE: &str = "addreality_device_last_online_timestamp_seconds";
 const PLATFORM_GUARD: &str = "addreality_platform_up == 1";
 const TARGET_GUARD: &str = "up{job=\"addreality\"} == 1";
+/// What the engine asks every cycle besides the jobs' queries: each
+/// exporter's last successful poll per platform, which decides between
+/// the series of a device that several exporters serve.
+const FRESHNESS: &str = "addreality_platform_last_success_timestamp_seconds";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -100,7 +107,8 @@ fn main() -> ExitCode {
     let parsed = rules::parse(&workload.rules, &rules_path).unwrap_or_else(|errors| {
         panic!("the generated rules do not load: {errors}");
     });
-    let engine_queries: BTreeSet<String> = parsed.queries().into_iter().collect();
+    let mut engine_queries: BTreeSet<String> = parsed.queries().into_iter().collect();
+    engine_queries.insert(FRESHNESS.to_string());
     let answered: BTreeSet<String> = workload.answers.keys().cloned().collect();
     assert_eq!(engine_queries, answered, "the rules ask what the fake cannot answer");
     let enabled = parsed.jobs.iter().filter(|job| job.enabled).count();
@@ -514,6 +522,17 @@ impl Workload {
             })
             .collect();
         w.answer(PLATFORM_GUARD.into(), platforms_up);
+        // One exporter: every platform polled a minute before the start.
+        let polled: Vec<serde_json::Value> = (1..=PLATFORMS)
+            .map(|p| {
+                json!({
+                    "metric": {"__name__": FRESHNESS, "instance": "exporter.example:9198",
+                               "job": "addreality", "platform_id": p.to_string()},
+                    "value": [START, (START - 60).to_string()],
+                })
+            })
+            .collect();
+        w.answer(FRESHNESS.into(), polled);
         let up = json!({
             "metric": {"__name__": "up", "instance": "exporter.example:9198", "job": "addreality"},
             "value": [START, "1"],

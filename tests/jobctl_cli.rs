@@ -875,7 +875,7 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (
             0,
-            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
+            "2 queries (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
             firing_lines(
                 " INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sending (episode 1, action 1)\n \
                  INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)"
@@ -901,7 +901,7 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (
             0,
-            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n",
+            "2 queries (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n",
             firing_lines(
                 " WARN {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): dry run: not sent (execution #1)"
             )
@@ -928,8 +928,8 @@ async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (
             6,
-            "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
-            format!(" WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent until they answer\n", prometheus.url())
+            "2 queries (2 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
+            format!(" WARN 2 of 2 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": cannot reach Prometheus at {}/api/v1/query: Connection refused (os error 111); check that Prometheus is running and that the URL is right); devices that depend on them are unknown: nothing advances and nothing is sent until they answer\n", prometheus.url())
         )
     );
     assert_eq!(gateway.received().len(), 1, "sent without Prometheus");
@@ -948,7 +948,7 @@ async fn a_dry_run_leaves_the_next_live_run_as_if_it_had_not_happened() {
     let site = Site::with_rules(&rules(prometheus.url(), &gateway.url()));
 
     let ran = site.jobctl(&["run", "--once", "--dry-run"]).await;
-    assert_eq!((ran.code, ran.stdout.as_str()), (0, "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n"), "{ran:?}");
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "2 queries (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 0 sent, 1 suppressed, 0 errors\n"), "{ran:?}");
     let status = site.jobctl(&["status", "--format", "json"]).await;
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status["devices"], serde_json::json!([]), "the dry run saved a state");
@@ -956,7 +956,7 @@ async fn a_dry_run_leaves_the_next_live_run_as_if_it_had_not_happened() {
     let ran = site.jobctl(&["run", "--once"]).await;
     assert_eq!(
         (ran.code, ran.stdout.as_str()),
-        (0, "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n"),
+        (0, "2 queries (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n"),
         "{ran:?}"
     );
     assert_eq!(gateway.sent().len(), 1);

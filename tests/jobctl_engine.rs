@@ -363,7 +363,9 @@ async fn one_sms_after_for_and_none_after_early_recovery(
     let mut s = Scenario::start(prometheus, &(sockets("12") + &offline_job("12"))).await;
 
     let report = s.cycle_at(0).await;
-    assert_eq!((report.queries, report.evaluations, report.actions_due), (1, 2, 0), "{report:?}");
+    // The job's query and the exporters' freshness (which of a device's
+    // series count when a pair of exporters serves it).
+    assert_eq!((report.queries, report.evaluations, report.actions_due), (2, 2, 0), "{report:?}");
     assert_eq!(s.pending_of("offline", &d1), pending(0, 0));
     assert_eq!(s.pending_of("offline", &d2), pending(0, 0));
 
@@ -426,7 +428,7 @@ async fn for_counts_from_the_first_bad_sample_and_the_engine_wakes_when_due(
     let seen = Timestamp::now();
     s.clock.set(seen);
     let report = s.engine.cycle().await;
-    assert_eq!((report.onset_queries, report.actions_due), (1, 0), "{report:?}");
+    assert_eq!((report.onset_queries, report.actions_due), (2, 0), "{report:?}");
     let (since, _) = s.pending_of("offline", &d1);
     assert!(changed <= since && since < seen, "{changed} <= {since} < {seen}");
     // Due 2 s after the onset, plus the 100 ms a scrape may take to be
@@ -440,7 +442,7 @@ async fn for_counts_from_the_first_bad_sample_and_the_engine_wakes_when_due(
     let report = s.engine.wake().await;
     s.engine.finish_sends().await;
     let counts = (report.queries, report.evaluations, report.actions_due, report.sends_started);
-    assert_eq!(counts, (1, 1, 1, 1), "{report:?}");
+    assert_eq!(counts, (2, 1, 1, 1), "{report:?}");
     assert_eq!(s.sent(), [sms(LOBBY, POWER_CYCLE_1)]);
     assert_eq!(firing_of(&s.state("offline", &d1)), (1, 1));
     assert_eq!(s.engine.until_wake(), None, "firing counts nothing");
@@ -540,7 +542,7 @@ cooldown = "1h"
     let mut s = Scenario::start(prometheus, &(sockets("32") + &offline_job("32") + jobs)).await;
 
     let report = s.cycle_at(0).await;
-    assert_eq!(report.queries, 2, "one query per distinct expression: {report:?}");
+    assert_eq!(report.queries, 3, "one query per distinct expression, and freshness: {report:?}");
     assert_eq!(s.sent(), [sms("+79990001122", "Lesnaia_1 is not playing")]);
     assert_eq!(s.phase("offline", &d1), PhaseName::Inactive);
 
@@ -881,7 +883,12 @@ async fn prometheus_outage_holds_every_state_and_sends_nothing() {
     for m in [25, 30, 40, 60] {
         let report = s.cycle_at(m).await;
         let failed: Vec<&str> = report.failed_queries.iter().map(|(q, _)| q.as_str()).collect();
-        assert_eq!(failed, ["addreality_device_online{platform_id=\"42\"}"], "{report:?}");
+        let freshness = "addreality_platform_last_success_timestamp_seconds";
+        assert_eq!(
+            failed,
+            ["addreality_device_online{platform_id=\"42\"}", freshness],
+            "{report:?}"
+        );
         assert_eq!((report.unknown, report.transitions, report.actions_due), (2, 0, 0));
         assert_eq!(s.pending_of("offline", &d1), pending(15, 5), "at {m} min");
         assert_eq!(firing_of(&s.state("offline", &d2)), (1, 1), "at {m} min");

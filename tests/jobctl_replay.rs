@@ -302,18 +302,19 @@ async fn a_range_longer_than_a_query_may_ask_is_fetched_in_chunks_with_the_same_
     let chunked =
         replay::replay(&rules, job, prometheus.client(), range, small, Vec::new()).await.unwrap();
     // 2881 steps: 60, then as many as the options allow (11,000 or 100).
-    assert_eq!((whole.requests, chunked.requests), (2, 30));
+    // Each request asks the job's query and the exporters' freshness.
+    assert_eq!((whole.requests, chunked.requests), (4, 60));
     assert_eq!(whole.devices, chunked.devices);
     assert_eq!(chunked.devices[0].episodes.len(), 3);
     assert_eq!((whole.devices_seen, whole.unknown_evaluations), (2, 1));
     // Chunks bounded by memory rather than by Prometheus: 50 points in
     // all, so 25 steps per request while both devices answer, and 50 for
     // the one after a chunk in which only Lobby did (Hall's gap at 20:00):
-    // 60 + 25 × 112 + 50 > 2881 in 1 + 112 requests.
+    // 60 + 25 × 112 + 50 > 2881 in 1 + 112 chunks, of 2 requests each.
     let tight = ReplayOptions { points_per_chunk: 50, ..ReplayOptions::default() };
     let bounded =
         replay::replay(&rules, job, prometheus.client(), range, tight, Vec::new()).await.unwrap();
-    assert_eq!(bounded.requests, 113);
+    assert_eq!(bounded.requests, 2 * 113);
     assert_eq!(bounded.devices, whole.devices);
 }
 

@@ -239,7 +239,8 @@ async fn a_device_offline_past_for_gets_exactly_one_sms() {
     let mut scenario = Scenario::start(&[&exporter.url, &other.url]).await;
 
     let report = scenario.cycle_at(0).await;
-    assert_eq!((report.queries, report.failed_queries.len(), report.unknown), (2, 0, 0));
+    // The job's selector, its guard, and the exporters' freshness.
+    assert_eq!((report.queries, report.failed_queries.len(), report.unknown), (3, 0, 0));
     assert_eq!(report.evaluations, 2, "platform 12's two players; 13's is not the job's");
     assert_eq!(scenario.phase("1"), PhaseName::Inactive);
     assert_eq!(other.scrapes(), 1, "one scrape of each target per cycle");
@@ -308,7 +309,7 @@ async fn a_target_that_stops_answering_gives_unknown_and_no_sms() {
     // query fails, as when Prometheus is down.
     other.set(200, "addreality_platform_up{platform_id=\"13\"} 1\nbroken{ 1\n");
     let report = scenario.cycle_at(21).await;
-    assert_eq!(report.failed_queries.len(), 2, "{report:?}");
+    assert_eq!(report.failed_queries.len(), 3, "{report:?}");
     assert!(scenario.sent().is_empty());
     let log = logs.take();
     let expected = format!(

@@ -101,7 +101,7 @@ use crate::clock::Clock;
 use crate::error::with_causes;
 use crate::journal::{Journal, JournalError};
 use crate::prometheus_api::{InstantAnswer, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation, Plan, Quick};
+use crate::rules::condition::{with_freshness, Answers, Index, JobEvaluation, Plan, Quick};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, JobState};
 use crate::rules::{DeviceVerdict, Job, RuleSet};
@@ -300,7 +300,7 @@ impl Engine {
         }
         let by_job = by_job.into_iter().map(|(job, saved)| (job, JobStates::loaded(saved)));
         let mut engine = Engine {
-            queries: rules.queries(),
+            queries: with_freshness(rules.queries()),
             answer_bytes: HashMap::new(),
             plan: Arc::new(plan_of(&rules)),
             rules: Arc::new(rules),
@@ -370,7 +370,7 @@ impl Engine {
     pub fn replace_rules(&mut self, rules: RuleSet) {
         self.outbox.set_budgets(rules.budgets);
         self.outbox.set_webhooks(&rules);
-        self.queries = rules.queries();
+        self.queries = with_freshness(rules.queries());
         let queries: HashSet<&String> = self.queries.iter().collect();
         self.answer_bytes.retain(|query, _| queries.contains(query));
         self.plan = Arc::new(plan_of(&rules));
@@ -524,7 +524,7 @@ impl Engine {
                     jobs.iter().flat_map(|&job| self.rules.jobs[job].queries()).collect();
                 queries.sort();
                 queries.dedup();
-                queries
+                with_freshness(queries)
             }
         };
         report.queries = queries.len();

@@ -35,7 +35,9 @@ use super::states::DeviceEvent;
 use super::{CycleReport, Engine};
 use crate::error::with_causes;
 use crate::prometheus_api::{Label, PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation, Plan};
+use crate::rules::condition::{
+    with_freshness, Answers, Index, JobEvaluation, Plan, FRESHNESS_QUERY,
+};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{JobState, PhaseName};
 use crate::rules::{Job, RuleSet, Verdict};
@@ -105,9 +107,11 @@ impl History {
         self.queries.iter().map(|(_, series)| series.len()).sum()
     }
 
-    /// Whether any query returned any point.
+    /// Whether any query returned any point (the exporters' freshness
+    /// aside: it says nothing of a job's devices).
     pub(super) fn has_points(&self) -> bool {
-        self.queries.iter().any(|(_, series)| series.iter().any(|s| !s.points.is_empty()))
+        let jobs = self.queries.iter().filter(|(query, _)| query != FRESHNESS_QUERY);
+        jobs.into_iter().any(|(_, series)| series.iter().any(|s| !s.points.is_empty()))
     }
 
     /// Fills `answers` (reset first) with every query's answer at `at`: the
@@ -277,6 +281,7 @@ impl Engine {
                 group.iter().flat_map(|newly| rules.jobs[newly.job].queries()).collect();
             queries.sort_unstable();
             queries.dedup();
+            let queries = with_freshness(queries);
             let querying = std::time::Instant::now();
             let fetched = History::fetch(&prometheus, &queries, from, to, step).await;
             report.onset_queries += queries.len();
@@ -398,6 +403,49 @@ mod tests {
             (wanted[3], at(500)),
         ];
         assert_eq!(found, [expected], "device 5 not true at the end, device 6 never seen");
+    }
+
+    #[test]
+    fn with_a_pair_of_exporters_the_onset_follows_the_freshest() {
+        let rules = rules();
+        let job = &rules.jobs[0];
+        let (up, down) = (Some(1.0), Some(0.0));
+        let every_step = |labels: Vec<Label<'static>>, value: f64| HistorySeries {
+            labels,
+            points: (0..6).map(|step| (at(step * 100).as_millisecond(), value)).collect(),
+            next: 0,
+        };
+        let exporter = |instance: &str, values: &[Option<f64>]| {
+            let mut series = series("1", values);
+            series.labels.extend(labels(&[("instance", instance)]));
+            series
+        };
+        let polled = |instance: &str, at: f64| {
+            every_step(labels(&[("instance", instance), ("platform_id", "12")]), at)
+        };
+        let mut history = History {
+            queries: vec![
+                (
+                    job.queries()[0].clone(),
+                    vec![
+                        // The fresh exporter sees the device go at step 2;
+                        exporter("a:9747", &[up, up, down, down, down, down]),
+                        // the stale one still says it is there.
+                        exporter("b:9747", &[up, up, up, up, up, up]),
+                    ],
+                ),
+                (job.queries()[1].clone(), vec![every_step(labels(&[("platform_id", "12")]), 1.0)]),
+                (
+                    FRESHNESS_QUERY.to_string(),
+                    vec![polled("a:9747", 1_700_000_000.0), polled("b:9747", 1_699_990_000.0)],
+                ),
+            ],
+        };
+        let mut devices = DeviceTable::default();
+        let wanted = [devices.intern_text("{platform_id=\"12\", device_id=\"1\"}")];
+        let steps = steps(at(0), at(500), Duration::from_millis(100));
+        let found = onsets(&rules, &[(job, &wanted[..])], &mut history, &steps, &mut devices);
+        assert_eq!(found, [vec![(wanted[0], at(200))]]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use super::silences::Silences;
 use super::states::{advance_job, JobStates};
 use crate::journal::Silence;
 use crate::prometheus_api::{PromClient, PromError};
-use crate::rules::condition::{Answers, Index, JobEvaluation, Plan};
+use crate::rules::condition::{with_freshness, Answers, Index, JobEvaluation, Plan};
 use crate::rules::device::{DeviceId, DeviceTable};
 use crate::rules::state::{self, ActionDue, Concluded, JobState, PhaseName};
 use crate::rules::{Budgets, Job, Outgoing, Recipient, RuleSet};
@@ -365,7 +365,7 @@ pub async fn replay(
     options: ReplayOptions,
     silences: Vec<Silence>,
 ) -> Result<Replay, ReplayError> {
-    let queries = job.queries();
+    let queries = with_freshness(job.queries());
     let max_steps = options.max_steps_per_query.clamp(1, PROMETHEUS_MAX_POINTS);
     let mut simulation = Simulation::new(rules, job, silences);
     let mut chunk_steps = FIRST_CHUNK_STEPS.min(max_steps);
@@ -389,7 +389,7 @@ pub async fn replay(
         chunk_steps = (options.points_per_chunk / series.max(1)).clamp(1, max_steps);
     }
     if !any_sample {
-        let quoted: Vec<String> = queries.iter().map(|q| format!("{q:?}")).collect();
+        let quoted: Vec<String> = job.queries().iter().map(|q| format!("{q:?}")).collect();
         return Err(ReplayError::NoData {
             queries: quoted.join(", "),
             start: range.start,

@@ -42,6 +42,7 @@ use crate::config_file::{ConfigError, ConfigErrors};
 use crate::engine::Source;
 use crate::exit::Exit;
 use crate::prometheus_api::{check_syntax, Parsed, PromClient, PromError};
+use crate::rules::condition::{with_freshness, FRESHNESS_QUERY};
 use crate::rules::{Action, DeviceKey, Job, RuleSet, Sample};
 use crate::secret::SecretSource;
 
@@ -156,7 +157,10 @@ pub(super) async fn run(config: &Path, args: CheckArgs) -> Result<Exit, Error> {
     );
     for job in &rules.jobs {
         crate::exit::outln!("\n{job}");
-        if let Some(found) = powered.get(&job.name) {
+        if let Some(targets) = powered.get(&job.name).and_then(Powered::several_targets) {
+            crate::exit::outln!("  targets:  {targets}");
+        }
+        if let Some(found) = powered.get(&job.name).filter(|found| found.commands) {
             let without = found.unpowered.len();
             if job.only_powered {
                 crate::exit::outln!(
@@ -243,13 +247,37 @@ fn not_promql(job: &Job, query: &str, why: &str, more: &str) -> ConfigError {
 
 /// What Prometheus says now of one job's devices and their sockets.
 struct Powered {
+    /// Whether the job's action is a socket command (else `unpowered` is
+    /// empty and says nothing).
+    commands: bool,
     /// Devices in the job's answers, before `only_powered`.
     total: usize,
     /// Those no socket powers, in key order.
     unpowered: Vec<DeviceKey>,
+    /// Devices several targets serve (an HA pair of exporters).
+    several_targets: usize,
+    /// Of those, the devices whose targets' data differ in age now.
+    freshest_chosen: usize,
 }
 
 impl Powered {
+    /// When some devices come from several targets: how many, and which
+    /// of their series count.
+    fn several_targets(&self) -> Option<String> {
+        if self.several_targets == 0 {
+            return None;
+        }
+        let now = match self.freshest_chosen {
+            0 => "now none: their targets polled at the same time, or did not say when, so their series must all agree".to_string(),
+            told => format!("now {told} told apart that way"),
+        };
+        Some(format!(
+            "{} of {} come from more than one target (exporters in pairs); the freshest sample wins: of a device's series, only those of the target whose last successful poll ({FRESHNESS_QUERY}) is newest count ({now})",
+            self.several_targets,
+            count(self.total, "device", "devices"),
+        ))
+    }
+
     /// `12 of 40 devices this job watches have no socket (first: …)`.
     fn no_socket(&self) -> String {
         const SHOWN: usize = 3;
@@ -268,12 +296,12 @@ impl Powered {
     }
 }
 
-/// For each enabled job whose action is a socket command and whose queries
-/// all answer now: its devices, and those no socket powers. Each distinct
-/// query is sent once.
+/// For each enabled job whose queries all answer now: its devices, those
+/// several targets serve, and (for a socket command) those no socket
+/// powers. Each distinct query is sent once.
 async fn powered_devices(rules: &RuleSet, reader: &Reader) -> HashMap<String, Powered> {
     let mut answers: HashMap<String, Vec<Sample>> = HashMap::new();
-    for query in rules.queries() {
+    for query in with_freshness(rules.queries()) {
         if let Ok(samples) = reader.query(&query).await {
             answers.insert(query, samples);
         }
@@ -281,17 +309,24 @@ async fn powered_devices(rules: &RuleSet, reader: &Reader) -> HashMap<String, Po
     let mut found = HashMap::new();
     for job in rules.jobs.iter().filter(|j| j.enabled) {
         let commands = matches!(job.action, Action::Command { .. });
-        if !commands || job.queries().iter().any(|q| !answers.contains_key(q)) {
+        if job.queries().iter().any(|q| !answers.contains_key(q)) {
             continue;
         }
         let evaluation = job.evaluate(&answers, &rules.device_key);
         let unpowered: Vec<DeviceKey> = evaluation
             .devices
             .keys()
-            .filter(|key| rules.socket_for(key).is_none())
+            .filter(|key| commands && rules.socket_for(key).is_none())
             .cloned()
             .collect();
-        found.insert(job.name.clone(), Powered { total: evaluation.devices.len(), unpowered });
+        let powered = Powered {
+            commands,
+            total: evaluation.devices.len(),
+            unpowered,
+            several_targets: evaluation.several_targets,
+            freshest_chosen: evaluation.freshest_chosen,
+        };
+        found.insert(job.name.clone(), powered);
     }
     found
 }

@@ -55,7 +55,9 @@ use crate::engine::{
 };
 use crate::exit::{outln, Exit};
 use crate::journal::{Journal, JournalError, MassOutageRecord, Silence};
-use crate::rules::condition::{evaluate, Condition, DeviceVerdict, Term, UnknownReason};
+use crate::rules::condition::{
+    evaluate, Condition, DeviceVerdict, Term, UnknownReason, FRESHNESS_QUERY,
+};
 use crate::rules::device::{is_label_name, DeviceKey};
 use crate::rules::state::{self, ActionHeld, JobState, Phase, SilenceHold, Step};
 use crate::rules::{ActionError, Job, Recipient, RuleSet, Sample, Verdict};
@@ -94,6 +96,17 @@ struct GuardRow {
     query: String,
     /// `holds`, `does not hold`, `no answer`, or `not checked`.
     result: String,
+}
+
+/// The device's series from several targets, and which counted.
+#[derive(Debug, Serialize)]
+struct TargetsRow {
+    /// The most series of the device in one term's answer.
+    series: usize,
+    /// The `instance` whose series counted, when only the freshest
+    /// target's did; `None` when nothing told their ages apart, so that
+    /// all of them counted.
+    freshest: Option<String>,
 }
 
 /// The saved state, as the daemon left it.
@@ -163,6 +176,9 @@ struct Explanation {
     combine: &'static str,
     terms: Vec<TermRow>,
     guards: Vec<GuardRow>,
+    /// When several targets serve the device (exporters in pairs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targets: Option<TargetsRow>,
     verdict: String,
     state: StateRow,
     socket: Option<String>,
@@ -200,6 +216,11 @@ pub(super) async fn run(config: &Path, args: ExplainArgs) -> Result<Exit, Error>
             }
             Err(err) => failures.push((query, err)),
         }
+    }
+    // Which target's series count when several serve the device; without
+    // it, they must all agree, as in a cycle whose freshness query failed.
+    if let Ok(samples) = reader.query(FRESHNESS_QUERY).await {
+        answers.insert(FRESHNESS_QUERY.to_string(), samples);
     }
     let now = Timestamp::now();
     let journal = match Journal::open_read_only(&rules.journal.path) {
@@ -445,6 +466,12 @@ fn explain(
         },
         terms,
         guards,
+        targets: verdict.several_targets.map(|several| TargetsRow {
+            series: several.series,
+            freshest: several
+                .freshest_chosen
+                .then(|| verdict.labels.get("instance").cloned().unwrap_or_default()),
+        }),
         verdict: match &verdict.unknown_because {
             Some(why) => format!("{} ({why})", verdict.verdict),
             None => verdict.verdict.to_string(),
@@ -673,6 +700,19 @@ fn render(e: &Explanation) -> String {
     }
     for guard in &e.guards {
         let _ = writeln!(out, "  guard {}: {}", guard.guard, guard.result);
+    }
+    if let Some(targets) = &e.targets {
+        let counted = match &targets.freshest {
+            Some(instance) => format!(
+                "the freshest sample wins: only instance {instance:?}'s count, its last successful poll being the newest"
+            ),
+            None => "nothing tells their ages apart, so all of them count and must agree".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  targets:   {} series from several targets (exporters in pairs); {counted}",
+            targets.series
+        );
     }
     let _ = writeln!(out, "  verdict:   {}", e.verdict);
     let s = &e.state;

@@ -15,6 +15,7 @@ use super::error::Error;
 use super::{count, load_rules, manual_outbox, Reader};
 use crate::exit::Exit;
 use crate::journal::{Journal, JournalError};
+use crate::rules::condition::FRESHNESS_QUERY;
 use crate::rules::state::{JobState, Phase};
 use crate::rules::{Outgoing, Sample, Verdict};
 
@@ -57,6 +58,11 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
                 crate::exit::outln!("query {query:?} failed: {err}");
             }
         }
+    }
+    // Which target's series count when several serve a device; without
+    // it, they must all agree, as in a cycle whose freshness query failed.
+    if let Ok(samples) = reader.query(FRESHNESS_QUERY).await {
+        answers.insert(FRESHNESS_QUERY.to_string(), samples);
     }
     let mut evaluation = job.evaluate(&answers, &rules.device_key);
     let before = evaluation.devices.len();

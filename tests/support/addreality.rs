@@ -44,6 +44,19 @@ impl SimulatedApi {
         SimulatedApi { simulator, url, _stop: stop, runtime: None }
     }
 
+    /// Serves the same simulator (the same accounts and devices) at another
+    /// URL too, until the returned sender is dropped: for a second exporter
+    /// whose connection to the API a test cuts on its own.
+    pub(crate) async fn serve_again(&self) -> (String, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let url = Simulator::device_list_url(listener.local_addr().expect("a bound address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(self.simulator.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        (url, stop)
+    }
+
     /// The same on a runtime of its own, for a test that blocks its thread
     /// waiting on a child process.
     pub(crate) fn start_on_own_runtime(token: &str, devices: Vec<Value>) -> SimulatedApi {

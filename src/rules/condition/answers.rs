@@ -1,6 +1,7 @@
 //! One cycle's answers, stored once for every job: [`Answers`], and the
 //! [`Index`] of what jobs derive from them (a [`View`] per query and device
-//! matchers, a [`GuardIndex`] per guard).
+//! matchers, a [`GuardIndex`] per guard, and the exporters' [`Freshness`]
+//! that a view applies to a device several targets serve).
 //!
 //! The evaluation ([`super::evaluation`]) reads answers only through these.
 
@@ -10,6 +11,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
+use super::freshness::{self, FRESHNESS_QUERY};
 use super::plan::{JobPlan, Plan};
 use super::term::Guard;
 use crate::prometheus_api::Label;
@@ -266,7 +268,9 @@ impl Answers {
 }
 
 /// The series of one answer that a job's device matchers select, grouped
-/// by device in [`DeviceId`] order, each device's in answer order.
+/// by device in [`DeviceId`] order, each device's in answer order; of a
+/// device served by several targets, only the freshest target's series
+/// ([`Freshness`]).
 pub(super) struct View {
     /// Each device and the end of its run in `series` (a run starts where
     /// the previous one ends).
@@ -275,10 +279,23 @@ pub(super) struct View {
     series: Vec<u32>,
     /// Selected series that lack a device-key label.
     pub(super) unkeyed: usize,
+    /// Devices with more than one series (served by several targets).
+    pub(super) several_targets: usize,
+    /// Of those, the devices whose series disagreed in freshness, so that
+    /// only the freshest target's count ([`Freshness`]).
+    pub(super) freshest_chosen: usize,
+    /// Each device with more than one series, in device order: how many
+    /// it had, and whether only the freshest target's were kept.
+    several: Vec<(DeviceId, u32, bool)>,
 }
 
 impl View {
-    fn build(answers: &Answers, answer: &Answer, matchers: &LabelMatchers) -> View {
+    fn build(
+        answers: &Answers,
+        answer: &Answer,
+        matchers: &LabelMatchers,
+        freshness: &Freshness,
+    ) -> View {
         // A matcher whose name or value no series has selects nothing.
         let wanted: Option<Vec<(StrId, StrId)>> = matchers
             .iter()
@@ -301,19 +318,45 @@ impl View {
         // Stable: a device's series stay in answer order.
         selected.sort_by_key(|&(device, _)| device);
         let mut devices: Vec<(DeviceId, u32)> = Vec::new();
-        for (end, &(device, _)) in selected.iter().enumerate() {
-            match devices.last_mut() {
-                Some((last, run_end)) if *last == device => *run_end = end as u32 + 1,
-                _ => devices.push((device, end as u32 + 1)),
+        let mut series: Vec<u32> = Vec::with_capacity(selected.len());
+        let (mut several_targets, mut freshest_chosen) = (0, 0);
+        let mut several = Vec::new();
+        let mut start = 0;
+        while start < selected.len() {
+            let device = selected[start].0;
+            let mut end = start + 1;
+            while end < selected.len() && selected[end].0 == device {
+                end += 1;
             }
+            if end - start == 1 {
+                series.push(selected[start].1);
+            } else {
+                // Rare: the same device from several targets (an HA pair
+                // of exporters); only the freshest counts.
+                several_targets += 1;
+                let run: Vec<u32> = selected[start..end].iter().map(|&(_, s)| s).collect();
+                let chosen = freshness.keep_freshest(answers, answer, &run, &mut series);
+                freshest_chosen += usize::from(chosen);
+                several.push((device, run.len() as u32, chosen));
+            }
+            devices.push((device, series.len() as u32));
+            start = end;
         }
-        View { devices, series: selected.into_iter().map(|(_, index)| index).collect(), unkeyed }
+        View { devices, series, unkeyed, several_targets, freshest_chosen, several }
     }
 
     /// The run of `devices[at]`.
     pub(super) fn run(&self, at: usize) -> &[u32] {
         let start = if at == 0 { 0 } else { self.devices[at - 1].1 as usize };
         &self.series[start..self.devices[at].1 as usize]
+    }
+
+    /// When a device had more than one series: how many, and whether only
+    /// the freshest target's count.
+    pub(super) fn several_of(&self, device: DeviceId) -> Option<(usize, bool)> {
+        let at = self.several.binary_search_by_key(&device, |&(d, _, _)| d).ok()?;
+        let (_, series, chosen) = self.several[at];
+        Some((series as usize, chosen))
     }
 
     /// A device's run; empty when it has none.
@@ -394,6 +437,102 @@ impl GuardIndex {
     }
 }
 
+/// One cycle's [`FRESHNESS_QUERY`] answer, indexed for joining: the
+/// freshness series grouped by their label names, each group's times by
+/// their label values.
+#[derive(Default)]
+struct Freshness {
+    groups: Vec<FreshnessGroup>,
+}
+
+/// The freshness series that carry the same label names.
+struct FreshnessGroup {
+    /// The label names (`__name__` aside), in the series' order.
+    names: Vec<StrId>,
+    /// The newest time for each tuple of those labels' values.
+    times: HashMap<Vec<StrId>, f64, RandomState>,
+}
+
+impl Freshness {
+    /// The index of this cycle's freshness answer; empty when the query
+    /// failed or was not asked.
+    fn new(answers: &Answers) -> Freshness {
+        let mut freshness = Freshness::default();
+        let Some(answer) = answers.answer(FRESHNESS_QUERY) else { return freshness };
+        let metric_name = answers.find("__name__");
+        for series in &answer.series {
+            if series.value.is_nan() {
+                continue;
+            }
+            let labels = answers.labels(series);
+            let names: Vec<StrId> = labels
+                .iter()
+                .map(|&(name, _)| name)
+                .filter(|&name| Some(name) != metric_name)
+                .collect();
+            let values: Vec<StrId> = labels
+                .iter()
+                .filter(|&&(name, _)| Some(name) != metric_name)
+                .map(|&(_, value)| value)
+                .collect();
+            let at = match freshness.groups.iter().position(|g| g.names == names) {
+                Some(at) => at,
+                None => {
+                    freshness.groups.push(FreshnessGroup { names, times: HashMap::default() });
+                    freshness.groups.len() - 1
+                }
+            };
+            let time = freshness.groups[at].times.entry(values).or_insert(series.value);
+            *time = time.max(series.value);
+        }
+        freshness
+    }
+
+    /// The time of the newest poll behind a series with these labels;
+    /// `None` when no freshness series joins it.
+    fn of(&self, labels: &[(StrId, StrId)], tuple: &mut Vec<StrId>) -> Option<f64> {
+        let mut newest: Option<f64> = None;
+        for group in &self.groups {
+            tuple.clear();
+            for name in &group.names {
+                match labels.iter().find(|(n, _)| n == name) {
+                    Some(&(_, value)) => tuple.push(value),
+                    None => break,
+                }
+            }
+            if tuple.len() < group.names.len() {
+                continue;
+            }
+            if let Some(&time) = group.times.get(tuple.as_slice()) {
+                newest = Some(newest.map_or(time, |n| n.max(time)));
+            }
+        }
+        newest
+    }
+
+    /// Appends to `kept` those of one device's series (`run`: indices into
+    /// `answer`, more than one) that count ([`freshness::keep_freshest`]).
+    /// Returns whether some were left out.
+    fn keep_freshest(
+        &self,
+        answers: &Answers,
+        answer: &Answer,
+        run: &[u32],
+        kept: &mut Vec<u32>,
+    ) -> bool {
+        if self.groups.is_empty() {
+            kept.extend_from_slice(run);
+            return false;
+        }
+        let mut tuple = Vec::new();
+        let times: Vec<Option<f64>> = run
+            .iter()
+            .map(|&s| self.of(answers.labels(&answer.series[s as usize]), &mut tuple))
+            .collect();
+        freshness::keep_freshest(run, &times, kept)
+    }
+}
+
 /// One cycle's [`Answers`] with what jobs derive from them, computed once
 /// for every job that needs it: a [`View`] per query and device matchers, a
 /// [`GuardIndex`] per guard, found by the numbers the [`Plan`] gave them.
@@ -404,6 +543,8 @@ pub(crate) struct Index<'a> {
     views: Vec<Option<Arc<View>>>,
     /// By guard number: built the first time a job needs it.
     guards: Vec<Option<GuardIndex>>,
+    /// How fresh each target's data is, for devices several targets serve.
+    freshness: Freshness,
 }
 
 impl<'a> Index<'a> {
@@ -411,7 +552,7 @@ impl<'a> Index<'a> {
     pub(crate) fn new(answers: &'a Answers, plan: &'a Plan) -> Index<'a> {
         let views = std::iter::repeat_with(|| None).take(plan.views.len()).collect();
         let guards = std::iter::repeat_with(|| None).take(plan.guards.len()).collect();
-        Index { answers, plan, views, guards }
+        Index { answers, plan, views, guards, freshness: Freshness::new(answers) }
     }
 
     /// The answers indexed.
@@ -429,8 +570,9 @@ impl<'a> Index<'a> {
         let answers = self.answers;
         let (query, matchers) = &self.plan.views[view];
         let answer = answers.answer(query)?;
+        let freshness = &self.freshness;
         let built = self.views[view]
-            .get_or_insert_with(|| Arc::new(View::build(answers, answer, matchers)))
+            .get_or_insert_with(|| Arc::new(View::build(answers, answer, matchers, freshness)))
             .clone();
         Some((answer, built))
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::answers::{Answer, Answers, GuardIndex, Index, Series, StrId, View};
+use super::freshness::FRESHNESS_QUERY;
 use super::plan::Plan;
 use super::term::{Condition, Guard, Term, Verdict};
 use crate::prometheus_api::{Label, Sample};
@@ -73,6 +74,20 @@ pub struct DeviceVerdict {
     pub(crate) values: Vec<SeenValue>,
     /// The union of the labels of those series, for SMS templates.
     pub(crate) labels: BTreeMap<String, String>,
+    /// When several targets serve the device (a term's answer has more
+    /// than one of its series).
+    pub(crate) several_targets: Option<SeveralTargets>,
+}
+
+/// A device with several series in a term's answer, as [`DeviceVerdict`]
+/// tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeveralTargets {
+    /// The most series of the device in one term's answer.
+    pub(crate) series: usize,
+    /// Whether only the freshest target's series counted (else all did,
+    /// nothing telling them apart).
+    pub(crate) freshest_chosen: bool,
 }
 
 /// A job's verdicts for one cycle.
@@ -86,6 +101,12 @@ pub struct Evaluation {
     pub(crate) absent: DeviceVerdict,
     /// Series ignored because they lack a device-key label.
     pub(crate) unkeyed_series: usize,
+    /// Devices with more than one series in a term's answer (served by
+    /// several targets, such as a pair of exporters).
+    pub(crate) several_targets: usize,
+    /// Of those, the devices whose targets' data differed in age, so that
+    /// only the freshest target's series counted.
+    pub(crate) freshest_chosen: usize,
 }
 
 impl Evaluation {
@@ -197,6 +218,12 @@ pub(crate) struct JobEvaluation<'a> {
     pub(crate) absent: Quick,
     /// Series ignored because they lack a device-key label.
     pub(crate) unkeyed_series: usize,
+    /// Devices with several series in a term's answer (the most of any
+    /// term).
+    pub(crate) several_targets: usize,
+    /// Of those, the devices of which only the freshest target's series
+    /// counted (the most of any term).
+    pub(crate) freshest_chosen: usize,
 }
 
 impl<'a> JobEvaluation<'a> {
@@ -222,6 +249,18 @@ impl<'a> JobEvaluation<'a> {
             guards,
             answers,
             unkeyed_series: terms.iter().filter_map(|t| t.read.as_ref()).map(|r| r.1.unkeyed).sum(),
+            several_targets: terms
+                .iter()
+                .filter_map(|t| t.read.as_ref())
+                .map(|r| r.1.several_targets)
+                .max()
+                .unwrap_or(0),
+            freshest_chosen: terms
+                .iter()
+                .filter_map(|t| t.read.as_ref())
+                .map(|r| r.1.freshest_chosen)
+                .max()
+                .unwrap_or(0),
             terms,
             devices: Vec::new(),
             absent: Quick { verdict: Verdict::Unknown, why: None, valued: false },
@@ -415,6 +454,7 @@ impl<'a> JobEvaluation<'a> {
                 unknown_because: self.absent.why.map(|why| self.reason(why)),
                 values: Vec::new(),
                 labels: BTreeMap::new(),
+                several_targets: None,
             };
         };
         let quick = match self.devices.binary_search_by_key(&device, |d| d.0) {
@@ -440,11 +480,18 @@ impl<'a> JobEvaluation<'a> {
                 }
             }
         }
+        let several = self.terms.iter().filter_map(|term| term.read.as_ref()?.1.several_of(device));
+        let several_targets =
+            several.fold(None, |found: Option<SeveralTargets>, (series, chosen)| {
+                let (most, any) = found.map_or((0, false), |f| (f.series, f.freshest_chosen));
+                Some(SeveralTargets { series: most.max(series), freshest_chosen: any || chosen })
+            });
         DeviceVerdict {
             verdict: quick.verdict,
             unknown_because: quick.why.map(|why| self.reason(why)),
             values,
             labels,
+            several_targets,
         }
     }
 
@@ -479,7 +526,9 @@ pub(crate) fn evaluate(
     let mut table = DeviceTable::default();
     let mut answers = Answers::new(key_labels);
     let queries = condition.terms().iter().map(|t| t.query(devices));
-    for query in queries.chain(guards.iter().map(|g| g.expr.trim().to_string())) {
+    let guards_queries = guards.iter().map(|g| g.expr.trim().to_string());
+    let freshness = std::iter::once(FRESHNESS_QUERY.to_string());
+    for query in queries.chain(guards_queries).chain(freshness) {
         if answers.answer(&query).is_some() {
             continue;
         }
@@ -512,6 +561,8 @@ pub(crate) fn evaluate(
             .collect(),
         absent: evaluation.device_verdict(None),
         unkeyed_series: evaluation.unkeyed_series,
+        several_targets: evaluation.several_targets,
+        freshest_chosen: evaluation.freshest_chosen,
     }
 }
 
@@ -606,6 +657,99 @@ mod tests {
             &DeviceKeyLabels::default(),
         );
         assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::False);
+    }
+
+    /// The series of an HA pair of exporters: `online` for device a of
+    /// platform 1 from each, and each exporter's last successful poll.
+    fn pair(stale: (&str, f64), fresh: (&str, f64)) -> HashMap<String, Vec<Sample>> {
+        let series = |instance: &str, value: f64| {
+            let labels = [
+                ("platform_id", "1"),
+                ("device_id", "a"),
+                ("instance", instance),
+                ("job", "addreality"),
+            ];
+            sample(&labels, value)
+        };
+        let polled = |instance: &str, at: f64| {
+            let labels = [
+                ("__name__", FRESHNESS_QUERY),
+                ("platform_id", "1"),
+                ("instance", instance),
+                ("job", "addreality"),
+            ];
+            sample(&labels, at)
+        };
+        let mut results = HashMap::new();
+        results
+            .insert("online".to_string(), vec![series(stale.0, stale.1), series(fresh.0, fresh.1)]);
+        results.insert(
+            FRESHNESS_QUERY.to_string(),
+            vec![polled(stale.0, 1_000.0), polled(fresh.0, 1_600.5)],
+        );
+        results
+    }
+
+    #[test]
+    fn the_freshest_target_wins_when_a_pair_of_exporters_disagree() {
+        let condition = Condition::Single(online(0.0));
+        let spec = DeviceKeyLabels::default();
+        let none = LabelMatchers::default();
+        // The stale exporter still says online, the fresh one offline: the
+        // device is offline (before: false, as not every series said 0).
+        for (stale, fresh) in [("x:1", "y:2"), ("y:2", "x:1")] {
+            let results = pair((stale, 1.0), (fresh, 0.0));
+            let eval = evaluate(&condition, &none, &[], &results, &spec);
+            let a = eval.get(&key("1", "a"));
+            assert_eq!(a.verdict, Verdict::True, "{stale} stale");
+            assert_eq!(a.values, [SeenValue { query: "online".into(), value: 0.0 }]);
+            assert_eq!(a.labels["instance"], fresh, "the labels are the fresh target's");
+            let several = SeveralTargets { series: 2, freshest_chosen: true };
+            assert_eq!(a.several_targets, Some(several));
+            assert_eq!((eval.several_targets, eval.freshest_chosen), (1, 1));
+        }
+        // The stale one says offline, the fresh one online: not offline.
+        let eval = evaluate(&condition, &none, &[], &pair(("x:1", 0.0), ("y:2", 1.0)), &spec);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::False);
+        // The fresh one has no value: unknown, whatever the stale one says.
+        let results = pair(("x:1", 0.0), ("y:2", f64::NAN));
+        let eval = evaluate(&condition, &none, &[], &results, &spec);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn without_freshness_several_series_must_all_agree() {
+        let condition = Condition::Single(online(0.0));
+        let spec = DeviceKeyLabels::default();
+        let none = LabelMatchers::default();
+        // The freshness query failed: nothing tells the two apart.
+        let mut results = pair(("x:1", 1.0), ("y:2", 0.0));
+        results.remove(FRESHNESS_QUERY);
+        let eval = evaluate(&condition, &none, &[], &results, &spec);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::False);
+        assert_eq!((eval.several_targets, eval.freshest_chosen), (1, 0));
+        // Polled at the same time: the same.
+        let mut results = pair(("x:1", 1.0), ("y:2", 0.0));
+        results.get_mut(FRESHNESS_QUERY).unwrap()[1].value = 1_000.0;
+        let eval = evaluate(&condition, &none, &[], &results, &spec);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::False);
+        // Both agree: one device, true.
+        let eval = evaluate(&condition, &none, &[], &pair(("x:1", 0.0), ("y:2", 0.0)), &spec);
+        assert_eq!(eval.devices.len(), 1);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::True);
+    }
+
+    #[test]
+    fn a_series_no_freshness_joins_is_older_than_one_it_joins() {
+        let condition = Condition::Single(online(0.0));
+        let mut results = pair(("x:1", 1.0), ("y:2", 0.0));
+        // x's freshness series is for another platform: x is not dated.
+        results.get_mut(FRESHNESS_QUERY).unwrap()[0]
+            .labels
+            .insert("platform_id".into(), "2".into());
+        let spec = DeviceKeyLabels::default();
+        let eval = evaluate(&condition, &LabelMatchers::default(), &[], &results, &spec);
+        assert_eq!(eval.get(&key("1", "a")).verdict, Verdict::True);
     }
 
     #[test]
@@ -851,22 +995,31 @@ mod tests {
                     None
                 };
 
-            let finish =
-                |outcome: TermOutcome, guard: Option<UnknownReason>, values, labels| match guard {
-                    Some(reason) => DeviceVerdict {
-                        verdict: Verdict::Unknown,
-                        unknown_because: Some(reason),
-                        values,
-                        labels,
-                    },
-                    None => DeviceVerdict {
-                        verdict: outcome.verdict,
-                        unknown_because: outcome.reason,
-                        values,
-                        labels,
-                    },
-                };
+            let finish = |outcome: TermOutcome,
+                          guard: Option<UnknownReason>,
+                          values,
+                          labels,
+                          several_targets| match guard {
+                Some(reason) => DeviceVerdict {
+                    verdict: Verdict::Unknown,
+                    unknown_because: Some(reason),
+                    values,
+                    labels,
+                    several_targets,
+                },
+                None => DeviceVerdict {
+                    verdict: outcome.verdict,
+                    unknown_because: outcome.reason,
+                    values,
+                    labels,
+                    several_targets,
+                },
+            };
 
+            let several_targets = (0..terms.len())
+                .map(|i| by_device.values().filter(|seen| seen.values[i].len() > 1).count())
+                .max()
+                .unwrap_or(0);
             let devices_out = by_device
                 .into_iter()
                 .map(|(key, seen)| {
@@ -874,15 +1027,25 @@ mod tests {
                         (0..terms.len()).map(|i| term_outcome(i, &seen.values[i])).collect();
                     let outcome = combine(condition, outcomes);
                     let guard = guard_failure(Some(&seen.labels));
-                    (key, finish(outcome, guard, seen.seen, seen.labels))
+                    let most = seen.values.iter().map(Vec::len).max().unwrap_or(0);
+                    let several = (most > 1)
+                        .then_some(SeveralTargets { series: most, freshest_chosen: false });
+                    (key, finish(outcome, guard, seen.seen, seen.labels, several))
                 })
                 .collect();
 
             let absent_outcome =
                 combine(condition, (0..terms.len()).map(|i| term_outcome(i, &[])).collect());
-            let absent = finish(absent_outcome, guard_failure(None), Vec::new(), BTreeMap::new());
+            let absent =
+                finish(absent_outcome, guard_failure(None), Vec::new(), BTreeMap::new(), None);
 
-            Evaluation { devices: devices_out, absent, unkeyed_series }
+            Evaluation {
+                devices: devices_out,
+                absent,
+                unkeyed_series,
+                several_targets,
+                freshest_chosen: 0,
+            }
         }
     }
 

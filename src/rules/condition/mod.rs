@@ -28,16 +28,21 @@
 //! a guard holds for every device as soon as it returns any series.
 //!
 //! A device's verdict only counts the series that carry every device-key
-//! label; when a device has several series for one comparison (scraped
-//! twice, say), the comparison is true only when all of them satisfy it.
+//! label. When a device has several series in one answer (two exporters
+//! serve its account), only those of the target that polled the account
+//! most recently count (`freshness.rs`); when nothing tells them apart, a
+//! comparison is true only when all of them satisfy it.
 //!
 //! The condition's parts ([`Condition`], [`Term`], [`Guard`], [`Verdict`])
 //! are in `term.rs`; one cycle's answers, stored and indexed once for every
-//! job, in `answers.rs`; a job's verdicts per device in `evaluation.rs`;
+//! job, in `answers.rs`; which of a device's series count when several
+//! targets serve it, in `freshness.rs`; a job's verdicts per device in
+//! `evaluation.rs`;
 //! the queries a scrape source answers without PromQL in `scrape_query.rs`.
 
 mod answers;
 mod evaluation;
+mod freshness;
 mod plan;
 mod scrape_query;
 mod term;
@@ -47,6 +52,7 @@ pub use crate::prometheus_api::Sample;
 pub(crate) use answers::{Answers, Index};
 pub(crate) use evaluation::{evaluate, JobEvaluation, Quick, UnknownReason};
 pub use evaluation::{DeviceVerdict, Evaluation};
+pub(crate) use freshness::{with_freshness, FRESHNESS_QUERY};
 pub(crate) use plan::Plan;
 pub(crate) use scrape_query::ScrapeQuery;
 pub use term::{Condition, Guard, Op, Term, Verdict};
