@@ -357,7 +357,8 @@ async fn engine_answering(body: &'static str) -> String {
 
 /// A partial answer shows the player offline, but what the missing part
 /// holds is unknown: the query counts as failed (exit 6), the device is
-/// unknown, nothing is sent, and the log says why.
+/// unknown, nothing is sent, and the log says why. (The fake answers the
+/// exporters' freshness query partially too: two queries fail.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_answer_is_a_failed_query_and_sends_nothing() {
     let engine = engine_answering(
@@ -371,9 +372,9 @@ async fn a_partial_answer_is_a_failed_query_and_sends_nothing() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (
             6,
-            "1 query (1 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
+            "2 queries (2 failed), 0 evaluations (0 unknown), 0 transitions, 0 actions due, 0 sent, 0 suppressed, 0 errors\n",
             format!(
-                " WARN 1 of 1 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": \
+                " WARN 2 of 2 Prometheus queries failed (first: \"addreality_device_online{{platform_id=\\\"12\\\"}}\": \
                  the engine at {engine}/api/v1/query answered from part of its data only (a store or storage node did not answer); \
                  the devices this query watches are unknown until it answers whole: check the engine's stores); \
                  devices that depend on them are unknown: nothing advances and nothing is sent until they answer\n"
