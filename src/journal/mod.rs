@@ -76,10 +76,12 @@
 //!   escalation per outage across restarts) and the actions they held.
 
 mod backup;
+mod db;
 mod execution;
 mod history;
 mod lock;
 mod outages;
+mod postgres;
 mod report;
 mod results;
 mod schema;
@@ -92,11 +94,15 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags, Savepoint, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::clock::{Clock, SystemClock};
+use db::Db;
 use lock::JournalLock;
 use schema::refuse_non_sqlite;
+
+pub use db::DbError;
+pub use postgres::{Location, PostgresTarget, TlsMode};
 
 pub use backup::Backup;
 pub use execution::{
@@ -116,8 +122,10 @@ pub use states::{EncodedState, JournalState};
 
 /// The journal: executions, their attempts, and job states.
 pub struct Journal {
-    connection: Connection,
-    /// The file, named in every error; `:memory:` for an in-memory journal.
+    /// The connection, to SQLite or PostgreSQL.
+    db: Db,
+    /// The file, named in every error; `:memory:` for an in-memory journal;
+    /// for PostgreSQL, its URL (which never holds a password).
     path: PathBuf,
     clock: Arc<dyn Clock>,
     /// Whether a [`Journal::batch`] is open: writes are then savepoints in
@@ -242,16 +250,16 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    /// SQLite failed.
+    /// The database (SQLite or PostgreSQL) failed.
     #[error("{path}: error while {doing}")]
-    Sqlite {
-        /// The file.
+    Database {
+        /// The file or URL.
         path: PathBuf,
         /// What the journal was doing, e.g. "recording an attempt".
         doing: &'static str,
-        /// What SQLite said.
+        /// What the database said.
         #[source]
-        source: SqliteReason,
+        source: DbError,
     },
     /// An execution id that the journal does not hold.
     #[error("{path}: no execution {id} in the journal")]
@@ -295,6 +303,75 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    /// Another process writes this PostgreSQL journal (it holds the
+    /// journal's advisory lock).
+    #[error(
+        "{path}: another jobctl is writing this journal ({holder}, holding its advisory lock); \
+         only one of `jobctl run`, `run --once`, `send` and `test-rule --send` may write \
+         a journal at a time: wait for it or stop it first (history, status and check work beside it)"
+    )]
+    LockedInDatabase {
+        /// The URL.
+        path: PathBuf,
+        /// Who holds the lock, as PostgreSQL shows the session: its
+        /// application name (host and PID) and backend PID.
+        holder: String,
+    },
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error("{path}: cannot connect to the journal's PostgreSQL database")]
+    Connect {
+        /// The URL.
+        path: PathBuf,
+        /// What the client or the server said (never the password).
+        #[source]
+        source: DbError,
+    },
+    /// `[journal] url` cannot be used as it is.
+    #[error("{path}: {reason}")]
+    BadUrl {
+        /// The URL, as written (without a password: one is refused).
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The PostgreSQL password (or TLS CA file) could not be read.
+    #[error("{path}: {reason}")]
+    Credentials {
+        /// The URL.
+        path: PathBuf,
+        /// What went wrong, never the secret.
+        reason: String,
+    },
+    /// The PostgreSQL database belongs to something else.
+    #[error(
+        "{path}: a PostgreSQL database but not a jobctl journal ({evidence}); \
+         it was left untouched (point [journal] url at an empty database of its own)"
+    )]
+    ForeignPostgres {
+        /// The URL.
+        path: PathBuf,
+        /// What gave it away, e.g. `it has a table "devices"`.
+        evidence: String,
+    },
+    /// A reader found no journal in the PostgreSQL database.
+    #[error(
+        "{path}: no journal there yet; `jobctl run` creates it when it first starts \
+         (the rules' [journal] url says where it is)"
+    )]
+    MissingInDatabase {
+        /// The URL.
+        path: PathBuf,
+    },
+    /// What the journal was asked is for SQLite journals only.
+    #[error("{path}: {what} works on an SQLite journal only; {instead}")]
+    SqliteOnly {
+        /// The URL.
+        path: PathBuf,
+        /// What was asked, e.g. "`jobctl journal backup`".
+        what: &'static str,
+        /// What to do instead, e.g. "use pg_dump".
+        instead: &'static str,
+    },
 }
 
 impl Journal {
@@ -315,7 +392,7 @@ impl Journal {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, Some(lock));
+        let mut journal = Journal::over_sqlite(connection, path, Some(lock));
         journal.prepare(true)?;
         Ok(journal)
     }
@@ -337,9 +414,38 @@ impl Journal {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, None);
+        let mut journal = Journal::over_sqlite(connection, path, None);
         journal.prepare(false)?;
         Ok(journal)
+    }
+
+    /// Opens the journal at `location` for writing: [`Journal::open`] for
+    /// an SQLite file; for PostgreSQL, connects, takes the database's
+    /// writer lock (an advisory lock held by the session) and applies the
+    /// migrations.
+    pub fn open_at(location: &Location) -> Result<Journal, JournalError> {
+        match location {
+            Location::Sqlite(path) => Journal::open(path),
+            Location::Postgres(target) => {
+                let mut journal = postgres::connect(target, false)?;
+                journal.lock_postgres()?;
+                journal.prepare_postgres(true)?;
+                Ok(journal)
+            }
+        }
+    }
+
+    /// Opens the journal at `location` for reading only
+    /// ([`Journal::open_read_only`]; on PostgreSQL, a read-only session).
+    pub fn open_read_only_at(location: &Location) -> Result<Journal, JournalError> {
+        match location {
+            Location::Sqlite(path) => Journal::open_read_only(path),
+            Location::Postgres(target) => {
+                let mut journal = postgres::connect(target, true)?;
+                journal.prepare_postgres(false)?;
+                Ok(journal)
+            }
+        }
     }
 
     /// A journal that lives in memory, for tests and `--once` experiments.
@@ -347,16 +453,23 @@ impl Journal {
         let path = Path::new(":memory:");
         let connection =
             Connection::open_in_memory().map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, None);
+        let mut journal = Journal::over_sqlite(connection, path, None);
         journal.prepare(true)?;
         Ok(journal)
     }
 
-    /// A journal over `connection`, not yet checked or prepared, holding
-    /// `lock` when it is opened for writing.
-    fn new(connection: Connection, path: &Path, lock: Option<JournalLock>) -> Journal {
+    /// A journal over an SQLite `connection`, not yet checked or prepared,
+    /// holding `lock` when it is opened for writing.
+    fn over_sqlite(connection: Connection, path: &Path, lock: Option<JournalLock>) -> Journal {
+        // The journal has a few dozen distinct statements; keep them all.
+        connection.set_prepared_statement_cache_capacity(64);
+        Journal::new(Db::Sqlite(connection), path, lock)
+    }
+
+    /// A journal over `db`, not yet checked or prepared.
+    fn new(db: Db, path: &Path, lock: Option<JournalLock>) -> Journal {
         Journal {
-            connection,
+            db,
             path: path.to_path_buf(),
             clock: Arc::new(SystemClock),
             in_batch: false,
@@ -369,6 +482,11 @@ impl Journal {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Journal {
         self.clock = clock;
         self
+    }
+
+    /// Whether the journal is in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.db.is_postgres()
     }
 
     /// Runs `work` in one transaction, so that everything it writes costs one
@@ -386,8 +504,9 @@ impl Journal {
         doing: &'static str,
         work: impl FnOnce(&mut Journal) -> T,
     ) -> Result<T, JournalError> {
-        let path = &self.path;
-        self.connection.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_error(path, doing))?;
+        // The batch's transaction begins where every write does; it stays
+        // open, and is committed or undone here.
+        self.begin_write(doing)?.keep_open();
         self.in_batch = true;
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         self.in_batch = false;
@@ -398,46 +517,44 @@ impl Journal {
                 std::panic::resume_unwind(panic);
             }
         };
-        if self.connection.is_autocommit() {
+        if !self.db.in_transaction() {
             return Err(JournalError::BatchUndone { path: self.path.clone() });
         }
-        if let Err(source) = self.connection.execute_batch("COMMIT") {
+        if let Err(source) = self.db.commit() {
             self.rollback();
-            let source = SqliteReason(source);
-            return Err(JournalError::Sqlite { path: self.path.clone(), doing, source });
+            return Err(JournalError::Database { path: self.path.clone(), doing, source });
         }
         Ok(result)
     }
 
     /// Undoes an open batch (a failed commit may leave it open).
     fn rollback(&self) {
-        if !self.connection.is_autocommit() {
+        if self.db.in_transaction() {
             // Nothing more to do if this fails too: the connection is
             // closed with the journal, which undoes what is not committed.
-            let _ = self.connection.execute_batch("ROLLBACK");
+            let _ = self.db.rollback();
         }
     }
-}
 
-/// What SQLite said, shown once: rusqlite's error repeats SQLite's reason
-/// as its own source (`database disk image is malformed: Error code 11: The
-/// database disk image is malformed`), so its source is dropped here.
-#[derive(Debug)]
-pub struct SqliteReason(pub rusqlite::Error);
-
-impl fmt::Display for SqliteReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SqliteReason {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.0 {
-            // Its message is SQLite's own, or the code's text when there is none.
-            rusqlite::Error::SqliteFailure(..) => None,
-            other => other.source(),
+    /// Starts a write: a transaction, or a savepoint when a batch is open.
+    ///
+    /// **Every write transaction of the journal begins here** (each write,
+    /// each batch, each schema upgrade, each silence), so that a condition
+    /// every write must meet is checked in one place.
+    fn begin_write(&self, doing: &'static str) -> Result<Write<'_>, JournalError> {
+        let path = &self.path;
+        if !self.in_batch {
+            self.db.begin().map_err(db_error(path, doing))?;
+            return Ok(Write { db: &self.db, savepoint: false, done: false });
         }
+        if !self.db.in_transaction() {
+            // SQLite rolled the batch back (e.g. the disk is full). A write
+            // now would commit on its own, outside the batch that its caller
+            // will report as failed, so refuse it.
+            return Err(JournalError::BatchUndone { path: path.to_path_buf() });
+        }
+        self.db.savepoint().map_err(db_error(path, doing))?;
+        Ok(Write { db: &self.db, savepoint: true, done: false })
     }
 }
 
@@ -455,66 +572,68 @@ impl fmt::Display for Holder {
 
 /// One write: a transaction of its own, or a savepoint inside a
 /// [`Journal::batch`]. Dropped without [`Write::commit`], it is undone.
-enum Write<'c> {
-    Transaction(Transaction<'c>),
-    Savepoint(Savepoint<'c>),
+struct Write<'c> {
+    db: &'c Db,
+    /// A savepoint in a batch's transaction, not a transaction of its own.
+    savepoint: bool,
+    /// Committed, released or handed over: nothing to undo on drop.
+    done: bool,
 }
 
 impl Write<'_> {
     /// Commits the transaction, or releases the savepoint into the batch's
     /// transaction (committed when the batch ends).
-    fn commit(self) -> rusqlite::Result<()> {
-        match self {
-            Write::Transaction(tx) => tx.commit(),
-            Write::Savepoint(savepoint) => savepoint.commit(),
+    fn commit(mut self) -> Result<(), DbError> {
+        self.done = true;
+        if self.savepoint {
+            self.db.release()
+        } else {
+            self.db.commit()
+        }
+    }
+
+    /// Leaves the transaction open for [`Journal::batch`] to end.
+    fn keep_open(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Undone: the error that dropped it is what its caller reports.
+        if self.savepoint {
+            let _ = self.db.rollback_to_savepoint();
+        } else if self.db.in_transaction() {
+            let _ = self.db.rollback();
         }
     }
 }
 
 impl Deref for Write<'_> {
-    type Target = Connection;
+    type Target = Db;
 
-    fn deref(&self) -> &Connection {
-        match self {
-            Write::Transaction(tx) => tx,
-            Write::Savepoint(savepoint) => savepoint,
-        }
+    fn deref(&self) -> &Db {
+        self.db
     }
 }
 
-/// Starts a write: a transaction, or a savepoint when a batch is open.
-/// IMMEDIATE takes the write lock up front, so two writers queue on the busy
-/// timeout instead of failing halfway through.
-fn begin<'c>(
-    connection: &'c mut Connection,
-    in_batch: bool,
-    path: &Path,
-    doing: &'static str,
-) -> Result<Write<'c>, JournalError> {
-    if !in_batch {
-        return connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map(Write::Transaction)
-            .map_err(sqlite_error(path, doing));
-    }
-    if connection.is_autocommit() {
-        // SQLite rolled the batch back (e.g. the disk is full). A write
-        // now would commit on its own, outside the batch that its caller
-        // will report as failed, so refuse it.
-        return Err(JournalError::BatchUndone { path: path.to_path_buf() });
-    }
-    connection.savepoint().map(Write::Savepoint).map_err(sqlite_error(path, doing))
-}
-
-/// Names the file and what the journal was doing on an SQLite error, for
+/// Names the file and what the journal was doing on a database error, for
 /// `map_err`.
+fn db_error<'p>(path: &'p Path, doing: &'static str) -> impl FnOnce(DbError) -> JournalError + 'p {
+    move |source| JournalError::Database { path: path.to_path_buf(), doing, source }
+}
+
+/// [`db_error`] for an error straight from rusqlite.
 fn sqlite_error<'p>(
     path: &'p Path,
     doing: &'static str,
 ) -> impl FnOnce(rusqlite::Error) -> JournalError + 'p {
-    move |source| JournalError::Sqlite {
+    move |source| JournalError::Database {
         path: path.to_path_buf(),
         doing,
-        source: SqliteReason(source),
+        source: DbError::Sqlite(source),
     }
 }

@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::{params, Connection, Statement};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::db::{args, Db, ToValue};
+use super::{db_error, Journal, JournalError};
 
 /// A job state the journal can keep. The rules implement it for theirs.
 pub trait JournalState: Serialize + DeserializeOwned {
@@ -58,18 +58,15 @@ impl Journal {
         states: impl IntoIterator<Item = (&'a str, &'a str, &'a S)>,
     ) -> Result<(), JournalError> {
         let now = self.clock.now().as_millisecond();
-        let path = &self.path;
-        let tx = begin(&mut self.connection, self.in_batch, path, "saving job states")?;
-        {
-            // Thousands of states may change in one cycle (a fleet going
-            // bad at once): look the statement up once for all.
-            let mut upsert = prepare_upsert(&tx, path)?;
-            for (job, device_key, state) in states {
-                let state = EncodedState::new(state);
-                save_state(&mut upsert, path, job, device_key, &state, now)?;
-            }
-        }
-        tx.commit().map_err(sqlite_error(path, "committing job states"))
+        let encoded: Vec<(&str, &str, EncodedState)> = states
+            .into_iter()
+            .map(|(job, device_key, state)| (job, device_key, EncodedState::new(state)))
+            .collect();
+        let rows: Vec<(&str, &str, &EncodedState)> =
+            encoded.iter().map(|(job, device, state)| (*job, *device, state)).collect();
+        let tx = self.begin_write("saving job states")?;
+        upsert_states(&tx, &self.path, &rows, now)?;
+        tx.commit().map_err(db_error(&self.path, "committing job states"))
     }
 
     /// Deletes the saved states of jobs not in `jobs` (removed from the
@@ -78,26 +75,19 @@ impl Journal {
     /// rows went. Executions are history and are kept.
     pub fn forget_states_except(&mut self, jobs: &[&str]) -> Result<usize, JournalError> {
         let path = &self.path;
-        let tx =
-            begin(&mut self.connection, self.in_batch, path, "forgetting states of removed jobs")?;
-        let saved: Vec<String> = {
-            let mut statement = tx
-                .prepare("SELECT DISTINCT job FROM job_state")
-                .map_err(sqlite_error(path, "listing saved job states"))?;
-            let rows = statement
-                .query_map([], |row| row.get::<_, String>(0))
-                .map_err(sqlite_error(path, "listing saved job states"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(sqlite_error(path, "listing saved job states"))?
-        };
+        let doing = "forgetting states of removed jobs";
+        let tx = self.begin_write(doing)?;
+        let saved: Vec<String> = tx
+            .query_map("SELECT DISTINCT job FROM job_state", args![], |row| row.string(0))
+            .map_err(db_error(path, "listing saved job states"))?;
         let mut removed = 0;
         for job in saved.iter().filter(|job| !jobs.contains(&job.as_str())) {
             removed += tx
-                .execute("DELETE FROM job_state WHERE job = ?1", params![job])
-                .map_err(sqlite_error(path, "forgetting states of removed jobs"))?;
+                .execute("DELETE FROM job_state WHERE job = ?1", args![job])
+                .map_err(db_error(path, doing))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing forgotten states"))?;
-        Ok(removed)
+        tx.commit().map_err(db_error(path, "committing forgotten states"))?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
     /// Every saved job state, by (job, device key), decoded as `S`.
@@ -105,17 +95,14 @@ impl Journal {
         &self,
     ) -> Result<HashMap<(String, String), S>, JournalError> {
         let doing = "reading job states";
-        let mut statement = self
-            .connection
-            .prepare("SELECT job, device_key, state FROM job_state")
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let mut states = HashMap::new();
-        for row in rows {
-            let (job, device_key, json): (String, String, String) =
-                row.map_err(sqlite_error(&self.path, doing))?;
+        let rows: Vec<(String, String, String)> = self
+            .db
+            .query_map("SELECT job, device_key, state FROM job_state", args![], |row| {
+                Ok((row.string(0)?, row.string(1)?, row.string(2)?))
+            })
+            .map_err(db_error(&self.path, doing))?;
+        let mut states = HashMap::with_capacity(rows.len());
+        for (job, device_key, json) in rows {
             match serde_json::from_str(&json) {
                 Ok(state) => {
                     states.insert((job, device_key), state);
@@ -130,34 +117,60 @@ impl Journal {
     }
 }
 
-/// Inserts or overwrites one (job, device)'s state; its parameters are those
-/// of [`save_state`].
-const UPSERT_STATE: &str = "INSERT INTO job_state (job, device_key, phase, state, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5) \
-     ON CONFLICT (job, device_key) DO UPDATE SET \
-     phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at";
+/// Rows per statement of the largest [`upsert_states`] statement. Smaller
+/// rests go in halves (256, 128, … 1), so a handful of statement texts,
+/// each prepared once, serve any count: thousands of states cost a few
+/// round trips to PostgreSQL, not one each.
+const UPSERT_ROWS: usize = 512;
 
-/// Prepares [`UPSERT_STATE`] in `tx`, for [`save_state`].
-pub(super) fn prepare_upsert<'c>(
-    tx: &'c Connection,
+/// Inserts or overwrites (job, device) states, a few hundred rows per
+/// statement. A pair given twice keeps its last state.
+pub(super) fn upsert_states(
+    db: &Db,
     path: &Path,
-) -> Result<rusqlite::CachedStatement<'c>, JournalError> {
-    tx.prepare_cached(UPSERT_STATE).map_err(sqlite_error(path, "saving a job state"))
-}
-
-/// Saves one (job, device)'s state with `upsert`, from [`prepare_upsert`].
-pub(super) fn save_state(
-    upsert: &mut Statement<'_>,
-    path: &Path,
-    job: &str,
-    device_key: &str,
-    state: &EncodedState,
+    rows: &[(&str, &str, &EncodedState)],
     now_millis: i64,
 ) -> Result<(), JournalError> {
-    upsert
-        .execute(params![job, device_key, state.phase, state.json, now_millis])
-        .map_err(sqlite_error(path, "saving a job state"))?;
+    // One statement may not touch a row twice (PostgreSQL refuses it).
+    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
+    for (index, (job, device, _)) in rows.iter().enumerate() {
+        last.insert((job, device), index);
+    }
+    let unique: Vec<&(&str, &str, &EncodedState)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(index, (job, device, _))| last[&(*job, *device)] == *index)
+        .map(|(_, row)| row)
+        .collect();
+    let mut rest = &unique[..];
+    while !rest.is_empty() {
+        let size = if rest.len() >= UPSERT_ROWS { UPSERT_ROWS } else { 1 << rest.len().ilog2() };
+        let (chunk, after) = rest.split_at(size);
+        let sql = upsert_sql(size);
+        let mut params: Vec<&dyn ToValue> = Vec::with_capacity(size * 5);
+        for (job, device, state) in chunk {
+            params.extend([job as &dyn ToValue, device, &state.phase, &state.json, &now_millis]);
+        }
+        db.execute(&sql, &params).map_err(db_error(path, "saving a job state"))?;
+        rest = after;
+    }
     Ok(())
+}
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT … DO UPDATE` for `rows` rows.
+fn upsert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let n = row * 5;
+            format!("(?{}, ?{}, ?{}, ?{}, ?{})", n + 1, n + 2, n + 3, n + 4, n + 5)
+        })
+        .collect();
+    format!(
+        "INSERT INTO job_state (job, device_key, phase, state, updated_at) VALUES {} \
+         ON CONFLICT (job, device_key) DO UPDATE SET \
+         phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at",
+        values.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -187,9 +200,9 @@ mod tests {
         let mut journal = Journal::open_in_memory().unwrap();
         journal.save_states([("Lamp", "d=1", &Lamp { on: true })]).unwrap();
         let row: (String, String) = journal
-            .connection
-            .query_row("SELECT phase, state FROM job_state", [], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+            .db
+            .query_one("SELECT phase, state FROM job_state", args![], |row| {
+                Ok((row.string(0)?, row.string(1)?))
             })
             .unwrap();
         assert_eq!(row, ("firing".to_string(), r#"{"on":true}"#.to_string()));
