@@ -637,3 +637,75 @@ fn sqlite_error<'p>(
         source: DbError::Sqlite(source),
     }
 }
+
+#[cfg(test)]
+#[allow(dead_code, reason = "the unit tests use part of the PostgreSQL harness")]
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
+
+/// The journal's unit tests run on both backends, as `tests/journal.rs`
+/// does: [`on_both_backends!`] makes `name::sqlite` and `name::postgres`
+/// of each `fn name(b: &TestBackend)`.
+#[cfg(test)]
+pub(crate) mod test_backend {
+    use std::path::PathBuf;
+
+    use super::{test_postgres, Journal, Location, PostgresTarget, TlsMode};
+    use crate::secret::SecretSource;
+
+    /// Where a unit test's journal lives.
+    pub(crate) enum TestBackend {
+        /// A file in a temporary directory.
+        Sqlite(tempfile::TempDir),
+        /// A fresh database of the test binary's PostgreSQL server.
+        Postgres(test_postgres::TestDatabase),
+    }
+
+    impl TestBackend {
+        pub(crate) fn sqlite() -> TestBackend {
+            TestBackend::Sqlite(tempfile::tempdir().unwrap())
+        }
+
+        /// `None` when PostgreSQL is not installed (skipped).
+        pub(crate) fn postgres() -> Option<TestBackend> {
+            test_postgres::fresh_database().map(TestBackend::Postgres)
+        }
+
+        pub(crate) fn location(&self) -> Location {
+            match self {
+                TestBackend::Sqlite(dir) => Location::Sqlite(dir.path().join("journal.db")),
+                TestBackend::Postgres(db) => Location::Postgres(PostgresTarget {
+                    url: db.url.clone(),
+                    password: Some(SecretSource::File(db.password_file.clone())),
+                    base_dir: PathBuf::from("/"),
+                    tls: TlsMode::Disable,
+                    ca_file: None,
+                }),
+            }
+        }
+
+        /// The journal, opened for writing.
+        pub(crate) fn open(&self) -> Journal {
+            Journal::open_at(&self.location()).unwrap()
+        }
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(&$crate::journal::test_backend::TestBackend::sqlite());
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(b) = $crate::journal::test_backend::TestBackend::postgres() {
+                        super::$name(&b);
+                    }
+                }
+            }
+        )*};
+    }
+    pub(crate) use on_both_backends;
+}

@@ -201,16 +201,18 @@ fn outage_from_row(row: &Row<'_>) -> Result<MassOutageRecord, DbError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(one_open_outage_per_job_and_each_hold_once);
+
     use super::*;
 
     fn t(minute: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + minute * 60).unwrap()
     }
 
-    #[test]
-    fn one_open_outage_per_job_and_each_hold_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+    fn one_open_outage_per_job_and_each_hold_once(b: &TestBackend) {
+        let mut journal = b.open();
         let began = |minute| OutageChange::Began {
             job: "offline".into(),
             since: t(minute),

@@ -185,6 +185,13 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        a_result_is_written_once_on_the_actions_row,
+        a_refused_action_is_a_gave_up_row_that_counts_against_nothing
+    );
+
     use std::sync::Arc;
 
     use super::*;
@@ -222,14 +229,13 @@ mod tests {
         ActionRef { job: "offline".into(), device_key: device.into(), episode, attempt }
     }
 
-    fn journal() -> (Journal, Arc<ManualClock>) {
+    fn journal(b: &TestBackend) -> (Journal, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::at_unix_seconds(1_750_057_200));
-        (Journal::open_in_memory().unwrap().with_clock(clock.clone()), clock)
+        (b.open().with_clock(clock.clone()), clock)
     }
 
-    #[test]
-    fn a_result_is_written_once_on_the_actions_row() {
-        let (mut journal, _) = journal();
+    fn a_result_is_written_once_on_the_actions_row(b: &TestBackend) {
+        let (mut journal, _) = journal(b);
         let id = journal.begin_send(&action("d=1", "lobby", 1, 1)).unwrap();
         let sent = SendResult::Sent { backend: "http".into(), reference: None };
         journal.finish_send(id, &sent).unwrap();
@@ -248,9 +254,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refused_action_is_a_gave_up_row_that_counts_against_nothing() {
-        let (mut journal, clock) = journal();
+    fn a_refused_action_is_a_gave_up_row_that_counts_against_nothing(b: &TestBackend) {
+        let (mut journal, clock) = journal(b);
         journal.begin_send(&action("d=1", "lobby", 1, 1)).unwrap();
         journal.begin_send(&action("d=2", "lobby", 1, 1)).unwrap();
         clock.advance(Duration::from_secs(3600));

@@ -442,6 +442,13 @@ fn needs_setup(path: &Path) -> Result<bool, JournalError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired,
+        the_writer_creates_a_missing_journal_and_refuses_a_foreign_file
+    );
+
     use super::*;
     use crate::clock::ManualClock;
 
@@ -460,15 +467,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
+    fn a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired(b: &TestBackend) {
         let clock = Arc::new(ManualClock::new(t(0)));
         // The daemon holds the writer lock the whole time.
-        let mut daemon = Journal::open(&path).unwrap().with_clock(clock.clone());
+        let mut daemon = b.open().with_clock(clock.clone());
         let version = daemon.data_version().unwrap();
-        let mut writer = SilenceWriter::open(&path).unwrap().with_clock(clock.clone());
+        let mut writer = SilenceWriter::open_at(&b.location()).unwrap().with_clock(clock.clone());
         let first = writer.add(&new("offline", 60)).unwrap();
         let second = writer.add(&new("frozen", 10)).unwrap();
         assert_eq!((first.id, second.id), (SilenceId(1), SilenceId(2)));
@@ -512,17 +516,16 @@ mod tests {
         assert_eq!(all, [(SilenceId(2), 0), (SilenceId(1), 1)], "newest first, nothing deleted");
     }
 
-    #[test]
-    fn the_writer_creates_a_missing_journal_and_refuses_a_foreign_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
-        let mut writer = SilenceWriter::open(&path).unwrap();
+    fn the_writer_creates_a_missing_journal_and_refuses_a_foreign_file(b: &TestBackend) {
+        let mut writer = SilenceWriter::open_at(&b.location()).unwrap();
         writer.add(&new("offline", 60)).unwrap();
-        drop(writer);
-        // The lock was only taken to create it: a daemon starts now.
-        let journal = Journal::open(&path).unwrap();
+        // The lock was only taken to create it: a daemon starts now, beside
+        // the writer.
+        let journal = b.open();
         assert_eq!(journal.silences(Timestamp::now(), false).unwrap().len(), 1);
+        drop(writer);
 
+        let TestBackend::Sqlite(dir) = b else { return };
         let foreign = dir.path().join("rules.toml");
         std::fs::write(&foreign, "[prometheus]\n").unwrap();
         let err = SilenceWriter::open(&foreign).unwrap_err();

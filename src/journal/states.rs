@@ -175,6 +175,13 @@ fn upsert_sql(rows: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked,
+        a_state_read_as_the_wrong_type_is_unreadable
+    );
+
     use serde::{Deserialize, Serialize};
 
     use super::*;
@@ -195,9 +202,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked() {
-        let mut journal = Journal::open_in_memory().unwrap();
+    fn any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked(b: &TestBackend) {
+        let mut journal = b.open();
         journal.save_states([("Lamp", "d=1", &Lamp { on: true })]).unwrap();
         let row: (String, String) = journal
             .db
@@ -222,9 +228,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_state_read_as_the_wrong_type_is_unreadable() {
-        let mut journal = Journal::open_in_memory().unwrap();
+    fn a_state_read_as_the_wrong_type_is_unreadable(b: &TestBackend) {
+        let mut journal = b.open();
         journal.save_states([("Lamp", "d=1", &Lamp { on: false })]).unwrap();
         let err = journal.load_states::<Fan>().unwrap_err();
         assert!(matches!(err, JournalError::UnreadableState { .. }), "{err:?}");
