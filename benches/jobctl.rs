@@ -221,7 +221,7 @@ fn run_engine(url: &str, rules_path: &Path) -> Figures {
         let rules = rules::load(rules_path).unwrap();
         let prometheus =
             Arc::new(PromClient::new(url, rules.prometheus().unwrap().timeout, None).unwrap());
-        let journal = Journal::open(&rules.journal.path).unwrap();
+        let journal = Journal::open_at(&rules.journal.location).unwrap();
         let clock = Arc::new(ManualClock::at_unix_seconds(START));
         let mut engine = Engine::start(
             rules,

@@ -36,7 +36,7 @@ pub(super) fn run(config: &Path, args: JournalArgs) -> Result<Exit, Error> {
     crate::exit::outln!(
         "{}: backup of {} ({}, {} bytes)",
         file.display(),
-        rules.journal.path.display(),
+        rules.journal.location.display(),
         super::count(
             usize::try_from(backup.executions).unwrap_or(usize::MAX),
             "execution",
