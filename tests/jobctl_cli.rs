@@ -2278,3 +2278,61 @@ async fn history_shows_an_escalation_webhook_by_name_url_and_event() {
         assert!(line.contains(cell), "no {cell:?} in {line:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// jobctl journal migrate
+
+#[tokio::test]
+async fn journal_migrate_copies_sqlite_into_postgres_and_refuses_a_second_time() {
+    let Some(db) = support::postgres::fresh_database() else { return };
+    let site = Site::new();
+    {
+        use signage_watchdog::journal::{Channel, Journal, Origin, PlannedSend, SendResult};
+        let mut journal = Journal::open(&site.path("journal.db")).unwrap();
+        let planned = PlannedSend {
+            channel: Channel::Sms,
+            origin: Origin::Manual,
+            socket: "lobby".into(),
+            phone: "+79991234567".into(),
+            text: "#01#0#".into(),
+        };
+        let id = journal.begin_send(&planned).unwrap();
+        journal
+            .finish_send(id, &SendResult::Sent { backend: "http".into(), reference: None })
+            .unwrap();
+    }
+    let migrate = |site: &Site| {
+        let mut command =
+            site.command(&["journal", "migrate", "--from", "sqlite:journal.db", "--to", &db.url]);
+        command.env("JOBCTL_JOURNAL_PASSWORD", support::postgres::JOBCTL_PASSWORD);
+        run(command)
+    };
+    let ran = migrate(&site).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "journal.db -> {}: copied 2 rows (1 executions, 1 attempts, 0 execution_devices, \
+                 0 job_state, 0 silences, 0 held_actions, 0 mass_outages); checked row by row\n",
+                db.url
+            )
+            .as_str(),
+            ""
+        )
+    );
+    let again = migrate(&site).await;
+    assert_eq!(
+        (again.code, again.stdout.as_str(), again.stderr.as_str()),
+        (
+            4,
+            "",
+            format!(
+                "jobctl: {}: the target journal is not empty (table executions has 1 rows); \
+                 journal migrate only copies into an empty database, so nothing was copied\n",
+                db.url
+            )
+            .as_str()
+        )
+    );
+}

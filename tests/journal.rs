@@ -1116,3 +1116,74 @@ fn a_missing_password_file_is_named() {
         )
     );
 }
+
+#[test]
+fn an_sqlite_journal_migrates_to_postgres_whole_and_checked_and_a_second_time_is_refused() {
+    let Some(Backend::Postgres(db)) = Backend::postgres() else { return };
+    let sqlite = Backend::sqlite();
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    {
+        let mut journal = sqlite.open().with_clock(clock.clone());
+        let first = journal.begin_send(&rule_send("Offline", DEVICE, "lobby", 1)).unwrap();
+        journal.finish_send(first, &sent("http")).unwrap();
+        let failed = journal.begin_send(&manual_send("hall")).unwrap();
+        let reason = "no network".to_string();
+        journal
+            .finish_send(failed, &SendResult::Failed { backend: "modem".into(), reason })
+            .unwrap();
+        journal.record_suppressed(&manual_send("hall"), &Suppression::DryRun).unwrap();
+        journal.save_states([("Paused", "d=2", &firing(3, 1, 1_700_000_000))]).unwrap();
+        let mut silences =
+            signage_watchdog::journal::SilenceWriter::open_at(&sqlite.location()).unwrap();
+        silences
+            .add(&signage_watchdog::journal::NewSilence {
+                job: Some("Offline".into()),
+                socket: None,
+                devices: Default::default(),
+                author: "anna".into(),
+                comment: "maintenance".into(),
+                duration: HOUR,
+            })
+            .unwrap();
+    }
+    let target = match postgres_location(&db.url, &db.password_file) {
+        Location::Postgres(target) => target,
+        Location::Sqlite(_) => unreachable!(),
+    };
+    let Location::Sqlite(file) = sqlite.location() else { unreachable!() };
+    let migrated = signage_watchdog::journal::migrate(&file, &target).unwrap();
+    assert_eq!(
+        migrated.tables,
+        [
+            ("executions", 3),
+            ("attempts", 2),
+            ("execution_devices", 1),
+            ("job_state", 2),
+            ("silences", 1),
+            ("held_actions", 0),
+            ("mass_outages", 0)
+        ]
+    );
+
+    let before = sqlite.read();
+    let mut after = Journal::open_at(&Location::Postgres(target.clone())).unwrap();
+    let all = HistoryFilter::default();
+    assert_eq!(after.history(&all).unwrap(), before.history(&all).unwrap());
+    assert_eq!(after.load_states::<JobState>().unwrap(), before.load_states::<JobState>().unwrap());
+    let now = at(1_700_000_010);
+    assert_eq!(after.silences(now, true).unwrap(), before.silences(now, true).unwrap());
+    // New rows continue after the copied ids.
+    let next = after.begin_send(&manual_send("lobby")).unwrap();
+    assert_eq!(next.0, 4);
+    drop(after);
+
+    let err = signage_watchdog::journal::migrate(&file, &target).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the target journal is not empty (table executions has 4 rows); \
+             journal migrate only copies into an empty database, so nothing was copied",
+            db.url
+        )
+    );
+}

@@ -287,6 +287,48 @@ impl Row<'_> {
     pub(crate) fn string(&self, index: usize) -> Result<String, DbError> {
         Ok(self.str(index)?.to_string())
     }
+
+    /// The column as whichever kind it holds (`journal migrate` copies
+    /// rows without knowing their columns' meaning).
+    pub(crate) fn owned(&self, index: usize) -> Result<OwnedValue, DbError> {
+        match self {
+            Row::Sqlite(row) => {
+                use rusqlite::types::ValueRef;
+                Ok(match row.get_ref(index)? {
+                    ValueRef::Null => OwnedValue::Null,
+                    ValueRef::Integer(n) => OwnedValue::Int(n),
+                    ValueRef::Real(x) => OwnedValue::Real(x),
+                    ValueRef::Text(text) => OwnedValue::Text(
+                        std::str::from_utf8(text)
+                            .map_err(|_| DbError::Column { index, wanted: "UTF-8 text" })?
+                            .to_string(),
+                    ),
+                    ValueRef::Blob(_) => return Err(DbError::Column { index, wanted: "no blob" }),
+                })
+            }
+            Row::Postgres(row) => {
+                let ty = row.columns().get(index).ok_or(DbError::NoRow)?.type_().clone();
+                if ty == Type::FLOAT8 || ty == Type::FLOAT4 {
+                    Ok(self.opt_f64(index)?.map_or(OwnedValue::Null, OwnedValue::Real))
+                } else if ty == Type::TEXT || ty == Type::VARCHAR || ty == Type::NAME {
+                    Ok(self.opt_string(index)?.map_or(OwnedValue::Null, OwnedValue::Text))
+                } else {
+                    Ok(self.opt_i64(index)?.map_or(OwnedValue::Null, OwnedValue::Int))
+                }
+            }
+        }
+    }
+}
+
+impl ToValue for OwnedValue {
+    fn to_value(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Null => Value::Null,
+            OwnedValue::Int(n) => Value::Int(*n),
+            OwnedValue::Real(x) => Value::Real(*x),
+            OwnedValue::Text(text) => Value::Text(text),
+        }
+    }
 }
 
 /// The connection: SQLite, or PostgreSQL on its own thread.

@@ -80,6 +80,7 @@ mod db;
 mod execution;
 mod history;
 mod lock;
+mod migrate;
 mod outages;
 mod postgres;
 mod report;
@@ -102,7 +103,7 @@ use lock::JournalLock;
 use schema::refuse_non_sqlite;
 
 pub use db::DbError;
-pub use postgres::{Location, PostgresTarget, TlsMode};
+pub use postgres::{redacted as redacted_url, Location, PostgresTarget, TlsMode};
 
 pub use backup::Backup;
 pub use execution::{
@@ -110,6 +111,7 @@ pub use execution::{
     UnknownStatus,
 };
 pub use history::HistoryFilter;
+pub use migrate::{migrate, sqlite_source, Migrated};
 pub use outages::{MassOutageRecord, OutageChange, OutageHeldAction};
 pub use report::DeviceActivity;
 pub use results::ActionRef;
@@ -361,6 +363,29 @@ pub enum JournalError {
     MissingInDatabase {
         /// The URL.
         path: PathBuf,
+    },
+    /// `journal migrate`: the PostgreSQL database already holds rows.
+    #[error(
+        "{path}: the target journal is not empty (table {table} has {rows} rows); \
+         journal migrate only copies into an empty database, so nothing was copied"
+    )]
+    MigrationTargetNotEmpty {
+        /// The URL.
+        path: PathBuf,
+        /// The first table found with rows.
+        table: &'static str,
+        /// How many.
+        rows: u64,
+    },
+    /// `journal migrate`: the copy read back differs from the source.
+    #[error("{path}: the copy of table {table} differs from the SQLite journal: {detail}")]
+    MigrationDiffers {
+        /// The URL.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// Where.
+        detail: String,
     },
     /// What the journal was asked is for SQLite journals only.
     #[error("{path}: {what} works on an SQLite journal only; {instead}")]

@@ -133,7 +133,7 @@ fn parse_url(url: &str) -> Result<postgres::Config, String> {
 }
 
 /// `url` with any password in it replaced by `***`, for messages.
-pub(crate) fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let authority = match authority.rsplit_once('@') {
@@ -280,18 +280,6 @@ CREATE TABLE execution_devices (
 );
 CREATE INDEX execution_devices_by_device ON execution_devices (device_key, execution_id);
 "];
-
-/// The tables of a journal, in an order that copies them without breaking
-/// a foreign key (`journal migrate`).
-pub(crate) const TABLES: [&str; 7] = [
-    "executions",
-    "attempts",
-    "job_state",
-    "silences",
-    "held_actions",
-    "mass_outages",
-    "execution_devices",
-];
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
