@@ -1,5 +1,6 @@
 //! The durable record of every SMS jobctl decides to send, and of each job's
-//! state, in one SQLite file.
+//! state, in one SQLite file or in a PostgreSQL database (`[journal] url`,
+//! for an HA pair). Every promise below holds on both.
 //!
 //! The journal is what makes a restart safe. Its promises:
 //!
@@ -15,8 +16,9 @@
 //! - Every backend attempt is kept (table `attempts`), so failover shows
 //!   which backend failed and which delivered.
 //! - **One writer at a time.** [`Journal::open`] takes an exclusive lock
-//!   on `<journal>.lock` and holds it as long as the journal lives; a second
-//!   writer is refused ([`JournalError::Locked`]), so no action is sent
+//!   on `<journal>.lock` (on PostgreSQL, [`Journal::open_at`] a session
+//!   advisory lock) and holds it as long as the journal lives; a second
+//!   writer is refused ([`JournalError::Locked`], [`JournalError::LockedInDatabase`]), so no action is sent
 //!   twice by two processes and nobody settles another's sends in flight.
 //!   The one exception is [`SilenceWriter`]: it only adds and ends silences,
 //!   a table the daemon reads and never writes, so it needs no lock.
@@ -30,7 +32,11 @@
 //! committed before any of them leaves. Inside a batch each write is a
 //! savepoint, so one that fails is undone alone, as it would be outside.
 //!
-//! The API is synchronous and owns its [`rusqlite::Connection`]; the engine
+//! **Every write transaction begins in `Journal::begin_write`** (each
+//! write, each batch, each schema upgrade, each silence): a condition every
+//! write must meet has one place to be checked.
+//!
+//! The API is synchronous and owns its connection (`db`); the engine
 //! calls it from a dedicated thread or `spawn_blocking`, never on the async
 //! runtime. The file is in WAL mode so that `jobctl status` and
 //! `jobctl history` ([`Journal::open_read_only`]) read while the daemon
@@ -47,7 +53,8 @@
 //! states back as the type its caller asks for. The rules own the state;
 //! the journal sits below them and never imports them.
 //!
-//! The schema version lives in `PRAGMA user_version`. Opening an older
+//! The schema version lives in `PRAGMA user_version` (PostgreSQL: the table
+//! `jobctl_schema`). Opening an older
 //! journal read-write upgrades it; a newer one is refused, and so is any file
 //! that is not a jobctl journal — such a file is never written to.
 //!
@@ -57,7 +64,13 @@
 //! transactions every write runs in ([`Journal::batch`] and the write lock).
 //! The parts:
 //!
-//! - `lock` — one writer per journal: the lock file every writer holds,
+//! - `db` — the storage interface: one connection to SQLite or PostgreSQL,
+//!   the journal's SQL written once for both, rows read by index.
+//! - `postgres` — what is PostgreSQL's own: connecting (password source,
+//!   TLS), the `jobctl_schema` version table, the advisory writer lock.
+//! - `migrate` — an SQLite journal copied into PostgreSQL, checked row by
+//!   row (`jobctl journal migrate`).
+//! - `lock` — one writer per SQLite journal: the lock file every writer holds,
 //!   so two daemons (or a `send` next to a daemon) never write one journal.
 //! - `schema` — the tables, the `user_version` migrations, and the checks
 //!   that refuse another program's database or a newer journal.
@@ -576,7 +589,7 @@ impl Journal {
             // SQLite rolled the batch back (e.g. the disk is full). A write
             // now would commit on its own, outside the batch that its caller
             // will report as failed, so refuse it.
-            return Err(JournalError::BatchUndone { path: path.to_path_buf() });
+            return Err(JournalError::BatchUndone { path: path.clone() });
         }
         self.db.savepoint().map_err(db_error(path, doing))?;
         Ok(Write { db: &self.db, savepoint: true, done: false })

@@ -101,7 +101,7 @@ impl PgServer {
             std::process::id(),
             NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
         );
-        let _one_at_a_time = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.admin_execute("postgres", &format!("CREATE DATABASE {name} OWNER jobctl"));
         TestDatabase {
             url: format!("postgresql://jobctl@127.0.0.1:{}/{name}", self.port),
