@@ -298,7 +298,7 @@ async fn completions_and_manual_pages_cover_every_subcommand() {
             expected.extend(["add", "list", "expire"].map(|s| format!("jobctl-silence-{s}")));
         }
         if subcommand == "journal" {
-            expected.push("jobctl-journal-backup".into());
+            expected.extend(["backup", "migrate"].map(|s| format!("jobctl-journal-{s}")));
         }
     }
     let listed: Vec<String> = ran.stdout.lines().map(String::from).collect();
