@@ -1187,3 +1187,79 @@ fn an_sqlite_journal_migrates_to_postgres_whole_and_checked_and_a_second_time_is
         )
     );
 }
+
+/// How many of the test's jobctl sessions on `db` use TLS, and how many do
+/// not.
+fn tls_sessions(db: &pg_server::TestDatabase) -> String {
+    pg_server::server()
+        .unwrap()
+        .admin_query_text(
+            "postgres",
+            &format!(
+                "SELECT count(*) FILTER (WHERE s.ssl) || ' tls, ' || \
+                 count(*) FILTER (WHERE NOT s.ssl) || ' plain' \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+                 WHERE a.datname = '{}' AND a.application_name LIKE 'jobctl on %'",
+                db.name
+            ),
+        )
+        .unwrap()
+}
+
+fn with_tls(db: &pg_server::TestDatabase, tls: TlsMode, ca_file: Option<PathBuf>) -> Location {
+    let Location::Postgres(mut target) = postgres_location(&db.url, &db.password_file) else {
+        unreachable!()
+    };
+    target.tls = tls;
+    target.ca_file = ca_file;
+    Location::Postgres(target)
+}
+
+#[test]
+fn tls_require_encrypts_verify_full_checks_the_ca_and_a_stranger_is_refused() {
+    let Some(Backend::Postgres(db)) = Backend::postgres() else { return };
+    let plain = Journal::open_at(&with_tls(&db, TlsMode::Disable, None)).unwrap();
+    assert_eq!(tls_sessions(&db), "0 tls, 1 plain");
+    drop(plain);
+
+    let required = Journal::open_at(&with_tls(&db, TlsMode::Require, None)).unwrap();
+    assert_eq!(tls_sessions(&db), "1 tls, 0 plain");
+    drop(required);
+
+    let checked =
+        Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(db.ca_file.clone()))).unwrap();
+    assert_eq!(tls_sessions(&db), "1 tls, 0 plain");
+    drop(checked);
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("other-ca.crt");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&stranger, other.pem()).unwrap();
+    let err = Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(stranger))).unwrap_err();
+    let message = whole(&err);
+    assert!(
+        message.starts_with(&format!(
+            "{}: cannot connect to the journal's PostgreSQL database: ",
+            db.url
+        )),
+        "{message}"
+    );
+    assert!(message.contains("UnknownIssuer"), "{message}");
+
+    let missing = dir.path().join("no-such-ca.crt");
+    let err =
+        Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(missing.clone()))).unwrap_err();
+    assert!(
+        whole(&err).starts_with(&format!(
+            "{}: ca_file {}: cannot read it: ",
+            db.url,
+            missing.display()
+        )),
+        "{}",
+        whole(&err)
+    );
+}

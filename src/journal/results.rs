@@ -102,7 +102,7 @@ impl Journal {
             Origin::Rule {
                 job, device_key, episode, attempt, trigger_value, state_after, ..
             } => {
-                upsert_states(&tx, path, &[(job.as_str(), device_key.as_str(), state_after)], now)?;
+                upsert_states(&tx, path, [(job.as_str(), device_key.as_str(), state_after)], now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
             Origin::Manual | Origin::Notice { .. } => (None, None, None, None, None),

@@ -290,11 +290,11 @@ impl Journal {
                 // by a budget leaves the action due, and a dry run's state is
                 // not the live run's.
                 if matches!(status, ExecutionStatus::Planned | ExecutionStatus::Sending) {
-                    let mut rows = vec![(job.as_str(), device_key.as_str(), state_after)];
-                    rows.extend(also_for.iter().map(|device| {
-                        (job.as_str(), device.device_key.as_str(), &device.state_after)
-                    }));
-                    upsert_states(&tx, path, &rows, now)?;
+                    let rows = std::iter::once((job.as_str(), device_key.as_str(), state_after))
+                        .chain(also_for.iter().map(|device| {
+                            (job.as_str(), device.device_key.as_str(), &device.state_after)
+                        }));
+                    upsert_states(&tx, path, rows, now)?;
                 }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }

@@ -10,8 +10,10 @@
 //! state already encoded ([`EncodedState`]), to be saved in the same
 //! transaction as the message's row.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -58,14 +60,13 @@ impl Journal {
         states: impl IntoIterator<Item = (&'a str, &'a str, &'a S)>,
     ) -> Result<(), JournalError> {
         let now = self.clock.now().as_millisecond();
-        let encoded: Vec<(&str, &str, EncodedState)> = states
-            .into_iter()
-            .map(|(job, device_key, state)| (job, device_key, EncodedState::new(state)))
-            .collect();
-        let rows: Vec<(&str, &str, &EncodedState)> =
-            encoded.iter().map(|(job, device, state)| (*job, *device, state)).collect();
         let tx = self.begin_write("saving job states")?;
-        upsert_states(&tx, &self.path, &rows, now)?;
+        // Encoded as they are written, a statement's rows at a time: the
+        // first cycle saves every state, and they are never all in memory.
+        let encoded = states
+            .into_iter()
+            .map(|(job, device_key, state)| (job, device_key, EncodedState::new(state)));
+        upsert_states(&tx, &self.path, encoded, now)?;
         tx.commit().map_err(db_error(&self.path, "committing job states"))
     }
 
@@ -117,48 +118,72 @@ impl Journal {
     }
 }
 
-/// Rows per statement of the largest [`upsert_states`] statement. Smaller
-/// rests go in halves (256, 128, … 1), so a handful of statement texts,
-/// each prepared once, serve any count: thousands of states cost a few
-/// round trips to PostgreSQL, not one each.
+/// Rows per statement of the largest [`upsert_states`] statement (a power
+/// of two). Smaller rests go in halves (256, 128, … 1), so a handful of
+/// statement texts, each prepared once, serve any count: thousands of
+/// states cost a few round trips to PostgreSQL, not one each.
 const UPSERT_ROWS: usize = 512;
 
 /// Inserts or overwrites (job, device) states, a few hundred rows per
-/// statement. A pair given twice keeps its last state.
-pub(super) fn upsert_states(
+/// statement, read from `rows` as they are written. A pair given twice
+/// keeps its last state.
+pub(super) fn upsert_states<'r, E: Borrow<EncodedState>>(
     db: &Db,
     path: &Path,
-    rows: &[(&str, &str, &EncodedState)],
+    rows: impl IntoIterator<Item = (&'r str, &'r str, E)>,
     now_millis: i64,
 ) -> Result<(), JournalError> {
-    // One statement may not touch a row twice (PostgreSQL refuses it).
-    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
-    for (index, (job, device, _)) in rows.iter().enumerate() {
-        last.insert((job, device), index);
-    }
-    let unique: Vec<&(&str, &str, &EncodedState)> = rows
-        .iter()
-        .enumerate()
-        .filter(|(index, (job, device, _))| last[&(*job, *device)] == *index)
-        .map(|(_, row)| row)
-        .collect();
-    let mut rest = &unique[..];
-    while !rest.is_empty() {
-        let size = if rest.len() >= UPSERT_ROWS { UPSERT_ROWS } else { 1 << rest.len().ilog2() };
-        let (chunk, after) = rest.split_at(size);
-        let sql = upsert_sql(size);
-        let mut params: Vec<&dyn ToValue> = Vec::with_capacity(size * 5);
-        for (job, device, state) in chunk {
-            params.extend([job as &dyn ToValue, device, &state.phase, &state.json, &now_millis]);
+    let mut rows = rows.into_iter().peekable();
+    let mut chunk: Vec<(&str, &str, E)> = Vec::with_capacity(UPSERT_ROWS);
+    while rows.peek().is_some() {
+        chunk.clear();
+        chunk.extend(rows.by_ref().take(UPSERT_ROWS));
+        // One statement may not touch a row twice (PostgreSQL refuses it):
+        // within a chunk the last state of a pair is kept; chunks run in
+        // order, so across them the last one wins as well.
+        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(chunk.len());
+        for (index, (job, device, _)) in chunk.iter().enumerate() {
+            last.insert((job, device), index);
         }
-        db.execute(&sql, &params).map_err(db_error(path, "saving a job state"))?;
-        rest = after;
+        let unique: Vec<&(&str, &str, E)> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(index, (job, device, _))| last[&(*job, *device)] == *index)
+            .map(|(_, row)| row)
+            .collect();
+        let mut rest = &unique[..];
+        while !rest.is_empty() {
+            // The largest power of two that fits: a handful of statement
+            // texts serve every count.
+            let size = 1 << rest.len().ilog2();
+            let (part, after) = rest.split_at(size);
+            let mut params: Vec<&dyn ToValue> = Vec::with_capacity(size * 5);
+            for (job, device, state) in part {
+                let state = state.borrow();
+                params.extend([
+                    job as &dyn ToValue,
+                    device,
+                    &state.phase,
+                    &state.json,
+                    &now_millis,
+                ]);
+            }
+            db.execute(upsert_sql(size), &params).map_err(db_error(path, "saving a job state"))?;
+            rest = after;
+        }
     }
     Ok(())
 }
 
-/// `INSERT … VALUES (…), (…) ON CONFLICT … DO UPDATE` for `rows` rows.
-fn upsert_sql(rows: usize) -> String {
+/// `INSERT … VALUES (…), (…) ON CONFLICT … DO UPDATE` for `rows` rows (a
+/// power of two up to [`UPSERT_ROWS`]), built once per size.
+fn upsert_sql(rows: usize) -> &'static str {
+    static TEXTS: [OnceLock<String>; UPSERT_ROWS.ilog2() as usize + 1] =
+        [const { OnceLock::new() }; UPSERT_ROWS.ilog2() as usize + 1];
+    TEXTS[rows.ilog2() as usize].get_or_init(|| upsert_text(rows))
+}
+
+fn upsert_text(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|row| {
             let n = row * 5;

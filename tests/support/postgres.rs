@@ -16,7 +16,9 @@
 //!
 //! Logins over TCP need a password (scram-sha-256): tests connect as the
 //! role `jobctl`, whose password is in a file ([`TestDatabase::password_file`]),
-//! so that a wrong password is a real refusal.
+//! so that a wrong password is a real refusal. The server also speaks TLS
+//! (plain connections stay allowed), with a certificate for `127.0.0.1`
+//! signed by a CA made at start ([`TestDatabase::ca_file`]).
 //!
 //! Without the binaries, tests skip with a message; under CI they fail.
 //! This file is also compiled into the library's unit tests (`#[path]`),
@@ -47,6 +49,8 @@ pub(crate) struct PgServer {
     pub(crate) password_file: PathBuf,
     /// The server's PID (the postmaster).
     pub(crate) pid: u32,
+    /// The CA (PEM) that signed the server's certificate.
+    pub(crate) ca_file: PathBuf,
     /// Serialises CREATE DATABASE.
     admin: Mutex<()>,
 }
@@ -54,6 +58,8 @@ pub(crate) struct PgServer {
 /// A database of its own for one test.
 #[derive(Debug, Clone)]
 pub(crate) struct TestDatabase {
+    /// The CA (PEM) that signed the server's certificate.
+    pub(crate) ca_file: PathBuf,
     /// Its name.
     pub(crate) name: String,
     /// `postgresql://jobctl@127.0.0.1:PORT/NAME` (no password).
@@ -104,6 +110,7 @@ impl PgServer {
         let _one_at_a_time = self.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.admin_execute("postgres", &format!("CREATE DATABASE {name} OWNER jobctl"));
         TestDatabase {
+            ca_file: self.ca_file.clone(),
             url: format!("postgresql://jobctl@127.0.0.1:{}/{name}", self.port),
             name,
             password_file: self.password_file.clone(),
@@ -217,10 +224,18 @@ fn start() -> Result<PgServer, String> {
         let private = std::fs::Permissions::from_mode(0o600);
         std::fs::set_permissions(&password_file, private).map_err(|e| e.to_string())?;
     }
+    let ca_file = dir.join("ca.crt");
+    let (server_cert, server_key) = (dir.join("server.crt"), dir.join("server.key"));
+    write_certificates(&ca_file, &server_cert, &server_key)?;
     let root = is_root();
     if root {
         run(
-            Command::new("chown").args(["postgres:postgres"]).arg(&dir).arg(&superuser_file),
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .arg(&superuser_file)
+                .arg(&server_cert)
+                .arg(&server_key),
             "chown",
         )?;
     }
@@ -253,6 +268,10 @@ fn start() -> Result<PgServer, String> {
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
         .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(["-c", "ssl=on", "-c"])
+        .arg(format!("ssl_cert_file={}", server_cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", server_key.display()))
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
@@ -297,5 +316,27 @@ fn start() -> Result<PgServer, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    Ok(PgServer { port, dir, password_file, pid, admin: Mutex::new(()) })
+    Ok(PgServer { port, dir, password_file, pid, ca_file, admin: Mutex::new(()) })
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it (its key
+/// mode 0600, as PostgreSQL insists).
+fn write_certificates(ca_file: &Path, cert: &Path, key: &Path) -> Result<(), String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let failed = |e: rcgen::Error| e.to_string();
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "journal test CA");
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(failed)?)
+        .map_err(failed)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(failed)?;
+    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let server_key = KeyPair::generate().map_err(failed)?;
+    let server = params.signed_by(&server_key, &issuer).map_err(failed)?;
+    std::fs::write(ca_file, issuer.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(cert, server.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(key, server_key.serialize_pem()).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
 }
