@@ -344,7 +344,7 @@ pub(crate) enum Db {
 const SAVEPOINT: &str = "journal_write";
 
 impl Db {
-    /// Which backend, in words.
+    /// Whether this is PostgreSQL.
     pub(crate) fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres(_))
     }

@@ -522,11 +522,6 @@ impl Journal {
         self
     }
 
-    /// Whether the journal is in PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        self.db.is_postgres()
-    }
-
     /// Runs `work` in one transaction, so that everything it writes costs one
     /// commit (one fsync) rather than one each. Each write inside is a
     /// savepoint: one that fails is undone alone and returns its error to
