@@ -899,6 +899,43 @@ async fn run_once_on_a_postgres_journal_sends_the_same_sms_as_on_sqlite() {
     assert!(again.stdout.contains("0 transitions, 0 actions due, 0 sent"), "{again:?}");
     assert_eq!(gateway.received().len(), 1);
 
+    // The other commands read and write the same journal.
+    let status = site.jobctl(&["status"]).await;
+    assert_eq!((status.code, status.stderr.as_str()), (0, ""), "{status:?}");
+    assert!(status.stdout.contains("firing"), "{status:?}");
+    let silenced = site
+        .jobctl(&[
+            "silence",
+            "add",
+            "--job",
+            "reboot frozen",
+            "--for",
+            "1h",
+            "--comment",
+            "test",
+            "--author",
+            "anna",
+        ])
+        .await;
+    assert_eq!(silenced.code, 0, "{silenced:?}");
+    assert!(silenced.stdout.starts_with("silence #1 added"), "{silenced:?}");
+    let listed = site.jobctl(&["silence", "list"]).await;
+    assert!(listed.stdout.contains("test"), "{listed:?}");
+    let report = site.jobctl(&["report"]).await;
+    assert_eq!((report.code, report.stderr.as_str()), (0, ""), "{report:?}");
+    let backup = site.jobctl(&["journal", "backup", "copy.db"]).await;
+    assert_eq!(
+        (backup.code, backup.stderr),
+        (
+            4,
+            format!(
+                "jobctl: {}: `jobctl journal backup` works on an SQLite journal only; back a \
+                 PostgreSQL journal up with pg_dump (README, \"Operations\")\n",
+                db.url
+            )
+        )
+    );
+
     // Wrong password: the server's refusal, with the URL and no password.
     write_secret(&site.path("pg.password"), "wrong-password-xyzzy");
     let refused = site.jobctl(&["run", "--once"]).await;
