@@ -298,7 +298,7 @@ async fn completions_and_manual_pages_cover_every_subcommand() {
             expected.extend(["add", "list", "expire"].map(|s| format!("jobctl-silence-{s}")));
         }
         if subcommand == "journal" {
-            expected.push("jobctl-journal-backup".into());
+            expected.extend(["backup", "migrate"].map(|s| format!("jobctl-journal-{s}")));
         }
     }
     let listed: Vec<String> = ran.stdout.lines().map(String::from).collect();
@@ -461,6 +461,35 @@ async fn check_reports_every_error_of_every_file_and_loads_none() {
     let ran = site.jobctl(&["run", "--once"]).await;
     assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (3, "", errors));
     assert!(!site.path("journal.db").exists());
+}
+
+#[tokio::test]
+async fn check_rejects_a_password_in_the_journal_url_and_never_shows_it() {
+    let text = rules(&closed_url(), &closed_url()).replace(
+        "path = \"journal.db\"",
+        "url = \"postgresql://jobctl:hunter2@db.example/jobctl\"\ntls = \"sometimes\"",
+    );
+    let site = Site::with_rules(&text);
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:7:7: journal.url: the URL holds a password, which would show wherever the URL does; remove it and set password_file (or password_env) instead\n\
+         jobctl: rules.toml:8:7: journal.tls is \"sometimes\"; expected \"disable\", \"require\" or \"verify-full\"\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_journal_with_both_path_and_url() {
+    let text = rules(&closed_url(), &closed_url()).replace(
+        "path = \"journal.db\"",
+        "path = \"journal.db\"\nurl = \"postgresql://jobctl@db.example/jobctl\"",
+    );
+    let site = Site::with_rules(&text);
+    assert_rejected(
+        &site,
+        "jobctl: rules.toml:8:7: journal: path and url are both set; keep one (path for SQLite, url for PostgreSQL)\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -859,6 +888,100 @@ fn firing_lines(level_and_outcome: &str) -> String {
         " INFO {who}: inactive → pending (value 0)\n INFO {who}: pending → firing after 0s (episode 1) (value 0)\n{}\n",
         level_and_outcome.replace("{who}", &who)
     )
+}
+
+/// The same `run --once` as below on a PostgreSQL journal: the same SMS,
+/// the same log, the same history, and the password nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_on_a_postgres_journal_sends_the_same_sms_as_on_sqlite() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let Some(db) = support::postgres::fresh_database() else { return };
+    let (prometheus, _target) = prometheus_seeing(0).await;
+    let gateway = FakeGateway::start().await;
+    let text = rules(prometheus.url(), &gateway.url()).replace(
+        "path = \"journal.db\"",
+        &format!("url = \"{}\"\npassword_file = \"pg.password\"", db.url),
+    );
+    let site = Site::with_rules(&text);
+    write_secret(&site.path("pg.password"), support::postgres::JOBCTL_PASSWORD);
+
+    let ran = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr),
+        (
+            0,
+            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
+            firing_lines(
+                " INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sending (episode 1, action 1)\n \
+                 INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)"
+            )
+        )
+    );
+    let sent = gateway.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].query_pairs()[1], ("text".into(), POWER_CYCLE_1.into()));
+    let history = site.history(&[]).await;
+    assert_eq!((history.len(), history[0]["outcome"].as_str()), (1, Some("sent")));
+    assert!(!site.path("journal.db").exists(), "nothing went to SQLite");
+
+    // The state was kept: a second cycle finds the device firing, not due.
+    let again = site.jobctl(&["run", "--once"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("0 transitions, 0 actions due, 0 sent"), "{again:?}");
+    assert_eq!(gateway.received().len(), 1);
+
+    // The other commands read and write the same journal.
+    let status = site.jobctl(&["status"]).await;
+    assert_eq!((status.code, status.stderr.as_str()), (0, ""), "{status:?}");
+    assert!(status.stdout.contains("firing"), "{status:?}");
+    let silenced = site
+        .jobctl(&[
+            "silence",
+            "add",
+            "--job",
+            "reboot frozen",
+            "--for",
+            "1h",
+            "--comment",
+            "test",
+            "--author",
+            "anna",
+        ])
+        .await;
+    assert_eq!(silenced.code, 0, "{silenced:?}");
+    assert!(silenced.stdout.starts_with("silence #1 added"), "{silenced:?}");
+    let listed = site.jobctl(&["silence", "list"]).await;
+    assert!(listed.stdout.contains("test"), "{listed:?}");
+    let report = site.jobctl(&["report"]).await;
+    assert_eq!((report.code, report.stderr.as_str()), (0, ""), "{report:?}");
+    let backup = site.jobctl(&["journal", "backup", "copy.db"]).await;
+    assert_eq!(
+        (backup.code, backup.stderr),
+        (
+            4,
+            format!(
+                "jobctl: {}: `jobctl journal backup` works on an SQLite journal only; back a \
+                 PostgreSQL journal up with pg_dump (README, \"Operations\")\n",
+                db.url
+            )
+        )
+    );
+
+    // Wrong password: the server's refusal, with the URL and no password.
+    write_secret(&site.path("pg.password"), "wrong-password-xyzzy");
+    let refused = site.jobctl(&["run", "--once"]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.starts_with(&format!(
+            "jobctl: {}: cannot connect to the journal's PostgreSQL database: ",
+            db.url
+        )),
+        "{refused:?}"
+    );
+    assert!(refused.stderr.contains("password authentication failed"), "{refused:?}");
+    assert!(!refused.stderr.contains("xyzzy"), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2224,4 +2347,62 @@ async fn history_shows_an_escalation_webhook_by_name_url_and_event() {
     {
         assert!(line.contains(cell), "no {cell:?} in {line:?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// jobctl journal migrate
+
+#[tokio::test]
+async fn journal_migrate_copies_sqlite_into_postgres_and_refuses_a_second_time() {
+    let Some(db) = support::postgres::fresh_database() else { return };
+    let site = Site::new();
+    {
+        use signage_watchdog::journal::{Channel, Journal, Origin, PlannedSend, SendResult};
+        let mut journal = Journal::open(&site.path("journal.db")).unwrap();
+        let planned = PlannedSend {
+            channel: Channel::Sms,
+            origin: Origin::Manual,
+            socket: "lobby".into(),
+            phone: "+79991234567".into(),
+            text: "#01#0#".into(),
+        };
+        let id = journal.begin_send(&planned).unwrap();
+        journal
+            .finish_send(id, &SendResult::Sent { backend: "http".into(), reference: None })
+            .unwrap();
+    }
+    let migrate = |site: &Site| {
+        let mut command =
+            site.command(&["journal", "migrate", "--from", "sqlite:journal.db", "--to", &db.url]);
+        command.env("JOBCTL_JOURNAL_PASSWORD", support::postgres::JOBCTL_PASSWORD);
+        run(command)
+    };
+    let ran = migrate(&site).await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+        (
+            0,
+            format!(
+                "journal.db -> {}: copied 2 rows (1 executions, 1 attempts, 0 execution_devices, \
+                 0 job_state, 0 silences, 0 held_actions, 0 mass_outages); checked row by row\n",
+                db.url
+            )
+            .as_str(),
+            ""
+        )
+    );
+    let again = migrate(&site).await;
+    assert_eq!(
+        (again.code, again.stdout.as_str(), again.stderr.as_str()),
+        (
+            4,
+            "",
+            format!(
+                "jobctl: {}: the target journal is not empty (table executions has 1 rows); \
+                 journal migrate only copies into an empty database, so nothing was copied\n",
+                db.url
+            )
+            .as_str()
+        )
+    );
 }

@@ -183,7 +183,7 @@ async fn start_engine(
         None,
     )
     .unwrap();
-    let journal = Journal::open(&rules.journal.path).unwrap();
+    let journal = Journal::open_at(&rules.journal.location).unwrap();
     let options = EngineOptions {
         mode: Mode::Live,
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },

@@ -93,7 +93,7 @@ async fn play(dir: &Path, prometheus: &TestPrometheus, target: &TestTarget) -> F
         None,
     )
     .unwrap();
-    let journal = Journal::open(&rules.journal.path).unwrap();
+    let journal = Journal::open_at(&rules.journal.location).unwrap();
     let options = EngineOptions {
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
         ..EngineOptions::default()

@@ -201,7 +201,7 @@ impl Scenario {
         };
         let source = Arc::new(ScrapeClient::new(&scrape.targets, scrape.timeout, None).unwrap());
         let sender = support::sms::sender(&text, dir.path());
-        let journal = Journal::open(&rules.journal.path).unwrap();
+        let journal = Journal::open_at(&rules.journal.location).unwrap();
         let clock = Arc::new(ManualClock::new(t0()));
         let options = EngineOptions {
             retry: SendRetry { attempts: 2, first_delay: Duration::from_millis(10) },

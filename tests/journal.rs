@@ -4,7 +4,7 @@
 //! the file; foreign or newer files are refused and left untouched.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,180 @@ use jiff::Timestamp;
 use signage_watchdog::clock::{Clock, ManualClock};
 use signage_watchdog::journal::{
     Channel, EncodedState, Execution, ExecutionStatus, HistoryFilter, Journal, JournalError,
-    Origin, PlannedSend, SendResult, Suppression, SCHEMA_VERSION,
+    Location, Origin, PlannedSend, PostgresTarget, SendResult, Suppression, TlsMode,
+    SCHEMA_VERSION,
 };
 use signage_watchdog::rules::state::{JobState, Phase};
+use signage_watchdog::secret::SecretSource;
+
+#[allow(dead_code, reason = "this binary uses part of the PostgreSQL harness")]
+#[path = "support/postgres.rs"]
+mod pg_server;
+
+// --- Both backends ---------------------------------------------------------
+//
+// Every promise the journal makes holds on SQLite and on PostgreSQL: each
+// test below that takes a `Backend` runs twice, once on a fresh SQLite file
+// and once on a fresh database of the test binary's PostgreSQL server.
+
+/// Where a test's journal lives.
+enum Backend {
+    /// A file in a temporary directory.
+    Sqlite(tempfile::TempDir),
+    /// A fresh PostgreSQL database.
+    Postgres(pg_server::TestDatabase),
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// `None` when PostgreSQL is not installed (the test is skipped).
+    fn postgres() -> Option<Backend> {
+        pg_server::fresh_database().map(Backend::Postgres)
+    }
+
+    fn location(&self) -> Location {
+        match self {
+            Backend::Sqlite(dir) => Location::Sqlite(dir.path().join("journal.db")),
+            Backend::Postgres(db) => postgres_location(&db.url, &db.password_file),
+        }
+    }
+
+    /// The file or URL, as errors name it.
+    fn name(&self) -> String {
+        self.location().display()
+    }
+
+    fn try_open(&self) -> Result<Journal, JournalError> {
+        Journal::open_at(&self.location())
+    }
+
+    fn open(&self) -> Journal {
+        self.try_open().unwrap()
+    }
+
+    fn try_read(&self) -> Result<Journal, JournalError> {
+        Journal::open_read_only_at(&self.location())
+    }
+
+    fn read(&self) -> Journal {
+        self.try_read().unwrap()
+    }
+
+    /// Runs `sql` behind the journal's back.
+    fn raw(&self, sql: &str) {
+        match self {
+            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("journal.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Backend::Postgres(db) => pg_server::server().unwrap().admin_execute(&db.name, sql),
+        }
+    }
+
+    /// What the storage holds, to check that a refused open left it as it
+    /// was: the file's bytes, or the database's tables and schema version.
+    fn snapshot(&self) -> String {
+        match self {
+            Backend::Sqlite(dir) => {
+                format!("{:?}", std::fs::read(dir.path().join("journal.db")).unwrap_or_default())
+            }
+            Backend::Postgres(db) => {
+                let server = pg_server::server().unwrap();
+                let tables = server
+                    .admin_query_text(
+                        &db.name,
+                        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables \
+                         WHERE schemaname = 'public'",
+                    )
+                    .unwrap_or_default();
+                if !tables.split(',').any(|table| table == "jobctl_schema") {
+                    return tables;
+                }
+                let version = server
+                    .admin_query_text(&db.name, "SELECT program || version FROM jobctl_schema")
+                    .unwrap_or_default();
+                format!("{tables} {version}")
+            }
+        }
+    }
+
+    /// The location as one line, for the crash child.
+    fn encode(&self) -> String {
+        match self {
+            Backend::Sqlite(dir) => format!("sqlite\t{}", dir.path().join("journal.db").display()),
+            Backend::Postgres(db) => {
+                format!("postgres\t{}\t{}", db.url, db.password_file.display())
+            }
+        }
+    }
+
+    fn decode(line: &str) -> Location {
+        let parts: Vec<&str> = line.split('\t').collect();
+        match parts[..] {
+            ["sqlite", path] => Location::Sqlite(PathBuf::from(path)),
+            ["postgres", url, password_file] => postgres_location(url, Path::new(password_file)),
+            _ => panic!("not a location: {line}"),
+        }
+    }
+}
+
+fn postgres_location(url: &str, password_file: &Path) -> Location {
+    Location::Postgres(PostgresTarget {
+        url: url.to_string(),
+        password: Some(SecretSource::File(password_file.to_path_buf())),
+        base_dir: PathBuf::from("/"),
+        tls: TlsMode::Disable,
+        ca_file: None,
+    })
+}
+
+/// Runs each named `fn name(b: &Backend)` as `name::sqlite` and
+/// `name::postgres`.
+macro_rules! on_both_backends {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$attr])*
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(&super::Backend::sqlite());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(backend) = super::Backend::postgres() {
+                    super::$name(&backend);
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    a_rule_send_round_trips_with_its_attempt,
+    failover_keeps_every_attempt_and_the_delivering_backend,
+    a_sent_message_cannot_be_sent_or_finished_again,
+    a_journal_moves_to_the_thread_that_runs_it,
+    an_unknown_execution_is_named,
+    a_planned_send_is_marked_sending_before_it_leaves,
+    a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts,
+    states_survive_reopening_and_saves_overwrite_only_their_rows,
+    an_unreadable_state_names_its_job_and_device,
+    suppressed_and_dry_run_messages_are_journalled_but_not_counted,
+    budgets_count_what_may_have_left_per_socket_and_globally_within_the_window,
+    history_filters_by_job_device_time_outcome_and_limit_newest_first,
+    a_journal_from_a_newer_jobctl_is_refused_and_left_untouched,
+    another_programs_database_is_refused,
+    read_only_opening_needs_an_existing_current_journal,
+    #[cfg(unix)]
+    killed_while_sending_the_restart_marks_it_uncertain_and_counts_it,
+    #[cfg(unix)]
+    killed_after_the_outcome_nothing_is_left_in_flight,
+    states_of_removed_jobs_are_forgotten_and_history_kept,
+    a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone,
+);
 
 const DEVICE: &str = "platform_id=12,device_id=30785";
 const HOUR: Duration = Duration::from_secs(3600);
@@ -64,19 +235,13 @@ fn sent(backend: &str) -> SendResult {
     SendResult::Sent { backend: backend.to_string(), reference: Some("42".to_string()) }
 }
 
-fn journal_at(path: &Path, clock: &Arc<ManualClock>) -> Journal {
-    Journal::open(path).unwrap().with_clock(clock.clone())
-}
-
 fn statuses(executions: &[Execution]) -> Vec<ExecutionStatus> {
     executions.iter().map(|execution| execution.status).collect()
 }
 
-#[test]
-fn a_rule_send_round_trips_with_its_attempt() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_rule_send_round_trips_with_its_attempt(b: &Backend) {
     let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
-    let mut journal = journal_at(&dir.path().join("journal.db"), &clock);
+    let mut journal = b.open().with_clock(clock.clone());
 
     let id = journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 3)).unwrap();
     let sending = journal.execution(id).unwrap();
@@ -106,9 +271,8 @@ fn a_rule_send_round_trips_with_its_attempt() {
     assert_eq!(history, vec![execution]);
 }
 
-#[test]
-fn failover_keeps_every_attempt_and_the_delivering_backend() {
-    let mut journal = Journal::open_in_memory().unwrap();
+fn failover_keeps_every_attempt_and_the_delivering_backend(b: &Backend) {
+    let mut journal = b.open();
     let id = journal.begin_send(&manual_send("lobby")).unwrap();
     journal
         .finish_send(
@@ -139,9 +303,8 @@ fn failover_keeps_every_attempt_and_the_delivering_backend() {
     );
 }
 
-#[test]
-fn a_sent_message_cannot_be_sent_or_finished_again() {
-    let mut journal = Journal::open_in_memory().unwrap();
+fn a_sent_message_cannot_be_sent_or_finished_again(b: &Backend) {
+    let mut journal = b.open();
     let id = journal.begin_send(&manual_send("lobby")).unwrap();
     journal.finish_send(id, &sent("http")).unwrap();
 
@@ -149,16 +312,15 @@ fn a_sent_message_cannot_be_sent_or_finished_again() {
     assert!(matches!(again, JournalError::WrongStatus { status: ExecutionStatus::Sent, .. }));
     assert_eq!(
         again.to_string(),
-        format!(":memory:: execution {id} is sent, so it cannot be sent again")
+        format!("{}: execution {id} is sent, so it cannot be sent again", b.name())
     );
     let twice = journal.finish_send(id, &sent("http")).unwrap_err();
     assert!(matches!(twice, JournalError::WrongStatus { .. }));
     assert_eq!(journal.execution(id).unwrap().attempts.len(), 1);
 }
 
-#[test]
-fn a_journal_moves_to_the_thread_that_runs_it() {
-    let mut journal = Journal::open_in_memory().unwrap();
+fn a_journal_moves_to_the_thread_that_runs_it(b: &Backend) {
+    let mut journal = b.open();
     let id = journal.begin_send(&manual_send("lobby")).unwrap();
     let journal = std::thread::spawn(move || {
         journal.finish_send(id, &sent("http")).unwrap();
@@ -169,17 +331,15 @@ fn a_journal_moves_to_the_thread_that_runs_it() {
     assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sent);
 }
 
-#[test]
-fn an_unknown_execution_is_named() {
-    let mut journal = Journal::open_in_memory().unwrap();
+fn an_unknown_execution_is_named(b: &Backend) {
+    let mut journal = b.open();
     let missing = signage_watchdog::journal::ExecutionId(99);
     let err = journal.finish_send(missing, &sent("http")).unwrap_err();
-    assert_eq!(err.to_string(), ":memory:: no execution #99 in the journal");
+    assert_eq!(err.to_string(), format!("{}: no execution #99 in the journal", b.name()));
 }
 
-#[test]
-fn a_planned_send_is_marked_sending_before_it_leaves() {
-    let mut journal = Journal::open_in_memory().unwrap();
+fn a_planned_send_is_marked_sending_before_it_leaves(b: &Backend) {
+    let mut journal = b.open();
     let id = journal.plan_send(&manual_send("lobby")).unwrap();
     assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Planned);
     assert!(journal.finish_send(id, &sent("http")).is_err(), "an outcome needs sending first");
@@ -197,13 +357,10 @@ fn a_planned_send_is_marked_sending_before_it_leaves() {
     assert!(journal.finish_send(id, &uncertain).is_err(), "only after sending");
 }
 
-#[test]
-fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts(b: &Backend) {
     let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
     let (in_flight, queued, done) = {
-        let mut journal = journal_at(&path, &clock);
+        let mut journal = b.open().with_clock(clock.clone());
         let in_flight =
             journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 1)).unwrap();
         let queued = journal.plan_send(&manual_send("lobby")).unwrap();
@@ -214,7 +371,7 @@ fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() 
     };
 
     clock.advance(Duration::from_secs(60));
-    let mut journal = journal_at(&path, &clock);
+    let mut journal = b.open().with_clock(clock.clone());
     let recovered = journal.recover_in_flight().unwrap();
     let recovered: Vec<_> = recovered.iter().map(|e| (e.id, e.status)).collect();
     assert_eq!(recovered, vec![(in_flight, ExecutionStatus::Uncertain)]);
@@ -238,10 +395,7 @@ fn a_process_that_dies_mid_send_leaves_an_uncertain_message_that_still_counts() 
     assert!(journal.recover_in_flight().unwrap().is_empty(), "recovery happens once");
 }
 
-#[test]
-fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+fn states_survive_reopening_and_saves_overwrite_only_their_rows(b: &Backend) {
     let pending = JobState {
         phase: Phase::Pending {
             since: at(100),
@@ -260,7 +414,7 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
         ..JobState::default()
     };
     {
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = b.open();
         journal
             .save_states([
                 ("Offline", "platform_id=12,device_id=1", &pending),
@@ -269,7 +423,7 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
             ])
             .unwrap();
     }
-    let mut journal = Journal::open(&path).unwrap();
+    let mut journal = b.open();
     let states = journal.load_states::<JobState>().unwrap();
     assert_eq!(states.len(), 3);
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=1".into())], pending);
@@ -287,29 +441,23 @@ fn states_survive_reopening_and_saves_overwrite_only_their_rows() {
     assert_eq!(states[&("Offline".into(), "platform_id=12,device_id=2".into())], resolved);
 }
 
-#[test]
-fn an_unreadable_state_names_its_job_and_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    Journal::open(&path).unwrap().save_states([("Offline", DEVICE, &JobState::default())]).unwrap();
-    let raw = rusqlite::Connection::open(&path).unwrap();
-    raw.execute("UPDATE job_state SET state = '{\"phase\": \"sleeping\"}'", []).unwrap();
-    drop(raw);
+fn an_unreadable_state_names_its_job_and_device(b: &Backend) {
+    b.open().save_states([("Offline", DEVICE, &JobState::default())]).unwrap();
+    b.raw("UPDATE job_state SET state = '{\"phase\": \"sleeping\"}'");
 
-    let err = Journal::open(&path).unwrap().load_states::<JobState>().unwrap_err();
+    let err = b.open().load_states::<JobState>().unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
             "{}: the stored state of job \"Offline\" on device \"{DEVICE}\" is unreadable",
-            path.display()
+            b.name()
         )
     );
 }
 
-#[test]
-fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
+fn suppressed_and_dry_run_messages_are_journalled_but_not_counted(b: &Backend) {
     let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
-    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let mut journal = b.open().with_clock(clock.clone());
     let reason = "socket lobby: 10 messages in the last hour".to_string();
     let over = journal
         .record_suppressed(
@@ -339,10 +487,9 @@ fn suppressed_and_dry_run_messages_are_journalled_but_not_counted() {
     assert_eq!(journal.earlier_suppression(&manual_send("lobby")).unwrap(), None);
 }
 
-#[test]
-fn budgets_count_what_may_have_left_per_socket_and_globally_within_the_window() {
+fn budgets_count_what_may_have_left_per_socket_and_globally_within_the_window(b: &Backend) {
     let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
-    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let mut journal = b.open().with_clock(clock.clone());
     let start = clock.now();
 
     // Two hours ago-ish: one sent to lobby.
@@ -387,10 +534,9 @@ fn budgets_count_what_may_have_left_per_socket_and_globally_within_the_window() 
     assert_eq!(journal.count_sent_since(None, window_start).unwrap(), 4);
 }
 
-#[test]
-fn history_filters_by_job_device_time_outcome_and_limit_newest_first() {
+fn history_filters_by_job_device_time_outcome_and_limit_newest_first(b: &Backend) {
     let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
-    let mut journal = Journal::open_in_memory().unwrap().with_clock(clock.clone());
+    let mut journal = b.open().with_clock(clock.clone());
     let mut ids = Vec::new();
     for (job, device) in
         [("Offline", "d=1"), ("Offline", "d=2"), ("Paused", "d=1"), ("Offline", "d=1")]
@@ -516,26 +662,26 @@ fn an_empty_sqlite_database_is_upgraded() {
     journal.begin_send(&manual_send("lobby")).unwrap();
 }
 
-#[test]
-fn a_journal_from_a_newer_jobctl_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    drop(Journal::open(&path).unwrap());
-    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-    let before = std::fs::read(&path).unwrap();
+fn a_journal_from_a_newer_jobctl_is_refused_and_left_untouched(b: &Backend) {
+    drop(b.open());
+    match b {
+        Backend::Sqlite(..) => b.raw("PRAGMA user_version = 99"),
+        Backend::Postgres(_) => b.raw("UPDATE jobctl_schema SET version = 99"),
+    }
+    let before = b.snapshot();
 
-    for err in [Journal::open(&path).unwrap_err(), Journal::open_read_only(&path).unwrap_err()] {
+    for err in [b.try_open().unwrap_err(), b.try_read().unwrap_err()] {
         assert!(matches!(err, JournalError::NewerSchema { found: 99, .. }));
         assert_eq!(
             err.to_string(),
             format!(
                 "{}: journal schema version 99 is newer than this jobctl understands (up to {SCHEMA_VERSION}); \
                  upgrade jobctl or restore a journal from before the downgrade",
-                path.display()
+                b.name()
             )
         );
     }
-    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(b.snapshot(), before);
 }
 
 #[test]
@@ -574,30 +720,41 @@ fn a_corrupt_sqlite_file_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
 
-#[test]
-fn another_programs_database_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("exporter-cache.db");
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch("CREATE TABLE devices (id INTEGER PRIMARY KEY, raw TEXT)")
-        .unwrap();
-    let before = std::fs::read(&path).unwrap();
+fn another_programs_database_is_refused(b: &Backend) {
+    b.raw("CREATE TABLE devices (id INTEGER PRIMARY KEY, raw TEXT)");
+    let before = b.snapshot();
 
-    let err = Journal::open(&path).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!(
+    let err = b.try_open().unwrap_err();
+    let expected = match b {
+        Backend::Sqlite(..) => format!(
             "{}: an SQLite database but not a jobctl journal (it has a table \"devices\"); \
              it was left untouched (set [journal] path to another file)",
-            path.display()
-        )
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), before);
+            b.name()
+        ),
+        Backend::Postgres(_) => format!(
+            "{}: a PostgreSQL database but not a jobctl journal (it has a table \"devices\"); \
+             it was left untouched (point [journal] url at an empty database of its own)",
+            b.name()
+        ),
+    };
+    assert_eq!(err.to_string(), expected);
+    assert_eq!(b.snapshot(), before);
 }
 
-#[test]
-fn read_only_opening_needs_an_existing_current_journal() {
+fn read_only_opening_needs_an_existing_current_journal(b: &Backend) {
+    if let Backend::Postgres(_) = b {
+        let err = b.try_read().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no journal there yet; `jobctl run` creates it when it first starts \
+                 (the rules' [journal] url says where it is)",
+                b.name()
+            )
+        );
+        assert_eq!(b.snapshot(), "", "a reader never creates the journal");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");
     let err = Journal::open_read_only(&missing).unwrap_err();
@@ -639,8 +796,8 @@ const READY: &str = "JOURNALLED execution ";
 #[test]
 fn crash_child_process() {
     let Ok(spec) = std::env::var(CRASH_CHILD_ENV) else { return };
-    let (stage, path) = spec.split_once(':').expect("stage:path");
-    let mut journal = Journal::open(Path::new(path)).unwrap();
+    let (stage, location) = spec.split_once(':').expect("stage:location");
+    let mut journal = Journal::open_at(&Backend::decode(location)).unwrap();
     let id = journal.begin_send(&rule_send("Lobby offline", DEVICE, "lobby", 1)).unwrap();
     if stage == "after-sent" {
         journal.finish_send(id, &sent("http")).unwrap();
@@ -658,13 +815,13 @@ fn crash_child_process() {
 /// Runs the child at `stage`, kills it with SIGKILL once it has journalled,
 /// and returns the id it reported.
 #[cfg(unix)]
-fn journal_then_get_killed(stage: &str, path: &Path) -> i64 {
+fn journal_then_get_killed(stage: &str, b: &Backend) -> i64 {
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child_process", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CRASH_CHILD_ENV, format!("{stage}:{}", path.display()))
+        .env(CRASH_CHILD_ENV, format!("{stage}:{}", b.encode()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -685,13 +842,10 @@ fn journal_then_get_killed(stage: &str, path: &Path) -> i64 {
 }
 
 #[cfg(unix)]
-#[test]
-fn killed_while_sending_the_restart_marks_it_uncertain_and_counts_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    let id = journal_then_get_killed("while-sending", &path);
+fn killed_while_sending_the_restart_marks_it_uncertain_and_counts_it(b: &Backend) {
+    let id = journal_then_get_killed("while-sending", b);
 
-    let mut journal = Journal::open(&path).unwrap();
+    let mut journal = b.open();
     let recovered = journal.recover_in_flight().unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].id.0, id);
@@ -706,13 +860,10 @@ fn killed_while_sending_the_restart_marks_it_uncertain_and_counts_it() {
 }
 
 #[cfg(unix)]
-#[test]
-fn killed_after_the_outcome_nothing_is_left_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    let id = journal_then_get_killed("after-sent", &path);
+fn killed_after_the_outcome_nothing_is_left_in_flight(b: &Backend) {
+    let id = journal_then_get_killed("after-sent", b);
 
-    let mut journal = Journal::open(&path).unwrap();
+    let mut journal = b.open();
     assert!(journal.recover_in_flight().unwrap().is_empty());
     let history = journal.history(&HistoryFilter::default()).unwrap();
     assert_eq!(history.len(), 1);
@@ -720,11 +871,8 @@ fn killed_after_the_outcome_nothing_is_left_in_flight() {
     assert_eq!(journal.count_sent_since(None, at(0)).unwrap(), 1);
 }
 
-#[test]
-fn states_of_removed_jobs_are_forgotten_and_history_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    let mut journal = Journal::open(&path).unwrap();
+fn states_of_removed_jobs_are_forgotten_and_history_kept(b: &Backend) {
+    let mut journal = b.open();
     let state = JobState::default();
     journal
         .save_states([
@@ -740,12 +888,9 @@ fn states_of_removed_jobs_are_forgotten_and_history_kept() {
     assert_eq!(journal.forget_states_except(&["kept"]).unwrap(), 0);
 }
 
-#[test]
-fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    let mut daemon = Journal::open(&path).unwrap();
-    let status = Journal::open_read_only(&path).unwrap();
+fn a_batch_commits_its_writes_together_and_undoes_a_failed_one_alone(b: &Backend) {
+    let mut daemon = b.open();
+    let status = b.read();
     let earlier = daemon.begin_send(&manual_send("hall")).unwrap();
     daemon.finish_send(earlier, &sent("http")).unwrap();
 
@@ -845,4 +990,276 @@ fn a_writer_that_cannot_create_the_lock_file_says_so() {
         )
     );
     assert!(!path.exists(), "nothing is written without the lock");
+}
+
+// --- PostgreSQL only --------------------------------------------------------
+
+#[test]
+fn a_fresh_postgres_database_gets_the_current_schema_and_reopens_with_its_data() {
+    let Some(b) = Backend::postgres() else { return };
+    let id = b.open().begin_send(&manual_send("lobby")).unwrap();
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let version = pg_server::server()
+        .unwrap()
+        .admin_query_text(&db.name, "SELECT program || ' ' || version FROM jobctl_schema");
+    assert_eq!(version, Some(format!("jobctl journal {SCHEMA_VERSION}")));
+    assert_eq!(b.open().execution(id).unwrap().text, "#01#0#");
+}
+
+#[test]
+fn one_writer_at_a_time_on_postgres_and_readers_beside_it() {
+    let Some(b) = Backend::postgres() else { return };
+    let mut writer = b.open();
+    let err = b.try_open().unwrap_err();
+    assert!(matches!(err, JournalError::LockedInDatabase { .. }), "{err:?}");
+    let message = err.to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = format!("(jobctl on {}, PID {}; server PID ", host.trim(), std::process::id());
+    assert!(
+        message
+            .starts_with(&format!("{}: another jobctl is writing this journal {holder}", b.name())),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(
+            ", holding its advisory lock); only one of `jobctl run`, `run --once`, `send` and \
+             `test-rule --send` may write a journal at a time: wait for it or stop it first \
+             (history, status and check work beside it)"
+        ),
+        "{message}"
+    );
+    let id = writer.begin_send(&manual_send("lobby")).unwrap();
+    let reader = b.read();
+    assert_eq!(reader.execution(id).unwrap().status, ExecutionStatus::Sending);
+
+    drop(writer);
+    // The session ended, and its lock with it.
+    let journal = b.open();
+    assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sending);
+}
+
+/// The whole message of `err`, causes included, as jobctl prints it.
+fn whole(err: &JournalError) -> String {
+    signage_watchdog::error::with_causes(err)
+}
+
+#[test]
+fn a_wrong_password_is_refused_by_the_server_and_never_shown() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("password");
+    std::fs::write(&wrong, "not-the-password-xyzzy\n").unwrap();
+    let err = Journal::open_at(&postgres_location(&db.url, &wrong)).unwrap_err();
+    let message = whole(&err);
+    assert!(
+        message.starts_with(&format!(
+            "{}: cannot connect to the journal's PostgreSQL database: ",
+            db.url
+        )),
+        "{message}"
+    );
+    assert!(message.contains("password authentication failed for user \"jobctl\""), "{message}");
+    assert!(!message.contains("xyzzy"), "{message}");
+}
+
+#[test]
+fn an_unreachable_server_is_named() {
+    // A port nobody listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgresql://jobctl@127.0.0.1:{port}/jobctl");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "secret-password-xyzzy").unwrap();
+    let err = Journal::open_at(&postgres_location(&url, &password)).unwrap_err();
+    let message = whole(&err);
+    assert!(
+        message
+            .starts_with(&format!("{url}: cannot connect to the journal's PostgreSQL database: ")),
+        "{message}"
+    );
+    assert!(message.contains("Connection refused"), "{message}");
+    assert!(!message.contains("xyzzy"), "{message}");
+}
+
+#[test]
+fn a_password_in_the_url_is_refused_before_connecting() {
+    let url = "postgresql://jobctl:hunter2@127.0.0.1:1/jobctl";
+    let err = Journal::open_at(&postgres_location(url, Path::new("/nonexistent"))).unwrap_err();
+    assert!(matches!(err, JournalError::BadUrl { .. }), "{err:?}");
+    assert!(
+        err.to_string().ends_with(
+            ": the URL holds a password, which would show wherever the URL does; \
+             remove it and set password_file (or password_env) instead"
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(err.to_string().starts_with("postgresql://jobctl:***@127.0.0.1:1/jobctl: "), "{err}");
+    assert_eq!(
+        PostgresTarget::new(url).unwrap_err(),
+        err.to_string().split_once("jobctl: ").unwrap().1
+    );
+}
+
+#[test]
+fn a_missing_password_file_is_named() {
+    let url = "postgresql://jobctl@127.0.0.1:1/jobctl";
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let err = Journal::open_at(&postgres_location(url, &missing)).unwrap_err();
+    assert_eq!(
+        whole(&err),
+        format!(
+            "{url}: cannot read secret file {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn an_sqlite_journal_migrates_to_postgres_whole_and_checked_and_a_second_time_is_refused() {
+    let Some(Backend::Postgres(db)) = Backend::postgres() else { return };
+    let sqlite = Backend::sqlite();
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_700_000_000));
+    {
+        let mut journal = sqlite.open().with_clock(clock.clone());
+        let first = journal.begin_send(&rule_send("Offline", DEVICE, "lobby", 1)).unwrap();
+        journal.finish_send(first, &sent("http")).unwrap();
+        let failed = journal.begin_send(&manual_send("hall")).unwrap();
+        let reason = "no network".to_string();
+        journal
+            .finish_send(failed, &SendResult::Failed { backend: "modem".into(), reason })
+            .unwrap();
+        journal.record_suppressed(&manual_send("hall"), &Suppression::DryRun).unwrap();
+        journal.save_states([("Paused", "d=2", &firing(3, 1, 1_700_000_000))]).unwrap();
+        let mut silences =
+            signage_watchdog::journal::SilenceWriter::open_at(&sqlite.location()).unwrap();
+        silences
+            .add(&signage_watchdog::journal::NewSilence {
+                job: Some("Offline".into()),
+                socket: None,
+                devices: Default::default(),
+                author: "anna".into(),
+                comment: "maintenance".into(),
+                duration: HOUR,
+            })
+            .unwrap();
+    }
+    let target = match postgres_location(&db.url, &db.password_file) {
+        Location::Postgres(target) => target,
+        Location::Sqlite(_) => unreachable!(),
+    };
+    let Location::Sqlite(file) = sqlite.location() else { unreachable!() };
+    let migrated = signage_watchdog::journal::migrate(&file, &target).unwrap();
+    assert_eq!(
+        migrated.tables,
+        [
+            ("executions", 3),
+            ("attempts", 2),
+            ("execution_devices", 1),
+            ("job_state", 2),
+            ("silences", 1),
+            ("held_actions", 0),
+            ("mass_outages", 0)
+        ]
+    );
+
+    let before = sqlite.read();
+    let mut after = Journal::open_at(&Location::Postgres(target.clone())).unwrap();
+    let all = HistoryFilter::default();
+    assert_eq!(after.history(&all).unwrap(), before.history(&all).unwrap());
+    assert_eq!(after.load_states::<JobState>().unwrap(), before.load_states::<JobState>().unwrap());
+    let now = at(1_700_000_010);
+    assert_eq!(after.silences(now, true).unwrap(), before.silences(now, true).unwrap());
+    // New rows continue after the copied ids.
+    let next = after.begin_send(&manual_send("lobby")).unwrap();
+    assert_eq!(next.0, 4);
+    drop(after);
+
+    let err = signage_watchdog::journal::migrate(&file, &target).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the target journal is not empty (table executions has 4 rows); \
+             journal migrate only copies into an empty database, so nothing was copied",
+            db.url
+        )
+    );
+}
+
+/// How many of the test's jobctl sessions on `db` use TLS, and how many do
+/// not.
+fn tls_sessions(db: &pg_server::TestDatabase) -> String {
+    pg_server::server()
+        .unwrap()
+        .admin_query_text(
+            "postgres",
+            &format!(
+                "SELECT count(*) FILTER (WHERE s.ssl) || ' tls, ' || \
+                 count(*) FILTER (WHERE NOT s.ssl) || ' plain' \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+                 WHERE a.datname = '{}' AND a.application_name LIKE 'jobctl on %'",
+                db.name
+            ),
+        )
+        .unwrap()
+}
+
+fn with_tls(db: &pg_server::TestDatabase, tls: TlsMode, ca_file: Option<PathBuf>) -> Location {
+    let Location::Postgres(mut target) = postgres_location(&db.url, &db.password_file) else {
+        unreachable!()
+    };
+    target.tls = tls;
+    target.ca_file = ca_file;
+    Location::Postgres(target)
+}
+
+#[test]
+fn tls_require_encrypts_verify_full_checks_the_ca_and_a_stranger_is_refused() {
+    let Some(Backend::Postgres(db)) = Backend::postgres() else { return };
+    let plain = Journal::open_at(&with_tls(&db, TlsMode::Disable, None)).unwrap();
+    assert_eq!(tls_sessions(&db), "0 tls, 1 plain");
+    drop(plain);
+
+    let required = Journal::open_at(&with_tls(&db, TlsMode::Require, None)).unwrap();
+    assert_eq!(tls_sessions(&db), "1 tls, 0 plain");
+    drop(required);
+
+    let checked =
+        Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(db.ca_file.clone()))).unwrap();
+    assert_eq!(tls_sessions(&db), "1 tls, 0 plain");
+    drop(checked);
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("other-ca.crt");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&stranger, other.pem()).unwrap();
+    let err = Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(stranger))).unwrap_err();
+    let message = whole(&err);
+    assert!(
+        message.starts_with(&format!(
+            "{}: cannot connect to the journal's PostgreSQL database: ",
+            db.url
+        )),
+        "{message}"
+    );
+    assert!(message.contains("UnknownIssuer"), "{message}");
+
+    let missing = dir.path().join("no-such-ca.crt");
+    let err =
+        Journal::open_at(&with_tls(&db, TlsMode::VerifyFull, Some(missing.clone()))).unwrap_err();
+    assert!(
+        whole(&err).starts_with(&format!(
+            "{}: ca_file {}: cannot read it: ",
+            db.url,
+            missing.display()
+        )),
+        "{}",
+        whole(&err)
+    );
 }

@@ -223,10 +223,10 @@ pub(super) async fn run(config: &Path, args: ExplainArgs) -> Result<Exit, Error>
         answers.insert(FRESHNESS_QUERY.to_string(), samples);
     }
     let now = Timestamp::now();
-    let journal = match Journal::open_read_only(&rules.journal.path) {
+    let journal = match Journal::open_read_only_at(&rules.journal.location) {
         Ok(journal) => Some(journal),
         // No daemon has run yet: nothing recorded, nothing counted.
-        Err(JournalError::Missing { .. }) => None,
+        Err(JournalError::Missing { .. } | JournalError::MissingInDatabase { .. }) => None,
         Err(err) => return Err(Error::Journal(err)),
     };
     let device = key.to_string();

@@ -291,7 +291,7 @@ fn warn_loose(loaded: &crate::secret::LoadedSecret) {
 
 /// Opens the journal for writing (creating it).
 pub(crate) fn open_journal(rules: &RuleSet) -> Result<Journal, Error> {
-    Journal::open(&rules.journal.path).map_err(Error::Journal)
+    Journal::open_at(&rules.journal.location).map_err(Error::Journal)
 }
 
 /// The outbox of a command a person runs (`send`, `test-rule --send`):
@@ -310,7 +310,7 @@ pub(crate) fn manual_outbox(rules: &RuleSet) -> Result<Outbox, Error> {
 
 /// Opens the journal read-only, next to a running daemon.
 pub(crate) fn read_journal(rules: &RuleSet) -> Result<Journal, Error> {
-    Journal::open_read_only(&rules.journal.path).map_err(Error::Journal)
+    Journal::open_read_only_at(&rules.journal.location).map_err(Error::Journal)
 }
 
 /// Reads `--since`: a duration back from now (`"2h"`) or an RFC 3339 time.

@@ -104,10 +104,10 @@ pub(super) async fn run(rules: &RuleSet, job: &Job, args: &ReplayArgs) -> Result
         Some(sms) => sms.price().map_err(|err| Error::Sms(err.in_file(&rules.main_file)))?,
         None => None,
     };
-    let silences = match Journal::open_read_only(&rules.journal.path) {
+    let silences = match Journal::open_read_only_at(&rules.journal.location) {
         Ok(journal) => journal.silences(Timestamp::now(), true)?,
         // No daemon or `jobctl silence` has run yet: no silence ever held.
-        Err(JournalError::Missing { .. }) => Vec::new(),
+        Err(JournalError::Missing { .. } | JournalError::MissingInDatabase { .. }) => Vec::new(),
         Err(err) => return Err(Error::Journal(err)),
     };
     let Some(prometheus) = prometheus_client(rules)? else {

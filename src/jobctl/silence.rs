@@ -110,7 +110,7 @@ pub(super) fn run(config: &Path, args: SilenceArgs) -> Result<Exit, Error> {
     match args.command {
         SilenceCommand::Add(add) => {
             let new = new_silence(&rules, &add, user.as_deref())?;
-            let mut writer = SilenceWriter::open(&rules.journal.path)?;
+            let mut writer = SilenceWriter::open_at(&rules.journal.location)?;
             let silence = writer.add(&new)?;
             outln!(
                 "silence {} added: holds {} until {} ({})",
@@ -141,7 +141,7 @@ pub(super) fn run(config: &Path, args: SilenceArgs) -> Result<Exit, Error> {
         SilenceCommand::Expire(expire) => {
             let id = parse_id(&expire.id)?;
             let by = author(expire.author.as_deref(), user.as_deref())?;
-            let mut writer = SilenceWriter::open(&rules.journal.path)?;
+            let mut writer = SilenceWriter::open_at(&rules.journal.location)?;
             match writer.expire(id, &by)? {
                 None => return Err(Error::UnknownSilence(id)),
                 Some(Expired::Now(silence)) => outln!(

@@ -70,17 +70,20 @@ pub(super) async fn run(config: &Path, args: TestRuleArgs) -> Result<Exit, Error
         evaluation.devices.retain(|key, _| rules.socket_for(key).is_some());
     }
     let unpowered = before - evaluation.devices.len();
-    let states: HashMap<String, JobState> = match Journal::open_read_only(&rules.journal.path) {
-        Ok(journal) => journal
-            .load_states()?
-            .into_iter()
-            .filter(|((j, _), _)| *j == job.name)
-            .map(|((_, d), s)| (d, s))
-            .collect(),
-        // No daemon has run yet: every device is inactive, nothing to show.
-        Err(JournalError::Missing { .. }) => HashMap::new(),
-        Err(err) => return Err(Error::Journal(err)),
-    };
+    let states: HashMap<String, JobState> =
+        match Journal::open_read_only_at(&rules.journal.location) {
+            Ok(journal) => journal
+                .load_states()?
+                .into_iter()
+                .filter(|((j, _), _)| *j == job.name)
+                .map(|((_, d), s)| (d, s))
+                .collect(),
+            // No daemon has run yet: every device is inactive, nothing to show.
+            Err(JournalError::Missing { .. } | JournalError::MissingInDatabase { .. }) => {
+                HashMap::new()
+            }
+            Err(err) => return Err(Error::Journal(err)),
+        };
 
     crate::exit::outln!("job {:?}", job.name);
     crate::exit::outln!(

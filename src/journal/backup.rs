@@ -12,7 +12,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::{sqlite_error, Journal, JournalError};
+use super::db::{args, Db};
+use super::{db_error, Journal, JournalError};
 
 /// What a backup wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,13 @@ impl Journal {
     /// be a journal this jobctl reads before the backup counts as done; a
     /// failed backup leaves no file behind.
     pub fn backup_to(&self, target: &Path) -> Result<Backup, JournalError> {
+        if let Db::Postgres(_) = self.db {
+            return Err(JournalError::SqliteOnly {
+                path: self.path.clone(),
+                what: "`jobctl journal backup`",
+                instead: "back a PostgreSQL journal up with pg_dump (README, \"Operations\")",
+            });
+        }
         let created =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(target);
         match created {
@@ -53,14 +61,14 @@ impl Journal {
             path: target.to_path_buf(),
             source: std::io::Error::new(ErrorKind::InvalidInput, "the path is not UTF-8"),
         })?;
-        self.connection
-            .execute("VACUUM INTO ?1", [name])
-            .map_err(sqlite_error(&self.path, "copying the journal"))?;
+        self.db
+            .execute("VACUUM INTO ?1", args![name])
+            .map_err(db_error(&self.path, "copying the journal"))?;
         let copy = Journal::open_read_only(target)?;
         let executions = copy
-            .connection
-            .query_row("SELECT count(*) FROM executions", [], |row| row.get::<_, i64>(0))
-            .map_err(sqlite_error(target, "reading the copy back"))?;
+            .db
+            .query_one("SELECT count(*) FROM executions", args![], |row| row.i64(0))
+            .map_err(db_error(target, "reading the copy back"))?;
         let bytes = std::fs::metadata(target)
             .map_err(|source| JournalError::BackupTarget { path: target.to_path_buf(), source })?
             .len();

@@ -9,7 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use jiff::Timestamp;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+use super::db::{DbError, Row, ToValue, Value};
 
 /// The row id of an execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,16 +102,15 @@ impl FromStr for ExecutionStatus {
     }
 }
 
-impl ToSql for ExecutionStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl ToValue for ExecutionStatus {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self.as_str())
     }
 }
 
-impl FromSql for ExecutionStatus {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<ExecutionStatus> {
-        value.as_str()?.parse().map_err(|err| FromSqlError::Other(Box::new(err)))
-    }
+/// The status in column `index`.
+pub(super) fn status_column(row: &Row<'_>, index: usize) -> Result<ExecutionStatus, DbError> {
+    row.str(index)?.parse().map_err(|_| DbError::Column { index, wanted: "a status" })
 }
 
 /// What became of a rule's action: whether the device recovered after it
@@ -154,19 +154,21 @@ impl fmt::Display for ActionResult {
     }
 }
 
-impl ToSql for ActionResult {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl ToValue for ActionResult {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self.as_str())
     }
 }
 
-impl FromSql for ActionResult {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<ActionResult> {
-        let word = value.as_str()?;
-        ActionResult::ALL
+/// The result in column `index`, if any.
+pub(super) fn result_column(row: &Row<'_>, index: usize) -> Result<Option<ActionResult>, DbError> {
+    match row.opt_str(index)? {
+        None => Ok(None),
+        Some(word) => ActionResult::ALL
             .into_iter()
             .find(|result| result.as_str() == word)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown result {word:?}").into()))
+            .map(Some)
+            .ok_or(DbError::Column { index, wanted: "a result" }),
     }
 }
 
@@ -290,50 +292,39 @@ pub(super) const EXECUTION_COLUMNS: &str =
 
 /// An execution from a row of [`EXECUTION_COLUMNS`], its attempts and
 /// devices not yet read.
-pub(super) fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
+pub(super) fn execution_from_row(row: &Row<'_>) -> Result<Execution, DbError> {
     Ok(Execution {
-        id: ExecutionId(row.get(0)?),
-        job: row.get(1)?,
-        device_key: row.get(2)?,
+        id: ExecutionId(row.i64(0)?),
+        job: row.opt_string(1)?,
+        device_key: row.opt_string(2)?,
         devices: Vec::new(),
-        socket: row.get(3)?,
-        phone: row.get(4)?,
-        text: row.get(5)?,
-        episode: row.get(6)?,
-        attempt: row.get(7)?,
-        trigger_value: row.get(8)?,
-        status: row.get(9)?,
-        backend: row.get(10)?,
-        detail: row.get(11)?,
-        manual: row.get(12)?,
+        socket: row.string(3)?,
+        phone: row.string(4)?,
+        text: row.string(5)?,
+        episode: row.opt_u64(6)?,
+        attempt: row.opt_u32(7)?,
+        trigger_value: row.opt_f64(8)?,
+        status: status_column(row, 9)?,
+        backend: row.opt_string(10)?,
+        detail: row.opt_string(11)?,
+        manual: row.bool(12)?,
         created_at: timestamp_column(row, 13)?,
         updated_at: timestamp_column(row, 14)?,
         attempts: Vec::new(),
-        result: row.get(15)?,
-        result_at: row
-            .get::<_, Option<i64>>(16)?
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+        result: result_column(row, 15)?,
+        result_at: row.opt_i64(16)?.and_then(|ms| Timestamp::from_millisecond(ms).ok()),
         recovered_after: row
-            .get::<_, Option<i64>>(17)?
+            .opt_i64(17)?
             .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         device_results: Vec::new(),
-        channel: Channel::parse(&row.get::<_, String>(18)?),
-        event: row.get(19)?,
-        about: row.get::<_, Option<i64>>(20)?.map(ExecutionId),
+        channel: Channel::parse(row.str(18)?),
+        event: row.opt_string(19)?,
+        about: row.opt_i64(20)?.map(ExecutionId),
     })
 }
 
 /// The instant stored as Unix milliseconds in column `index`.
-pub(super) fn timestamp_column(
-    row: &rusqlite::Row<'_>,
-    index: usize,
-) -> rusqlite::Result<Timestamp> {
-    let millis: i64 = row.get(index)?;
-    Timestamp::from_millisecond(millis).map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Integer,
-            Box::new(err),
-        )
-    })
+pub(super) fn timestamp_column(row: &Row<'_>, index: usize) -> Result<Timestamp, DbError> {
+    Timestamp::from_millisecond(row.i64(index)?)
+        .map_err(|_| DbError::Column { index, wanted: "Unix milliseconds" })
 }

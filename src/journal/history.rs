@@ -5,13 +5,13 @@
 //! running daemon.
 
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension};
 
+use super::db::args;
 use super::execution::{
-    execution_from_row, timestamp_column, Attempt, DeviceResult, Execution, ExecutionId,
-    ExecutionStatus, EXECUTION_COLUMNS,
+    execution_from_row, result_column, status_column, timestamp_column, Attempt, DeviceResult,
+    Execution, ExecutionId, ExecutionStatus, EXECUTION_COLUMNS,
 };
-use super::{sqlite_error, Journal, JournalError};
+use super::{db_error, Journal, JournalError};
 
 /// Which executions [`Journal::history`] returns, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,20 +33,21 @@ impl Journal {
     /// Executions matching `filter`, newest first, each with its attempts.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<Execution>, JournalError> {
         let doing = "reading the history";
-        let mut statement = self
-            .connection
-            .prepare(&format!(
-                "SELECT {EXECUTION_COLUMNS} FROM executions \
-                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR id IN \
-                 (SELECT execution_id FROM execution_devices WHERE device_key = ?2)) \
-                 AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR status = ?4) \
-                 ORDER BY created_at DESC, id DESC LIMIT ?5"
-            ))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let limit = filter.limit.map_or(-1, i64::from);
-        let rows = statement
+        // Each parameter's comparison comes before its `IS NULL`: PostgreSQL
+        // takes a parameter's type from its first use.
+        let limit = filter.limit.map_or(i64::MAX, i64::from);
+        let mut executions = self
+            .db
             .query_map(
-                params![
+                &format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions \
+                     WHERE (job = ?1 OR ?1 IS NULL) AND (id IN \
+                     (SELECT execution_id FROM execution_devices WHERE device_key = ?2) \
+                     OR ?2 IS NULL) \
+                     AND (created_at >= ?3 OR ?3 IS NULL) AND (status = ?4 OR ?4 IS NULL) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ),
+                args![
                     filter.job,
                     filter.device_key,
                     filter.since.map(Timestamp::as_millisecond),
@@ -55,9 +56,7 @@ impl Journal {
                 ],
                 execution_from_row,
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let mut executions: Vec<Execution> =
-            rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))?;
+            .map_err(db_error(&self.path, doing))?;
         for execution in &mut executions {
             self.complete(execution)?;
         }
@@ -67,14 +66,13 @@ impl Journal {
     /// One execution, with its attempts.
     pub fn execution(&self, id: ExecutionId) -> Result<Execution, JournalError> {
         let mut execution = self
-            .connection
-            .query_row(
+            .db
+            .query_opt(
                 &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1"),
-                [id.0],
+                args![id.0],
                 execution_from_row,
             )
-            .optional()
-            .map_err(sqlite_error(&self.path, "reading an execution"))?
+            .map_err(db_error(&self.path, "reading an execution"))?
             .ok_or_else(|| JournalError::UnknownExecution { path: self.path.clone(), id })?;
         self.complete(&mut execution)?;
         Ok(execution)
@@ -86,44 +84,38 @@ impl Journal {
     /// one-command-per-cooldown rule.
     pub fn last_socket_commands(&self) -> Result<Vec<(String, String, Timestamp)>, JournalError> {
         let doing = "reading the last command to each socket";
-        let mut statement = self
-            .connection
-            .prepare(
+        self.db
+            .query_map(
                 "SELECT job, socket, max(created_at) FROM executions \
                  WHERE job IS NOT NULL AND event IS NULL AND socket != '-' \
                  AND status NOT IN ('dry_run', 'suppressed') \
                  GROUP BY job, socket",
+                args![],
+                |row| Ok((row.string(0)?, row.string(1)?, timestamp_column(row, 2)?)),
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, timestamp_column(row, 2)?)))
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, doing))
     }
 
     /// The devices a rule's execution was for, in key order, with what
     /// became of the action on each.
     fn devices(&self, id: ExecutionId) -> Result<Vec<DeviceResult>, JournalError> {
         let doing = "reading an execution's devices";
-        let mut statement = self
-            .connection
-            .prepare_cached(
+        self.db
+            .query_map(
                 "SELECT device_key, result, recovered_after_ms FROM execution_devices \
                  WHERE execution_id = ?1 ORDER BY device_key",
+                args![id.0],
+                |row| {
+                    Ok(DeviceResult {
+                        device_key: row.string(0)?,
+                        result: result_column(row, 1)?,
+                        recovered_after: row.opt_i64(2)?.map(|ms| {
+                            std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+                        }),
+                    })
+                },
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([id.0], |row| {
-                Ok(DeviceResult {
-                    device_key: row.get(0)?,
-                    result: row.get(1)?,
-                    recovered_after: row
-                        .get::<_, Option<i64>>(2)?
-                        .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
-                })
-            })
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, doing))
     }
 
     /// Fills an execution's devices (and, when it was for several, each
@@ -140,23 +132,20 @@ impl Journal {
 
     fn attempts(&self, id: ExecutionId) -> Result<Vec<Attempt>, JournalError> {
         let doing = "reading attempts";
-        let mut statement = self
-            .connection
-            .prepare_cached(
+        self.db
+            .query_map(
                 "SELECT backend, outcome, detail, at FROM attempts \
                  WHERE execution_id = ?1 ORDER BY id",
+                args![id.0],
+                |row| {
+                    Ok(Attempt {
+                        backend: row.string(0)?,
+                        outcome: status_column(row, 1)?,
+                        detail: row.opt_string(2)?,
+                        at: timestamp_column(row, 3)?,
+                    })
+                },
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([id.0], |row| {
-                Ok(Attempt {
-                    backend: row.get(0)?,
-                    outcome: row.get(1)?,
-                    detail: row.get(2)?,
-                    at: timestamp_column(row, 3)?,
-                })
-            })
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, doing))
     }
 }

@@ -1,5 +1,6 @@
 //! The durable record of every SMS jobctl decides to send, and of each job's
-//! state, in one SQLite file.
+//! state, in one SQLite file or in a PostgreSQL database (`[journal] url`,
+//! for an HA pair). Every promise below holds on both.
 //!
 //! The journal is what makes a restart safe. Its promises:
 //!
@@ -15,8 +16,9 @@
 //! - Every backend attempt is kept (table `attempts`), so failover shows
 //!   which backend failed and which delivered.
 //! - **One writer at a time.** [`Journal::open`] takes an exclusive lock
-//!   on `<journal>.lock` and holds it as long as the journal lives; a second
-//!   writer is refused ([`JournalError::Locked`]), so no action is sent
+//!   on `<journal>.lock` (on PostgreSQL, [`Journal::open_at`] a session
+//!   advisory lock) and holds it as long as the journal lives; a second
+//!   writer is refused ([`JournalError::Locked`], [`JournalError::LockedInDatabase`]), so no action is sent
 //!   twice by two processes and nobody settles another's sends in flight.
 //!   The one exception is [`SilenceWriter`]: it only adds and ends silences,
 //!   a table the daemon reads and never writes, so it needs no lock.
@@ -30,7 +32,11 @@
 //! committed before any of them leaves. Inside a batch each write is a
 //! savepoint, so one that fails is undone alone, as it would be outside.
 //!
-//! The API is synchronous and owns its [`rusqlite::Connection`]; the engine
+//! **Every write transaction begins in `Journal::begin_write`** (each
+//! write, each batch, each schema upgrade, each silence): a condition every
+//! write must meet has one place to be checked.
+//!
+//! The API is synchronous and owns its connection (`db`); the engine
 //! calls it from a dedicated thread or `spawn_blocking`, never on the async
 //! runtime. The file is in WAL mode so that `jobctl status` and
 //! `jobctl history` ([`Journal::open_read_only`]) read while the daemon
@@ -47,7 +53,8 @@
 //! states back as the type its caller asks for. The rules own the state;
 //! the journal sits below them and never imports them.
 //!
-//! The schema version lives in `PRAGMA user_version`. Opening an older
+//! The schema version lives in `PRAGMA user_version` (PostgreSQL: the table
+//! `jobctl_schema`). Opening an older
 //! journal read-write upgrades it; a newer one is refused, and so is any file
 //! that is not a jobctl journal — such a file is never written to.
 //!
@@ -57,7 +64,13 @@
 //! transactions every write runs in ([`Journal::batch`] and the write lock).
 //! The parts:
 //!
-//! - `lock` — one writer per journal: the lock file every writer holds,
+//! - `db` — the storage interface: one connection to SQLite or PostgreSQL,
+//!   the journal's SQL written once for both, rows read by index.
+//! - `postgres` — what is PostgreSQL's own: connecting (password source,
+//!   TLS), the `jobctl_schema` version table, the advisory writer lock.
+//! - `migrate` — an SQLite journal copied into PostgreSQL, checked row by
+//!   row (`jobctl journal migrate`).
+//! - `lock` — one writer per SQLite journal: the lock file every writer holds,
 //!   so two daemons (or a `send` next to a daemon) never write one journal.
 //! - `schema` — the tables, the `user_version` migrations, and the checks
 //!   that refuse another program's database or a newer journal.
@@ -76,10 +89,13 @@
 //!   escalation per outage across restarts) and the actions they held.
 
 mod backup;
+mod db;
 mod execution;
 mod history;
 mod lock;
+mod migrate;
 mod outages;
+mod postgres;
 mod report;
 mod results;
 mod schema;
@@ -92,11 +108,15 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags, Savepoint, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::clock::{Clock, SystemClock};
+use db::Db;
 use lock::JournalLock;
 use schema::refuse_non_sqlite;
+
+pub use db::DbError;
+pub use postgres::{redacted as redacted_url, Location, PostgresTarget, TlsMode};
 
 pub use backup::Backup;
 pub use execution::{
@@ -104,6 +124,7 @@ pub use execution::{
     UnknownStatus,
 };
 pub use history::HistoryFilter;
+pub use migrate::{migrate, sqlite_source, Migrated};
 pub use outages::{MassOutageRecord, OutageChange, OutageHeldAction};
 pub use report::DeviceActivity;
 pub use results::ActionRef;
@@ -116,8 +137,10 @@ pub use states::{EncodedState, JournalState};
 
 /// The journal: executions, their attempts, and job states.
 pub struct Journal {
-    connection: Connection,
-    /// The file, named in every error; `:memory:` for an in-memory journal.
+    /// The connection, to SQLite or PostgreSQL.
+    db: Db,
+    /// The file, named in every error; `:memory:` for an in-memory journal;
+    /// for PostgreSQL, its URL (which never holds a password).
     path: PathBuf,
     clock: Arc<dyn Clock>,
     /// Whether a [`Journal::batch`] is open: writes are then savepoints in
@@ -242,16 +265,16 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    /// SQLite failed.
+    /// The database (SQLite or PostgreSQL) failed.
     #[error("{path}: error while {doing}")]
-    Sqlite {
-        /// The file.
+    Database {
+        /// The file or URL.
         path: PathBuf,
         /// What the journal was doing, e.g. "recording an attempt".
         doing: &'static str,
-        /// What SQLite said.
+        /// What the database said.
         #[source]
-        source: SqliteReason,
+        source: DbError,
     },
     /// An execution id that the journal does not hold.
     #[error("{path}: no execution {id} in the journal")]
@@ -295,6 +318,98 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    /// Another process writes this PostgreSQL journal (it holds the
+    /// journal's advisory lock).
+    #[error(
+        "{path}: another jobctl is writing this journal ({holder}, holding its advisory lock); \
+         only one of `jobctl run`, `run --once`, `send` and `test-rule --send` may write \
+         a journal at a time: wait for it or stop it first (history, status and check work beside it)"
+    )]
+    LockedInDatabase {
+        /// The URL.
+        path: PathBuf,
+        /// Who holds the lock, as PostgreSQL shows the session: its
+        /// application name (host and PID) and backend PID.
+        holder: String,
+    },
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error("{path}: cannot connect to the journal's PostgreSQL database")]
+    Connect {
+        /// The URL.
+        path: PathBuf,
+        /// What the client or the server said (never the password).
+        #[source]
+        source: DbError,
+    },
+    /// `[journal] url` cannot be used as it is.
+    #[error("{path}: {reason}")]
+    BadUrl {
+        /// The URL, as written (without a password: one is refused).
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The PostgreSQL password (or TLS CA file) could not be read.
+    #[error("{path}: {reason}")]
+    Credentials {
+        /// The URL.
+        path: PathBuf,
+        /// What went wrong, never the secret.
+        reason: String,
+    },
+    /// The PostgreSQL database belongs to something else.
+    #[error(
+        "{path}: a PostgreSQL database but not a jobctl journal ({evidence}); \
+         it was left untouched (point [journal] url at an empty database of its own)"
+    )]
+    ForeignPostgres {
+        /// The URL.
+        path: PathBuf,
+        /// What gave it away, e.g. `it has a table "devices"`.
+        evidence: String,
+    },
+    /// A reader found no journal in the PostgreSQL database.
+    #[error(
+        "{path}: no journal there yet; `jobctl run` creates it when it first starts \
+         (the rules' [journal] url says where it is)"
+    )]
+    MissingInDatabase {
+        /// The URL.
+        path: PathBuf,
+    },
+    /// `journal migrate`: the PostgreSQL database already holds rows.
+    #[error(
+        "{path}: the target journal is not empty (table {table} has {rows} rows); \
+         journal migrate only copies into an empty database, so nothing was copied"
+    )]
+    MigrationTargetNotEmpty {
+        /// The URL.
+        path: PathBuf,
+        /// The first table found with rows.
+        table: &'static str,
+        /// How many.
+        rows: u64,
+    },
+    /// `journal migrate`: the copy read back differs from the source.
+    #[error("{path}: the copy of table {table} differs from the SQLite journal: {detail}")]
+    MigrationDiffers {
+        /// The URL.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// Where.
+        detail: String,
+    },
+    /// What the journal was asked is for SQLite journals only.
+    #[error("{path}: {what} works on an SQLite journal only; {instead}")]
+    SqliteOnly {
+        /// The URL.
+        path: PathBuf,
+        /// What was asked, e.g. "`jobctl journal backup`".
+        what: &'static str,
+        /// What to do instead, e.g. "use pg_dump".
+        instead: &'static str,
+    },
 }
 
 impl Journal {
@@ -315,7 +430,7 @@ impl Journal {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, Some(lock));
+        let mut journal = Journal::over_sqlite(connection, path, Some(lock));
         journal.prepare(true)?;
         Ok(journal)
     }
@@ -337,9 +452,38 @@ impl Journal {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, None);
+        let mut journal = Journal::over_sqlite(connection, path, None);
         journal.prepare(false)?;
         Ok(journal)
+    }
+
+    /// Opens the journal at `location` for writing: [`Journal::open`] for
+    /// an SQLite file; for PostgreSQL, connects, takes the database's
+    /// writer lock (an advisory lock held by the session) and applies the
+    /// migrations.
+    pub fn open_at(location: &Location) -> Result<Journal, JournalError> {
+        match location {
+            Location::Sqlite(path) => Journal::open(path),
+            Location::Postgres(target) => {
+                let mut journal = postgres::connect(target, false)?;
+                journal.lock_postgres()?;
+                journal.prepare_postgres(true)?;
+                Ok(journal)
+            }
+        }
+    }
+
+    /// Opens the journal at `location` for reading only
+    /// ([`Journal::open_read_only`]; on PostgreSQL, a read-only session).
+    pub fn open_read_only_at(location: &Location) -> Result<Journal, JournalError> {
+        match location {
+            Location::Sqlite(path) => Journal::open_read_only(path),
+            Location::Postgres(target) => {
+                let mut journal = postgres::connect(target, true)?;
+                journal.prepare_postgres(false)?;
+                Ok(journal)
+            }
+        }
     }
 
     /// A journal that lives in memory, for tests and `--once` experiments.
@@ -347,16 +491,23 @@ impl Journal {
         let path = Path::new(":memory:");
         let connection =
             Connection::open_in_memory().map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, None);
+        let mut journal = Journal::over_sqlite(connection, path, None);
         journal.prepare(true)?;
         Ok(journal)
     }
 
-    /// A journal over `connection`, not yet checked or prepared, holding
-    /// `lock` when it is opened for writing.
-    fn new(connection: Connection, path: &Path, lock: Option<JournalLock>) -> Journal {
+    /// A journal over an SQLite `connection`, not yet checked or prepared,
+    /// holding `lock` when it is opened for writing.
+    fn over_sqlite(connection: Connection, path: &Path, lock: Option<JournalLock>) -> Journal {
+        // The journal has a few dozen distinct statements; keep them all.
+        connection.set_prepared_statement_cache_capacity(64);
+        Journal::new(Db::Sqlite(connection), path, lock)
+    }
+
+    /// A journal over `db`, not yet checked or prepared.
+    fn new(db: Db, path: &Path, lock: Option<JournalLock>) -> Journal {
         Journal {
-            connection,
+            db,
             path: path.to_path_buf(),
             clock: Arc::new(SystemClock),
             in_batch: false,
@@ -386,8 +537,9 @@ impl Journal {
         doing: &'static str,
         work: impl FnOnce(&mut Journal) -> T,
     ) -> Result<T, JournalError> {
-        let path = &self.path;
-        self.connection.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_error(path, doing))?;
+        // The batch's transaction begins where every write does; it stays
+        // open, and is committed or undone here.
+        self.begin_write(doing)?.keep_open();
         self.in_batch = true;
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         self.in_batch = false;
@@ -398,46 +550,44 @@ impl Journal {
                 std::panic::resume_unwind(panic);
             }
         };
-        if self.connection.is_autocommit() {
+        if !self.db.in_transaction() {
             return Err(JournalError::BatchUndone { path: self.path.clone() });
         }
-        if let Err(source) = self.connection.execute_batch("COMMIT") {
+        if let Err(source) = self.db.commit() {
             self.rollback();
-            let source = SqliteReason(source);
-            return Err(JournalError::Sqlite { path: self.path.clone(), doing, source });
+            return Err(JournalError::Database { path: self.path.clone(), doing, source });
         }
         Ok(result)
     }
 
     /// Undoes an open batch (a failed commit may leave it open).
     fn rollback(&self) {
-        if !self.connection.is_autocommit() {
+        if self.db.in_transaction() {
             // Nothing more to do if this fails too: the connection is
             // closed with the journal, which undoes what is not committed.
-            let _ = self.connection.execute_batch("ROLLBACK");
+            let _ = self.db.rollback();
         }
     }
-}
 
-/// What SQLite said, shown once: rusqlite's error repeats SQLite's reason
-/// as its own source (`database disk image is malformed: Error code 11: The
-/// database disk image is malformed`), so its source is dropped here.
-#[derive(Debug)]
-pub struct SqliteReason(pub rusqlite::Error);
-
-impl fmt::Display for SqliteReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SqliteReason {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.0 {
-            // Its message is SQLite's own, or the code's text when there is none.
-            rusqlite::Error::SqliteFailure(..) => None,
-            other => other.source(),
+    /// Starts a write: a transaction, or a savepoint when a batch is open.
+    ///
+    /// **Every write transaction of the journal begins here** (each write,
+    /// each batch, each schema upgrade, each silence), so that a condition
+    /// every write must meet is checked in one place.
+    fn begin_write(&self, doing: &'static str) -> Result<Write<'_>, JournalError> {
+        let path = &self.path;
+        if !self.in_batch {
+            self.db.begin().map_err(db_error(path, doing))?;
+            return Ok(Write { db: &self.db, savepoint: false, done: false });
         }
+        if !self.db.in_transaction() {
+            // SQLite rolled the batch back (e.g. the disk is full). A write
+            // now would commit on its own, outside the batch that its caller
+            // will report as failed, so refuse it.
+            return Err(JournalError::BatchUndone { path: path.clone() });
+        }
+        self.db.savepoint().map_err(db_error(path, doing))?;
+        Ok(Write { db: &self.db, savepoint: true, done: false })
     }
 }
 
@@ -455,66 +605,140 @@ impl fmt::Display for Holder {
 
 /// One write: a transaction of its own, or a savepoint inside a
 /// [`Journal::batch`]. Dropped without [`Write::commit`], it is undone.
-enum Write<'c> {
-    Transaction(Transaction<'c>),
-    Savepoint(Savepoint<'c>),
+struct Write<'c> {
+    db: &'c Db,
+    /// A savepoint in a batch's transaction, not a transaction of its own.
+    savepoint: bool,
+    /// Committed, released or handed over: nothing to undo on drop.
+    done: bool,
 }
 
 impl Write<'_> {
     /// Commits the transaction, or releases the savepoint into the batch's
     /// transaction (committed when the batch ends).
-    fn commit(self) -> rusqlite::Result<()> {
-        match self {
-            Write::Transaction(tx) => tx.commit(),
-            Write::Savepoint(savepoint) => savepoint.commit(),
+    fn commit(mut self) -> Result<(), DbError> {
+        self.done = true;
+        if self.savepoint {
+            self.db.release()
+        } else {
+            self.db.commit()
+        }
+    }
+
+    /// Leaves the transaction open for [`Journal::batch`] to end.
+    fn keep_open(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Undone: the error that dropped it is what its caller reports.
+        if self.savepoint {
+            let _ = self.db.rollback_to_savepoint();
+        } else if self.db.in_transaction() {
+            let _ = self.db.rollback();
         }
     }
 }
 
 impl Deref for Write<'_> {
-    type Target = Connection;
+    type Target = Db;
 
-    fn deref(&self) -> &Connection {
-        match self {
-            Write::Transaction(tx) => tx,
-            Write::Savepoint(savepoint) => savepoint,
-        }
+    fn deref(&self) -> &Db {
+        self.db
     }
 }
 
-/// Starts a write: a transaction, or a savepoint when a batch is open.
-/// IMMEDIATE takes the write lock up front, so two writers queue on the busy
-/// timeout instead of failing halfway through.
-fn begin<'c>(
-    connection: &'c mut Connection,
-    in_batch: bool,
-    path: &Path,
-    doing: &'static str,
-) -> Result<Write<'c>, JournalError> {
-    if !in_batch {
-        return connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map(Write::Transaction)
-            .map_err(sqlite_error(path, doing));
-    }
-    if connection.is_autocommit() {
-        // SQLite rolled the batch back (e.g. the disk is full). A write
-        // now would commit on its own, outside the batch that its caller
-        // will report as failed, so refuse it.
-        return Err(JournalError::BatchUndone { path: path.to_path_buf() });
-    }
-    connection.savepoint().map(Write::Savepoint).map_err(sqlite_error(path, doing))
-}
-
-/// Names the file and what the journal was doing on an SQLite error, for
+/// Names the file and what the journal was doing on a database error, for
 /// `map_err`.
+fn db_error<'p>(path: &'p Path, doing: &'static str) -> impl FnOnce(DbError) -> JournalError + 'p {
+    move |source| JournalError::Database { path: path.to_path_buf(), doing, source }
+}
+
+/// [`db_error`] for an error straight from rusqlite.
 fn sqlite_error<'p>(
     path: &'p Path,
     doing: &'static str,
 ) -> impl FnOnce(rusqlite::Error) -> JournalError + 'p {
-    move |source| JournalError::Sqlite {
+    move |source| JournalError::Database {
         path: path.to_path_buf(),
         doing,
-        source: SqliteReason(source),
+        source: DbError::Sqlite(source),
     }
+}
+
+#[cfg(test)]
+#[allow(dead_code, reason = "the unit tests use part of the PostgreSQL harness")]
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
+
+/// The journal's unit tests run on both backends, as `tests/journal.rs`
+/// does: [`on_both_backends!`] makes `name::sqlite` and `name::postgres`
+/// of each `fn name(b: &TestBackend)`.
+#[cfg(test)]
+pub(crate) mod test_backend {
+    use std::path::PathBuf;
+
+    use super::{test_postgres, Journal, Location, PostgresTarget, TlsMode};
+    use crate::secret::SecretSource;
+
+    /// Where a unit test's journal lives.
+    pub(crate) enum TestBackend {
+        /// A file in a temporary directory.
+        Sqlite(tempfile::TempDir),
+        /// A fresh database of the test binary's PostgreSQL server.
+        Postgres(test_postgres::TestDatabase),
+    }
+
+    impl TestBackend {
+        pub(crate) fn sqlite() -> TestBackend {
+            TestBackend::Sqlite(tempfile::tempdir().unwrap())
+        }
+
+        /// `None` when PostgreSQL is not installed (skipped).
+        pub(crate) fn postgres() -> Option<TestBackend> {
+            test_postgres::fresh_database().map(TestBackend::Postgres)
+        }
+
+        pub(crate) fn location(&self) -> Location {
+            match self {
+                TestBackend::Sqlite(dir) => Location::Sqlite(dir.path().join("journal.db")),
+                TestBackend::Postgres(db) => Location::Postgres(PostgresTarget {
+                    url: db.url.clone(),
+                    password: Some(SecretSource::File(db.password_file.clone())),
+                    base_dir: PathBuf::from("/"),
+                    tls: TlsMode::Disable,
+                    ca_file: None,
+                }),
+            }
+        }
+
+        /// The journal, opened for writing.
+        pub(crate) fn open(&self) -> Journal {
+            Journal::open_at(&self.location()).unwrap()
+        }
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(&$crate::journal::test_backend::TestBackend::sqlite());
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(b) = $crate::journal::test_backend::TestBackend::postgres() {
+                        super::$name(&b);
+                    }
+                }
+            }
+        )*};
+    }
+    pub(crate) use on_both_backends;
 }

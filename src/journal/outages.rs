@@ -14,10 +14,10 @@
 //! table's unique index, as silences' holds are.
 
 use jiff::Timestamp;
-use rusqlite::params;
 
+use super::db::{args, DbError, Row};
 use super::execution::timestamp_column;
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::{db_error, Journal, JournalError};
 
 /// A job's mass outage as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,49 +101,38 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let doing = "recording mass outages";
-        let tx = begin(&mut self.connection, self.in_batch, path, doing)?;
+        let tx = self.begin_write(doing)?;
         let mut applied = Vec::with_capacity(changes.len());
         for change in changes {
             let rows = match change {
                 OutageChange::Began { job, since, bad, known } => tx.execute(
-                    "INSERT OR IGNORE INTO mass_outages (job, since, bad, known) \
-                             VALUES (?1, ?2, ?3, ?4)",
-                    params![job, since.as_millisecond(), count(*bad), count(*known)],
+                    "INSERT INTO mass_outages (job, since, bad, known) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    args![job, since.as_millisecond(), count(*bad), count(*known)],
                 ),
                 OutageChange::Counts { job, bad, known } => tx.execute(
                     "UPDATE mass_outages SET bad = ?2, known = ?3 \
                      WHERE job = ?1 AND ended_at IS NULL",
-                    params![job, count(*bad), count(*known)],
+                    args![job, count(*bad), count(*known)],
                 ),
                 OutageChange::Ended { job, at, bad, known } => tx.execute(
                     "UPDATE mass_outages SET ended_at = ?2, bad = ?3, known = ?4 \
                      WHERE job = ?1 AND ended_at IS NULL",
-                    params![job, at.as_millisecond(), count(*bad), count(*known)],
+                    args![job, at.as_millisecond(), count(*bad), count(*known)],
                 ),
             };
-            applied.push(rows.map_err(sqlite_error(path, doing))? > 0);
+            applied.push(rows.map_err(db_error(path, doing))? > 0);
         }
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO held_actions \
-                     (job, device_key, episode, attempt, reason, silence_id, at) \
-                     VALUES (?1, ?2, ?3, ?4, 'mass_outage', NULL, ?5)",
-                )
-                .map_err(sqlite_error(path, "recording a held action"))?;
-            for action in held {
-                insert
-                    .execute(params![
-                        action.job,
-                        action.device_key,
-                        count(action.episode),
-                        action.attempt,
-                        now
-                    ])
-                    .map_err(sqlite_error(path, "recording a held action"))?;
-            }
+        for action in held {
+            tx.execute(
+                "INSERT INTO held_actions \
+                 (job, device_key, episode, attempt, reason, silence_id, at) \
+                 VALUES (?1, ?2, ?3, ?4, 'mass_outage', NULL, ?5) ON CONFLICT DO NOTHING",
+                args![action.job, action.device_key, count(action.episode), action.attempt, now],
+            )
+            .map_err(db_error(path, "recording a held action"))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing mass outages"))?;
+        tx.commit().map_err(db_error(path, "committing mass outages"))?;
         Ok(applied)
     }
 
@@ -155,82 +144,75 @@ impl Journal {
 
     /// Every outage of `job`, oldest first.
     pub fn outages_of(&self, job: &str) -> Result<Vec<MassOutageRecord>, JournalError> {
-        let doing = "reading mass outages";
-        let mut statement = self
-            .connection
-            .prepare(
+        self.db
+            .query_map(
                 "SELECT job, since, bad, known, ended_at FROM mass_outages \
                  WHERE job = ?1 ORDER BY id",
+                args![job],
+                outage_from_row,
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map(params![job], outage_from_row)
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, "reading mass outages"))
     }
 
     fn outages(&self, filter: &str) -> Result<Vec<MassOutageRecord>, JournalError> {
-        let doing = "reading mass outages";
-        let mut statement = self
-            .connection
-            .prepare(&format!("SELECT job, since, bad, known, ended_at FROM mass_outages {filter}"))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows =
-            statement.query_map([], outage_from_row).map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+        self.db
+            .query_map(
+                &format!("SELECT job, since, bad, known, ended_at FROM mass_outages {filter}"),
+                args![],
+                outage_from_row,
+            )
+            .map_err(db_error(&self.path, "reading mass outages"))
     }
 
     /// The actions outages held back, as (job, device, episode, action
     /// number), by job and device.
     pub fn outage_holds(&self) -> Result<Vec<OutageHeldAction>, JournalError> {
-        let doing = "reading held actions";
-        let mut statement = self
-            .connection
-            .prepare(
+        self.db
+            .query_map(
                 "SELECT job, device_key, episode, attempt FROM held_actions \
                  WHERE reason = 'mass_outage' ORDER BY job, device_key, episode, attempt",
+                args![],
+                |row| {
+                    Ok(OutageHeldAction {
+                        job: row.string(0)?,
+                        device_key: row.string(1)?,
+                        episode: row.u64(2)?,
+                        attempt: row.u32(3)?,
+                    })
+                },
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(OutageHeldAction {
-                    job: row.get(0)?,
-                    device_key: row.get(1)?,
-                    episode: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
-                    attempt: row.get(3)?,
-                })
-            })
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, "reading held actions"))
     }
 }
 
-fn outage_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MassOutageRecord> {
-    let ended_at = match row.get::<_, Option<i64>>(4)? {
+fn outage_from_row(row: &Row<'_>) -> Result<MassOutageRecord, DbError> {
+    let ended_at = match row.opt_i64(4)? {
         None => None,
         Some(_) => Some(timestamp_column(row, 4)?),
     };
     Ok(MassOutageRecord {
-        job: row.get(0)?,
+        job: row.string(0)?,
         since: timestamp_column(row, 1)?,
-        bad: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
-        known: row.get::<_, i64>(3)?.try_into().unwrap_or(0),
+        bad: row.u64(2)?,
+        known: row.u64(3)?,
         ended_at,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(one_open_outage_per_job_and_each_hold_once);
+
     use super::*;
 
     fn t(minute: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + minute * 60).unwrap()
     }
 
-    #[test]
-    fn one_open_outage_per_job_and_each_hold_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+    fn one_open_outage_per_job_and_each_hold_once(b: &TestBackend) {
+        let mut journal = b.open();
         let began = |minute| OutageChange::Began {
             job: "offline".into(),
             since: t(minute),

@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::Timestamp;
-use rusqlite::params;
 
-use super::{sqlite_error, Journal, JournalError};
+use super::db::args;
+use super::{db_error, Journal, JournalError};
 
 /// What one job did to one device over the period.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl Journal {
     /// job, then device.
     pub fn activity_since(&self, since: Timestamp) -> Result<Vec<DeviceActivity>, JournalError> {
         let since = since.as_millisecond();
-        let fail = |doing: &'static str| sqlite_error(&self.path, doing);
+        let fail = |doing: &'static str| db_error(&self.path, doing);
         let mut by_pair: BTreeMap<(String, String), DeviceActivity> = BTreeMap::new();
         // (job, device) → episodes seen, for the count of distinct ones.
         let mut episodes: HashMap<(String, String), HashSet<i64>> = HashMap::new();
@@ -71,32 +71,22 @@ impl Journal {
         // a GROUP BY in SQLite sorts the rows first (a temporary B-tree of
         // the whole period), which took a second for 100,000 of them.
         let doing = "counting the executions of the period";
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT e.job, d.device_key, d.episode, e.status, d.result, e.socket, \
+        let mut last: Option<(String, String)> = None;
+        let sql = "SELECT e.job, d.device_key, d.episode, e.status, d.result, e.socket, \
                         d.recovered_after_ms \
                  FROM executions e JOIN execution_devices d ON d.execution_id = e.id \
                  WHERE e.created_at >= ?1 AND e.job IS NOT NULL AND e.event IS NULL \
-                   AND e.status != 'dry_run'",
-            )
-            .map_err(fail(doing))?;
-        let mut rows = statement.query(params![since]).map_err(fail(doing))?;
-        let mut last: Option<(String, String)> = None;
-        while let Some(row) = rows.next().map_err(fail(doing))? {
-            let read = || -> rusqlite::Result<_> {
-                Ok((
-                    row.get_ref(0)?.as_str()?,
-                    row.get_ref(1)?.as_str()?,
-                    row.get::<_, Option<i64>>(2)?,
-                    row.get_ref(3)?.as_str()?,
-                    row.get_ref(4)?.as_str_or_null()?,
-                    row.get_ref(5)?.as_str()?,
-                    row.get::<_, Option<i64>>(6)?,
-                ))
-            };
-            let (job, device, episode, status, result, socket, after) =
-                read().map_err(fail(doing))?;
+                   AND e.status != 'dry_run'";
+        let each = |row: &super::db::Row<'_>| {
+            let (job, device, episode, status, result, socket, after) = (
+                row.str(0)?,
+                row.str(1)?,
+                row.opt_i64(2)?,
+                row.str(3)?,
+                row.opt_str(4)?,
+                row.str(5)?,
+                row.opt_i64(6)?,
+            );
             // Rows of one pair tend to come together: reuse the key.
             let key = match last.take() {
                 Some(key) if key.0 == job && key.1 == device => key,
@@ -140,29 +130,28 @@ impl Journal {
                 }
             }
             last = Some(key);
-        }
-        drop(rows);
-        drop(statement);
+            Ok(())
+        };
+        self.db.query_each(sql, args![since], each).map_err(fail(doing))?;
 
         let doing = "counting the held actions of the period";
-        let mut statement = self
-            .connection
-            .prepare("SELECT job, device_key, episode, reason FROM held_actions WHERE at >= ?1")
+        self.db
+            .query_each(
+                "SELECT job, device_key, episode, reason FROM held_actions WHERE at >= ?1",
+                args![since],
+                |row| {
+                    let (job, device, episode) = (row.string(0)?, row.string(1)?, row.i64(2)?);
+                    episodes.entry((job.clone(), device.clone())).or_default().insert(episode);
+                    let activity = entry(&mut by_pair, job, device);
+                    if row.str(3)? == "silenced" {
+                        activity.silenced += 1;
+                    } else {
+                        activity.held += 1;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(fail(doing))?;
-        let mut rows = statement.query(params![since]).map_err(fail(doing))?;
-        while let Some(row) = rows.next().map_err(fail(doing))? {
-            let read = || -> rusqlite::Result<(String, String, i64, String)> {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            };
-            let (job, device, episode, reason) = read().map_err(fail(doing))?;
-            episodes.entry((job.clone(), device.clone())).or_default().insert(episode);
-            let activity = entry(&mut by_pair, job, device);
-            if reason == "silenced" {
-                activity.silenced += 1;
-            } else {
-                activity.held += 1;
-            }
-        }
         for (key, seen) in episodes {
             if let Some(activity) = by_pair.get_mut(&key) {
                 activity.episodes = seen.len() as u64;

@@ -12,12 +12,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension};
 
+use super::db::args;
 use super::execution::{ActionResult, ExecutionId, ExecutionStatus};
 use super::sends::{Origin, PlannedSend};
-use super::states::{prepare_upsert, save_state};
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::states::upsert_states;
+use super::{db_error, Journal, JournalError};
 
 /// Which of a rule's actions a result belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +46,13 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let doing = "recording an action's result";
-        let tx = begin(&mut self.connection, self.in_batch, path, doing)?;
+        let tx = self.begin_write(doing)?;
         let id: Option<i64> = tx
-            .query_row(
+            .query_opt(
                 "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
                  WHERE e.job = ?1 AND d.device_key = ?2 AND d.episode = ?3 AND d.attempt = ?4 \
                  AND e.status NOT IN (?5, ?6) AND e.event IS NULL ORDER BY e.id DESC LIMIT 1",
-                params![
+                args![
                     action.job,
                     action.device_key,
                     action.episode,
@@ -60,10 +60,9 @@ impl Journal {
                     ExecutionStatus::Suppressed,
                     ExecutionStatus::DryRun
                 ],
-                |row| row.get(0),
+                |row| row.i64(0),
             )
-            .optional()
-            .map_err(sqlite_error(path, doing))?;
+            .map_err(db_error(path, doing))?;
         let Some(id) = id else { return Ok(None) };
         let after = recovered_after.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         // The device's own result; the execution's columns take its first
@@ -73,16 +72,16 @@ impl Journal {
                 "UPDATE execution_devices SET result = ?1, result_at = ?2, \
                  recovered_after_ms = ?3 WHERE execution_id = ?4 AND device_key = ?5 \
                  AND result IS NULL",
-                params![result, now, after, id, action.device_key],
+                args![result, now, after, id, action.device_key],
             )
-            .map_err(sqlite_error(path, doing))?;
+            .map_err(db_error(path, doing))?;
         tx.execute(
             "UPDATE executions SET result = ?1, result_at = ?2, recovered_after_ms = ?3 \
              WHERE id = ?4 AND device_key = ?5 AND result IS NULL",
-            params![result, now, after, id, action.device_key],
+            args![result, now, after, id, action.device_key],
         )
-        .map_err(sqlite_error(path, doing))?;
-        tx.commit().map_err(sqlite_error(path, "committing an action's result"))?;
+        .map_err(db_error(path, doing))?;
+        tx.commit().map_err(db_error(path, "committing an action's result"))?;
         Ok((changed == 1).then_some(ExecutionId(id)))
     }
 
@@ -98,56 +97,50 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let doing = "journalling a refused action";
-        let tx = begin(&mut self.connection, self.in_batch, path, doing)?;
+        let tx = self.begin_write(doing)?;
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
             Origin::Rule {
                 job, device_key, episode, attempt, trigger_value, state_after, ..
             } => {
-                let mut upsert = prepare_upsert(&tx, path)?;
-                save_state(&mut upsert, path, job, device_key, state_after, now)?;
+                upsert_states(&tx, path, [(job.as_str(), device_key.as_str(), state_after)], now)?;
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
             Origin::Manual | Origin::Notice { .. } => (None, None, None, None, None),
         };
-        tx.execute(
-            "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+        let id = tx
+            .query_one(
+                "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
              trigger_value, status, detail, manual, created_at, updated_at, result, result_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?12)",
-            params![
-                job,
-                device_key,
-                planned.socket,
-                planned.phone,
-                planned.text,
-                episode,
-                attempt,
-                trigger_value,
-                ExecutionStatus::Suppressed,
-                reason,
-                matches!(planned.origin, Origin::Manual),
-                now,
-                ActionResult::GaveUp,
-            ],
-        )
-        .map_err(sqlite_error(path, doing))?;
-        let id = ExecutionId(tx.last_insert_rowid());
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?12) \
+             RETURNING id",
+                args![
+                    job,
+                    device_key,
+                    planned.socket,
+                    planned.phone,
+                    planned.text,
+                    episode,
+                    attempt,
+                    trigger_value,
+                    ExecutionStatus::Suppressed,
+                    reason,
+                    matches!(planned.origin, Origin::Manual),
+                    now,
+                    ActionResult::GaveUp,
+                ],
+                |row| row.i64(0),
+            )
+            .map_err(db_error(path, doing))?;
+        let id = ExecutionId(id);
         if let (Some(device_key), Some(episode), Some(attempt)) = (device_key, episode, attempt) {
             tx.execute(
                 "INSERT INTO execution_devices (execution_id, device_key, episode, attempt, \
                  trigger_value, result, result_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    id.0,
-                    device_key,
-                    episode,
-                    attempt,
-                    trigger_value,
-                    ActionResult::GaveUp,
-                    now
-                ],
+                args![id.0, device_key, episode, attempt, trigger_value, ActionResult::GaveUp, now],
             )
-            .map_err(sqlite_error(path, doing))?;
+            .map_err(db_error(path, doing))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing a refused action"))?;
+        tx.commit().map_err(db_error(path, "committing a refused action"))?;
         Ok(id)
     }
 
@@ -168,22 +161,23 @@ impl Journal {
             .map(|status| format!("'{}'", status.as_str()))
             .collect();
         let (device, socket): (i64, i64) = self
-            .connection
-            .query_row(
+            .db
+            .query_one(
                 &format!(
-                    "SELECT coalesce(sum(EXISTS (SELECT 1 FROM execution_devices d \
-                     WHERE d.execution_id = e.id AND d.device_key = ?3)), 0), \
-                     coalesce(sum(socket = ?4), 0) \
+                    "SELECT CAST(coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM execution_devices d \
+                     WHERE d.execution_id = e.id AND d.device_key = ?3) THEN 1 ELSE 0 END), 0) \
+                     AS BIGINT), \
+                     CAST(coalesce(sum(CASE WHEN socket = ?4 THEN 1 ELSE 0 END), 0) AS BIGINT) \
                      FROM executions e WHERE job = ?1 AND created_at >= ?2 AND status IN ({}) \
                      AND (socket = ?4 OR e.id IN \
                      (SELECT execution_id FROM execution_devices WHERE device_key = ?3)) \
                      AND event IS NULL",
                     counted.join(", ")
                 ),
-                params![job, since.as_millisecond(), device_key, socket],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                args![job, since.as_millisecond(), device_key, socket],
+                |row| Ok((row.i64(0)?, row.i64(1)?)),
             )
-            .map_err(sqlite_error(&self.path, "counting a job's actions"))?;
+            .map_err(db_error(&self.path, "counting a job's actions"))?;
         let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
         Ok((count(device), count(socket)))
     }
@@ -191,6 +185,13 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        a_result_is_written_once_on_the_actions_row,
+        a_refused_action_is_a_gave_up_row_that_counts_against_nothing
+    );
+
     use std::sync::Arc;
 
     use super::*;
@@ -228,14 +229,13 @@ mod tests {
         ActionRef { job: "offline".into(), device_key: device.into(), episode, attempt }
     }
 
-    fn journal() -> (Journal, Arc<ManualClock>) {
+    fn journal(b: &TestBackend) -> (Journal, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::at_unix_seconds(1_750_057_200));
-        (Journal::open_in_memory().unwrap().with_clock(clock.clone()), clock)
+        (b.open().with_clock(clock.clone()), clock)
     }
 
-    #[test]
-    fn a_result_is_written_once_on_the_actions_row() {
-        let (mut journal, _) = journal();
+    fn a_result_is_written_once_on_the_actions_row(b: &TestBackend) {
+        let (mut journal, _) = journal(b);
         let id = journal.begin_send(&action("d=1", "lobby", 1, 1)).unwrap();
         let sent = SendResult::Sent { backend: "http".into(), reference: None };
         journal.finish_send(id, &sent).unwrap();
@@ -254,9 +254,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refused_action_is_a_gave_up_row_that_counts_against_nothing() {
-        let (mut journal, clock) = journal();
+    fn a_refused_action_is_a_gave_up_row_that_counts_against_nothing(b: &TestBackend) {
+        let (mut journal, clock) = journal(b);
         journal.begin_send(&action("d=1", "lobby", 1, 1)).unwrap();
         journal.begin_send(&action("d=2", "lobby", 1, 1)).unwrap();
         clock.advance(Duration::from_secs(3600));

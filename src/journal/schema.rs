@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rusqlite::{ErrorCode, OptionalExtension};
 
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::db::Db;
+use super::{db_error, sqlite_error, Journal, JournalError};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -155,15 +156,16 @@ impl Journal {
     /// upgrades. Nothing is written before the checks pass.
     pub(super) fn prepare(&mut self, writable: bool) -> Result<(), JournalError> {
         let path = &self.path;
-        self.connection
+        let Db::Sqlite(connection) = &self.db else {
+            unreachable!("prepare is SQLite's; PostgreSQL has prepare_postgres")
+        };
+        connection
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite_error(path, "setting the busy timeout"))?;
-        let found: i64 = self
-            .connection
+        let found: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(|source| classify_open_error(path, source))?;
-        let foreign_table: Option<String> = self
-            .connection
+        let foreign_table: Option<String> = connection
             .query_row(
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
                  AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 1",
@@ -198,25 +200,24 @@ impl Journal {
             return Ok(());
         }
         // In-memory databases answer "memory"; files switch to WAL.
-        let _mode: String = self
-            .connection
+        let _mode: String = connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(sqlite_error(path, "switching to WAL mode"))?;
         // FULL: a committed `sending` row survives a power cut, not only a crash.
-        self.connection
+        connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite_error(path, "setting synchronous mode"))?;
-        self.connection
+        connection
             .pragma_update(None, "foreign_keys", true)
             .map_err(sqlite_error(path, "enabling foreign keys"))?;
         for version in found..SCHEMA_VERSION {
-            let tx = begin(&mut self.connection, self.in_batch, path, "starting a schema upgrade")?;
+            let tx = self.begin_write("starting a schema upgrade")?;
             // `found` is known to be in 0..SCHEMA_VERSION here.
             let script = MIGRATIONS[usize::try_from(version).unwrap_or(usize::MAX)];
-            tx.execute_batch(script).map_err(sqlite_error(path, "upgrading the schema"))?;
-            tx.pragma_update(None, "user_version", version + 1)
-                .map_err(sqlite_error(path, "recording the schema version"))?;
-            tx.commit().map_err(sqlite_error(path, "committing the schema upgrade"))?;
+            tx.batch_execute(script).map_err(db_error(path, "upgrading the schema"))?;
+            tx.batch_execute(&format!("PRAGMA user_version = {}", version + 1))
+                .map_err(db_error(path, "recording the schema version"))?;
+            tx.commit().map_err(db_error(path, "committing the schema upgrade"))?;
         }
         Ok(())
     }
@@ -260,6 +261,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
+    use crate::journal::db::args;
     use crate::journal::{ExecutionId, ExecutionStatus, HistoryFilter};
 
     #[test]
@@ -275,11 +277,10 @@ mod tests {
                 [],
             )
             .unwrap();
-        let mut journal = Journal::new(connection, Path::new(":memory:"), None);
+        let mut journal = Journal::over_sqlite(connection, Path::new(":memory:"), None);
         journal.prepare(true).unwrap();
 
-        let version: i64 =
-            journal.connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let version = journal.db.query_one("PRAGMA user_version", args![], |r| r.i64(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let execution = journal.execution(ExecutionId(1)).unwrap();
         assert_eq!(execution.status, ExecutionStatus::Sent);
@@ -287,7 +288,7 @@ mod tests {
             (execution.result, execution.result_at, execution.recovered_after),
             (None, None, None)
         );
-        let refused = journal.connection.execute("UPDATE executions SET result = 'fixed'", []);
+        let refused = journal.db.execute("UPDATE executions SET result = 'fixed'", args![]);
         assert!(refused.is_err(), "only known results are stored");
     }
 
@@ -304,11 +305,10 @@ mod tests {
                  (NULL, NULL, 'hall', '+79997654321', '#02#0#', NULL, NULL, NULL, 'sent', 1, 2, 2);",
             )
             .unwrap();
-        let mut journal = Journal::new(connection, Path::new(":memory:"), None);
+        let mut journal = Journal::over_sqlite(connection, Path::new(":memory:"), None);
         journal.prepare(true).unwrap();
 
-        let version: i64 =
-            journal.connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let version = journal.db.query_one("PRAGMA user_version", args![], |r| r.i64(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let all = journal.history(&HistoryFilter::default()).unwrap();
         let devices: Vec<Vec<String>> = all.iter().map(|e| e.devices.clone()).collect();

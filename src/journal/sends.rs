@@ -14,11 +14,11 @@
 use std::path::Path;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension};
 
-use super::execution::{Channel, Execution, ExecutionId, ExecutionStatus};
-use super::states::{prepare_upsert, save_state, EncodedState};
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::db::{args, Db};
+use super::execution::{status_column, Channel, Execution, ExecutionId, ExecutionStatus};
+use super::states::{upsert_states, EncodedState};
+use super::{db_error, Journal, JournalError};
 
 /// What recovery writes on a message that may have left when jobctl died.
 const UNCERTAIN_AFTER_CRASH: &str =
@@ -174,8 +174,7 @@ impl Journal {
     pub fn mark_sending(&mut self, id: ExecutionId) -> Result<(), JournalError> {
         let now = self.clock.now();
         let path = &self.path;
-        let tx =
-            begin(&mut self.connection, self.in_batch, path, "marking an execution as sending")?;
+        let tx = self.begin_write("marking an execution as sending")?;
         let status = current_status(&tx, path, id)?;
         if !matches!(
             status,
@@ -190,10 +189,10 @@ impl Journal {
         }
         tx.execute(
             "UPDATE executions SET status = ?1, updated_at = ?2 WHERE id = ?3",
-            params![ExecutionStatus::Sending, now.as_millisecond(), id.0],
+            args![ExecutionStatus::Sending, now.as_millisecond(), id.0],
         )
-        .map_err(sqlite_error(path, "marking an execution as sending"))?;
-        tx.commit().map_err(sqlite_error(path, "committing the sending mark"))
+        .map_err(db_error(path, "marking an execution as sending"))?;
+        tx.commit().map_err(db_error(path, "committing the sending mark"))
     }
 
     /// Records the outcome of one backend's attempt at an execution that is
@@ -209,7 +208,7 @@ impl Journal {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
         let (status, backend, detail) = outcome.parts();
-        let tx = begin(&mut self.connection, self.in_batch, path, "recording a send outcome")?;
+        let tx = self.begin_write("recording a send outcome")?;
         let current = current_status(&tx, path, id)?;
         // A backend that failed before its I/O started never marked the
         // message `sending`: its definite failure is recorded all the same.
@@ -229,16 +228,16 @@ impl Journal {
         tx.execute(
             "INSERT INTO attempts (execution_id, backend, outcome, detail, at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id.0, backend, status, detail, now],
+            args![id.0, backend, status, detail, now],
         )
-        .map_err(sqlite_error(path, "recording an attempt"))?;
+        .map_err(db_error(path, "recording an attempt"))?;
         tx.execute(
             "UPDATE executions SET status = ?1, backend = ?2, detail = ?3, updated_at = ?4 \
              WHERE id = ?5",
-            params![status, backend, detail, now, id.0],
+            args![status, backend, detail, now, id.0],
         )
-        .map_err(sqlite_error(path, "recording a send outcome"))?;
-        tx.commit().map_err(sqlite_error(path, "committing a send outcome"))
+        .map_err(db_error(path, "recording a send outcome"))?;
+        tx.commit().map_err(db_error(path, "committing a send outcome"))
     }
 
     /// Journals a message that will not be sent, with the reason: over
@@ -270,7 +269,7 @@ impl Journal {
     ) -> Result<ExecutionId, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, self.in_batch, path, "journalling a message")?;
+        let tx = self.begin_write("journalling a message")?;
         let mut devices = Vec::new();
         let (mut event, mut about) = (None, None);
         let (job, device_key, episode, attempt, trigger_value) = match &planned.origin {
@@ -291,12 +290,11 @@ impl Journal {
                 // by a budget leaves the action due, and a dry run's state is
                 // not the live run's.
                 if matches!(status, ExecutionStatus::Planned | ExecutionStatus::Sending) {
-                    let mut upsert = prepare_upsert(&tx, path)?;
-                    save_state(&mut upsert, path, job, device_key, state_after, now)?;
-                    for device in also_for {
-                        let (key, state) = (&device.device_key, &device.state_after);
-                        save_state(&mut upsert, path, job, key, state, now)?;
-                    }
+                    let rows = std::iter::once((job.as_str(), device_key.as_str(), state_after))
+                        .chain(also_for.iter().map(|device| {
+                            (job.as_str(), device.device_key.as_str(), &device.state_after)
+                        }));
+                    upsert_states(&tx, path, rows, now)?;
                 }
                 (Some(job), Some(device_key), Some(*episode), Some(*attempt), *trigger_value)
             }
@@ -306,40 +304,43 @@ impl Journal {
             }
             Origin::Manual => (None, None, None, None, None),
         };
-        tx.execute(
-            "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
+        let id = tx
+            .query_one(
+                "INSERT INTO executions (job, device_key, socket, phone, text, episode, attempt, \
              trigger_value, status, detail, manual, created_at, updated_at, channel, event, about) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
-            params![
-                job,
-                device_key,
-                planned.socket,
-                planned.phone,
-                planned.text,
-                episode,
-                attempt,
-                trigger_value,
-                status,
-                detail,
-                matches!(planned.origin, Origin::Manual),
-                now,
-                planned.channel.as_str(),
-                event,
-                about,
-            ],
-        )
-        .map_err(sqlite_error(path, "journalling a message"))?;
-        let id = ExecutionId(tx.last_insert_rowid());
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15) \
+             RETURNING id",
+                args![
+                    job,
+                    device_key,
+                    planned.socket,
+                    planned.phone,
+                    planned.text,
+                    episode,
+                    attempt,
+                    trigger_value,
+                    status,
+                    detail,
+                    matches!(planned.origin, Origin::Manual),
+                    now,
+                    planned.channel.as_str(),
+                    event,
+                    about,
+                ],
+                |row| row.i64(0),
+            )
+            .map_err(db_error(path, "journalling a message"))?;
+        let id = ExecutionId(id);
         for (device_key, episode, attempt, trigger_value) in devices {
             tx.execute(
-                "INSERT OR IGNORE INTO execution_devices \
+                "INSERT INTO execution_devices \
                  (execution_id, device_key, episode, attempt, trigger_value) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id.0, device_key, episode, attempt, trigger_value],
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                args![id.0, device_key, episode, attempt, trigger_value],
             )
-            .map_err(sqlite_error(path, "journalling a message's devices"))?;
+            .map_err(db_error(path, "journalling a message's devices"))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing a journalled message"))?;
+        tx.commit().map_err(db_error(path, "committing a journalled message"))?;
         Ok(id)
     }
 
@@ -358,22 +359,21 @@ impl Journal {
             return Ok(None);
         };
         let doing = "looking for an earlier suppression";
-        let mut statement = self
-            .connection
-            .prepare_cached(
-                "SELECT e.id FROM execution_devices d JOIN executions e ON e.id = d.execution_id \
-                 WHERE d.device_key = ?1 AND d.episode = ?2 AND d.attempt = ?3 \
-                 AND e.job = ?4 AND e.status = 'suppressed' ORDER BY e.id DESC LIMIT 1",
-            )
-            .map_err(sqlite_error(&self.path, doing))?;
         let mut first = None;
         let devices = std::iter::once((device_key, *episode, *attempt))
             .chain(also_for.iter().map(|d| (&d.device_key, d.episode, d.attempt)));
         for (device, episode, attempt) in devices {
-            let found: Option<i64> = statement
-                .query_row(params![device, episode, attempt, job], |row| row.get(0))
-                .optional()
-                .map_err(sqlite_error(&self.path, doing))?;
+            let found: Option<i64> = self
+                .db
+                .query_opt(
+                    "SELECT e.id FROM execution_devices d \
+                     JOIN executions e ON e.id = d.execution_id \
+                     WHERE d.device_key = ?1 AND d.episode = ?2 AND d.attempt = ?3 \
+                     AND e.job = ?4 AND e.status = 'suppressed' ORDER BY e.id DESC LIMIT 1",
+                    args![device, episode, attempt, job],
+                    |row| row.i64(0),
+                )
+                .map_err(db_error(&self.path, doing))?;
             match found {
                 None => return Ok(None),
                 Some(id) => {
@@ -393,19 +393,14 @@ impl Journal {
     pub fn recover_in_flight(&mut self) -> Result<Vec<Execution>, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, self.in_batch, path, "recovering unfinished sends")?;
+        let tx = self.begin_write("recovering unfinished sends")?;
         let ids = ids_with_status(&tx, path, ExecutionStatus::Sending)?;
         tx.execute(
             "UPDATE executions SET status = ?1, detail = ?2, updated_at = ?3 WHERE status = ?4",
-            params![
-                ExecutionStatus::Uncertain,
-                UNCERTAIN_AFTER_CRASH,
-                now,
-                ExecutionStatus::Sending
-            ],
+            args![ExecutionStatus::Uncertain, UNCERTAIN_AFTER_CRASH, now, ExecutionStatus::Sending],
         )
-        .map_err(sqlite_error(path, "recovering unfinished sends"))?;
-        tx.commit().map_err(sqlite_error(path, "committing the recovery"))?;
+        .map_err(db_error(path, "recovering unfinished sends"))?;
+        tx.commit().map_err(db_error(path, "committing the recovery"))?;
         ids.into_iter().map(|id| self.execution(ExecutionId(id))).collect()
     }
 
@@ -413,7 +408,7 @@ impl Journal {
     /// oldest first: at start-up, those a previous run decided but had not
     /// begun to send (waiting for a modem's lock, say), to be sent now.
     pub fn planned_sends(&self) -> Result<Vec<Execution>, JournalError> {
-        let ids = ids_with_status(&self.connection, &self.path, ExecutionStatus::Planned)?;
+        let ids = ids_with_status(&self.db, &self.path, ExecutionStatus::Planned)?;
         ids.into_iter().map(|id| self.execution(ExecutionId(id))).collect()
     }
 
@@ -431,43 +426,39 @@ impl Journal {
             .filter(|status| status.may_have_left())
             .map(|status| format!("'{}'", status.as_str()))
             .collect();
+        // `socket = ?2` comes first: PostgreSQL takes the parameter's type
+        // from its first use.
         let count: i64 = self
-            .connection
-            .query_row(
+            .db
+            .query_one(
                 &format!(
                     "SELECT count(*) FROM executions WHERE created_at >= ?1 \
-                     AND status IN ({}) AND (?2 IS NULL OR socket = ?2) AND channel = 'sms'",
+                     AND status IN ({}) AND (socket = ?2 OR ?2 IS NULL) AND channel = 'sms'",
                     counted.join(", ")
                 ),
-                params![since.as_millisecond(), socket],
-                |row| row.get(0),
+                args![since.as_millisecond(), socket],
+                |row| row.i64(0),
             )
-            .map_err(sqlite_error(&self.path, "counting sent messages"))?;
+            .map_err(db_error(&self.path, "counting sent messages"))?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 }
 
 fn ids_with_status(
-    connection: &Connection,
+    db: &Db,
     path: &Path,
     status: ExecutionStatus,
 ) -> Result<Vec<i64>, JournalError> {
-    let mut statement = connection
-        .prepare("SELECT id FROM executions WHERE status = ?1 ORDER BY id")
-        .map_err(sqlite_error(path, "finding unfinished sends"))?;
-    let rows = statement
-        .query_map([status], |row| row.get(0))
-        .map_err(sqlite_error(path, "finding unfinished sends"))?;
-    rows.collect::<Result<_, _>>().map_err(sqlite_error(path, "finding unfinished sends"))
+    db.query_map("SELECT id FROM executions WHERE status = ?1 ORDER BY id", args![status], |row| {
+        row.i64(0)
+    })
+    .map_err(db_error(path, "finding unfinished sends"))
 }
 
-fn current_status(
-    tx: &Connection,
-    path: &Path,
-    id: ExecutionId,
-) -> Result<ExecutionStatus, JournalError> {
-    tx.query_row("SELECT status FROM executions WHERE id = ?1", [id.0], |row| row.get(0))
-        .optional()
-        .map_err(sqlite_error(path, "reading an execution's status"))?
-        .ok_or_else(|| JournalError::UnknownExecution { path: path.to_path_buf(), id })
+fn current_status(db: &Db, path: &Path, id: ExecutionId) -> Result<ExecutionStatus, JournalError> {
+    db.query_opt("SELECT status FROM executions WHERE id = ?1", args![id.0], |row| {
+        status_column(row, 0)
+    })
+    .map_err(db_error(path, "reading an execution's status"))?
+    .ok_or_else(|| JournalError::UnknownExecution { path: path.to_path_buf(), id })
 }

@@ -30,11 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
+use super::db::{args, Db, DbError, Row};
 use super::execution::timestamp_column;
+use super::postgres::{self, Location};
 use super::schema::refuse_non_sqlite;
-use super::{begin, sqlite_error, Journal, JournalError, SCHEMA_VERSION};
+use super::{db_error, sqlite_error, Journal, JournalError, SCHEMA_VERSION};
 use crate::clock::Clock;
 
 /// A silence's number in the journal, shown as `#3`.
@@ -136,22 +138,20 @@ const SILENCE_COLUMNS: &str = "s.id, s.job, s.socket, s.devices, s.author, s.com
 
 /// Reads a row of [`SILENCE_COLUMNS`] (and the held count after them, when
 /// `with_held`).
-fn silence_from_row(row: &rusqlite::Row<'_>, with_held: bool) -> rusqlite::Result<Silence> {
-    let devices: String = row.get(3)?;
-    let devices = serde_json::from_str(&devices).map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(err))
-    })?;
+fn silence_from_row(row: &Row<'_>, with_held: bool) -> Result<Silence, DbError> {
+    let devices = serde_json::from_str(row.str(3)?)
+        .map_err(|_| DbError::Column { index: 3, wanted: "label matchers as JSON" })?;
     Ok(Silence {
-        id: SilenceId(row.get(0)?),
-        job: row.get(1)?,
-        socket: row.get(2)?,
+        id: SilenceId(row.i64(0)?),
+        job: row.opt_string(1)?,
+        socket: row.opt_string(2)?,
         devices,
-        author: row.get(4)?,
-        comment: row.get(5)?,
+        author: row.string(4)?,
+        comment: row.string(5)?,
         created_at: timestamp_column(row, 6)?,
         ends_at: timestamp_column(row, 7)?,
-        expired_by: row.get(8)?,
-        held: if with_held { row.get::<_, i64>(9)?.try_into().unwrap_or(0) } else { 0 },
+        expired_by: row.opt_string(8)?,
+        held: if with_held { row.u64(9)? } else { 0 },
     })
 }
 
@@ -164,21 +164,18 @@ impl Journal {
         include_ended: bool,
     ) -> Result<Vec<Silence>, JournalError> {
         let doing = "reading the silences";
-        let mut statement = self
-            .connection
-            .prepare(&format!(
-                "SELECT {SILENCE_COLUMNS}, \
-                 (SELECT count(*) FROM held_actions h WHERE h.silence_id = s.id) \
-                 FROM silences s WHERE ?2 OR (s.created_at <= ?1 AND s.ends_at > ?1) \
-                 ORDER BY s.id DESC"
-            ))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map(params![now.as_millisecond(), include_ended], |row| {
-                silence_from_row(row, true)
-            })
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+        self.db
+            .query_map(
+                &format!(
+                    "SELECT {SILENCE_COLUMNS}, \
+                     (SELECT count(*) FROM held_actions h WHERE h.silence_id = s.id) \
+                     FROM silences s WHERE ?2 = 1 OR (s.created_at <= ?1 AND s.ends_at > ?1) \
+                     ORDER BY s.id DESC"
+                ),
+                args![now.as_millisecond(), include_ended],
+                |row| silence_from_row(row, true),
+            )
+            .map_err(db_error(&self.path, doing))
     }
 
     /// The silences that have not ended at `now`, oldest first, without
@@ -186,25 +183,29 @@ impl Journal {
     /// indexed range read.
     pub fn unended_silences(&self, now: Timestamp) -> Result<Vec<Silence>, JournalError> {
         let doing = "reading the active silences";
-        let mut statement = self
-            .connection
-            .prepare_cached(&format!(
-                "SELECT {SILENCE_COLUMNS} FROM silences s WHERE s.ends_at > ?1 ORDER BY s.id"
-            ))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map(params![now.as_millisecond()], |row| silence_from_row(row, false))
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+        self.db
+            .query_map(
+                &format!(
+                    "SELECT {SILENCE_COLUMNS} FROM silences s WHERE s.ends_at > ?1 ORDER BY s.id"
+                ),
+                args![now.as_millisecond()],
+                |row| silence_from_row(row, false),
+            )
+            .map_err(db_error(&self.path, doing))
     }
 
-    /// SQLite's `data_version`: it changes when another connection (a
-    /// `jobctl silence` command) commits, and not for this one's own writes,
-    /// so the daemon rereads the silences only when it changed.
+    /// A number that changes when a silence is added or ended by another
+    /// connection (a `jobctl silence` command), so the daemon rereads the
+    /// silences only when it changed: SQLite's `data_version` (which this
+    /// connection's own writes leave alone), or on PostgreSQL a counter
+    /// that silence commands bump.
     pub fn data_version(&self) -> Result<i64, JournalError> {
-        self.connection
-            .pragma_query_value(None, "data_version", |row| row.get(0))
-            .map_err(sqlite_error(&self.path, "reading the data version"))
+        match &self.db {
+            Db::Sqlite(connection) => connection
+                .pragma_query_value(None, "data_version", |row| row.get(0))
+                .map_err(sqlite_error(&self.path, "reading the data version")),
+            Db::Postgres(_) => postgres::silences_changed(&self.db, &self.path),
+        }
     }
 
     /// Records actions silences held back, each once: a hold already
@@ -213,62 +214,54 @@ impl Journal {
     pub fn record_held(&mut self, held: &[HeldAction]) -> Result<usize, JournalError> {
         let now = self.clock.now().as_millisecond();
         let path = &self.path;
-        let tx = begin(&mut self.connection, self.in_batch, path, "recording held actions")?;
+        let tx = self.begin_write("recording held actions")?;
         let mut added = 0;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO held_actions \
+        for action in held {
+            added += tx
+                .execute(
+                    "INSERT INTO held_actions \
                      (job, device_key, episode, attempt, reason, silence_id, at) \
-                     VALUES (?1, ?2, ?3, ?4, 'silenced', ?5, ?6)",
-                )
-                .map_err(sqlite_error(path, "recording a held action"))?;
-            for action in held {
-                let episode = i64::try_from(action.episode).unwrap_or(i64::MAX);
-                added += insert
-                    .execute(params![
+                     VALUES (?1, ?2, ?3, ?4, 'silenced', ?5, ?6) ON CONFLICT DO NOTHING",
+                    args![
                         action.job,
                         action.device_key,
-                        episode,
+                        action.episode,
                         action.attempt,
                         action.silence.0,
                         now
-                    ])
-                    .map_err(sqlite_error(path, "recording a held action"))?;
-            }
+                    ],
+                )
+                .map_err(db_error(path, "recording a held action"))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing held actions"))?;
-        Ok(added)
+        tx.commit().map_err(db_error(path, "committing held actions"))?;
+        Ok(usize::try_from(added).unwrap_or(usize::MAX))
     }
 
     /// The recorded holds whose silence is active at `now`, by job and
     /// device.
     pub fn active_holds(&self, now: Timestamp) -> Result<Vec<ActiveHold>, JournalError> {
         let doing = "reading held actions";
-        let mut statement = self
-            .connection
-            .prepare(
+        self.db
+            .query_map(
                 "SELECT h.job, h.device_key, h.episode, h.attempt, h.silence_id, s.ends_at \
                  FROM held_actions h JOIN silences s ON s.id = h.silence_id \
                  WHERE s.ends_at > ?1 AND s.created_at <= ?1 \
                  ORDER BY h.job, h.device_key, h.episode, h.attempt",
+                args![now.as_millisecond()],
+                |row| {
+                    Ok(ActiveHold {
+                        action: HeldAction {
+                            job: row.string(0)?,
+                            device_key: row.string(1)?,
+                            episode: row.u64(2)?,
+                            attempt: row.u32(3)?,
+                            silence: SilenceId(row.i64(4)?),
+                        },
+                        until: timestamp_column(row, 5)?,
+                    })
+                },
             )
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map(params![now.as_millisecond()], |row| {
-                Ok(ActiveHold {
-                    action: HeldAction {
-                        job: row.get(0)?,
-                        device_key: row.get(1)?,
-                        episode: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
-                        attempt: row.get(3)?,
-                        silence: SilenceId(row.get(4)?),
-                    },
-                    until: timestamp_column(row, 5)?,
-                })
-            })
-            .map_err(sqlite_error(&self.path, doing))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite_error(&self.path, doing))
+            .map_err(db_error(&self.path, doing))
     }
 }
 
@@ -302,13 +295,35 @@ impl SilenceWriter {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(path, flags)
             .map_err(sqlite_error(path, "opening the journal"))?;
-        let mut journal = Journal::new(connection, path, None);
-        // The checks of a reader: this schema exactly, nothing foreign.
-        journal.prepare(false)?;
-        journal
-            .connection
+        connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite_error(path, "setting synchronous mode"))?;
+        let mut journal = Journal::over_sqlite(connection, path, None);
+        // The checks of a reader: this schema exactly, nothing foreign.
+        journal.prepare(false)?;
+        Ok(SilenceWriter { journal })
+    }
+
+    /// Opens the journal at `location` for adding and ending silences
+    /// ([`SilenceWriter::open`]; on PostgreSQL, a session without the
+    /// writer lock, after a writer has created or upgraded the journal if
+    /// it had to).
+    pub fn open_at(location: &Location) -> Result<SilenceWriter, JournalError> {
+        let target = match location {
+            Location::Sqlite(path) => return SilenceWriter::open(path),
+            Location::Postgres(target) => target,
+        };
+        let mut journal = postgres::connect(target, false)?;
+        match journal.prepare_postgres(false) {
+            Ok(()) => {}
+            Err(JournalError::MissingInDatabase { .. } | JournalError::OlderSchema { .. }) => {
+                drop(journal);
+                drop(Journal::open_at(location)?);
+                journal = postgres::connect(target, false)?;
+                journal.prepare_postgres(false)?;
+            }
+            Err(err) => return Err(err),
+        }
         Ok(SilenceWriter { journal })
     }
 
@@ -325,23 +340,28 @@ impl SilenceWriter {
         let ends_at = whole_second(now.checked_add(new.duration).unwrap_or(Timestamp::MAX));
         let devices = serde_json::to_string(&new.devices).expect("label maps encode as JSON");
         let path = &journal.path;
-        let tx = begin(&mut journal.connection, false, path, "adding a silence")?;
-        tx.execute(
-            "INSERT INTO silences (job, socket, devices, author, comment, created_at, ends_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        let tx = journal.begin_write("adding a silence")?;
+        let id = tx
+            .query_one(
+                "INSERT INTO silences (job, socket, devices, author, comment, created_at, ends_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                args![
                 new.job,
                 new.socket,
                 devices,
                 new.author,
                 new.comment,
                 now.as_millisecond(),
-                ends_at.as_millisecond()
-            ],
-        )
-        .map_err(sqlite_error(path, "adding a silence"))?;
-        let id = SilenceId(tx.last_insert_rowid());
-        tx.commit().map_err(sqlite_error(path, "committing a silence"))?;
+                    ends_at.as_millisecond()
+                ],
+                |row| row.i64(0),
+            )
+            .map_err(db_error(path, "adding a silence"))?;
+        let id = SilenceId(id);
+        if tx.is_postgres() {
+            postgres::note_silences_changed(&tx, path)?;
+        }
+        tx.commit().map_err(db_error(path, "committing a silence"))?;
         Ok(Silence {
             id,
             job: new.job.clone(),
@@ -362,29 +382,31 @@ impl SilenceWriter {
         let journal = &mut self.journal;
         let now = whole_second(journal.clock.now());
         let path = &journal.path;
-        let tx = begin(&mut journal.connection, false, path, "expiring a silence")?;
+        let tx = journal.begin_write("expiring a silence")?;
         let found = tx
-            .query_row(
+            .query_opt(
                 &format!(
                     "SELECT {SILENCE_COLUMNS}, \
                      (SELECT count(*) FROM held_actions h WHERE h.silence_id = s.id) \
                      FROM silences s WHERE s.id = ?1"
                 ),
-                params![id.0],
+                args![id.0],
                 |row| silence_from_row(row, true),
             )
-            .optional()
-            .map_err(sqlite_error(path, "reading a silence"))?;
+            .map_err(db_error(path, "reading a silence"))?;
         let Some(mut silence) = found else { return Ok(None) };
         if silence.ends_at <= now {
             return Ok(Some(Expired::Already(silence)));
         }
         tx.execute(
             "UPDATE silences SET ends_at = ?2, expired_by = ?3 WHERE id = ?1",
-            params![id.0, now.as_millisecond(), by],
+            args![id.0, now.as_millisecond(), by],
         )
-        .map_err(sqlite_error(path, "expiring a silence"))?;
-        tx.commit().map_err(sqlite_error(path, "committing an expired silence"))?;
+        .map_err(db_error(path, "expiring a silence"))?;
+        if tx.is_postgres() {
+            postgres::note_silences_changed(&tx, path)?;
+        }
+        tx.commit().map_err(db_error(path, "committing an expired silence"))?;
         silence.ends_at = now;
         silence.expired_by = Some(by.to_string());
         Ok(Some(Expired::Now(silence)))
@@ -420,6 +442,13 @@ fn needs_setup(path: &Path) -> Result<bool, JournalError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired,
+        the_writer_creates_a_missing_journal_and_refuses_a_foreign_file
+    );
+
     use super::*;
     use crate::clock::ManualClock;
 
@@ -438,15 +467,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
+    fn a_silence_is_added_beside_the_writer_and_ends_by_itself_or_when_expired(b: &TestBackend) {
         let clock = Arc::new(ManualClock::new(t(0)));
         // The daemon holds the writer lock the whole time.
-        let mut daemon = Journal::open(&path).unwrap().with_clock(clock.clone());
+        let mut daemon = b.open().with_clock(clock.clone());
         let version = daemon.data_version().unwrap();
-        let mut writer = SilenceWriter::open(&path).unwrap().with_clock(clock.clone());
+        let mut writer = SilenceWriter::open_at(&b.location()).unwrap().with_clock(clock.clone());
         let first = writer.add(&new("offline", 60)).unwrap();
         let second = writer.add(&new("frozen", 10)).unwrap();
         assert_eq!((first.id, second.id), (SilenceId(1), SilenceId(2)));
@@ -490,17 +516,16 @@ mod tests {
         assert_eq!(all, [(SilenceId(2), 0), (SilenceId(1), 1)], "newest first, nothing deleted");
     }
 
-    #[test]
-    fn the_writer_creates_a_missing_journal_and_refuses_a_foreign_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
-        let mut writer = SilenceWriter::open(&path).unwrap();
+    fn the_writer_creates_a_missing_journal_and_refuses_a_foreign_file(b: &TestBackend) {
+        let mut writer = SilenceWriter::open_at(&b.location()).unwrap();
         writer.add(&new("offline", 60)).unwrap();
-        drop(writer);
-        // The lock was only taken to create it: a daemon starts now.
-        let journal = Journal::open(&path).unwrap();
+        // The lock was only taken to create it: a daemon starts now, beside
+        // the writer.
+        let journal = b.open();
         assert_eq!(journal.silences(Timestamp::now(), false).unwrap().len(), 1);
+        drop(writer);
 
+        let TestBackend::Sqlite(dir) = b else { return };
         let foreign = dir.path().join("rules.toml");
         std::fs::write(&foreign, "[prometheus]\n").unwrap();
         let err = SilenceWriter::open(&foreign).unwrap_err();

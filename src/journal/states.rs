@@ -10,14 +10,16 @@
 //! state already encoded ([`EncodedState`]), to be saved in the same
 //! transaction as the message's row.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use rusqlite::{params, Connection, Statement};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{begin, sqlite_error, Journal, JournalError};
+use super::db::{args, Db, ToValue};
+use super::{db_error, Journal, JournalError};
 
 /// A job state the journal can keep. The rules implement it for theirs.
 pub trait JournalState: Serialize + DeserializeOwned {
@@ -58,18 +60,14 @@ impl Journal {
         states: impl IntoIterator<Item = (&'a str, &'a str, &'a S)>,
     ) -> Result<(), JournalError> {
         let now = self.clock.now().as_millisecond();
-        let path = &self.path;
-        let tx = begin(&mut self.connection, self.in_batch, path, "saving job states")?;
-        {
-            // Thousands of states may change in one cycle (a fleet going
-            // bad at once): look the statement up once for all.
-            let mut upsert = prepare_upsert(&tx, path)?;
-            for (job, device_key, state) in states {
-                let state = EncodedState::new(state);
-                save_state(&mut upsert, path, job, device_key, &state, now)?;
-            }
-        }
-        tx.commit().map_err(sqlite_error(path, "committing job states"))
+        let tx = self.begin_write("saving job states")?;
+        // Encoded as they are written, a statement's rows at a time: the
+        // first cycle saves every state, and they are never all in memory.
+        let encoded = states
+            .into_iter()
+            .map(|(job, device_key, state)| (job, device_key, EncodedState::new(state)));
+        upsert_states(&tx, &self.path, encoded, now)?;
+        tx.commit().map_err(db_error(&self.path, "committing job states"))
     }
 
     /// Deletes the saved states of jobs not in `jobs` (removed from the
@@ -78,26 +76,19 @@ impl Journal {
     /// rows went. Executions are history and are kept.
     pub fn forget_states_except(&mut self, jobs: &[&str]) -> Result<usize, JournalError> {
         let path = &self.path;
-        let tx =
-            begin(&mut self.connection, self.in_batch, path, "forgetting states of removed jobs")?;
-        let saved: Vec<String> = {
-            let mut statement = tx
-                .prepare("SELECT DISTINCT job FROM job_state")
-                .map_err(sqlite_error(path, "listing saved job states"))?;
-            let rows = statement
-                .query_map([], |row| row.get::<_, String>(0))
-                .map_err(sqlite_error(path, "listing saved job states"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(sqlite_error(path, "listing saved job states"))?
-        };
+        let doing = "forgetting states of removed jobs";
+        let tx = self.begin_write(doing)?;
+        let saved: Vec<String> = tx
+            .query_map("SELECT DISTINCT job FROM job_state", args![], |row| row.string(0))
+            .map_err(db_error(path, "listing saved job states"))?;
         let mut removed = 0;
         for job in saved.iter().filter(|job| !jobs.contains(&job.as_str())) {
             removed += tx
-                .execute("DELETE FROM job_state WHERE job = ?1", params![job])
-                .map_err(sqlite_error(path, "forgetting states of removed jobs"))?;
+                .execute("DELETE FROM job_state WHERE job = ?1", args![job])
+                .map_err(db_error(path, doing))?;
         }
-        tx.commit().map_err(sqlite_error(path, "committing forgotten states"))?;
-        Ok(removed)
+        tx.commit().map_err(db_error(path, "committing forgotten states"))?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
     /// Every saved job state, by (job, device key), decoded as `S`.
@@ -105,17 +96,14 @@ impl Journal {
         &self,
     ) -> Result<HashMap<(String, String), S>, JournalError> {
         let doing = "reading job states";
-        let mut statement = self
-            .connection
-            .prepare("SELECT job, device_key, state FROM job_state")
-            .map_err(sqlite_error(&self.path, doing))?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))
-            .map_err(sqlite_error(&self.path, doing))?;
-        let mut states = HashMap::new();
-        for row in rows {
-            let (job, device_key, json): (String, String, String) =
-                row.map_err(sqlite_error(&self.path, doing))?;
+        let rows: Vec<(String, String, String)> = self
+            .db
+            .query_map("SELECT job, device_key, state FROM job_state", args![], |row| {
+                Ok((row.string(0)?, row.string(1)?, row.string(2)?))
+            })
+            .map_err(db_error(&self.path, doing))?;
+        let mut states = HashMap::with_capacity(rows.len());
+        for (job, device_key, json) in rows {
             match serde_json::from_str(&json) {
                 Ok(state) => {
                     states.insert((job, device_key), state);
@@ -130,38 +118,95 @@ impl Journal {
     }
 }
 
-/// Inserts or overwrites one (job, device)'s state; its parameters are those
-/// of [`save_state`].
-const UPSERT_STATE: &str = "INSERT INTO job_state (job, device_key, phase, state, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5) \
-     ON CONFLICT (job, device_key) DO UPDATE SET \
-     phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at";
+/// Rows per statement of the largest [`upsert_states`] statement (a power
+/// of two). Smaller rests go in halves (256, 128, … 1), so a handful of
+/// statement texts, each prepared once, serve any count: thousands of
+/// states cost a few round trips to PostgreSQL, not one each.
+const UPSERT_ROWS: usize = 512;
 
-/// Prepares [`UPSERT_STATE`] in `tx`, for [`save_state`].
-pub(super) fn prepare_upsert<'c>(
-    tx: &'c Connection,
+/// Inserts or overwrites (job, device) states, a few hundred rows per
+/// statement, read from `rows` as they are written. A pair given twice
+/// keeps its last state.
+pub(super) fn upsert_states<'r, E: Borrow<EncodedState>>(
+    db: &Db,
     path: &Path,
-) -> Result<rusqlite::CachedStatement<'c>, JournalError> {
-    tx.prepare_cached(UPSERT_STATE).map_err(sqlite_error(path, "saving a job state"))
-}
-
-/// Saves one (job, device)'s state with `upsert`, from [`prepare_upsert`].
-pub(super) fn save_state(
-    upsert: &mut Statement<'_>,
-    path: &Path,
-    job: &str,
-    device_key: &str,
-    state: &EncodedState,
+    rows: impl IntoIterator<Item = (&'r str, &'r str, E)>,
     now_millis: i64,
 ) -> Result<(), JournalError> {
-    upsert
-        .execute(params![job, device_key, state.phase, state.json, now_millis])
-        .map_err(sqlite_error(path, "saving a job state"))?;
+    let mut rows = rows.into_iter().peekable();
+    let mut chunk: Vec<(&str, &str, E)> = Vec::with_capacity(UPSERT_ROWS);
+    while rows.peek().is_some() {
+        chunk.clear();
+        chunk.extend(rows.by_ref().take(UPSERT_ROWS));
+        // One statement may not touch a row twice (PostgreSQL refuses it):
+        // within a chunk the last state of a pair is kept; chunks run in
+        // order, so across them the last one wins as well.
+        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(chunk.len());
+        for (index, (job, device, _)) in chunk.iter().enumerate() {
+            last.insert((job, device), index);
+        }
+        let unique: Vec<&(&str, &str, E)> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(index, (job, device, _))| last[&(*job, *device)] == *index)
+            .map(|(_, row)| row)
+            .collect();
+        let mut rest = &unique[..];
+        while !rest.is_empty() {
+            // The largest power of two that fits: a handful of statement
+            // texts serve every count.
+            let size = 1 << rest.len().ilog2();
+            let (part, after) = rest.split_at(size);
+            let mut params: Vec<&dyn ToValue> = Vec::with_capacity(size * 5);
+            for (job, device, state) in part {
+                let state = state.borrow();
+                params.extend([
+                    job as &dyn ToValue,
+                    device,
+                    &state.phase,
+                    &state.json,
+                    &now_millis,
+                ]);
+            }
+            db.execute(upsert_sql(size), &params).map_err(db_error(path, "saving a job state"))?;
+            rest = after;
+        }
+    }
     Ok(())
+}
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT … DO UPDATE` for `rows` rows (a
+/// power of two up to [`UPSERT_ROWS`]), built once per size.
+fn upsert_sql(rows: usize) -> &'static str {
+    static TEXTS: [OnceLock<String>; UPSERT_ROWS.ilog2() as usize + 1] =
+        [const { OnceLock::new() }; UPSERT_ROWS.ilog2() as usize + 1];
+    TEXTS[rows.ilog2() as usize].get_or_init(|| upsert_text(rows))
+}
+
+fn upsert_text(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let n = row * 5;
+            format!("(?{}, ?{}, ?{}, ?{}, ?{})", n + 1, n + 2, n + 3, n + 4, n + 5)
+        })
+        .collect();
+    format!(
+        "INSERT INTO job_state (job, device_key, phase, state, updated_at) VALUES {} \
+         ON CONFLICT (job, device_key) DO UPDATE SET \
+         phase = excluded.phase, state = excluded.state, updated_at = excluded.updated_at",
+        values.join(", ")
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::journal::test_backend::{on_both_backends, TestBackend};
+
+    on_both_backends!(
+        any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked,
+        a_state_read_as_the_wrong_type_is_unreadable
+    );
+
     use serde::{Deserialize, Serialize};
 
     use super::*;
@@ -182,14 +227,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked() {
-        let mut journal = Journal::open_in_memory().unwrap();
+    fn any_state_is_kept_as_its_json_next_to_its_phase_and_read_back_as_asked(b: &TestBackend) {
+        let mut journal = b.open();
         journal.save_states([("Lamp", "d=1", &Lamp { on: true })]).unwrap();
         let row: (String, String) = journal
-            .connection
-            .query_row("SELECT phase, state FROM job_state", [], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+            .db
+            .query_one("SELECT phase, state FROM job_state", args![], |row| {
+                Ok((row.string(0)?, row.string(1)?))
             })
             .unwrap();
         assert_eq!(row, ("firing".to_string(), r#"{"on":true}"#.to_string()));
@@ -209,9 +253,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_state_read_as_the_wrong_type_is_unreadable() {
-        let mut journal = Journal::open_in_memory().unwrap();
+    fn a_state_read_as_the_wrong_type_is_unreadable(b: &TestBackend) {
+        let mut journal = b.open();
         journal.save_states([("Lamp", "d=1", &Lamp { on: false })]).unwrap();
         let err = journal.load_states::<Fan>().unwrap_err();
         assert!(matches!(err, JournalError::UnreadableState { .. }), "{err:?}");

@@ -249,6 +249,16 @@ impl RawSource {
 pub(crate) struct RawJournal {
     /// SQLite file. Default `/var/lib/jobctl/journal.db`.
     pub(crate) path: Option<Spanned<String>>,
+    /// PostgreSQL URL, instead of `path`; no password in it.
+    pub(crate) url: Option<Spanned<String>>,
+    /// File holding the PostgreSQL password.
+    pub(crate) password_file: Option<Spanned<String>>,
+    /// Environment variable holding the PostgreSQL password.
+    pub(crate) password_env: Option<Spanned<String>>,
+    /// `disable`, `require` or `verify-full`.
+    pub(crate) tls: Option<Spanned<String>>,
+    /// CA certificates (PEM) for `verify-full`.
+    pub(crate) ca_file: Option<Spanned<String>>,
 }
 
 /// `[[sockets]]`.

@@ -3,7 +3,6 @@
 //! lives, and the budgets. (`[sms]` is the SMS module's own
 //! [`crate::sms::SmsConfig`].)
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::SecretSource;
@@ -115,9 +114,21 @@ pub enum PrometheusAuth {
 /// `[journal]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
-    /// The SQLite file; a relative path is taken from the main rules file's
-    /// directory. Default [`DEFAULT_JOURNAL_PATH`].
-    pub path: PathBuf,
+    /// Where the journal is: `path`, the SQLite file (a relative path is
+    /// taken from the main rules file's directory; default
+    /// [`DEFAULT_JOURNAL_PATH`]), or `url`, a PostgreSQL database with its
+    /// password source and TLS options.
+    pub location: crate::journal::Location,
+}
+
+impl JournalConfig {
+    /// The SQLite file, unless the journal is in PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.location {
+            crate::journal::Location::Sqlite(path) => Some(path),
+            crate::journal::Location::Postgres(_) => None,
+        }
+    }
 }
 
 /// `[budgets]`: at most so many messages (that may have left) per rolling

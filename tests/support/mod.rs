@@ -17,6 +17,7 @@ pub(crate) mod fake_provider;
 pub(crate) mod fake_webhook;
 pub(crate) mod limited_server;
 pub(crate) mod logs;
+pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod prometheus;
 pub(crate) mod rules_file;

@@ -48,7 +48,7 @@ use crate::exit::Exit;
 use crate::exporter::cache::Cache;
 use crate::exporter::config::{ExporterConfig, PlatformConfig, DEFAULT_MAX_PAGE_BYTES};
 use crate::exporter::Exporter;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::rules::{RuleSet, SourceConfig};
 use crate::secret::{Secret, SecretSource};
 use fleet::{Fleet, Pace, SocketSpec};
@@ -136,7 +136,14 @@ pub(super) async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> R
         }
     };
     let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(Error::DemoIo)?);
-    print_start(&rules_path, &dir, &rules.journal.path, &metrics_url);
+    let Some(journal_path) = rules.journal.sqlite_path() else {
+        return Err(Error::Journal(JournalError::SqliteOnly {
+            path: rules.journal.location.display().into(),
+            what: "`jobctl demo`",
+            instead: "give the demo a rules file whose [journal] has a path, or none",
+        }));
+    };
+    print_start(&rules_path, &dir, journal_path, &metrics_url);
 
     let clock = demo_clock(args.duration, args.speed);
     let sockets = socket_specs(&rules);
@@ -202,7 +209,7 @@ async fn run_engine(
 ) -> Result<(watch::JournalCounts, PathBuf), Error> {
     let shared_clock: Arc<dyn Clock> = Arc::new(*clock);
     let start = clock.now();
-    let journal_path = rules.journal.path.clone();
+    let journal_path = rules.journal.sqlite_path().map(Path::to_path_buf).unwrap_or_default();
     let journal =
         Journal::open(&journal_path).map_err(Error::Journal)?.with_clock(shared_clock.clone());
     let sender = Arc::new(DemoSockets::new(fleet.clone(), shared_clock.clone()));

@@ -119,7 +119,7 @@ mod tests {
         let SourceConfig::Scrape(scrape) = &rules.source else { panic!("{:?}", rules.source) };
         assert_eq!(scrape.targets[0].as_str(), "http://127.0.0.1:40001/metrics");
         assert!(rules.sms.as_ref().unwrap().is_demo());
-        assert_eq!(rules.journal.path, dir.path().join("journal.db"));
+        assert_eq!(rules.journal.sqlite_path(), Some(dir.path().join("journal.db").as_path()));
         assert_eq!(rules.jobs.len(), 1);
         assert_eq!(rules.jobs[0].name, JOB);
         let sockets: Vec<(&str, String)> =

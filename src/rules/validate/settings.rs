@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use super::conditions::guards_of;
 use crate::config_file::{ConfigError, HumanDuration, SourceFile};
+use crate::journal::{Location, PostgresTarget, TlsMode};
 use crate::rules::checker::{not_a_label, Checker};
 use crate::rules::condition::Guard;
 use crate::rules::config::{
@@ -418,14 +419,89 @@ fn auth(ck: &mut Checker<'_>, raw: &RawCredentials<'_>) -> Option<PrometheusAuth
 }
 
 fn journal(ck: &mut Checker<'_>, raw: Option<RawJournal>, base_dir: &Path) -> JournalConfig {
-    let path = match raw.and_then(|j| j.path) {
-        None => PathBuf::from(DEFAULT_JOURNAL_PATH),
-        Some(path) => match ck.non_empty(&path, "journal.path") {
-            Some(p) => base_dir.join(p),
+    let default =
+        || JournalConfig { location: Location::Sqlite(PathBuf::from(DEFAULT_JOURNAL_PATH)) };
+    let Some(raw) = raw else { return default() };
+    let Some(url) = &raw.url else {
+        // SQLite: the PostgreSQL keys mean a mistake.
+        let postgres_only = [
+            (&raw.password_file, "password_file"),
+            (&raw.password_env, "password_env"),
+            (&raw.tls, "tls"),
+            (&raw.ca_file, "ca_file"),
+        ];
+        for (value, key) in postgres_only {
+            if let Some(value) = value {
+                ck.at(
+                    value.span(),
+                    format!("journal.{key} is for a PostgreSQL journal (url); an SQLite journal (path) has none"),
+                );
+            }
+        }
+        let path = match &raw.path {
             None => PathBuf::from(DEFAULT_JOURNAL_PATH),
-        },
+            Some(path) => match ck.non_empty(path, "journal.path") {
+                Some(p) => base_dir.join(p),
+                None => PathBuf::from(DEFAULT_JOURNAL_PATH),
+            },
+        };
+        return JournalConfig { location: Location::Sqlite(path) };
     };
-    JournalConfig { path }
+    if raw.path.is_some() {
+        ck.at(
+            url.span(),
+            "journal: path and url are both set; keep one (path for SQLite, url for PostgreSQL)"
+                .to_string(),
+        );
+        return default();
+    }
+    let password = secret_source(
+        ck,
+        "journal",
+        &raw.password_file,
+        &raw.password_env,
+        "password_file",
+        "password_env",
+    );
+    // Every key is checked, so that one run of `check` names every mistake.
+    let tls = raw.tls.as_ref().and_then(|tls| {
+        let mode = TlsMode::parse(tls.get_ref());
+        if mode.is_none() {
+            ck.at(
+                tls.span(),
+                format!(
+                    "journal.tls is {:?}; expected \"disable\", \"require\" or \"verify-full\"",
+                    tls.get_ref()
+                ),
+            );
+        }
+        mode
+    });
+    let target = ck.non_empty(url, "journal.url").and_then(|text| {
+        PostgresTarget::new(&text)
+            .map_err(|reason| ck.at(url.span(), format!("journal.url: {reason}")))
+            .ok()
+    });
+    let Some(mut target) = target else { return default() };
+    target.password = password;
+    target.base_dir = base_dir.to_path_buf();
+    if let Some(mode) = tls {
+        target.tls = mode;
+    }
+    if let Some(ca_file) = &raw.ca_file {
+        if target.tls == TlsMode::VerifyFull {
+            target.ca_file = ck.non_empty(ca_file, "journal.ca_file").map(PathBuf::from);
+        } else {
+            ck.at(
+                ca_file.span(),
+                format!(
+                    "journal.ca_file is only read with tls = \"verify-full\" (tls is {:?} here)",
+                    target.tls.as_str()
+                ),
+            );
+        }
+    }
+    JournalConfig { location: Location::Postgres(target) }
 }
 
 fn budgets(ck: &mut Checker<'_>, raw: Option<RawBudgets>) -> Budgets {

@@ -1,0 +1,342 @@
+//! A real PostgreSQL 15 (Debian's `/usr/lib/postgresql/15/bin`) for the
+//! journal's tests: one server per test binary, a fresh database per test.
+//!
+//! The server is started on first use: `initdb` in a temporary directory
+//! (with `--no-sync`; `fsync=off`: nothing here must survive a power cut),
+//! listening on 127.0.0.1 only, on a free port, its Unix socket in that
+//! directory. PostgreSQL refuses to run as root, so as root the directory
+//! is handed to the `postgres` user and the server runs as that user.
+//!
+//! It must die with the test process, however that ends: it is started
+//! through `setpriv --pdeathsig QUIT` from a thread that lives as long as
+//! the process (the parent-death signal follows the thread that started
+//! the child), so the kernel sends it an immediate shutdown when the test
+//! binary exits or is killed. The directory of a run is removed by the
+//! next run once its process is gone.
+//!
+//! Logins over TCP need a password (scram-sha-256): tests connect as the
+//! role `jobctl`, whose password is in a file ([`TestDatabase::password_file`]),
+//! so that a wrong password is a real refusal. The server also speaks TLS
+//! (plain connections stay allowed), with a certificate for `127.0.0.1`
+//! signed by a CA made at start ([`TestDatabase::ca_file`]).
+//!
+//! Without the binaries, tests skip with a message; under CI they fail.
+//! This file is also compiled into the library's unit tests (`#[path]`),
+//! so it uses nothing but std and the `postgres` crate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where Debian's PostgreSQL 15 binaries are.
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The superuser's password (only ever on loopback, for one test run).
+const SUPERUSER_PASSWORD: &str = "postgres-superuser-test-only";
+
+/// The `jobctl` role's password.
+pub(crate) const JOBCTL_PASSWORD: &str = "jobctl-test-only";
+
+/// The running server.
+pub(crate) struct PgServer {
+    /// Its TCP port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Its directory (data, socket, log, password files).
+    pub(crate) dir: PathBuf,
+    /// The file holding [`JOBCTL_PASSWORD`].
+    pub(crate) password_file: PathBuf,
+    /// The server's PID (the postmaster).
+    pub(crate) pid: u32,
+    /// The CA (PEM) that signed the server's certificate.
+    pub(crate) ca_file: PathBuf,
+    /// Serialises CREATE DATABASE.
+    admin: Mutex<()>,
+}
+
+/// A database of its own for one test.
+#[derive(Debug, Clone)]
+pub(crate) struct TestDatabase {
+    /// The CA (PEM) that signed the server's certificate.
+    pub(crate) ca_file: PathBuf,
+    /// Its name.
+    pub(crate) name: String,
+    /// `postgresql://jobctl@127.0.0.1:PORT/NAME` (no password).
+    pub(crate) url: String,
+    /// The file with the `jobctl` role's password.
+    pub(crate) password_file: PathBuf,
+    /// The server's port.
+    pub(crate) port: u16,
+}
+
+static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
+
+/// The server, started on first use; `None` (the test is skipped, with a
+/// message) when PostgreSQL is not installed and CI is not set.
+pub(crate) fn server() -> Option<&'static PgServer> {
+    let found = Path::new(BIN).join("postgres").exists();
+    if !found {
+        let missing = format!(
+            "PostgreSQL 15 is not installed ({BIN}/postgres is missing; apt-get install postgresql)"
+        );
+        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+            panic!("{missing} (CI is set, so the tests that need it must not be skipped)");
+        }
+        eprintln!("skipped: {missing}");
+        return None;
+    }
+    match SERVER.get_or_init(|| on_thread(start)) {
+        Ok(server) => Some(server),
+        Err(why) => panic!("cannot start PostgreSQL for the tests: {why}"),
+    }
+}
+
+/// A fresh database owned by `jobctl`, or `None` when skipped.
+pub(crate) fn fresh_database() -> Option<TestDatabase> {
+    let server = server()?;
+    Some(server.fresh_database())
+}
+
+impl PgServer {
+    /// Creates a new, empty database owned by `jobctl`.
+    pub(crate) fn fresh_database(&self) -> TestDatabase {
+        let name = format!(
+            "journal_{}_{}",
+            std::process::id(),
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
+        let _one_at_a_time = self.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.admin_execute("postgres", &format!("CREATE DATABASE {name} OWNER jobctl"));
+        TestDatabase {
+            ca_file: self.ca_file.clone(),
+            url: format!("postgresql://jobctl@127.0.0.1:{}/{name}", self.port),
+            name,
+            password_file: self.password_file.clone(),
+            port: self.port,
+        }
+    }
+
+    /// Runs `sql` as the superuser in `database` (tests that plant what a
+    /// journal must refuse).
+    pub(crate) fn admin_execute(&self, database: &str, sql: &str) {
+        let (port, database, sql) = (self.port, database.to_string(), sql.to_string());
+        on_thread(move || {
+            let mut client = admin_client(port, &database).expect("superuser connection");
+            client.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        });
+    }
+
+    /// The first column of the first row of `sql`, as text, run as the
+    /// superuser in `database`.
+    pub(crate) fn admin_query_text(&self, database: &str, sql: &str) -> Option<String> {
+        let (port, database, sql) = (self.port, database.to_string(), sql.to_string());
+        on_thread(move || {
+            let mut client = admin_client(port, &database).expect("superuser connection");
+            let rows = client.simple_query(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.into_iter().find_map(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+        })
+    }
+}
+
+/// Runs `work` on a thread of its own: the synchronous client must not run
+/// inside an async runtime, as a `#[tokio::test]` would call it.
+fn on_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(work).join().expect("the PostgreSQL helper panicked"))
+}
+
+fn admin_client(port: u16, database: &str) -> Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname(database)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Removes the directories of earlier runs whose process is gone.
+fn remove_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix("signage-watchdog-pg-") else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn run(command: &mut Command, what: &str) -> Result<(), String> {
+    let output = command.output().map_err(|e| format!("{what}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// `command` run as the `postgres` user when we are root.
+fn as_server_user(root: bool, program: &str) -> Command {
+    if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start() -> Result<PgServer, String> {
+    let parent = std::env::temp_dir();
+    remove_stale_dirs(&parent);
+    let dir = parent.join(format!("signage-watchdog-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let data = dir.join("data");
+    let superuser_file = dir.join("superuser-password");
+    std::fs::write(&superuser_file, SUPERUSER_PASSWORD).map_err(|e| e.to_string())?;
+    let password_file = dir.join("jobctl-password");
+    std::fs::write(&password_file, format!("{JOBCTL_PASSWORD}\n")).map_err(|e| e.to_string())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(&password_file, private).map_err(|e| e.to_string())?;
+    }
+    let ca_file = dir.join("ca.crt");
+    let (server_cert, server_key) = (dir.join("server.crt"), dir.join("server.key"));
+    write_certificates(&ca_file, &server_cert, &server_key)?;
+    let root = is_root();
+    if root {
+        run(
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .arg(&superuser_file)
+                .arg(&server_cert)
+                .arg(&server_key),
+            "chown",
+        )?;
+    }
+    let initdb = format!("{BIN}/initdb");
+    run(
+        as_server_user(root, &initdb)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", superuser_file.display())),
+        "initdb",
+    )?;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        listener.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "QUIT"]);
+    if root {
+        command.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]);
+    }
+    command
+        .arg("--")
+        .arg(format!("{BIN}/postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(["-c", "ssl=on", "-c"])
+        .arg(format!("ssl_cert_file={}", server_cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", server_key.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // The parent-death signal is sent when the *thread* that started the
+    // server ends: start it from one that never does.
+    let (started, pid) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("postgres-keeper".to_string())
+        .spawn(move || {
+            let child = command.spawn();
+            let child = match child {
+                Ok(child) => child,
+                Err(err) => {
+                    let _ = started.send(Err(format!("cannot start postgres: {err}")));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(child.id()));
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let pid = pid.recv().map_err(|e| e.to_string())??;
+    // Poll until it takes logins.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match admin_client(port, "postgres") {
+            Ok(mut client) => {
+                client
+                    .batch_execute(&format!(
+                        "CREATE ROLE jobctl LOGIN PASSWORD '{JOBCTL_PASSWORD}'"
+                    ))
+                    .map_err(|e| e.to_string())?;
+                break;
+            }
+            Err(err) if Instant::now() > deadline => {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(format!("no login within 60 s: {err}; its log:\n{log}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    Ok(PgServer { port, dir, password_file, pid, ca_file, admin: Mutex::new(()) })
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it (its key
+/// mode 0600, as PostgreSQL insists).
+fn write_certificates(ca_file: &Path, cert: &Path, key: &Path) -> Result<(), String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let failed = |e: rcgen::Error| e.to_string();
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "journal test CA");
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(failed)?)
+        .map_err(failed)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(failed)?;
+    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let server_key = KeyPair::generate().map_err(failed)?;
+    let server = params.signed_by(&server_key, &issuer).map_err(failed)?;
+    std::fs::write(ca_file, issuer.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(cert, server.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(key, server_key.serialize_pem()).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
+}
