@@ -128,6 +128,22 @@ impl PgServer {
         });
     }
 
+    /// Ends every session of the `jobctl` role on `database` from the
+    /// server's side (as a restart or a cut network would), and waits
+    /// until they are gone.
+    pub(crate) fn terminate_sessions(&self, database: &str) {
+        let sessions =
+            format!("FROM pg_stat_activity WHERE datname = '{database}' AND usename = 'jobctl'");
+        self.admin_execute("postgres", &format!("SELECT pg_terminate_backend(pid) {sessions}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.admin_query_text("postgres", &format!("SELECT count(*) {sessions}"))
+            != Some("0".to_string())
+        {
+            assert!(Instant::now() < deadline, "the sessions on {database} did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The first column of the first row of `sql`, as text, run as the
     /// superuser in `database`.
     pub(crate) fn admin_query_text(&self, database: &str, sql: &str) -> Option<String> {
