@@ -980,7 +980,7 @@ async fn a_daemon_on_postgres_sends_nothing_while_it_is_down_and_once_after() {
     assert!(lost.contains(&format!(" WARN journal {}: ", db.url)), "{lost}");
     daemon.wait_for("nothing was sent; the action").await;
     // Still evaluating, still nothing sent, the loss told once.
-    daemon.wait_cycles(2).await;
+    daemon.wait_cycles(1).await;
     assert!(gateway.received().is_empty(), "{:?}", gateway.received());
     assert_eq!(daemon.child.try_wait().unwrap(), None, "jobctl exited:\n{}", daemon.log());
     let (_, metrics) = daemon.get("/metrics").await;

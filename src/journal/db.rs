@@ -30,12 +30,10 @@
 //! is still away fails at once with the connection's error), with an empty
 //! statement cache and a new session generation
 //! ([`PgWorker::generation`]): the journal takes its writer lock again on
-//! the new session before it writes ([`Journal::begin_write`]). Never
+//! the new session before it writes (`Journal::begin_write`). Never
 //! inside a transaction: its statements would run on a session that never
 //! saw its `BEGIN`, so they fail until it is ended. The loss and the return
 //! are logged once each.
-//!
-//! [`Journal::begin_write`]: super::Journal
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -166,7 +164,7 @@ impl fmt::Display for DbError {
             DbError::NoRow => f.write_str("no row where one was expected"),
             DbError::Gone => f.write_str("the PostgreSQL connection's thread stopped"),
             DbError::Lost => f.write_str(
-                "the connection to PostgreSQL was lost; jobctl connects again at the next write",
+                "the connection to PostgreSQL was lost; jobctl connects again at the next journal call",
             ),
         }
     }
