@@ -1064,6 +1064,28 @@ fn a_writer_reconnects_after_a_lost_connection_and_takes_its_lock_again() {
 }
 
 #[test]
+fn a_connection_lost_inside_a_batch_keeps_none_of_it_and_never_reconnects_midway() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let mut writer = b.open();
+    let before = writer.begin_send(&manual_send("lobby")).unwrap();
+    let err = writer
+        .batch("journalling messages", |journal| {
+            journal.begin_send(&manual_send("lobby")).unwrap();
+            cut_connections(db);
+            // Not run on a new session outside the batch's transaction.
+            let late = journal.begin_send(&manual_send("lobby"));
+            assert!(late.is_err(), "{late:?}");
+        })
+        .unwrap_err();
+    assert!(matches!(err, JournalError::Database { .. }), "{err:?}");
+    let after = writer.begin_send(&manual_send("lobby")).unwrap();
+    let ids: Vec<_> =
+        b.read().history(&HistoryFilter::default()).unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![after, before]);
+}
+
+#[test]
 fn a_writer_that_reconnects_after_another_took_the_lock_is_refused() {
     let Some(b) = Backend::postgres() else { return };
     let Backend::Postgres(db) = &b else { unreachable!() };
