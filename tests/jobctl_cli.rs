@@ -984,6 +984,60 @@ async fn run_once_on_a_postgres_journal_sends_the_same_sms_as_on_sqlite() {
     assert!(!refused.stderr.contains("xyzzy"), "{refused:?}");
 }
 
+/// PostgreSQL stopped under a running daemon while a device goes offline:
+/// nothing is sent while the journal cannot commit the message, the daemon
+/// goes on evaluating (and says once that the journal is unreachable), and
+/// once PostgreSQL is back the due action leaves exactly once, journalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_postgres_sends_nothing_while_it_is_down_and_once_after() {
+    if !TestPrometheus::available() {
+        return;
+    }
+    let Some(server) = support::postgres::own_server() else { return };
+    let db = server.fresh_database();
+    let (prometheus, target) = prometheus_seeing(1).await;
+    let gateway = FakeGateway::start().await;
+    let text = rules(prometheus.url(), &gateway.url()).replace(
+        "path = \"journal.db\"",
+        &format!("url = \"{}\"\npassword_file = \"pg.password\"", db.url),
+    );
+    let site = Site::with_rules(&text);
+    write_secret(&site.path("pg.password"), support::postgres::JOBCTL_PASSWORD);
+    let mut daemon = Daemon::start(&site).await;
+    daemon.wait_cycles(1).await;
+
+    tokio::task::block_in_place(|| server.stop());
+    target.set(device_page(0));
+    wait_for_value(&prometheus, 0).await;
+    let lost = daemon.wait_for("the connection to PostgreSQL is lost").await;
+    assert!(lost.contains(&format!(" WARN journal {}: ", db.url)), "{lost}");
+    daemon.wait_for("nothing was sent; the action").await;
+    // Still evaluating, still nothing sent, the loss told once.
+    daemon.wait_cycles(1).await;
+    assert!(gateway.received().is_empty(), "{:?}", gateway.received());
+    assert_eq!(daemon.child.try_wait().unwrap(), None, "jobctl exited:\n{}", daemon.log());
+    let (_, metrics) = daemon.get("/metrics").await;
+    let series = "jobctl_action_errors_total{job=\"reboot frozen\"}";
+    let errors: Option<u64> = support::exposition::value(&metrics, series);
+    assert!(errors.is_some_and(|n| n >= 1), "{metrics}");
+
+    tokio::task::block_in_place(|| server.start_again());
+    daemon.wait_for("the connection to PostgreSQL is back").await;
+    daemon.wait_for("sent via http").await;
+    daemon.wait_cycles(2).await;
+    assert_eq!(gateway.received().len(), 1, "{:?}", gateway.received());
+    let mut log = daemon.seen.clone();
+    let (code, rest) = daemon.stop().await;
+    log.extend(rest);
+    let log = log.join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(log.matches("the connection to PostgreSQL is lost").count(), 1, "{log}");
+    assert_eq!(log.matches("the connection to PostgreSQL is back").count(), 1, "{log}");
+    assert!(!log.contains(support::postgres::JOBCTL_PASSWORD), "{log}");
+    let history = site.history(&[]).await;
+    assert_eq!((history.len(), history[0]["outcome"].as_str()), (1, Some("sent")), "{history:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_sends_one_sms_dry_run_none_and_a_dead_prometheus_exits_6() {
     if !TestPrometheus::available() {

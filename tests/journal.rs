@@ -1038,6 +1038,78 @@ fn one_writer_at_a_time_on_postgres_and_readers_beside_it() {
     assert_eq!(journal.execution(id).unwrap().status, ExecutionStatus::Sending);
 }
 
+/// Ends every session of `jobctl` on `db` from the server's side, as a
+/// server restart or a cut network would.
+fn cut_connections(db: &pg_server::TestDatabase) {
+    pg_server::server().unwrap().terminate_sessions(&db.name);
+}
+
+#[test]
+fn a_writer_reconnects_after_a_lost_connection_and_takes_its_lock_again() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let mut writer = b.open();
+    let first = writer.begin_send(&manual_send("lobby")).unwrap();
+    cut_connections(db);
+    // The call that finds the connection gone fails, and nothing is kept.
+    let err = writer.begin_send(&manual_send("lobby")).unwrap_err();
+    assert!(matches!(err, JournalError::Database { .. }), "{err:?}");
+    // The next one connects again, takes the writer lock, and writes.
+    let second = writer.begin_send(&manual_send("lobby")).unwrap();
+    assert_eq!(b.read().execution(second).unwrap().status, ExecutionStatus::Sending);
+    assert_eq!(b.read().execution(first).unwrap().status, ExecutionStatus::Sending);
+    // The new session holds the lock: nobody else may write.
+    let err = b.try_open().unwrap_err();
+    assert!(matches!(err, JournalError::LockedInDatabase { .. }), "{err:?}");
+}
+
+#[test]
+fn a_connection_lost_inside_a_batch_keeps_none_of_it_and_never_reconnects_midway() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let mut writer = b.open();
+    let before = writer.begin_send(&manual_send("lobby")).unwrap();
+    let err = writer
+        .batch("journalling messages", |journal| {
+            journal.begin_send(&manual_send("lobby")).unwrap();
+            cut_connections(db);
+            // Not run on a new session outside the batch's transaction.
+            let late = journal.begin_send(&manual_send("lobby"));
+            assert!(late.is_err(), "{late:?}");
+        })
+        .unwrap_err();
+    assert!(matches!(err, JournalError::Database { .. }), "{err:?}");
+    let after = writer.begin_send(&manual_send("lobby")).unwrap();
+    let ids: Vec<_> =
+        b.read().history(&HistoryFilter::default()).unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![after, before]);
+}
+
+#[test]
+fn a_writer_that_reconnects_after_another_took_the_lock_is_refused() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(db) = &b else { unreachable!() };
+    let mut writer = b.open();
+    writer.begin_send(&manual_send("lobby")).unwrap();
+    cut_connections(db);
+    // While the first writer's connection is gone, a second one opens.
+    let mut other = b.open();
+    let taken = other.begin_send(&manual_send("lobby")).unwrap();
+    // The first writer's call that finds its connection gone fails; its
+    // next reads connect again (reading needs no lock) ...
+    assert!(writer.execution(taken).is_err());
+    assert_eq!(writer.execution(taken).unwrap().status, ExecutionStatus::Sending);
+    // ... but its writes are refused, every time, while the other holds it.
+    for _ in 0..2 {
+        let err = writer.begin_send(&manual_send("lobby")).unwrap_err();
+        assert!(matches!(err, JournalError::LockedInDatabase { .. }), "{err:?}");
+    }
+    assert_eq!(b.read().history(&Default::default()).unwrap().len(), 2);
+    // Once the other is gone, the lock is taken again and writes go on.
+    drop(other);
+    writer.begin_send(&manual_send("lobby")).unwrap();
+}
+
 /// The whole message of `err`, causes included, as jobctl prints it.
 fn whole(err: &JournalError) -> String {
     signage_watchdog::error::with_causes(err)

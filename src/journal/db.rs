@@ -21,11 +21,25 @@
 //! connection lives on a thread of its own (`PgWorker`): each call ships
 //! its statement and owned parameters there and waits for the answer. The
 //! connection is closed on that thread too when the journal is dropped.
+//!
+//! **A lost connection is reconnected, one attempt per call.** When the
+//! server restarts or the network drops, the call that finds out fails as
+//! any failed write does (its callers keep their state for the next
+//! cycle, and nothing whose row was not committed leaves). The next call
+//! connects again before it runs (no loop, no sleep: a call while the server
+//! is still away fails at once with the connection's error), with an empty
+//! statement cache and a new session generation
+//! ([`PgWorker::generation`]): the journal takes its writer lock again on
+//! the new session before it writes (`Journal::begin_write`). Never
+//! inside a transaction: its statements would run on a session that never
+//! saw its `BEGIN`, so they fail until it is ended. The loss and the return
+//! are logged once each.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use postgres::types::{IsNull, ToSql as PgToSql, Type};
@@ -133,6 +147,9 @@ pub enum DbError {
     NoRow,
     /// The connection's thread is gone (it panicked).
     Gone,
+    /// The PostgreSQL connection was lost during a transaction; the next
+    /// call after it ends connects again.
+    Lost,
 }
 
 impl fmt::Display for DbError {
@@ -146,6 +163,9 @@ impl fmt::Display for DbError {
             DbError::Column { index, wanted } => write!(f, "column {index} is not {wanted}"),
             DbError::NoRow => f.write_str("no row where one was expected"),
             DbError::Gone => f.write_str("the PostgreSQL connection's thread stopped"),
+            DbError::Lost => f.write_str(
+                "the connection to PostgreSQL was lost; jobctl connects again at the next journal call",
+            ),
         }
     }
 }
@@ -347,6 +367,15 @@ impl Db {
     /// Whether this is PostgreSQL.
     pub(crate) fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres(_))
+    }
+
+    /// Which session the connection is: PostgreSQL counts its connections
+    /// from 1, one more after each reconnection; SQLite is always 0.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Db::Sqlite(_) => 0,
+            Db::Postgres(worker) => worker.generation(),
+        }
     }
 
     /// Runs a statement; returns how many rows it changed.
@@ -623,19 +652,32 @@ pub(crate) fn to_dollar_placeholders(sql: &str) -> String {
     out
 }
 
+/// How the connection's thread connects (again).
+pub(crate) type Connect = Box<dyn FnMut() -> Result<postgres::Client, postgres::Error> + Send>;
+
 /// The PostgreSQL connection and its prepared statements, owned by the
 /// connection's thread.
 pub(crate) struct PgSession {
-    client: postgres::Client,
+    /// `None` once the connection is found closed, until it is back.
+    client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+    connect: Connect,
+    /// The journal's URL (without a password), for the log.
+    name: String,
+    /// Bumped at each connection ([`PgWorker::generation`]).
+    generation: Arc<AtomicU64>,
 }
 
 impl PgSession {
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+    fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
+        self.client.as_mut().ok_or(DbError::Lost)
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(&to_dollar_placeholders(sql))?;
+        let statement = self.client()?.prepare(&to_dollar_placeholders(sql))?;
         self.statements.insert(sql.to_string(), statement.clone());
         Ok(statement)
     }
@@ -644,18 +686,56 @@ impl PgSession {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn PgToSql + Sync)> =
             params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
-        Ok(self.client.execute(&statement, &params)?)
+        Ok(self.client()?.execute(&statement, &params)?)
     }
 
     fn query(&mut self, sql: &str, params: &[OwnedValue]) -> Result<Vec<postgres::Row>, DbError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn PgToSql + Sync)> =
             params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
-        Ok(self.client.query(&statement, &params)?)
+        Ok(self.client()?.query(&statement, &params)?)
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        Ok(self.client.batch_execute(sql)?)
+        Ok(self.client()?.batch_execute(sql)?)
+    }
+
+    /// Forgets a connection found closed (the server went away, or the
+    /// network), logging the loss once.
+    fn notice_closed(&mut self) {
+        if self.client.as_ref().is_some_and(postgres::Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+            tracing::warn!(
+                "journal {}: the connection to PostgreSQL is lost; nothing is journalled, so \
+                 nothing is sent, until it is back (jobctl tries again at each journal call)",
+                self.name
+            );
+        }
+    }
+
+    /// Connects again if the connection was lost: one attempt, and only
+    /// outside a transaction (`may`).
+    fn reconnect(&mut self, may: bool) -> Result<(), DbError> {
+        self.notice_closed();
+        if self.client.is_some() {
+            return Ok(());
+        }
+        if !may {
+            return Err(DbError::Lost);
+        }
+        match (self.connect)() {
+            Ok(client) => {
+                self.client = Some(client);
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                tracing::info!("journal {}: the connection to PostgreSQL is back", self.name);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::debug!("journal {}: still no connection to PostgreSQL: {err}", self.name);
+                Err(DbError::Postgres(err))
+            }
+        }
     }
 }
 
@@ -668,16 +748,20 @@ pub(crate) struct PgWorker {
     /// Whether a transaction is open (PostgreSQL never ends one by itself
     /// while the connection lives).
     in_transaction: RefCell<bool>,
+    /// The session's number: 1 for the first connection, one more at each
+    /// reconnection.
+    generation: Arc<AtomicU64>,
 }
 
 impl PgWorker {
     /// Connects on a new thread with `connect`, and keeps the connection
-    /// there.
-    pub(crate) fn start(
-        connect: impl FnOnce() -> Result<postgres::Client, postgres::Error> + Send + 'static,
-    ) -> Result<PgWorker, DbError> {
+    /// there; `connect` is called again to reconnect after the connection
+    /// is lost. `name` (the URL, without a password) is what the log names.
+    pub(crate) fn start(name: String, mut connect: Connect) -> Result<PgWorker, DbError> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ready, connected) = mpsc::sync_channel(1);
+        let generation = Arc::new(AtomicU64::new(1));
+        let session_generation = generation.clone();
         let thread = std::thread::Builder::new()
             .name("journal-postgres".to_string())
             .spawn(move || {
@@ -689,7 +773,13 @@ impl PgWorker {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                let mut session = PgSession { client, statements: HashMap::new() };
+                let mut session = PgSession {
+                    client: Some(client),
+                    statements: HashMap::new(),
+                    connect,
+                    name,
+                    generation: session_generation,
+                };
                 for job in inbox {
                     job(&mut session);
                 }
@@ -701,6 +791,7 @@ impl PgWorker {
                 jobs: Some(jobs),
                 thread: Some(thread),
                 in_transaction: RefCell::new(false),
+                generation,
             }),
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -710,17 +801,27 @@ impl PgWorker {
         }
     }
 
-    /// Runs `work` on the connection's thread and waits for its answer.
+    /// The current session's number (see [`Db::generation`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work` on the connection's thread and waits for its answer;
+    /// connects again first if the connection was lost, unless a
+    /// transaction is open.
     pub(crate) fn call<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut PgSession) -> T + Send + 'static,
     ) -> Result<T, DbError> {
+        let may_reconnect = !*self.in_transaction.borrow();
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |session| {
-            let _ = reply.send(work(session));
+            let answer = session.reconnect(may_reconnect).map(|()| work(session));
+            session.notice_closed();
+            let _ = reply.send(answer);
         });
         self.jobs.as_ref().ok_or(DbError::Gone)?.send(job).map_err(|_| DbError::Gone)?;
-        answer.recv().map_err(|_| DbError::Gone)
+        answer.recv().map_err(|_| DbError::Gone)?
     }
 }
 

@@ -103,6 +103,7 @@ mod sends;
 mod silences;
 mod states;
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,10 @@ pub struct Journal {
     /// A journal opened for writing holds the file's writer lock for its
     /// whole life (`lock`); a reader or an in-memory journal holds none.
     _lock: Option<JournalLock>,
+    /// A PostgreSQL writer: the session ([`Db::generation`]) that took the
+    /// database's writer lock. A reconnection makes a new session that
+    /// holds no lock until a write takes it again.
+    writer_session: Cell<Option<u64>>,
 }
 
 impl fmt::Debug for Journal {
@@ -512,6 +517,7 @@ impl Journal {
             clock: Arc::new(SystemClock),
             in_batch: false,
             _lock: lock,
+            writer_session: Cell::new(None),
         }
     }
 
@@ -577,7 +583,22 @@ impl Journal {
     fn begin_write(&self, doing: &'static str) -> Result<Write<'_>, JournalError> {
         let path = &self.path;
         if !self.in_batch {
+            self.hold_writer_lock()?;
             self.db.begin().map_err(db_error(path, doing))?;
+            if self.writer_session.get().is_some_and(|held| held != self.db.generation()) {
+                // The BEGIN found the connection lost and made a new one,
+                // which holds no lock yet: undo it, take the lock there
+                // (or be refused), and begin again.
+                let _ = self.db.rollback();
+                self.hold_writer_lock()?;
+                self.db.begin().map_err(db_error(path, doing))?;
+                if self.writer_session.get().is_some_and(|held| held != self.db.generation()) {
+                    // Lost again in between: this session holds no lock.
+                    let _ = self.db.rollback();
+                    let source = DbError::Lost;
+                    return Err(JournalError::Database { path: path.clone(), doing, source });
+                }
+            }
             return Ok(Write { db: &self.db, savepoint: false, done: false });
         }
         if !self.db.in_transaction() {
@@ -588,6 +609,24 @@ impl Journal {
         }
         self.db.savepoint().map_err(db_error(path, doing))?;
         Ok(Write { db: &self.db, savepoint: true, done: false })
+    }
+}
+
+impl Journal {
+    /// On PostgreSQL, makes sure the current session holds the writer lock
+    /// the journal took when it opened: after a reconnection it is taken
+    /// again, or the write is refused with
+    /// [`JournalError::LockedInDatabase`] when another jobctl took it
+    /// meanwhile (and tried again at the next write). SQLite's lock file
+    /// does not depend on a connection.
+    fn hold_writer_lock(&self) -> Result<(), JournalError> {
+        let Some(held) = self.writer_session.get() else { return Ok(()) };
+        if held == self.db.generation() {
+            return Ok(());
+        }
+        self.lock_postgres()?;
+        tracing::info!("journal {}: the writer lock is held again", self.path.display());
+        Ok(())
     }
 }
 

@@ -315,18 +315,23 @@ pub(super) fn connect(target: &PostgresTarget, read_only: bool) -> Result<Journa
     } else {
         postgres::config::SslMode::Disable
     });
-    let worker = PgWorker::start(move || match tls {
-        None => config.connect(postgres::NoTls),
-        Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
-    })
-    .map_err(|source| JournalError::Connect { path: path.clone(), source })?;
+    // The same connection each time, the first and after a loss: a reader's
+    // session is read-only from its first statement.
+    let connect = move || {
+        let mut client = match &tls {
+            None => config.connect(postgres::NoTls)?,
+            Some(tls) => {
+                config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()))?
+            }
+        };
+        if read_only {
+            client.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+        }
+        Ok(client)
+    };
+    let worker = PgWorker::start(path.display().to_string(), Box::new(connect))
+        .map_err(|source| JournalError::Connect { path: path.clone(), source })?;
     let journal = Journal::new(Db::Postgres(worker), &path, None);
-    if read_only {
-        journal
-            .db
-            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            .map_err(db_error(&path, "making the session read-only"))?;
-    }
     Ok(journal)
 }
 
@@ -441,8 +446,10 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
 impl Journal {
     /// Takes the database's writer lock for this session, or says who
-    /// holds it.
-    pub(super) fn lock_postgres(&mut self) -> Result<(), JournalError> {
+    /// holds it. Once taken, the journal holds it for this session
+    /// (`writer_session`): after a reconnection, the next write takes it
+    /// again first ([`Journal::hold_writer_lock`]).
+    pub(super) fn lock_postgres(&self) -> Result<(), JournalError> {
         let path = &self.path;
         let got = self
             .db
@@ -451,6 +458,7 @@ impl Journal {
             })
             .map_err(db_error(path, "taking the journal's writer lock"))?;
         if got {
+            self.writer_session.set(Some(self.db.generation()));
             return Ok(());
         }
         let holder = self

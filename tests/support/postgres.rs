@@ -20,6 +20,13 @@
 //! (plain connections stay allowed), with a certificate for `127.0.0.1`
 //! signed by a CA made at start ([`TestDatabase::ca_file`]).
 //!
+//! A test that stops the server (to see what jobctl does while PostgreSQL
+//! is down) gets one of its own ([`own_server`]): the same setup in a
+//! directory of its own, on its own port, stopped by a fast shutdown
+//! ([`PgServer::stop`]) and started again on the same port and data
+//! ([`PgServer::start_again`]); dropped, it is stopped and its directory
+//! removed.
+//!
 //! Without the binaries, tests skip with a message; under CI they fail.
 //! This file is also compiled into the library's unit tests (`#[path]`),
 //! so it uses nothing but std and the `postgres` crate.
@@ -47,12 +54,37 @@ pub(crate) struct PgServer {
     pub(crate) dir: PathBuf,
     /// The file holding [`JOBCTL_PASSWORD`].
     pub(crate) password_file: PathBuf,
-    /// The server's PID (the postmaster).
-    pub(crate) pid: u32,
     /// The CA (PEM) that signed the server's certificate.
     pub(crate) ca_file: PathBuf,
     /// Serialises CREATE DATABASE.
     admin: Mutex<()>,
+    /// How to start it (again).
+    launch: Launch,
+    /// The running postmaster: its PID, and a message when it has exited.
+    running: Mutex<Option<(u32, mpsc::Receiver<()>)>>,
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let running = self.running.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((pid, exited)) = running.take() {
+            // An immediate shutdown: nothing of a test's server is kept.
+            let _ = Command::new("kill").args(["-s", "QUIT", &pid.to_string()]).status();
+            let _ = exited.recv_timeout(Duration::from_secs(60));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What starting the server takes, kept to start it again after a stop.
+#[derive(Clone)]
+struct Launch {
+    data: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    root: bool,
+    server_cert: PathBuf,
+    server_key: PathBuf,
 }
 
 /// A database of its own for one test.
@@ -87,9 +119,22 @@ pub(crate) fn server() -> Option<&'static PgServer> {
         eprintln!("skipped: {missing}");
         return None;
     }
-    match SERVER.get_or_init(|| on_thread(start)) {
+    match SERVER.get_or_init(|| on_thread(|| start("shared"))) {
         Ok(server) => Some(server),
         Err(why) => panic!("cannot start PostgreSQL for the tests: {why}"),
+    }
+}
+
+/// A server of the calling test's own, which it may stop and start again
+/// ([`PgServer::stop`], [`PgServer::start_again`]) without disturbing the
+/// other tests of its binary; `None` when skipped.
+pub(crate) fn own_server() -> Option<PgServer> {
+    server()?;
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let name = format!("own{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    match on_thread(|| start(&name)) {
+        Ok(server) => Some(server),
+        Err(why) => panic!("cannot start PostgreSQL for the test: {why}"),
     }
 }
 
@@ -100,6 +145,36 @@ pub(crate) fn fresh_database() -> Option<TestDatabase> {
 }
 
 impl PgServer {
+    /// Stops the server as an operator's restart does (a fast shutdown:
+    /// sessions are ended, connections refused), and waits until it has
+    /// exited.
+    pub(crate) fn stop(&self) {
+        let (pid, exited) = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .expect("the server is running");
+        let status = Command::new("kill").args(["-s", "INT", &pid.to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "cannot signal PostgreSQL (PID {pid})");
+        exited.recv_timeout(Duration::from_secs(60)).expect("PostgreSQL did not stop within 60 s");
+    }
+
+    /// Starts the stopped server again, on the same port and data, and
+    /// returns once it takes logins.
+    pub(crate) fn start_again(&self) {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(running.is_none(), "the server is running");
+        let launch = self.launch.clone();
+        let started = on_thread(move || {
+            let started = spawn_postgres(&launch)?;
+            wait_for_logins(&launch)?;
+            Ok::<_, String>(started)
+        });
+        *running =
+            Some(started.unwrap_or_else(|why| panic!("cannot start PostgreSQL again: {why}")));
+    }
+
     /// Creates a new, empty database owned by `jobctl`.
     pub(crate) fn fresh_database(&self) -> TestDatabase {
         let name = format!(
@@ -126,6 +201,22 @@ impl PgServer {
             let mut client = admin_client(port, &database).expect("superuser connection");
             client.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         });
+    }
+
+    /// Ends every session of the `jobctl` role on `database` from the
+    /// server's side (as a restart or a cut network would), and waits
+    /// until they are gone.
+    pub(crate) fn terminate_sessions(&self, database: &str) {
+        let sessions =
+            format!("FROM pg_stat_activity WHERE datname = '{database}' AND usename = 'jobctl'");
+        self.admin_execute("postgres", &format!("SELECT pg_terminate_backend(pid) {sessions}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.admin_query_text("postgres", &format!("SELECT count(*) {sessions}"))
+            != Some("0".to_string())
+        {
+            assert!(Instant::now() < deadline, "the sessions on {database} did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The first column of the first row of `sql`, as text, run as the
@@ -177,7 +268,8 @@ fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix("signage-watchdog-pg-") else { continue };
+        let Some(tail) = name.strip_prefix("signage-watchdog-pg-") else { continue };
+        let pid = tail.split('-').next().unwrap_or(tail);
         if !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -208,10 +300,10 @@ fn as_server_user(root: bool, program: &str) -> Command {
     }
 }
 
-fn start() -> Result<PgServer, String> {
+fn start(name: &str) -> Result<PgServer, String> {
     let parent = std::env::temp_dir();
     remove_stale_dirs(&parent);
-    let dir = parent.join(format!("signage-watchdog-pg-{}", std::process::id()));
+    let dir = parent.join(format!("signage-watchdog-pg-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let data = dir.join("data");
@@ -253,17 +345,43 @@ fn start() -> Result<PgServer, String> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         listener.local_addr().map_err(|e| e.to_string())?.port()
     };
-    let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+    let launch = Launch { data, dir: dir.clone(), port, root, server_cert, server_key };
+    let running = spawn_postgres(&launch)?;
+    wait_for_logins(&launch)?;
+    let mut client = admin_client(port, "postgres").map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!("CREATE ROLE jobctl LOGIN PASSWORD '{JOBCTL_PASSWORD}'"))
+        .map_err(|e| e.to_string())?;
+    Ok(PgServer {
+        port,
+        dir,
+        password_file,
+        ca_file,
+        admin: Mutex::new(()),
+        launch,
+        running: Mutex::new(Some(running)),
+    })
+}
+
+/// Starts the postmaster of `launch`: its PID, and a receiver told when it
+/// has exited.
+fn spawn_postgres(launch: &Launch) -> Result<(u32, mpsc::Receiver<()>), String> {
+    let Launch { data, dir, port, root, server_cert, server_key } = launch;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
     let mut command = Command::new("setpriv");
     command.args(["--pdeathsig", "QUIT"]);
-    if root {
+    if *root {
         command.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups"]);
     }
     command
         .arg("--")
         .arg(format!("{BIN}/postgres"))
         .arg("-D")
-        .arg(&data)
+        .arg(data)
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
@@ -276,13 +394,15 @@ fn start() -> Result<PgServer, String> {
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
     // The parent-death signal is sent when the *thread* that started the
-    // server ends: start it from one that never does.
+    // server ends: start it from one that lives as long as the server
+    // (it waits for it, and says when it has exited).
     let (started, pid) = mpsc::channel();
+    let (exited, gone) = mpsc::channel();
     std::thread::Builder::new()
         .name("postgres-keeper".to_string())
         .spawn(move || {
             let child = command.spawn();
-            let child = match child {
+            let mut child = match child {
                 Ok(child) => child,
                 Err(err) => {
                     let _ = started.send(Err(format!("cannot start postgres: {err}")));
@@ -290,33 +410,28 @@ fn start() -> Result<PgServer, String> {
                 }
             };
             let _ = started.send(Ok(child.id()));
-            let _keep = child;
-            loop {
-                std::thread::park();
-            }
+            let _ = child.wait();
+            let _ = exited.send(());
         })
         .map_err(|e| e.to_string())?;
     let pid = pid.recv().map_err(|e| e.to_string())??;
-    // Poll until it takes logins.
+    Ok((pid, gone))
+}
+
+/// Polls until the server of `launch` takes logins.
+fn wait_for_logins(launch: &Launch) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match admin_client(port, "postgres") {
-            Ok(mut client) => {
-                client
-                    .batch_execute(&format!(
-                        "CREATE ROLE jobctl LOGIN PASSWORD '{JOBCTL_PASSWORD}'"
-                    ))
-                    .map_err(|e| e.to_string())?;
-                break;
-            }
+        match admin_client(launch.port, "postgres") {
+            Ok(_) => return Ok(()),
             Err(err) if Instant::now() > deadline => {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(launch.dir.join("server.log")).unwrap_or_default();
                 return Err(format!("no login within 60 s: {err}; its log:\n{log}"));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    Ok(PgServer { port, dir, password_file, pid, ca_file, admin: Mutex::new(()) })
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it (its key
