@@ -912,7 +912,7 @@ async fn run_once_on_a_postgres_journal_sends_the_same_sms_as_on_sqlite() {
         (ran.code, ran.stdout.as_str(), ran.stderr),
         (
             0,
-            "1 query (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
+            "2 queries (0 failed), 1 evaluation (0 unknown), 2 transitions, 1 action due, 1 sent, 0 suppressed, 0 errors\n",
             firing_lines(
                 " INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sending (episode 1, action 1)\n \
                  INFO {who}: \"#12#0#1#1#\" to socket lobby (+79991234567): sent via http (execution #1)"
