@@ -23,10 +23,12 @@
 //!   with nginx (`/usr/sbin/nginx`, or `$NGINX`) serving the same bytes as
 //!   static files from a temporary prefix, `metrics` and, for
 //!   `Accept-Encoding: gzip`, `metrics.gz` through `gzip_static`: four
-//!   keep-alive connections scrape each server as fast as they can for two
-//!   seconds, plain and gzip, and the bench prints scrapes per second and
-//!   the exporter's ratio to nginx.
+//!   keep-alive connections scrape each server as fast as they can for one
+//!   second, plain and gzip, in five rounds in which the two servers take
+//!   turns to go first, and the bench prints the median scrapes per second
+//!   and the exporter's ratio to nginx.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -148,7 +150,8 @@ fn main() -> ExitCode {
 
     println!();
     println!(
-        "scrapes per second, {SCRAPERS} connections for {} s each: exporter / nginx (ratio)",
+        "scrapes per second, {SCRAPERS} connections, median of {THROUGHPUT_ROUNDS} rounds of {} s \
+         taking turns: exporter / nginx (ratio)",
         THROUGHPUT_FOR.as_secs()
     );
     println!("{:>7} | {:>26} | {:>26}", "devices", "plain", "Accept-Encoding: gzip");
@@ -450,14 +453,18 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut [u8]) -> bool {
 
 /// Connections that scrape at once in the throughput comparison.
 const SCRAPERS: usize = 4;
-/// How long each throughput case runs.
-const THROUGHPUT_FOR: Duration = Duration::from_secs(2);
+/// How long each throughput case runs in one round.
+const THROUGHPUT_FOR: Duration = Duration::from_secs(1);
+/// Rounds of the throughput comparison; each server's rate is the median.
+const THROUGHPUT_ROUNDS: usize = 5;
 
 /// Scrapes per second from the exporter's server and from nginx serving the
 /// same bytes as static files (`gzip_static` for the compressed one), each
 /// with [`SCRAPERS`] keep-alive connections for [`THROUGHPUT_FOR`], plain
-/// and with `Accept-Encoding: gzip`. The scrapers run on a thread and
-/// runtime of their own, the same for both servers.
+/// and with `Accept-Encoding: gzip`: the median of [`THROUGHPUT_ROUNDS`]
+/// rounds, the two servers taking turns to go first, so that what else
+/// runs on the machine falls on both alike. The scrapers run on a thread
+/// and runtime of their own, the same for both servers.
 fn throughput(exposition: &Arc<Exposition>, figures: &mut Figures) {
     let server =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -469,11 +476,21 @@ fn throughput(exposition: &Arc<Exposition>, figures: &mut Figures) {
     }));
     let nginx = Nginx::start(exposition);
     let scrapers = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    for (name, addr) in [("exporter", exporter), ("nginx", nginx.addr)] {
-        for (kind, gzip) in [("plain", false), ("gzip", true)] {
-            let rate = scrapers.block_on(scrapes_per_second(addr, gzip));
-            figures.insert(format!("{name}_{kind}_per_s"), rate);
+    let mut rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 0..THROUGHPUT_ROUNDS {
+        let mut servers = [("exporter", exporter), ("nginx", nginx.addr)];
+        if round % 2 == 1 {
+            servers.reverse();
         }
+        for (kind, gzip) in [("plain", false), ("gzip", true)] {
+            for (name, addr) in servers {
+                let rate = scrapers.block_on(scrapes_per_second(addr, gzip));
+                rates.entry(format!("{name}_{kind}_per_s")).or_default().push(rate);
+            }
+        }
+    }
+    for (name, mut rates) in rates {
+        figures.insert(name, percentile(&mut rates, 0.5));
     }
     drop(nginx);
     stop.send(()).unwrap();
