@@ -21,12 +21,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
-use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, SendRetry, Source};
-use signage_watchdog::journal::Journal;
-use signage_watchdog::prometheus_api::scrape::ScrapeClient;
-use signage_watchdog::prometheus_api::{PromClient, Sample};
+use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, SendRetry};
+use signage_watchdog::prometheus_api::Sample;
 use signage_watchdog::rules::state::PhaseName;
-use signage_watchdog::rules::SourceConfig;
 use support::addreality::{device, SimulatedApi};
 use support::fake_gateway::FakeGateway;
 use support::prometheus::{PrometheusOptions, TestPrometheus};
@@ -191,26 +188,13 @@ impl Scenario {
         std::fs::write(dir.path().join("rules.toml"), &text).unwrap();
         let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let source: Source = match &rules.source {
-            SourceConfig::Prometheus(p) => {
-                Arc::new(PromClient::new(p.url.as_str(), p.timeout, None).unwrap()).into()
-            }
-            SourceConfig::Scrape(s) => {
-                Arc::new(ScrapeClient::new(&s.targets, s.timeout, None).unwrap()).into()
-            }
-        };
-        let sender = support::sms::sender(&text, dir.path());
-        let journal = Journal::open_at(&rules.journal.location).unwrap();
         let clock = Arc::new(ManualClock::new(t0()));
         let options = EngineOptions {
             retry: SendRetry { attempts: 2, first_delay: Duration::from_millis(10) },
             budgets: rules.budgets,
             ..EngineOptions::default()
         };
-        let engine =
-            Engine::start(rules, source, journal, Arc::from(sender), clock.clone(), options)
-                .await
-                .unwrap();
+        let engine = support::engine::start(rules, &text, dir.path(), clock.clone(), options).await;
         Scenario { dir, gateway, clock, engine }
     }
 

@@ -25,7 +25,6 @@ use signage_watchdog::journal::{
     ActionResult, Channel, Execution, ExecutionStatus, Expired, HistoryFilter, Journal, NewSilence,
     Origin, PlannedSend, SilenceId, SilenceWriter,
 };
-use signage_watchdog::prometheus_api::PromClient;
 use signage_watchdog::rules::state::{JobState, Phase, PhaseName};
 use signage_watchdog::rules::RuleSet;
 use support::fake_gateway::{FakeGateway, Fault, SentSms};
@@ -244,23 +243,13 @@ async fn start_engine(
     mode: Mode,
 ) -> Engine {
     let rules = parse_rules(dir, text);
-    let sender = support::sms::sender(text, dir.path());
-    let prometheus = PromClient::new(
-        rules.prometheus().unwrap().url.as_str(),
-        rules.prometheus().unwrap().timeout,
-        None,
-    )
-    .unwrap();
-    let journal = Journal::open_at(&rules.journal.location).unwrap();
     let options = EngineOptions {
         mode,
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
         budgets: rules.budgets,
         ..EngineOptions::default()
     };
-    Engine::start(rules, Arc::new(prometheus), journal, Arc::from(sender), clock, options)
-        .await
-        .unwrap()
+    support::engine::start(rules, text, dir.path(), clock, options).await
 }
 
 fn sms(number: &str, text: &str) -> (String, String) {

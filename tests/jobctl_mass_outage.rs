@@ -15,7 +15,6 @@ use jiff::Timestamp;
 use signage_watchdog::clock::ManualClock;
 use signage_watchdog::engine::{CycleReport, Engine, EngineOptions, Mode, SendRetry};
 use signage_watchdog::journal::{HistoryFilter, Journal, OutageHeldAction};
-use signage_watchdog::prometheus_api::PromClient;
 use signage_watchdog::rules::state::PhaseName;
 use support::fake_gateway::{FakeGateway, SentSms};
 use support::prometheus::{TestPrometheus, TestTarget};
@@ -176,22 +175,12 @@ async fn start_engine(
     std::fs::write(dir.path().join("rules.toml"), &text).unwrap();
     let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
         .unwrap_or_else(|errors| panic!("{errors}\n{text}"));
-    let sender = support::sms::sender(&text, dir.path());
-    let prometheus = PromClient::new(
-        rules.prometheus().unwrap().url.as_str(),
-        rules.prometheus().unwrap().timeout,
-        None,
-    )
-    .unwrap();
-    let journal = Journal::open_at(&rules.journal.location).unwrap();
     let options = EngineOptions {
         mode: Mode::Live,
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
         ..EngineOptions::default()
     };
-    Engine::start(rules, Arc::new(prometheus), journal, Arc::from(sender), clock, options)
-        .await
-        .unwrap()
+    support::engine::start(rules, &text, dir.path(), clock, options).await
 }
 
 /// Devices 1..=30 of platform 91.

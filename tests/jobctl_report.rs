@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use signage_watchdog::clock::ManualClock;
-use signage_watchdog::engine::{Engine, EngineOptions, SendRetry};
-use signage_watchdog::journal::{Journal, NewSilence, SilenceWriter};
-use signage_watchdog::prometheus_api::PromClient;
+use signage_watchdog::engine::{EngineOptions, SendRetry};
+use signage_watchdog::journal::{NewSilence, SilenceWriter};
 use support::fake_gateway::FakeGateway;
 use support::process::{run_async as run, Ran};
 use support::prometheus::{TestPrometheus, TestTarget};
@@ -86,22 +85,11 @@ async fn play(dir: &Path, prometheus: &TestPrometheus, target: &TestTarget) -> F
     let start = Timestamp::from_second(Timestamp::now().as_second() / 60 * 60 - 4 * 3600).unwrap();
     let clock = Arc::new(ManualClock::new(start));
     let at = |m: i64| start + SignedDuration::from_secs(m * 60);
-    let sender = support::sms::sender(&text, dir);
-    let client = PromClient::new(
-        rules.prometheus().unwrap().url.as_str(),
-        rules.prometheus().unwrap().timeout,
-        None,
-    )
-    .unwrap();
-    let journal = Journal::open_at(&rules.journal.location).unwrap();
     let options = EngineOptions {
         retry: SendRetry { attempts: 3, first_delay: Duration::from_millis(10) },
         ..EngineOptions::default()
     };
-    let mut engine =
-        Engine::start(rules, Arc::new(client), journal, Arc::from(sender), clock.clone(), options)
-            .await
-            .unwrap();
+    let mut engine = support::engine::start(rules, &text, dir, clock.clone(), options).await;
     let mut cycle_at = async |m: i64| {
         clock.set(at(m));
         engine.cycle().await;

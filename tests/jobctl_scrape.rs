@@ -196,22 +196,17 @@ impl Scenario {
         let text = rules_text(&dir, targets, &gateway);
         let rules = signage_watchdog::rules::parse(&text, dir.path().join("rules.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let signage_watchdog::rules::SourceConfig::Scrape(scrape) = &rules.source else {
-            panic!("the rules scrape")
-        };
-        let source = Arc::new(ScrapeClient::new(&scrape.targets, scrape.timeout, None).unwrap());
-        let sender = support::sms::sender(&text, dir.path());
-        let journal = Journal::open_at(&rules.journal.location).unwrap();
+        assert!(
+            matches!(rules.source, signage_watchdog::rules::SourceConfig::Scrape(_)),
+            "the rules scrape"
+        );
         let clock = Arc::new(ManualClock::new(t0()));
         let options = EngineOptions {
             retry: SendRetry { attempts: 2, first_delay: Duration::from_millis(10) },
             budgets: rules.budgets,
             ..EngineOptions::default()
         };
-        let engine =
-            Engine::start(rules, source, journal, Arc::from(sender), clock.clone(), options)
-                .await
-                .unwrap();
+        let engine = support::engine::start(rules, &text, dir.path(), clock.clone(), options).await;
         Scenario { dir, gateway, clock, engine }
     }
 

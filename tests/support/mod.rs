@@ -10,6 +10,7 @@
 
 pub(crate) mod addreality;
 pub(crate) mod alertmanager;
+pub(crate) mod engine;
 pub(crate) mod exposition;
 pub(crate) mod fake_gateway;
 pub(crate) mod fake_modem;
