@@ -78,6 +78,9 @@ use tokio::net::TcpListener;
 #[path = "../tests/support/postgres.rs"]
 mod postgres_server;
 mod support;
+#[allow(dead_code, reason = "the PostgreSQL harness uses part of it")]
+#[path = "../tests/support/wait.rs"]
+mod wait;
 use support::{ms, peak_rss_mb, percentile, print_figures, report, run_child, Figures};
 
 const PLATFORMS: usize = 40;

@@ -22,6 +22,10 @@ use signage_watchdog::secret::SecretSource;
 #[path = "support/postgres.rs"]
 mod pg_server;
 
+#[allow(dead_code, reason = "the PostgreSQL harness uses part of it")]
+#[path = "support/wait.rs"]
+mod wait;
+
 // --- Both backends ---------------------------------------------------------
 //
 // Every promise the journal makes holds on SQLite and on PostgreSQL: each

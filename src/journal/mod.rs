@@ -715,6 +715,13 @@ fn sqlite_error<'p>(
 #[path = "../../tests/support/postgres.rs"]
 mod test_postgres;
 
+/// The tests' one way of waiting for a condition, which the PostgreSQL
+/// harness uses (as `super::wait`, as in `tests/support`).
+#[cfg(test)]
+#[allow(dead_code, reason = "the PostgreSQL harness uses part of it")]
+#[path = "../../tests/support/wait.rs"]
+mod wait;
+
 /// The journal's unit tests run on both backends, as `tests/journal.rs`
 /// does: [`on_both_backends!`] makes `name::sqlite` and `name::postgres`
 /// of each `fn name(b: &TestBackend)`.

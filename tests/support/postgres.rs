@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Debian's PostgreSQL 15 binaries are.
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -210,13 +210,10 @@ impl PgServer {
         let sessions =
             format!("FROM pg_stat_activity WHERE datname = '{database}' AND usename = 'jobctl'");
         self.admin_execute("postgres", &format!("SELECT pg_terminate_backend(pid) {sessions}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.admin_query_text("postgres", &format!("SELECT count(*) {sessions}"))
-            != Some("0".to_string())
-        {
-            assert!(Instant::now() < deadline, "the sessions on {database} did not end");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::wait::wait_until(&format!("the end of the sessions on {database}"), || {
+            let left = self.admin_query_text("postgres", &format!("SELECT count(*) {sessions}"));
+            (left.as_deref() == Some("0")).then_some(())
+        });
     }
 
     /// The first column of the first row of `sql`, as text, run as the
@@ -420,18 +417,15 @@ fn spawn_postgres(launch: &Launch) -> Result<(u32, mpsc::Receiver<()>), String> 
 
 /// Polls until the server of `launch` takes logins.
 fn wait_for_logins(launch: &Launch) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match admin_client(launch.port, "postgres") {
-            Ok(_) => return Ok(()),
-            Err(err) if Instant::now() > deadline => {
-                let log =
-                    std::fs::read_to_string(launch.dir.join("server.log")).unwrap_or_default();
-                return Err(format!("no login within 60 s: {err}; its log:\n{log}"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
+    let mut last = String::new();
+    let login = super::wait::poll_for(Duration::from_secs(60), || {
+        admin_client(launch.port, "postgres").map_err(|err| last = err.to_string()).ok()
+    });
+    if login.is_some() {
+        return Ok(());
     }
+    let log = std::fs::read_to_string(launch.dir.join("server.log")).unwrap_or_default();
+    Err(format!("no login within 60 s: {last}; its log:\n{log}"))
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it (its key
