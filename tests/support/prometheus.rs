@@ -438,26 +438,12 @@ impl TestPrometheus {
         predicate: impl Fn(&[Sample]) -> bool,
         deadline: Duration,
     ) -> Vec<Sample> {
-        let last = RefCell::new(String::new());
-        let answered = poll_for_async(deadline, || async {
-            match self.client().query(expr).await {
-                Ok(samples) if predicate(&samples) => Some(samples),
-                Ok(samples) => {
-                    *last.borrow_mut() = format!("{samples:?}");
-                    None
-                }
-                Err(err) => {
-                    *last.borrow_mut() = err.to_string();
-                    None
-                }
-            }
-        });
-        match answered.await {
-            Some(samples) => samples,
-            None => panic!(
+        match query_until(self.client(), expr, predicate, deadline).await {
+            Ok(samples) => samples,
+            Err(last) => panic!(
                 "`{expr}` did not reach the expected answer within {deadline:?}; last answer: {}\n\
                  targets: {}\nPrometheus log (last lines):\n{}",
-                last.into_inner(),
+                last,
                 self.target_health().await,
                 self.log_tail(20)
             ),
@@ -613,4 +599,30 @@ fn page_line(sample: &Sample) -> String {
     labels.remove("job");
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{metric}{{{}}} {}", labels.join(","), sample.value)
+}
+
+/// Queries `expr` through `client` (Prometheus or any engine of its API)
+/// until `predicate` holds for the answer, for at most `deadline`: that
+/// answer, or the last answer (or error) as text.
+pub(crate) async fn query_until(
+    client: &PromClient,
+    expr: &str,
+    predicate: impl Fn(&[Sample]) -> bool,
+    deadline: Duration,
+) -> Result<Vec<Sample>, String> {
+    let last = RefCell::new(String::new());
+    let answered = poll_for_async(deadline, || async {
+        match client.query(expr).await {
+            Ok(samples) if predicate(&samples) => Some(samples),
+            Ok(samples) => {
+                *last.borrow_mut() = format!("{samples:?}");
+                None
+            }
+            Err(err) => {
+                *last.borrow_mut() = err.to_string();
+                None
+            }
+        }
+    });
+    answered.await.ok_or_else(|| last.into_inner())
 }

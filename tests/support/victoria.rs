@@ -27,7 +27,6 @@
 //! environment variable is set they fail instead. The process is killed
 //! when its [`TestVictoria`] is dropped, including when the test panics.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -37,8 +36,8 @@ use std::time::Duration;
 
 use signage_watchdog::prometheus_api::{PromClient, Sample};
 
-use super::prometheus::TestTarget;
-use super::wait::{poll_for_async, wait_ready, DEADLINE};
+use super::prometheus::{query_until, TestTarget};
+use super::wait::{wait_ready, DEADLINE};
 
 /// The binary used unless `SIGNAGE_TEST_VICTORIA` names another.
 pub(crate) const DEFAULT_VICTORIA: &str = "/usr/bin/victoria-metrics";
@@ -169,25 +168,11 @@ impl TestVictoria {
         predicate: impl Fn(&[Sample]) -> bool,
         deadline: Duration,
     ) -> Vec<Sample> {
-        let last = RefCell::new(String::new());
-        let answered = poll_for_async(deadline, || async {
-            match self.client.query(expr).await {
-                Ok(samples) if predicate(&samples) => Some(samples),
-                Ok(samples) => {
-                    *last.borrow_mut() = format!("{samples:?}");
-                    None
-                }
-                Err(err) => {
-                    *last.borrow_mut() = err.to_string();
-                    None
-                }
-            }
-        });
-        match answered.await {
-            Some(samples) => samples,
-            None => panic!(
+        match query_until(&self.client, expr, predicate, deadline).await {
+            Ok(samples) => samples,
+            Err(last) => panic!(
                 "`{expr}` did not reach the expected answer within {deadline:?} on VictoriaMetrics; last answer: {}\nits log (last lines):\n{}",
-                last.into_inner(),
+                last,
                 self.log_tail(20)
             ),
         }
